@@ -1,0 +1,25 @@
+//! Rust SDK for the Tally program.
+//!
+//! Typed instruction builders and PDA derivations, built from the program crate itself
+//! (its `accounts::*` and `instruction::*` types), so no account layout or
+//! discriminator is ever copied by hand. Account and event types are re-exported
+//! from the program crate.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub use tally;
+pub use tally::errors::TallyError;
+pub use tally::events;
+pub use tally::instructions::{
+    CompleteJobArgs, InitializeConfigArgs, OpenJobArgs, OperatorArgs, OracleSetArgs, SettleArgs,
+    UpdateConfigArgs,
+};
+pub use tally::payout::{compute_payout, deposit_for, Payout};
+pub use tally::receipt::{SettleReceipt, UsageReceipt};
+pub use tally::state;
+pub use tally::ID as PROGRAM_ID;
+
+pub mod ix;
+pub mod pda;
+
+pub use anchor_lang::prelude::Pubkey;
+pub use anchor_lang::solana_program::instruction::{AccountMeta, Instruction};

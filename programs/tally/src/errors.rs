@@ -1,0 +1,92 @@
+use anchor_lang::prelude::*;
+
+/// Program errors (codes from 6000). Each message says what is wrong and, where the
+/// caller can act, what to do.
+#[error_code]
+pub enum TallyError {
+    // config and admin: 6000..
+    #[msg("Signer is not allowed to do this: check --keypair")]
+    Unauthorized,
+    #[msg("Protocol fee above the hard cap of 1000 bps (10%)")]
+    FeeTooHigh,
+    #[msg("Challenge window or expiry grace longer than 30 days")]
+    InvalidWindow,
+    #[msg("Oracle set must have 1 to 7 distinct non-default keys and a threshold in 1..=keys")]
+    InvalidOracleSet,
+    #[msg("No admin transfer is pending: the current admin must propose one first")]
+    NoPendingAdmin,
+    #[msg("The program is paused: no new deposits; refunds and claims still work")]
+    Paused,
+    #[msg("Signer is not the program's upgrade authority")]
+    NotUpgradeAuthority,
+
+    // mints: 6007..
+    #[msg("Token-2022 mint with a transfer fee: escrow would not receive what was sent")]
+    MintHasTransferFee,
+    #[msg("Token-2022 mint with a transfer hook: transfers could run arbitrary code")]
+    MintHasTransferHook,
+    #[msg("Token-2022 mint with confidential transfers: amounts cannot be audited")]
+    MintHasConfidentialTransfer,
+    #[msg("Token-2022 mint with a permanent delegate: escrow could be taken out of the vault")]
+    MintHasPermanentDelegate,
+    #[msg("Token-2022 mint that is non-transferable, pausable or scaled: not accepted")]
+    MintExtensionNotSupported,
+    #[msg("Token account is for another mint or owner than this job requires")]
+    WrongTokenAccount,
+
+    // operators: 6013..
+    #[msg("Too many node keys: at most 4")]
+    TooManyNodeKeys,
+
+    // jobs: 6014..
+    #[msg("Unit price and max units must be above zero")]
+    ZeroAmount,
+    #[msg("Amount overflows u64: lower the price or units")]
+    AmountOverflow,
+    #[msg("Deadline must be in the future")]
+    DeadlineInPast,
+    #[msg("Unknown unit kind: use 0 tokens, 1 GPU-seconds, 2 requests, 3 frames")]
+    InvalidUnitKind,
+    #[msg(
+        "Job already has settled usage: it can no longer be cancelled, only completed or expired"
+    )]
+    JobHasUsage,
+    #[msg("Job is past its deadline plus grace: it can only be expired now")]
+    JobExpired,
+    #[msg("Job has not expired yet: wait until its deadline plus the grace period")]
+    JobNotExpired,
+    #[msg("Account is not a job of this program")]
+    InvalidJobAccount,
+    #[msg("Job belongs to another operator or mint than this instruction")]
+    JobMismatch,
+
+    // receipts: 6023..
+    #[msg("Receipt usage is lower than already settled: cumulative units never decrease")]
+    NonIncreasingUsage,
+    #[msg("Receipt period ends after the job's deadline")]
+    UsageAfterDeadline,
+    #[msg("Receipt bills faster than the job's spend-rate cap")]
+    SpendRateExceeded,
+    #[msg("Receipt names another oracle-set version: re-sign under the current set")]
+    OracleSetVersionMismatch,
+    #[msg("Not enough distinct oracle signatures for the threshold")]
+    NotEnoughOracleSignatures,
+    #[msg("Signer is not in the oracle set")]
+    UnknownOracle,
+    #[msg("The same oracle signed twice")]
+    DuplicateOracleSigner,
+    #[msg("Number of receipts does not match the job accounts passed")]
+    ReceiptCountMismatch,
+    #[msg("Revenue day does not match the cluster clock's UTC day: rebuild the transaction")]
+    WrongRevenueDay,
+    #[msg("A final receipt is required to complete a job")]
+    NotFinalReceipt,
+
+    // money out: 6033..
+    #[msg("Nothing to claim yet: earnings mature after the challenge window")]
+    NothingToClaim,
+    #[msg("No protocol fees to withdraw")]
+    NothingToWithdraw,
+    #[msg("Vault holds less than it owes: refusing to continue")]
+    VaultInsolvent,
+}

@@ -1,0 +1,117 @@
+//! One event per state change and money movement (logged with `emit!`).
+use anchor_lang::prelude::*;
+
+#[event]
+pub struct ConfigInitialized {
+    pub admin: Pubkey,
+    pub treasury: Pubkey,
+    pub fee_bps: u16,
+    pub oracle_set_version: u32,
+}
+
+#[event]
+pub struct ConfigUpdated {
+    pub fee_bps: u16,
+    pub treasury: Pubkey,
+    pub arbiter: Pubkey,
+    pub challenge_window_secs: u32,
+    pub expiry_grace_secs: u32,
+    pub paused: bool,
+    pub oracle_set_version: u32,
+}
+
+#[event]
+pub struct AdminTransferProposed {
+    pub admin: Pubkey,
+    pub pending_admin: Pubkey,
+}
+
+#[event]
+pub struct AdminTransferAccepted {
+    pub previous_admin: Pubkey,
+    pub admin: Pubkey,
+}
+
+#[event]
+pub struct MintAccepted {
+    pub mint: Pubkey,
+    pub vault: Pubkey,
+    pub token_program: Pubkey,
+}
+
+#[event]
+pub struct OperatorRegistered {
+    pub operator: Pubkey,
+    pub authority: Pubkey,
+    pub payout_owner: Pubkey,
+}
+
+#[event]
+pub struct OperatorUpdated {
+    pub operator: Pubkey,
+    pub payout_owner: Pubkey,
+    pub node_keys: Vec<Pubkey>,
+}
+
+#[event]
+pub struct JobOpened {
+    pub job: Pubkey,
+    pub client: Pubkey,
+    pub operator: Pubkey,
+    pub mint: Pubkey,
+    pub job_id: u64,
+    pub unit_kind: u8,
+    pub unit_price: u64,
+    pub max_units: u64,
+    pub deposit: u64,
+    pub deadline: i64,
+    pub spend_cap_per_hour: u64,
+}
+
+#[event]
+pub struct JobToppedUp {
+    pub job: Pubkey,
+    pub amount: u64,
+    pub escrow_left: u64,
+}
+
+#[event]
+pub struct ReceiptSettled {
+    pub job: Pubkey,
+    pub seq: u64,
+    pub cumulative_units: u64,
+    pub units: u64,
+    pub gross: u64,
+    pub fee: u64,
+    pub net: u64,
+    pub escrow_left: u64,
+    pub capped: bool,
+    pub invoice_hash: [u8; 32],
+}
+
+/// A job ended (completed, cancelled or expired) and was closed.
+#[event]
+pub struct JobClosed {
+    pub job: Pubkey,
+    pub client: Pubkey,
+    /// 2 completed, 3 cancelled, 4 expired (see `JobStatus`).
+    pub status: u8,
+    pub refunded: u64,
+    pub settled_units: u64,
+    pub settled_gross: u64,
+}
+
+#[event]
+pub struct EarningsClaimed {
+    pub operator: Pubkey,
+    pub mint: Pubkey,
+    pub amount: u64,
+    pub destination: Pubkey,
+}
+
+#[event]
+pub struct FeesWithdrawn {
+    pub mint: Pubkey,
+    pub amount: u64,
+    pub destination: Pubkey,
+}

@@ -1,0 +1,55 @@
+use anchor_lang::prelude::*;
+use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
+
+use crate::errors::TallyError;
+use crate::events::JobClosed;
+use crate::state::{seeds, Job, JobStatus, Vault};
+use crate::vault_io;
+
+#[derive(Accounts)]
+pub struct CancelJob<'info> {
+    #[account(mut)]
+    pub client: Signer<'info>,
+    #[account(mint::token_program = token_program)]
+    pub mint: InterfaceAccount<'info, Mint>,
+    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    pub vault: Account<'info, Vault>,
+    #[account(mut, address = vault.token_account)]
+    pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, token::mint = mint, token::authority = client, token::token_program = token_program)]
+    pub client_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, close = client, has_one = client @ TallyError::Unauthorized, has_one = mint @ TallyError::JobMismatch)]
+    pub job: AccountLoader<'info, Job>,
+    pub token_program: Interface<'info, TokenInterface>,
+}
+
+impl CancelJob<'_> {
+    /// Cancels a job with no settled usage: the whole escrow goes back to the client
+    /// and the job is closed. Works while paused.
+    pub fn cancel_job(ctx: Context<Self>) -> Result<()> {
+        let accounts = &mut *ctx.accounts;
+        let job_key = accounts.job.key();
+        let mut job = accounts.job.load_mut()?;
+        require!(
+            job.status() == JobStatus::Open && job.last_seq == 0,
+            TallyError::JobHasUsage
+        );
+        let refunded = vault_io::refund_escrow(
+            &mut job,
+            &mut accounts.vault,
+            &mut accounts.vault_tokens,
+            &accounts.mint,
+            &accounts.client_tokens,
+            &accounts.token_program,
+        )?;
+        emit!(JobClosed {
+            job: job_key,
+            client: job.client,
+            status: JobStatus::Cancelled as u8,
+            refunded,
+            settled_units: 0,
+            settled_gross: 0,
+        });
+        Ok(())
+    }
+}

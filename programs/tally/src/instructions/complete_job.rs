@@ -1,0 +1,141 @@
+use anchor_lang::prelude::*;
+use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
+
+use crate::errors::TallyError;
+use crate::events::JobClosed;
+use crate::instructions::settle::{check_attestation, split_oracle_signers};
+use crate::receipt::SettleReceipt;
+use crate::settlement::{Ledgers, SettleTotals};
+use crate::state::{seeds, Config, Earnings, Job, JobStatus, Operator, Revenue, Vault};
+use crate::vault_io;
+
+#[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
+pub struct CompleteJobArgs {
+    pub oracle_set_version: u32,
+    pub day: u32,
+    /// Oracle signers beyond `oracle`, passed as the remaining accounts.
+    pub extra_oracle_signers: u8,
+    /// The job's final cumulative receipt (may repeat the last settled one).
+    pub receipt: SettleReceipt,
+}
+
+#[derive(Accounts)]
+#[instruction(args: CompleteJobArgs)]
+pub struct CompleteJob<'info> {
+    #[account(mut)]
+    pub payer: Signer<'info>,
+    pub oracle: Signer<'info>,
+    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    pub config: Box<Account<'info, Config>>,
+    #[account(mut, seeds = [seeds::OPERATOR, operator.authority.as_ref()], bump = operator.bump)]
+    pub operator: Box<Account<'info, Operator>>,
+    #[account(mint::token_program = token_program)]
+    pub mint: Box<InterfaceAccount<'info, Mint>>,
+    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    pub vault: Box<Account<'info, Vault>>,
+    #[account(mut, address = vault.token_account)]
+    pub vault_tokens: Box<InterfaceAccount<'info, TokenAccount>>,
+    #[account(
+        init_if_needed,
+        payer = payer,
+        space = 8 + Earnings::INIT_SPACE,
+        seeds = [seeds::EARNINGS, operator.key().as_ref(), mint.key().as_ref()],
+        bump,
+    )]
+    pub earnings: Box<Account<'info, Earnings>>,
+    #[account(
+        init_if_needed,
+        payer = payer,
+        space = 8 + Revenue::INIT_SPACE,
+        seeds = [seeds::REVENUE, mint.key().as_ref(), &args.day.to_le_bytes()],
+        bump,
+    )]
+    pub revenue: Box<Account<'info, Revenue>>,
+    #[account(mut, close = client, has_one = client @ TallyError::JobMismatch)]
+    pub job: AccountLoader<'info, Job>,
+    /// Receives the job's rent.
+    /// CHECK: must be the job's client (has_one above).
+    #[account(mut)]
+    pub client: UncheckedAccount<'info>,
+    #[account(mut, token::mint = mint, token::authority = client, token::token_program = token_program)]
+    pub client_tokens: Box<InterfaceAccount<'info, TokenAccount>>,
+    pub token_program: Interface<'info, TokenInterface>,
+    pub system_program: Program<'info, System>,
+}
+
+impl<'info> CompleteJob<'info> {
+    /// Settles a job's final receipt, refunds the escrow left to the client and
+    /// closes the job (rent back to the client).
+    pub fn complete_job(ctx: Context<'info, Self>, args: CompleteJobArgs) -> Result<()> {
+        let accounts = &mut *ctx.accounts;
+        let (signers, rest) =
+            split_oracle_signers(ctx.remaining_accounts, args.extra_oracle_signers)?;
+        require!(rest.is_empty(), TallyError::ReceiptCountMismatch);
+        let mut oracle_signers: Vec<&AccountInfo<'info>> =
+            Vec::with_capacity(signers.len().saturating_add(1));
+        oracle_signers.push(accounts.oracle.as_ref());
+        oracle_signers.extend(signers.iter());
+        check_attestation(&accounts.config, &oracle_signers, args.oracle_set_version)?;
+
+        let now = Clock::get()?.unix_timestamp;
+        let operator_key = accounts.operator.key();
+        let job_key = accounts.job.key();
+        let mut job = accounts.job.load_mut()?;
+        {
+            let mut ledgers = Ledgers {
+                config: &accounts.config,
+                operator: &mut accounts.operator,
+                vault: &mut accounts.vault,
+                earnings: &mut accounts.earnings,
+                revenue: &mut accounts.revenue,
+            };
+            ledgers.prepare(
+                operator_key,
+                args.day,
+                now,
+                ctx.bumps.earnings,
+                ctx.bumps.revenue,
+            )?;
+            let mut totals = SettleTotals::default();
+            // The final receipt may repeat the last settled seq (nothing new to pay).
+            if args.receipt.seq > job.last_seq {
+                ledgers.apply(
+                    job_key,
+                    &mut job,
+                    operator_key,
+                    &args.receipt,
+                    now,
+                    &mut totals,
+                )?;
+            } else {
+                require!(
+                    args.receipt.seq == job.last_seq
+                        && args.receipt.cumulative_units == job.settled_units,
+                    TallyError::NonIncreasingUsage
+                );
+                require!(
+                    now <= job.settle_until(accounts.config.expiry_grace_secs),
+                    TallyError::JobExpired
+                );
+            }
+            ledgers.post(&totals, now)?;
+        }
+        let refunded = vault_io::refund_escrow(
+            &mut job,
+            &mut accounts.vault,
+            &mut accounts.vault_tokens,
+            &accounts.mint,
+            &accounts.client_tokens,
+            &accounts.token_program,
+        )?;
+        emit!(JobClosed {
+            job: job_key,
+            client: job.client,
+            status: JobStatus::Completed as u8,
+            refunded,
+            settled_units: job.settled_units,
+            settled_gross: job.settled_gross,
+        });
+        Ok(())
+    }
+}

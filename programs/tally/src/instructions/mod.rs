@@ -1,0 +1,30 @@
+//! One file per instruction: its Args, its Accounts with their constraints, its handler.
+pub mod add_mint;
+pub mod admin_transfer;
+pub mod cancel_job;
+pub mod claim;
+pub mod complete_job;
+pub mod expire_job;
+pub mod initialize_config;
+pub mod open_job;
+pub mod register_operator;
+pub mod settle;
+pub mod top_up;
+pub mod update_config;
+pub mod update_operator;
+pub mod withdraw_fees;
+
+pub use add_mint::*;
+pub use admin_transfer::*;
+pub use cancel_job::*;
+pub use claim::*;
+pub use complete_job::*;
+pub use expire_job::*;
+pub use initialize_config::*;
+pub use open_job::*;
+pub use register_operator::*;
+pub use settle::*;
+pub use top_up::*;
+pub use update_config::*;
+pub use update_operator::*;
+pub use withdraw_fees::*;

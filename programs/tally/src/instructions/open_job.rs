@@ -1,0 +1,139 @@
+use anchor_lang::prelude::*;
+use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
+
+use crate::errors::TallyError;
+use crate::events::JobOpened;
+use crate::payout::deposit_for;
+use crate::state::{seeds, Config, Job, JobStatus, Operator, UnitKind, Vault};
+use crate::vault_io;
+
+#[derive(AnchorSerialize, AnchorDeserialize, Clone, Copy, Debug)]
+pub struct OpenJobArgs {
+    /// Client-chosen id, unique among the client's open jobs.
+    pub job_id: u64,
+    /// [`UnitKind`] as u8.
+    pub unit_kind: u8,
+    /// Price per unit in the mint's base units.
+    pub unit_price: u64,
+    /// Units to escrow for: the deposit is `unit_price × max_units`.
+    pub max_units: u64,
+    /// Unix time after which usage is not billable.
+    pub deadline: i64,
+    /// Most the job may be billed per hour since it opened; 0 = no cap.
+    pub spend_cap_per_hour: u64,
+}
+
+#[derive(Accounts)]
+#[instruction(args: OpenJobArgs)]
+pub struct OpenJob<'info> {
+    #[account(mut)]
+    pub client: Signer<'info>,
+    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    pub config: Account<'info, Config>,
+    #[account(mut, seeds = [seeds::OPERATOR, operator.authority.as_ref()], bump = operator.bump)]
+    pub operator: Account<'info, Operator>,
+    #[account(mint::token_program = token_program)]
+    pub mint: InterfaceAccount<'info, Mint>,
+    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    pub vault: Account<'info, Vault>,
+    #[account(mut, address = vault.token_account)]
+    pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, token::mint = mint, token::authority = client, token::token_program = token_program)]
+    pub client_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(
+        init,
+        payer = client,
+        space = Job::ACCOUNT_SIZE,
+        seeds = [seeds::JOB, client.key().as_ref(), &args.job_id.to_le_bytes()],
+        bump,
+    )]
+    pub job: AccountLoader<'info, Job>,
+    pub token_program: Interface<'info, TokenInterface>,
+    pub system_program: Program<'info, System>,
+}
+
+impl OpenJob<'_> {
+    /// Opens a job and escrows `unit_price × max_units` from the client.
+    pub fn open_job(ctx: Context<Self>, args: OpenJobArgs) -> Result<()> {
+        let accounts = &mut *ctx.accounts;
+        require!(!accounts.config.paused, TallyError::Paused);
+        require!(
+            UnitKind::from_u8(args.unit_kind).is_some(),
+            TallyError::InvalidUnitKind
+        );
+        require!(
+            args.unit_price > 0 && args.max_units > 0,
+            TallyError::ZeroAmount
+        );
+        let clock = Clock::get()?;
+        require!(
+            args.deadline > clock.unix_timestamp,
+            TallyError::DeadlineInPast
+        );
+        let deposit = deposit_for(args.unit_price, args.max_units)?;
+
+        vault_io::deposit(
+            &accounts.client_tokens,
+            &accounts.client,
+            &accounts.vault_tokens,
+            &accounts.mint,
+            &accounts.token_program,
+            deposit,
+        )?;
+        let vault = &mut accounts.vault;
+        vault.escrow_total = vault
+            .escrow_total
+            .checked_add(deposit)
+            .ok_or(TallyError::AmountOverflow)?;
+        vault.total_deposited = vault
+            .total_deposited
+            .checked_add(deposit)
+            .ok_or(TallyError::AmountOverflow)?;
+        accounts.vault_tokens.reload()?;
+        vault.invariant(accounts.vault_tokens.amount)?;
+
+        let operator = &mut accounts.operator;
+        operator.jobs_opened = operator.jobs_opened.saturating_add(1);
+
+        let mut job = accounts.job.load_init()?;
+        *job = Job {
+            client: accounts.client.key(),
+            operator: operator.key(),
+            mint: accounts.mint.key(),
+            invoice_hash: [0; 32],
+            job_id: args.job_id,
+            nonce: clock.slot,
+            unit_price: args.unit_price,
+            max_units: args.max_units,
+            deposited: deposit,
+            escrow_left: deposit,
+            settled_units: 0,
+            settled_gross: 0,
+            fees: 0,
+            last_seq: 0,
+            spend_cap_per_hour: args.spend_cap_per_hour,
+            opened_at: clock.unix_timestamp,
+            deadline: args.deadline,
+            last_period_end: clock.unix_timestamp,
+            receipts: 0,
+            unit_kind: args.unit_kind,
+            status: JobStatus::Open as u8,
+            bump: ctx.bumps.job,
+            reserved: [0; 1],
+        };
+        emit!(JobOpened {
+            job: accounts.job.key(),
+            client: job.client,
+            operator: job.operator,
+            mint: job.mint,
+            job_id: args.job_id,
+            unit_kind: args.unit_kind,
+            unit_price: args.unit_price,
+            max_units: args.max_units,
+            deposit,
+            deadline: args.deadline,
+            spend_cap_per_hour: args.spend_cap_per_hour,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+use anchor_lang::prelude::*;
+use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
+
+use crate::errors::TallyError;
+use crate::events::JobToppedUp;
+use crate::state::{seeds, Config, Job, Vault};
+use crate::vault_io;
+
+#[derive(Accounts)]
+pub struct TopUp<'info> {
+    pub client: Signer<'info>,
+    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    pub config: Account<'info, Config>,
+    #[account(mint::token_program = token_program)]
+    pub mint: InterfaceAccount<'info, Mint>,
+    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    pub vault: Account<'info, Vault>,
+    #[account(mut, address = vault.token_account)]
+    pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, token::mint = mint, token::authority = client, token::token_program = token_program)]
+    pub client_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, has_one = client @ TallyError::Unauthorized, has_one = mint @ TallyError::JobMismatch)]
+    pub job: AccountLoader<'info, Job>,
+    pub token_program: Interface<'info, TokenInterface>,
+}
+
+impl TopUp<'_> {
+    /// Adds `amount` to a job's escrow (before its deadline).
+    pub fn top_up(ctx: Context<Self>, amount: u64) -> Result<()> {
+        let accounts = &mut *ctx.accounts;
+        require!(!accounts.config.paused, TallyError::Paused);
+        require!(amount > 0, TallyError::ZeroAmount);
+        let now = Clock::get()?.unix_timestamp;
+        let mut job = accounts.job.load_mut()?;
+        require!(now <= job.deadline, TallyError::JobExpired);
+
+        vault_io::deposit(
+            &accounts.client_tokens,
+            &accounts.client,
+            &accounts.vault_tokens,
+            &accounts.mint,
+            &accounts.token_program,
+            amount,
+        )?;
+        job.deposited = job
+            .deposited
+            .checked_add(amount)
+            .ok_or(TallyError::AmountOverflow)?;
+        job.escrow_left = job
+            .escrow_left
+            .checked_add(amount)
+            .ok_or(TallyError::AmountOverflow)?;
+        let vault = &mut accounts.vault;
+        vault.escrow_total = vault
+            .escrow_total
+            .checked_add(amount)
+            .ok_or(TallyError::AmountOverflow)?;
+        vault.total_deposited = vault
+            .total_deposited
+            .checked_add(amount)
+            .ok_or(TallyError::AmountOverflow)?;
+        accounts.vault_tokens.reload()?;
+        vault.invariant(accounts.vault_tokens.amount)?;
+        emit!(JobToppedUp {
+            job: accounts.job.key(),
+            amount,
+            escrow_left: job.escrow_left,
+        });
+        Ok(())
+    }
+}

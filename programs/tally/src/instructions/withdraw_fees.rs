@@ -1,0 +1,55 @@
+use anchor_lang::prelude::*;
+use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
+
+use crate::errors::TallyError;
+use crate::events::FeesWithdrawn;
+use crate::state::{seeds, Config, Vault};
+use crate::vault_io;
+
+#[derive(Accounts)]
+pub struct WithdrawFees<'info> {
+    pub treasury: Signer<'info>,
+    #[account(seeds = [seeds::CONFIG], bump = config.bump, has_one = treasury @ TallyError::Unauthorized)]
+    pub config: Account<'info, Config>,
+    #[account(mint::token_program = token_program)]
+    pub mint: InterfaceAccount<'info, Mint>,
+    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    pub vault: Account<'info, Vault>,
+    #[account(mut, address = vault.token_account)]
+    pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
+    #[account(mut, token::mint = mint, token::token_program = token_program)]
+    pub destination: InterfaceAccount<'info, TokenAccount>,
+    pub token_program: Interface<'info, TokenInterface>,
+}
+
+impl WithdrawFees<'_> {
+    /// Sends all unclaimed protocol fees of a mint to a token account of the treasury's
+    /// choosing.
+    pub fn withdraw_fees(ctx: Context<Self>) -> Result<()> {
+        let accounts = &mut *ctx.accounts;
+        let vault = &mut accounts.vault;
+        let amount = vault.fees_unclaimed;
+        require!(amount > 0, TallyError::NothingToWithdraw);
+        vault.fees_unclaimed = 0;
+        vault.total_fees_withdrawn = vault
+            .total_fees_withdrawn
+            .checked_add(amount)
+            .ok_or(TallyError::AmountOverflow)?;
+        vault_io::pay_out(
+            vault,
+            &accounts.vault_tokens,
+            &accounts.mint,
+            &accounts.destination,
+            &accounts.token_program,
+            amount,
+        )?;
+        accounts.vault_tokens.reload()?;
+        accounts.vault.invariant(accounts.vault_tokens.amount)?;
+        emit!(FeesWithdrawn {
+            mint: accounts.mint.key(),
+            amount,
+            destination: accounts.destination.key(),
+        });
+        Ok(())
+    }
+}

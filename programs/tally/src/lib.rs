@@ -1,0 +1,111 @@
+//! Tally: per-job escrow and metered settlement for GPU inference.
+//!
+//! A client escrows payment per job; oracles attest cumulative usage receipts; the
+//! program pays exactly the metered amount to the operator (never more than the
+//! escrow) and refunds the rest. See README.md for accounts and flows.
+#![deny(clippy::arithmetic_side_effects)]
+#![allow(clippy::result_large_err)]
+
+#[cfg(target_arch = "bpf")]
+use solana_compiler_builtins as _;
+
+use anchor_lang::prelude::*;
+
+pub mod errors;
+pub mod events;
+pub mod instructions;
+pub mod payout;
+pub mod receipt;
+pub mod settlement;
+pub mod state;
+pub mod vault_io;
+
+use instructions::*;
+
+declare_id!("9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q");
+
+#[program]
+pub mod tally {
+    use super::*;
+
+    /// Creates the deployment's config (program upgrade authority only).
+    pub fn initialize_config(
+        ctx: Context<InitializeConfig>,
+        args: InitializeConfigArgs,
+    ) -> Result<()> {
+        InitializeConfig::initialize_config(ctx, args)
+    }
+
+    /// Changes fee, treasury, arbiter, windows, pause or the oracle set (admin).
+    pub fn update_config(ctx: Context<UpdateConfig>, args: UpdateConfigArgs) -> Result<()> {
+        UpdateConfig::update_config(ctx, args)
+    }
+
+    /// Names the next admin (step one of two).
+    pub fn propose_admin(ctx: Context<ProposeAdmin>, new_admin: Pubkey) -> Result<()> {
+        ProposeAdmin::propose_admin(ctx, new_admin)
+    }
+
+    /// The proposed admin takes over (step two of two).
+    pub fn accept_admin(ctx: Context<AcceptAdmin>) -> Result<()> {
+        AcceptAdmin::accept_admin(ctx)
+    }
+
+    /// Accepts a mint for payment and creates its vault (admin).
+    pub fn add_mint(ctx: Context<AddMint>) -> Result<()> {
+        AddMint::add_mint(ctx)
+    }
+
+    /// Registers a GPU operator.
+    pub fn register_operator(ctx: Context<RegisterOperator>, args: OperatorArgs) -> Result<()> {
+        RegisterOperator::register_operator(ctx, args)
+    }
+
+    /// Changes an operator's payout owner and node keys.
+    pub fn update_operator(ctx: Context<UpdateOperator>, args: OperatorArgs) -> Result<()> {
+        UpdateOperator::update_operator(ctx, args)
+    }
+
+    /// Opens a job and escrows `unit_price × max_units` from the client.
+    pub fn open_job(ctx: Context<OpenJob>, args: OpenJobArgs) -> Result<()> {
+        OpenJob::open_job(ctx, args)
+    }
+
+    /// Adds to a job's escrow.
+    pub fn top_up(ctx: Context<TopUp>, amount: u64) -> Result<()> {
+        TopUp::top_up(ctx, amount)
+    }
+
+    /// Cancels a job with no usage: full refund, job closed.
+    pub fn cancel_job(ctx: Context<CancelJob>) -> Result<()> {
+        CancelJob::cancel_job(ctx)
+    }
+
+    /// Settles oracle-attested cumulative receipts for several jobs.
+    pub fn settle<'info>(ctx: Context<'info, Settle<'info>>, args: SettleArgs) -> Result<()> {
+        Settle::settle(ctx, args)
+    }
+
+    /// Settles a job's final receipt, refunds the rest and closes the job.
+    pub fn complete_job<'info>(
+        ctx: Context<'info, CompleteJob<'info>>,
+        args: CompleteJobArgs,
+    ) -> Result<()> {
+        CompleteJob::complete_job(ctx, args)
+    }
+
+    /// Refunds and closes a job after its deadline plus grace (anyone).
+    pub fn expire_job(ctx: Context<ExpireJob>) -> Result<()> {
+        ExpireJob::expire_job(ctx)
+    }
+
+    /// Pays an operator its matured earnings in one mint.
+    pub fn claim(ctx: Context<Claim>) -> Result<()> {
+        Claim::claim(ctx)
+    }
+
+    /// Sends unclaimed protocol fees to the treasury's token account.
+    pub fn withdraw_fees(ctx: Context<WithdrawFees>) -> Result<()> {
+        WithdrawFees::withdraw_fees(ctx)
+    }
+}

@@ -1,0 +1,152 @@
+//! Booking settled receipts into the ledgers: shared by `settle` and `complete_job`.
+use anchor_lang::prelude::*;
+
+use crate::errors::TallyError;
+use crate::events::ReceiptSettled;
+use crate::receipt::SettleReceipt;
+use crate::state::{utc_day, Config, Earnings, Job, Operator, Revenue, Vault};
+
+/// Sums of what a batch of receipts did, posted to the ledgers once per instruction.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SettleTotals {
+    pub gross: u64,
+    pub fee: u64,
+    pub net: u64,
+    pub units: u64,
+    pub receipts: u64,
+    pub jobs_started: u64,
+}
+
+/// The ledgers one settlement instruction writes.
+pub struct Ledgers<'a> {
+    pub config: &'a Config,
+    pub operator: &'a mut Operator,
+    pub vault: &'a mut Vault,
+    pub earnings: &'a mut Earnings,
+    pub revenue: &'a mut Revenue,
+}
+
+impl Ledgers<'_> {
+    /// Fills ledgers created by `init_if_needed` in this instruction, and checks that
+    /// the revenue day is today's.
+    pub fn prepare(
+        &mut self,
+        operator_key: Pubkey,
+        day: u32,
+        now: i64,
+        earnings_bump: u8,
+        revenue_bump: u8,
+    ) -> Result<()> {
+        require!(day == utc_day(now), TallyError::WrongRevenueDay);
+        if self.earnings.operator == Pubkey::default() {
+            self.earnings.operator = operator_key;
+            self.earnings.mint = self.vault.mint;
+            self.earnings.bump = earnings_bump;
+        }
+        if self.revenue.mint == Pubkey::default() {
+            self.revenue.mint = self.vault.mint;
+            self.revenue.day = day;
+            self.revenue.bump = revenue_bump;
+        }
+        Ok(())
+    }
+
+    /// Checks that `job` may be settled here and applies `receipt` to it.
+    pub fn apply(
+        &self,
+        job_key: Pubkey,
+        job: &mut Job,
+        operator_key: Pubkey,
+        receipt: &SettleReceipt,
+        now: i64,
+        totals: &mut SettleTotals,
+    ) -> Result<()> {
+        require!(
+            job.operator == operator_key && job.mint == self.vault.mint,
+            TallyError::JobMismatch
+        );
+        require!(
+            now <= job.settle_until(self.config.expiry_grace_secs),
+            TallyError::JobExpired
+        );
+        let Some(effect) = job.apply_receipt(receipt, now, self.config.fee_bps)? else {
+            return Ok(());
+        };
+        let p = effect.payout;
+        totals.gross = totals
+            .gross
+            .checked_add(p.gross)
+            .ok_or(TallyError::AmountOverflow)?;
+        totals.fee = totals
+            .fee
+            .checked_add(p.fee)
+            .ok_or(TallyError::AmountOverflow)?;
+        totals.net = totals
+            .net
+            .checked_add(p.net)
+            .ok_or(TallyError::AmountOverflow)?;
+        totals.units = totals
+            .units
+            .checked_add(effect.units)
+            .ok_or(TallyError::AmountOverflow)?;
+        totals.receipts = totals.receipts.saturating_add(1);
+        totals.jobs_started = totals
+            .jobs_started
+            .saturating_add(u64::from(effect.first_usage));
+        emit!(ReceiptSettled {
+            job: job_key,
+            seq: receipt.seq,
+            cumulative_units: receipt.cumulative_units,
+            units: effect.units,
+            gross: p.gross,
+            fee: p.fee,
+            net: p.net,
+            escrow_left: job.escrow_left,
+            capped: p.capped,
+            invoice_hash: receipt.invoice_hash,
+        });
+        Ok(())
+    }
+
+    /// Moves the batch's gross out of escrow into operator earnings and fees, and adds
+    /// it to the day's revenue.
+    pub fn post(&mut self, totals: &SettleTotals, now: i64) -> Result<()> {
+        if totals.receipts == 0 {
+            return Ok(());
+        }
+        let vault = &mut *self.vault;
+        vault.escrow_total = vault
+            .escrow_total
+            .checked_sub(totals.gross)
+            .ok_or(TallyError::VaultInsolvent)?;
+        vault.operator_owed = vault
+            .operator_owed
+            .checked_add(totals.net)
+            .ok_or(TallyError::AmountOverflow)?;
+        vault.fees_unclaimed = vault
+            .fees_unclaimed
+            .checked_add(totals.fee)
+            .ok_or(TallyError::AmountOverflow)?;
+        self.earnings
+            .credit(totals.net, now, self.config.challenge_window_secs)?;
+        let revenue = &mut *self.revenue;
+        revenue.gross = revenue
+            .gross
+            .checked_add(totals.gross)
+            .ok_or(TallyError::AmountOverflow)?;
+        revenue.fees = revenue
+            .fees
+            .checked_add(totals.fee)
+            .ok_or(TallyError::AmountOverflow)?;
+        revenue.units = revenue
+            .units
+            .checked_add(totals.units)
+            .ok_or(TallyError::AmountOverflow)?;
+        revenue.receipts = revenue.receipts.saturating_add(totals.receipts);
+        revenue.jobs_started = revenue.jobs_started.saturating_add(totals.jobs_started);
+        let operator = &mut *self.operator;
+        operator.receipts_settled = operator.receipts_settled.saturating_add(totals.receipts);
+        operator.units_settled = operator.units_settled.saturating_add(totals.units);
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+use anchor_lang::prelude::*;
+
+use crate::errors::TallyError;
+use crate::payout::{compute_payout, Payout};
+use crate::receipt::SettleReceipt;
+
+/// What a job's units count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum UnitKind {
+    /// Model tokens (prompt + completion).
+    Tokens = 0,
+    /// GPU-seconds.
+    GpuSeconds = 1,
+    /// Requests served.
+    Requests = 2,
+    /// Rendered frames.
+    Frames = 3,
+}
+
+impl UnitKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Tokens),
+            1 => Some(Self::GpuSeconds),
+            2 => Some(Self::Requests),
+            3 => Some(Self::Frames),
+            _ => None,
+        }
+    }
+}
+
+/// Life of a job. Completed, Cancelled and Expired jobs are closed in the same
+/// instruction (rent back to the client), so on-chain a job is Open or Active; the
+/// terminal state is recorded in the closing event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum JobStatus {
+    /// Funded, no usage settled yet: the client may cancel for a full refund.
+    Open = 0,
+    /// At least one receipt settled.
+    Active = 1,
+    Completed = 2,
+    Cancelled = 3,
+    Expired = 4,
+}
+
+/// One job: a client's escrow for metered work by one operator, in one mint.
+/// Zero-copy: settlement touches many jobs per transaction.
+#[account(zero_copy)]
+#[derive(Debug)]
+pub struct Job {
+    pub client: Pubkey,
+    /// The operator PDA (not its authority).
+    pub operator: Pubkey,
+    pub mint: Pubkey,
+    /// Invoice hash of the last settled receipt (each invoice file names its
+    /// predecessor's hash, so the files form a chain ending here).
+    pub invoice_hash: [u8; 32],
+    pub job_id: u64,
+    /// Slot the job was opened in. Receipts commit to it, so receipts of a closed job
+    /// can never settle a new job opened later at the same address.
+    pub nonce: u64,
+    /// Price of one unit, in the mint's base units.
+    pub unit_price: u64,
+    /// Units the deposit was sized for (`deposit = unit_price × max_units`).
+    pub max_units: u64,
+    /// Everything the client put in (open + top-ups).
+    pub deposited: u64,
+    /// Escrow not yet paid out.
+    pub escrow_left: u64,
+    /// Cumulative units of the last settled receipt.
+    pub settled_units: u64,
+    /// Gross paid out of escrow so far (operator net + fees).
+    pub settled_gross: u64,
+    /// Protocol fees within `settled_gross`.
+    pub fees: u64,
+    /// Sequence number of the last settled receipt (receipts start at 1).
+    pub last_seq: u64,
+    /// Most the job may be billed per hour since it opened; 0 = no cap.
+    pub spend_cap_per_hour: u64,
+    pub opened_at: i64,
+    /// Usage after this time is not billable.
+    pub deadline: i64,
+    /// `period_end` of the last settled receipt.
+    pub last_period_end: i64,
+    pub receipts: u32,
+    pub unit_kind: u8,
+    pub status: u8,
+    pub bump: u8,
+    pub reserved: [u8; 1],
+}
+
+/// What one receipt did to a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptEffect {
+    /// Units newly billed (cumulative − previously settled).
+    pub units: u64,
+    pub payout: Payout,
+    /// First usage ever settled on this job.
+    pub first_usage: bool,
+}
+
+impl Job {
+    /// Account size: discriminator + the zero-copy struct.
+    pub const ACCOUNT_SIZE: usize = 8 + std::mem::size_of::<Job>();
+
+    pub fn status(&self) -> JobStatus {
+        if self.status == JobStatus::Active as u8 {
+            JobStatus::Active
+        } else {
+            JobStatus::Open
+        }
+    }
+
+    /// Last moment a receipt may settle: the deadline plus the config's grace.
+    pub fn settle_until(&self, expiry_grace_secs: u32) -> i64 {
+        self.deadline.saturating_add(i64::from(expiry_grace_secs))
+    }
+
+    /// Applies a cumulative usage receipt. Returns `None` for a receipt whose `seq` was
+    /// already settled (a retry after a crash): it is a no-op, so nothing is paid twice.
+    pub fn apply_receipt(
+        &mut self,
+        receipt: &SettleReceipt,
+        now: i64,
+        fee_bps: u16,
+    ) -> Result<Option<ReceiptEffect>> {
+        if receipt.seq <= self.last_seq {
+            msg!(
+                "receipt seq {} already settled (last {}): skipped",
+                receipt.seq,
+                self.last_seq
+            );
+            return Ok(None);
+        }
+        require!(
+            receipt.cumulative_units >= self.settled_units,
+            TallyError::NonIncreasingUsage
+        );
+        require!(
+            receipt.period_end <= self.deadline,
+            TallyError::UsageAfterDeadline
+        );
+        let units = receipt
+            .cumulative_units
+            .checked_sub(self.settled_units)
+            .ok_or(TallyError::NonIncreasingUsage)?;
+        let payout = compute_payout(self.unit_price, units, self.escrow_left, fee_bps)?;
+        let settled_gross = self
+            .settled_gross
+            .checked_add(payout.gross)
+            .ok_or(TallyError::AmountOverflow)?;
+        self.check_spend_rate(settled_gross, now)?;
+
+        let first_usage = self.settled_units == 0 && units > 0;
+        self.settled_units = receipt.cumulative_units;
+        self.settled_gross = settled_gross;
+        self.fees = self
+            .fees
+            .checked_add(payout.fee)
+            .ok_or(TallyError::AmountOverflow)?;
+        self.escrow_left = self
+            .escrow_left
+            .checked_sub(payout.gross)
+            .ok_or(TallyError::AmountOverflow)?;
+        self.last_seq = receipt.seq;
+        self.invoice_hash = receipt.invoice_hash;
+        self.last_period_end = receipt.period_end;
+        self.receipts = self.receipts.saturating_add(1);
+        self.status = JobStatus::Active as u8;
+        Ok(Some(ReceiptEffect {
+            units,
+            payout,
+            first_usage,
+        }))
+    }
+
+    /// The spend-rate cap bounds what a wrong or compromised oracle can take: in the
+    /// first hour at most one hour's cap, then pro rata by elapsed time.
+    fn check_spend_rate(&self, settled_gross: u64, now: i64) -> Result<()> {
+        if self.spend_cap_per_hour == 0 {
+            return Ok(());
+        }
+        let elapsed = u128::try_from(now.saturating_sub(self.opened_at).max(0)).unwrap_or(0);
+        // cap × (elapsed + 1 h) / 1 h, in u128: cannot overflow.
+        let allowed = u128::from(self.spend_cap_per_hour)
+            .saturating_mul(elapsed.saturating_add(3_600))
+            / 3_600;
+        require!(
+            u128::from(settled_gross) <= allowed,
+            TallyError::SpendRateExceeded
+        );
+        Ok(())
+    }
+}

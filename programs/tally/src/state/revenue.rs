@@ -1,0 +1,23 @@
+use anchor_lang::prelude::*;
+
+/// On-chain revenue of one mint on one UTC day: the sum of settled usage receipts.
+/// This is the ledger `tally revenue` and the dashboard read — revenue from metered
+/// work, never from emissions (the program mints nothing).
+#[account]
+#[derive(InitSpace, Debug)]
+pub struct Revenue {
+    pub mint: Pubkey,
+    /// Days since 1970-01-01 (UTC).
+    pub day: u32,
+    /// Gross paid out of escrow for metered usage (operator net + protocol fee).
+    pub gross: u64,
+    /// Protocol fees within `gross`.
+    pub fees: u64,
+    /// Units metered (in each job's own unit kind).
+    pub units: u64,
+    /// Receipts that moved money or units.
+    pub receipts: u64,
+    /// Jobs whose first usage was settled this day.
+    pub jobs_started: u64,
+    pub bump: u8,
+}

@@ -1,0 +1,19 @@
+//! Every PDA seed of the program, in one place. Clients derive addresses with the
+//! same constants (re-exported by `tally-client`).
+
+/// `["config"]`: the singleton [`crate::state::Config`].
+pub const CONFIG: &[u8] = b"config";
+/// `["vault", mint]`: the [`crate::state::Vault`] ledger of one accepted mint.
+pub const VAULT: &[u8] = b"vault";
+/// `["vault_tokens", mint]`: the token account holding every escrowed token of a mint;
+/// its token authority is the vault PDA.
+pub const VAULT_TOKENS: &[u8] = b"vault_tokens";
+/// `["operator", authority]`: an [`crate::state::Operator`].
+pub const OPERATOR: &[u8] = b"operator";
+/// `["earnings", operator, mint]`: an operator's [`crate::state::Earnings`] in one mint.
+pub const EARNINGS: &[u8] = b"earnings";
+/// `["job", client, job_id (u64 LE)]`: a [`crate::state::Job`].
+pub const JOB: &[u8] = b"job";
+/// `["revenue", mint, day (u32 LE, days since the Unix epoch, UTC)]`: a
+/// [`crate::state::Revenue`] day.
+pub const REVENUE: &[u8] = b"revenue";
