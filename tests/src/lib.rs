@@ -184,6 +184,8 @@ impl TokenKind {
 /// The embedded chain with the Tally program loaded.
 pub struct TestEnv {
     pub svm: LiteSVM,
+    /// Counter behind [`TestEnv::keypair`].
+    next_key: u64,
     /// Pays fees and rent for fixtures.
     pub payer: Keypair,
     /// The program's upgrade authority.
@@ -213,20 +215,29 @@ impl TestEnv {
         let mut svm = LiteSVM::new();
         svm.add_program(tally::ID, &bytes)
             .unwrap_or_else(|e| panic!("LiteSVM refused {}: {e:?}", path.display()));
-        let deployer = Keypair::new();
+        let deployer = deterministic_keypair(0);
         set_upgrade_authority(&mut svm, &deployer.pubkey());
-        let payer = Keypair::new();
+        let payer = deterministic_keypair(1);
         svm.airdrop(&payer.pubkey(), 1_000_000_000_000)
             .expect("airdrop");
         svm.airdrop(&deployer.pubkey(), 10_000_000_000)
             .expect("airdrop");
         let mut env = Self {
             svm,
+            next_key: 2,
             payer,
             deployer,
         };
         env.set_time(GENESIS_UNIX_TIME);
         env
+    }
+
+    /// A new keypair, the same in every run: fixtures are deterministic, so PDA bumps
+    /// and therefore compute units are too.
+    pub fn keypair(&mut self) -> Keypair {
+        let key = deterministic_keypair(self.next_key);
+        self.next_key += 1;
+        key
     }
 
     /// Signs with the fee payer plus `signers`, sends, and reports CU, logs and size.
@@ -292,7 +303,7 @@ impl TestEnv {
 
     /// A new funded wallet.
     pub fn wallet(&mut self, lamports: u64) -> Keypair {
-        let wallet = Keypair::new();
+        let wallet = self.keypair();
         self.svm
             .airdrop(&wallet.pubkey(), lamports)
             .expect("airdrop");
@@ -313,7 +324,7 @@ impl TestEnv {
         extensions: &[spl_token_2022::extension::ExtensionType],
         extra_ixs: impl FnOnce(&Pubkey) -> Vec<Instruction>,
     ) -> MintRef {
-        let mint = Keypair::new();
+        let mint = self.keypair();
         let program = kind.program_id();
         let space = if extensions.is_empty() {
             spl_token_2022::state::Mint::LEN
@@ -451,6 +462,21 @@ fn compact_u16_len(n: usize) -> usize {
     }
 }
 
+/// Keypair number `n` of a fixed sequence (SplitMix64 over `n` fills the secret).
+fn deterministic_keypair(n: u64) -> Keypair {
+    let mut state = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x7461_6c6c_795f_6b65;
+    let mut secret = [0u8; 32];
+    for chunk in secret.chunks_mut(8) {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        chunk.copy_from_slice(&z.to_le_bytes());
+    }
+    Keypair::new_from_array(secret)
+}
+
 /// Rewrites the program's ProgramData so `authority` is its upgrade authority.
 fn set_upgrade_authority(svm: &mut LiteSVM, authority: &Pubkey) {
     let address = pda::program_data();
@@ -513,11 +539,11 @@ impl WorldBuilder {
         let mut env = TestEnv::new();
         let admin = env.deployer.insecure_clone();
         let treasury = env.wallet(1_000_000_000);
-        let arbiter = Keypair::new();
+        let arbiter = env.keypair();
         let oracles: Vec<Keypair> = (0..self.oracles)
             .map(|_| env.wallet(1_000_000_000))
             .collect();
-        let mint_authority = Keypair::new();
+        let mint_authority = env.keypair();
         let mint = env.create_mint(self.token, &mint_authority.pubkey());
         let init = ix::initialize_config(
             admin.pubkey(),
@@ -649,14 +675,15 @@ impl World {
     /// Registers an operator whose payout wallet has a token account for the mint.
     pub fn operator(&mut self) -> OperatorHandle {
         let authority = self.env.wallet(10_000_000_000);
-        let payout = Keypair::new();
+        let payout = self.env.keypair();
+        let node_key = self.env.keypair();
         let payout_tokens = self.env.token_account(&payout.pubkey(), self.mint);
         expect_ok(self.send(
             &[ix::register_operator(
                 authority.pubkey(),
                 OperatorArgs {
                     payout_owner: payout.pubkey(),
-                    node_keys: vec![Keypair::new().pubkey()],
+                    node_keys: vec![node_key.pubkey()],
                 },
             )],
             &[&authority],
@@ -857,8 +884,13 @@ impl World {
             }
             let vault: Vault = self.env.account(&vault_address);
             let balance = self.env.token_balance(&vault.token_account);
-            let escrow: u64 = self
-                .jobs
+            let mut live: Vec<&JobHandle> = Vec::new();
+            for job in &self.jobs {
+                if !live.iter().any(|j| j.address == job.address) {
+                    live.push(job);
+                }
+            }
+            let escrow: u64 = live
                 .iter()
                 .filter(|j| j.mint.mint == mint.mint && self.env.exists(&j.address))
                 .filter(|j| {

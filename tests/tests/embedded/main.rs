@@ -1,5 +1,14 @@
 //! The embedded suite: the SBF program (target/deploy/tally.so) in LiteSVM.
-//! One test binary; one module per area.
+//! One test binary; one module per area. Every transaction sent through a `World`
+//! is followed by the solvency check of every vault it knows.
 
+mod config;
+mod cu;
 mod idl;
+mod jobs;
+mod layout;
+mod lifecycle;
+mod mints;
+mod operators;
+mod settle;
 mod smoke;

@@ -1,0 +1,27 @@
+//! Account sizes and field offsets are part of the interface (RPC memcmp filters,
+//! the dashboard, rent): pinned here so a change is a deliberate one.
+use anchor_lang::Space;
+use std::mem::{offset_of, size_of};
+use tally::state::{Config, Earnings, Job, Operator, Revenue, Vault};
+
+#[test]
+fn account_sizes_are_pinned() {
+    assert_eq!(8 + Config::INIT_SPACE, 381, "Config");
+    assert_eq!(8 + Vault::INIT_SPACE, 162, "Vault");
+    assert_eq!(8 + Operator::INIT_SPACE, 229, "Operator");
+    assert_eq!(8 + Earnings::INIT_SPACE, 129, "Earnings");
+    assert_eq!(8 + Revenue::INIT_SPACE, 85, "Revenue");
+    assert_eq!(Job::ACCOUNT_SIZE, 256, "Job");
+    assert_eq!(size_of::<Job>() % 8, 0, "Job stays 8-byte aligned");
+}
+
+#[test]
+fn job_field_offsets_are_pinned() {
+    // Offsets within the account data (after the 8-byte discriminator), for memcmp.
+    assert_eq!(8 + offset_of!(Job, client), 8);
+    assert_eq!(8 + offset_of!(Job, operator), 40);
+    assert_eq!(8 + offset_of!(Job, mint), 72);
+    assert_eq!(8 + offset_of!(Job, job_id), 136);
+    assert_eq!(8 + offset_of!(Job, escrow_left), 176);
+    assert_eq!(8 + offset_of!(Job, status), 253);
+}

@@ -1,0 +1,180 @@
+//! add_mint: SPL Token and Token-2022 accepted; extensions that break escrow refused.
+use anchor_spl::token_2022::spl_token_2022::{
+    self,
+    extension::{transfer_fee, transfer_hook, ExtensionType},
+};
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally::errors::TallyError;
+use tally::events::MintAccepted;
+use tally::state::Vault;
+use tally_client::ix::{self, MintRef};
+use tally_client::pda;
+use tally_tests::{events, expect_error, expect_failure, expect_ok, TokenKind, World};
+
+fn add(world: &mut World, mint: MintRef) -> tally_tests::TxResult {
+    let admin = world.admin.insecure_clone();
+    world.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin])
+}
+
+#[test]
+fn spl_token_and_token_2022_mints_get_a_vault() {
+    let mut world = World::builder().build();
+    let authority = Keypair::new().pubkey();
+    for kind in [TokenKind::SplToken, TokenKind::Token2022] {
+        let mint = world.env.create_mint(kind, &authority);
+        let sent = expect_ok(add(&mut world, mint));
+        let vault: Vault = world.env.account(&pda::vault(&mint.mint));
+        assert_eq!(vault.mint, mint.mint);
+        assert_eq!(vault.token_program, kind.program_id());
+        assert_eq!(vault.token_account, pda::vault_tokens(&mint.mint));
+        let accepted: Vec<MintAccepted> = events(&sent.logs);
+        assert_eq!(accepted[0].mint, mint.mint);
+        world.mints.push(mint);
+    }
+    // A benign extension (close authority) is accepted.
+    let close_auth = Keypair::new().pubkey();
+    let mint = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[ExtensionType::MintCloseAuthority],
+        |m| {
+            vec![
+                spl_token_2022::instruction::initialize_mint_close_authority(
+                    &spl_token_2022::ID,
+                    m,
+                    Some(&close_auth),
+                )
+                .unwrap(),
+            ]
+        },
+    );
+    expect_ok(add(&mut world, mint));
+}
+
+#[test]
+fn token_2022_extensions_that_break_escrow_are_refused() {
+    let mut world = World::builder().build();
+    let authority = Keypair::new().pubkey();
+
+    let fee_mint = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[ExtensionType::TransferFeeConfig],
+        |m| {
+            vec![transfer_fee::instruction::initialize_transfer_fee_config(
+                &spl_token_2022::ID,
+                m,
+                Some(&authority),
+                Some(&authority),
+                50,
+                1_000,
+            )
+            .unwrap()]
+        },
+    );
+    expect_error(add(&mut world, fee_mint), TallyError::MintHasTransferFee);
+
+    let hook_mint = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[ExtensionType::TransferHook],
+        |m| {
+            vec![transfer_hook::instruction::initialize(
+                &spl_token_2022::ID,
+                m,
+                Some(authority),
+                Some(Keypair::new().pubkey()),
+            )
+            .unwrap()]
+        },
+    );
+    expect_error(add(&mut world, hook_mint), TallyError::MintHasTransferHook);
+
+    let delegate_mint = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[ExtensionType::PermanentDelegate],
+        |m| {
+            vec![spl_token_2022::instruction::initialize_permanent_delegate(
+                &spl_token_2022::ID,
+                m,
+                &authority,
+            )
+            .unwrap()]
+        },
+    );
+    expect_error(
+        add(&mut world, delegate_mint),
+        TallyError::MintHasPermanentDelegate,
+    );
+
+    let soulbound = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[ExtensionType::NonTransferable],
+        |m| {
+            vec![
+                spl_token_2022::instruction::initialize_non_transferable_mint(
+                    &spl_token_2022::ID,
+                    m,
+                )
+                .unwrap(),
+            ]
+        },
+    );
+    expect_error(
+        add(&mut world, soulbound),
+        TallyError::MintExtensionNotSupported,
+    );
+
+    for mint in [fee_mint, hook_mint, delegate_mint, soulbound] {
+        assert!(
+            !world.env.exists(&pda::vault(&mint.mint)),
+            "no vault was created"
+        );
+    }
+}
+
+#[test]
+fn add_mint_attacks() {
+    let mut world = World::builder().build();
+    let intruder = world.env.wallet(1_000_000_000);
+    let mint = world
+        .env
+        .create_mint(TokenKind::SplToken, &Keypair::new().pubkey());
+
+    // Not the admin.
+    let result = world.send(&[ix::add_mint(intruder.pubkey(), mint)], &[&intruder]);
+    expect_error(result, TallyError::Unauthorized);
+
+    // A mint passed with the wrong token program.
+    let lying = MintRef {
+        mint: mint.mint,
+        token_program: spl_token_2022::ID,
+    };
+    let admin = world.admin.insecure_clone();
+    let failed = expect_failure(world.send(&[ix::add_mint(admin.pubkey(), lying)], &[&admin]));
+    assert!(
+        matches!(failed.err, solana_transaction_error::TransactionError::InstructionError(_, anchor_lang::solana_program::instruction::error::InstructionError::IncorrectProgramId)),
+        "{failed:?}"
+    );
+    assert!(!world.env.exists(&pda::vault(&mint.mint)));
+
+    // Not a mint at all (type cosplay: a token account in the mint's place).
+    let vault_tokens = pda::vault_tokens(&world.mint.mint);
+    let cosplay = MintRef {
+        mint: vault_tokens,
+        token_program: anchor_spl::token::ID,
+    };
+    expect_failure(world.send(&[ix::add_mint(admin.pubkey(), cosplay)], &[&admin]));
+
+    // Reinitialization: the world's mint already has a vault.
+    let existing = world.mint;
+    let failed = expect_failure(add(&mut world, existing));
+    assert!(
+        failed.logs.iter().any(|l| l.contains("already in use")),
+        "{:?}",
+        failed.logs
+    );
+}
