@@ -184,9 +184,9 @@ pub fn cancel_job(
 /// threshold above one) are passed as extra signers.
 #[derive(Clone, Debug)]
 pub struct Attestation {
-    pub payer: Pubkey,
     pub oracles: Vec<Pubkey>,
     pub oracle_set_version: u32,
+    /// UTC day of the cluster clock (selects the revenue ledger).
     pub day: u32,
 }
 
@@ -208,6 +208,29 @@ impl Attestation {
     }
 }
 
+/// `open_ledgers`: creates, if missing, `operator_authority`'s earnings in `mint` and
+/// `mint`'s revenue for `day`. Send it before `settle` / `complete_job` when either
+/// ledger does not exist yet.
+pub fn open_ledgers(
+    payer: Pubkey,
+    operator_authority: Pubkey,
+    mint: Pubkey,
+    day: u32,
+) -> Instruction {
+    let operator = pda::operator(&operator_authority);
+    build(
+        &accounts::OpenLedgers {
+            payer,
+            operator,
+            vault: pda::vault(&mint),
+            earnings: pda::earnings(&operator, &mint),
+            revenue: pda::revenue(&mint, day),
+            system_program: system_program::ID,
+        },
+        &instruction::OpenLedgers { day },
+    )
+}
+
 /// `settle`: one receipt per job, all jobs of `operator_authority`'s operator in `mint`.
 pub fn settle(
     attestation: &Attestation,
@@ -218,19 +241,16 @@ pub fn settle(
     let operator = pda::operator(&operator_authority);
     let mut ix = build(
         &accounts::Settle {
-            payer: attestation.payer,
             oracle: attestation.oracle(),
             config: pda::config(),
             operator,
             vault: pda::vault(&mint),
             earnings: pda::earnings(&operator, &mint),
             revenue: pda::revenue(&mint, attestation.day),
-            system_program: system_program::ID,
         },
         &instruction::Settle {
             args: SettleArgs {
                 oracle_set_version: attestation.oracle_set_version,
-                day: attestation.day,
                 extra_oracle_signers: attestation.extra_count(),
                 receipts: receipts.iter().map(|(_, r)| *r).collect(),
             },
@@ -258,7 +278,6 @@ pub fn complete_job(
     let operator = pda::operator(&operator_authority);
     let mut ix = build(
         &accounts::CompleteJob {
-            payer: attestation.payer,
             oracle: attestation.oracle(),
             config: pda::config(),
             operator,
@@ -271,12 +290,10 @@ pub fn complete_job(
             client,
             client_tokens,
             token_program: mint.token_program,
-            system_program: system_program::ID,
         },
         &instruction::CompleteJob {
             args: CompleteJobArgs {
                 oracle_set_version: attestation.oracle_set_version,
-                day: attestation.day,
                 extra_oracle_signers: attestation.extra_count(),
                 receipt,
             },

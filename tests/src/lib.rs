@@ -772,7 +772,6 @@ impl World {
     pub fn attestation(&self) -> Attestation {
         let config = self.config();
         Attestation {
-            payer: self.oracles[0].pubkey(),
             oracles: self
                 .oracles
                 .iter()
@@ -804,13 +803,35 @@ impl World {
         self.settle_with(&attestation, operator, receipts)
     }
 
-    /// Settles with an explicit attestation (for attacks).
+    /// `open_ledgers` for `operator` today, if its earnings or today's revenue is missing.
+    pub fn ledgers_ix(
+        &self,
+        attestation: &Attestation,
+        operator: &OperatorHandle,
+    ) -> Option<Instruction> {
+        let earnings = pda::earnings(&operator.address(), &self.mint.mint);
+        let revenue = pda::revenue(&self.mint.mint, attestation.day);
+        (!self.env.exists(&earnings) || !self.env.exists(&revenue)).then(|| {
+            ix::open_ledgers(
+                self.env.payer.pubkey(),
+                operator.authority.pubkey(),
+                self.mint.mint,
+                attestation.day,
+            )
+        })
+    }
+
+    /// Settles with an explicit attestation (for attacks), opening the ledgers first
+    /// when they are missing (as the SDK's callers do).
     pub fn settle_with(
         &mut self,
         attestation: &Attestation,
         operator: &OperatorHandle,
         receipts: &[(Pubkey, SettleReceipt)],
     ) -> TxResult {
+        if let Some(open) = self.ledgers_ix(attestation, operator) {
+            expect_ok(self.env.send(&[open], &[]));
+        }
         let ix = ix::settle(
             attestation,
             operator.authority.pubkey(),
@@ -835,6 +856,9 @@ impl World {
         receipt: SettleReceipt,
     ) -> TxResult {
         let attestation = self.attestation();
+        if let Some(open) = self.ledgers_ix(&attestation, operator) {
+            expect_ok(self.env.send(&[open], &[]));
+        }
         let ix = ix::complete_job(
             &attestation,
             operator.authority.pubkey(),

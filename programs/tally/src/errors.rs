@@ -89,4 +89,12 @@ pub enum TallyError {
     NothingToWithdraw,
     #[msg("Vault holds less than it owes: refusing to continue")]
     VaultInsolvent,
+
+    // accounts: 6036..
+    #[msg("Vault is for another mint than the one passed")]
+    WrongMint,
+    #[msg(
+        "Earnings or revenue account belongs to another operator or mint: derive it with the SDK"
+    )]
+    WrongLedger,
 }

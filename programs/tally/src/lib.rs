@@ -81,6 +81,11 @@ pub mod tally {
         CancelJob::cancel_job(ctx)
     }
 
+    /// Creates, if missing, an operator's earnings and a mint's revenue day.
+    pub fn open_ledgers(ctx: Context<OpenLedgers>, day: u32) -> Result<()> {
+        OpenLedgers::open_ledgers(ctx, day)
+    }
+
     /// Settles oracle-attested cumulative receipts for several jobs.
     pub fn settle<'info>(ctx: Context<'info, Settle<'info>>, args: SettleArgs) -> Result<()> {
         Settle::settle(ctx, args)

@@ -27,27 +27,12 @@ pub struct Ledgers<'a> {
 }
 
 impl Ledgers<'_> {
-    /// Fills ledgers created by `init_if_needed` in this instruction, and checks that
-    /// the revenue day is today's.
-    pub fn prepare(
-        &mut self,
-        operator_key: Pubkey,
-        day: u32,
-        now: i64,
-        earnings_bump: u8,
-        revenue_bump: u8,
-    ) -> Result<()> {
-        require!(day == utc_day(now), TallyError::WrongRevenueDay);
-        if self.earnings.operator == Pubkey::default() {
-            self.earnings.operator = operator_key;
-            self.earnings.mint = self.vault.mint;
-            self.earnings.bump = earnings_bump;
-        }
-        if self.revenue.mint == Pubkey::default() {
-            self.revenue.mint = self.vault.mint;
-            self.revenue.day = day;
-            self.revenue.bump = revenue_bump;
-        }
+    /// The revenue ledger is today's (UTC, by the cluster clock).
+    pub fn check_day(&self, now: i64) -> Result<()> {
+        require!(
+            self.revenue.day == utc_day(now),
+            TallyError::WrongRevenueDay
+        );
         Ok(())
     }
 

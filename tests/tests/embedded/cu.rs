@@ -8,20 +8,20 @@ use tally_tests::{expect_ok, JobSpec, Sent, World};
 /// (instruction, ceiling in CU): measured on this build plus about 10%.
 const CEILINGS: &[(&str, u64)] = &[
     ("initialize_config", 18000),
-    ("update_config", 7500),
-    ("add_mint", 34500),
-    ("register_operator", 13500),
-    ("update_operator", 7500),
-    ("open_job", 51000),
-    ("top_up", 22000),
-    ("settle (1 receipt, first: creates ledgers)", 46500),
-    ("settle (1 receipt)", 40000),
-    ("settle (8 receipts)", 57000),
-    ("complete_job", 51500),
-    ("cancel_job", 18000),
-    ("expire_job", 22500),
-    ("claim", 28500),
-    ("withdraw_fees", 21000),
+    ("update_config", 5500),
+    ("add_mint", 26000),
+    ("register_operator", 11500),
+    ("update_operator", 5500),
+    ("open_job", 45000),
+    ("top_up", 18000),
+    ("open_ledgers (creates both)", 25500),
+    ("settle (1 receipt)", 19500),
+    ("settle (8 receipts)", 34000),
+    ("complete_job", 31000),
+    ("cancel_job", 16000),
+    ("expire_job", 18500),
+    ("claim", 21500),
+    ("withdraw_fees", 17000),
 ];
 
 /// Runs every instruction once and returns its measured CU, in `CEILINGS` order.
@@ -95,11 +95,16 @@ pub fn measure() -> Vec<(&'static str, Sent)> {
         batch.push(world.open_job(&client, &operator, id, JobSpec::default()));
     }
     world.env.advance(60);
-    let r = world.receipt(1, 100);
+    let attestation = world.attestation();
+    let open = world
+        .ledgers_ix(&attestation, &operator)
+        .expect("ledgers missing");
     out.push((
-        "settle (1 receipt, first: creates ledgers)",
-        expect_ok(world.settle(&operator, &[(job.address, r)])),
+        "open_ledgers (creates both)",
+        expect_ok(world.send(&[open], &[])),
     ));
+    let r = world.receipt(1, 100);
+    expect_ok(world.settle(&operator, &[(job.address, r)]));
     let r = world.receipt(2, 200);
     out.push((
         "settle (1 receipt)",

@@ -286,17 +286,13 @@ fn attestation_attacks() {
 
     // An oracle listed but not signing.
     // (The fee payer is someone else, so the first oracle's key signs nothing.)
-    let relayer = Attestation {
-        payer: world.env.payer.pubkey(),
-        ..good.clone()
-    };
     let mut unsigned = ix::settle(
-        &relayer,
+        &good,
         operator.authority.pubkey(),
         world.mint.mint,
         &[(job.address, receipt)],
     );
-    unsigned.accounts[1].is_signer = false;
+    unsigned.accounts[0].is_signer = false;
     let second = world.oracles[1].insecure_clone();
     expect_error(
         world.env.send(&[unsigned], &[&second]),
@@ -347,7 +343,6 @@ fn attestation_attacks() {
     let rotated = Attestation {
         oracles: vec![new_oracle.pubkey()],
         oracle_set_version: 2,
-        payer: new_oracle.pubkey(),
         ..good
     };
     expect_ok(world.settle_with(&rotated, &operator, &[(job.address, receipt)]));
@@ -413,10 +408,22 @@ fn account_substitution_attacks() {
         world.mint.mint,
         &[(job.address, receipt)],
     );
-    fake_earnings.accounts[5].pubkey = pda::earnings(&rival.address(), &world.mint.mint);
+    fake_earnings.accounts[4].pubkey = pda::earnings(&rival.address(), &world.mint.mint);
     expect_error(
         world.env.send_with_payer(&[fake_earnings], &oracle, &[]),
-        AnchorErrorCode::ConstraintSeeds,
+        TallyError::WrongLedger,
+    );
+    // Another mint's revenue ledger.
+    let mut fake_revenue = ix::settle(
+        &attestation,
+        operator.authority.pubkey(),
+        world.mint.mint,
+        &[(job.address, receipt)],
+    );
+    fake_revenue.accounts[5].pubkey = pda::earnings(&operator.address(), &world.mint.mint);
+    expect_error(
+        world.env.send_with_payer(&[fake_revenue], &oracle, &[]),
+        AnchorErrorCode::AccountDiscriminatorMismatch,
     );
 
     // A revenue account of another day.

@@ -13,7 +13,7 @@ use crate::state::{seeds, Config, Vault};
 pub struct AddMint<'info> {
     #[account(mut)]
     pub admin: Signer<'info>,
-    #[account(seeds = [seeds::CONFIG], bump = config.bump, has_one = admin @ TallyError::Unauthorized)]
+    #[account(address = seeds::CONFIG_ADDRESS, has_one = admin @ TallyError::Unauthorized)]
     pub config: Account<'info, Config>,
     #[account(mint::token_program = token_program)]
     pub mint: InterfaceAccount<'info, Mint>,

@@ -7,7 +7,7 @@ use crate::state::{seeds, Config};
 #[derive(Accounts)]
 pub struct ProposeAdmin<'info> {
     pub admin: Signer<'info>,
-    #[account(mut, seeds = [seeds::CONFIG], bump = config.bump, has_one = admin @ TallyError::Unauthorized)]
+    #[account(mut, address = seeds::CONFIG_ADDRESS, has_one = admin @ TallyError::Unauthorized)]
     pub config: Account<'info, Config>,
 }
 
@@ -27,7 +27,7 @@ impl ProposeAdmin<'_> {
 #[derive(Accounts)]
 pub struct AcceptAdmin<'info> {
     pub new_admin: Signer<'info>,
-    #[account(mut, seeds = [seeds::CONFIG], bump = config.bump)]
+    #[account(mut, address = seeds::CONFIG_ADDRESS)]
     pub config: Account<'info, Config>,
 }
 

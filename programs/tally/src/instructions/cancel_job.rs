@@ -3,7 +3,7 @@ use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
 use crate::events::JobClosed;
-use crate::state::{seeds, Job, JobStatus, Vault};
+use crate::state::{Job, JobStatus, Vault};
 use crate::vault_io;
 
 #[derive(Accounts)]
@@ -12,7 +12,7 @@ pub struct CancelJob<'info> {
     pub client: Signer<'info>,
     #[account(mint::token_program = token_program)]
     pub mint: InterfaceAccount<'info, Mint>,
-    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    #[account(mut, has_one = mint @ TallyError::WrongMint)]
     pub vault: Account<'info, Vault>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: InterfaceAccount<'info, TokenAccount>,

@@ -3,21 +3,21 @@ use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
 use crate::events::EarningsClaimed;
-use crate::state::{seeds, Earnings, Operator, Vault};
+use crate::state::{Earnings, Operator, Vault};
 use crate::vault_io;
 
 #[derive(Accounts)]
 pub struct Claim<'info> {
     pub authority: Signer<'info>,
-    #[account(seeds = [seeds::OPERATOR, authority.key().as_ref()], bump = operator.bump, has_one = authority @ TallyError::Unauthorized)]
+    #[account(has_one = authority @ TallyError::Unauthorized)]
     pub operator: Account<'info, Operator>,
     #[account(mint::token_program = token_program)]
     pub mint: InterfaceAccount<'info, Mint>,
-    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    #[account(mut, has_one = mint @ TallyError::WrongMint)]
     pub vault: Account<'info, Vault>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
-    #[account(mut, seeds = [seeds::EARNINGS, operator.key().as_ref(), mint.key().as_ref()], bump = earnings.bump)]
+    #[account(mut, has_one = operator @ TallyError::WrongLedger, has_one = mint @ TallyError::WrongLedger)]
     pub earnings: Account<'info, Earnings>,
     #[account(mut, token::mint = mint, token::authority = operator.payout_owner, token::token_program = token_program)]
     pub payout_tokens: InterfaceAccount<'info, TokenAccount>,

@@ -12,44 +12,32 @@ use crate::vault_io;
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
 pub struct CompleteJobArgs {
     pub oracle_set_version: u32,
-    pub day: u32,
     /// Oracle signers beyond `oracle`, passed as the remaining accounts.
     pub extra_oracle_signers: u8,
     /// The job's final cumulative receipt (may repeat the last settled one).
     pub receipt: SettleReceipt,
 }
 
+/// The earnings and revenue ledgers must exist (`open_ledgers`), as for `settle`.
 #[derive(Accounts)]
-#[instruction(args: CompleteJobArgs)]
 pub struct CompleteJob<'info> {
-    #[account(mut)]
-    pub payer: Signer<'info>,
     pub oracle: Signer<'info>,
-    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Box<Account<'info, Config>>,
-    #[account(mut, seeds = [seeds::OPERATOR, operator.authority.as_ref()], bump = operator.bump)]
+    #[account(mut)]
     pub operator: Box<Account<'info, Operator>>,
     #[account(mint::token_program = token_program)]
     pub mint: Box<InterfaceAccount<'info, Mint>>,
-    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    #[account(mut, has_one = mint @ TallyError::WrongMint)]
     pub vault: Box<Account<'info, Vault>>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: Box<InterfaceAccount<'info, TokenAccount>>,
     #[account(
-        init_if_needed,
-        payer = payer,
-        space = 8 + Earnings::INIT_SPACE,
-        seeds = [seeds::EARNINGS, operator.key().as_ref(), mint.key().as_ref()],
-        bump,
+        mut,
+        constraint = earnings.operator == operator.key() && earnings.mint == mint.key() @ TallyError::WrongLedger,
     )]
     pub earnings: Box<Account<'info, Earnings>>,
-    #[account(
-        init_if_needed,
-        payer = payer,
-        space = 8 + Revenue::INIT_SPACE,
-        seeds = [seeds::REVENUE, mint.key().as_ref(), &args.day.to_le_bytes()],
-        bump,
-    )]
+    #[account(mut, constraint = revenue.mint == mint.key() @ TallyError::WrongLedger)]
     pub revenue: Box<Account<'info, Revenue>>,
     #[account(mut, close = client, has_one = client @ TallyError::JobMismatch)]
     pub job: AccountLoader<'info, Job>,
@@ -60,7 +48,6 @@ pub struct CompleteJob<'info> {
     #[account(mut, token::mint = mint, token::authority = client, token::token_program = token_program)]
     pub client_tokens: Box<InterfaceAccount<'info, TokenAccount>>,
     pub token_program: Interface<'info, TokenInterface>,
-    pub system_program: Program<'info, System>,
 }
 
 impl<'info> CompleteJob<'info> {
@@ -89,13 +76,7 @@ impl<'info> CompleteJob<'info> {
                 earnings: &mut accounts.earnings,
                 revenue: &mut accounts.revenue,
             };
-            ledgers.prepare(
-                operator_key,
-                args.day,
-                now,
-                ctx.bumps.earnings,
-                ctx.bumps.revenue,
-            )?;
+            ledgers.check_day(now)?;
             let mut totals = SettleTotals::default();
             // The final receipt may repeat the last settled seq (nothing new to pay).
             if args.receipt.seq > job.last_seq {

@@ -28,13 +28,13 @@ pub struct OpenJobArgs {
 pub struct OpenJob<'info> {
     #[account(mut)]
     pub client: Signer<'info>,
-    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Account<'info, Config>,
-    #[account(mut, seeds = [seeds::OPERATOR, operator.authority.as_ref()], bump = operator.bump)]
+    #[account(mut)]
     pub operator: Account<'info, Operator>,
     #[account(mint::token_program = token_program)]
     pub mint: InterfaceAccount<'info, Mint>,
-    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    #[account(mut, has_one = mint @ TallyError::WrongMint)]
     pub vault: Account<'info, Vault>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: InterfaceAccount<'info, TokenAccount>,

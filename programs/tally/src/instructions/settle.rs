@@ -9,8 +9,6 @@ use crate::state::{seeds, Config, Earnings, Job, Operator, Revenue, Vault};
 pub struct SettleArgs {
     /// Oracle-set version the receipts were attested under.
     pub oracle_set_version: u32,
-    /// Today's UTC day number (the revenue account's seed).
-    pub day: u32,
     /// Oracle signers beyond `oracle`, passed first in the remaining accounts.
     pub extra_oracle_signers: u8,
     /// One receipt per job account, in the order of the remaining accounts.
@@ -18,37 +16,27 @@ pub struct SettleArgs {
 }
 
 /// Remaining accounts: `extra_oracle_signers` oracle signers, then one writable job
-/// account per receipt (all of `operator`, in `vault`'s mint).
+/// account per receipt (all of `operator`, in `vault`'s mint). The earnings and
+/// revenue ledgers must exist: `open_ledgers` creates them (the SDK adds it when needed).
+///
+/// No PDA is derived here: every account is the program's own type (owner and
+/// discriminator checked), and their relations are checked field by field.
 #[derive(Accounts)]
-#[instruction(args: SettleArgs)]
 pub struct Settle<'info> {
-    /// Pays rent for the earnings and revenue accounts when this creates them.
-    #[account(mut)]
-    pub payer: Signer<'info>,
     pub oracle: Signer<'info>,
-    #[account(seeds = [seeds::CONFIG], bump = config.bump)]
+    #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Box<Account<'info, Config>>,
-    #[account(mut, seeds = [seeds::OPERATOR, operator.authority.as_ref()], bump = operator.bump)]
+    #[account(mut)]
     pub operator: Box<Account<'info, Operator>>,
-    #[account(mut, seeds = [seeds::VAULT, vault.mint.as_ref()], bump = vault.bump)]
+    #[account(mut)]
     pub vault: Box<Account<'info, Vault>>,
     #[account(
-        init_if_needed,
-        payer = payer,
-        space = 8 + Earnings::INIT_SPACE,
-        seeds = [seeds::EARNINGS, operator.key().as_ref(), vault.mint.as_ref()],
-        bump,
+        mut,
+        constraint = earnings.operator == operator.key() && earnings.mint == vault.mint @ TallyError::WrongLedger,
     )]
     pub earnings: Box<Account<'info, Earnings>>,
-    #[account(
-        init_if_needed,
-        payer = payer,
-        space = 8 + Revenue::INIT_SPACE,
-        seeds = [seeds::REVENUE, vault.mint.as_ref(), &args.day.to_le_bytes()],
-        bump,
-    )]
+    #[account(mut, constraint = revenue.mint == vault.mint @ TallyError::WrongLedger)]
     pub revenue: Box<Account<'info, Revenue>>,
-    pub system_program: Program<'info, System>,
 }
 
 impl<'info> Settle<'info> {
@@ -78,13 +66,7 @@ impl<'info> Settle<'info> {
             earnings: &mut accounts.earnings,
             revenue: &mut accounts.revenue,
         };
-        ledgers.prepare(
-            operator_key,
-            args.day,
-            now,
-            ctx.bumps.earnings,
-            ctx.bumps.revenue,
-        )?;
+        ledgers.check_day(now)?;
         let mut totals = SettleTotals::default();
         for (info, receipt) in jobs.iter().zip(args.receipts.iter()) {
             require!(info.is_writable, TallyError::InvalidJobAccount);

@@ -27,7 +27,7 @@ pub struct OracleSetArgs {
 #[derive(Accounts)]
 pub struct UpdateConfig<'info> {
     pub admin: Signer<'info>,
-    #[account(mut, seeds = [seeds::CONFIG], bump = config.bump, has_one = admin @ TallyError::Unauthorized)]
+    #[account(mut, address = seeds::CONFIG_ADDRESS, has_one = admin @ TallyError::Unauthorized)]
     pub config: Account<'info, Config>,
 }
 

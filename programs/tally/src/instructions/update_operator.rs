@@ -3,12 +3,12 @@ use anchor_lang::prelude::*;
 use crate::errors::TallyError;
 use crate::events::OperatorUpdated;
 use crate::instructions::OperatorArgs;
-use crate::state::{seeds, Operator};
+use crate::state::Operator;
 
 #[derive(Accounts)]
 pub struct UpdateOperator<'info> {
     pub authority: Signer<'info>,
-    #[account(mut, seeds = [seeds::OPERATOR, authority.key().as_ref()], bump = operator.bump, has_one = authority @ TallyError::Unauthorized)]
+    #[account(mut, has_one = authority @ TallyError::Unauthorized)]
     pub operator: Account<'info, Operator>,
 }
 

@@ -9,11 +9,11 @@ use crate::vault_io;
 #[derive(Accounts)]
 pub struct WithdrawFees<'info> {
     pub treasury: Signer<'info>,
-    #[account(seeds = [seeds::CONFIG], bump = config.bump, has_one = treasury @ TallyError::Unauthorized)]
+    #[account(address = seeds::CONFIG_ADDRESS, has_one = treasury @ TallyError::Unauthorized)]
     pub config: Account<'info, Config>,
     #[account(mint::token_program = token_program)]
     pub mint: InterfaceAccount<'info, Mint>,
-    #[account(mut, seeds = [seeds::VAULT, mint.key().as_ref()], bump = vault.bump, has_one = mint)]
+    #[account(mut, has_one = mint @ TallyError::WrongMint)]
     pub vault: Account<'info, Vault>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: InterfaceAccount<'info, TokenAccount>,

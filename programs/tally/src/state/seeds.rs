@@ -3,6 +3,14 @@
 
 /// `["config"]`: the singleton [`crate::state::Config`].
 pub const CONFIG: &[u8] = b"config";
+
+/// The config's address and bump, derived at compile time: instructions check the
+/// config by address instead of paying for a PDA derivation at run time.
+pub const CONFIG_PDA: ([u8; 32], u8) =
+    anchor_lang::derive_program_address(&[CONFIG], crate::ID.as_array());
+/// The config's address.
+pub const CONFIG_ADDRESS: anchor_lang::prelude::Pubkey =
+    anchor_lang::prelude::Pubkey::new_from_array(CONFIG_PDA.0);
 /// `["vault", mint]`: the [`crate::state::Vault`] ledger of one accepted mint.
 pub const VAULT: &[u8] = b"vault";
 /// `["vault_tokens", mint]`: the token account holding every escrowed token of a mint;
