@@ -28,6 +28,8 @@ use tally::state::{Config, Earnings, Job, Vault};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 
+pub mod bench;
+
 pub use anchor_lang::error::ErrorCode as AnchorErrorCode;
 pub use solana_keypair;
 pub use solana_signer;
@@ -265,7 +267,7 @@ impl TestEnv {
 
     /// Sends a prepared transaction (e.g. with a signature deliberately missing).
     pub fn send_transaction(&mut self, tx: Transaction) -> TxResult {
-        let size = bincode_size(&tx);
+        let size = tx_wire_size(&tx);
         let result = self.svm.send_transaction(tx);
         // A new blockhash per transaction: identical retries are new transactions.
         self.svm.expire_blockhash();
@@ -445,7 +447,8 @@ impl Default for TestEnv {
     }
 }
 
-fn bincode_size(tx: &Transaction) -> usize {
+/// Wire size of a transaction: the number the 1,232-byte packet limit applies to.
+pub fn tx_wire_size(tx: &Transaction) -> usize {
     // Wire size: signatures (compact-u16 count + 64 each) + the serialized message.
     let message = tx.message.serialize();
     let n = tx.signatures.len();

@@ -1,0 +1,236 @@
+//! Measurements shared by the CU-ceiling test and `scripts/bench`: every instruction
+//! run once on the SBF program with deterministic fixtures, and the settlement
+//! capacity of one transaction.
+use solana_message::Message;
+use solana_signer::Signer;
+use solana_transaction::Transaction;
+use tally_client::{ix, OperatorArgs, UpdateConfigArgs};
+
+use crate::{expect_ok, JobSpec, Sent, World};
+
+/// The packet limit a transaction must fit in (the validator's RPC enforces it;
+/// LiteSVM does not, so it is checked here).
+pub const MAX_TX_BYTES: usize = 1_232;
+
+/// The base fee of one signature, in lamports.
+pub const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
+
+/// Runs every instruction once and returns its measured CU, in `CEILINGS` order.
+pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
+    let mut world = World::builder().challenge_window(0).build();
+    let mut out: Vec<(&'static str, Sent)> = vec![("initialize_config", world.init_sent.clone())];
+    let admin = world.admin.insecure_clone();
+    out.push((
+        "update_config",
+        expect_ok(world.send(
+            &[ix::update_config(
+                admin.pubkey(),
+                UpdateConfigArgs {
+                    fee_bps: Some(250),
+                    ..Default::default()
+                },
+            )],
+            &[&admin],
+        )),
+    ));
+    let mint = world
+        .env
+        .create_mint(crate::TokenKind::Token2022, &world.mint_authority.pubkey());
+    out.push((
+        "add_mint",
+        expect_ok(world.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin])),
+    ));
+    world.mints.push(mint);
+
+    let authority = world.env.wallet(1_000_000_000);
+    let args = OperatorArgs {
+        payout_owner: authority.pubkey(),
+        node_keys: vec![authority.pubkey()],
+    };
+    out.push((
+        "register_operator",
+        expect_ok(world.send(
+            &[ix::register_operator(authority.pubkey(), args.clone())],
+            &[&authority],
+        )),
+    ));
+    out.push((
+        "update_operator",
+        expect_ok(world.send(
+            &[ix::update_operator(authority.pubkey(), args)],
+            &[&authority],
+        )),
+    ));
+
+    let operator = world.operator();
+    let client = world.client(100_000_000);
+    let (job, opened) = world.try_open_job(&client, &operator, 100, JobSpec::default());
+    out.push(("open_job", expect_ok(opened)));
+    out.push((
+        "top_up",
+        expect_ok(world.send(
+            &[ix::top_up(
+                client.wallet.pubkey(),
+                job.address,
+                world.mint,
+                client.tokens,
+                1_000,
+            )],
+            &[&client.wallet],
+        )),
+    ));
+
+    let mut batch = Vec::new();
+    for id in 0..8 {
+        batch.push(world.open_job(&client, &operator, id, JobSpec::default()));
+    }
+    world.env.advance(60);
+    let attestation = world.attestation();
+    let open = world
+        .ledgers_ix(&attestation, &operator)
+        .expect("ledgers missing");
+    out.push((
+        "open_ledgers (creates both)",
+        expect_ok(world.send(&[open], &[])),
+    ));
+    let r = world.receipt(1, 100);
+    expect_ok(world.settle(&operator, &[(job.address, r)]));
+    let r = world.receipt(2, 200);
+    out.push((
+        "settle (1 receipt)",
+        expect_ok(world.settle(&operator, &[(job.address, r)])),
+    ));
+    let receipts: Vec<_> = batch
+        .iter()
+        .map(|j| (j.address, world.receipt(1, 50)))
+        .collect();
+    out.push((
+        "settle (8 receipts)",
+        expect_ok(world.settle(&operator, &receipts)),
+    ));
+    let r = world.receipt(3, 300);
+    out.push((
+        "complete_job",
+        expect_ok(world.complete(&operator, &job, r)),
+    ));
+
+    let fresh = world.open_job(&client, &operator, 200, JobSpec::default());
+    out.push((
+        "cancel_job",
+        expect_ok(world.send(
+            &[ix::cancel_job(
+                client.wallet.pubkey(),
+                fresh.address,
+                world.mint,
+                client.tokens,
+            )],
+            &[&client.wallet],
+        )),
+    ));
+    world.env.advance(2 * 86_400);
+    let cranker = world.env.wallet(1_000_000_000);
+    let victim = batch[0];
+    out.push((
+        "expire_job",
+        expect_ok(world.send(
+            &[ix::expire_job(
+                cranker.pubkey(),
+                victim.address,
+                world.mint,
+                victim.client,
+                victim.client_tokens,
+            )],
+            &[&cranker],
+        )),
+    ));
+    out.push(("claim", expect_ok(world.claim(&operator))));
+    let treasury = world.treasury.insecure_clone();
+    let destination = world.env.token_account(&treasury.pubkey(), world.mint);
+    out.push((
+        "withdraw_fees",
+        expect_ok(world.send(
+            &[ix::withdraw_fees(
+                treasury.pubkey(),
+                world.mint,
+                destination,
+            )],
+            &[&treasury],
+        )),
+    ));
+    out
+}
+
+/// How many receipts one legacy settle transaction carries, and what they cost.
+#[derive(Clone, Debug)]
+pub struct SettleCapacity {
+    /// Most receipts in one settle transaction within [`MAX_TX_BYTES`].
+    pub receipts_per_tx: usize,
+    pub tx_bytes: usize,
+    /// CU of that transaction.
+    pub cu: u64,
+    /// CU each receipt adds beyond the first: (cu(n) − cu(1)) / (n − 1).
+    pub cu_per_extra_receipt: u64,
+    /// CU of the whole transaction divided by its receipts.
+    pub cu_per_receipt: u64,
+    /// Fee lamports of the transaction divided by its receipts.
+    pub fee_lamports_per_receipt: u64,
+}
+
+/// Fills legacy settle transactions (one oracle signature, its oracle paying the fee)
+/// with receipts for distinct jobs until the next one would exceed [`MAX_TX_BYTES`].
+pub fn settle_capacity() -> SettleCapacity {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(1_000_000_000);
+    let jobs: Vec<_> = (0..32)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    let attestation = world.attestation();
+    if let Some(open) = world.ledgers_ix(&attestation, &operator) {
+        expect_ok(world.send(&[open], &[]));
+    }
+    let oracle = world.oracles[0].insecure_clone();
+    let size_of = |world: &World, n: usize| {
+        let receipts: Vec<_> = jobs[..n]
+            .iter()
+            .map(|j| (j.address, world.receipt(1, 10)))
+            .collect();
+        let settle = ix::settle(
+            &attestation,
+            operator.authority.pubkey(),
+            world.mint.mint,
+            &receipts,
+        );
+        let tx = Transaction::new(
+            &[&oracle],
+            Message::new(&[settle], Some(&oracle.pubkey())),
+            world.env.svm.latest_blockhash(),
+        );
+        crate::tx_wire_size(&tx)
+    };
+    let mut n = 1;
+    while n < jobs.len() && size_of(&world, n + 1) <= MAX_TX_BYTES {
+        n += 1;
+    }
+    let single = expect_ok(world.settle(&operator, &[(jobs[0].address, world.receipt(1, 10))]));
+    let receipts: Vec<_> = jobs[1..=n]
+        .iter()
+        .map(|j| (j.address, world.receipt(1, 10)))
+        .collect();
+    let full = expect_ok(world.settle(&operator, &receipts));
+    assert!(
+        full.size <= MAX_TX_BYTES,
+        "the measured transaction fits: {} bytes",
+        full.size
+    );
+    let count = n as u64;
+    SettleCapacity {
+        receipts_per_tx: n,
+        tx_bytes: full.size,
+        cu: full.cu,
+        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
+        cu_per_receipt: full.cu / count,
+        fee_lamports_per_receipt: full.fee / count,
+    }
+}

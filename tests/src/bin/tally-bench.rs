@@ -1,0 +1,88 @@
+//! `scripts/bench`: compute units, transaction bytes and fees of the SBF program in
+//! the embedded SVM, printed as a markdown table and written as JSON to
+//! target/bench/results.json. Every figure is measured in this run.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tally_tests::bench::{measure_instructions, settle_capacity, MAX_TX_BYTES};
+
+/// Peers' published figures, for context.
+const HELIUM_CLAIMS_PER_TX: u64 = 5;
+const NOSANA_JOBS_PER_TX: u64 = 1;
+const GOAL_RECEIPTS_PER_TX: u64 = 16;
+const GOAL_CU_PER_RECEIPT: u64 = 3_000;
+
+fn main() {
+    let instructions = measure_instructions();
+    let capacity = settle_capacity();
+
+    let mut md = String::new();
+    let _ = writeln!(md, "| instruction | CU | tx bytes | fee (lamports) |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for (name, sent) in &instructions {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            sent.cu, sent.size, sent.fee
+        );
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| settlement (legacy transaction, 1 oracle) | measured | goal | peer |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "| receipts per transaction (≤ {MAX_TX_BYTES} bytes) | {} ({} bytes) | ≥ {GOAL_RECEIPTS_PER_TX} | Helium: {HELIUM_CLAIMS_PER_TX} claims/tx; Nosana: {NOSANA_JOBS_PER_TX} job/tx |",
+        capacity.receipts_per_tx, capacity.tx_bytes
+    );
+    let _ = writeln!(
+        md,
+        "| CU per receipt (whole tx / receipts) | {} | ≤ {GOAL_CU_PER_RECEIPT} | |",
+        capacity.cu_per_receipt
+    );
+    let _ = writeln!(
+        md,
+        "| CU per extra receipt | {} | | |",
+        capacity.cu_per_extra_receipt
+    );
+    let _ = writeln!(
+        md,
+        "| fee lamports per receipt | {} | | |",
+        capacity.fee_lamports_per_receipt
+    );
+    let _ = writeln!(md, "| receipts per transaction with a lookup table | not measured yet (issue 7) | ≥ {GOAL_RECEIPTS_PER_TX} | |");
+    print!("{md}");
+
+    let mut json = String::from("{\n  \"instructions\": {");
+    for (i, (name, sent)) in instructions.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(json, "{sep}\n    \"{name}\": {}", sent.cu);
+    }
+    json.push_str("\n  },\n  \"tx_bytes\": {");
+    for (i, (name, sent)) in instructions.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(json, "{sep}\n    \"{name}\": {}", sent.size);
+    }
+    let _ = write!(
+        json,
+        "\n  }},\n  \"receipts_per_tx\": {},\n  \"receipts_per_tx_alt\": null,\n  \"cu_per_receipt\": {},\n  \"cu_per_extra_receipt\": {},\n  \"fee_lamports_per_receipt\": {},\n  \"settle_tx_bytes\": {}\n}}\n",
+        capacity.receipts_per_tx,
+        capacity.cu_per_receipt,
+        capacity.cu_per_extra_receipt,
+        capacity.fee_lamports_per_receipt,
+        capacity.tx_bytes
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("results.json"), &json))
+        .and_then(|()| std::fs::write(dir.join("results.md"), &md));
+    match written {
+        Ok(()) => eprintln!("wrote target/bench/results.json and results.md"),
+        Err(e) => {
+            eprintln!("tally-bench: cannot write target/bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
