@@ -75,6 +75,16 @@ pub struct JobToppedUp {
     pub escrow_left: u64,
 }
 
+/// `open_ledgers` created an operator's earnings ledger and/or a revenue day.
+#[event]
+pub struct LedgersOpened {
+    pub operator: Pubkey,
+    pub mint: Pubkey,
+    pub day: u32,
+    pub earnings_created: bool,
+    pub revenue_created: bool,
+}
+
 #[event]
 pub struct ReceiptSettled {
     pub job: Pubkey,

@@ -64,3 +64,31 @@ pub fn deposit_for(unit_price: u64, max_units: u64) -> Result<u64> {
         .checked_mul(max_units)
         .ok_or_else(|| error!(TallyError::AmountOverflow))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fee_rounds_down_and_net_plus_fee_is_gross() {
+        let p = compute_payout(3, 7, u64::MAX, 250).unwrap();
+        assert_eq!((p.gross, p.fee, p.net, p.capped), (21, 0, 21, false));
+        let p = compute_payout(10, 1_234, u64::MAX, 250).unwrap();
+        assert_eq!((p.gross, p.fee, p.net), (12_340, 308, 12_032));
+        assert_eq!(p.fee + p.net, p.gross);
+    }
+
+    #[test]
+    fn gross_is_capped_by_escrow_without_overflow() {
+        let p = compute_payout(u64::MAX, u64::MAX, 1_000, 1_000).unwrap();
+        assert_eq!((p.gross, p.fee, p.net, p.capped), (1_000, 100, 900, true));
+        let p = compute_payout(5, 0, 1_000, 1_000).unwrap();
+        assert_eq!((p.gross, p.capped), (0, false));
+    }
+
+    #[test]
+    fn deposit_overflow_is_an_error() {
+        assert!(deposit_for(u64::MAX, 2).is_err());
+        assert_eq!(deposit_for(20, 100_000).unwrap(), 2_000_000);
+    }
+}

@@ -178,3 +178,73 @@ fn add_mint_attacks() {
         failed.logs
     );
 }
+
+#[test]
+fn sol_is_paid_as_wrapped_sol() {
+    use anchor_lang::solana_program::program_pack::Pack;
+    use anchor_lang::solana_program::system_instruction;
+    use anchor_spl::token::spl_token;
+
+    let mut world = World::builder().fee_bps(0).challenge_window(0).build();
+    // The native mint exists on every cluster; LiteSVM starts without it.
+    let native = MintRef {
+        mint: spl_token::native_mint::ID,
+        token_program: anchor_spl::token::ID,
+    };
+    let mut data = vec![0u8; spl_token::state::Mint::LEN];
+    spl_token::state::Mint {
+        decimals: 9,
+        is_initialized: true,
+        ..Default::default()
+    }
+    .pack_into_slice(&mut data);
+    let lamports = world.env.svm.minimum_balance_for_rent_exemption(data.len());
+    world
+        .env
+        .svm
+        .set_account(
+            native.mint,
+            solana_account::Account {
+                lamports,
+                data,
+                owner: native.token_program,
+                executable: false,
+                rent_epoch: 0,
+            },
+        )
+        .unwrap();
+    expect_ok(add(&mut world, native));
+    world.mints.push(native);
+    world.mint = native;
+
+    let operator = world.operator();
+    let client = world.client(0);
+    // The client wraps 2 SOL: lamports into its wSOL account, then sync_native.
+    let wrap = [
+        system_instruction::transfer(&client.wallet.pubkey(), &client.tokens, 2_000_000_000),
+        spl_token_2022::instruction::sync_native(&native.token_program, &client.tokens).unwrap(),
+    ];
+    expect_ok(world.send(&wrap, &[&client.wallet]));
+    assert_eq!(world.env.token_balance(&client.tokens), 2_000_000_000);
+
+    let spec = tally_tests::JobSpec {
+        unit_price: 1_000,
+        max_units: 1_000_000,
+        ..Default::default()
+    };
+    let job = world.open_job(&client, &operator, 1, spec);
+    world.env.advance(60);
+    let receipt = world.receipt(1, 250_000);
+    expect_ok(world.complete(&operator, &job, receipt));
+    expect_ok(world.claim(&operator));
+    assert_eq!(
+        world.env.token_balance(&operator.payout_tokens),
+        250_000_000,
+        "0.25 SOL earned"
+    );
+    assert_eq!(
+        world.env.token_balance(&client.tokens),
+        1_750_000_000,
+        "0.75 SOL refunded"
+    );
+}

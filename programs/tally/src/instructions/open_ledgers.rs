@@ -1,5 +1,6 @@
 use anchor_lang::prelude::*;
 
+use crate::events::LedgersOpened;
 use crate::state::{seeds, Earnings, Operator, Revenue, Vault};
 
 #[derive(Accounts)]
@@ -36,16 +37,27 @@ impl OpenLedgers<'_> {
     pub fn open_ledgers(ctx: Context<Self>, day: u32) -> Result<()> {
         let mint = ctx.accounts.vault.mint;
         let earnings = &mut ctx.accounts.earnings;
-        if earnings.operator == Pubkey::default() {
+        let earnings_created = earnings.operator == Pubkey::default();
+        if earnings_created {
             earnings.operator = ctx.accounts.operator.key();
             earnings.mint = mint;
             earnings.bump = ctx.bumps.earnings;
         }
         let revenue = &mut ctx.accounts.revenue;
-        if revenue.mint == Pubkey::default() {
+        let revenue_created = revenue.mint == Pubkey::default();
+        if revenue_created {
             revenue.mint = mint;
             revenue.day = day;
             revenue.bump = ctx.bumps.revenue;
+        }
+        if earnings_created || revenue_created {
+            emit!(LedgersOpened {
+                operator: ctx.accounts.operator.key(),
+                mint,
+                day,
+                earnings_created,
+                revenue_created,
+            });
         }
         Ok(())
     }

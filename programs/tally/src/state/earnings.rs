@@ -101,3 +101,61 @@ impl Earnings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Earnings {
+        Earnings {
+            operator: Pubkey::default(),
+            mint: Pubkey::default(),
+            claimable: 0,
+            pending: [PendingEarnings::default(); 2],
+            total_earned: 0,
+            total_claimed: 0,
+            bump: 0,
+        }
+    }
+
+    #[test]
+    fn amounts_mature_between_one_and_two_windows_later() {
+        let mut e = empty();
+        e.credit(100, 3_599, 3_600).unwrap();
+        assert_eq!(
+            e.pending[0].matures_at, 7_200,
+            "1 s short of a window boundary: 1 window + 1 s"
+        );
+        e.credit(50, 3_600, 3_600).unwrap();
+        assert_eq!(e.pending[1].matures_at, 10_800, "on a boundary: 2 windows");
+        e.mature(7_199).unwrap();
+        assert_eq!(e.claimable, 0);
+        e.mature(7_200).unwrap();
+        assert_eq!((e.claimable, e.unmatured().unwrap()), (100, 50));
+        // The freed bucket takes the next period.
+        e.credit(10, 7_300, 3_600).unwrap();
+        assert_eq!(e.unmatured().unwrap(), 60);
+        e.mature(14_400).unwrap();
+        assert_eq!(
+            (e.claimable, e.unmatured().unwrap(), e.total_earned),
+            (160, 0, 160)
+        );
+    }
+
+    #[test]
+    fn zero_window_pays_at_once_and_a_changed_window_never_matures_early() {
+        let mut e = empty();
+        e.credit(7, 100, 0).unwrap();
+        assert_eq!(e.claimable, 7);
+        // Two buckets in use, then the window changes: a third maturity time folds
+        // into the later bucket, which only moves later.
+        e.credit(1, 1_000, 600).unwrap(); // matures 1_800
+        e.credit(1, 1_300, 600).unwrap(); // matures 2_400
+        e.credit(1, 1_300, 3_600).unwrap(); // would mature 7_200
+        assert_eq!(e.unmatured().unwrap(), 3);
+        e.mature(2_400).unwrap();
+        assert_eq!(e.claimable, 8, "only the 1_800 bucket matured");
+        e.mature(7_200).unwrap();
+        assert_eq!(e.claimable, 10);
+    }
+}
