@@ -1,15 +1,20 @@
 //! Token movements in and out of a vault. Every transfer is `transfer_checked` through
-//! the token interface, so SPL Token and Token-2022 mints take the same path.
+//! the token interface, so SPL Token and Token-2022 mints take the same path, and every
+//! movement ends with the vault's solvency check against its real token balance.
 use anchor_lang::prelude::*;
 use anchor_spl::token_interface::{self, Mint, TokenAccount, TokenInterface, TransferChecked};
 
-use crate::state::{seeds, Vault};
+use crate::errors::TallyError;
+use crate::events::JobClosed;
+use crate::state::{seeds, Job, JobStatus, Vault};
 
-/// Moves `amount` from a user's token account (signed by `authority`) into the vault.
+/// Moves `amount` from a client's token account (signed by `authority`) into the
+/// vault and books it as escrow.
 pub fn deposit<'info>(
     from: &InterfaceAccount<'info, TokenAccount>,
     authority: &Signer<'info>,
-    vault_tokens: &InterfaceAccount<'info, TokenAccount>,
+    vault: &mut Account<'info, Vault>,
+    vault_tokens: &mut InterfaceAccount<'info, TokenAccount>,
     mint: &InterfaceAccount<'info, Mint>,
     token_program: &Interface<'info, TokenInterface>,
     amount: u64,
@@ -24,13 +29,24 @@ pub fn deposit<'info>(
         CpiContext::new(token_program.key(), accounts),
         amount,
         mint.decimals,
-    )
+    )?;
+    vault.escrow_total = vault
+        .escrow_total
+        .checked_add(amount)
+        .ok_or(TallyError::AmountOverflow)?;
+    vault.total_deposited = vault
+        .total_deposited
+        .checked_add(amount)
+        .ok_or(TallyError::AmountOverflow)?;
+    vault_tokens.reload()?;
+    vault.invariant(vault_tokens.amount)
 }
 
-/// Moves `amount` out of the vault, signed by the vault PDA.
+/// Moves `amount` out of the vault, signed by the vault PDA. The caller has already
+/// taken `amount` off the vault's books.
 pub fn pay_out<'info>(
     vault: &Account<'info, Vault>,
-    vault_tokens: &InterfaceAccount<'info, TokenAccount>,
+    vault_tokens: &mut InterfaceAccount<'info, TokenAccount>,
     mint: &InterfaceAccount<'info, Mint>,
     to: &InterfaceAccount<'info, TokenAccount>,
     token_program: &Interface<'info, TokenInterface>,
@@ -48,40 +64,51 @@ pub fn pay_out<'info>(
         CpiContext::new_with_signer(token_program.key(), accounts, signer_seeds),
         amount,
         mint.decimals,
-    )
+    )?;
+    vault_tokens.reload()?;
+    vault.invariant(vault_tokens.amount)
 }
 
-/// Refunds what is left of a closing job's escrow to the client and books it.
-/// Returns the amount refunded.
-pub fn refund_escrow<'info>(
-    job: &mut crate::state::Job,
+/// Ends a job: refunds what is left of its escrow to the client, books it, and emits
+/// `JobClosed` with the terminal `status`. (The account itself is closed by the
+/// instruction's `close = client` constraint.)
+pub fn refund_and_close<'info>(
+    job_key: Pubkey,
+    job: &mut Job,
+    status: JobStatus,
     vault: &mut Account<'info, Vault>,
     vault_tokens: &mut InterfaceAccount<'info, TokenAccount>,
     mint: &InterfaceAccount<'info, Mint>,
     client_tokens: &InterfaceAccount<'info, TokenAccount>,
     token_program: &Interface<'info, TokenInterface>,
-) -> Result<u64> {
-    let refund = job.escrow_left;
-    if refund > 0 {
+) -> Result<()> {
+    let refunded = job.escrow_left;
+    job.escrow_left = 0;
+    vault.escrow_total = vault
+        .escrow_total
+        .checked_sub(refunded)
+        .ok_or(TallyError::VaultInsolvent)?;
+    vault.total_refunded = vault
+        .total_refunded
+        .checked_add(refunded)
+        .ok_or(TallyError::AmountOverflow)?;
+    if refunded > 0 {
         pay_out(
             vault,
             vault_tokens,
             mint,
             client_tokens,
             token_program,
-            refund,
+            refunded,
         )?;
     }
-    job.escrow_left = 0;
-    vault.escrow_total = vault
-        .escrow_total
-        .checked_sub(refund)
-        .ok_or(crate::errors::TallyError::VaultInsolvent)?;
-    vault.total_refunded = vault
-        .total_refunded
-        .checked_add(refund)
-        .ok_or(crate::errors::TallyError::AmountOverflow)?;
-    vault_tokens.reload()?;
-    vault.invariant(vault_tokens.amount)?;
-    Ok(refund)
+    emit!(JobClosed {
+        job: job_key,
+        client: job.client,
+        status: status as u8,
+        refunded,
+        settled_units: job.settled_units,
+        settled_gross: job.settled_gross,
+    });
+    Ok(())
 }

@@ -2,7 +2,6 @@ use anchor_lang::prelude::*;
 use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
-use crate::events::JobClosed;
 use crate::state::{Job, JobStatus, Vault};
 use crate::vault_io;
 
@@ -34,22 +33,15 @@ impl CancelJob<'_> {
             job.status() == JobStatus::Open && job.last_seq == 0,
             TallyError::JobHasUsage
         );
-        let refunded = vault_io::refund_escrow(
+        vault_io::refund_and_close(
+            job_key,
             &mut job,
+            JobStatus::Cancelled,
             &mut accounts.vault,
             &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.client_tokens,
             &accounts.token_program,
-        )?;
-        emit!(JobClosed {
-            job: job_key,
-            client: job.client,
-            status: JobStatus::Cancelled as u8,
-            refunded,
-            settled_units: 0,
-            settled_gross: 0,
-        });
-        Ok(())
+        )
     }
 }

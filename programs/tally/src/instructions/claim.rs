@@ -50,14 +50,12 @@ impl Claim<'_> {
             .ok_or(TallyError::AmountOverflow)?;
         vault_io::pay_out(
             vault,
-            &accounts.vault_tokens,
+            &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.payout_tokens,
             &accounts.token_program,
             amount,
         )?;
-        accounts.vault_tokens.reload()?;
-        accounts.vault.invariant(accounts.vault_tokens.amount)?;
         emit!(EarningsClaimed {
             operator: accounts.operator.key(),
             mint: accounts.mint.key(),

@@ -2,7 +2,6 @@ use anchor_lang::prelude::*;
 use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
-use crate::events::JobClosed;
 use crate::instructions::settle::{check_attestation, split_oracle_signers};
 use crate::receipt::SettleReceipt;
 use crate::settlement::{Ledgers, SettleTotals};
@@ -101,22 +100,15 @@ impl<'info> CompleteJob<'info> {
             }
             ledgers.post(&totals, now)?;
         }
-        let refunded = vault_io::refund_escrow(
+        vault_io::refund_and_close(
+            job_key,
             &mut job,
+            JobStatus::Completed,
             &mut accounts.vault,
             &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.client_tokens,
             &accounts.token_program,
-        )?;
-        emit!(JobClosed {
-            job: job_key,
-            client: job.client,
-            status: JobStatus::Completed as u8,
-            refunded,
-            settled_units: job.settled_units,
-            settled_gross: job.settled_gross,
-        });
-        Ok(())
+        )
     }
 }

@@ -2,7 +2,6 @@ use anchor_lang::prelude::*;
 use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
-use crate::events::JobClosed;
 use crate::state::{seeds, Config, Job, JobStatus, Vault};
 use crate::vault_io;
 
@@ -41,22 +40,15 @@ impl ExpireJob<'_> {
             now > job.settle_until(accounts.config.expiry_grace_secs),
             TallyError::JobNotExpired
         );
-        let refunded = vault_io::refund_escrow(
+        vault_io::refund_and_close(
+            job_key,
             &mut job,
+            JobStatus::Expired,
             &mut accounts.vault,
             &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.client_tokens,
             &accounts.token_program,
-        )?;
-        emit!(JobClosed {
-            job: job_key,
-            client: job.client,
-            status: JobStatus::Expired as u8,
-            refunded,
-            settled_units: job.settled_units,
-            settled_gross: job.settled_gross,
-        });
-        Ok(())
+        )
     }
 }

@@ -75,22 +75,12 @@ impl OpenJob<'_> {
         vault_io::deposit(
             &accounts.client_tokens,
             &accounts.client,
-            &accounts.vault_tokens,
+            &mut accounts.vault,
+            &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.token_program,
             deposit,
         )?;
-        let vault = &mut accounts.vault;
-        vault.escrow_total = vault
-            .escrow_total
-            .checked_add(deposit)
-            .ok_or(TallyError::AmountOverflow)?;
-        vault.total_deposited = vault
-            .total_deposited
-            .checked_add(deposit)
-            .ok_or(TallyError::AmountOverflow)?;
-        accounts.vault_tokens.reload()?;
-        vault.invariant(accounts.vault_tokens.amount)?;
 
         let operator = &mut accounts.operator;
         operator.jobs_opened = operator.jobs_opened.saturating_add(1);

@@ -37,7 +37,8 @@ impl TopUp<'_> {
         vault_io::deposit(
             &accounts.client_tokens,
             &accounts.client,
-            &accounts.vault_tokens,
+            &mut accounts.vault,
+            &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.token_program,
             amount,
@@ -50,17 +51,6 @@ impl TopUp<'_> {
             .escrow_left
             .checked_add(amount)
             .ok_or(TallyError::AmountOverflow)?;
-        let vault = &mut accounts.vault;
-        vault.escrow_total = vault
-            .escrow_total
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
-        vault.total_deposited = vault
-            .total_deposited
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
-        accounts.vault_tokens.reload()?;
-        vault.invariant(accounts.vault_tokens.amount)?;
         emit!(JobToppedUp {
             job: accounts.job.key(),
             amount,

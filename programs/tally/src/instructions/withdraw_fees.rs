@@ -37,14 +37,12 @@ impl WithdrawFees<'_> {
             .ok_or(TallyError::AmountOverflow)?;
         vault_io::pay_out(
             vault,
-            &accounts.vault_tokens,
+            &mut accounts.vault_tokens,
             &accounts.mint,
             &accounts.destination,
             &accounts.token_program,
             amount,
         )?;
-        accounts.vault_tokens.reload()?;
-        accounts.vault.invariant(accounts.vault_tokens.amount)?;
         emit!(FeesWithdrawn {
             mint: accounts.mint.key(),
             amount,
