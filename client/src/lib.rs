@@ -20,6 +20,7 @@ pub use tally::ID as PROGRAM_ID;
 
 pub mod ix;
 pub mod pda;
+pub mod relay;
 
 pub use anchor_lang::prelude::Pubkey;
 pub use anchor_lang::solana_program::instruction::{AccountMeta, Instruction};

@@ -108,6 +108,13 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
         "settle (8 receipts)",
         expect_ok(world.settle(&operator, &receipts)),
     ));
+    let oracle = world.oracles[0].insecure_clone();
+    let relayer = world.env.wallet(1_000_000_000);
+    let signed = world.sign_receipt(&batch[0], world.receipt(2, 60), &[&oracle]);
+    out.push((
+        "settle_relayed (1 receipt)",
+        expect_ok(world.settle_relayed(&operator, &relayer, &[signed])),
+    ));
     let r = world.receipt(3, 300);
     out.push((
         "complete_job",
@@ -174,6 +181,54 @@ pub struct SettleCapacity {
     pub cu_per_receipt: u64,
     /// Fee lamports of the transaction divided by its receipts.
     pub fee_lamports_per_receipt: u64,
+}
+
+/// Fills relayed settlements (one Ed25519 instruction + `settle_relayed`, a relayer
+/// paying) with receipts for distinct jobs, one oracle signature each, until the next
+/// one would exceed [`MAX_TX_BYTES`].
+pub fn relayed_capacity() -> SettleCapacity {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(1_000_000_000);
+    let jobs: Vec<_> = (0..16)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    let oracle = world.oracles[0].insecure_clone();
+    let relayer = world.env.wallet(1_000_000_000);
+    let signed: Vec<_> = jobs
+        .iter()
+        .map(|j| world.sign_receipt(j, world.receipt(1, 10), &[&oracle]))
+        .collect();
+    let size_of = |world: &mut World, n: usize| {
+        let ixs = world.relayed_ixs(&operator, &relayer, &signed[..n]);
+        let tx = Transaction::new(
+            &[&relayer],
+            Message::new(&ixs, Some(&relayer.pubkey())),
+            world.env.svm.latest_blockhash(),
+        );
+        crate::tx_wire_size(&tx)
+    };
+    let mut n = 1;
+    while n < jobs.len() && size_of(&mut world, n + 1) <= MAX_TX_BYTES {
+        n += 1;
+    }
+    let single = expect_ok(world.settle_relayed(&operator, &relayer, &signed[..1]));
+    let full = expect_ok(world.settle_relayed(&operator, &relayer, &signed[1..=n]));
+    assert!(
+        full.size <= MAX_TX_BYTES,
+        "the measured transaction fits: {} bytes",
+        full.size
+    );
+    let count = n as u64;
+    SettleCapacity {
+        receipts_per_tx: n,
+        tx_bytes: full.size,
+        cu: full.cu,
+        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
+        cu_per_receipt: full.cu / count,
+        fee_lamports_per_receipt: full.fee / count,
+    }
 }
 
 /// Fills legacy settle transactions (one oracle signature, its oracle paying the fee)

@@ -969,3 +969,72 @@ impl World {
         self.env.deployer.pubkey()
     }
 }
+
+impl World {
+    /// Signs `receipt` for `job` with `oracles` under the current oracle-set version.
+    pub fn sign_receipt(
+        &self,
+        job: &JobHandle,
+        receipt: SettleReceipt,
+        oracles: &[&Keypair],
+    ) -> tally_client::relay::SignedReceipt {
+        let usage = tally_client::UsageReceipt {
+            job: job.address,
+            job_nonce: self.env.job(&job.address).nonce,
+            receipt,
+            is_final: false,
+            oracle_set_version: self.config().oracle_set_version,
+        };
+        sign_usage(usage, oracles)
+    }
+
+    /// Posts signed receipts through `settle_relayed`, `relayer` paying the fee.
+    pub fn settle_relayed(
+        &mut self,
+        operator: &OperatorHandle,
+        relayer: &Keypair,
+        receipts: &[tally_client::relay::SignedReceipt],
+    ) -> TxResult {
+        let ixs = self.relayed_ixs(operator, relayer, receipts);
+        let result = self.env.send_with_payer(&ixs, relayer, &[]);
+        self.check_solvency();
+        result
+    }
+
+    /// The instructions of a relayed settlement, ledgers opened first if missing.
+    pub fn relayed_ixs(
+        &mut self,
+        operator: &OperatorHandle,
+        relayer: &Keypair,
+        receipts: &[tally_client::relay::SignedReceipt],
+    ) -> Vec<Instruction> {
+        let attestation = self.attestation();
+        if let Some(open) = self.ledgers_ix(&attestation, operator) {
+            expect_ok(self.env.send(&[open], &[]));
+        }
+        tally_client::relay::relayed_settlement(
+            relayer.pubkey(),
+            operator.authority.pubkey(),
+            self.mint.mint,
+            attestation.day,
+            receipts,
+        )
+        .expect("relayed settlement fits")
+        .to_vec()
+    }
+}
+
+/// Signs a usage receipt's message bytes with each of `oracles`.
+pub fn sign_usage(
+    usage: tally_client::UsageReceipt,
+    oracles: &[&Keypair],
+) -> tally_client::relay::SignedReceipt {
+    let message = usage.message(&tally::ID);
+    tally_client::relay::SignedReceipt {
+        receipt: usage,
+        signatures: oracles
+            .iter()
+            .map(|k| (k.pubkey(), <[u8; 64]>::from(k.sign_message(&message))))
+            .collect(),
+    }
+}

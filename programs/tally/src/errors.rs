@@ -97,4 +97,18 @@ pub enum TallyError {
         "Earnings or revenue account belongs to another operator or mint: derive it with the SDK"
     )]
     WrongLedger,
+
+    // relayed attestation: 6038..
+    #[msg("No Ed25519 signature instruction right before this one")]
+    MissingSignatureInstruction,
+    #[msg("An Ed25519 signature points into another instruction: every offset must point into the signature instruction itself")]
+    SignatureInOtherInstruction,
+    #[msg("Ed25519 signature data is truncated or malformed")]
+    MalformedSignatureData,
+    #[msg("Signed bytes are not a usage receipt of this program")]
+    WrongReceiptMessage,
+    #[msg("Signed receipt names another job, job nonce or oracle-set version")]
+    ReceiptMismatch,
+    #[msg("Number of signatures is not receipts × oracle threshold")]
+    SignatureCountMismatch,
 }

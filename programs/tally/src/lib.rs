@@ -11,6 +11,7 @@ use solana_compiler_builtins as _;
 
 use anchor_lang::prelude::*;
 
+pub mod ed25519;
 pub mod errors;
 pub mod events;
 pub mod instructions;
@@ -89,6 +90,11 @@ pub mod tally {
     /// Settles oracle-attested cumulative receipts for several jobs.
     pub fn settle<'info>(ctx: Context<'info, Settle<'info>>, args: SettleArgs) -> Result<()> {
         Settle::settle(ctx, args)
+    }
+
+    /// Settles receipts carrying Ed25519 oracle signatures, posted by anyone.
+    pub fn settle_relayed<'info>(ctx: Context<'info, SettleRelayed<'info>>) -> Result<()> {
+        SettleRelayed::settle_relayed(ctx)
     }
 
     /// Settles a job's final receipt, refunds the rest and closes the job.

@@ -65,4 +65,71 @@ impl UsageReceipt {
         }
         out
     }
+
+    /// Decodes [`UsageReceipt::message`] bytes signed for `program_id`; `None` if the
+    /// bytes are not exactly such a message.
+    pub fn from_message(program_id: &Pubkey, bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != RECEIPT_MESSAGE_LEN {
+            return None;
+        }
+        let (domain, rest) = bytes.split_at(RECEIPT_DOMAIN.len());
+        let (program, rest) = rest.split_at(32);
+        if domain != RECEIPT_DOMAIN || program != program_id.as_ref() {
+            return None;
+        }
+        let (job, rest) = rest.split_at(32);
+        let (nonce, rest) = rest.split_at(8);
+        let (seq, rest) = rest.split_at(8);
+        let (units, rest) = rest.split_at(8);
+        let (invoice_hash, rest) = rest.split_at(32);
+        let (period_end, rest) = rest.split_at(8);
+        let (is_final, version) = rest.split_at(1);
+        let u64_at = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
+        Some(Self {
+            job: Pubkey::try_from(job).ok()?,
+            job_nonce: u64_at(nonce)?,
+            receipt: SettleReceipt {
+                seq: u64_at(seq)?,
+                cumulative_units: u64_at(units)?,
+                invoice_hash: invoice_hash.try_into().ok()?,
+                period_end: period_end.try_into().ok().map(i64::from_le_bytes)?,
+            },
+            is_final: match is_final {
+                [0] => false,
+                [1] => true,
+                _ => return None,
+            },
+            oracle_set_version: version.try_into().ok().map(u32::from_le_bytes)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trips_and_binds_the_program() {
+        let receipt = UsageReceipt {
+            job: Pubkey::new_from_array([3; 32]),
+            job_nonce: 77,
+            receipt: SettleReceipt {
+                seq: 5,
+                cumulative_units: 1_000,
+                invoice_hash: [4; 32],
+                period_end: 1_795_564_800,
+            },
+            is_final: true,
+            oracle_set_version: 2,
+        };
+        let program = Pubkey::new_from_array([1; 32]);
+        let bytes = receipt.message(&program);
+        assert_eq!(UsageReceipt::from_message(&program, &bytes), Some(receipt));
+        let other_program = Pubkey::new_from_array([2; 32]);
+        assert_eq!(UsageReceipt::from_message(&other_program, &bytes), None);
+        assert_eq!(UsageReceipt::from_message(&program, &bytes[..100]), None);
+        let mut bad_flag = bytes;
+        bad_flag[RECEIPT_MESSAGE_LEN - 5] = 2;
+        assert_eq!(UsageReceipt::from_message(&program, &bad_flag), None);
+    }
 }

@@ -6,6 +6,12 @@ use crate::events::ReceiptSettled;
 use crate::receipt::SettleReceipt;
 use crate::state::{utc_day, Config, Earnings, Job, Operator, Revenue, Vault};
 
+/// A writable job account of this program, for settlement.
+pub fn job_loader<'info>(info: &'info AccountInfo<'info>) -> Result<AccountLoader<'info, Job>> {
+    require!(info.is_writable, TallyError::InvalidJobAccount);
+    AccountLoader::<Job>::try_from(info).map_err(|_| error!(TallyError::InvalidJobAccount))
+}
+
 /// Sums of what a batch of receipts did, posted to the ledgers once per instruction.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SettleTotals {

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use tally_tests::bench::{measure_instructions, settle_capacity, MAX_TX_BYTES};
+use tally_tests::bench::{
+    measure_instructions, relayed_capacity, settle_capacity, SettleCapacity, MAX_TX_BYTES,
+};
 
 /// Peers' published figures, for context.
 const HELIUM_CLAIMS_PER_TX: u64 = 5;
@@ -12,9 +14,43 @@ const NOSANA_JOBS_PER_TX: u64 = 1;
 const GOAL_RECEIPTS_PER_TX: u64 = 16;
 const GOAL_CU_PER_RECEIPT: u64 = 3_000;
 
+fn settlement_table(md: &mut String, title: &str, c: &SettleCapacity) {
+    let _ = writeln!(md);
+    let _ = writeln!(md, "| settlement: {title} | measured | goal | peer |");
+    let _ = writeln!(md, "|---|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "| receipts per legacy transaction (≤ {MAX_TX_BYTES} bytes) | {} ({} bytes) | ≥ {GOAL_RECEIPTS_PER_TX} | Helium: {HELIUM_CLAIMS_PER_TX} claims/tx; Nosana: {NOSANA_JOBS_PER_TX} job/tx |",
+        c.receipts_per_tx, c.tx_bytes
+    );
+    let _ = writeln!(
+        md,
+        "| CU per receipt (whole tx / receipts) | {} | ≤ {GOAL_CU_PER_RECEIPT} | |",
+        c.cu_per_receipt
+    );
+    let _ = writeln!(
+        md,
+        "| CU per extra receipt | {} | | |",
+        c.cu_per_extra_receipt
+    );
+    let _ = writeln!(
+        md,
+        "| fee lamports per receipt | {} | | |",
+        c.fee_lamports_per_receipt
+    );
+}
+
+fn capacity_json(c: &SettleCapacity) -> String {
+    format!(
+        "{{\"receipts_per_tx\": {}, \"tx_bytes\": {}, \"cu\": {}, \"cu_per_receipt\": {}, \"cu_per_extra_receipt\": {}, \"fee_lamports_per_receipt\": {}}}",
+        c.receipts_per_tx, c.tx_bytes, c.cu, c.cu_per_receipt, c.cu_per_extra_receipt, c.fee_lamports_per_receipt
+    )
+}
+
 fn main() {
     let instructions = measure_instructions();
-    let capacity = settle_capacity();
+    let signer = settle_capacity();
+    let relayed = relayed_capacity();
 
     let mut md = String::new();
     let _ = writeln!(md, "| instruction | CU | tx bytes | fee (lamports) |");
@@ -26,33 +62,13 @@ fn main() {
             sent.cu, sent.size, sent.fee
         );
     }
+    settlement_table(&mut md, "oracle signs the transaction", &signer);
+    settlement_table(&mut md, "relayed, Ed25519 signatures", &relayed);
     let _ = writeln!(md);
     let _ = writeln!(
         md,
-        "| settlement (legacy transaction, 1 oracle) | measured | goal | peer |"
+        "Receipts per transaction with an address lookup table: not measured yet."
     );
-    let _ = writeln!(md, "|---|---:|---:|---|");
-    let _ = writeln!(
-        md,
-        "| receipts per transaction (≤ {MAX_TX_BYTES} bytes) | {} ({} bytes) | ≥ {GOAL_RECEIPTS_PER_TX} | Helium: {HELIUM_CLAIMS_PER_TX} claims/tx; Nosana: {NOSANA_JOBS_PER_TX} job/tx |",
-        capacity.receipts_per_tx, capacity.tx_bytes
-    );
-    let _ = writeln!(
-        md,
-        "| CU per receipt (whole tx / receipts) | {} | ≤ {GOAL_CU_PER_RECEIPT} | |",
-        capacity.cu_per_receipt
-    );
-    let _ = writeln!(
-        md,
-        "| CU per extra receipt | {} | | |",
-        capacity.cu_per_extra_receipt
-    );
-    let _ = writeln!(
-        md,
-        "| fee lamports per receipt | {} | | |",
-        capacity.fee_lamports_per_receipt
-    );
-    let _ = writeln!(md, "| receipts per transaction with a lookup table | not measured yet (issue 7) | ≥ {GOAL_RECEIPTS_PER_TX} | |");
     print!("{md}");
 
     let mut json = String::from("{\n  \"instructions\": {");
@@ -67,12 +83,12 @@ fn main() {
     }
     let _ = write!(
         json,
-        "\n  }},\n  \"receipts_per_tx\": {},\n  \"receipts_per_tx_alt\": null,\n  \"cu_per_receipt\": {},\n  \"cu_per_extra_receipt\": {},\n  \"fee_lamports_per_receipt\": {},\n  \"settle_tx_bytes\": {}\n}}\n",
-        capacity.receipts_per_tx,
-        capacity.cu_per_receipt,
-        capacity.cu_per_extra_receipt,
-        capacity.fee_lamports_per_receipt,
-        capacity.tx_bytes
+        "\n  }},\n  \"receipts_per_tx\": {},\n  \"receipts_per_tx_alt\": null,\n  \"cu_per_receipt\": {},\n  \"fee_lamports_per_receipt\": {},\n  \"signer_path\": {},\n  \"relayed_path\": {}\n}}\n",
+        signer.receipts_per_tx,
+        signer.cu_per_receipt,
+        signer.fee_lamports_per_receipt,
+        capacity_json(&signer),
+        capacity_json(&relayed)
     );
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let written = std::fs::create_dir_all(&dir)

@@ -10,5 +10,6 @@ mod layout;
 mod lifecycle;
 mod mints;
 mod operators;
+mod relayed;
 mod settle;
 mod smoke;

@@ -2,8 +2,8 @@ use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
 use crate::receipt::SettleReceipt;
-use crate::settlement::{Ledgers, SettleTotals};
-use crate::state::{seeds, Config, Earnings, Job, Operator, Revenue, Vault};
+use crate::settlement::{job_loader, Ledgers, SettleTotals};
+use crate::state::{seeds, Config, Earnings, Operator, Revenue, Vault};
 
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
 pub struct SettleArgs {
@@ -69,9 +69,7 @@ impl<'info> Settle<'info> {
         ledgers.check_day(now)?;
         let mut totals = SettleTotals::default();
         for (info, receipt) in jobs.iter().zip(args.receipts.iter()) {
-            require!(info.is_writable, TallyError::InvalidJobAccount);
-            let loader = AccountLoader::<Job>::try_from(info)
-                .map_err(|_| error!(TallyError::InvalidJobAccount))?;
+            let loader = job_loader(info)?;
             let mut job = loader.load_mut()?;
             ledgers.apply(
                 info.key(),
