@@ -18,6 +18,7 @@ pub use tally::receipt::{SettleReceipt, UsageReceipt};
 pub use tally::state;
 pub use tally::ID as PROGRAM_ID;
 
+pub mod alt;
 pub mod ix;
 pub mod pda;
 pub mod relay;

@@ -183,6 +183,66 @@ pub struct SettleCapacity {
     pub fee_lamports_per_receipt: u64,
 }
 
+/// Fills a v0 settle transaction whose accounts resolve through an address lookup
+/// table (created by the real lookup-table program) until the next receipt would
+/// exceed [`MAX_TX_BYTES`]; checks every receipt settled.
+pub fn alt_capacity() -> SettleCapacity {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(1_000_000_000);
+    let jobs: Vec<_> = (0..32)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    let addresses: Vec<_> = jobs.iter().map(|j| j.address).collect();
+    let table = world.settlement_table(&operator, &addresses);
+    let receipts_for = |world: &World, n: usize| -> Vec<_> {
+        jobs[..n]
+            .iter()
+            .map(|j| (j.address, world.receipt(1, 100)))
+            .collect()
+    };
+    let size_of = |world: &World, n: usize| {
+        crate::tx_wire_size_versioned(&world.settle_v0_tx(
+            &operator,
+            &receipts_for(world, n),
+            &table,
+        ))
+    };
+    let mut n = 1;
+    while n < jobs.len() && size_of(&world, n + 1) <= MAX_TX_BYTES {
+        n += 1;
+    }
+    let single = expect_ok(world.settle_v0(&operator, &receipts_for(&world, 1), &table));
+    world.env.advance(1);
+    let receipts: Vec<_> = jobs[..n]
+        .iter()
+        .map(|j| (j.address, world.receipt(2, 200)))
+        .collect();
+    let full = expect_ok(world.settle_v0(&operator, &receipts, &table));
+    assert!(
+        full.size <= MAX_TX_BYTES,
+        "the measured transaction fits: {} bytes",
+        full.size
+    );
+    for job in &jobs[..n] {
+        assert_eq!(
+            world.env.job(&job.address).settled_units,
+            200,
+            "every receipt settled"
+        );
+    }
+    let count = n as u64;
+    SettleCapacity {
+        receipts_per_tx: n,
+        tx_bytes: full.size,
+        cu: full.cu,
+        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
+        cu_per_receipt: full.cu / count,
+        fee_lamports_per_receipt: full.fee / count,
+    }
+}
+
 /// Fills relayed settlements (one Ed25519 instruction + `settle_relayed`, a relayer
 /// paying) with receipts for distinct jobs, one oracle signature each, until the next
 /// one would exceed [`MAX_TX_BYTES`].

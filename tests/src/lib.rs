@@ -1038,3 +1038,119 @@ pub fn sign_usage(
             .collect(),
     }
 }
+
+impl TestEnv {
+    /// Sends a versioned (v0) transaction.
+    pub fn send_versioned(
+        &mut self,
+        tx: solana_transaction::versioned::VersionedTransaction,
+    ) -> TxResult {
+        let size = tx_wire_size_versioned(&tx);
+        let result = self.svm.send_transaction(tx);
+        self.svm.expire_blockhash();
+        match result {
+            Ok(meta) => Ok(Sent {
+                cu: meta.compute_units_consumed,
+                logs: meta.logs,
+                size,
+                fee: meta.fee,
+            }),
+            Err(failed) => Err(Failed {
+                err: failed.err,
+                logs: failed.meta.logs,
+            }),
+        }
+    }
+
+    /// Makes the current slot a recent one in SlotHashes (lookup tables name one).
+    pub fn record_slot_hash(&mut self) -> u64 {
+        let slot = self.svm.get_sysvar::<solana_clock::Clock>().slot;
+        self.svm.set_sysvar(&solana_slot_hashes::SlotHashes::new(&[(
+            slot,
+            solana_hash::Hash::default(),
+        )]));
+        slot
+    }
+}
+
+impl World {
+    /// Creates and fills, through the real lookup-table program, a table holding the
+    /// accounts of a settlement of `jobs` for `operator` today; returns it once active.
+    pub fn settlement_table(
+        &mut self,
+        operator: &OperatorHandle,
+        jobs: &[Pubkey],
+    ) -> tally_client::alt::AddressLookupTableAccount {
+        let attestation = self.attestation();
+        if let Some(open) = self.ledgers_ix(&attestation, operator) {
+            expect_ok(self.env.send(&[open], &[]));
+        }
+        let addresses = tally_client::alt::settlement_addresses(
+            &operator.authority.pubkey(),
+            &self.mint.mint,
+            attestation.day,
+            jobs,
+        );
+        let slot = self.env.record_slot_hash();
+        let authority = self.env.payer.insecure_clone();
+        let (table, transactions) = tally_client::alt::create_lookup_table(
+            authority.pubkey(),
+            authority.pubkey(),
+            slot,
+            &addresses,
+        );
+        for ixs in transactions {
+            expect_ok(self.env.send(&ixs, &[]));
+        }
+        // Addresses become usable in the slot after they were added.
+        self.env.advance(1);
+        tally_client::alt::AddressLookupTableAccount {
+            key: table,
+            addresses,
+        }
+    }
+
+    /// Settles `receipts` in one v0 transaction resolving accounts through `table`.
+    pub fn settle_v0(
+        &mut self,
+        operator: &OperatorHandle,
+        receipts: &[(Pubkey, SettleReceipt)],
+        table: &tally_client::alt::AddressLookupTableAccount,
+    ) -> TxResult {
+        let tx = self.settle_v0_tx(operator, receipts, table);
+        let result = self.env.send_versioned(tx);
+        self.check_solvency();
+        result
+    }
+
+    /// The signed v0 settle transaction (the first oracle signs and pays).
+    pub fn settle_v0_tx(
+        &self,
+        operator: &OperatorHandle,
+        receipts: &[(Pubkey, SettleReceipt)],
+        table: &tally_client::alt::AddressLookupTableAccount,
+    ) -> solana_transaction::versioned::VersionedTransaction {
+        let attestation = self.attestation();
+        let ix = ix::settle(
+            &attestation,
+            operator.authority.pubkey(),
+            self.mint.mint,
+            receipts,
+        );
+        let oracle = &self.oracles[0];
+        let message = tally_client::alt::v0_message(
+            &oracle.pubkey(),
+            &[ix],
+            std::slice::from_ref(table),
+            self.env.svm.latest_blockhash(),
+        )
+        .expect("v0 message compiles");
+        solana_transaction::versioned::VersionedTransaction::try_new(message, &[oracle])
+            .expect("oracle signs")
+    }
+}
+
+/// Wire size of a versioned transaction.
+pub fn tx_wire_size_versioned(tx: &solana_transaction::versioned::VersionedTransaction) -> usize {
+    compact_u16_len(tx.signatures.len()) + tx.signatures.len() * 64 + tx.message.serialize().len()
+}

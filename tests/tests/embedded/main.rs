@@ -2,6 +2,7 @@
 //! One test binary; one module per area. Every transaction sent through a `World`
 //! is followed by the solvency check of every vault it knows.
 
+mod batch;
 mod config;
 mod cu;
 mod idl;
