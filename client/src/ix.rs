@@ -360,3 +360,43 @@ pub fn withdraw_fees(treasury: Pubkey, mint: MintRef, destination: Pubkey) -> In
         &instruction::WithdrawFees {},
     )
 }
+
+/// `dispute_job` (the job's client): freezes the operator's unmatured share of the job.
+/// `operator` is the operator PDA (the job's `operator` field).
+pub fn dispute_job(client: Pubkey, job: Pubkey, operator: Pubkey, mint: Pubkey) -> Instruction {
+    build(
+        &accounts::DisputeJob {
+            client,
+            config: pda::config(),
+            job,
+            earnings: pda::earnings(&operator, &mint),
+        },
+        &instruction::DisputeJob {},
+    )
+}
+
+/// `resolve_dispute`: the arbiter refunds `client_share` to `client_tokens` and
+/// releases the rest to the operator; after the timeout anyone may call it with 0.
+pub fn resolve_dispute(
+    resolver: Pubkey,
+    job: Pubkey,
+    operator: Pubkey,
+    mint: MintRef,
+    client_tokens: Pubkey,
+    client_share: u64,
+) -> Instruction {
+    build(
+        &accounts::ResolveDispute {
+            resolver,
+            config: pda::config(),
+            job,
+            earnings: pda::earnings(&operator, &mint.mint),
+            mint: mint.mint,
+            vault: pda::vault(&mint.mint),
+            vault_tokens: pda::vault_tokens(&mint.mint),
+            client_tokens,
+            token_program: mint.token_program,
+        },
+        &instruction::ResolveDispute { client_share },
+    )
+}

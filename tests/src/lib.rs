@@ -496,6 +496,7 @@ pub struct WorldBuilder {
     pub fee_bps: u16,
     pub challenge_window_secs: u32,
     pub expiry_grace_secs: u32,
+    pub dispute_timeout_secs: u32,
     pub oracles: usize,
     pub threshold: u8,
     pub token: TokenKind,
@@ -507,6 +508,7 @@ impl Default for WorldBuilder {
             fee_bps: 250,
             challenge_window_secs: 3_600,
             expiry_grace_secs: 3_600,
+            dispute_timeout_secs: 7 * 86_400,
             oracles: 1,
             threshold: 1,
             token: TokenKind::SplToken,
@@ -556,6 +558,7 @@ impl WorldBuilder {
                 fee_bps: self.fee_bps,
                 challenge_window_secs: self.challenge_window_secs,
                 expiry_grace_secs: self.expiry_grace_secs,
+                dispute_timeout_secs: self.dispute_timeout_secs,
                 oracles: oracles.iter().map(Signer::pubkey).collect(),
                 oracle_threshold: self.threshold,
             },
@@ -935,7 +938,7 @@ impl World {
                 .filter(|e| self.env.exists(e))
                 .map(|e| {
                     let earnings: Earnings = self.env.account(&e);
-                    earnings.claimable + earnings.pending[0].amount + earnings.pending[1].amount
+                    earnings.owed().expect("earnings add up")
                 })
                 .sum();
             assert_eq!(

@@ -111,4 +111,18 @@ pub enum TallyError {
     ReceiptMismatch,
     #[msg("Number of signatures is not receipts × oracle threshold")]
     SignatureCountMismatch,
+
+    // disputes: 6044..
+    #[msg("Nothing to dispute: the job has no settled amount still inside the challenge window")]
+    NothingToDispute,
+    #[msg("The job has an open dispute: it must be resolved first")]
+    DisputeActive,
+    #[msg("The job has no open dispute")]
+    NoDispute,
+    #[msg("Only the arbiter may resolve a dispute before its timeout")]
+    DisputeNotExpired,
+    #[msg("The client's share is more than the disputed amount")]
+    InvalidSplit,
+    #[msg("Operator earnings do not cover the job's unmatured share")]
+    LedgerMismatch,
 }

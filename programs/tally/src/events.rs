@@ -16,6 +16,7 @@ pub struct ConfigUpdated {
     pub arbiter: Pubkey,
     pub challenge_window_secs: u32,
     pub expiry_grace_secs: u32,
+    pub dispute_timeout_secs: u32,
     pub paused: bool,
     pub oracle_set_version: u32,
 }
@@ -124,4 +125,25 @@ pub struct FeesWithdrawn {
     pub mint: Pubkey,
     pub amount: u64,
     pub destination: Pubkey,
+}
+
+/// A client disputed a job's settled amounts still inside the challenge window.
+#[event]
+pub struct DisputeOpened {
+    pub job: Pubkey,
+    pub client: Pubkey,
+    /// Operator earnings frozen.
+    pub amount: u64,
+    /// After this, anyone may close the dispute with the default outcome.
+    pub deadline: i64,
+}
+
+/// A dispute ended: `to_client` refunded, `to_operator` released to its earnings.
+#[event]
+pub struct DisputeResolved {
+    pub job: Pubkey,
+    pub to_client: u64,
+    pub to_operator: u64,
+    /// False when closed after the timeout with the default outcome.
+    pub by_arbiter: bool,
 }

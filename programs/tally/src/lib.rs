@@ -105,6 +105,16 @@ pub mod tally {
         CompleteJob::complete_job(ctx, args)
     }
 
+    /// The client disputes settled amounts still inside the challenge window.
+    pub fn dispute_job(ctx: Context<DisputeJob>) -> Result<()> {
+        DisputeJob::dispute_job(ctx)
+    }
+
+    /// The arbiter splits a disputed amount; after the timeout anyone closes it.
+    pub fn resolve_dispute(ctx: Context<ResolveDispute>, client_share: u64) -> Result<()> {
+        ResolveDispute::resolve_dispute(ctx, client_share)
+    }
+
     /// Refunds and closes a job after its deadline plus grace (anyone).
     pub fn expire_job(ctx: Context<ExpireJob>) -> Result<()> {
         ExpireJob::expire_job(ctx)

@@ -4,7 +4,10 @@ use anchor_lang::prelude::*;
 use crate::errors::TallyError;
 use crate::events::ReceiptSettled;
 use crate::receipt::SettleReceipt;
-use crate::state::{utc_day, Config, Earnings, Job, Operator, Revenue, Vault};
+use crate::state::{
+    add_pending, maturity_time, take_matured, utc_day, Config, Earnings, Job, Operator, Revenue,
+    Vault,
+};
 
 /// A writable job account of this program, for settlement.
 pub fn job_loader<'info>(info: &'info AccountInfo<'info>) -> Result<AccountLoader<'info, Job>> {
@@ -64,6 +67,12 @@ impl Ledgers<'_> {
             return Ok(());
         };
         let p = effect.payout;
+        // The job's own share of the operator's unmatured earnings, same maturity.
+        take_matured(&mut job.pending, now)?;
+        let window = self.config.challenge_window_secs;
+        if window > 0 && p.net > 0 {
+            add_pending(&mut job.pending, p.net, maturity_time(now, window)?)?;
+        }
         totals.gross = totals
             .gross
             .checked_add(p.gross)

@@ -13,6 +13,7 @@ fn init_args(oracle: &Keypair) -> InitializeConfigArgs {
         fee_bps: 100,
         challenge_window_secs: 60,
         expiry_grace_secs: 60,
+        dispute_timeout_secs: 600,
         oracles: vec![oracle.pubkey()],
         oracle_threshold: 1,
     }

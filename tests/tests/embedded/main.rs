@@ -5,6 +5,7 @@
 mod batch;
 mod config;
 mod cu;
+mod disputes;
 mod idl;
 mod jobs;
 mod layout;

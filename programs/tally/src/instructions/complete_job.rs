@@ -67,6 +67,7 @@ impl<'info> CompleteJob<'info> {
         let operator_key = accounts.operator.key();
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
+        require!(job.disputed_amount == 0, TallyError::DisputeActive);
         {
             let mut ledgers = Ledgers {
                 config: &accounts.config,

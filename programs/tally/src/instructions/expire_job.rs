@@ -40,6 +40,7 @@ impl ExpireJob<'_> {
             now > job.settle_until(accounts.config.expiry_grace_secs),
             TallyError::JobNotExpired
         );
+        require!(job.disputed_amount == 0, TallyError::DisputeActive);
         vault_io::refund_and_close(
             job_key,
             &mut job,

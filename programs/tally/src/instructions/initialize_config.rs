@@ -12,6 +12,7 @@ pub struct InitializeConfigArgs {
     pub fee_bps: u16,
     pub challenge_window_secs: u32,
     pub expiry_grace_secs: u32,
+    pub dispute_timeout_secs: u32,
     pub oracles: Vec<Pubkey>,
     pub oracle_threshold: u8,
 }
@@ -43,6 +44,7 @@ impl InitializeConfig<'_> {
             fee_bps: args.fee_bps,
             challenge_window_secs: args.challenge_window_secs,
             expiry_grace_secs: args.expiry_grace_secs,
+            dispute_timeout_secs: args.dispute_timeout_secs,
             paused: false,
             oracle_set_version: 1,
             oracle_threshold: args.oracle_threshold,

@@ -12,6 +12,7 @@ pub struct UpdateConfigArgs {
     pub arbiter: Option<Pubkey>,
     pub challenge_window_secs: Option<u32>,
     pub expiry_grace_secs: Option<u32>,
+    pub dispute_timeout_secs: Option<u32>,
     pub paused: Option<bool>,
     /// Replaces the oracle set and bumps its version: receipts signed under the old
     /// set no longer settle.
@@ -50,6 +51,9 @@ impl UpdateConfig<'_> {
         if let Some(secs) = args.expiry_grace_secs {
             config.expiry_grace_secs = secs;
         }
+        if let Some(secs) = args.dispute_timeout_secs {
+            config.dispute_timeout_secs = secs;
+        }
         if let Some(paused) = args.paused {
             config.paused = paused;
         }
@@ -68,6 +72,7 @@ impl UpdateConfig<'_> {
             arbiter: config.arbiter,
             challenge_window_secs: config.challenge_window_secs,
             expiry_grace_secs: config.expiry_grace_secs,
+            dispute_timeout_secs: config.dispute_timeout_secs,
             paused: config.paused,
             oracle_set_version: config.oracle_set_version,
         });

@@ -10,7 +10,7 @@ pub const MAX_FEE_BPS: u16 = 1_000;
 pub const BPS_DENOMINATOR: u16 = 10_000;
 /// Longest challenge window the admin may set (30 days).
 pub const MAX_CHALLENGE_WINDOW_SECS: u32 = 30 * 86_400;
-/// Longest grace after a job's deadline before anyone may expire it (30 days).
+/// Longest grace after a job (and longest dispute timeout)'s deadline before anyone may expire it (30 days).
 pub const MAX_EXPIRY_GRACE_SECS: u32 = 30 * 86_400;
 
 /// Deployment-wide settings: who administers, what the protocol charges, which oracle
@@ -33,6 +33,9 @@ pub struct Config {
     /// Seconds after a job's deadline during which receipts still settle; after it,
     /// anyone may expire the job and refund the client.
     pub expiry_grace_secs: u32,
+    /// Seconds an unresolved dispute waits for the arbiter before anyone may close it
+    /// with the default outcome (the attested receipts stand: the operator is paid).
+    pub dispute_timeout_secs: u32,
     /// When set, no new money comes in (open_job, top_up). Refunds, settlement of
     /// usage already done, and claims are never blocked.
     pub paused: bool,
@@ -72,7 +75,8 @@ impl Config {
         require!(self.fee_bps <= MAX_FEE_BPS, TallyError::FeeTooHigh);
         require!(
             self.challenge_window_secs <= MAX_CHALLENGE_WINDOW_SECS
-                && self.expiry_grace_secs <= MAX_EXPIRY_GRACE_SECS,
+                && self.expiry_grace_secs <= MAX_EXPIRY_GRACE_SECS
+                && self.dispute_timeout_secs <= MAX_EXPIRY_GRACE_SECS,
             TallyError::InvalidWindow
         );
         Self::validate_oracle_set(&self.oracles, self.oracle_threshold)

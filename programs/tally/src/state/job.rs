@@ -3,6 +3,7 @@ use anchor_lang::prelude::*;
 use crate::errors::TallyError;
 use crate::payout::{compute_payout, Payout};
 use crate::receipt::SettleReceipt;
+use crate::state::PendingEarnings;
 
 /// What a job's units count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +85,13 @@ pub struct Job {
     pub deadline: i64,
     /// `period_end` of the last settled receipt.
     pub last_period_end: i64,
+    /// The job's share of the operator's unmatured earnings (what a dispute freezes),
+    /// with the same maturity times as the operator's [`crate::state::Earnings`].
+    pub pending: [PendingEarnings; 2],
+    /// Operator earnings frozen by an open dispute; 0 = no dispute.
+    pub disputed_amount: u64,
+    /// When an unresolved dispute may be closed by anyone with the default outcome.
+    pub dispute_deadline: i64,
     pub receipts: u32,
     pub unit_kind: u8,
     pub status: u8,

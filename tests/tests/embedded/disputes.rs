@@ -1,0 +1,281 @@
+//! dispute_job and resolve_dispute: a client freezes the operator's unmatured share of
+//! its job; the arbiter splits it, or the timeout releases it to the operator.
+use solana_signer::Signer;
+use tally::errors::TallyError;
+use tally::events::{DisputeOpened, DisputeResolved};
+use tally_client::ix;
+use tally_tests::{
+    events, expect_error, expect_ok, ClientHandle, JobHandle, JobSpec, OperatorHandle, World,
+};
+
+const WINDOW: u32 = 3_600;
+
+struct Story {
+    world: World,
+    operator: OperatorHandle,
+    client: ClientHandle,
+    job: JobHandle,
+    other_job: JobHandle,
+}
+
+/// Two jobs of one operator; the disputed job has one matured and one unmatured
+/// settlement, the other job an unmatured one.
+fn story() -> Story {
+    let mut world = World::builder().fee_bps(0).challenge_window(WINDOW).build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let other_client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    let other_job = world.open_job(&other_client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    let first = world.receipt(1, 1_000); // 10,000
+    expect_ok(world.settle(&operator, &[(job.address, first)]));
+    world.env.advance(3 * i64::from(WINDOW)); // the first settlement has matured
+    let second = world.receipt(2, 1_500); // +5,000, unmatured
+    let other = world.receipt(1, 700); // 7,000, unmatured, another client's job
+    expect_ok(world.settle(
+        &operator,
+        &[(job.address, second), (other_job.address, other)],
+    ));
+    Story {
+        world,
+        operator,
+        client,
+        job,
+        other_job,
+    }
+}
+
+fn dispute(s: &mut Story) -> tally_tests::TxResult {
+    let ixn = ix::dispute_job(
+        s.client.wallet.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint.mint,
+    );
+    let client = s.client.wallet.insecure_clone();
+    s.world.send(&[ixn], &[&client])
+}
+
+#[test]
+fn a_dispute_freezes_exactly_the_jobs_unmatured_amount() {
+    let mut s = story();
+    let sent = expect_ok(dispute(&mut s));
+    let opened: Vec<DisputeOpened> = events(&sent.logs);
+    assert_eq!(
+        opened[0].amount, 5_000,
+        "only the unmatured 5,000 of this job"
+    );
+    let earnings = s.world.earnings(&s.operator);
+    assert_eq!(earnings.frozen, 5_000);
+    assert_eq!(
+        earnings.claimable, 10_000,
+        "the matured 10,000 stays claimable"
+    );
+    assert_eq!(
+        earnings.unmatured().unwrap(),
+        7_000,
+        "the other job's share is untouched"
+    );
+    let job = s.world.env.job(&s.job.address);
+    assert_eq!(job.disputed_amount, 5_000);
+    assert_eq!(s.world.env.job(&s.other_job.address).disputed_amount, 0);
+
+    // The operator can claim what matured, not what is frozen.
+    expect_ok(s.world.claim(&s.operator));
+    assert_eq!(s.world.env.token_balance(&s.operator.payout_tokens), 10_000);
+}
+
+#[test]
+fn the_arbiter_splits_a_dispute() {
+    let mut s = story();
+    expect_ok(dispute(&mut s));
+    let arbiter = s.world.arbiter.insecure_clone();
+    let before = s.world.env.token_balance(&s.client.tokens);
+    let resolve = ix::resolve_dispute(
+        arbiter.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint,
+        s.client.tokens,
+        3_000,
+    );
+    let sent = expect_ok(s.world.send(&[resolve], &[&arbiter]));
+    let resolved: Vec<DisputeResolved> = events(&sent.logs);
+    assert_eq!(
+        (
+            resolved[0].to_client,
+            resolved[0].to_operator,
+            resolved[0].by_arbiter
+        ),
+        (3_000, 2_000, true)
+    );
+    assert_eq!(s.world.env.token_balance(&s.client.tokens), before + 3_000);
+    let earnings = s.world.earnings(&s.operator);
+    assert_eq!((earnings.frozen, earnings.claimable), (0, 12_000));
+    assert_eq!(s.world.env.job(&s.job.address).disputed_amount, 0);
+    // The job goes on and can complete.
+    let last = s.world.receipt(3, 1_600);
+    expect_ok(s.world.complete(&s.operator, &s.job, last));
+}
+
+#[test]
+fn a_dispute_left_alone_releases_to_the_operator_after_the_timeout() {
+    let mut s = story();
+    expect_ok(dispute(&mut s));
+    let anyone = s.world.env.wallet(1_000_000_000);
+    let default_close = |s: &Story, share: u64| {
+        ix::resolve_dispute(
+            anyone.pubkey(),
+            s.job.address,
+            s.operator.address(),
+            s.world.mint,
+            s.client.tokens,
+            share,
+        )
+    };
+    expect_error(
+        s.world.send(&[default_close(&s, 0)], &[&anyone]),
+        TallyError::DisputeNotExpired,
+    );
+    s.world.env.advance(7 * 86_400 + 1);
+    expect_error(
+        s.world.send(&[default_close(&s, 1)], &[&anyone]),
+        TallyError::InvalidSplit,
+    );
+    let sent = expect_ok(s.world.send(&[default_close(&s, 0)], &[&anyone]));
+    let resolved: Vec<DisputeResolved> = events(&sent.logs);
+    assert_eq!(
+        (
+            resolved[0].to_client,
+            resolved[0].to_operator,
+            resolved[0].by_arbiter
+        ),
+        (0, 5_000, false)
+    );
+    assert_eq!(s.world.earnings(&s.operator).frozen, 0);
+}
+
+#[test]
+fn dispute_attacks() {
+    let mut s = story();
+    // Someone else's job.
+    let stranger = s.world.client(10);
+    let ixn = ix::dispute_job(
+        stranger.wallet.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint.mint,
+    );
+    expect_error(
+        s.world.send(&[ixn], &[&stranger.wallet]),
+        TallyError::Unauthorized,
+    );
+    // Another operator's earnings ledger.
+    let rival = s.world.operator();
+    let rival_job = s.world.open_job(
+        &stranger,
+        &rival,
+        5,
+        JobSpec {
+            unit_price: 1,
+            max_units: 1,
+            ..JobSpec::default()
+        },
+    );
+    let _ = rival_job;
+    let attestation = s.world.attestation();
+    let open = ix::open_ledgers(
+        s.world.env.payer.pubkey(),
+        rival.authority.pubkey(),
+        s.world.mint.mint,
+        attestation.day,
+    );
+    expect_ok(s.world.send(&[open], &[]));
+    let wrong = ix::dispute_job(
+        s.client.wallet.pubkey(),
+        s.job.address,
+        rival.address(),
+        s.world.mint.mint,
+    );
+    let client = s.client.wallet.insecure_clone();
+    expect_error(s.world.send(&[wrong], &[&client]), TallyError::WrongLedger);
+    // Resolving when nothing is disputed.
+    let arbiter = s.world.arbiter.insecure_clone();
+    let early = ix::resolve_dispute(
+        arbiter.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint,
+        s.client.tokens,
+        0,
+    );
+    expect_error(s.world.send(&[early], &[&arbiter]), TallyError::NoDispute);
+
+    expect_ok(dispute(&mut s));
+    // Twice.
+    expect_error(dispute(&mut s), TallyError::DisputeActive);
+    // A disputed job cannot be completed or expired out from under the dispute.
+    let last = s.world.receipt(3, 1_600);
+    expect_error(
+        s.world.complete(&s.operator, &s.job, last),
+        TallyError::DisputeActive,
+    );
+    s.world.env.advance(3 * 86_400);
+    let expire = ix::expire_job(
+        client.pubkey(),
+        s.job.address,
+        s.world.mint,
+        s.job.client,
+        s.job.client_tokens,
+    );
+    expect_error(
+        s.world.send(&[expire], &[&client]),
+        TallyError::DisputeActive,
+    );
+    // The arbiter cannot give the client more than is frozen, nor pay a stranger.
+    let greedy = ix::resolve_dispute(
+        arbiter.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint,
+        s.client.tokens,
+        5_001,
+    );
+    expect_error(
+        s.world.send(&[greedy], &[&arbiter]),
+        TallyError::InvalidSplit,
+    );
+    let misdirected = ix::resolve_dispute(
+        arbiter.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint,
+        stranger.tokens,
+        5_000,
+    );
+    expect_error(
+        s.world.send(&[misdirected], &[&arbiter]),
+        TallyError::WrongTokenAccount,
+    );
+    // A non-arbiter before the timeout.
+    let impostor = ix::resolve_dispute(
+        client.pubkey(),
+        s.job.address,
+        s.operator.address(),
+        s.world.mint,
+        s.client.tokens,
+        5_000,
+    );
+    expect_error(
+        s.world.send(&[impostor], &[&client]),
+        TallyError::DisputeNotExpired,
+    );
+}
+
+#[test]
+fn nothing_to_dispute_once_everything_matured() {
+    let mut s = story();
+    s.world.env.advance(3 * i64::from(WINDOW));
+    expect_error(dispute(&mut s), TallyError::NothingToDispute);
+}
