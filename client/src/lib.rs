@@ -19,6 +19,7 @@ pub use tally::state;
 pub use tally::ID as PROGRAM_ID;
 
 pub mod alt;
+pub mod chain;
 pub mod ix;
 pub mod pda;
 pub mod relay;

@@ -198,27 +198,17 @@ impl TestEnv {
     /// Where the SBF program is read from: `TALLY_PROGRAM_SO`, else
     /// `target/deploy/tally.so` (built by `scripts/build-program`).
     pub fn program_path() -> PathBuf {
-        std::env::var_os("TALLY_PROGRAM_SO").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/deploy/tally.so"),
-            PathBuf::from,
-        )
+        tally_client::chain::EmbeddedChain::default_program_path()
     }
 
     /// A fresh chain with the program deployed (upgradeable loader, `deployer` as its
     /// upgrade authority) and the clock at [`GENESIS_UNIX_TIME`].
     pub fn new() -> Self {
-        let path = Self::program_path();
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read the SBF program at {}: {e}. Build it first: scripts/build-program",
-                path.display()
-            )
-        });
-        let mut svm = LiteSVM::new();
-        svm.add_program(tally::ID, &bytes)
-            .unwrap_or_else(|e| panic!("LiteSVM refused {}: {e:?}", path.display()));
         let deployer = deterministic_keypair(0);
-        set_upgrade_authority(&mut svm, &deployer.pubkey());
+        let mut svm =
+            tally_client::chain::EmbeddedChain::new(&Self::program_path(), &deployer.pubkey())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .svm;
         let payer = deterministic_keypair(1);
         svm.airdrop(&payer.pubkey(), 1_000_000_000_000)
             .expect("airdrop");
@@ -478,16 +468,6 @@ fn deterministic_keypair(n: u64) -> Keypair {
         chunk.copy_from_slice(&z.to_le_bytes());
     }
     Keypair::new_from_array(secret)
-}
-
-/// Rewrites the program's ProgramData so `authority` is its upgrade authority.
-fn set_upgrade_authority(svm: &mut LiteSVM, authority: &Pubkey) {
-    let address = pda::program_data();
-    let mut account = svm.get_account(&address).expect("program data account");
-    // UpgradeableLoaderState::ProgramData: u32 tag (3), u64 slot, Option<Pubkey>.
-    account.data[12] = 1;
-    account.data[13..45].copy_from_slice(authority.as_ref());
-    svm.set_account(address, account).expect("set program data");
 }
 
 /// Deployment settings for a [`World`].

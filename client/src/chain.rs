@@ -1,0 +1,492 @@
+//! The chain behind a trait: an RPC backend for any cluster or local validator, and
+//! an embedded backend (LiteSVM running the SBF program in process) for the demo and
+//! tests. Everything above this module — commands, the oracle's submitter — is written
+//! against [`Chain`].
+use anchor_lang::prelude::Pubkey;
+use anchor_lang::solana_program::instruction::{AccountMeta, Instruction};
+use solana_account::Account;
+use solana_clock::Clock;
+use solana_hash::Hash;
+use solana_keypair::Keypair;
+use solana_message::{Message, VersionedMessage};
+use solana_signature::Signature;
+use solana_signer::Signer;
+use solana_transaction::versioned::VersionedTransaction;
+use solana_transaction::Transaction;
+use solana_transaction_error::TransactionError;
+
+/// What went wrong talking to a chain, in words a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The cluster refused or failed the transaction.
+    #[error("transaction failed: {error}{}", describe_logs(logs))]
+    Transaction {
+        error: TransactionError,
+        /// Program logs, when the cluster returned them (preflight or execution).
+        logs: Vec<String>,
+    },
+    /// The RPC endpoint could not be reached or answered with an error.
+    #[error("RPC error from {url}: {message} (check --url and that the cluster is up)")]
+    Rpc { url: String, message: String },
+    /// Anything else (building or signing a transaction, a missing program file…).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ChainError {
+    /// The custom program error code, for a failed instruction.
+    pub fn program_error_code(&self) -> Option<u32> {
+        match self {
+            ChainError::Transaction {
+                error:
+                    TransactionError::InstructionError(
+                        _,
+                        anchor_lang::solana_program::instruction::error::InstructionError::Custom(
+                            code,
+                        ),
+                    ),
+                ..
+            } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The Anchor error message the program logged, if any.
+    pub fn program_error_message(&self) -> Option<&str> {
+        match self {
+            ChainError::Transaction { logs, .. } => logs
+                .iter()
+                .find_map(|line| line.split_once("Error Message: ").map(|(_, m)| m)),
+            _ => None,
+        }
+    }
+}
+
+/// Summarizes program logs for an error message: the Anchor error line if there is
+/// one, else the last log line.
+fn describe_logs(logs: &[String]) -> String {
+    let anchor = logs
+        .iter()
+        .find(|l| l.contains("AnchorError") || l.contains("Error Message:"));
+    match anchor.or(logs.last()) {
+        Some(line) => format!("\n  program log: {line}"),
+        None => String::new(),
+    }
+}
+
+/// A confirmed transaction.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    pub signature: Signature,
+    /// Compute units consumed, where the backend reports them.
+    pub compute_units: Option<u64>,
+    /// Fee paid in lamports, where the backend reports it.
+    pub fee: Option<u64>,
+    pub logs: Vec<String>,
+}
+
+/// A byte-compare filter on account data (RPC `memcmp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memcmp {
+    pub offset: usize,
+    pub bytes: Vec<u8>,
+}
+
+/// A Solana cluster, remote or embedded.
+pub trait Chain {
+    /// The account at `address`, if it exists.
+    fn account(&self, address: &Pubkey) -> Result<Option<Account>, ChainError>;
+
+    /// Accounts owned by the Tally program with `data_len` bytes matching `filters`.
+    fn program_accounts(
+        &self,
+        data_len: usize,
+        filters: &[Memcmp],
+    ) -> Result<Vec<(Pubkey, Account)>, ChainError>;
+
+    /// The cluster clock.
+    fn clock(&self) -> Result<Clock, ChainError>;
+
+    /// A blockhash to sign with.
+    fn latest_blockhash(&self) -> Result<Hash, ChainError>;
+
+    /// Sends a signed transaction and waits until it is confirmed.
+    fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError>;
+
+    /// Extra instructions put in front of every transaction [`Chain::send`] builds
+    /// (e.g. a priority fee).
+    fn preamble(&self) -> Vec<Instruction> {
+        Vec::new()
+    }
+
+    /// Signs `instructions` with `payer` and `signers` on a fresh blockhash, sends and
+    /// confirms (a legacy transaction).
+    fn send(
+        &mut self,
+        instructions: &[Instruction],
+        payer: &Keypair,
+        signers: &[&Keypair],
+    ) -> Result<Confirmed, ChainError> {
+        let mut all = self.preamble();
+        all.extend_from_slice(instructions);
+        let mut keys: Vec<&Keypair> = vec![payer];
+        for signer in signers {
+            if !keys.iter().any(|k| k.pubkey() == signer.pubkey()) {
+                keys.push(signer);
+            }
+        }
+        let message = Message::new(&all, Some(&payer.pubkey()));
+        let mut tx = Transaction::new_unsigned(message);
+        tx.try_sign(&keys, self.latest_blockhash()?)
+            .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+        self.send_transaction(VersionedTransaction::from(tx))
+    }
+
+    /// Signs a v0 message (built with a placeholder blockhash, e.g. by
+    /// [`crate::alt::v0_message`]) on a fresh blockhash, sends and confirms.
+    fn send_v0(
+        &mut self,
+        mut message: VersionedMessage,
+        signers: &[&Keypair],
+    ) -> Result<Confirmed, ChainError> {
+        message.set_recent_blockhash(self.latest_blockhash()?);
+        let tx = VersionedTransaction::try_new(message, signers)
+            .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+        self.send_transaction(tx)
+    }
+
+    /// Decodes the Anchor account of type `T` at `address`, if it exists.
+    fn anchor_account<T: anchor_lang::AccountDeserialize>(
+        &self,
+        address: &Pubkey,
+    ) -> Result<Option<T>, ChainError>
+    where
+        Self: Sized,
+    {
+        self.account(address)?
+            .map(|account| {
+                T::try_deserialize(&mut account.data.as_slice()).map_err(|e| {
+                    ChainError::Other(format!("account {address} does not decode: {e}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The `SetComputeUnitPrice` instruction of the compute-budget program.
+pub fn compute_unit_price(micro_lamports: u64) -> Instruction {
+    let mut data = vec![3u8];
+    data.extend_from_slice(&micro_lamports.to_le_bytes());
+    Instruction {
+        program_id: solana_sdk_ids::compute_budget::ID,
+        accounts: Vec::<AccountMeta>::new(),
+        data,
+    }
+}
+
+#[cfg(feature = "rpc")]
+pub use rpc::RpcChain;
+
+#[cfg(feature = "rpc")]
+mod rpc {
+    use super::*;
+    use solana_commitment_config::CommitmentConfig;
+    use solana_rpc_client::rpc_client::RpcClient;
+    use solana_rpc_client_api::client_error::{Error as ClientError, ErrorKind};
+    use solana_rpc_client_api::config::{RpcAccountInfoConfig, RpcProgramAccountsConfig};
+    use solana_rpc_client_api::filter::{Memcmp as RpcMemcmp, RpcFilterType};
+    use solana_rpc_client_api::request::{RpcError, RpcResponseErrorData};
+
+    /// A cluster over JSON-RPC, confirming at `confirmed` commitment.
+    pub struct RpcChain {
+        client: RpcClient,
+        url: String,
+        priority_fee_micro_lamports: Option<u64>,
+    }
+
+    impl RpcChain {
+        pub fn new(url: &str) -> Self {
+            Self {
+                client: RpcClient::new_with_commitment(
+                    url.to_string(),
+                    CommitmentConfig::confirmed(),
+                ),
+                url: url.to_string(),
+                priority_fee_micro_lamports: None,
+            }
+        }
+
+        /// Adds a compute-unit price (priority fee) to every transaction sent.
+        #[must_use]
+        pub fn with_priority_fee(mut self, micro_lamports: u64) -> Self {
+            self.priority_fee_micro_lamports = Some(micro_lamports).filter(|p| *p > 0);
+            self
+        }
+
+        pub fn url(&self) -> &str {
+            &self.url
+        }
+
+        /// The underlying RPC client.
+        pub fn rpc(&self) -> &RpcClient {
+            &self.client
+        }
+
+        fn rpc_error(&self, error: &ClientError) -> ChainError {
+            if let Some(tx_error) = error.get_transaction_error() {
+                let logs = match error.kind() {
+                    ErrorKind::RpcError(RpcError::RpcResponseError {
+                        data: RpcResponseErrorData::SendTransactionPreflightFailure(result),
+                        ..
+                    }) => result.logs.clone().unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                return ChainError::Transaction {
+                    error: tx_error,
+                    logs,
+                };
+            }
+            ChainError::Rpc {
+                url: self.url.clone(),
+                message: error.to_string(),
+            }
+        }
+    }
+
+    impl Chain for RpcChain {
+        fn account(&self, address: &Pubkey) -> Result<Option<Account>, ChainError> {
+            self.client
+                .get_account_with_commitment(address, CommitmentConfig::confirmed())
+                .map(|response| response.value)
+                .map_err(|e| self.rpc_error(&e))
+        }
+
+        fn program_accounts(
+            &self,
+            data_len: usize,
+            filters: &[Memcmp],
+        ) -> Result<Vec<(Pubkey, Account)>, ChainError> {
+            let mut rpc_filters = vec![RpcFilterType::DataSize(data_len as u64)];
+            rpc_filters.extend(filters.iter().map(|f| {
+                RpcFilterType::Memcmp(RpcMemcmp::new_raw_bytes(f.offset, f.bytes.clone()))
+            }));
+            self.client
+                .get_program_ui_accounts_with_config(
+                    &tally::ID,
+                    RpcProgramAccountsConfig {
+                        filters: Some(rpc_filters),
+                        account_config: RpcAccountInfoConfig {
+                            encoding: Some(
+                                solana_account_decoder_client_types::UiAccountEncoding::Base64,
+                            ),
+                            commitment: Some(CommitmentConfig::confirmed()),
+                            ..RpcAccountInfoConfig::default()
+                        },
+                        ..RpcProgramAccountsConfig::default()
+                    },
+                )
+                .map_err(|e| self.rpc_error(&e))?
+                .into_iter()
+                .map(|(key, ui)| {
+                    ui.to_account()
+                        .map(|account| (key, account))
+                        .ok_or_else(|| {
+                            ChainError::Other(format!("account {key} did not decode from base64"))
+                        })
+                })
+                .collect()
+        }
+
+        fn clock(&self) -> Result<Clock, ChainError> {
+            let account = self
+                .account(&solana_sdk_ids::sysvar::clock::ID)?
+                .ok_or_else(|| ChainError::Other("the cluster has no clock sysvar".into()))?;
+            bincode_clock(&account.data)
+        }
+
+        fn latest_blockhash(&self) -> Result<Hash, ChainError> {
+            self.client
+                .get_latest_blockhash()
+                .map_err(|e| self.rpc_error(&e))
+        }
+
+        fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError> {
+            let signature = self
+                .client
+                .send_and_confirm_transaction(&tx)
+                .map_err(|e| self.rpc_error(&e))?;
+            Ok(Confirmed {
+                signature,
+                compute_units: None,
+                fee: None,
+                logs: Vec::new(),
+            })
+        }
+
+        fn preamble(&self) -> Vec<Instruction> {
+            self.priority_fee_micro_lamports
+                .map(compute_unit_price)
+                .into_iter()
+                .collect()
+        }
+    }
+}
+
+/// Decodes the Clock sysvar's account data (five little-endian 8-byte fields).
+fn bincode_clock(data: &[u8]) -> Result<Clock, ChainError> {
+    let field = |i: usize| -> Result<[u8; 8], ChainError> {
+        data.get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ChainError::Other("clock sysvar data is too short".into()))
+    };
+    Ok(Clock {
+        slot: u64::from_le_bytes(field(0)?),
+        epoch_start_timestamp: i64::from_le_bytes(field(1)?),
+        epoch: u64::from_le_bytes(field(2)?),
+        leader_schedule_epoch: u64::from_le_bytes(field(3)?),
+        unix_timestamp: i64::from_le_bytes(field(4)?),
+    })
+}
+
+#[cfg(feature = "embedded")]
+pub use embedded::EmbeddedChain;
+
+#[cfg(feature = "embedded")]
+mod embedded {
+    use std::path::{Path, PathBuf};
+
+    use litesvm::LiteSVM;
+
+    use super::*;
+
+    /// LiteSVM with the Tally SBF program deployed: a whole cluster in process.
+    pub struct EmbeddedChain {
+        pub svm: LiteSVM,
+    }
+
+    impl EmbeddedChain {
+        /// Where the SBF program is read from: `TALLY_PROGRAM_SO`, else
+        /// `target/deploy/tally.so` of this workspace (built by scripts/build-program).
+        pub fn default_program_path() -> PathBuf {
+            std::env::var_os("TALLY_PROGRAM_SO").map_or_else(
+                || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/deploy/tally.so"),
+                PathBuf::from,
+            )
+        }
+
+        /// A fresh chain with the program at `program_so` deployed through the
+        /// upgradeable loader, `upgrade_authority` as its upgrade authority.
+        pub fn new(program_so: &Path, upgrade_authority: &Pubkey) -> Result<Self, ChainError> {
+            let bytes = std::fs::read(program_so).map_err(|e| {
+                ChainError::Other(format!(
+                    "cannot read the SBF program at {}: {e}. Build it first: scripts/build-program",
+                    program_so.display()
+                ))
+            })?;
+            let mut svm = LiteSVM::new();
+            svm.add_program(tally::ID, &bytes).map_err(|e| {
+                ChainError::Other(format!("LiteSVM refused {}: {e:?}", program_so.display()))
+            })?;
+            let program_data = crate::pda::program_data();
+            let mut account = svm.get_account(&program_data).ok_or_else(|| {
+                ChainError::Other("the program has no ProgramData account".into())
+            })?;
+            // UpgradeableLoaderState::ProgramData: u32 tag, u64 slot, Option<Pubkey>.
+            if account.data.len() < 45 {
+                return Err(ChainError::Other("ProgramData account is too short".into()));
+            }
+            account.data[12] = 1;
+            account.data[13..45].copy_from_slice(upgrade_authority.as_ref());
+            svm.set_account(program_data, account).map_err(|e| {
+                ChainError::Other(format!("cannot set the upgrade authority: {e:?}"))
+            })?;
+            Ok(Self { svm })
+        }
+
+        /// Gives `address` `lamports` out of thin air (the embedded faucet).
+        pub fn airdrop(&mut self, address: &Pubkey, lamports: u64) -> Result<(), ChainError> {
+            self.svm
+                .airdrop(address, lamports)
+                .map(|_| ())
+                .map_err(|e| ChainError::Transaction {
+                    error: e.err,
+                    logs: e.meta.logs,
+                })
+        }
+
+        /// Sets the cluster clock's Unix time and moves to the next slot.
+        pub fn set_time(&mut self, unix_timestamp: i64) {
+            let mut clock = self.svm.get_sysvar::<Clock>();
+            clock.unix_timestamp = unix_timestamp;
+            clock.slot = clock.slot.saturating_add(1);
+            self.svm.set_sysvar(&clock);
+        }
+
+        /// Moves the cluster clock forward.
+        pub fn advance(&mut self, secs: i64) {
+            let now = self.svm.get_sysvar::<Clock>().unix_timestamp;
+            self.set_time(now.saturating_add(secs));
+        }
+    }
+
+    impl Chain for EmbeddedChain {
+        fn account(&self, address: &Pubkey) -> Result<Option<Account>, ChainError> {
+            Ok(self
+                .svm
+                .get_account(address)
+                .filter(|a| a.lamports > 0 || !a.data.is_empty()))
+        }
+
+        fn program_accounts(
+            &self,
+            data_len: usize,
+            filters: &[Memcmp],
+        ) -> Result<Vec<(Pubkey, Account)>, ChainError> {
+            let mut out: Vec<(Pubkey, Account)> = self
+                .svm
+                .accounts_db()
+                .inner
+                .iter()
+                .filter(|(_, a)| {
+                    use solana_account::ReadableAccount;
+                    *a.owner() == tally::ID
+                        && a.data().len() == data_len
+                        && filters.iter().all(|f| {
+                            a.data().get(f.offset..f.offset + f.bytes.len())
+                                == Some(f.bytes.as_slice())
+                        })
+                })
+                .map(|(k, a)| (*k, Account::from(a.clone())))
+                .collect();
+            out.sort_by_key(|(k, _)| *k);
+            Ok(out)
+        }
+
+        fn clock(&self) -> Result<Clock, ChainError> {
+            Ok(self.svm.get_sysvar::<Clock>())
+        }
+
+        fn latest_blockhash(&self) -> Result<Hash, ChainError> {
+            Ok(self.svm.latest_blockhash())
+        }
+
+        fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError> {
+            let signature = tx.signatures.first().copied().unwrap_or_default();
+            let result = self.svm.send_transaction(tx);
+            // Every transaction gets a new blockhash: retries are new transactions.
+            self.svm.expire_blockhash();
+            match result {
+                Ok(meta) => Ok(Confirmed {
+                    signature,
+                    compute_units: Some(meta.compute_units_consumed),
+                    fee: Some(meta.fee),
+                    logs: meta.logs,
+                }),
+                Err(failed) => Err(ChainError::Transaction {
+                    error: failed.err,
+                    logs: failed.meta.logs,
+                }),
+            }
+        }
+    }
+}
