@@ -56,19 +56,24 @@ impl ChainError {
         match self {
             ChainError::Transaction { logs, .. } => logs
                 .iter()
-                .find_map(|line| line.split_once("Error Message: ").map(|(_, m)| m)),
+                .find_map(|line| line.split_once("Error Message: "))
+                .map(|(_, m)| m.trim_end_matches('.')),
             _ => None,
         }
     }
 }
 
 /// Summarizes program logs for an error message: the Anchor error line if there is
-/// one, else the last log line.
+/// one, else the first line that explains a failure, else the last line.
 fn describe_logs(logs: &[String]) -> String {
-    let anchor = logs
-        .iter()
-        .find(|l| l.contains("AnchorError") || l.contains("Error Message:"));
-    match anchor.or(logs.last()) {
+    let anchor = logs.iter().find(|l| l.contains("Error Message:"));
+    let reason = || {
+        logs.iter().find(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("already in use") || l.contains("insufficient") || l.contains("error:")
+        })
+    };
+    match anchor.or_else(reason).or(logs.last()) {
         Some(line) => format!("\n  program log: {line}"),
         None => String::new(),
     }

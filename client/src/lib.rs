@@ -20,7 +20,9 @@ pub use tally::ID as PROGRAM_ID;
 
 pub mod alt;
 pub mod chain;
+pub mod cli;
 pub mod ix;
+pub mod ops;
 pub mod pda;
 pub mod relay;
 

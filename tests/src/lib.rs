@@ -17,7 +17,6 @@ use anchor_lang::solana_program::program_pack::Pack;
 use anchor_lang::{AccountDeserialize, AnchorDeserialize, Discriminator};
 use anchor_spl::associated_token::spl_associated_token_account;
 use anchor_spl::token_2022::spl_token_2022;
-use litesvm::LiteSVM;
 use solana_keypair::Keypair;
 use solana_message::Message;
 use solana_signer::Signer;
@@ -25,6 +24,7 @@ use solana_transaction::Transaction;
 use solana_transaction_error::TransactionError;
 use tally::errors::TallyError;
 use tally::state::{Config, Earnings, Job, Vault};
+use tally_client::chain::EmbeddedChain;
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 
@@ -184,8 +184,11 @@ impl TokenKind {
 }
 
 /// The embedded chain with the Tally program loaded.
+///
+/// It dereferences to the SDK's [`EmbeddedChain`], so commands and the oracle's code
+/// run on it unchanged (`&mut *env`), and `env.svm` is LiteSVM itself.
 pub struct TestEnv {
-    pub svm: LiteSVM,
+    pub chain: EmbeddedChain,
     /// Counter behind [`TestEnv::keypair`].
     next_key: u64,
     /// Pays fees and rent for fixtures.
@@ -205,17 +208,17 @@ impl TestEnv {
     /// upgrade authority) and the clock at [`GENESIS_UNIX_TIME`].
     pub fn new() -> Self {
         let deployer = deterministic_keypair(0);
-        let mut svm =
-            tally_client::chain::EmbeddedChain::new(&Self::program_path(), &deployer.pubkey())
-                .unwrap_or_else(|e| panic!("{e}"))
-                .svm;
+        let mut chain = EmbeddedChain::new(&Self::program_path(), &deployer.pubkey())
+            .unwrap_or_else(|e| panic!("{e}"));
         let payer = deterministic_keypair(1);
-        svm.airdrop(&payer.pubkey(), 1_000_000_000_000)
+        chain
+            .airdrop(&payer.pubkey(), 1_000_000_000_000)
             .expect("airdrop");
-        svm.airdrop(&deployer.pubkey(), 10_000_000_000)
+        chain
+            .airdrop(&deployer.pubkey(), 10_000_000_000)
             .expect("airdrop");
         let mut env = Self {
-            svm,
+            chain,
             next_key: 2,
             payer,
             deployer,
@@ -277,20 +280,6 @@ impl TestEnv {
 
     pub fn now(&self) -> i64 {
         self.svm.get_sysvar::<solana_clock::Clock>().unix_timestamp
-    }
-
-    /// Sets the cluster clock (and advances the slot).
-    pub fn set_time(&mut self, unix_timestamp: i64) {
-        let mut clock = self.svm.get_sysvar::<solana_clock::Clock>();
-        clock.unix_timestamp = unix_timestamp;
-        clock.slot = clock.slot.saturating_add(1);
-        self.svm.set_sysvar(&clock);
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&mut self, secs: i64) {
-        let now = self.now();
-        self.set_time(now + secs);
     }
 
     /// A new funded wallet.
@@ -428,6 +417,19 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("job {address} does not exist"));
         assert_eq!(&account.data[..8], Job::DISCRIMINATOR, "not a job account");
         *bytemuck::from_bytes::<Job>(&account.data[8..8 + std::mem::size_of::<Job>()])
+    }
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = EmbeddedChain;
+    fn deref(&self) -> &EmbeddedChain {
+        &self.chain
+    }
+}
+
+impl std::ops::DerefMut for TestEnv {
+    fn deref_mut(&mut self) -> &mut EmbeddedChain {
+        &mut self.chain
     }
 }
 

@@ -3,6 +3,7 @@
 //! is followed by the solvency check of every vault it knows.
 
 mod batch;
+mod cli;
 mod config;
 mod cu;
 mod disputes;

@@ -1,0 +1,596 @@
+//! What users do, as functions over a [`Chain`]: each reads what it needs, builds the
+//! instructions, sends them and returns a typed result. The `tally` CLI prints these
+//! results; tests and the oracle call them directly.
+use anchor_lang::prelude::Pubkey;
+use anchor_spl::associated_token::spl_associated_token_account;
+use anchor_spl::token_2022::spl_token_2022;
+use serde::Serialize;
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally::state::{Config, Earnings, Job, JobStatus, Operator, Revenue, UnitKind};
+
+use crate::chain::{Chain, ChainError, Confirmed, Memcmp};
+use crate::ix::{self, MintRef};
+use crate::{
+    pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, OracleSetArgs, UpdateConfigArgs,
+};
+
+type Result<T> = std::result::Result<T, ChainError>;
+
+fn other(message: impl Into<String>) -> ChainError {
+    ChainError::Other(message.into())
+}
+
+/// The mint at `mint` and its token program, checked to be a mint.
+pub fn mint_ref(chain: &impl Chain, mint: &Pubkey) -> Result<MintRef> {
+    let account = chain.account(mint)?.ok_or_else(|| {
+        other(format!(
+            "mint {mint} does not exist on this cluster (check --url)"
+        ))
+    })?;
+    let token_program = account.owner;
+    if token_program != anchor_spl::token::ID && token_program != spl_token_2022::ID {
+        return Err(other(format!(
+            "{mint} is not a token mint (owned by {token_program})"
+        )));
+    }
+    Ok(MintRef {
+        mint: *mint,
+        token_program,
+    })
+}
+
+/// The deployment's config, with a clear error when the program or config is missing.
+pub fn config(chain: &impl Chain) -> Result<Config> {
+    match chain.account(&tally::ID)? {
+        Some(program) if program.executable => {}
+        _ => {
+            return Err(other(format!(
+            "the Tally program {} is not deployed on this cluster: check --url, or deploy it first",
+            tally::ID
+        )))
+        }
+    }
+    chain
+        .anchor_account::<Config>(&pda::config())?
+        .ok_or_else(|| other("Tally is deployed but not initialized: run `tally admin init`"))
+}
+
+/// Token balance of a token account (0 when it does not exist).
+pub fn token_balance(chain: &impl Chain, account: &Pubkey) -> Result<u64> {
+    Ok(chain
+        .account(account)?
+        .and_then(|a| {
+            spl_token_2022::extension::StateWithExtensions::<spl_token_2022::state::Account>::unpack(&a.data)
+                .ok()
+                .map(|s| s.base.amount)
+        })
+        .unwrap_or(0))
+}
+
+/// The associated token account of `owner` for `mint`, created (paid by `payer`) if
+/// missing.
+pub fn ensure_token_account(
+    chain: &mut impl Chain,
+    payer: &Keypair,
+    owner: &Pubkey,
+    mint: MintRef,
+) -> Result<Pubkey> {
+    let address = pda::associated_token(owner, &mint.mint, &mint.token_program);
+    if chain.account(&address)?.is_none() {
+        let create =
+            spl_associated_token_account::instruction::create_associated_token_account_idempotent(
+                &payer.pubkey(),
+                owner,
+                &mint.mint,
+                &mint.token_program,
+            );
+        chain.send(&[create], payer, &[])?;
+    }
+    Ok(address)
+}
+
+/// `admin init`: creates the config (the signer must be the program's upgrade
+/// authority).
+pub fn init(
+    chain: &mut impl Chain,
+    admin: &Keypair,
+    args: InitializeConfigArgs,
+) -> Result<Confirmed> {
+    chain.send(&[ix::initialize_config(admin.pubkey(), args)], admin, &[])
+}
+
+/// `admin mint add`: accepts a mint for payment.
+pub fn add_mint(chain: &mut impl Chain, admin: &Keypair, mint: &Pubkey) -> Result<Confirmed> {
+    let mint = mint_ref(chain, mint)?;
+    chain.send(&[ix::add_mint(admin.pubkey(), mint)], admin, &[])
+}
+
+/// `admin config set` / `admin pause`: changes settings.
+pub fn update_config(
+    chain: &mut impl Chain,
+    admin: &Keypair,
+    args: UpdateConfigArgs,
+) -> Result<Confirmed> {
+    chain.send(&[ix::update_config(admin.pubkey(), args)], admin, &[])
+}
+
+/// How to change the oracle set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OracleChange {
+    Add(Pubkey),
+    Remove(Pubkey),
+    /// Replace `old` by `new` (key rotation).
+    Rotate {
+        old: Pubkey,
+        new: Pubkey,
+    },
+}
+
+/// `admin oracle add|remove|rotate`: edits the oracle set (bumping its version), and
+/// optionally sets a new threshold (else it is kept, capped at the new size).
+pub fn change_oracles(
+    chain: &mut impl Chain,
+    admin: &Keypair,
+    change: &OracleChange,
+    threshold: Option<u8>,
+) -> Result<Confirmed> {
+    let config = config(chain)?;
+    let mut oracles = config.oracles.clone();
+    match change {
+        OracleChange::Add(key) => {
+            if oracles.contains(key) {
+                return Err(other(format!("{key} is already an oracle")));
+            }
+            oracles.push(*key);
+        }
+        OracleChange::Remove(key) => {
+            let before = oracles.len();
+            oracles.retain(|k| k != key);
+            if oracles.len() == before {
+                return Err(other(format!("{key} is not an oracle")));
+            }
+        }
+        OracleChange::Rotate { old, new } => {
+            let slot = oracles
+                .iter_mut()
+                .find(|k| *k == old)
+                .ok_or_else(|| other(format!("{old} is not an oracle")))?;
+            *slot = *new;
+        }
+    }
+    let size = u8::try_from(oracles.len()).unwrap_or(u8::MAX);
+    let threshold = threshold.unwrap_or(config.oracle_threshold).min(size);
+    update_config(
+        chain,
+        admin,
+        UpdateConfigArgs {
+            oracle_set: Some(OracleSetArgs { oracles, threshold }),
+            ..UpdateConfigArgs::default()
+        },
+    )
+}
+
+/// `operator register` / `operator update`.
+pub fn register_operator(
+    chain: &mut impl Chain,
+    authority: &Keypair,
+    args: OperatorArgs,
+    update: bool,
+) -> Result<Confirmed> {
+    let exists = chain
+        .account(&pda::operator(&authority.pubkey()))?
+        .is_some();
+    let instruction = match (update, exists) {
+        (false, true) => {
+            return Err(other(format!(
+                "operator {} is already registered: use `tally operator update`",
+                authority.pubkey()
+            )))
+        }
+        (true, false) => {
+            return Err(other(format!(
+                "{} is not a registered operator: run `tally operator register` first",
+                authority.pubkey()
+            )))
+        }
+        (false, false) => ix::register_operator(authority.pubkey(), args),
+        (true, true) => ix::update_operator(authority.pubkey(), args),
+    };
+    chain.send(&[instruction], authority, &[])
+}
+
+/// A job as the CLI shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct JobView {
+    pub address: String,
+    pub job_id: u64,
+    pub client: String,
+    pub operator: String,
+    pub mint: String,
+    pub status: String,
+    pub unit_kind: String,
+    pub unit_price: u64,
+    pub max_units: u64,
+    pub deposited: u64,
+    pub escrow_left: u64,
+    pub settled_units: u64,
+    pub settled_gross: u64,
+    pub fees: u64,
+    pub receipts: u32,
+    pub last_seq: u64,
+    pub deadline: i64,
+    pub spend_cap_per_hour: u64,
+    pub disputed_amount: u64,
+}
+
+impl JobView {
+    pub fn new(address: &Pubkey, job: &Job) -> Self {
+        let status = if job.disputed_amount > 0 {
+            "disputed"
+        } else {
+            match job.status() {
+                JobStatus::Open => "open",
+                _ => "active",
+            }
+        };
+        let unit_kind = match UnitKind::from_u8(job.unit_kind) {
+            Some(UnitKind::Tokens) => "tokens",
+            Some(UnitKind::GpuSeconds) => "gpu-seconds",
+            Some(UnitKind::Requests) => "requests",
+            Some(UnitKind::Frames) => "frames",
+            None => "unknown",
+        };
+        Self {
+            address: address.to_string(),
+            job_id: job.job_id,
+            client: job.client.to_string(),
+            operator: job.operator.to_string(),
+            mint: job.mint.to_string(),
+            status: status.to_string(),
+            unit_kind: unit_kind.to_string(),
+            unit_price: job.unit_price,
+            max_units: job.max_units,
+            deposited: job.deposited,
+            escrow_left: job.escrow_left,
+            settled_units: job.settled_units,
+            settled_gross: job.settled_gross,
+            fees: job.fees,
+            receipts: job.receipts,
+            last_seq: job.last_seq,
+            deadline: job.deadline,
+            spend_cap_per_hour: job.spend_cap_per_hour,
+            disputed_amount: job.disputed_amount,
+        }
+    }
+}
+
+/// Decodes a zero-copy job account's data.
+pub fn decode_job(data: &[u8]) -> Option<Job> {
+    use anchor_lang::Discriminator;
+    let body = data.strip_prefix(Job::DISCRIMINATOR)?;
+    body.get(..std::mem::size_of::<Job>())
+        .and_then(|b| bytemuck::try_pod_read_unaligned::<Job>(b).ok())
+}
+
+/// The job at `address`.
+pub fn job(chain: &impl Chain, address: &Pubkey) -> Result<Job> {
+    let account = chain.account(address)?.ok_or_else(|| {
+        other(format!(
+            "job {address} does not exist: it was never opened, or it ended (completed, cancelled or expired) and was closed"
+        ))
+    })?;
+    if account.owner != tally::ID {
+        return Err(other(format!("{address} is not a Tally job")));
+    }
+    decode_job(&account.data).ok_or_else(|| other(format!("{address} is not a Tally job")))
+}
+
+/// Jobs on the cluster, optionally only a client's and/or an operator's.
+pub fn jobs(
+    chain: &impl Chain,
+    client: Option<&Pubkey>,
+    operator_authority: Option<&Pubkey>,
+) -> Result<Vec<JobView>> {
+    let mut filters = Vec::new();
+    if let Some(client) = client {
+        filters.push(Memcmp {
+            offset: 8,
+            bytes: client.to_bytes().to_vec(),
+        });
+    }
+    if let Some(authority) = operator_authority {
+        filters.push(Memcmp {
+            offset: 40,
+            bytes: pda::operator(authority).to_bytes().to_vec(),
+        });
+    }
+    let mut out: Vec<JobView> = chain
+        .program_accounts(Job::ACCOUNT_SIZE, &filters)?
+        .into_iter()
+        .filter_map(|(address, account)| {
+            decode_job(&account.data).map(|job| JobView::new(&address, &job))
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.client, a.job_id).cmp(&(&b.client, b.job_id)));
+    Ok(out)
+}
+
+/// `job open`: escrows `unit_price × max_units` from the client's associated token
+/// account of `mint`.
+pub fn open_job(
+    chain: &mut impl Chain,
+    client: &Keypair,
+    operator_authority: &Pubkey,
+    mint: &Pubkey,
+    args: OpenJobArgs,
+) -> Result<JobView> {
+    let config = config(chain)?;
+    if config.paused {
+        return Err(other(
+            "Tally is paused: no new jobs can be opened right now (refunds and claims still work)",
+        ));
+    }
+    let mint = mint_ref(chain, mint)?;
+    if chain.account(&pda::vault(&mint.mint))?.is_none() {
+        return Err(other(format!(
+            "mint {} is not accepted by this deployment",
+            mint.mint
+        )));
+    }
+    if chain.account(&pda::operator(operator_authority))?.is_none() {
+        return Err(other(format!(
+            "{operator_authority} is not a registered operator"
+        )));
+    }
+    let deposit = crate::deposit_for(args.unit_price, args.max_units)
+        .map_err(|_| other("unit price × max units overflows: lower one of them"))?;
+    let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
+    let balance = token_balance(chain, &tokens)?;
+    if balance < deposit {
+        return Err(other(format!(
+            "insufficient funds: the job escrows {deposit} (price {} × {} units) but {tokens} holds {balance}",
+            args.unit_price, args.max_units
+        )));
+    }
+    let address = pda::job(&client.pubkey(), args.job_id);
+    if chain.account(&address)?.is_some() {
+        return Err(other(format!(
+            "you already have an open job with id {}: pick another --id",
+            args.job_id
+        )));
+    }
+    chain.send(
+        &[ix::open_job(
+            client.pubkey(),
+            *operator_authority,
+            mint,
+            tokens,
+            args,
+        )],
+        client,
+        &[],
+    )?;
+    Ok(JobView::new(&address, &job(chain, &address)?))
+}
+
+/// `job top-up`.
+pub fn top_up(
+    chain: &mut impl Chain,
+    client: &Keypair,
+    job_address: &Pubkey,
+    amount: u64,
+) -> Result<JobView> {
+    let current = job(chain, job_address)?;
+    let mint = mint_ref(chain, &current.mint)?;
+    let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
+    let balance = token_balance(chain, &tokens)?;
+    if balance < amount {
+        return Err(other(format!(
+            "insufficient funds: {tokens} holds {balance}, less than {amount}"
+        )));
+    }
+    chain.send(
+        &[ix::top_up(
+            client.pubkey(),
+            *job_address,
+            mint,
+            tokens,
+            amount,
+        )],
+        client,
+        &[],
+    )?;
+    Ok(JobView::new(job_address, &job(chain, job_address)?))
+}
+
+/// `job cancel`: full refund of a job with no usage. Returns the amount refunded.
+pub fn cancel_job(chain: &mut impl Chain, client: &Keypair, job_address: &Pubkey) -> Result<u64> {
+    let current = job(chain, job_address)?;
+    if current.last_seq > 0 {
+        return Err(other(
+            "this job already has metered usage: it cannot be cancelled; it completes or expires",
+        ));
+    }
+    let mint = mint_ref(chain, &current.mint)?;
+    let tokens = ensure_token_account(chain, client, &client.pubkey(), mint)?;
+    chain.send(
+        &[ix::cancel_job(client.pubkey(), *job_address, mint, tokens)],
+        client,
+        &[],
+    )?;
+    Ok(current.escrow_left)
+}
+
+/// `job expire`: anyone refunds a job past its deadline plus grace. Returns the
+/// amount refunded to the client.
+pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubkey) -> Result<u64> {
+    let current = job(chain, job_address)?;
+    let config = config(chain)?;
+    let now = chain.clock()?.unix_timestamp;
+    let expires_at = current.settle_until(config.expiry_grace_secs);
+    if now <= expires_at {
+        return Err(other(format!(
+            "job {job_address} has not expired: it can be expired after {expires_at} (in {} s)",
+            expires_at - now
+        )));
+    }
+    let mint = mint_ref(chain, &current.mint)?;
+    let tokens = ensure_token_account(chain, cranker, &current.client, mint)?;
+    chain.send(
+        &[ix::expire_job(
+            cranker.pubkey(),
+            *job_address,
+            mint,
+            current.client,
+            tokens,
+        )],
+        cranker,
+        &[],
+    )?;
+    Ok(current.escrow_left)
+}
+
+/// An operator's earnings in one mint.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EarningsView {
+    pub mint: String,
+    /// Claimable now (matured, as of the cluster clock).
+    pub claimable: u64,
+    /// Still inside the challenge window.
+    pub pending: u64,
+    /// Frozen by disputes.
+    pub frozen: u64,
+    pub total_earned: u64,
+    pub total_claimed: u64,
+}
+
+/// `operator earnings`: every mint the operator has earned in.
+pub fn earnings(chain: &impl Chain, operator_authority: &Pubkey) -> Result<Vec<EarningsView>> {
+    let operator = pda::operator(operator_authority);
+    let now = chain.clock()?.unix_timestamp;
+    let size = 8 + <Earnings as anchor_lang::Space>::INIT_SPACE;
+    chain
+        .program_accounts(
+            size,
+            &[Memcmp {
+                offset: 8,
+                bytes: operator.to_bytes().to_vec(),
+            }],
+        )?
+        .into_iter()
+        .map(|(address, account)| {
+            let mut e = <Earnings as anchor_lang::AccountDeserialize>::try_deserialize(
+                &mut account.data.as_slice(),
+            )
+            .map_err(|err| other(format!("earnings {address} do not decode: {err}")))?;
+            e.mature(now).map_err(|err| other(err.to_string()))?;
+            Ok(EarningsView {
+                mint: e.mint.to_string(),
+                claimable: e.claimable,
+                pending: e.unmatured().map_err(|err| other(err.to_string()))?,
+                frozen: e.frozen,
+                total_earned: e.total_earned,
+                total_claimed: e.total_claimed,
+            })
+        })
+        .collect()
+}
+
+/// `operator claim`: pays everything matured in `mint` to the payout owner's
+/// associated token account (created if missing). Returns the amount claimed.
+pub fn claim(chain: &mut impl Chain, authority: &Keypair, mint: &Pubkey) -> Result<u64> {
+    let mint = mint_ref(chain, mint)?;
+    let operator: Operator = chain
+        .anchor_account(&pda::operator(&authority.pubkey()))?
+        .ok_or_else(|| {
+            other(format!(
+                "{} is not a registered operator",
+                authority.pubkey()
+            ))
+        })?;
+    let earnings_address = pda::earnings(&pda::operator(&authority.pubkey()), &mint.mint);
+    let mut ledger: Earnings = chain
+        .anchor_account(&earnings_address)?
+        .ok_or_else(|| other(format!("no earnings in mint {} yet", mint.mint)))?;
+    ledger
+        .mature(chain.clock()?.unix_timestamp)
+        .map_err(|e| other(e.to_string()))?;
+    if ledger.claimable == 0 {
+        return Err(other(format!(
+            "nothing to claim yet: {} is still inside the challenge window",
+            ledger.unmatured().unwrap_or(0)
+        )));
+    }
+    let payout = ensure_token_account(chain, authority, &operator.payout_owner, mint)?;
+    chain.send(
+        &[ix::claim(authority.pubkey(), mint, payout)],
+        authority,
+        &[],
+    )?;
+    Ok(ledger.claimable)
+}
+
+/// One UTC day of on-chain revenue in one mint.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RevenueView {
+    /// Days since 1970-01-01.
+    pub day: u32,
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub gross: u64,
+    pub fees: u64,
+    pub operator_net: u64,
+    pub units: u64,
+    pub receipts: u64,
+    pub jobs_started: u64,
+}
+
+/// `tally revenue`: the last `days` UTC days of revenue in `mint` (days with none are
+/// left out).
+pub fn revenue(chain: &impl Chain, mint: &Pubkey, days: u32) -> Result<Vec<RevenueView>> {
+    let today = tally::state::utc_day(chain.clock()?.unix_timestamp);
+    let mut out = Vec::new();
+    for day in today.saturating_sub(days.saturating_sub(1))..=today {
+        if let Some(r) = chain.anchor_account::<Revenue>(&pda::revenue(mint, day))? {
+            out.push(RevenueView {
+                day,
+                date: civil_date(day),
+                gross: r.gross,
+                fees: r.fees,
+                operator_net: r.gross.saturating_sub(r.fees),
+                units: r.units,
+                receipts: r.receipts,
+                jobs_started: r.jobs_started,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01), proleptic Gregorian.
+pub fn civil_date(day: u32) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_date;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(20_782), "2026-11-25");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+    }
+}

@@ -1,0 +1,288 @@
+//! The `tally` commands against the embedded chain: each test parses real command
+//! lines and runs them through the same code as the binary, then checks balances and
+//! decoded accounts.
+use clap::Parser;
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally::state::{Config, Operator};
+use tally_client::chain::ChainError;
+use tally_client::cli::{execute, resolve_url, Cli, Output};
+use tally_client::pda;
+use tally_tests::{expect_ok, JobSpec, TestEnv, World};
+
+fn run(world: &mut World, signer: &Keypair, line: &str) -> Result<Output, ChainError> {
+    run_env(&mut world.env, signer, line)
+}
+
+fn run_env(env: &mut TestEnv, signer: &Keypair, line: &str) -> Result<Output, ChainError> {
+    let args = std::iter::once("tally").chain(line.split_whitespace());
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
+    execute(&cli.command, &mut **env, signer)
+}
+
+#[test]
+fn admin_init_configures_a_fresh_deployment() {
+    let mut env = TestEnv::new();
+    let deployer = env.deployer.insecure_clone();
+    let (treasury, arbiter, oracle) = (
+        Keypair::new().pubkey(),
+        Keypair::new().pubkey(),
+        Keypair::new().pubkey(),
+    );
+    let line = format!(
+        "admin init --treasury {treasury} --arbiter {arbiter} --fee-bps 150 --oracle {oracle}"
+    );
+    if let Err(ChainError::Transaction { logs, .. }) = run_env(&mut env, &deployer, &line) {
+        panic!("{}", logs.join("\n"));
+    }
+    let config: Config = env.account(&pda::config());
+    assert_eq!(
+        (config.admin, config.treasury, config.fee_bps),
+        (deployer.pubkey(), treasury, 150)
+    );
+    assert_eq!(config.oracles, vec![oracle]);
+    // Someone who is not the upgrade authority gets the program's reason.
+    let squatter = env.wallet(1_000_000_000);
+    let err = run_env(&mut env, &squatter, &line).unwrap_err();
+    assert!(
+        err.to_string().contains("already in use") || err.program_error_message().is_some(),
+        "{err}"
+    );
+}
+
+#[test]
+fn admin_commands_change_the_config() {
+    let mut world = World::builder().build();
+    let admin = world.admin.insecure_clone();
+    run(&mut world, &admin, "admin pause").unwrap();
+    assert!(world.config().paused);
+    run(&mut world, &admin, "admin unpause").unwrap();
+    assert!(!world.config().paused);
+    run(
+        &mut world,
+        &admin,
+        "admin config set --fee-bps 300 --challenge-window 60",
+    )
+    .unwrap();
+    let config = world.config();
+    assert_eq!((config.fee_bps, config.challenge_window_secs), (300, 60));
+
+    let (a, b) = (Keypair::new().pubkey(), Keypair::new().pubkey());
+    run(
+        &mut world,
+        &admin,
+        &format!("admin oracle add {a} --threshold 2"),
+    )
+    .unwrap();
+    let config = world.config();
+    assert_eq!(
+        (
+            config.oracles.len(),
+            config.oracle_threshold,
+            config.oracle_set_version
+        ),
+        (2, 2, 2)
+    );
+    run(&mut world, &admin, &format!("admin oracle rotate {a} {b}")).unwrap();
+    assert_eq!(world.config().oracles[1], b);
+    run(&mut world, &admin, &format!("admin oracle remove {b}")).unwrap();
+    let config = world.config();
+    assert_eq!(
+        (
+            config.oracles.len(),
+            config.oracle_threshold,
+            config.oracle_set_version
+        ),
+        (1, 1, 4)
+    );
+    let err = run(&mut world, &admin, &format!("admin oracle remove {b}")).unwrap_err();
+    assert!(err.to_string().contains("is not an oracle"), "{err}");
+
+    let shown = run(&mut world, &admin, "admin config show").unwrap();
+    assert_eq!(shown.json["fee_bps"], 300);
+    assert!(
+        shown.table.contains("1-of-1 (version 4)"),
+        "{}",
+        shown.table
+    );
+
+    let mint = world
+        .env
+        .create_mint(tally_tests::TokenKind::Token2022, &Keypair::new().pubkey());
+    run(&mut world, &admin, &format!("admin mint add {}", mint.mint)).unwrap();
+    assert!(world.env.exists(&pda::vault(&mint.mint)));
+
+    // A non-admin is refused with the program's message.
+    let intruder = world.env.wallet(1_000_000_000);
+    let err = run(&mut world, &intruder, "admin pause").unwrap_err();
+    assert_eq!(
+        err.program_error_message(),
+        Some("Signer is not allowed to do this: check --keypair")
+    );
+}
+
+#[test]
+fn a_client_opens_tops_up_lists_and_cancels_a_job() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(5_000_000);
+    let wallet = client.wallet.insecure_clone();
+    let mint = world.mint.mint;
+    let op = operator.authority.pubkey();
+
+    let opened = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --price 10 --units 100000 --id 7 --spend-cap 500000")).unwrap();
+    let address = pda::job(&wallet.pubkey(), 7);
+    assert_eq!(opened.json["address"], address.to_string());
+    assert_eq!(world.env.token_balance(&client.tokens), 4_000_000);
+    assert_eq!(world.env.job(&address).spend_cap_per_hour, 500_000);
+
+    run(&mut world, &wallet, &format!("job top-up {address} 250000")).unwrap();
+    assert_eq!(world.env.job(&address).escrow_left, 1_250_000);
+    let status = run(&mut world, &wallet, &format!("job status {address}")).unwrap();
+    assert_eq!(
+        (
+            status.json["status"].as_str(),
+            status.json["escrow_left"].as_u64()
+        ),
+        (Some("open"), Some(1_250_000))
+    );
+
+    let listed = run(&mut world, &wallet, "job list").unwrap();
+    assert_eq!(listed.json.as_array().map(Vec::len), Some(1));
+    let other = world.client(0);
+    let theirs = run(&mut world, &other.wallet.insecure_clone(), "job list").unwrap();
+    assert_eq!(theirs.json.as_array().map(Vec::len), Some(0));
+    let everyone = run(
+        &mut world,
+        &other.wallet.insecure_clone(),
+        &format!("job list --all --operator {op}"),
+    )
+    .unwrap();
+    assert_eq!(everyone.json.as_array().map(Vec::len), Some(1));
+
+    // Errors say what to do.
+    let err = run(
+        &mut world,
+        &wallet,
+        &format!("job open --operator {op} --mint {mint} --price 10 --units 100000 --id 7"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("pick another --id"), "{err}");
+    let err = run(
+        &mut world,
+        &wallet,
+        &format!("job open --operator {op} --mint {mint} --price 1000 --units 100000 --id 8"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("insufficient funds"), "{err}");
+
+    let cancelled = run(&mut world, &wallet, &format!("job cancel {address}")).unwrap();
+    assert_eq!(cancelled.json["refunded"], 1_250_000);
+    assert_eq!(world.env.token_balance(&client.tokens), 5_000_000);
+    assert!(!world.env.exists(&address));
+    let err = run(&mut world, &wallet, &format!("job status {address}")).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn anyone_expires_a_stalled_job_and_the_client_is_refunded() {
+    let mut world = World::builder().expiry_grace(600).build();
+    let operator = world.operator();
+    let client = world.client(1_000_000);
+    let job = world.open_job(
+        &client,
+        &operator,
+        1,
+        JobSpec {
+            deadline_in_secs: 3_600,
+            ..JobSpec::default()
+        },
+    );
+    let cranker = world.env.wallet(1_000_000_000);
+    let err = run(&mut world, &cranker, &format!("job expire {}", job.address)).unwrap_err();
+    assert!(err.to_string().contains("has not expired"), "{err}");
+    world.env.advance(3_600 + 601);
+    let out = run(&mut world, &cranker, &format!("job expire {}", job.address)).unwrap();
+    assert_eq!(out.json["refunded"], 1_000_000);
+    assert_eq!(world.env.token_balance(&client.tokens), 1_000_000);
+}
+
+#[test]
+fn an_operator_registers_sees_earnings_and_claims_and_revenue_shows_the_day() {
+    let mut world = World::builder()
+        .fee_bps(250)
+        .challenge_window(3_600)
+        .build();
+    let authority = world.env.wallet(1_000_000_000);
+    let payout = Keypair::new().pubkey();
+    let node = Keypair::new().pubkey();
+    run(
+        &mut world,
+        &authority,
+        &format!("operator register --payout {payout} --node-key {node}"),
+    )
+    .unwrap();
+    let stored: Operator = world.env.account(&pda::operator(&authority.pubkey()));
+    assert_eq!(
+        (stored.payout_owner, stored.node_keys.clone()),
+        (payout, vec![node])
+    );
+    let err = run(&mut world, &authority, "operator register").unwrap_err();
+    assert!(err.to_string().contains("already registered"), "{err}");
+    world.operators.push(pda::operator(&authority.pubkey()));
+
+    // The World fixture settles through its own operator handle.
+    let operator = tally_tests::OperatorHandle {
+        authority: authority.insecure_clone(),
+        payout_tokens: world.env.token_account(&payout, world.mint),
+        payout_owner: payout,
+    };
+    let client = world.client(1_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    let receipt = world.receipt(1, 4_000);
+    expect_ok(world.settle(&operator, &[(job.address, receipt)]));
+
+    let early = run(&mut world, &authority, "operator claim").unwrap();
+    assert!(
+        early.table.contains("nothing to claim yet"),
+        "{}",
+        early.table
+    );
+    let earnings = run(&mut world, &authority, "operator earnings").unwrap();
+    assert_eq!(
+        (
+            earnings.json[0]["claimable"].as_u64(),
+            earnings.json[0]["pending"].as_u64()
+        ),
+        (Some(0), Some(39_000))
+    );
+
+    world.env.advance(2 * 3_600);
+    let claimed = run(&mut world, &authority, "operator claim").unwrap();
+    assert_eq!(claimed.json[0]["amount"], 39_000);
+    assert_eq!(world.env.token_balance(&operator.payout_tokens), 39_000);
+
+    let line = format!("revenue --mint {} --days 3", world.mint.mint);
+    let revenue = run(&mut world, &authority, &line).unwrap();
+    let day = &revenue.json[0];
+    assert_eq!(
+        (
+            day["gross"].as_u64(),
+            day["fees"].as_u64(),
+            day["units"].as_u64(),
+            day["receipts"].as_u64()
+        ),
+        (Some(40_000), Some(1_000), Some(4_000), Some(1))
+    );
+    assert_eq!(day["date"], "2026-11-25");
+    assert!(revenue.table.contains("2026-11-25"), "{}", revenue.table);
+}
+
+#[test]
+fn cluster_monikers_follow_the_solana_cli() {
+    assert_eq!(resolve_url("l"), "http://127.0.0.1:8899");
+    assert_eq!(resolve_url("devnet"), "https://api.devnet.solana.com");
+    assert_eq!(resolve_url("m"), "https://api.mainnet-beta.solana.com");
+    assert_eq!(resolve_url("http://10.0.0.1:8899"), "http://10.0.0.1:8899");
+}
