@@ -16,3 +16,4 @@ mod operators;
 mod relayed;
 mod settle;
 mod smoke;
+mod state_machine;
