@@ -24,7 +24,6 @@ pub fn settlement_addresses(
     let mut addresses = vec![
         tally::ID,
         pda::config(),
-        operator,
         pda::vault(mint),
         pda::earnings(&operator, mint),
         pda::revenue(mint, day),

@@ -243,7 +243,6 @@ pub fn settle(
         &accounts::Settle {
             oracle: attestation.oracle(),
             config: pda::config(),
-            operator,
             vault: pda::vault(&mint),
             earnings: pda::earnings(&operator, &mint),
             revenue: pda::revenue(&mint, attestation.day),
@@ -280,7 +279,6 @@ pub fn complete_job(
         &accounts::CompleteJob {
             oracle: attestation.oracle(),
             config: pda::config(),
-            operator,
             mint: mint.mint,
             vault: pda::vault(&mint.mint),
             vault_tokens: pda::vault_tokens(&mint.mint),

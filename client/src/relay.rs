@@ -114,7 +114,6 @@ pub fn settle_relayed(
         &tally::accounts::SettleRelayed {
             relayer,
             config: pda::config(),
-            operator,
             vault: pda::vault(&mint),
             earnings: pda::earnings(&operator, &mint),
             revenue: pda::revenue(&mint, day),

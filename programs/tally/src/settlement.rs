@@ -5,8 +5,7 @@ use crate::errors::TallyError;
 use crate::events::ReceiptSettled;
 use crate::receipt::SettleReceipt;
 use crate::state::{
-    add_pending, maturity_time, take_matured, utc_day, Config, Earnings, Job, Operator, Revenue,
-    Vault,
+    add_pending, maturity_time, take_matured, utc_day, Config, Earnings, Job, Revenue, Vault,
 };
 
 /// A writable job account of this program, for settlement.
@@ -29,7 +28,6 @@ pub struct SettleTotals {
 /// The ledgers one settlement instruction writes.
 pub struct Ledgers<'a> {
     pub config: &'a Config,
-    pub operator: &'a mut Operator,
     pub vault: &'a mut Vault,
     pub earnings: &'a mut Earnings,
     pub revenue: &'a mut Revenue,
@@ -144,9 +142,9 @@ impl Ledgers<'_> {
             .ok_or(TallyError::AmountOverflow)?;
         revenue.receipts = revenue.receipts.saturating_add(totals.receipts);
         revenue.jobs_started = revenue.jobs_started.saturating_add(totals.jobs_started);
-        let operator = &mut *self.operator;
-        operator.receipts_settled = operator.receipts_settled.saturating_add(totals.receipts);
-        operator.units_settled = operator.units_settled.saturating_add(totals.units);
+        let earnings = &mut *self.earnings;
+        earnings.receipts_settled = earnings.receipts_settled.saturating_add(totals.receipts);
+        earnings.units_settled = earnings.units_settled.saturating_add(totals.units);
         Ok(())
     }
 }

@@ -162,7 +162,7 @@ fn complete_job_attacks() {
         client.tokens,
         receipt,
     );
-    wrong_mint.accounts[4].pubkey = pda::vault(&Keypair::new().pubkey());
+    wrong_mint.accounts[3].pubkey = pda::vault(&Keypair::new().pubkey());
     expect_failure(world.env.send_with_payer(&[wrong_mint], &oracle, &[]));
     assert!(world.env.exists(&job.address));
     assert_eq!(world.env.token_balance(&thief.tokens), 0);

@@ -401,17 +401,18 @@ fn account_substitution_attacks() {
         TallyError::ReceiptCountMismatch,
     );
 
-    // A fake earnings account (not the operator's PDA) to collect the payout.
+    // Another operator's earnings ledger, to collect this operator's job: the ledger
+    // names the operator, and the job is not that operator's.
     let mut fake_earnings = ix::settle(
         &attestation,
         operator.authority.pubkey(),
         world.mint.mint,
         &[(job.address, receipt)],
     );
-    fake_earnings.accounts[4].pubkey = pda::earnings(&rival.address(), &world.mint.mint);
+    fake_earnings.accounts[3].pubkey = pda::earnings(&rival.address(), &world.mint.mint);
     expect_error(
         world.env.send_with_payer(&[fake_earnings], &oracle, &[]),
-        TallyError::WrongLedger,
+        TallyError::JobMismatch,
     );
     // Another mint's revenue ledger.
     let mut fake_revenue = ix::settle(
@@ -420,7 +421,7 @@ fn account_substitution_attacks() {
         world.mint.mint,
         &[(job.address, receipt)],
     );
-    fake_revenue.accounts[5].pubkey = pda::earnings(&operator.address(), &world.mint.mint);
+    fake_revenue.accounts[4].pubkey = pda::earnings(&operator.address(), &world.mint.mint);
     expect_error(
         world.env.send_with_payer(&[fake_revenue], &oracle, &[]),
         AnchorErrorCode::AccountDiscriminatorMismatch,
@@ -452,6 +453,25 @@ fn account_substitution_attacks() {
     expect_error(
         world.settle(&operator, &[(other_job.address, receipt)]),
         TallyError::JobMismatch,
+    );
+    // This operator's earnings ledger of the other mint, against this mint's vault.
+    let open_other = ix::open_ledgers(
+        world.env.payer.pubkey(),
+        operator.authority.pubkey(),
+        other_mint.mint,
+        attestation.day,
+    );
+    expect_ok(world.send(&[open_other], &[]));
+    let mut other_ledger = ix::settle(
+        &attestation,
+        operator.authority.pubkey(),
+        world.mint.mint,
+        &[(job.address, receipt)],
+    );
+    other_ledger.accounts[3].pubkey = pda::earnings(&operator.address(), &other_mint.mint);
+    expect_error(
+        world.env.send_with_payer(&[other_ledger], &oracle, &[]),
+        TallyError::WrongLedger,
     );
 
     assert_eq!(

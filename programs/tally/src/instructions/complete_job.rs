@@ -5,7 +5,7 @@ use crate::errors::TallyError;
 use crate::instructions::settle::{check_attestation, split_oracle_signers};
 use crate::receipt::SettleReceipt;
 use crate::settlement::{Ledgers, SettleTotals};
-use crate::state::{seeds, Config, Earnings, Job, JobStatus, Operator, Revenue, Vault};
+use crate::state::{seeds, Config, Earnings, Job, JobStatus, Revenue, Vault};
 use crate::vault_io;
 
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
@@ -23,8 +23,6 @@ pub struct CompleteJob<'info> {
     pub oracle: Signer<'info>,
     #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Box<Account<'info, Config>>,
-    #[account(mut)]
-    pub operator: Box<Account<'info, Operator>>,
     #[account(mint::token_program = token_program)]
     pub mint: Box<InterfaceAccount<'info, Mint>>,
     #[account(mut, has_one = mint @ TallyError::WrongMint)]
@@ -33,7 +31,7 @@ pub struct CompleteJob<'info> {
     pub vault_tokens: Box<InterfaceAccount<'info, TokenAccount>>,
     #[account(
         mut,
-        constraint = earnings.operator == operator.key() && earnings.mint == mint.key() @ TallyError::WrongLedger,
+        constraint = earnings.mint == mint.key() @ TallyError::WrongLedger,
     )]
     pub earnings: Box<Account<'info, Earnings>>,
     #[account(mut, constraint = revenue.mint == mint.key() @ TallyError::WrongLedger)]
@@ -64,14 +62,13 @@ impl<'info> CompleteJob<'info> {
         check_attestation(&accounts.config, &oracle_signers, args.oracle_set_version)?;
 
         let now = Clock::get()?.unix_timestamp;
-        let operator_key = accounts.operator.key();
+        let operator_key = accounts.earnings.operator;
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
         require!(job.disputed_amount == 0, TallyError::DisputeActive);
         {
             let mut ledgers = Ledgers {
                 config: &accounts.config,
-                operator: &mut accounts.operator,
                 vault: &mut accounts.vault,
                 earnings: &mut accounts.earnings,
                 revenue: &mut accounts.revenue,

@@ -41,8 +41,6 @@ impl RegisterOperator<'_> {
             payout_owner: args.payout_owner,
             node_keys: args.node_keys,
             jobs_opened: 0,
-            receipts_settled: 0,
-            units_settled: 0,
             bump: ctx.bumps.operator,
         });
         emit!(OperatorRegistered {

@@ -3,7 +3,7 @@ use anchor_lang::prelude::*;
 use crate::errors::TallyError;
 use crate::receipt::SettleReceipt;
 use crate::settlement::{job_loader, Ledgers, SettleTotals};
-use crate::state::{seeds, Config, Earnings, Operator, Revenue, Vault};
+use crate::state::{seeds, Config, Earnings, Revenue, Vault};
 
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
 pub struct SettleArgs {
@@ -16,8 +16,10 @@ pub struct SettleArgs {
 }
 
 /// Remaining accounts: `extra_oracle_signers` oracle signers, then one writable job
-/// account per receipt (all of `operator`, in `vault`'s mint). The earnings and
-/// revenue ledgers must exist: `open_ledgers` creates them (the SDK adds it when needed).
+/// account per receipt, all of the operator the `earnings` ledger belongs to, in
+/// `vault`'s mint. The earnings and revenue ledgers must exist: `open_ledgers` creates
+/// them (the SDK adds it when needed). The operator account itself is not needed:
+/// only `open_ledgers`, which checks it is a registered operator, creates earnings.
 ///
 /// No PDA is derived here: every account is the program's own type (owner and
 /// discriminator checked), and their relations are checked field by field.
@@ -27,12 +29,10 @@ pub struct Settle<'info> {
     #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Box<Account<'info, Config>>,
     #[account(mut)]
-    pub operator: Box<Account<'info, Operator>>,
-    #[account(mut)]
     pub vault: Box<Account<'info, Vault>>,
     #[account(
         mut,
-        constraint = earnings.operator == operator.key() && earnings.mint == vault.mint @ TallyError::WrongLedger,
+        constraint = earnings.mint == vault.mint @ TallyError::WrongLedger,
     )]
     pub earnings: Box<Account<'info, Earnings>>,
     #[account(mut, constraint = revenue.mint == vault.mint @ TallyError::WrongLedger)]
@@ -58,10 +58,9 @@ impl<'info> Settle<'info> {
         );
 
         let now = Clock::get()?.unix_timestamp;
-        let operator_key = accounts.operator.key();
+        let operator_key = accounts.earnings.operator;
         let mut ledgers = Ledgers {
             config: &accounts.config,
-            operator: &mut accounts.operator,
             vault: &mut accounts.vault,
             earnings: &mut accounts.earnings,
             revenue: &mut accounts.revenue,

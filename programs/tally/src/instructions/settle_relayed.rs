@@ -5,7 +5,7 @@ use crate::ed25519::{parse_signatures, SignedMessage};
 use crate::errors::TallyError;
 use crate::receipt::UsageReceipt;
 use crate::settlement::{job_loader, Ledgers, SettleTotals};
-use crate::state::{seeds, Config, Earnings, Operator, Revenue, Vault, MAX_ORACLES};
+use crate::state::{seeds, Config, Earnings, Revenue, Vault, MAX_ORACLES};
 
 /// Remaining accounts: one writable job account per signed receipt, in order.
 ///
@@ -20,12 +20,10 @@ pub struct SettleRelayed<'info> {
     #[account(address = seeds::CONFIG_ADDRESS)]
     pub config: Box<Account<'info, Config>>,
     #[account(mut)]
-    pub operator: Box<Account<'info, Operator>>,
-    #[account(mut)]
     pub vault: Box<Account<'info, Vault>>,
     #[account(
         mut,
-        constraint = earnings.operator == operator.key() && earnings.mint == vault.mint @ TallyError::WrongLedger,
+        constraint = earnings.mint == vault.mint @ TallyError::WrongLedger,
     )]
     pub earnings: Box<Account<'info, Earnings>>,
     #[account(mut, constraint = revenue.mint == vault.mint @ TallyError::WrongLedger)]
@@ -63,11 +61,10 @@ impl<'info> SettleRelayed<'info> {
         );
 
         let now = Clock::get()?.unix_timestamp;
-        let operator_key = accounts.operator.key();
+        let operator_key = accounts.earnings.operator;
         let version = accounts.config.oracle_set_version;
         let mut ledgers = Ledgers {
             config: &accounts.config,
-            operator: &mut accounts.operator,
             vault: &mut accounts.vault,
             earnings: &mut accounts.earnings,
             revenue: &mut accounts.revenue,

@@ -110,6 +110,9 @@ pub struct Earnings {
     pub frozen: u64,
     pub total_earned: u64,
     pub total_claimed: u64,
+    /// Receipts and units settled for this operator in this mint.
+    pub receipts_settled: u64,
+    pub units_settled: u64,
     pub bump: u8,
 }
 
@@ -202,6 +205,8 @@ mod tests {
             frozen: 0,
             total_earned: 0,
             total_claimed: 0,
+            receipts_settled: 0,
+            units_settled: 0,
             bump: 0,
         }
     }

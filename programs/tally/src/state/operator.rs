@@ -16,7 +16,5 @@ pub struct Operator {
     #[max_len(MAX_NODE_KEYS)]
     pub node_keys: Vec<Pubkey>,
     pub jobs_opened: u64,
-    pub receipts_settled: u64,
-    pub units_settled: u64,
     pub bump: u8,
 }
