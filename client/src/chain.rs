@@ -337,6 +337,7 @@ mod rpc {
     }
 }
 
+#[cfg(feature = "rpc")]
 /// Decodes the Clock sysvar's account data (five little-endian 8-byte fields).
 fn bincode_clock(data: &[u8]) -> Result<Clock, ChainError> {
     let field = |i: usize| -> Result<[u8; 8], ChainError> {

@@ -1,0 +1,80 @@
+//! Invoices: one JSON file per receipt, listing the requests it bills. The sha256 of
+//! the file's bytes is the receipt's invoice hash, and each invoice names the hash of
+//! the one before it, so the files of a job form a chain that ends at the hash stored
+//! on-chain. Anyone holding the files can prove what was paid for.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::OracleError;
+
+/// One billed request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub request_id: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub gpu_ms: u64,
+    pub finished_at: i64,
+    pub source: String,
+}
+
+/// An invoice: what one receipt bills.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub version: u32,
+    pub program: String,
+    pub job: String,
+    pub seq: u64,
+    /// Hex sha256 of the previous invoice of the job (zeros for the first).
+    pub previous_hash: String,
+    pub unit_kind: String,
+    /// Units of this invoice's lines and the job's total through them.
+    pub units: u64,
+    pub cumulative_units: u64,
+    pub period_end: i64,
+    pub lines: Vec<InvoiceLine>,
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+impl Invoice {
+    /// The canonical bytes (the struct serialized as compact JSON, fields in order).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, OracleError> {
+        serde_json::to_vec(self)
+            .map_err(|e| OracleError::Invalid(format!("invoice does not serialize: {e}")))
+    }
+
+    /// Writes the invoice under `dir/<job>/<seq>.json`; returns the path and the hash.
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, [u8; 32]), OracleError> {
+        let bytes = self.to_bytes()?;
+        let folder = dir.join(&self.job);
+        let path = folder.join(format!("{}.json", self.seq));
+        let fail = |e: std::io::Error| OracleError::Invoice {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(&folder).map_err(fail)?;
+        // Write then rename, so a crash never leaves half an invoice under its name.
+        let tmp = folder.join(format!("{}.json.tmp", self.seq));
+        std::fs::write(&tmp, &bytes).map_err(fail)?;
+        std::fs::rename(&tmp, &path).map_err(fail)?;
+        Ok((path, sha256(&bytes)))
+    }
+}
+
+/// sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}

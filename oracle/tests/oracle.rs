@@ -1,0 +1,308 @@
+//! The oracle's durable core against the SBF program in the embedded chain: records
+//! committed once, invoices whose hash lands on-chain, and settlement exactly once
+//! across lost sends, lost answers and restarts.
+use std::path::PathBuf;
+
+use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
+use tally_oracle::batcher::Batcher;
+use tally_oracle::invoice::{sha256, Invoice};
+use tally_oracle::store::{Recorded, Store, UsageRecord};
+use tally_tests::{JobHandle, JobSpec, World};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tally-oracle-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
+    UsageRecord {
+        job: job.address.to_string(),
+        request_id: format!("req-{i}"),
+        model: "llama-3-8b".into(),
+        prompt_tokens: 10 + i % 7,
+        completion_tokens: 20 + i % 11,
+        gpu_ms: 150,
+        finished_at,
+        source: "gateway".into(),
+    }
+}
+
+struct Setup {
+    world: World,
+    jobs: Vec<JobHandle>,
+    dir: PathBuf,
+}
+
+fn setup(name: &str, jobs: usize) -> Setup {
+    let mut world = World::builder().fee_bps(100).challenge_window(0).build();
+    let operator = world.operator();
+    let client = world.client(100_000_000);
+    let jobs = (0..jobs as u64)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    Setup {
+        world,
+        jobs,
+        dir: temp_dir(name),
+    }
+}
+
+fn batcher(setup: &Setup) -> Batcher {
+    Batcher {
+        store: Store::open(&setup.dir.join("oracle.db")).unwrap(),
+        oracle: setup.world.oracles[0].insecure_clone(),
+        invoices_dir: setup.dir.join("invoices"),
+        max_receipts_per_tx: 8,
+    }
+}
+
+fn expected_units(records: &[UsageRecord], job: &JobHandle) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.job == job.address.to_string())
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum()
+}
+
+#[test]
+fn records_are_committed_once_and_settle_as_cumulative_receipts() {
+    let mut s = setup("once", 3);
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    for i in 0..30 {
+        let r = record(&s.jobs[(i % 3) as usize], i, now);
+        assert_eq!(b.store.record(&r).unwrap(), Recorded::New);
+        records.push(r);
+    }
+    // A retried report of the same request is never counted twice.
+    assert_eq!(b.store.record(&records[4]).unwrap(), Recorded::Duplicate);
+    assert_eq!(b.store.record_count().unwrap(), 30);
+
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(
+        (report.sent, report.confirmed, report.failed),
+        (3, 3, 0),
+        "{report:?}"
+    );
+    for job in &s.jobs {
+        let state = s.world.env.job(&job.address);
+        assert_eq!(state.settled_units, expected_units(&records, job));
+        assert_eq!(state.last_seq, 1);
+    }
+    s.world.check_solvency();
+
+    // Nothing new: nothing sent. More records: a second cumulative receipt.
+    assert_eq!(b.run_round(&mut *s.world.env).unwrap().sent, 0);
+    let later = record(&s.jobs[0], 100, now + 30);
+    b.store.record(&later).unwrap();
+    records.push(later);
+    s.world.env.advance(30);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(report.confirmed, 1);
+    let state = s.world.env.job(&s.jobs[0].address);
+    assert_eq!(
+        (state.settled_units, state.last_seq),
+        (expected_units(&records, &s.jobs[0]), 2)
+    );
+}
+
+#[test]
+fn the_invoice_file_hashes_to_what_the_chain_stores_and_chains_to_the_previous() {
+    let mut s = setup("invoice", 1);
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    for i in 0..5 {
+        b.store.record(&record(&s.jobs[0], i, now)).unwrap();
+    }
+    b.run_round(&mut *s.world.env).unwrap();
+    b.store.record(&record(&s.jobs[0], 9, now)).unwrap();
+    b.run_round(&mut *s.world.env).unwrap();
+
+    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
+    let first = std::fs::read(folder.join("1.json")).unwrap();
+    let second = std::fs::read(folder.join("2.json")).unwrap();
+    let job = s.world.env.job(&s.jobs[0].address);
+    assert_eq!(
+        sha256(&second),
+        job.invoice_hash,
+        "the latest invoice is what was paid"
+    );
+    let parsed: Invoice = serde_json::from_slice(&second).unwrap();
+    assert_eq!(
+        parsed.previous_hash,
+        tally_oracle::invoice::hex(&sha256(&first)),
+        "invoices chain"
+    );
+    assert_eq!(parsed.lines.len(), 1);
+    assert_eq!(parsed.cumulative_units, job.settled_units);
+}
+
+/// A chain whose sends can be made to fail before or after the transaction lands.
+struct Flaky<'a> {
+    inner: &'a mut EmbeddedChain,
+    /// Fail the next send without sending it (a crash before the send).
+    drop_next: bool,
+    /// Send the next one, then report failure (a lost answer).
+    lose_next_answer: bool,
+}
+
+impl Chain for Flaky<'_> {
+    fn account(
+        &self,
+        address: &anchor_lang::prelude::Pubkey,
+    ) -> Result<Option<solana_account::Account>, ChainError> {
+        self.inner.account(address)
+    }
+    fn program_accounts(
+        &self,
+        len: usize,
+        filters: &[Memcmp],
+    ) -> Result<Vec<(anchor_lang::prelude::Pubkey, solana_account::Account)>, ChainError> {
+        self.inner.program_accounts(len, filters)
+    }
+    fn clock(&self) -> Result<solana_clock::Clock, ChainError> {
+        self.inner.clock()
+    }
+    fn latest_blockhash(&self) -> Result<solana_hash::Hash, ChainError> {
+        self.inner.latest_blockhash()
+    }
+    fn send_transaction(
+        &mut self,
+        tx: solana_transaction::versioned::VersionedTransaction,
+    ) -> Result<Confirmed, ChainError> {
+        if std::mem::take(&mut self.drop_next) {
+            return Err(ChainError::Rpc {
+                url: "flaky".into(),
+                message: "connection reset".into(),
+            });
+        }
+        let result = self.inner.send_transaction(tx);
+        if std::mem::take(&mut self.lose_next_answer) {
+            return Err(ChainError::Rpc {
+                url: "flaky".into(),
+                message: "timed out waiting for confirmation".into(),
+            });
+        }
+        result
+    }
+}
+
+#[test]
+fn a_send_lost_before_it_lands_is_resent_once_after_a_restart() {
+    let mut s = setup("lost-send", 2);
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    {
+        let b = batcher(&s);
+        for i in 0..10 {
+            let r = record(&s.jobs[(i % 2) as usize], i, now);
+            b.store.record(&r).unwrap();
+            records.push(r);
+        }
+        let mut flaky = Flaky {
+            inner: &mut s.world.env.chain,
+            drop_next: true,
+            lose_next_answer: false,
+        };
+        let report = b.run_round(&mut flaky).unwrap();
+        assert_eq!((report.confirmed, report.failed), (0, 2), "{report:?}");
+        assert_eq!(
+            b.store.pending_submissions().unwrap().len(),
+            2,
+            "written ahead, not confirmed"
+        );
+    } // the oracle process ends here
+    for job in &s.jobs {
+        assert_eq!(
+            s.world.env.job(&job.address).settled_units,
+            0,
+            "nothing landed"
+        );
+    }
+    let b = batcher(&s); // restart: reopen the same store
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!((report.recovered, report.confirmed), (0, 2), "{report:?}");
+    for job in &s.jobs {
+        let state = s.world.env.job(&job.address);
+        assert_eq!(
+            (state.settled_units, state.last_seq),
+            (expected_units(&records, job), 1)
+        );
+    }
+    assert_eq!(b.store.pending_submissions().unwrap(), Vec::new());
+    s.world.check_solvency();
+}
+
+#[test]
+fn a_send_whose_answer_was_lost_is_recognized_and_never_paid_twice() {
+    let mut s = setup("lost-answer", 2);
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    {
+        let b = batcher(&s);
+        for i in 0..10 {
+            let r = record(&s.jobs[(i % 2) as usize], i, now);
+            b.store.record(&r).unwrap();
+            records.push(r);
+        }
+        let mut flaky = Flaky {
+            inner: &mut s.world.env.chain,
+            drop_next: false,
+            lose_next_answer: true,
+        };
+        let report = b.run_round(&mut flaky).unwrap();
+        assert_eq!(report.failed, 2, "{report:?}");
+    }
+    let paid: Vec<u64> = s
+        .jobs
+        .iter()
+        .map(|j| s.world.env.job(&j.address).settled_gross)
+        .collect();
+    assert!(paid.iter().all(|p| *p > 0), "the transaction did land");
+
+    let b = batcher(&s);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(
+        (report.recovered, report.sent),
+        (2, 0),
+        "recognized as landed, not resent: {report:?}"
+    );
+    for (job, before) in s.jobs.iter().zip(paid) {
+        let state = s.world.env.job(&job.address);
+        assert_eq!(state.settled_gross, before, "paid once");
+        assert_eq!(state.settled_units, expected_units(&records, job));
+    }
+}
+
+#[test]
+fn usage_after_the_deadline_is_invoiced_but_not_billed() {
+    let mut s = setup("deadline", 1);
+    let b = batcher(&s);
+    let deadline = s.world.env.job(&s.jobs[0].address).deadline;
+    let inside = record(&s.jobs[0], 1, deadline - 10);
+    let outside = record(&s.jobs[0], 2, deadline + 10);
+    b.store.record(&inside).unwrap();
+    b.store.record(&outside).unwrap();
+    b.run_round(&mut *s.world.env).unwrap();
+    let state = s.world.env.job(&s.jobs[0].address);
+    assert_eq!(
+        state.settled_units,
+        inside.prompt_tokens + inside.completion_tokens
+    );
+    let invoice: Invoice = serde_json::from_slice(
+        &std::fs::read(
+            s.dir
+                .join("invoices")
+                .join(s.jobs[0].address.to_string())
+                .join("1.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(invoice.lines.len(), 2);
+    assert_eq!(invoice.period_end, deadline - 10);
+}
