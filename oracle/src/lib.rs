@@ -8,7 +8,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod batcher;
+pub mod gateway;
 pub mod invoice;
+pub mod sim_worker;
 pub mod store;
 pub mod units;
 
