@@ -170,6 +170,24 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
     }
 
+    /// Every record, oldest first.
+    pub fn all_records(&self) -> Result<Vec<UsageRecord>, OracleError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT DISTINCT job FROM records")
+            .map_err(db_error)?;
+        let jobs = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(db_error)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_error)?;
+        let mut out = Vec::new();
+        for job in jobs {
+            out.extend(self.records_after(&job, 0)?.into_iter().map(|(_, r)| r));
+        }
+        Ok(out)
+    }
+
     /// The job's latest submission, confirmed or not.
     pub fn last_submission(&self, job: &str) -> Result<Option<Submission>, OracleError> {
         self.db

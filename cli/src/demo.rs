@@ -1,0 +1,426 @@
+//! `tally demo`: the whole of Tally on the embedded chain, with nothing to set up.
+//!
+//! A client funds jobs from its wallet; a simulated GPU worker (speaking the OpenAI
+//! API like vLLM) serves requests through the real oracle gateway, which meters them
+//! into the real store; the real batcher settles cumulative receipts on the SBF
+//! program; jobs complete with their final receipts and refunds; the operator claims;
+//! a stalled job expires and is refunded; and every balance is reconciled.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anchor_lang::prelude::Pubkey;
+use anchor_spl::token_2022::spl_token_2022;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally::state::utc_day;
+use tally_client::chain::{Chain, ChainError, EmbeddedChain};
+use tally_client::ix::{self, Attestation, MintRef};
+use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
+use tally_oracle::batcher::Batcher;
+use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::sim_worker::SimWorker;
+use tally_oracle::store::Store;
+
+/// `tally demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Jobs the client opens (plus one that stalls and expires)
+    #[arg(long, default_value_t = 3)]
+    pub jobs: u64,
+    /// Requests served per job
+    #[arg(long, default_value_t = 20)]
+    pub requests: u64,
+    /// The SBF program [default: TALLY_PROGRAM_SO or target/deploy/tally.so]
+    #[arg(long)]
+    pub program: Option<PathBuf>,
+}
+
+const PRICE_PER_TOKEN: u64 = 20; // base units of a 6-decimal stablecoin
+const MAX_TOKENS_PER_JOB: u64 = 1_000_000;
+const FEE_BPS: u16 = 250;
+const CHALLENGE_WINDOW: u32 = 60;
+const GRACE: u32 = 600;
+
+fn step(quiet: bool, text: &str) {
+    if !quiet {
+        eprintln!("• {text}");
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Other(e.to_string())
+}
+
+/// Runs the demo; returns its JSON summary (printed as a table unless `json`).
+pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
+    let program = args
+        .program
+        .clone()
+        .unwrap_or_else(EmbeddedChain::default_program_path);
+    let deployer = Keypair::new();
+    let mut chain = EmbeddedChain::new(&program, &deployer.pubkey())?;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1_795_564_800, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    chain.set_time(start);
+    step(
+        quiet,
+        &format!(
+            "embedded chain up: Tally {} (SBF, {} bytes) deployed",
+            tally::ID,
+            std::fs::metadata(&program).map_or(0, |m| m.len())
+        ),
+    );
+
+    // People.
+    let (treasury, arbiter, oracle, operator, client, mint_authority) = (
+        Keypair::new(),
+        Keypair::new(),
+        Keypair::new(),
+        Keypair::new(),
+        Keypair::new(),
+        Keypair::new(),
+    );
+    for who in [
+        &deployer,
+        &oracle,
+        &operator,
+        &client,
+        &mint_authority,
+        &treasury,
+    ] {
+        chain.airdrop(&who.pubkey(), 100_000_000_000)?;
+    }
+
+    // A 6-decimal stablecoin, accepted by a fresh deployment.
+    let mint_key = Keypair::new();
+    let rent = chain.svm.minimum_balance_for_rent_exemption(82);
+    chain.send(
+        &[
+            anchor_lang::solana_program::system_instruction::create_account(
+                &mint_authority.pubkey(),
+                &mint_key.pubkey(),
+                rent,
+                82,
+                &anchor_spl::token::ID,
+            ),
+            spl_token_2022::instruction::initialize_mint2(
+                &anchor_spl::token::ID,
+                &mint_key.pubkey(),
+                &mint_authority.pubkey(),
+                None,
+                6,
+            )
+            .map_err(other)?,
+        ],
+        &mint_authority,
+        &[&mint_key],
+    )?;
+    let mint = MintRef {
+        mint: mint_key.pubkey(),
+        token_program: anchor_spl::token::ID,
+    };
+    ops::init(
+        &mut chain,
+        &deployer,
+        InitializeConfigArgs {
+            treasury: treasury.pubkey(),
+            arbiter: arbiter.pubkey(),
+            fee_bps: FEE_BPS,
+            challenge_window_secs: CHALLENGE_WINDOW,
+            expiry_grace_secs: GRACE,
+            dispute_timeout_secs: 86_400,
+            oracles: vec![oracle.pubkey()],
+            oracle_threshold: 1,
+        },
+    )?;
+    ops::add_mint(&mut chain, &deployer, &mint.mint)?;
+    ops::register_operator(
+        &mut chain,
+        &operator,
+        OperatorArgs {
+            payout_owner: operator.pubkey(),
+            node_keys: vec![],
+        },
+        false,
+    )?;
+    step(
+        quiet,
+        &format!(
+            "deployment configured: fee {FEE_BPS} bps, oracle {}, operator {}",
+            oracle.pubkey(),
+            operator.pubkey()
+        ),
+    );
+
+    // The client funds its wallet and opens jobs (one more that will stall).
+    let client_tokens = ops::ensure_token_account(&mut chain, &client, &client.pubkey(), mint)?;
+    let funding = PRICE_PER_TOKEN * MAX_TOKENS_PER_JOB * (args.jobs + 1);
+    chain.send(
+        &[spl_token_2022::instruction::mint_to(
+            &mint.token_program,
+            &mint.mint,
+            &client_tokens,
+            &mint_authority.pubkey(),
+            &[],
+            funding,
+        )
+        .map_err(other)?],
+        &mint_authority,
+        &[],
+    )?;
+    let now = chain.clock()?.unix_timestamp;
+    let mut jobs = Vec::new();
+    for id in 0..=args.jobs {
+        let view = ops::open_job(
+            &mut chain,
+            &client,
+            &operator.pubkey(),
+            &mint.mint,
+            OpenJobArgs {
+                job_id: id,
+                unit_kind: 0,
+                unit_price: PRICE_PER_TOKEN,
+                max_units: MAX_TOKENS_PER_JOB,
+                deadline: now + 3_600,
+                spend_cap_per_hour: 0,
+            },
+        )?;
+        jobs.push(view.address.parse::<Pubkey>().map_err(other)?);
+    }
+    let stalled = jobs.pop().ok_or_else(|| other("no stalled job"))?;
+    step(
+        quiet,
+        &format!(
+            "client {} escrowed {} in {} jobs",
+            client.pubkey(),
+            funding,
+            jobs.len() + 1
+        ),
+    );
+
+    // The GPU worker and the oracle gateway, on loopback; one API key per job.
+    let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(other)?;
+    let store_path = dir.join("oracle.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(other)?;
+    let api_keys: HashMap<String, String> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (format!("demo-key-{i}"), j.to_string()))
+        .collect();
+    let (gateway_url, requests_served) = runtime.block_on(async {
+        let worker = Arc::new(SimWorker::default());
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
+        let upstream_url = format!("http://{}", upstream.local_addr().map_err(other)?);
+        tokio::spawn(Arc::clone(&worker).serve(upstream));
+        let gateway = Gateway::new(GatewayConfig { upstream: upstream_url, api_keys: api_keys.clone(), store_path: store_path.clone() }).map_err(other)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
+        let url = format!("http://{}", listener.local_addr().map_err(other)?);
+        tokio::spawn(gateway.serve(listener));
+
+        let total = args.requests * jobs.len() as u64;
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+        bar.set_style(ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?);
+        let http = reqwest::Client::new();
+        let mut served = 0u64;
+        for r in 0..args.requests {
+            for key in 0..jobs.len() {
+                let body = format!(
+                    r#"{{"model":"llama-3-8b","messages":[{{"role":"user","content":"request {r} asks about GPU settlement"}}],"max_tokens":{},"stream":{}}}"#,
+                    16 + (r % 5) * 8,
+                    r % 2 == 1
+                );
+                let response = http
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(format!("demo-key-{key}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(other)?;
+                if !response.status().is_success() {
+                    return Err(other(format!("the gateway answered {}", response.status())));
+                }
+                response.bytes().await.map_err(other)?;
+                served += 1;
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        // Streams commit when they end: wait until every request is in the store.
+        for _ in 0..200 {
+            if Store::open(&store_path).and_then(|s| s.record_count()).map_err(other)? >= served {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok::<_, ChainError>((url, served))
+    })?;
+    step(
+        quiet,
+        &format!(
+            "{requests_served} requests served through the gateway at {gateway_url}, each metered"
+        ),
+    );
+
+    // The oracle settles cumulative receipts.
+    let batcher = Batcher {
+        store: Store::open(&store_path).map_err(other)?,
+        oracle: oracle.insecure_clone(),
+        invoices_dir: dir.join("invoices"),
+        max_receipts_per_tx: 8,
+    };
+    chain.advance(5);
+    let report = batcher.run_round(&mut chain).map_err(other)?;
+    if report.failed > 0 {
+        return Err(other(format!("settlement failed: {:?}", report.errors)));
+    }
+    let metered_units: u64 = batcher
+        .store
+        .all_records()
+        .map_err(other)?
+        .iter()
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum();
+    step(
+        quiet,
+        &format!(
+            "oracle settled {} receipts ({metered_units} tokens) on-chain",
+            report.confirmed
+        ),
+    );
+
+    // Each job completes with its final receipt: the rest of its escrow goes back.
+    let day = utc_day(chain.clock()?.unix_timestamp);
+    let attestation = Attestation {
+        oracles: vec![oracle.pubkey()],
+        oracle_set_version: 1,
+        day,
+    };
+    let mut refunded = 0u64;
+    for job in &jobs {
+        let state = ops::job(&chain, job)?;
+        let receipt = SettleReceipt {
+            seq: state.last_seq,
+            cumulative_units: state.settled_units,
+            invoice_hash: state.invoice_hash,
+            period_end: state.last_period_end,
+        };
+        refunded += state.escrow_left;
+        chain.send(
+            &[ix::complete_job(
+                &attestation,
+                operator.pubkey(),
+                mint,
+                *job,
+                client.pubkey(),
+                client_tokens,
+                receipt,
+            )],
+            &oracle,
+            &[],
+        )?;
+    }
+    step(
+        quiet,
+        &format!(
+            "{} jobs completed; {refunded} refunded to the client",
+            jobs.len()
+        ),
+    );
+
+    // The operator claims once the challenge window has passed.
+    chain.advance(2 * i64::from(CHALLENGE_WINDOW) + 1);
+    let claimed = ops::claim(&mut chain, &operator, &mint.mint)?;
+    step(quiet, &format!("operator claimed {claimed}"));
+
+    // The stalled job expires and anyone refunds it.
+    chain.advance(3_600 + i64::from(GRACE) + 1);
+    let expired_refund = ops::expire_job(&mut chain, &treasury, &stalled)?;
+    refunded += expired_refund;
+    step(
+        quiet,
+        &format!("stalled job {stalled} expired: {expired_refund} refunded"),
+    );
+
+    // Revenue and reconciliation.
+    let revenue = ops::revenue(&chain, &mint.mint, 2)?;
+    let gross: u64 = revenue.iter().map(|d| d.gross).sum();
+    let fees: u64 = revenue.iter().map(|d| d.fees).sum();
+    let units: u64 = revenue.iter().map(|d| d.units).sum();
+    let client_left = ops::token_balance(&chain, &client_tokens)?;
+    let vault_left = ops::token_balance(&chain, &pda::vault_tokens(&mint.mint))?;
+    let operator_tokens =
+        pda::associated_token(&operator.pubkey(), &mint.mint, &mint.token_program);
+    let operator_balance = ops::token_balance(&chain, &operator_tokens)?;
+    let checks = [
+        (
+            "every request metered",
+            batcher.store.record_count().map_err(other)? == requests_served,
+        ),
+        ("on-chain units = metered units", units == metered_units),
+        (
+            "paid = metered × price",
+            gross == metered_units * PRICE_PER_TOKEN,
+        ),
+        (
+            "operator claimed = paid − fees",
+            claimed == gross - fees && operator_balance == claimed,
+        ),
+        ("client = funded − paid", client_left == funding - gross),
+        ("refunds = escrow − paid", refunded == funding - gross),
+        ("vault holds only unwithdrawn fees", vault_left == fees),
+    ];
+    let reconciled = checks.iter().all(|(_, ok)| *ok);
+    if !quiet {
+        let rows: Vec<Vec<String>> = revenue
+            .iter()
+            .map(|d| {
+                vec![
+                    d.date.clone(),
+                    d.gross.to_string(),
+                    d.fees.to_string(),
+                    d.operator_net.to_string(),
+                    d.units.to_string(),
+                    d.receipts.to_string(),
+                ]
+            })
+            .collect();
+        eprintln!("\non-chain revenue (metered inference, not emissions):");
+        eprintln!(
+            "{}",
+            tally_client::cli::table(
+                &[
+                    "day (UTC)",
+                    "revenue",
+                    "fees",
+                    "operators",
+                    "units",
+                    "receipts"
+                ],
+                &rows
+            )
+        );
+        eprintln!();
+        for (what, ok) in &checks {
+            eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });
+        }
+    }
+    Ok(json!({
+        "jobs": jobs.len() + 1,
+        "requests": requests_served,
+        "units": units,
+        "paid": gross,
+        "refunded": refunded,
+        "fees": fees,
+        "claimed": claimed,
+        "reconciled": reconciled,
+    }))
+}
