@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tally_client::chain::RpcChain;
+use tally_client::chain::{ChainError, RpcChain};
 use tally_client::cli::{execute, read_keypair, resolve_globals, GlobalArgs, OutputFormat};
 
 mod demo;
@@ -28,6 +28,16 @@ enum Command {
     /// Run the whole flow on an embedded chain: fund jobs, serve and meter requests
     /// through the oracle gateway, settle, claim, expire, reconcile
     Demo(demo::DemoArgs),
+    /// Prove an invoice file is what the chain paid for
+    #[command(subcommand)]
+    Invoice(InvoiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum InvoiceCommand {
+    /// Check FILE (and the later invoices of its job beside it) against the job's
+    /// on-chain invoice hash and settled units
+    Verify { file: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +53,18 @@ fn main() -> ExitCode {
                 reconciled
             })
         }
+        Command::Invoice(InvoiceCommand::Verify { file }) => resolve_globals(&cli.global).and_then(|(url, _)| {
+            let chain = RpcChain::new(&url);
+            let verified = tally_oracle::invoice::verify(&chain, file).map_err(|e| ChainError::Other(e.to_string()))?;
+            match cli.global.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(&verified).unwrap_or_default()),
+                OutputFormat::Table => println!(
+                    "verified: invoice {} of job {} ({} units) is what the chain paid for (receipt {}, {} units in all)",
+                    verified.seq, verified.job, verified.units, verified.settled_seq, verified.settled_units
+                ),
+            }
+            Ok(true)
+        }),
         Command::Chain(command) => resolve_globals(&cli.global).and_then(|(url, keypair_path)| {
             let signer = read_keypair(&keypair_path)?;
             let mut chain = RpcChain::new(&url).with_priority_fee(cli.global.priority_fee);

@@ -21,6 +21,7 @@ pub use tally::ID as PROGRAM_ID;
 pub mod alt;
 pub mod chain;
 pub mod cli;
+pub mod event_log;
 pub mod ix;
 pub mod ops;
 pub mod pda;

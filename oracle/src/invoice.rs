@@ -78,3 +78,90 @@ impl Invoice {
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
+
+/// What [`verify`] proved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    pub job: String,
+    /// The invoice checked.
+    pub seq: u64,
+    pub units: u64,
+    /// The receipt whose on-chain hash the chain of invoices reached.
+    pub settled_seq: u64,
+    pub settled_units: u64,
+}
+
+/// Proves that the invoice file at `path` is what the chain paid for: its sha256, or
+/// that of the later invoices of the same job found beside it (each naming its
+/// predecessor's hash), must end at the invoice hash the job holds on-chain, at the
+/// job's cumulative units.
+pub fn verify(
+    chain: &impl tally_client::chain::Chain,
+    path: &Path,
+) -> Result<Verified, OracleError> {
+    let read = |p: &Path| -> Result<(Vec<u8>, Invoice), OracleError> {
+        let fail = |reason: String| OracleError::Invoice {
+            path: p.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(p).map_err(|e| fail(e.to_string()))?;
+        let invoice = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(format!("not a Tally invoice: {e}")))?;
+        Ok((bytes, invoice))
+    };
+    let (bytes, invoice) = read(path)?;
+    if invoice.program != tally::ID.to_string() {
+        return Err(OracleError::Invalid(format!(
+            "the invoice is for program {}, not {}",
+            invoice.program,
+            tally::ID
+        )));
+    }
+    let job_key = invoice
+        .job
+        .parse()
+        .map_err(|_| OracleError::Invalid(format!("{} is not a job address", invoice.job)))?;
+    let job = tally_client::ops::job(chain, &job_key)?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let (mut hash, mut seq, mut cumulative) =
+        (sha256(&bytes), invoice.seq, invoice.cumulative_units);
+    while seq < job.last_seq {
+        let next_path = dir.join(format!("{}.json", seq.saturating_add(1)));
+        let (next_bytes, next) = read(&next_path).map_err(|_| {
+            OracleError::Invalid(format!(
+                "the chain has settled up to receipt {}; invoice {} is needed beside this one to link it",
+                job.last_seq,
+                seq.saturating_add(1)
+            ))
+        })?;
+        if next.previous_hash != hex(&hash) {
+            return Err(OracleError::Invalid(format!(
+                "invoice {} does not follow invoice {seq}: the invoice files were altered",
+                next.seq
+            )));
+        }
+        (hash, seq, cumulative) = (sha256(&next_bytes), next.seq, next.cumulative_units);
+    }
+    if seq > job.last_seq {
+        return Err(OracleError::Invalid(format!(
+            "invoice {seq} is not settled yet: the chain is at receipt {}",
+            job.last_seq
+        )));
+    }
+    if hash != job.invoice_hash || cumulative != job.settled_units {
+        return Err(OracleError::Invalid(format!(
+            "does NOT match the chain: job {} paid for invoice hash {} at {} units; the files give {} at {cumulative}",
+            invoice.job,
+            hex(&job.invoice_hash),
+            job.settled_units,
+            hex(&hash)
+        )));
+    }
+    Ok(Verified {
+        job: invoice.job,
+        seq: invoice.seq,
+        units: invoice.units,
+        settled_seq: seq,
+        settled_units: cumulative,
+    })
+}

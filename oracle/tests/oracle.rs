@@ -501,3 +501,44 @@ mod gateway {
         );
     }
 }
+
+#[test]
+fn invoice_files_verify_against_the_chain_and_tampering_is_caught() {
+    use tally_oracle::invoice::verify;
+    let mut s = setup("verify", 1);
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    b.store.record(&record(&s.jobs[0], 1, now)).unwrap();
+    b.run_round(&mut *s.world.env).unwrap();
+    b.store.record(&record(&s.jobs[0], 2, now)).unwrap();
+    b.run_round(&mut *s.world.env).unwrap();
+    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
+
+    let latest = verify(&*s.world.env, &folder.join("2.json")).unwrap();
+    assert_eq!((latest.seq, latest.settled_seq), (2, 2));
+    // The first invoice verifies through the second, which names its hash.
+    let first = verify(&*s.world.env, &folder.join("1.json")).unwrap();
+    assert_eq!((first.seq, first.settled_seq), (1, 2));
+
+    // One changed token count anywhere breaks the proof.
+    let original = std::fs::read(folder.join("1.json")).unwrap();
+    let tampered = String::from_utf8(original.clone()).unwrap().replacen(
+        "\"prompt_tokens\":",
+        "\"prompt_tokens\":1",
+        1,
+    );
+    std::fs::write(folder.join("1.json"), tampered).unwrap();
+    let err = verify(&*s.world.env, &folder.join("1.json")).unwrap_err();
+    assert!(err.to_string().contains("altered"), "{err}");
+    std::fs::write(folder.join("1.json"), original).unwrap();
+    let latest_bytes = std::fs::read(folder.join("2.json")).unwrap();
+    std::fs::write(
+        folder.join("2.json"),
+        String::from_utf8(latest_bytes)
+            .unwrap()
+            .replacen("llama", "LLAMA", 1),
+    )
+    .unwrap();
+    let err = verify(&*s.world.env, &folder.join("2.json")).unwrap_err();
+    assert!(err.to_string().contains("does NOT match"), "{err}");
+}

@@ -154,17 +154,9 @@ pub fn assert_cu_at_most(sent: &Sent, ceiling: u64, what: &str) {
     );
 }
 
-/// Decodes every event of type `E` that the program logged (`Program data: …`).
+/// Decodes every event of type `E` that the program logged (the SDK's decoder).
 pub fn events<E: anchor_lang::Event + AnchorDeserialize>(logs: &[String]) -> Vec<E> {
-    use base64::Engine as _;
-    logs.iter()
-        .filter_map(|line| line.strip_prefix("Program data: "))
-        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-        .filter_map(|bytes| {
-            let rest = bytes.strip_prefix(E::DISCRIMINATOR)?;
-            E::deserialize(&mut &rest[..]).ok()
-        })
-        .collect()
+    tally_client::event_log::decode(logs)
 }
 
 /// Which token program a mint lives under.
