@@ -385,34 +385,8 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     ];
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
-        let rows: Vec<Vec<String>> = revenue
-            .iter()
-            .map(|d| {
-                vec![
-                    d.date.clone(),
-                    d.gross.to_string(),
-                    d.fees.to_string(),
-                    d.operator_net.to_string(),
-                    d.units.to_string(),
-                    d.receipts.to_string(),
-                ]
-            })
-            .collect();
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        eprintln!(
-            "{}",
-            tally_client::cli::table(
-                &[
-                    "day (UTC)",
-                    "revenue",
-                    "fees",
-                    "operators",
-                    "units",
-                    "receipts"
-                ],
-                &rows
-            )
-        );
+        eprintln!("{}", tally_client::cli::revenue_table(&revenue));
         eprintln!();
         for (what, ok) in &checks {
             eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });

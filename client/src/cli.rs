@@ -334,39 +334,44 @@ pub fn execute<C: Chain>(
         Command::Admin(admin) => execute_admin(admin, chain, signer),
         Command::Revenue { mint, days } => {
             let days = ops::revenue(chain, mint, *days)?;
-            let rows: Vec<Vec<String>> = days
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.date.clone(),
-                        d.gross.to_string(),
-                        d.fees.to_string(),
-                        d.operator_net.to_string(),
-                        d.units.to_string(),
-                        d.receipts.to_string(),
-                        d.jobs_started.to_string(),
-                    ]
-                })
-                .collect();
-            let text = if rows.is_empty() {
+            let text = if days.is_empty() {
                 format!("no settled revenue in {mint} in this period")
             } else {
-                table(
-                    &[
-                        "day (UTC)",
-                        "revenue",
-                        "fees",
-                        "operators",
-                        "units",
-                        "receipts",
-                        "jobs started",
-                    ],
-                    &rows,
-                )
+                revenue_table(&days)
             };
             Ok(Output::of(&days, text))
         }
     }
+}
+
+/// The per-day revenue table (`tally revenue`, `tally demo`).
+pub fn revenue_table(days: &[ops::RevenueView]) -> String {
+    let rows: Vec<Vec<String>> = days
+        .iter()
+        .map(|d| {
+            vec![
+                d.date.clone(),
+                d.gross.to_string(),
+                d.fees.to_string(),
+                d.operator_net.to_string(),
+                d.units.to_string(),
+                d.receipts.to_string(),
+                d.jobs_started.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "day (UTC)",
+            "revenue",
+            "fees",
+            "operators",
+            "units",
+            "receipts",
+            "jobs started",
+        ],
+        &rows,
+    )
 }
 
 fn unix_now() -> i64 {

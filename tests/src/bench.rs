@@ -183,6 +183,22 @@ pub struct SettleCapacity {
     pub fee_lamports_per_receipt: u64,
 }
 
+impl SettleCapacity {
+    /// Figures of a transaction of `n` receipts (`full`), given one of a single
+    /// receipt (`single`) for the marginal cost.
+    fn from_runs(n: usize, single: &Sent, full: &Sent) -> Self {
+        let count = n as u64;
+        Self {
+            receipts_per_tx: n,
+            tx_bytes: full.size,
+            cu: full.cu,
+            cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
+            cu_per_receipt: full.cu / count,
+            fee_lamports_per_receipt: full.fee / count,
+        }
+    }
+}
+
 /// Fills a v0 settle transaction whose accounts resolve through an address lookup
 /// table (created by the real lookup-table program) until the next receipt would
 /// exceed [`MAX_TX_BYTES`]; checks every receipt settled.
@@ -232,15 +248,7 @@ pub fn alt_capacity() -> SettleCapacity {
             "every receipt settled"
         );
     }
-    let count = n as u64;
-    SettleCapacity {
-        receipts_per_tx: n,
-        tx_bytes: full.size,
-        cu: full.cu,
-        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
-        cu_per_receipt: full.cu / count,
-        fee_lamports_per_receipt: full.fee / count,
-    }
+    SettleCapacity::from_runs(n, &single, &full)
 }
 
 /// Fills relayed settlements (one Ed25519 instruction + `settle_relayed`, a relayer
@@ -280,15 +288,7 @@ pub fn relayed_capacity() -> SettleCapacity {
         "the measured transaction fits: {} bytes",
         full.size
     );
-    let count = n as u64;
-    SettleCapacity {
-        receipts_per_tx: n,
-        tx_bytes: full.size,
-        cu: full.cu,
-        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
-        cu_per_receipt: full.cu / count,
-        fee_lamports_per_receipt: full.fee / count,
-    }
+    SettleCapacity::from_runs(n, &single, &full)
 }
 
 /// Fills legacy settle transactions (one oracle signature, its oracle paying the fee)
@@ -339,13 +339,5 @@ pub fn settle_capacity() -> SettleCapacity {
         "the measured transaction fits: {} bytes",
         full.size
     );
-    let count = n as u64;
-    SettleCapacity {
-        receipts_per_tx: n,
-        tx_bytes: full.size,
-        cu: full.cu,
-        cu_per_extra_receipt: (full.cu - single.cu) / (count - 1).max(1),
-        cu_per_receipt: full.cu / count,
-        fee_lamports_per_receipt: full.fee / count,
-    }
+    SettleCapacity::from_runs(n, &single, &full)
 }

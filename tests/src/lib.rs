@@ -253,6 +253,18 @@ impl TestEnv {
     /// Sends a prepared transaction (e.g. with a signature deliberately missing).
     pub fn send_transaction(&mut self, tx: Transaction) -> TxResult {
         let size = tx_wire_size(&tx);
+        self.send_sized(
+            solana_transaction::versioned::VersionedTransaction::from(tx),
+            size,
+        )
+    }
+
+    /// Sends any transaction and reports it with its wire `size`.
+    fn send_sized(
+        &mut self,
+        tx: solana_transaction::versioned::VersionedTransaction,
+        size: usize,
+    ) -> TxResult {
         let result = self.svm.send_transaction(tx);
         // A new blockhash per transaction: identical retries are new transactions.
         self.svm.expire_blockhash();
@@ -1023,20 +1035,7 @@ impl TestEnv {
         tx: solana_transaction::versioned::VersionedTransaction,
     ) -> TxResult {
         let size = tx_wire_size_versioned(&tx);
-        let result = self.svm.send_transaction(tx);
-        self.svm.expire_blockhash();
-        match result {
-            Ok(meta) => Ok(Sent {
-                cu: meta.compute_units_consumed,
-                logs: meta.logs,
-                size,
-                fee: meta.fee,
-            }),
-            Err(failed) => Err(Failed {
-                err: failed.err,
-                logs: failed.meta.logs,
-            }),
-        }
+        self.send_sized(tx, size)
     }
 
     /// Makes the current slot a recent one in SlotHashes (lookup tables name one).
