@@ -13,6 +13,10 @@ use crate::state::{seeds, Config, Earnings, Revenue, Vault, MAX_ORACLES};
 /// holding `threshold` signatures per receipt, grouped by receipt, each over the
 /// receipt's [`UsageReceipt::message`] bytes (not final), with every offset pointing
 /// into that instruction itself. The receipts are read from the signed bytes.
+///
+/// The ledger accounts and their constraints repeat `Settle`'s on purpose: sharing
+/// them through a nested `#[derive(Accounts)]` struct was measured at about 3.8k CU
+/// more per settlement; keep the two lists identical.
 #[derive(Accounts)]
 pub struct SettleRelayed<'info> {
     /// Anyone may relay (often the operator): the oracle signatures are the authority.
