@@ -66,8 +66,41 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// What a streamed response's SSE events have said so far: the response id and the
+/// usage chunk's counts. Fed the upstream's bytes as they arrive, in any chunking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamUsage {
+    pub id: Option<String>,
+    pub usage: Option<(u64, u64)>,
+    buffer: String,
+}
+
+impl StreamUsage {
+    /// Feeds the next bytes of the stream; every complete event (`…\n\n`) is read.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(end) = self.buffer.find("\n\n") {
+            let event: String = self.buffer.drain(..end + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<Value>(data) else {
+                    continue;
+                };
+                if self.id.is_none() {
+                    self.id = value.get("id").and_then(Value::as_str).map(str::to_string);
+                }
+                if let Some(usage) = usage_of(&value) {
+                    self.usage = Some(usage);
+                }
+            }
+        }
+    }
+}
+
 /// `usage.prompt_tokens` / `usage.completion_tokens` of an OpenAI response object.
-fn usage_of(value: &Value) -> Option<(u64, u64)> {
+pub fn usage_of(value: &Value) -> Option<(u64, u64)> {
     let usage = value.get("usage").filter(|u| !u.is_null())?;
     let prompt = usage
         .get("prompt_tokens")
@@ -260,34 +293,16 @@ impl Gateway {
         let gateway = Arc::clone(&self);
         tokio::spawn(async move {
             let mut stream = upstream.bytes_stream();
-            let mut pending = String::new();
-            let mut usage = None;
-            let mut id = None;
+            let mut seen = StreamUsage::default();
             while let Some(chunk) = stream.next().await {
                 let Ok(chunk) = chunk else { break };
-                pending.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = pending.find("\n\n") {
-                    let event: String = pending.drain(..end + 2).collect();
-                    for line in event.lines() {
-                        if let Some(data) = line.strip_prefix("data: ") {
-                            if let Ok(value) = serde_json::from_str::<Value>(data) {
-                                if id.is_none() {
-                                    id =
-                                        value.get("id").and_then(Value::as_str).map(str::to_string);
-                                }
-                                if let Some(u) = usage_of(&value) {
-                                    usage = Some(u);
-                                }
-                            }
-                        }
-                    }
-                }
+                seen.feed(&chunk);
                 if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     break; // the client went away; usage so far is still metered below
                 }
             }
-            if let Some((prompt, completion)) = usage {
-                if let Some(id) = id {
+            if let Some((prompt, completion)) = seen.usage {
+                if let Some(id) = seen.id {
                     record.request_id = id;
                 }
                 record.prompt_tokens = prompt;

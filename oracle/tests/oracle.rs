@@ -542,3 +542,21 @@ fn invoice_files_verify_against_the_chain_and_tampering_is_caught() {
     let err = verify(&*s.world.env, &folder.join("2.json")).unwrap_err();
     assert!(err.to_string().contains("does NOT match"), "{err}");
 }
+
+#[test]
+fn stream_usage_is_found_whatever_the_chunking() {
+    use tally_oracle::gateway::StreamUsage;
+    let sse = concat!(
+        "data: {\"id\":\"cmpl-1\",\"choices\":[{\"delta\":{\"content\":\"hé\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"cmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    for size in 1..=sse.len() {
+        let mut seen = StreamUsage::default();
+        for chunk in sse.as_bytes().chunks(size) {
+            seen.feed(chunk);
+        }
+        assert_eq!(seen.usage, Some((3, 5)), "chunks of {size} bytes");
+        assert_eq!(seen.id.as_deref(), Some("cmpl-1"));
+    }
+}
