@@ -2,7 +2,7 @@ use anchor_lang::prelude::*;
 use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
-use crate::instructions::settle::{check_attestation, split_oracle_signers};
+use crate::instructions::settle::attested;
 use crate::receipt::SettleReceipt;
 use crate::settlement::{Ledgers, SettleTotals};
 use crate::state::{seeds, Config, Earnings, Job, JobStatus, Revenue, Vault};
@@ -52,14 +52,14 @@ impl<'info> CompleteJob<'info> {
     /// closes the job (rent back to the client).
     pub fn complete_job(ctx: Context<'info, Self>, args: CompleteJobArgs) -> Result<()> {
         let accounts = &mut *ctx.accounts;
-        let (signers, rest) =
-            split_oracle_signers(ctx.remaining_accounts, args.extra_oracle_signers)?;
+        let rest = attested(
+            &accounts.config,
+            accounts.oracle.as_ref(),
+            ctx.remaining_accounts,
+            args.extra_oracle_signers,
+            args.oracle_set_version,
+        )?;
         require!(rest.is_empty(), TallyError::ReceiptCountMismatch);
-        let mut oracle_signers: Vec<&AccountInfo<'info>> =
-            Vec::with_capacity(signers.len().saturating_add(1));
-        oracle_signers.push(accounts.oracle.as_ref());
-        oracle_signers.extend(signers.iter());
-        check_attestation(&accounts.config, &oracle_signers, args.oracle_set_version)?;
 
         let now = Clock::get()?.unix_timestamp;
         let operator_key = accounts.earnings.operator;

@@ -45,13 +45,13 @@ impl<'info> Settle<'info> {
     /// (capped by what is left) into the operator's earnings and the protocol fee.
     pub fn settle(ctx: Context<'info, Self>, args: SettleArgs) -> Result<()> {
         let accounts = &mut *ctx.accounts;
-        let (signers, jobs) =
-            split_oracle_signers(ctx.remaining_accounts, args.extra_oracle_signers)?;
-        let mut oracle_signers: Vec<&AccountInfo<'info>> =
-            Vec::with_capacity(signers.len().saturating_add(1));
-        oracle_signers.push(accounts.oracle.as_ref());
-        oracle_signers.extend(signers.iter());
-        check_attestation(&accounts.config, &oracle_signers, args.oracle_set_version)?;
+        let jobs = attested(
+            &accounts.config,
+            accounts.oracle.as_ref(),
+            ctx.remaining_accounts,
+            args.extra_oracle_signers,
+            args.oracle_set_version,
+        )?;
         require!(
             jobs.len() == args.receipts.len(),
             TallyError::ReceiptCountMismatch
@@ -83,29 +83,30 @@ impl<'info> Settle<'info> {
     }
 }
 
-/// Splits the remaining accounts into extra oracle signers and the rest.
-pub fn split_oracle_signers<'a, 'info>(
+/// Checks a signer-path attestation: `oracle` plus the first `extra` remaining
+/// accounts must be distinct members of the current oracle set reaching its
+/// threshold, and the receipts must name the current set version. Returns the
+/// remaining accounts after the extra signers.
+pub fn attested<'a, 'info>(
+    config: &Config,
+    oracle: &'a AccountInfo<'info>,
     remaining: &'a [AccountInfo<'info>],
     extra: u8,
-) -> Result<(&'a [AccountInfo<'info>], &'a [AccountInfo<'info>])> {
+    oracle_set_version: u32,
+) -> Result<&'a [AccountInfo<'info>]> {
     let extra = usize::from(extra);
     require!(
         extra <= remaining.len(),
         TallyError::NotEnoughOracleSignatures
     );
-    Ok(remaining.split_at(extra))
-}
-
-/// The receipts' oracle-set version is the current one and enough distinct oracle
-/// keys signed the transaction.
-pub fn check_attestation(
-    config: &Config,
-    signers: &[&AccountInfo<'_>],
-    oracle_set_version: u32,
-) -> Result<()> {
+    let (signers, rest) = remaining.split_at(extra);
     require!(
         oracle_set_version == config.oracle_set_version,
         TallyError::OracleSetVersionMismatch
     );
-    config.check_oracle_quorum(signers)
+    let mut all: Vec<&AccountInfo<'info>> = Vec::with_capacity(extra.saturating_add(1));
+    all.push(oracle);
+    all.extend(signers.iter());
+    config.check_oracle_quorum(&all)?;
+    Ok(rest)
 }
