@@ -6,24 +6,30 @@
 //! (`stream_options.include_usage`). A record is committed before a non-streamed
 //! response is returned, and when a stream ends.
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::store::{Store, UsageRecord};
+use crate::http::{error_response, full, Body, Shutdown};
+use crate::sink::Sink;
+use crate::store::UsageRecord;
+use crate::telemetry::Telemetry;
 
 /// Endpoints metered (POST).
 pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
-/// What the gateway needs to run.
+/// The name gateway records carry.
+pub const SOURCE: &str = "gateway";
+
+/// What the gateway needs to run on its own (tests, the demo, the bench); the daemon
+/// builds it with [`Gateway::with_sink`] over the store it shares with other sources.
 pub struct GatewayConfig {
     /// Base URL of the inference server, e.g. `http://127.0.0.1:8000`.
     pub upstream: String,
@@ -35,29 +41,11 @@ pub struct GatewayConfig {
 
 /// The running gateway's state.
 pub struct Gateway {
-    config: GatewayConfig,
-    store: Mutex<Store>,
+    upstream: String,
+    api_keys: HashMap<String, String>,
+    sink: Arc<Sink>,
     http: reqwest::Client,
     sequence: std::sync::atomic::AtomicU64,
-}
-
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = json!({ "error": { "message": message, "type": "invalid_request_error", "code": status.as_u16() } });
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn unix_now() -> i64 {
@@ -114,31 +102,39 @@ pub fn usage_of(value: &Value) -> Option<(u64, u64)> {
 }
 
 impl Gateway {
+    /// A gateway with a store of its own at `config.store_path`.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, crate::OracleError> {
-        let store = Store::open(&config.store_path)?;
-        Ok(Arc::new(Self {
-            config,
-            store: Mutex::new(store),
+        let sink = Sink::open(&config.store_path, Arc::new(Telemetry::default()), u64::MAX)?;
+        Ok(Self::with_sink(config.upstream, config.api_keys, sink))
+    }
+
+    /// A gateway committing into `sink`.
+    pub fn with_sink(
+        upstream: String,
+        api_keys: HashMap<String, String>,
+        sink: Arc<Sink>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            upstream,
+            api_keys,
+            sink,
             http: reqwest::Client::new(),
             sequence: std::sync::atomic::AtomicU64::new(0),
-        }))
+        })
     }
 
     /// Serves HTTP/1.1 on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let gateway = Arc::clone(&self);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+        self.serve_until(listener, crate::http::never()).await
+    }
+
+    /// Serves until `shutdown`, then drains: streams in flight finish and are metered.
+    pub async fn serve_until(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: Shutdown,
+    ) -> std::io::Result<()> {
+        crate::http::serve(listener, move |req| Arc::clone(&self).handle(req), shutdown).await
     }
 
     fn job_of(&self, req: &Request<Incoming>) -> Option<String> {
@@ -148,7 +144,6 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
         {
             return self
-                .config
                 .api_keys
                 .values()
                 .any(|j| j == job)
@@ -159,15 +154,14 @@ impl Gateway {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))?;
-        self.config.api_keys.get(key.trim()).cloned()
+        self.api_keys.get(key.trim()).cloned()
     }
 
     fn commit(&self, record: &UsageRecord) -> Result<(), String> {
-        let store = self
-            .store
-            .lock()
-            .map_err(|_| "store lock poisoned".to_string())?;
-        store.record(record).map(|_| ()).map_err(|e| e.to_string())
+        self.sink
+            .commit(record)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -213,7 +207,7 @@ impl Gateway {
             .unwrap_or("")
             .to_string();
         let started = Instant::now();
-        let url = format!("{}{path}", self.config.upstream.trim_end_matches('/'));
+        let url = format!("{}{path}", self.upstream.trim_end_matches('/'));
         let upstream = match self
             .http
             .post(&url)
@@ -249,7 +243,7 @@ impl Gateway {
             completion_tokens: 0,
             gpu_ms: 0,
             finished_at: 0,
-            source: "gateway".into(),
+            source: SOURCE.into(),
         };
         let mut builder = Response::builder()
             .status(status)
@@ -294,11 +288,14 @@ impl Gateway {
         tokio::spawn(async move {
             let mut stream = upstream.bytes_stream();
             let mut seen = StreamUsage::default();
+            let mut client_gone = false;
             while let Some(chunk) = stream.next().await {
                 let Ok(chunk) = chunk else { break };
                 seen.feed(&chunk);
-                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
-                    break; // the client went away; usage so far is still metered below
+                // A client that went away still ordered the work the upstream goes on
+                // doing: read to the usage chunk so it is metered.
+                if !client_gone && tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                    client_gone = true;
                 }
             }
             if let Some((prompt, completion)) = seen.usage {
@@ -309,7 +306,10 @@ impl Gateway {
                 record.completion_tokens = completion;
                 record.gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 record.finished_at = unix_now();
-                let _ = tokio::task::spawn_blocking(move || gateway.commit(&record)).await;
+                let committed = tokio::task::spawn_blocking(move || gateway.commit(&record)).await;
+                if let Ok(Err(e)) | Err(e) = committed.map_err(|e| e.to_string()) {
+                    tracing::error!("a streamed request's usage could not be committed: {e}");
+                }
             }
         });
         let body = BodyExt::boxed(StreamBody::new(tokio_stream_from(rx)));

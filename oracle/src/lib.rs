@@ -1,17 +1,30 @@
 //! tally-oracle: watches GPU work complete, keeps invoices, and posts attested,
 //! cumulative metering on-chain exactly once.
 //!
-//! This crate holds the durable core: the store (every record committed before it is
-//! acknowledged), invoices (one file per receipt, its sha256 on-chain), and the
-//! batcher (cumulative receipts written ahead of sending, resumed after a restart).
-//! The sources (gateway, node reports, metrics) and the daemon come next.
+//! - Sources behind one trait ([`source::Source`]): the OpenAI-compatible
+//!   [`gateway`], signed [`node_report`]s, and the [`scrape`] of the inference
+//!   server's metrics as a cross-check.
+//! - The durable core: the [`store`] (every record committed before it is
+//!   acknowledged, through the [`sink`]), [`invoice`]s (one file per receipt, its
+//!   sha256 on-chain), and the [`batcher`] (cumulative receipts written ahead of
+//!   sending, resumed after a restart).
+//! - The [`daemon`] (`tally-oracle`): [`config`], [`telemetry`] (/metrics, /health),
+//!   graceful stop.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod batcher;
+pub mod config;
+pub mod daemon;
 pub mod gateway;
+pub mod http;
 pub mod invoice;
+pub mod node_report;
+pub mod scrape;
 pub mod sim_worker;
+pub mod sink;
+pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod units;
 
 /// Everything that can go wrong in the oracle, with the context to act on it.

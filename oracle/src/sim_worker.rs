@@ -4,6 +4,8 @@
 //! `stream_options.include_usage` is set, `data: [DONE]`). Nothing in the gateway
 //! knows it is not a real inference server. Token counts: one token per
 //! whitespace-separated word of the prompt; `max_tokens` (default 16) completion tokens.
+//! `GET /metrics` exposes vLLM's token counters (`vllm:prompt_tokens_total`,
+//! `vllm:generation_tokens_total`, labelled by `model_name`) in Prometheus text.
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ use serde_json::{json, Value};
 pub struct SimLog {
     pub responses: Vec<Bytes>,
     pub usage: Vec<(u64, u64)>,
+    /// Model → (prompt, generation) tokens served, as `/metrics` reports them.
+    pub tokens_by_model: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// The simulated worker.
@@ -64,8 +68,46 @@ impl SimWorker {
         }
     }
 
+    /// vLLM's token counters in Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n# TYPE vllm:prompt_tokens_total counter\n",
+        );
+        let mut by_model = self
+            .log
+            .lock()
+            .map(|log| log.tokens_by_model.clone())
+            .unwrap_or_default();
+        // Like vLLM, the counters exist (at zero) before the first request.
+        if by_model.is_empty() {
+            by_model.insert("sim-model".into(), (0, 0));
+        }
+        for (model, (prompt, _)) in &by_model {
+            let _ = writeln!(
+                out,
+                "vllm:prompt_tokens_total{{model_name=\"{model}\"}} {prompt}.0"
+            );
+        }
+        out.push_str("# HELP vllm:generation_tokens_total Number of generation tokens processed.\n# TYPE vllm:generation_tokens_total counter\n");
+        for (model, (_, generation)) in &by_model {
+            let _ = writeln!(
+                out,
+                "vllm:generation_tokens_total{{model_name=\"{model}\"}} {generation}.0"
+            );
+        }
+        out
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
+        if req.method() == hyper::Method::GET && path == "/metrics" {
+            let mut response = Response::new(Full::new(Bytes::from(self.metrics_text())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return response;
+        }
         let body = req
             .into_body()
             .collect()
@@ -139,6 +181,9 @@ impl SimWorker {
         if let Ok(mut log) = self.log.lock() {
             log.responses.push(bytes.clone());
             log.usage.push((prompt, completion));
+            let served = log.tokens_by_model.entry(model).or_default();
+            served.0 += prompt;
+            served.1 += completion;
         }
         let mut response = Response::new(Full::new(bytes));
         response.headers_mut().insert(

@@ -244,6 +244,21 @@ impl Store {
         Ok(())
     }
 
+    /// Records not yet covered by a confirmed receipt: how many, and when the oldest
+    /// finished (unix seconds).
+    pub fn unsettled(&self) -> Result<(u64, Option<i64>), OracleError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*), MIN(r.finished_at) FROM records r
+                 WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
+                                        WHERE s.job = r.job AND s.confirmed = 1), 0)",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?)),
+            )
+            .map(|(n, oldest)| (u64::try_from(n).unwrap_or(0), oldest))
+            .map_err(db_error)
+    }
+
     /// Number of records committed.
     pub fn record_count(&self) -> Result<u64, OracleError> {
         self.db

@@ -9,6 +9,8 @@ use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
 use tally_tests::{JobHandle, JobSpec, World};
 
+mod daemon;
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-oracle-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

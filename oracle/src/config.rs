@@ -1,0 +1,269 @@
+//! The daemon's configuration: a TOML file, each setting overridable by an
+//! environment variable `TALLY_ORACLE_<SECTION>__<KEY>` (upper case, `__` between
+//! levels: `TALLY_ORACLE_URL`, `TALLY_ORACLE_BATCH__INTERVAL_SECS`,
+//! `TALLY_ORACLE_GATEWAY__API_KEYS='{ "sk-1" = "<job>" }'`). A value is read as TOML
+//! when it parses as one (numbers, booleans, inline tables), else as a string.
+//!
+//! API keys are secrets: [`OracleConfig::redacted`] is what gets logged or printed.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::OracleError;
+
+/// The prefix of overriding environment variables.
+pub const ENV_PREFIX: &str = "TALLY_ORACLE_";
+
+/// Everything `tally-oracle` reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleConfig {
+    /// Cluster: a URL or a Solana CLI moniker (mainnet-beta, devnet, testnet,
+    /// localhost). Default: the Solana CLI config's, else localhost.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The oracle's key (a Solana keypair file): signs settlements and pays their
+    /// fees. Default: the Solana CLI config's keypair.
+    #[serde(default)]
+    pub keypair: Option<PathBuf>,
+    /// The store: one SQLite file.
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    /// Where invoice files are written (one folder per job).
+    #[serde(default = "default_invoices")]
+    pub invoices_dir: PathBuf,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub gateway: Option<GatewaySection>,
+    #[serde(default)]
+    pub node_reports: Option<NodeReportsSection>,
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("tally-oracle.db")
+}
+
+fn default_invoices() -> PathBuf {
+    PathBuf::from("invoices")
+}
+
+/// When and how receipts are sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A round runs at least this often…
+    pub interval_secs: f64,
+    /// …and as soon as this many new records are waiting.
+    pub max_records: u64,
+    /// Receipts per settle transaction (legacy transactions fit 10).
+    pub max_receipts_per_tx: usize,
+    /// After a failed send, retry after 0.5 s, doubling up to this.
+    pub max_backoff_secs: f64,
+    /// Priority fee, micro-lamports per compute unit (0: none).
+    pub priority_fee_micro_lamports: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 10.0,
+            max_records: 1_000,
+            max_receipts_per_tx: 10,
+            max_backoff_secs: 60.0,
+            priority_fee_micro_lamports: 0,
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_secs.max(0.01))
+    }
+
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_secs_f64(self.max_backoff_secs.max(0.5))
+    }
+}
+
+/// `/metrics` and `/health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// The OpenAI-compatible gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub listen: String,
+    /// The inference server, e.g. `http://127.0.0.1:8000`.
+    pub upstream: String,
+    /// API key → job address. Secret.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, String>,
+}
+
+/// Signed node reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReportsSection {
+    pub listen: String,
+}
+
+/// The metrics cross-check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// The inference server's Prometheus endpoint.
+    pub url: String,
+    #[serde(default = "default_scrape_interval")]
+    pub interval_secs: f64,
+    /// Counters summed as tokens served (default: vLLM's).
+    #[serde(default = "default_counters")]
+    pub counters: Vec<String>,
+    /// Drift, as a fraction of upstream tokens, above which a warning is logged.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_scrape_interval() -> f64 {
+    15.0
+}
+
+fn default_counters() -> Vec<String> {
+    crate::scrape::VLLM_TOKEN_COUNTERS
+        .iter()
+        .map(|c| (*c).to_string())
+        .collect()
+}
+
+fn default_tolerance() -> f64 {
+    0.01
+}
+
+fn invalid(message: String) -> OracleError {
+    OracleError::Invalid(message)
+}
+
+/// Sets `path` (lower-cased segments) in `table` to `value`, creating tables.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = table;
+    for key in parents {
+        let entry = at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        at = next;
+    }
+    at.insert(last.clone(), value);
+}
+
+/// Reads an environment value as TOML when it is one, else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+impl OracleConfig {
+    /// Parses `text` (TOML), then applies `env` overrides (`TALLY_ORACLE_*` pairs).
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, OracleError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| invalid(format!("the config is not valid TOML: {e}")))?;
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest == "LOG" {
+                continue; // the log filter, read by the binary
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, env_value(&raw));
+        }
+        let config: Self = table
+            .try_into()
+            .map_err(|e| invalid(format!("the config is wrong: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the file at `path` (a missing file is an empty config) and the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, OracleError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| invalid(format!("cannot read the config {}: {e}", path.display())))?,
+            None => String::new(),
+        };
+        Self::parse(&text, std::env::vars())
+    }
+
+    fn validate(&self) -> Result<(), OracleError> {
+        if self.gateway.is_none() && self.node_reports.is_none() {
+            return Err(invalid(
+                "no source is configured: add a [gateway] (listen, upstream, api_keys) or a [node_reports] (listen) section".into(),
+            ));
+        }
+        if let Some(gateway) = &self.gateway {
+            for (key, job) in &gateway.api_keys {
+                if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
+                    let shown: String = key.chars().take(4).collect();
+                    return Err(invalid(format!(
+                        "gateway.api_keys: the key {shown}… names `{job}`, which is not a job address"
+                    )));
+                }
+            }
+        }
+        if self.batch.max_receipts_per_tx == 0 {
+            return Err(invalid(
+                "batch.max_receipts_per_tx must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The config with secrets replaced, for logs and `--print-config`.
+    #[must_use]
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        if let Some(gateway) = &mut copy.gateway {
+            gateway.api_keys = gateway
+                .api_keys
+                .values()
+                .enumerate()
+                .map(|(i, job)| (format!("<secret {}>", i + 1), job.clone()))
+                .collect();
+        }
+        copy
+    }
+}

@@ -1,0 +1,364 @@
+//! The daemon: the configured sources feeding one store, the batcher settling on an
+//! interval (and early once a batch is full) with backoff after failures, `/metrics`
+//! and `/health`, and a graceful stop: sources stop taking work and finish what they
+//! accepted, then a last round settles it.
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use solana_keypair::Keypair;
+use tally_client::chain::Chain;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::batcher::Batcher;
+use crate::config::OracleConfig;
+use crate::gateway::Gateway;
+use crate::http::{json_response, stopped, Body, Shutdown};
+use crate::node_report::NodeReports;
+use crate::scrape::{MetricsScrape, ScrapeConfig};
+use crate::sink::Sink;
+use crate::source::{GatewaySource, NodeReportSource, Source};
+use crate::store::Store;
+use crate::telemetry::{self, Telemetry};
+use crate::OracleError;
+
+/// Rounds the final flush tries before giving up (what is left stays in the store
+/// and is settled by the next start).
+pub const FLUSH_ATTEMPTS: u32 = 5;
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where `/metrics` and `/health` are served.
+    pub admin: SocketAddr,
+    pub gateway: Option<SocketAddr>,
+    pub node_reports: Option<SocketAddr>,
+    pub telemetry: Arc<Telemetry>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), OracleError>>,
+}
+
+async fn bind(address: &str, what: &str) -> Result<TcpListener, OracleError> {
+    TcpListener::bind(address).await.map_err(|e| {
+        OracleError::Invalid(format!("cannot listen on {address} for the {what}: {e}"))
+    })
+}
+
+fn local(listener: &TcpListener) -> Result<SocketAddr, OracleError> {
+    listener
+        .local_addr()
+        .map_err(|e| OracleError::Invalid(e.to_string()))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Daemon {
+    /// Opens the store, binds every listener (so errors surface here) and starts.
+    pub async fn start<C: Chain + Send + 'static>(
+        config: &OracleConfig,
+        chain: Arc<Mutex<C>>,
+        oracle: Keypair,
+    ) -> Result<Self, OracleError> {
+        if let Some(parent) = config.store.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                OracleError::Store(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let telemetry = Arc::new(Telemetry::default());
+        let sink = Sink::open(
+            &config.store,
+            Arc::clone(&telemetry),
+            config.batch.max_records,
+        )?;
+        let (stop, shutdown) = watch::channel(false);
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        let mut gateway_addr = None;
+        if let Some(section) = &config.gateway {
+            let listener = bind(&section.listen, "gateway").await?;
+            gateway_addr = Some(local(&listener)?);
+            let gateway = Gateway::with_sink(
+                section.upstream.clone(),
+                section.api_keys.clone().into_iter().collect(),
+                Arc::clone(&sink),
+            );
+            sources.push(Box::new(GatewaySource { gateway, listener }));
+        }
+        let mut node_reports_addr = None;
+        if let Some(section) = &config.node_reports {
+            let listener = bind(&section.listen, "node reports").await?;
+            node_reports_addr = Some(local(&listener)?);
+            let directory: Arc<dyn crate::node_report::JobDirectory> = Arc::clone(&chain) as _;
+            let reports = NodeReports::new(Arc::clone(&sink), directory);
+            sources.push(Box::new(NodeReportSource { reports, listener }));
+        }
+        if let Some(section) = &config.metrics {
+            sources.push(Box::new(MetricsScrape::new(
+                ScrapeConfig {
+                    url: section.url.clone(),
+                    interval: Duration::from_secs_f64(section.interval_secs.max(0.05)),
+                    counters: section.counters.clone(),
+                    tolerance: section.tolerance,
+                },
+                Arc::clone(&telemetry),
+            )));
+        }
+        let admin_listener = bind(&config.admin.listen, "/metrics and /health").await?;
+        let admin = local(&admin_listener)?;
+        let admin_task = tokio::spawn(crate::http::serve(
+            admin_listener,
+            {
+                let telemetry = Arc::clone(&telemetry);
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let telemetry = Arc::clone(&telemetry);
+                    async move { admin_response(req.uri().path(), &telemetry) }
+                }
+            },
+            shutdown.clone(),
+        ));
+
+        let batcher = Batcher {
+            store: Store::open(&config.store)?,
+            oracle,
+            invoices_dir: config.invoices_dir.clone(),
+            max_receipts_per_tx: config.batch.max_receipts_per_tx,
+        };
+        let settle = Settle {
+            batcher: Some(batcher),
+            chain,
+            sink: Arc::clone(&sink),
+            telemetry: Arc::clone(&telemetry),
+            interval: config.batch.interval(),
+            max_backoff: config.batch.max_backoff(),
+        };
+        let running: Vec<(&'static str, JoinHandle<Result<(), OracleError>>)> = sources
+            .into_iter()
+            .map(|source| {
+                let name = source.name();
+                tracing::info!("source {name} started");
+                (name, tokio::spawn(source.run(shutdown.clone())))
+            })
+            .collect();
+        let task = tokio::spawn(run(
+            settle,
+            running,
+            admin_task,
+            shutdown,
+            Arc::clone(&telemetry),
+        ));
+        tracing::info!(%admin, "tally-oracle running");
+        Ok(Self {
+            admin,
+            gateway: gateway_addr,
+            node_reports: node_reports_addr,
+            telemetry,
+            stop,
+            task,
+        })
+    }
+
+    /// A handle that stops the daemon when sent `true` (e.g. from a signal handler).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+
+    /// Stops: sources drain, the last round settles what they accepted.
+    pub async fn stop(self) -> Result<(), OracleError> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the daemon has stopped (after [`Daemon::stopper`] fired).
+    pub async fn wait(self) -> Result<(), OracleError> {
+        self.task
+            .await
+            .map_err(|e| OracleError::Invalid(format!("the daemon task failed: {e}")))?
+    }
+}
+
+fn admin_response(path: &str, telemetry: &Telemetry) -> Response<Body> {
+    match path {
+        "/metrics" => {
+            let mut response = Response::new(crate::http::full(telemetry.render()));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        "/health" => {
+            let health = telemetry.health();
+            let (status, verdict) = if health.shutting_down {
+                (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+            } else if health.last_errors.is_empty() {
+                (StatusCode::OK, "ok")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+            };
+            json_response(
+                status,
+                &json!({
+                    "status": verdict,
+                    "last_good_round": health.last_good_round,
+                    "errors": health.last_errors,
+                    "unsettled_records": telemetry.get(telemetry::UNSETTLED_RECORDS, ""),
+                    "lag_seconds": telemetry.get(telemetry::LAG_SECONDS, ""),
+                }),
+            )
+        }
+        other => crate::http::error_response(
+            StatusCode::NOT_FOUND,
+            &format!("{other} is not served here: try /metrics or /health"),
+        ),
+    }
+}
+
+/// The settlement loop's state.
+struct Settle<C> {
+    /// Taken while a round runs on a blocking thread.
+    batcher: Option<Batcher>,
+    chain: Arc<Mutex<C>>,
+    sink: Arc<Sink>,
+    telemetry: Arc<Telemetry>,
+    interval: Duration,
+    max_backoff: Duration,
+}
+
+impl<C: Chain + Send + 'static> Settle<C> {
+    /// One round on a blocking thread. Returns whether every send succeeded.
+    async fn round(&mut self) -> bool {
+        let Some(batcher) = self.batcher.take() else {
+            return false;
+        };
+        self.sink.taken();
+        let chain = Arc::clone(&self.chain);
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = match chain.lock() {
+                Ok(mut chain) => batcher.run_round(&mut *chain),
+                Err(_) => Err(OracleError::Invalid("the chain lock is poisoned".into())),
+            };
+            let unsettled = batcher.store.unsettled();
+            (batcher, result, unsettled)
+        })
+        .await;
+        let Ok((batcher, result, unsettled)) = joined else {
+            self.telemetry
+                .round_failed("the settlement round panicked".into());
+            return false;
+        };
+        self.batcher = Some(batcher);
+        if let Ok((count, oldest)) = unsettled {
+            #[allow(clippy::cast_precision_loss)]
+            {
+                self.telemetry
+                    .set(telemetry::UNSETTLED_RECORDS, "", count as f64);
+                let lag = oldest.map_or(0, |t| unix_now().saturating_sub(t).max(0));
+                self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
+            }
+        }
+        match result {
+            Ok(report) => {
+                self.telemetry.round(&report, unix_now());
+                if report.sent > 0 || report.recovered > 0 {
+                    tracing::info!(
+                        sent = report.sent,
+                        confirmed = report.confirmed,
+                        recovered = report.recovered,
+                        failed = report.failed,
+                        "settlement round"
+                    );
+                }
+                for error in &report.errors {
+                    tracing::warn!("{error}");
+                }
+                report.failed == 0
+            }
+            Err(e) => {
+                tracing::warn!("settlement round failed: {e}");
+                self.telemetry.round_failed(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Rounds on the interval, early when a batch is full, backing off after failures.
+    async fn until(&mut self, mut stop: Shutdown) {
+        let mut backoff: Option<Duration> = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.unwrap_or(self.interval)) => {}
+                () = self.sink.batch_ready(), if backoff.is_none() => {}
+                () = stopped(&mut stop) => return,
+            }
+            backoff = if self.round().await {
+                None
+            } else {
+                let next = backoff.map_or(Duration::from_millis(500), |b| b * 2);
+                Some(next.min(self.max_backoff))
+            };
+        }
+    }
+
+    /// The last rounds on stop: settle everything accepted.
+    async fn flush(&mut self) {
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=FLUSH_ATTEMPTS {
+            if self.round().await {
+                return;
+            }
+            tracing::warn!("final settlement attempt {attempt} of {FLUSH_ATTEMPTS} failed");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(self.max_backoff);
+        }
+        tracing::error!(
+            "stopping with unsettled records: they stay in the store and settle on the next start"
+        );
+    }
+}
+
+async fn run<C: Chain + Send + 'static>(
+    mut settle: Settle<C>,
+    sources: Vec<(&'static str, JoinHandle<Result<(), OracleError>>)>,
+    admin: JoinHandle<std::io::Result<()>>,
+    mut shutdown: Shutdown,
+    telemetry: Arc<Telemetry>,
+) -> Result<(), OracleError> {
+    let (stop_batcher, batcher_stop) = watch::channel(false);
+    let batcher = async {
+        settle.until(batcher_stop).await;
+        settle
+    };
+    let sources = async {
+        stopped(&mut shutdown).await;
+        telemetry.set_shutting_down();
+        tracing::info!("stopping: sources finish what they accepted");
+        let mut first_error = None;
+        for (name, task) in sources {
+            match task.await {
+                Ok(Ok(())) => tracing::info!("source {name} stopped"),
+                Ok(Err(e)) => {
+                    tracing::error!("source {name}: {e}");
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    tracing::error!("source {name} panicked: {e}");
+                    first_error.get_or_insert(OracleError::Invalid(e.to_string()));
+                }
+            }
+        }
+        let _ = stop_batcher.send(true);
+        first_error
+    };
+    let (mut settle, source_error) = tokio::join!(batcher, sources);
+    tracing::info!("settling what was accepted");
+    settle.flush().await;
+    let _ = admin.await;
+    tracing::info!("tally-oracle stopped");
+    source_error.map_or(Ok(()), Err)
+}

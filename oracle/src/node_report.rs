@@ -1,0 +1,403 @@
+//! Signed node reports: GPU workers POST one completion record per request to
+//! `/v1/reports`, signed with a node key their operator registered on-chain
+//! (`tally operator update --node-key`). The oracle checks the signature, checks the
+//! key against the job's operator on the chain, and commits the record before it
+//! answers. Bad signatures, unknown keys, duplicates and malformed bodies get a clear
+//! 4xx and are never counted.
+//!
+//! The signed message is binary and canonical ([`NodeRecord::message`]), so any
+//! language can produce it: the domain tag `tally-node-report-v1\0`, the program id,
+//! the job, then each field in order (strings as u16-LE length + UTF-8, integers
+//! little-endian).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anchor_lang::prelude::Pubkey;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tally::state::Operator;
+use tally_client::chain::Chain;
+
+use crate::http::{error_response, json_response, Body, Shutdown};
+use crate::sink::Sink;
+use crate::store::{Recorded, UsageRecord};
+use crate::OracleError;
+
+/// The endpoint workers POST to.
+pub const PATH: &str = "/v1/reports";
+/// The name node-report records carry.
+pub const SOURCE: &str = "node-report";
+/// Domain separation: a report signature can never be mistaken for anything else.
+pub const DOMAIN: &[u8] = b"tally-node-report-v1\0";
+/// Largest body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Longest request id or model name.
+pub const MAX_TEXT: usize = 128;
+/// How far in the future a report's `finished_at` may be (node clocks drift).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// What a worker reports about one completed request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// The job's account address (base58).
+    pub job: String,
+    /// Unique per job: a retried report of the same request is a duplicate.
+    pub request_id: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub gpu_ms: u64,
+    /// Unix seconds the request started and finished.
+    pub started_at: i64,
+    pub finished_at: i64,
+}
+
+/// A report as POSTed: the record, the node key and its signature (both base58).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    pub node_key: String,
+    pub signature: String,
+}
+
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&text.as_bytes()[..usize::from(len)]);
+}
+
+impl NodeRecord {
+    /// The canonical bytes a node signs. `job` is the decoded address.
+    pub fn message(&self, job: &Pubkey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(DOMAIN.len() + 64 + 48 + self.request_id.len());
+        out.extend_from_slice(DOMAIN);
+        out.extend_from_slice(tally::ID.as_ref());
+        out.extend_from_slice(job.as_ref());
+        push_text(&mut out, &self.request_id);
+        push_text(&mut out, &self.model);
+        for v in [self.prompt_tokens, self.completion_tokens, self.gpu_ms] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.started_at.to_le_bytes());
+        out.extend_from_slice(&self.finished_at.to_le_bytes());
+        out
+    }
+
+    /// Signs the record with a node key (ed25519-dalek; a Solana keypair's first 32
+    /// bytes are its secret key).
+    pub fn sign(self, key: &SigningKey) -> Result<SignedReport, ReportError> {
+        let job = parse_key(&self.job, "job")?;
+        let signature = key.sign(&self.message(&job));
+        Ok(SignedReport {
+            node_key: Pubkey::from(key.verifying_key().to_bytes()).to_string(),
+            signature: bs58::encode(signature.to_bytes()).into_string(),
+            record: self,
+        })
+    }
+}
+
+/// Why a report was refused: each maps to one HTTP status and one metrics label.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("malformed report: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    ClockSkew(String),
+    #[error("the signature does not verify for node key {0}: sign NodeRecord::message (domain tag, program id, job, fields in order) with that key")]
+    BadSignature(String),
+    #[error("job {0} does not exist on this cluster (never opened, or already closed): its usage cannot be billed")]
+    UnknownJob(String),
+    #[error("node key {key} is not registered to operator {operator} of job {job}: the operator adds it with `tally operator update --node-key {key}`")]
+    UnknownKey {
+        key: String,
+        operator: String,
+        job: String,
+    },
+    #[error("request {request_id} of job {job} is already recorded: it is counted once")]
+    Duplicate { job: String, request_id: String },
+    #[error("metering is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ReportError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::ClockSkew(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::UnknownKey { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownJob(_) => StatusCode::NOT_FOUND,
+            Self::Duplicate { .. } => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::ClockSkew(_) => "clock_skew",
+            Self::BadSignature(_) => "bad_signature",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::UnknownJob(_) => "unknown_job",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+fn parse_key(text: &str, what: &str) -> Result<Pubkey, ReportError> {
+    text.parse()
+        .map_err(|_| ReportError::Malformed(format!("{what} `{text}` is not a base58 public key")))
+}
+
+impl SignedReport {
+    /// Parses a body and checks everything that needs no chain: shape, field limits,
+    /// the clock, the signature. Returns the job and the node key.
+    pub fn parse_and_verify(body: &[u8], now: i64) -> Result<(Self, Pubkey, Pubkey), ReportError> {
+        if body.len() > MAX_BODY {
+            return Err(ReportError::Malformed(format!(
+                "the body is {} bytes; one report is at most {MAX_BODY}",
+                body.len()
+            )));
+        }
+        let report: Self =
+            serde_json::from_slice(body).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        let r = &report.record;
+        let job = parse_key(&r.job, "job")?;
+        let node_key = parse_key(&report.node_key, "node_key")?;
+        if r.request_id.is_empty() || r.request_id.len() > MAX_TEXT {
+            return Err(ReportError::Malformed(format!(
+                "request_id must be 1 to {MAX_TEXT} bytes"
+            )));
+        }
+        if r.model.len() > MAX_TEXT {
+            return Err(ReportError::Malformed(format!(
+                "model must be at most {MAX_TEXT} bytes"
+            )));
+        }
+        for (name, v) in [
+            ("prompt_tokens", r.prompt_tokens),
+            ("completion_tokens", r.completion_tokens),
+            ("gpu_ms", r.gpu_ms),
+        ] {
+            if i64::try_from(v).is_err() {
+                return Err(ReportError::Malformed(format!(
+                    "{name} {v} is out of range"
+                )));
+            }
+        }
+        if r.started_at < 0 {
+            return Err(ReportError::Malformed(format!(
+                "started_at {} is before 1970: send unix seconds",
+                r.started_at
+            )));
+        }
+        if r.finished_at < r.started_at {
+            return Err(ReportError::Malformed(format!(
+                "finished_at {} is before started_at {}",
+                r.finished_at, r.started_at
+            )));
+        }
+        if r.finished_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(ReportError::ClockSkew(format!(
+                "finished_at {} is {} s ahead of the oracle's clock: check the node's clock (NTP)",
+                r.finished_at,
+                r.finished_at.saturating_sub(now)
+            )));
+        }
+        let signature_bytes = bs58::decode(&report.signature)
+            .into_vec()
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .ok_or_else(|| {
+                ReportError::Malformed("signature is not a base58 64-byte signature".into())
+            })?;
+        let verifying = VerifyingKey::from_bytes(&node_key.to_bytes())
+            .map_err(|_| ReportError::BadSignature(node_key.to_string()))?;
+        verifying
+            .verify_strict(&r.message(&job), &Signature::from_bytes(&signature_bytes))
+            .map_err(|_| ReportError::BadSignature(node_key.to_string()))?;
+        Ok((report, job, node_key))
+    }
+}
+
+/// Who may report usage for a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSigners {
+    /// The operator PDA.
+    pub operator: Pubkey,
+    pub node_keys: Vec<Pubkey>,
+}
+
+/// Where the oracle learns a job's operator and node keys (the chain).
+pub trait JobDirectory: Send + Sync + 'static {
+    /// `None` when the job does not exist.
+    fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError>;
+}
+
+/// Reads jobs and operators from any [`Chain`].
+impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
+    fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError> {
+        let chain = self
+            .lock()
+            .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
+        let Some(account) = chain.account(job)? else {
+            return Ok(None);
+        };
+        if account.owner != tally::ID {
+            return Ok(None);
+        }
+        let Some(job_state) = tally_client::ops::decode_job(&account.data) else {
+            return Ok(None);
+        };
+        let operator: Option<Operator> = chain.anchor_account(&job_state.operator)?;
+        Ok(Some(JobSigners {
+            operator: job_state.operator,
+            node_keys: operator.map(|o| o.node_keys).unwrap_or_default(),
+        }))
+    }
+}
+
+/// How long a job's signers are trusted before the chain is asked again. A key the
+/// cache does not know is always looked up afresh, so a newly registered key works
+/// at once; a removed key stops working within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The node-report source.
+pub struct NodeReports {
+    sink: Arc<Sink>,
+    directory: Arc<dyn JobDirectory>,
+    cache: Mutex<HashMap<Pubkey, (JobSigners, Instant)>>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl NodeReports {
+    pub fn new(sink: Arc<Sink>, directory: Arc<dyn JobDirectory>) -> Arc<Self> {
+        Arc::new(Self {
+            sink,
+            directory,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Serves `POST /v1/reports` until `shutdown`, then drains.
+    pub async fn serve_until(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: Shutdown,
+    ) -> std::io::Result<()> {
+        crate::http::serve(listener, move |req| Arc::clone(&self).handle(req), shutdown).await
+    }
+
+    async fn signers(&self, job: Pubkey, node_key: &Pubkey) -> Result<JobSigners, ReportError> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((signers, at)) = cache.get(&job) {
+                if at.elapsed() < CACHE_TTL && signers.node_keys.contains(node_key) {
+                    return Ok(signers.clone());
+                }
+            }
+        }
+        let directory = Arc::clone(&self.directory);
+        let found = tokio::task::spawn_blocking(move || directory.signers(&job))
+            .await
+            .map_err(|e| ReportError::Unavailable(e.to_string()))?
+            .map_err(|e| ReportError::Unavailable(format!("cannot read the chain: {e}")))?
+            .ok_or_else(|| ReportError::UnknownJob(job.to_string()))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(job, (found.clone(), Instant::now()));
+        }
+        Ok(found)
+    }
+
+    /// Checks and commits one report body.
+    pub async fn accept(&self, body: &[u8]) -> Result<UsageRecord, ReportError> {
+        let (report, job, node_key) = SignedReport::parse_and_verify(body, unix_now())?;
+        let signers = self.signers(job, &node_key).await?;
+        if !signers.node_keys.contains(&node_key) {
+            return Err(ReportError::UnknownKey {
+                key: node_key.to_string(),
+                operator: signers.operator.to_string(),
+                job: job.to_string(),
+            });
+        }
+        let r = report.record;
+        let record = UsageRecord {
+            job: r.job,
+            request_id: r.request_id,
+            model: r.model,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            gpu_ms: r.gpu_ms,
+            finished_at: r.finished_at,
+            source: SOURCE.into(),
+        };
+        let sink = Arc::clone(&self.sink);
+        let committed = record.clone();
+        let recorded = tokio::task::spawn_blocking(move || sink.commit(&committed))
+            .await
+            .map_err(|e| ReportError::Unavailable(e.to_string()))?
+            .map_err(|e| ReportError::Unavailable(e.to_string()))?;
+        match recorded {
+            Recorded::New => Ok(record),
+            Recorded::Duplicate => Err(ReportError::Duplicate {
+                job: record.job,
+                request_id: record.request_id,
+            }),
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != PATH {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "{} is not an endpoint: POST reports to {PATH}",
+                    req.uri().path()
+                ),
+            );
+        }
+        if req.method() != hyper::Method::POST {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{PATH} takes POST"),
+            );
+        }
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+        let body = match limited.collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                self.sink.rejected(SOURCE, "malformed");
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the report (at most {MAX_BODY} bytes): {e}"),
+                );
+            }
+        };
+        match self.accept(&body).await {
+            Ok(record) => json_response(
+                StatusCode::CREATED,
+                &json!({ "recorded": true, "job": record.job, "request_id": record.request_id }),
+            ),
+            Err(e) => {
+                if !matches!(e, ReportError::Duplicate { .. }) {
+                    self.sink.rejected(SOURCE, e.reason());
+                }
+                error_response(e.status(), &e.to_string())
+            }
+        }
+    }
+}

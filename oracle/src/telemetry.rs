@@ -1,0 +1,267 @@
+//! What the daemon tells its operator: Prometheus counters and gauges (`/metrics`) and
+//! a health verdict (`/health`). Every metric is declared once in [`METRICS`] with its
+//! help text; nothing else can be recorded, so a typo is a test failure, not a silent
+//! new series.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Whether a metric only grows (counter) or goes up and down (gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Records a source committed (label `source`).
+pub const RECORDS_IN: &str = "tally_oracle_records_in_total";
+/// Reports already recorded, ignored (label `source`).
+pub const RECORDS_DUPLICATE: &str = "tally_oracle_records_duplicate_total";
+/// Reports refused (labels `source`, `reason`).
+pub const RECORDS_REJECTED: &str = "tally_oracle_records_rejected_total";
+/// Tokens metered (label `source`).
+pub const TOKENS_METERED: &str = "tally_oracle_tokens_metered_total";
+pub const RECEIPTS_SENT: &str = "tally_oracle_receipts_sent_total";
+pub const RECEIPTS_CONFIRMED: &str = "tally_oracle_receipts_confirmed_total";
+pub const RECEIPTS_FAILED: &str = "tally_oracle_receipts_failed_total";
+pub const RECEIPTS_RECOVERED: &str = "tally_oracle_receipts_recovered_total";
+pub const ROUNDS: &str = "tally_oracle_batch_rounds_total";
+pub const UNSETTLED_RECORDS: &str = "tally_oracle_unsettled_records";
+pub const LAG_SECONDS: &str = "tally_oracle_settlement_lag_seconds";
+pub const UPSTREAM_TOKENS: &str = "tally_oracle_upstream_tokens_total";
+pub const DRIFT_TOKENS: &str = "tally_oracle_metering_drift_tokens";
+pub const SCRAPES: &str = "tally_oracle_scrapes_total";
+pub const SCRAPE_ERRORS: &str = "tally_oracle_scrape_errors_total";
+
+/// Every metric the oracle exposes.
+pub const METRICS: [(&str, Kind, &str); 15] = [
+    (
+        RECORDS_IN,
+        Kind::Counter,
+        "Usage records committed to the store, by source.",
+    ),
+    (
+        RECORDS_DUPLICATE,
+        Kind::Counter,
+        "Reports of requests already recorded (never counted twice).",
+    ),
+    (
+        RECORDS_REJECTED,
+        Kind::Counter,
+        "Reports refused, by source and reason (never counted).",
+    ),
+    (
+        TOKENS_METERED,
+        Kind::Counter,
+        "Prompt + completion tokens committed, by source.",
+    ),
+    (
+        RECEIPTS_SENT,
+        Kind::Counter,
+        "Receipts sent on-chain (new or resent).",
+    ),
+    (
+        RECEIPTS_CONFIRMED,
+        Kind::Counter,
+        "Receipts confirmed on-chain.",
+    ),
+    (
+        RECEIPTS_FAILED,
+        Kind::Counter,
+        "Receipts whose send failed (retried with backoff).",
+    ),
+    (
+        RECEIPTS_RECOVERED,
+        Kind::Counter,
+        "Receipts found landed after a lost answer or a restart.",
+    ),
+    (ROUNDS, Kind::Counter, "Batcher rounds run."),
+    (
+        UNSETTLED_RECORDS,
+        Kind::Gauge,
+        "Records not yet covered by a confirmed receipt.",
+    ),
+    (
+        LAG_SECONDS,
+        Kind::Gauge,
+        "Age of the oldest record not yet covered by a confirmed receipt.",
+    ),
+    (
+        UPSTREAM_TOKENS,
+        Kind::Gauge,
+        "Tokens the inference server's own metrics counted since the oracle started.",
+    ),
+    (
+        DRIFT_TOKENS,
+        Kind::Gauge,
+        "Upstream-counted minus gateway-metered tokens since the oracle started.",
+    ),
+    (
+        SCRAPES,
+        Kind::Counter,
+        "Successful scrapes of the inference server's metrics.",
+    ),
+    (
+        SCRAPE_ERRORS,
+        Kind::Counter,
+        "Failed scrapes of the inference server's metrics.",
+    ),
+];
+
+/// The health of the settlement loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Unix seconds of the last round that finished without a failed send.
+    pub last_good_round: Option<i64>,
+    /// The last round's errors (empty when it was clean).
+    pub last_errors: Vec<String>,
+    pub shutting_down: bool,
+}
+
+/// The daemon's metrics registry.
+#[derive(Default)]
+pub struct Telemetry {
+    values: Mutex<BTreeMap<(&'static str, String), f64>>,
+    health: Mutex<Health>,
+}
+
+fn kind_of(name: &str) -> Option<(&'static str, Kind)> {
+    METRICS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(n, k, _)| (*n, *k))
+}
+
+impl Telemetry {
+    /// Adds `by` to counter `name` with `labels` (Prometheus label syntax, e.g.
+    /// `source="gateway"`, or empty).
+    pub fn inc(&self, name: &str, labels: &str, by: u64) {
+        let Some((name, Kind::Counter)) = kind_of(name) else {
+            debug_assert!(false, "{name} is not a declared counter");
+            return;
+        };
+        if let Ok(mut values) = self.values.lock() {
+            #[allow(clippy::cast_precision_loss)]
+            {
+                *values.entry((name, labels.to_string())).or_default() += by as f64;
+            }
+        }
+    }
+
+    /// Sets gauge `name`.
+    pub fn set(&self, name: &str, labels: &str, value: f64) {
+        let Some((name, Kind::Gauge)) = kind_of(name) else {
+            debug_assert!(false, "{name} is not a declared gauge");
+            return;
+        };
+        if let Ok(mut values) = self.values.lock() {
+            values.insert((name, labels.to_string()), value);
+        }
+    }
+
+    /// The current value of a series (0 when never recorded).
+    pub fn get(&self, name: &str, labels: &str) -> f64 {
+        self.values
+            .lock()
+            .ok()
+            .and_then(|v| {
+                v.iter()
+                    .find(|((n, l), _)| *n == name && l == labels)
+                    .map(|(_, value)| *value)
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Records how a batcher round went.
+    pub fn round(&self, report: &crate::batcher::RoundReport, now: i64) {
+        self.inc(ROUNDS, "", 1);
+        self.inc(RECEIPTS_SENT, "", report.sent as u64);
+        self.inc(RECEIPTS_CONFIRMED, "", report.confirmed as u64);
+        self.inc(RECEIPTS_FAILED, "", report.failed as u64);
+        self.inc(RECEIPTS_RECOVERED, "", report.recovered as u64);
+        if let Ok(mut health) = self.health.lock() {
+            if report.failed == 0 {
+                health.last_good_round = Some(now);
+            }
+            health.last_errors.clone_from(&report.errors);
+        }
+    }
+
+    /// Records a round that could not run at all (store or chain unreachable).
+    pub fn round_failed(&self, error: String) {
+        self.inc(ROUNDS, "", 1);
+        if let Ok(mut health) = self.health.lock() {
+            health.last_errors = vec![error];
+        }
+    }
+
+    pub fn set_shutting_down(&self) {
+        if let Ok(mut health) = self.health.lock() {
+            health.shutting_down = true;
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let values = self.values.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut out = String::new();
+        for (name, kind, help) in METRICS {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let mut any = false;
+            for ((_, labels), value) in values.iter().filter(|((n, _), _)| *n == name) {
+                any = true;
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+            if !any {
+                let _ = writeln!(out, "{name} 0");
+            }
+        }
+        out
+    }
+}
+
+/// Sums every sample of each metric in a Prometheus text exposition, over all label
+/// sets: `name → total`. Comments, malformed lines and non-numeric values are skipped.
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut totals = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) if line.as_bytes()[i] == b'{' => {
+                let Some(close) = line[i..].rfind('}') else {
+                    continue;
+                };
+                (&line[..i], &line[i + close + 1..])
+            }
+            Some(i) => (&line[..i], &line[i..]),
+            None => continue,
+        };
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if name.is_empty() || !value.is_finite() {
+            continue;
+        }
+        *totals.entry(name.to_string()).or_insert(0.0) += value;
+    }
+    totals
+}

@@ -1,0 +1,409 @@
+//! The daemon in process: its sources over real HTTP on loopback, one store file, the
+//! batcher settling on the embedded chain, /metrics and /health, and a graceful stop
+//! that settles everything accepted.
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anchor_lang::prelude::Pubkey;
+use ed25519_dalek::SigningKey;
+use tally_client::chain::EmbeddedChain;
+use tally_client::{ix, OperatorArgs};
+use tally_oracle::config::OracleConfig;
+use tally_oracle::daemon::Daemon;
+use tally_oracle::node_report::{NodeRecord, SignedReport};
+use tally_oracle::sim_worker::SimWorker;
+use tally_oracle::telemetry;
+use tally_tests::solana_signer::Signer;
+use tally_tests::{expect_ok, JobHandle, JobSpec, OperatorHandle, World};
+
+struct Fixture {
+    world: World,
+    operator: OperatorHandle,
+    node: SigningKey,
+    jobs: Vec<JobHandle>,
+    /// The chain's clock when the fixture was made (reports finish then).
+    now: i64,
+    dir: std::path::PathBuf,
+}
+
+fn node_pubkey(key: &SigningKey) -> Pubkey {
+    Pubkey::from(key.verifying_key().to_bytes())
+}
+
+/// A world whose operator registered the node key `[7; 32]`, with `jobs` open jobs.
+fn fixture(name: &str, jobs: usize) -> Fixture {
+    let mut world = World::builder().fee_bps(100).challenge_window(0).build();
+    let operator = world.operator();
+    let node = SigningKey::from_bytes(&[7; 32]);
+    expect_ok(world.send(
+        &[ix::update_operator(
+            operator.authority.pubkey(),
+            OperatorArgs {
+                payout_owner: operator.payout_owner,
+                node_keys: vec![node_pubkey(&node)],
+            },
+        )],
+        &[&operator.authority],
+    ));
+    let client = world.client(100_000_000);
+    let jobs = (0..jobs as u64)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    Fixture {
+        now: world.env.now(),
+        world,
+        operator,
+        node,
+        jobs,
+        dir: super::temp_dir(name),
+    }
+}
+
+/// Moves the world's chain into the daemon's hands (a fresh chain holds its place).
+fn lend(world: &mut World) -> Arc<Mutex<EmbeddedChain>> {
+    let placeholder = EmbeddedChain::new(
+        &EmbeddedChain::default_program_path(),
+        &Pubkey::new_unique(),
+    )
+    .unwrap();
+    Arc::new(Mutex::new(std::mem::replace(
+        &mut world.env.chain,
+        placeholder,
+    )))
+}
+
+/// Takes the chain back once the daemon has stopped.
+async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedChain>>) {
+    for _ in 0..200 {
+        match Arc::try_unwrap(chain) {
+            Ok(mutex) => {
+                world.env.chain = mutex.into_inner().unwrap();
+                return;
+            }
+            Err(shared) => chain = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the daemon still holds the chain after it stopped");
+}
+
+fn config(dir: &Path, sections: &str) -> OracleConfig {
+    OracleConfig::parse(
+        &format!(
+            r#"
+store = "{}"
+invoices_dir = "{}"
+[batch]
+interval_secs = 0.2
+max_records = 25
+[admin]
+listen = "127.0.0.1:0"
+{sections}
+"#,
+            dir.join("oracle.db").display(),
+            dir.join("invoices").display()
+        ),
+        Vec::new(),
+    )
+    .unwrap()
+}
+
+fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
+    let finished_at = f.now;
+    NodeRecord {
+        job: f.jobs[job].address.to_string(),
+        request_id: format!("node-req-{i}"),
+        model: "llama-3-8b".into(),
+        prompt_tokens: 10 + i % 5,
+        completion_tokens: 30 + i % 9,
+        gpu_ms: 200,
+        started_at: finished_at - 1,
+        finished_at,
+    }
+    .sign(key)
+    .unwrap()
+}
+
+async fn post(url: &str, body: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reports_are_checked_against_the_chain_counted_once_and_settled() {
+    let mut f = fixture("daemon-reports", 2);
+    let oracle = f.world.oracles[0].insecure_clone();
+    let chain = lend(&mut f.world);
+    let config = config(&f.dir, "[node_reports]\nlisten = \"127.0.0.1:0\"");
+    let daemon = Daemon::start(&config, Arc::clone(&chain), oracle)
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/reports", daemon.node_reports.unwrap());
+
+    // Valid reports, to both jobs.
+    let mut expected = [0u64; 2];
+    for i in 0..40 {
+        let job = (i % 2) as usize;
+        let r = report(&f, job, i, &f.node);
+        expected[job] += r.record.prompt_tokens + r.record.completion_tokens;
+        let (status, body) = post(&url, &serde_json::to_string(&r).unwrap()).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // A retry of a recorded request: 409, never counted twice.
+    let again = serde_json::to_string(&report(&f, 0, 0, &f.node)).unwrap();
+    let (status, body) = post(&url, &again).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already recorded"), "{body}");
+
+    // A count changed after signing: 401.
+    let mut tampered = report(&f, 0, 100, &f.node);
+    tampered.record.completion_tokens += 1;
+    let (status, body) = post(&url, &serde_json::to_string(&tampered).unwrap()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("does not verify"), "{body}");
+
+    // Signed by a key the operator never registered: 403, and how to fix it.
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let (status, body) = post(
+        &url,
+        &serde_json::to_string(&report(&f, 0, 101, &stranger)).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("tally operator update --node-key"), "{body}");
+    assert!(body.contains(&f.operator.address().to_string()), "{body}");
+
+    // A job that does not exist: 404.
+    let mut ghost = report(&f, 0, 102, &f.node).record;
+    ghost.job = Pubkey::new_unique().to_string();
+    let ghost = ghost.sign(&f.node).unwrap();
+    let (status, body) = post(&url, &serde_json::to_string(&ghost).unwrap()).await;
+    assert_eq!(status, 404, "{body}");
+
+    // A node clock far ahead: 422 naming the clock.
+    let mut ahead = report(&f, 0, 103, &f.node).record;
+    ahead.finished_at = i64::MAX / 2;
+    let ahead = ahead.sign(&f.node).unwrap();
+    let (status, body) = post(&url, &serde_json::to_string(&ahead).unwrap()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("clock"), "{body}");
+
+    // Malformed bodies: 400 saying what is wrong.
+    for (body, says) in [
+        ("not json", "malformed report"),
+        (r#"{"job":"x"}"#, "missing field"),
+        (
+            &again.replacen('{', r#"{"bonus_tokens":5,"#, 1) as &str,
+            "unknown field",
+        ),
+        (
+            &again.replacen(&f.jobs[0].address.to_string(), "not-a-key", 1) as &str,
+            "not a base58 public key",
+        ),
+    ] {
+        let (status, text) = post(&url, body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    let (status, _) = get(&url).await;
+    assert_eq!(status, 405);
+    let (status, _) = post(&url.replace("/v1/reports", "/v1/other"), "{}").await;
+    assert_eq!(status, 404);
+
+    // /metrics says what came in and what was refused; /health is ok.
+    let admin = format!("http://{}", daemon.admin);
+    let (status, metrics) = get(&format!("{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    for line in [
+        "tally_oracle_records_in_total{source=\"node-report\"} 40",
+        "tally_oracle_records_duplicate_total{source=\"node-report\"} 1",
+        "tally_oracle_records_rejected_total{source=\"node-report\",reason=\"bad_signature\"} 1",
+        "tally_oracle_records_rejected_total{source=\"node-report\",reason=\"unknown_key\"} 1",
+        "tally_oracle_records_rejected_total{source=\"node-report\",reason=\"unknown_job\"} 1",
+        "tally_oracle_records_rejected_total{source=\"node-report\",reason=\"clock_skew\"} 1",
+        "tally_oracle_records_rejected_total{source=\"node-report\",reason=\"malformed\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    // Stop: what was accepted is settled before the daemon returns.
+    daemon.stop().await.unwrap();
+    give_back(&mut f.world, chain).await;
+    for (job, units) in f.jobs.iter().zip(expected) {
+        assert_eq!(f.world.env.job(&job.address).settled_units, units);
+    }
+    f.world.check_solvency();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_meters_settles_and_the_metrics_cross_check_catches_bypassed_usage() {
+    let mut f = fixture("daemon-gateway", 1);
+    let worker = Arc::new(SimWorker::default());
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
+    tokio::spawn(Arc::clone(&worker).serve(upstream_listener));
+    let oracle = f.world.oracles[0].insecure_clone();
+    let chain = lend(&mut f.world);
+    let config = config(
+        &f.dir,
+        &format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+api_keys = {{ "sk-client" = "{}" }}
+[metrics]
+url = "{upstream}/metrics"
+interval_secs = 0.05
+"#,
+            f.jobs[0].address
+        ),
+    );
+    let daemon = Daemon::start(&config, Arc::clone(&chain), oracle)
+        .await
+        .unwrap();
+    // The cross-check's first scrape is its baseline.
+    for _ in 0..500 {
+        if daemon.telemetry.get(telemetry::SCRAPES, "") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        daemon.telemetry.get(telemetry::SCRAPES, "") >= 1.0,
+        "the upstream's metrics were never scraped"
+    );
+    let gateway = format!("http://{}", daemon.gateway.unwrap());
+    let http = reqwest::Client::new();
+    for i in 0..6 {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"count these five words {i}"}}],"max_tokens":{},"stream":{}}}"#,
+            4 + i,
+            i % 2 == 0
+        );
+        let response = http
+            .post(format!("{gateway}/v1/chat/completions"))
+            .bearer_auth("sk-client")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let metered_by_worker: u64 = worker
+        .log
+        .lock()
+        .unwrap()
+        .usage
+        .iter()
+        .map(|(p, c)| p + c)
+        .sum();
+    // Usage served around the gateway: the cross-check shows it as drift.
+    let direct = http
+        .post(format!("{upstream}/v1/completions"))
+        .body(r#"{"model":"m","prompt":"one two three","max_tokens":9}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    direct.bytes().await.unwrap();
+    let admin = format!("http://{}", daemon.admin);
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = get(&format!("{admin}/metrics")).await.1;
+        if metrics.contains("tally_oracle_metering_drift_tokens 12\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("tally_oracle_metering_drift_tokens 12\n"),
+        "3 prompt + 9 completion tokens bypassed the gateway:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "tally_oracle_tokens_metered_total{{source=\"gateway\"}} {metered_by_worker}\n"
+        )),
+        "{metrics}"
+    );
+    let (status, health) = get(&format!("{admin}/health")).await;
+    assert_eq!(status, 200, "{health}");
+
+    daemon.stop().await.unwrap();
+    give_back(&mut f.world, chain).await;
+    // Only what went through the gateway is billed.
+    assert_eq!(
+        f.world.env.job(&f.jobs[0].address).settled_units,
+        metered_by_worker
+    );
+    f.world.check_solvency();
+}
+
+#[test]
+fn config_reads_toml_then_the_environment_and_never_shows_api_keys() {
+    let text = r#"
+url = "devnet"
+[gateway]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8000"
+api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
+"#;
+    let env = [
+        ("TALLY_ORACLE_URL", "localhost"),
+        ("TALLY_ORACLE_BATCH__INTERVAL_SECS", "2.5"),
+        ("TALLY_ORACLE_BATCH__MAX_RECORDS", "64"),
+        ("TALLY_ORACLE_NODE_REPORTS__LISTEN", "0.0.0.0:9000"),
+        ("UNRELATED", "x"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = OracleConfig::parse(text, env).unwrap();
+    assert_eq!(config.url.as_deref(), Some("localhost"));
+    assert_eq!(config.batch.interval(), Duration::from_millis(2_500));
+    assert_eq!(config.batch.max_records, 64);
+    assert_eq!(config.node_reports.as_ref().unwrap().listen, "0.0.0.0:9000");
+    assert_eq!(config.gateway.as_ref().unwrap().api_keys.len(), 1);
+    let shown = format!("{:?}", config.redacted());
+    assert!(!shown.contains("sk-live"), "{shown}");
+    assert!(shown.contains("<secret 1>"), "{shown}");
+
+    // Mistakes are named.
+    let err = OracleConfig::parse("[batch]\ninterval = 3", Vec::new()).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `interval`"),
+        "{err}"
+    );
+    let err = OracleConfig::parse("", Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("no source is configured"), "{err}");
+    let err = OracleConfig::parse(
+        "[gateway]\nlisten = \"x\"\nupstream = \"y\"\napi_keys = { \"sk-secret\" = \"nope\" }",
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a job address"), "{err}");
+    assert!(!err.to_string().contains("sk-secret"), "{err}");
+}
+
+#[test]
+fn prometheus_text_is_summed_over_labels_and_garbage_is_skipped() {
+    let text = "# HELP x y\nvllm:prompt_tokens_total{model_name=\"a\"} 10.0\nvllm:prompt_tokens_total{model_name=\"b\",x=\"}\"} 5\nbad line\nvllm:generation_tokens_total 7 1700000000\nnan_metric NaN\n";
+    let totals = telemetry::parse_prometheus(text);
+    assert_eq!(totals.get("vllm:prompt_tokens_total"), Some(&15.0));
+    assert_eq!(totals.get("vllm:generation_tokens_total"), Some(&7.0));
+    assert!(!totals.contains_key("nan_metric"));
+    assert!(!totals.contains_key("bad"));
+}
