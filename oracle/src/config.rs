@@ -28,9 +28,10 @@ pub struct OracleConfig {
     /// fees. Default: the Solana CLI config's keypair.
     #[serde(default)]
     pub keypair: Option<PathBuf>,
-    /// The store: one SQLite file.
+    /// The store: a SQLite file path (default), or a `postgres://user:pass@host/db`
+    /// URL for replicas sharing one database. Secret when it carries a password.
     #[serde(default = "default_store")]
-    pub store: PathBuf,
+    pub store: String,
     /// Where invoice files are written (one folder per job).
     #[serde(default = "default_invoices")]
     pub invoices_dir: PathBuf,
@@ -46,8 +47,8 @@ pub struct OracleConfig {
     pub metrics: Option<MetricsSection>,
 }
 
-fn default_store() -> PathBuf {
-    PathBuf::from("tally-oracle.db")
+fn default_store() -> String {
+    "tally-oracle.db".into()
 }
 
 fn default_invoices() -> PathBuf {
@@ -256,6 +257,7 @@ impl OracleConfig {
     #[must_use]
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
+        copy.store = crate::store::redact_location(&self.store);
         if let Some(gateway) = &mut copy.gateway {
             gateway.api_keys = gateway
                 .api_keys

@@ -66,17 +66,33 @@ impl Daemon {
         chain: Arc<Mutex<C>>,
         oracle: Keypair,
     ) -> Result<Self, OracleError> {
-        if let Some(parent) = config.store.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                OracleError::Store(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
         let telemetry = Arc::new(Telemetry::default());
-        let sink = Sink::open(
-            &config.store,
-            Arc::clone(&telemetry),
-            config.batch.max_records,
-        )?;
+        // Stores are opened on a blocking thread (PostgreSQL's client blocks).
+        let (sink, store) = {
+            let (location, telemetry, max) = (
+                config.store.clone(),
+                Arc::clone(&telemetry),
+                config.batch.max_records,
+            );
+            tokio::task::spawn_blocking(move || {
+                if !crate::store::is_postgres(&location) {
+                    if let Some(parent) = std::path::Path::new(&location)
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                    {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            OracleError::Store(format!("cannot create {}: {e}", parent.display()))
+                        })?;
+                    }
+                }
+                Ok::<_, OracleError>((
+                    Sink::open(&location, telemetry, max)?,
+                    Store::connect(&location)?,
+                ))
+            })
+            .await
+            .map_err(|e| OracleError::Store(e.to_string()))??
+        };
         let (stop, shutdown) = watch::channel(false);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         let mut gateway_addr = None;
@@ -124,7 +140,7 @@ impl Daemon {
         ));
 
         let batcher = Batcher {
-            store: Store::open(&config.store)?,
+            store,
             oracle,
             invoices_dir: config.invoices_dir.clone(),
             max_receipts_per_tx: config.batch.max_receipts_per_tx,
@@ -239,9 +255,14 @@ impl<C: Chain + Send + 'static> Settle<C> {
         self.sink.taken();
         let chain = Arc::clone(&self.chain);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = match chain.lock() {
-                Ok(mut chain) => batcher.run_round(&mut *chain),
-                Err(_) => Err(OracleError::Invalid("the chain lock is poisoned".into())),
+            let result = match (batcher.store.try_lead(), chain.lock()) {
+                // Another replica holds the settlement lock: it settles.
+                (Ok(false), _) => Ok(crate::batcher::RoundReport::default()),
+                (Err(e), _) => Err(e),
+                (Ok(true), Ok(mut chain)) => batcher.run_round(&mut *chain),
+                (Ok(true), Err(_)) => {
+                    Err(OracleError::Invalid("the chain lock is poisoned".into()))
+                }
             };
             let unsettled = batcher.store.unsettled();
             (batcher, result, unsettled)

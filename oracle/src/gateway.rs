@@ -104,7 +104,11 @@ pub fn usage_of(value: &Value) -> Option<(u64, u64)> {
 impl Gateway {
     /// A gateway with a store of its own at `config.store_path`.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, crate::OracleError> {
-        let sink = Sink::open(&config.store_path, Arc::new(Telemetry::default()), u64::MAX)?;
+        let sink = Sink::open(
+            &config.store_path.to_string_lossy(),
+            Arc::new(Telemetry::default()),
+            u64::MAX,
+        )?;
         Ok(Self::with_sink(config.upstream, config.api_keys, sink))
     }
 
@@ -266,8 +270,14 @@ impl Gateway {
                         record.gpu_ms =
                             u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                         record.finished_at = unix_now();
-                        // Committed before the client gets its answer.
-                        if let Err(e) = self.commit(&record) {
+                        // Committed before the client gets its answer (on a
+                        // blocking thread: a commit waits for the disk or the database).
+                        let gateway = Arc::clone(&self);
+                        let committed =
+                            tokio::task::spawn_blocking(move || gateway.commit(&record))
+                                .await
+                                .unwrap_or_else(|e| Err(e.to_string()));
+                        if let Err(e) = committed {
                             return error_response(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 &format!("metering is unavailable: {e}"),

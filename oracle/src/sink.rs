@@ -1,7 +1,6 @@
 //! Where every source's records go: the store, committed before the source
 //! acknowledges anything, with the telemetry of what came in. Commits past the batch
 //! size wake the batcher early.
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,14 +20,14 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Opens the store at `path`.
+    /// Opens the store at `location` (a file path or a `postgres://` URL). Blocking.
     pub fn open(
-        path: &Path,
+        location: &str,
         telemetry: Arc<Telemetry>,
         batch_records: u64,
     ) -> Result<Arc<Self>, OracleError> {
         Ok(Arc::new(Self {
-            store: Mutex::new(Store::open(path)?),
+            store: Mutex::new(Store::connect(location)?),
             telemetry,
             fresh: AtomicU64::new(0),
             batch_records: batch_records.max(1),

@@ -1,9 +1,16 @@
-//! The durable store: one SQLite file. A usage record is acknowledged only once it is
-//! committed here; a settlement is written here (pending) before it is sent, so a
-//! restart knows what may already have landed.
+//! The durable store. A usage record is acknowledged only once it is committed here; a
+//! settlement is written here (pending) before it is sent, so a restart knows what
+//! may already have landed.
+//!
+//! Two backends, same tables and semantics: an embedded SQLite file (the default:
+//! write-ahead log, a full sync per commit) and PostgreSQL, for operators who run
+//! several oracle replicas over one database. With PostgreSQL only the replica
+//! holding the settlement lock (a session advisory lock) runs the batcher; every
+//! replica takes records.
+use std::cell::RefCell;
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::OracleError;
 
@@ -41,22 +48,161 @@ pub struct Submission {
     pub cumulative_units: u64,
     pub invoice_hash: [u8; 32],
     pub period_end: i64,
-    /// Records up to this rowid are covered by this receipt.
+    /// Records up to this id are covered by this receipt.
     pub last_record: i64,
     pub confirmed: bool,
 }
 
-/// The SQLite store.
+/// The advisory lock key PostgreSQL replicas contend for ("tally" in ASCII).
+pub const SETTLEMENT_LOCK: i64 = 0x0074_616c_6c79;
+
+enum Backend {
+    Sqlite(Connection),
+    Postgres(PgClient),
+}
+
+/// PostgreSQL's blocking client, which must not be dropped on an async runtime's
+/// thread (its drop blocks on a runtime of its own): dropped there, it is handed to a
+/// plain thread.
+struct PgClient(RefCell<Option<postgres::Client>>);
+
+impl PgClient {
+    fn get(&self) -> Result<std::cell::RefMut<'_, postgres::Client>, OracleError> {
+        std::cell::RefMut::filter_map(self.0.borrow_mut(), Option::as_mut)
+            .map_err(|_| OracleError::Store("the PostgreSQL connection is closed".into()))
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.get_mut().take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(client));
+            }
+        }
+    }
+}
+
+/// The store.
 pub struct Store {
-    db: Connection,
+    db: Backend,
 }
 
 fn db_error(e: rusqlite::Error) -> OracleError {
     OracleError::Store(e.to_string())
 }
 
+fn pg_error(e: postgres::Error) -> OracleError {
+    OracleError::Store(format!("postgres: {}", pg_detail(&e)))
+}
+
+/// The server's own message where there is one ("db error" alone says nothing).
+fn pg_detail(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, OracleError> {
+    i64::try_from(v).map_err(|_| OracleError::Invalid(format!("{v} is out of range")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Whether `location` names a PostgreSQL database rather than a file.
+pub fn is_postgres(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// `location` with any password replaced, for logs.
+pub fn redact_location(location: &str) -> String {
+    if !is_postgres(location) {
+        return location.to_string();
+    }
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:<secret>@{host}"),
+            None => location.to_string(),
+        },
+        None => location.to_string(),
+    }
+}
+
+const POSTGRES_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS records (
+        id BIGSERIAL PRIMARY KEY,
+        job TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        gpu_ms BIGINT NOT NULL,
+        finished_at BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        UNIQUE (job, request_id)
+    );
+    CREATE TABLE IF NOT EXISTS submissions (
+        job TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        cumulative_units BIGINT NOT NULL,
+        invoice_hash BYTEA NOT NULL,
+        period_end BIGINT NOT NULL,
+        last_record BIGINT NOT NULL,
+        confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (job, seq)
+    );";
+
+const RECORD_COLUMNS: &str =
+    "id, job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source";
+const SUBMISSION_COLUMNS: &str =
+    "job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed";
+
+fn pg_record(row: &postgres::Row) -> Result<(i64, UsageRecord), OracleError> {
+    let get = |i: usize| row.try_get::<_, i64>(i).map_err(pg_error);
+    Ok((
+        get(0)?,
+        UsageRecord {
+            job: row.try_get(1).map_err(pg_error)?,
+            request_id: row.try_get(2).map_err(pg_error)?,
+            model: row.try_get(3).map_err(pg_error)?,
+            prompt_tokens: to_u64(get(4)?),
+            completion_tokens: to_u64(get(5)?),
+            gpu_ms: to_u64(get(6)?),
+            finished_at: get(7)?,
+            source: row.try_get(8).map_err(pg_error)?,
+        },
+    ))
+}
+
+fn pg_submission(row: &postgres::Row) -> Result<Submission, OracleError> {
+    let hash: Vec<u8> = row.try_get(3).map_err(pg_error)?;
+    Ok(Submission {
+        job: row.try_get(0).map_err(pg_error)?,
+        seq: to_u64(row.try_get(1).map_err(pg_error)?),
+        cumulative_units: to_u64(row.try_get(2).map_err(pg_error)?),
+        invoice_hash: hash_of(&hash),
+        period_end: row.try_get(4).map_err(pg_error)?,
+        last_record: row.try_get(5).map_err(pg_error)?,
+        confirmed: row.try_get(6).map_err(pg_error)?,
+    })
+}
+
+fn hash_of(bytes: &[u8]) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    if bytes.len() == 32 {
+        hash.copy_from_slice(bytes);
+    }
+    hash
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `path`, with full durability:
+    /// Opens (creating if needed) the SQLite store at `path`, with full durability:
     /// write-ahead logging and a sync on every commit.
     pub fn open(path: &Path) -> Result<Self, OracleError> {
         let db = Connection::open(path).map_err(db_error)?;
@@ -87,32 +233,79 @@ impl Store {
              );",
         )
         .map_err(db_error)?;
-        Ok(Self { db })
+        Ok(Self {
+            db: Backend::Sqlite(db),
+        })
+    }
+
+    /// Opens the store `location` names: a `postgres://` URL, or a SQLite file path.
+    /// Blocking: from async code, call it on a blocking thread.
+    pub fn connect(location: &str) -> Result<Self, OracleError> {
+        if !is_postgres(location) {
+            return Self::open(Path::new(location));
+        }
+        let mut client = postgres::Client::connect(location, postgres::NoTls).map_err(|e| {
+            OracleError::Store(format!(
+                "cannot connect to {}: {}",
+                redact_location(location),
+                pg_detail(&e)
+            ))
+        })?;
+        // Replicas starting together race on CREATE TABLE IF NOT EXISTS: serialize.
+        let mut tx = client.transaction().map_err(pg_error)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&(SETTLEMENT_LOCK + 1)],
+        )
+        .map_err(pg_error)?;
+        tx.batch_execute(POSTGRES_SCHEMA).map_err(pg_error)?;
+        tx.commit().map_err(pg_error)?;
+        Ok(Self {
+            db: Backend::Postgres(PgClient(RefCell::new(Some(client)))),
+        })
+    }
+
+    /// Whether this store may run the batcher: always for SQLite (one process owns
+    /// the file); for PostgreSQL, whether this connection holds the settlement lock
+    /// (taken here if free, kept until the connection ends).
+    pub fn try_lead(&self) -> Result<bool, OracleError> {
+        match &self.db {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(client) => client
+                .get()?
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SETTLEMENT_LOCK])
+                .and_then(|row| row.try_get::<_, bool>(0))
+                .map_err(pg_error),
+        }
     }
 
     /// Commits a usage record (before the source is acknowledged).
     pub fn record(&self, r: &UsageRecord) -> Result<Recorded, OracleError> {
-        let to_i64 = |v: u64| {
-            i64::try_from(v).map_err(|_| OracleError::Invalid(format!("{v} is out of range")))
+        let (prompt, completion, gpu_ms) = (
+            to_i64(r.prompt_tokens)?,
+            to_i64(r.completion_tokens)?,
+            to_i64(r.gpu_ms)?,
+        );
+        let inserted = match &self.db {
+            Backend::Sqlite(db) => db
+                .execute(
+                    "INSERT OR IGNORE INTO records
+                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![r.job, r.request_id, r.model, prompt, completion, gpu_ms, r.finished_at, r.source],
+                )
+                .map_err(db_error)? as u64,
+            Backend::Postgres(client) => client
+                .get()?
+                .execute(
+                    "INSERT INTO records
+                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (job, request_id) DO NOTHING",
+                    &[&r.job, &r.request_id, &r.model, &prompt, &completion, &gpu_ms, &r.finished_at, &r.source],
+                )
+                .map_err(pg_error)?,
         };
-        let inserted = self
-            .db
-            .execute(
-                "INSERT OR IGNORE INTO records
-                   (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    r.job,
-                    r.request_id,
-                    r.model,
-                    to_i64(r.prompt_tokens)?,
-                    to_i64(r.completion_tokens)?,
-                    to_i64(r.gpu_ms)?,
-                    r.finished_at,
-                    r.source
-                ],
-            )
-            .map_err(db_error)?;
         Ok(if inserted == 1 {
             Recorded::New
         } else {
@@ -120,162 +313,229 @@ impl Store {
         })
     }
 
-    /// Jobs with records not covered by any submission yet.
-    pub fn jobs_with_new_records(&self) -> Result<Vec<String>, OracleError> {
-        let mut stmt = self
-            .db
-            .prepare(
-                "SELECT DISTINCT r.job FROM records r
-                 WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s WHERE s.job = r.job), 0)
-                 ORDER BY r.job",
-            )
-            .map_err(db_error)?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(db_error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+    /// Runs a query returning one text column.
+    fn strings(&self, sql: &str) -> Result<Vec<String>, OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare(sql).map_err(db_error)?;
+                let rows = stmt
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(client) => client
+                .get()?
+                .query(sql, &[])
+                .map_err(pg_error)?
+                .iter()
+                .map(|row| row.try_get::<_, String>(0).map_err(pg_error))
+                .collect(),
+        }
     }
 
-    /// The job's records after rowid `after`, oldest first, with their rowids.
+    /// Jobs with records not covered by any submission yet.
+    pub fn jobs_with_new_records(&self) -> Result<Vec<String>, OracleError> {
+        self.strings(
+            "SELECT DISTINCT r.job FROM records r
+             WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s WHERE s.job = r.job), 0)
+             ORDER BY r.job",
+        )
+    }
+
+    /// The job's records after id `after`, oldest first, with their ids.
     pub fn records_after(
         &self,
         job: &str,
         after: i64,
     ) -> Result<Vec<(i64, UsageRecord)>, OracleError> {
-        let mut stmt = self
-            .db
-            .prepare(
-                "SELECT id, job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source
-                 FROM records WHERE job = ?1 AND id > ?2 ORDER BY id",
-            )
-            .map_err(db_error)?;
-        let rows = stmt
-            .query_map(params![job, after], |row| {
-                let u = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    UsageRecord {
-                        job: row.get(1)?,
-                        request_id: row.get(2)?,
-                        model: row.get(3)?,
-                        prompt_tokens: u(4)?,
-                        completion_tokens: u(5)?,
-                        gpu_ms: u(6)?,
-                        finished_at: row.get(7)?,
-                        source: row.get(8)?,
-                    },
-                ))
-            })
-            .map_err(db_error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db
+                    .prepare(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE job = ?1 AND id > ?2 ORDER BY id"
+                    ))
+                    .map_err(db_error)?;
+                let rows = stmt
+                    .query_map(params![job, after], |row| {
+                        let u = |i: usize| row.get::<_, i64>(i).map(to_u64);
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            UsageRecord {
+                                job: row.get(1)?,
+                                request_id: row.get(2)?,
+                                model: row.get(3)?,
+                                prompt_tokens: u(4)?,
+                                completion_tokens: u(5)?,
+                                gpu_ms: u(6)?,
+                                finished_at: row.get(7)?,
+                                source: row.get(8)?,
+                            },
+                        ))
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(client) => client
+                .get()?
+                .query(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE job = $1 AND id > $2 ORDER BY id"
+                    ),
+                    &[&job, &after],
+                )
+                .map_err(pg_error)?
+                .iter()
+                .map(pg_record)
+                .collect(),
+        }
     }
 
     /// Every record, oldest first.
     pub fn all_records(&self) -> Result<Vec<UsageRecord>, OracleError> {
-        let mut stmt = self
-            .db
-            .prepare("SELECT DISTINCT job FROM records")
-            .map_err(db_error)?;
-        let jobs = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(db_error)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_error)?;
         let mut out = Vec::new();
-        for job in jobs {
+        for job in self.strings("SELECT DISTINCT job FROM records")? {
             out.extend(self.records_after(&job, 0)?.into_iter().map(|(_, r)| r));
         }
         Ok(out)
     }
 
+    fn submissions(&self, filter: &str, job: Option<&str>) -> Result<Vec<Submission>, OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let sql = format!(
+                    "SELECT {SUBMISSION_COLUMNS} FROM submissions {}",
+                    filter.replace("$1", "?1")
+                );
+                let mut stmt = db.prepare(&sql).map_err(db_error)?;
+                let rows = match job {
+                    Some(job) => stmt.query_map(params![job], row_to_submission),
+                    None => stmt.query_map([], row_to_submission),
+                }
+                .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(client) => {
+                let sql = format!(
+                    "SELECT {SUBMISSION_COLUMNS} FROM submissions {}",
+                    filter.replace("confirmed = 0", "NOT confirmed")
+                );
+                let rows = match job {
+                    Some(job) => client.get()?.query(&sql, &[&job]),
+                    None => client.get()?.query(&sql, &[]),
+                }
+                .map_err(pg_error)?;
+                rows.iter().map(pg_submission).collect()
+            }
+        }
+    }
+
     /// The job's latest submission, confirmed or not.
     pub fn last_submission(&self, job: &str) -> Result<Option<Submission>, OracleError> {
-        self.db
-            .query_row(
-                "SELECT job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed
-                 FROM submissions WHERE job = ?1 ORDER BY seq DESC LIMIT 1",
-                params![job],
-                row_to_submission,
-            )
-            .optional()
-            .map_err(db_error)
+        Ok(self
+            .submissions("WHERE job = $1 ORDER BY seq DESC LIMIT 1", Some(job))?
+            .pop())
     }
 
     /// Submissions written but not confirmed on chain (to resume after a restart).
     pub fn pending_submissions(&self) -> Result<Vec<Submission>, OracleError> {
-        let mut stmt = self
-            .db
-            .prepare(
-                "SELECT job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed
-                 FROM submissions WHERE confirmed = 0 ORDER BY job, seq",
-            )
-            .map_err(db_error)?;
-        let rows = stmt.query_map([], row_to_submission).map_err(db_error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        self.submissions("WHERE confirmed = 0 ORDER BY job, seq", None)
     }
 
     /// Writes a submission before it is sent (the write-ahead record).
     pub fn write_submission(&self, s: &Submission) -> Result<(), OracleError> {
-        self.db
-            .execute(
-                "INSERT INTO submissions (job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                params![
-                    s.job,
-                    i64::try_from(s.seq).unwrap_or(i64::MAX),
-                    i64::try_from(s.cumulative_units).unwrap_or(i64::MAX),
-                    s.invoice_hash.to_vec(),
-                    s.period_end,
-                    s.last_record
-                ],
-            )
-            .map_err(db_error)?;
-        Ok(())
+        let (seq, units) = (to_i64(s.seq)?, to_i64(s.cumulative_units)?);
+        let hash = s.invoice_hash.to_vec();
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .execute(
+                    "INSERT INTO submissions (job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                    params![s.job, seq, units, hash, s.period_end, s.last_record],
+                )
+                .map(|_| ())
+                .map_err(db_error),
+            Backend::Postgres(client) => client
+                .get()?
+                .execute(
+                    "INSERT INTO submissions (job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed)
+                     VALUES ($1, $2, $3, $4, $5, $6, FALSE)",
+                    &[&s.job, &seq, &units, &hash, &s.period_end, &s.last_record],
+                )
+                .map(|_| ())
+                .map_err(pg_error),
+        }
     }
 
     /// Marks a submission as landed.
     pub fn confirm(&self, job: &str, seq: u64) -> Result<(), OracleError> {
-        self.db
-            .execute(
-                "UPDATE submissions SET confirmed = 1 WHERE job = ?1 AND seq = ?2",
-                params![job, i64::try_from(seq).unwrap_or(i64::MAX)],
-            )
-            .map_err(db_error)?;
-        Ok(())
+        let seq = to_i64(seq)?;
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .execute(
+                    "UPDATE submissions SET confirmed = 1 WHERE job = ?1 AND seq = ?2",
+                    params![job, seq],
+                )
+                .map(|_| ())
+                .map_err(db_error),
+            Backend::Postgres(client) => client
+                .get()?
+                .execute(
+                    "UPDATE submissions SET confirmed = TRUE WHERE job = $1 AND seq = $2",
+                    &[&job, &seq],
+                )
+                .map(|_| ())
+                .map_err(pg_error),
+        }
     }
 
     /// Records not yet covered by a confirmed receipt: how many, and when the oldest
     /// finished (unix seconds).
     pub fn unsettled(&self) -> Result<(u64, Option<i64>), OracleError> {
-        self.db
-            .query_row(
-                "SELECT COUNT(*), MIN(r.finished_at) FROM records r
-                 WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
-                                        WHERE s.job = r.job AND s.confirmed = 1), 0)",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?)),
-            )
-            .map(|(n, oldest)| (u64::try_from(n).unwrap_or(0), oldest))
-            .map_err(db_error)
+        let sql = "SELECT COUNT(*), MIN(r.finished_at) FROM records r
+                   WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
+                                          WHERE s.job = r.job AND s.confirmed = CONFIRMED), 0)";
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .query_row(&sql.replace("CONFIRMED", "1"), [], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                })
+                .map(|(n, oldest)| (to_u64(n), oldest))
+                .map_err(db_error),
+            Backend::Postgres(client) => {
+                let row = client
+                    .get()?
+                    .query_one(&sql.replace("CONFIRMED", "TRUE"), &[])
+                    .map_err(pg_error)?;
+                Ok((
+                    to_u64(row.try_get(0).map_err(pg_error)?),
+                    row.try_get(1).map_err(pg_error)?,
+                ))
+            }
+        }
     }
 
     /// Number of records committed.
     pub fn record_count(&self) -> Result<u64, OracleError> {
-        self.db
-            .query_row("SELECT COUNT(*) FROM records", [], |row| {
-                row.get::<_, i64>(0)
-            })
-            .map(|n| u64::try_from(n).unwrap_or(0))
-            .map_err(db_error)
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .query_row("SELECT COUNT(*) FROM records", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(to_u64)
+                .map_err(db_error),
+            Backend::Postgres(client) => client
+                .get()?
+                .query_one("SELECT COUNT(*) FROM records", &[])
+                .and_then(|row| row.try_get::<_, i64>(0))
+                .map(to_u64)
+                .map_err(pg_error),
+        }
     }
 }
 
 fn row_to_submission(row: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
     let hash: Vec<u8> = row.get(3)?;
-    let mut invoice_hash = [0u8; 32];
-    if hash.len() == 32 {
-        invoice_hash.copy_from_slice(&hash);
-    }
+    let invoice_hash = hash_of(&hash);
     Ok(Submission {
         job: row.get(0)?,
         seq: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),

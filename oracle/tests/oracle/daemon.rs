@@ -17,14 +17,14 @@ use tally_oracle::telemetry;
 use tally_tests::solana_signer::Signer;
 use tally_tests::{expect_ok, JobHandle, JobSpec, OperatorHandle, World};
 
-struct Fixture {
-    world: World,
-    operator: OperatorHandle,
-    node: SigningKey,
-    jobs: Vec<JobHandle>,
+pub(super) struct Fixture {
+    pub world: World,
+    pub operator: OperatorHandle,
+    pub node: SigningKey,
+    pub jobs: Vec<JobHandle>,
     /// The chain's clock when the fixture was made (reports finish then).
-    now: i64,
-    dir: std::path::PathBuf,
+    pub now: i64,
+    pub dir: std::path::PathBuf,
 }
 
 fn node_pubkey(key: &SigningKey) -> Pubkey {
@@ -32,7 +32,7 @@ fn node_pubkey(key: &SigningKey) -> Pubkey {
 }
 
 /// A world whose operator registered the node key `[7; 32]`, with `jobs` open jobs.
-fn fixture(name: &str, jobs: usize) -> Fixture {
+pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
     let mut world = World::builder().fee_bps(100).challenge_window(0).build();
     let operator = world.operator();
     let node = SigningKey::from_bytes(&[7; 32]);
@@ -62,7 +62,7 @@ fn fixture(name: &str, jobs: usize) -> Fixture {
 }
 
 /// Moves the world's chain into the daemon's hands (a fresh chain holds its place).
-fn lend(world: &mut World) -> Arc<Mutex<EmbeddedChain>> {
+pub(super) fn lend(world: &mut World) -> Arc<Mutex<EmbeddedChain>> {
     let placeholder = EmbeddedChain::new(
         &EmbeddedChain::default_program_path(),
         &Pubkey::new_unique(),
@@ -75,7 +75,7 @@ fn lend(world: &mut World) -> Arc<Mutex<EmbeddedChain>> {
 }
 
 /// Takes the chain back once the daemon has stopped.
-async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedChain>>) {
+pub(super) async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedChain>>) {
     for _ in 0..200 {
         match Arc::try_unwrap(chain) {
             Ok(mutex) => {
@@ -126,7 +126,7 @@ fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
     .unwrap()
 }
 
-async fn post(url: &str, body: &str) -> (u16, String) {
+pub(super) async fn post(url: &str, body: &str) -> (u16, String) {
     let response = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")

@@ -10,6 +10,7 @@ use tally_oracle::store::{Recorded, Store, UsageRecord};
 use tally_tests::{JobHandle, JobSpec, World};
 
 mod daemon;
+mod postgres;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-oracle-{name}-{}", std::process::id()));
