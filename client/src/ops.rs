@@ -90,6 +90,33 @@ pub fn ensure_token_account(
     Ok(address)
 }
 
+/// The wrapped-SOL mint (SPL Token's native mint).
+pub const NATIVE_MINT: Pubkey = anchor_spl::token::spl_token::native_mint::ID;
+
+/// Wraps `lamports` of `owner`'s SOL into its wrapped-SOL token account (created if
+/// missing), so SOL can pay for jobs like any other accepted mint. Returns the token
+/// account.
+pub fn wrap_sol(chain: &mut impl Chain, owner: &Keypair, lamports: u64) -> Result<Pubkey> {
+    let token_program = anchor_spl::token::spl_token::ID;
+    let address = pda::associated_token(&owner.pubkey(), &NATIVE_MINT, &token_program);
+    let create =
+        spl_associated_token_account::instruction::create_associated_token_account_idempotent(
+            &owner.pubkey(),
+            &owner.pubkey(),
+            &NATIVE_MINT,
+            &token_program,
+        );
+    let transfer = anchor_lang::solana_program::system_instruction::transfer(
+        &owner.pubkey(),
+        &address,
+        lamports,
+    );
+    let sync = anchor_spl::token::spl_token::instruction::sync_native(&token_program, &address)
+        .map_err(|e| other(format!("cannot build sync_native: {e}")))?;
+    chain.send(&[create, transfer, sync], owner, &[])?;
+    Ok(address)
+}
+
 /// `admin init`: creates the config (the signer must be the program's upgrade
 /// authority).
 pub fn init(

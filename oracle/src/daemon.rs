@@ -18,7 +18,7 @@ use crate::batcher::Batcher;
 use crate::config::OracleConfig;
 use crate::gateway::Gateway;
 use crate::http::{json_response, stopped, Body, Shutdown};
-use crate::node_report::NodeReports;
+use crate::node_report::{JobDirectory, NodeReports};
 use crate::scrape::{MetricsScrape, ScrapeConfig};
 use crate::sink::Sink;
 use crate::source::{GatewaySource, NodeReportSource, Source};
@@ -61,9 +61,22 @@ fn unix_now() -> i64 {
 
 impl Daemon {
     /// Opens the store, binds every listener (so errors surface here) and starts.
+    /// Node reports look jobs up through the same `chain` the batcher sends on.
     pub async fn start<C: Chain + Send + 'static>(
         config: &OracleConfig,
         chain: Arc<Mutex<C>>,
+        oracle: Keypair,
+    ) -> Result<Self, OracleError> {
+        let directory: Arc<dyn JobDirectory> = Arc::clone(&chain) as _;
+        Self::start_with_directory(config, chain, directory, oracle).await
+    }
+
+    /// Like [`Daemon::start`], with node reports looking jobs up in `directory` (a
+    /// second connection, so a lookup never waits for a settlement to confirm).
+    pub async fn start_with_directory<C: Chain + Send + 'static>(
+        config: &OracleConfig,
+        chain: Arc<Mutex<C>>,
+        directory: Arc<dyn JobDirectory>,
         oracle: Keypair,
     ) -> Result<Self, OracleError> {
         let telemetry = Arc::new(Telemetry::default());
@@ -110,7 +123,6 @@ impl Daemon {
         if let Some(section) = &config.node_reports {
             let listener = bind(&section.listen, "node reports").await?;
             node_reports_addr = Some(local(&listener)?);
-            let directory: Arc<dyn crate::node_report::JobDirectory> = Arc::clone(&chain) as _;
             let reports = NodeReports::new(Arc::clone(&sink), directory);
             sources.push(Box::new(NodeReportSource { reports, listener }));
         }

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     match run(args) {
@@ -124,7 +125,12 @@ fn run(args: Args) -> Result<(), OracleError> {
         .build()
         .map_err(|e| invalid(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let daemon = Daemon::start(&config, Arc::new(Mutex::new(chain)), oracle).await?;
+        // Lookups of node keys get their own connection: they never wait behind a
+        // settlement's confirmation.
+        let directory = Arc::new(Mutex::new(RpcChain::new(&url)));
+        let daemon =
+            Daemon::start_with_directory(&config, Arc::new(Mutex::new(chain)), directory, oracle)
+                .await?;
         if let Some(gateway) = daemon.gateway {
             tracing::info!(%gateway, "gateway listening");
         }
