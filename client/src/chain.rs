@@ -118,6 +118,29 @@ pub trait Chain {
     /// Sends a signed transaction and waits until it is confirmed.
     fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError>;
 
+    /// The rent-exempt minimum balance of an account holding `data_len` bytes.
+    fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
+        Err(ChainError::Other(format!(
+            "this chain cannot tell the rent-exempt balance of {data_len} bytes"
+        )))
+    }
+
+    /// Sends independent transactions, one per entry of `transactions`, each signed by
+    /// `payer` and `signers`, and returns once every one is confirmed. Backends may
+    /// have several in flight at once, so they must not depend on each other's order
+    /// (e.g. program-buffer writes at distinct offsets). Returns how many were sent.
+    fn send_all(
+        &mut self,
+        transactions: &[Vec<Instruction>],
+        payer: &Keypair,
+        signers: &[&Keypair],
+    ) -> Result<usize, ChainError> {
+        for instructions in transactions {
+            self.send(instructions, payer, signers)?;
+        }
+        Ok(transactions.len())
+    }
+
     /// Extra instructions put in front of every transaction [`Chain::send`] builds
     /// (e.g. a priority fee).
     fn preamble(&self) -> Vec<Instruction> {
@@ -132,18 +155,13 @@ pub trait Chain {
         payer: &Keypair,
         signers: &[&Keypair],
     ) -> Result<Confirmed, ChainError> {
-        let mut all = self.preamble();
-        all.extend_from_slice(instructions);
-        let mut keys: Vec<&Keypair> = vec![payer];
-        for signer in signers {
-            if !keys.iter().any(|k| k.pubkey() == signer.pubkey()) {
-                keys.push(signer);
-            }
-        }
-        let message = Message::new(&all, Some(&payer.pubkey()));
-        let mut tx = Transaction::new_unsigned(message);
-        tx.try_sign(&keys, self.latest_blockhash()?)
-            .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+        let tx = sign_legacy(
+            &self.preamble(),
+            instructions,
+            payer,
+            signers,
+            self.latest_blockhash()?,
+        )?;
         self.send_transaction(VersionedTransaction::from(tx))
     }
 
@@ -178,6 +196,47 @@ pub trait Chain {
     }
 }
 
+/// A legacy transaction of `preamble` + `instructions`, paid by `payer` and signed by
+/// it and `signers` (each once) on `blockhash`.
+pub fn sign_legacy(
+    preamble: &[Instruction],
+    instructions: &[Instruction],
+    payer: &Keypair,
+    signers: &[&Keypair],
+    blockhash: Hash,
+) -> Result<Transaction, ChainError> {
+    let mut all = preamble.to_vec();
+    all.extend_from_slice(instructions);
+    let mut keys: Vec<&Keypair> = vec![payer];
+    for signer in signers {
+        if !keys.iter().any(|k| k.pubkey() == signer.pubkey()) {
+            keys.push(signer);
+        }
+    }
+    let message = Message::new(&all, Some(&payer.pubkey()));
+    let mut tx = Transaction::new_unsigned(message);
+    tx.try_sign(&keys, blockhash)
+        .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+    Ok(tx)
+}
+
+/// Wire size of a legacy transaction: the number the 1,232-byte packet limit applies
+/// to (compact-u16 signature count, 64 bytes per signature, the serialized message).
+pub fn wire_size(tx: &Transaction) -> usize {
+    let n = tx.signatures.len();
+    let count_len = if n < 0x80 {
+        1
+    } else if n < 0x4000 {
+        2
+    } else {
+        3
+    };
+    count_len + n * 64 + tx.message.serialize().len()
+}
+
+/// The most bytes one transaction may carry on the wire.
+pub const PACKET_DATA_SIZE: usize = 1_232;
+
 /// The `SetComputeUnitPrice` instruction of the compute-budget program.
 pub fn compute_unit_price(micro_lamports: u64) -> Instruction {
     let mut data = vec![3u8];
@@ -207,7 +266,16 @@ mod rpc {
         client: RpcClient,
         url: String,
         priority_fee_micro_lamports: Option<u64>,
+        details: bool,
     }
+
+    /// How long [`Chain::send_all`] waits between status polls.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+    /// Signatures per `getSignatureStatuses` request (the RPC limit).
+    const STATUS_BATCH: usize = 256;
+    /// Rounds of re-signing and resending what did not land before its blockhash
+    /// expired.
+    const SEND_ALL_ROUNDS: usize = 5;
 
     impl RpcChain {
         pub fn new(url: &str) -> Self {
@@ -218,7 +286,17 @@ mod rpc {
                 ),
                 url: url.to_string(),
                 priority_fee_micro_lamports: None,
+                details: false,
             }
+        }
+
+        /// After each confirmation, also fetches the transaction's compute units, fee
+        /// and logs (one more RPC call per transaction), so [`Confirmed`] carries them
+        /// as it does on the embedded chain.
+        #[must_use]
+        pub fn with_transaction_details(mut self, details: bool) -> Self {
+            self.details = details;
+            self
         }
 
         /// Adds a compute-unit price (priority fee) to every transaction sent.
@@ -235,6 +313,113 @@ mod rpc {
         /// The underlying RPC client.
         pub fn rpc(&self) -> &RpcClient {
             &self.client
+        }
+
+        /// Waits for `in_flight` to confirm; returns the indices still unconfirmed
+        /// when the blockhash they were signed on expired. A failed one is an error.
+        fn await_all(
+            &self,
+            mut in_flight: Vec<(usize, Signature)>,
+            last_valid_block_height: u64,
+        ) -> Result<Vec<usize>, ChainError> {
+            loop {
+                let mut still = Vec::with_capacity(in_flight.len());
+                for chunk in in_flight.chunks(STATUS_BATCH) {
+                    let signatures: Vec<Signature> = chunk.iter().map(|(_, s)| *s).collect();
+                    let statuses = self
+                        .client
+                        .get_signature_statuses(&signatures)
+                        .map_err(|e| self.rpc_error(&e))?
+                        .value;
+                    for (&(i, signature), status) in chunk.iter().zip(statuses) {
+                        let Some(status) = status else {
+                            still.push((i, signature));
+                            continue;
+                        };
+                        if let Some(error) = status.err.clone() {
+                            return Err(ChainError::Transaction {
+                                error,
+                                logs: vec![format!("transaction {signature} failed")],
+                            });
+                        }
+                        if !status.satisfies_commitment(CommitmentConfig::confirmed()) {
+                            still.push((i, signature));
+                        }
+                    }
+                }
+                if still.is_empty() {
+                    return Ok(Vec::new());
+                }
+                in_flight = still;
+                let height = self
+                    .client
+                    .get_block_height_with_commitment(CommitmentConfig::confirmed())
+                    .map_err(|e| self.rpc_error(&e))?;
+                if height > last_valid_block_height {
+                    return Ok(in_flight.into_iter().map(|(i, _)| i).collect());
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+
+        /// The newest confirmed transactions that touch `address`, newest first.
+        pub fn recent_signatures(
+            &self,
+            address: &Pubkey,
+            limit: usize,
+        ) -> Result<Vec<Signature>, ChainError> {
+            let config = solana_rpc_client::rpc_client::GetConfirmedSignaturesForAddress2Config {
+                limit: Some(limit),
+                commitment: Some(CommitmentConfig::confirmed()),
+                ..Default::default()
+            };
+            self.client
+                .get_signatures_for_address_with_config(address, config)
+                .map_err(|e| self.rpc_error(&e))?
+                .iter()
+                .map(|s| {
+                    s.signature.parse().map_err(|_| {
+                        ChainError::Other(format!(
+                            "the RPC returned a bad signature {}",
+                            s.signature
+                        ))
+                    })
+                })
+                .collect()
+        }
+
+        /// A confirmed transaction's compute units, fee and logs (`getTransaction`).
+        pub fn transaction_details(&self, signature: Signature) -> Result<Confirmed, ChainError> {
+            let params = serde_json::json!([
+                signature.to_string(),
+                {
+                    "encoding": "base64",
+                    "commitment": "confirmed",
+                    "maxSupportedTransactionVersion": 0
+                }
+            ]);
+            let response: serde_json::Value = self
+                .client
+                .send(
+                    solana_rpc_client_api::request::RpcRequest::GetTransaction,
+                    params,
+                )
+                .map_err(|e| self.rpc_error(&e))?;
+            let meta = &response["meta"];
+            Ok(Confirmed {
+                signature,
+                compute_units: meta["computeUnitsConsumed"].as_u64(),
+                fee: meta["fee"].as_u64(),
+                logs: meta["logMessages"]
+                    .as_array()
+                    .map(|lines| {
+                        lines
+                            .iter()
+                            .filter_map(|l| l.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
         }
 
         fn rpc_error(&self, error: &ClientError) -> ChainError {
@@ -320,12 +505,65 @@ mod rpc {
                 .client
                 .send_and_confirm_transaction(&tx)
                 .map_err(|e| self.rpc_error(&e))?;
+            if self.details {
+                return self.transaction_details(signature);
+            }
             Ok(Confirmed {
                 signature,
                 compute_units: None,
                 fee: None,
                 logs: Vec::new(),
             })
+        }
+
+        fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
+            self.client
+                .get_minimum_balance_for_rent_exemption(data_len)
+                .map_err(|e| self.rpc_error(&e))
+        }
+
+        fn send_all(
+            &mut self,
+            transactions: &[Vec<Instruction>],
+            payer: &Keypair,
+            signers: &[&Keypair],
+        ) -> Result<usize, ChainError> {
+            let preamble = self.preamble();
+            let mut pending: Vec<usize> = (0..transactions.len()).collect();
+            for _ in 0..SEND_ALL_ROUNDS {
+                if pending.is_empty() {
+                    break;
+                }
+                let (blockhash, last_valid) = self
+                    .client
+                    .get_latest_blockhash_with_commitment(CommitmentConfig::confirmed())
+                    .map_err(|e| self.rpc_error(&e))?;
+                // Send every pending transaction without waiting…
+                let mut in_flight = Vec::with_capacity(pending.len());
+                for &i in &pending {
+                    let tx = sign_legacy(&preamble, &transactions[i], payer, signers, blockhash)?;
+                    let config = solana_rpc_client_api::config::RpcSendTransactionConfig {
+                        skip_preflight: true,
+                        ..Default::default()
+                    };
+                    let signature = self
+                        .client
+                        .send_transaction_with_config(&tx, config)
+                        .map_err(|e| self.rpc_error(&e))?;
+                    in_flight.push((i, signature));
+                }
+                // …then poll their statuses until all land or the blockhash expires.
+                pending = self.await_all(in_flight, last_valid)?;
+            }
+            if pending.is_empty() {
+                Ok(transactions.len())
+            } else {
+                Err(ChainError::Other(format!(
+                    "{} of {} transactions did not land after {SEND_ALL_ROUNDS} rounds of resending",
+                    pending.len(),
+                    transactions.len()
+                )))
+            }
         }
 
         fn preamble(&self) -> Vec<Instruction> {
@@ -474,6 +712,10 @@ mod embedded {
 
         fn latest_blockhash(&self) -> Result<Hash, ChainError> {
             Ok(self.svm.latest_blockhash())
+        }
+
+        fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
+            Ok(self.svm.minimum_balance_for_rent_exemption(data_len))
         }
 
         fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError> {

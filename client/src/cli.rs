@@ -192,6 +192,19 @@ pub enum AdminCommand {
     /// Accept a mint for payment
     #[command(subcommand)]
     Mint(MintCommand),
+    /// Deploy and configure a cluster as a manifest describes (migrations/*.toml):
+    /// deploys the program if missing, creates or updates the config, accepts mints.
+    /// Idempotent: on a cluster that already matches it sends nothing.
+    Migrate {
+        /// The manifest, e.g. migrations/localnet.toml
+        manifest: PathBuf,
+        /// Print the steps without sending anything
+        #[arg(long)]
+        dry_run: bool,
+        /// Upgrade a deployed program that differs from the manifest's build
+        #[arg(long)]
+        upgrade: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -700,6 +713,51 @@ fn execute_admin<C: Chain>(
             } else {
                 "unpaused".into()
             })
+        }
+        AdminCommand::Migrate {
+            manifest,
+            dry_run,
+            upgrade,
+        } => {
+            let base = manifest
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let mut deployment =
+                crate::migrate::Manifest::read(manifest)?.resolve(&base, &signer.pubkey())?;
+            if let Some(release) = deployment.release.as_mut() {
+                release.upgrade |= *upgrade;
+            }
+            let report = if *dry_run {
+                let (steps, notes) = crate::migrate::plan(chain, &signer.pubkey(), &deployment)?;
+                crate::migrate::MigrationReport {
+                    steps: steps.iter().map(ToString::to_string).collect(),
+                    transactions: 0,
+                    notes,
+                }
+            } else {
+                crate::migrate::migrate(chain, signer, &deployment)?
+            };
+            let mut lines: Vec<String> = if report.changed() {
+                let verb = if *dry_run { "would" } else { "did" };
+                report
+                    .steps
+                    .iter()
+                    .map(|s| format!("{verb}: {s}"))
+                    .collect()
+            } else {
+                vec![format!(
+                    "nothing to change: the cluster matches {}",
+                    manifest.display()
+                )]
+            };
+            lines.extend(report.notes.iter().map(|n| format!("note: {n}")));
+            if !*dry_run && report.changed() {
+                lines.push(format!("{} transactions sent", report.transactions));
+            }
+            let mut json = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
+            json["changed"] = serde_json::Value::Bool(report.changed());
+            json["dry_run"] = serde_json::Value::Bool(*dry_run);
+            Ok(Output::message(lines.join("\n"), json))
         }
         AdminCommand::Mint(MintCommand::Add { mint }) => {
             ops::add_mint(chain, signer, mint)?;
