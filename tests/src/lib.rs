@@ -7,6 +7,8 @@
 //!   treasury, oracles and one accepted mint; operators, clients and jobs are added
 //!   by name. Every transaction sent through a `World` is followed by the solvency
 //!   check of every vault it knows.
+//! - [`validator::LocalValidator`]: a real `solana-test-validator` on private loopback
+//!   ports (the local-validator tier; reusable from other crates' tests).
 #![allow(clippy::missing_panics_doc, clippy::return_self_not_must_use)]
 
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 
 pub mod bench;
+pub mod validator;
 
 pub use anchor_lang::error::ErrorCode as AnchorErrorCode;
 pub use solana_keypair;
