@@ -227,7 +227,8 @@ impl Batcher {
             let operator = pda::operator(&operator_authority);
             let needs_ledgers = chain.account(&pda::earnings(&operator, &mint))?.is_none()
                 || chain.account(&pda::revenue(&mint, day))?.is_none();
-            let mut first = needs_ledgers;
+            // open_ledgers is idempotent: it rides along until a send lands.
+            let mut ledgers_open = !needs_ledgers;
             for chunk in items.chunks(self.max_receipts_per_tx.max(1)) {
                 let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
                     .iter()
@@ -243,28 +244,44 @@ impl Batcher {
                         )
                     })
                     .collect();
-                let mut instructions = Vec::new();
-                if first {
-                    instructions.push(ix::open_ledgers(
-                        self.oracle.pubkey(),
-                        operator_authority,
-                        mint,
-                        day,
-                    ));
-                    first = false;
-                }
-                instructions.push(ix::settle(
-                    &attestation,
-                    operator_authority,
-                    mint,
-                    &receipts,
-                ));
+                let open_ledgers = (!ledgers_open)
+                    .then(|| ix::open_ledgers(self.oracle.pubkey(), operator_authority, mint, day));
                 report.sent += chunk.len();
-                match chain.send(&instructions, &self.oracle, &[]) {
+                let settle = |receipts: &[(Pubkey, SettleReceipt)]| {
+                    let mut instructions: Vec<_> = open_ledgers.iter().cloned().collect();
+                    instructions.push(ix::settle(&attestation, operator_authority, mint, receipts));
+                    instructions
+                };
+                match chain.send(&settle(&receipts), &self.oracle, &[]) {
                     Ok(_) => {
+                        ledgers_open = true;
                         for p in chunk {
                             self.store.confirm(&p.submission.job, p.submission.seq)?;
                             report.confirmed += 1;
+                        }
+                    }
+                    // One receipt the program refuses (a job over its spend cap, say)
+                    // must not hold back the others: send each alone.
+                    Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
+                        report.errors.push(format!(
+                            "a batch of {} receipts was refused ({e}): sending each alone",
+                            chunk.len()
+                        ));
+                        for (p, receipt) in chunk.iter().zip(&receipts) {
+                            match chain.send(
+                                &settle(std::slice::from_ref(receipt)),
+                                &self.oracle,
+                                &[],
+                            ) {
+                                Ok(_) => {
+                                    self.store.confirm(&p.submission.job, p.submission.seq)?;
+                                    report.confirmed += 1;
+                                }
+                                Err(e) => {
+                                    report.failed += 1;
+                                    report.errors.push(format!("job {}: {e}", p.job));
+                                }
+                            }
                         }
                     }
                     Err(e) => {

@@ -9,6 +9,7 @@ use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
 use tally_tests::{JobHandle, JobSpec, World};
 
+mod crash;
 mod daemon;
 mod postgres;
 
@@ -562,4 +563,61 @@ fn stream_usage_is_found_whatever_the_chunking() {
         assert_eq!(seen.usage, Some((3, 5)), "chunks of {size} bytes");
         assert_eq!(seen.id.as_deref(), Some("cmpl-1"));
     }
+}
+
+#[test]
+fn a_receipt_the_program_refuses_does_not_hold_back_the_others_in_its_transaction() {
+    let mut world = World::builder().fee_bps(100).challenge_window(0).build();
+    let operator = world.operator();
+    let client = world.client(100_000_000);
+    // Job 1 may be billed at most 100 per hour; its usage is worth far more.
+    let jobs: Vec<JobHandle> = (0..3)
+        .map(|id| {
+            let cap = if id == 1 { 100 } else { 0 };
+            world.open_job(
+                &client,
+                &operator,
+                id,
+                JobSpec {
+                    spend_cap_per_hour: cap,
+                    ..JobSpec::default()
+                },
+            )
+        })
+        .collect();
+    world.env.advance(60);
+    let mut s = Setup {
+        world,
+        jobs,
+        dir: temp_dir("refused"),
+    };
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    for i in 0..9 {
+        let r = record(&s.jobs[(i % 3) as usize], i, now);
+        b.store.record(&r).unwrap();
+        records.push(r);
+    }
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!((report.confirmed, report.failed), (2, 1), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("sending each alone")),
+        "{report:?}"
+    );
+    for (i, job) in s.jobs.iter().enumerate() {
+        let settled = s.world.env.job(&job.address).settled_units;
+        let want = if i == 1 {
+            0
+        } else {
+            expected_units(&records, job)
+        };
+        assert_eq!(settled, want, "job {i}");
+    }
+    // The refused receipt stays pending (retried, never dropped).
+    assert_eq!(b.store.pending_submissions().unwrap().len(), 1);
+    s.world.check_solvency();
 }

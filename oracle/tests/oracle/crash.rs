@@ -1,0 +1,314 @@
+//! The crash test: the real `tally-oracle` process against solana-test-validator,
+//! killed with SIGKILL at random points while thousands of signed node reports come
+//! in and receipts are being sent, restarted each time. A worker retries each report
+//! until the oracle answers it (201 recorded, or 409 already recorded: an answer lost
+//! to a kill). At the end, SIGTERM: the oracle settles what it accepted and exits.
+//! Then the chain must hold exactly the units of the reports — none lost, none
+//! doubled — and the store exactly one record per report.
+//!
+//! The seed is printed; `TALLY_CRASH_SEED=<n>` replays a run's kill schedule.
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anchor_lang::prelude::Pubkey;
+use ed25519_dalek::SigningKey;
+use solana_keypair::Keypair;
+use tally_client::chain::Chain;
+use tally_client::migrate::{migrate, Deployment};
+use tally_client::{ops, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+use tally_oracle::node_report::NodeRecord;
+use tally_oracle::store::Store;
+use tally_tests::solana_signer::Signer;
+use tally_tests::validator::LocalValidator;
+
+/// Reports sent in one run.
+const REPORTS: u64 = 3_000;
+/// Jobs they are spread over.
+const JOBS: u64 = 3;
+
+/// xorshift64*: a reproducible schedule from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_keypair(path: &Path, keypair: &Keypair) {
+    let bytes: Vec<u8> = keypair.to_bytes().to_vec();
+    std::fs::write(path, serde_json::to_string(&bytes).unwrap()).unwrap();
+}
+
+fn spawn_oracle(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tally-oracle"))
+        .arg("--config")
+        .arg(config)
+        .env("TALLY_ORACLE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn wallet(validator: &LocalValidator, sol: u64) -> Keypair {
+    let keypair = Keypair::new();
+    validator
+        .fund(&keypair.pubkey(), sol * 1_000_000_000)
+        .unwrap();
+    keypair
+}
+
+#[test]
+fn kill_9_at_random_points_loses_and_doubles_nothing() {
+    let Some(validator) =
+        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
+    else {
+        return;
+    };
+    let seed: u64 = std::env::var("TALLY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos(),
+            ) | 1
+        });
+    println!("crash test seed: {seed} (replay with TALLY_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = super::temp_dir("crash");
+    let mut chain = validator.chain();
+
+    // A deployment with this oracle, wrapped SOL accepted, one operator with a node
+    // key, a client with JOBS open jobs.
+    let oracle = wallet(&validator, 10);
+    let admin = &validator.payer;
+    let report = migrate(
+        &mut chain,
+        admin,
+        &Deployment {
+            release: None,
+            settings: InitializeConfigArgs {
+                treasury: admin.pubkey(),
+                arbiter: admin.pubkey(),
+                fee_bps: 100,
+                challenge_window_secs: 0,
+                expiry_grace_secs: 3_600,
+                dispute_timeout_secs: 3_600,
+                oracles: vec![oracle.pubkey()],
+                oracle_threshold: 1,
+            },
+            mints: vec![ops::NATIVE_MINT],
+        },
+    )
+    .unwrap();
+    assert!(report.changed());
+    let operator = wallet(&validator, 2);
+    let node = SigningKey::from_bytes(&[42; 32]);
+    ops::register_operator(
+        &mut chain,
+        &operator,
+        OperatorArgs {
+            payout_owner: operator.pubkey(),
+            node_keys: vec![Pubkey::from(node.verifying_key().to_bytes())],
+        },
+        false,
+    )
+    .unwrap();
+    let client = wallet(&validator, 5);
+    ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
+    let now = chain.clock().unwrap().unix_timestamp;
+    let jobs: Vec<Pubkey> = (0..JOBS)
+        .map(|job_id| {
+            ops::open_job(
+                &mut chain,
+                &client,
+                &operator.pubkey(),
+                &ops::NATIVE_MINT,
+                OpenJobArgs {
+                    job_id,
+                    unit_kind: 0,
+                    unit_price: 1,
+                    max_units: 100_000_000,
+                    deadline: now + 86_400,
+                    spend_cap_per_hour: 0,
+                },
+            )
+            .unwrap()
+            .address
+            .parse()
+            .unwrap()
+        })
+        .collect();
+
+    // The oracle's config: fixed ports, so restarts keep the workers' URL.
+    let keypair_path = dir.join("oracle.json");
+    write_keypair(&keypair_path, &oracle);
+    let reports_port = free_port();
+    let config = dir.join("oracle.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\nkeypair = \"{}\"\nstore = \"{}\"\ninvoices_dir = \"{}\"\n\
+             [batch]\ninterval_secs = 0.25\nmax_records = 150\n\
+             [admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [node_reports]\nlisten = \"127.0.0.1:{reports_port}\"\n",
+            validator.rpc_url,
+            keypair_path.display(),
+            dir.join("oracle.db").display(),
+            dir.join("invoices").display(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("oracle.log");
+    let url = format!("http://127.0.0.1:{reports_port}/v1/reports");
+
+    // The worker: every report, retried until the oracle answers it.
+    let bodies: Vec<(usize, u64, String)> = (0..REPORTS)
+        .map(|i| {
+            let job = usize::try_from(i % JOBS).unwrap();
+            let record = NodeRecord {
+                job: jobs[job].to_string(),
+                request_id: format!("req-{i}"),
+                model: "llama-3-8b".into(),
+                prompt_tokens: 5 + i % 13,
+                completion_tokens: 20 + i % 29,
+                gpu_ms: 100,
+                started_at: now - 1,
+                finished_at: now,
+            };
+            let tokens = record.prompt_tokens + record.completion_tokens;
+            let signed = record.sign(&node).unwrap();
+            (job, tokens, serde_json::to_string(&signed).unwrap())
+        })
+        .collect();
+    let expected: Vec<u64> = (0..JOBS)
+        .map(|j| {
+            bodies
+                .iter()
+                .filter(|(job, _, _)| *job as u64 == j)
+                .map(|(_, t, _)| t)
+                .sum()
+        })
+        .collect();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let (mut recorded, mut already) = (0u64, 0u64);
+            for (_, _, body) in &bodies {
+                // Paced like a busy worker, so the run spans many kills and rounds.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                loop {
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent.map(|r| r.status().as_u16()) {
+                        Ok(201) => recorded += 1,
+                        Ok(409) => already += 1,
+                        Ok(status) => panic!("the oracle refused a valid report: {status}"),
+                        // Down (killed) or cut off mid-answer: the same report again.
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+            }
+            (recorded, already)
+        })
+    });
+
+    // The killer: SIGKILL at random points until the worker is done.
+    let mut oracle_process = spawn_oracle(&config, &log);
+    let mut kills = 0u32;
+    let started = Instant::now();
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(rng.between(150, 1_000)));
+        if worker.is_finished() {
+            break;
+        }
+        oracle_process.kill().unwrap(); // SIGKILL
+        oracle_process.wait().unwrap();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(rng.between(0, 200)));
+        oracle_process = spawn_oracle(&config, &log);
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the worker never finished; oracle log: {}",
+            log.display()
+        );
+    }
+    let (recorded, already) = worker.join().unwrap();
+    println!("{REPORTS} reports accepted ({recorded} recorded, {already} answered as already recorded after a kill); {kills} kills");
+    assert_eq!(recorded + already, REPORTS);
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the run was too short to test anything"
+    );
+
+    // SIGTERM: the last oracle settles what it accepted, then exits cleanly.
+    let status = Command::new("kill")
+        .args(["-TERM", &oracle_process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = oracle_process.wait().unwrap();
+    assert!(
+        exit.success(),
+        "tally-oracle exited {exit} on SIGTERM; log: {}",
+        log.display()
+    );
+
+    let store = Store::open(&dir.join("oracle.db")).unwrap();
+    assert_eq!(
+        store.record_count().unwrap(),
+        REPORTS,
+        "one record per report"
+    );
+    assert_eq!(store.pending_submissions().unwrap(), Vec::new());
+    for (job, units) in jobs.iter().zip(&expected) {
+        let state = ops::job(&chain, job).unwrap();
+        assert_eq!(
+            state.settled_units, *units,
+            "job {job}: settled on-chain vs reported (seed {seed})"
+        );
+        assert_eq!(state.settled_gross, *units, "price 1: gross = units");
+    }
+    println!("settled on-chain: {expected:?} tokens per job = reported, across {kills} kills");
+}
