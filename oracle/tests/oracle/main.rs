@@ -621,3 +621,50 @@ fn a_receipt_the_program_refuses_does_not_hold_back_the_others_in_its_transactio
     assert_eq!(b.store.pending_submissions().unwrap().len(), 1);
     s.world.check_solvency();
 }
+
+#[test]
+fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
+    let dir = temp_dir("torn");
+    let live = dir.join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let store = Store::open(&live.join("oracle.db")).unwrap();
+    let usage = |i: u64| UsageRecord {
+        job: "Job".into(),
+        request_id: format!("r{i}"),
+        model: "m".into(),
+        prompt_tokens: i,
+        completion_tokens: i,
+        gpu_ms: 1,
+        finished_at: 1,
+        source: "node-report".into(),
+    };
+    for i in 0..10 {
+        store.record(&usage(i)).unwrap();
+    }
+    let wal = live.join("oracle.db-wal");
+    let acknowledged = std::fs::metadata(&wal).unwrap().len();
+    store.record(&usage(10)).unwrap();
+    let with_eleventh = std::fs::metadata(&wal).unwrap().len();
+    assert!(with_eleventh > acknowledged);
+    // The process dies while the 11th commit is being written: copy the files as a
+    // crash leaves them (the store never closed), the log cut inside that commit.
+    let crashed = dir.join("crashed");
+    std::fs::create_dir_all(&crashed).unwrap();
+    std::fs::copy(live.join("oracle.db"), crashed.join("oracle.db")).unwrap();
+    std::fs::copy(&wal, crashed.join("oracle.db-wal")).unwrap();
+    std::mem::forget(store);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(crashed.join("oracle.db-wal"))
+        .unwrap()
+        .set_len(acknowledged + (with_eleventh - acknowledged) / 2)
+        .unwrap();
+
+    let reopened = Store::open(&crashed.join("oracle.db")).unwrap();
+    let records: Vec<UsageRecord> = reopened.all_records().unwrap();
+    assert_eq!(records, (0..10).map(usage).collect::<Vec<_>>());
+    // The worker, never answered for the 11th, sends it again: it is recorded once.
+    assert_eq!(reopened.record(&usage(10)).unwrap(), Recorded::New);
+    assert_eq!(reopened.record(&usage(10)).unwrap(), Recorded::Duplicate);
+    assert_eq!(reopened.record_count().unwrap(), 11);
+}
