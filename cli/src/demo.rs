@@ -5,6 +5,10 @@
 //! into the real store; the real batcher settles cumulative receipts on the SBF
 //! program; jobs complete with their final receipts and refunds; the operator claims;
 //! a stalled job expires and is refunded; and every balance is reconciled.
+//!
+//! `--real-model`: the GPU worker is tally-worker running all-MiniLM-L6-v2 in
+//! process (from `scripts/fetch-model`, or `--model-dir`), and the requests are
+//! embedding requests whose usage the model's tokenizer counts; the rest is the same.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +40,128 @@ pub struct DemoArgs {
     /// The SBF program [default: TALLY_PROGRAM_SO or target/deploy/tally.so]
     #[arg(long)]
     pub program: Option<PathBuf>,
+    /// Serve a real sentence-embedding model (tally-worker, on CPU) instead of the
+    /// simulated worker, and send embedding requests
+    #[arg(long)]
+    pub real_model: bool,
+    /// The model for --real-model: config.json, model.safetensors, tokenizer.json
+    /// [default: TALLY_MODEL_DIR or target/models/all-MiniLM-L6-v2, from scripts/fetch-model]
+    #[arg(long, requires = "real_model")]
+    pub model_dir: Option<PathBuf>,
+}
+
+/// The operator's inference server in the demo.
+enum Upstream {
+    Simulated(Arc<SimWorker>),
+    #[cfg(feature = "real-model")]
+    Real(Arc<tally_worker::Worker>),
+}
+
+impl Upstream {
+    fn start(args: &DemoArgs) -> Result<Self, ChainError> {
+        if !args.real_model {
+            return Ok(Self::Simulated(Arc::new(SimWorker::default())));
+        }
+        #[cfg(feature = "real-model")]
+        {
+            let dir = args
+                .model_dir
+                .clone()
+                .unwrap_or_else(tally_worker::default_model_dir);
+            tally_worker::Worker::load(&tally_worker::WorkerConfig::new(dir))
+                .map(Self::Real)
+                .map_err(|e| other(format!("--real-model: {e}")))
+        }
+        #[cfg(not(feature = "real-model"))]
+        Err(other(
+            "--real-model: this tally was built without the `real-model` feature; run scripts/demo --real-model (or cargo build -p tally-cli --features real-model)",
+        ))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Simulated(_) => "a simulated GPU worker".into(),
+            #[cfg(feature = "real-model")]
+            Self::Real(worker) => format!(
+                "tally-worker running {} on {}",
+                worker.model_name(),
+                worker.embedder().device_name()
+            ),
+        }
+    }
+
+    fn model(&self) -> String {
+        match self {
+            Self::Simulated(_) => "llama-3-8b".into(),
+            #[cfg(feature = "real-model")]
+            Self::Real(worker) => worker.model_name().to_string(),
+        }
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        match self {
+            Self::Simulated(worker) => {
+                tokio::spawn(Arc::clone(worker).serve(listener));
+            }
+            #[cfg(feature = "real-model")]
+            Self::Real(worker) => {
+                tokio::spawn(Arc::clone(worker).serve(listener));
+            }
+        }
+    }
+
+    /// The path and body of request `r`.
+    fn request(&self, r: u64) -> (&'static str, String) {
+        match self {
+            Self::Simulated(_) => (
+                "/v1/chat/completions",
+                format!(
+                    r#"{{"model":"llama-3-8b","messages":[{{"role":"user","content":"request {r} asks about GPU settlement"}}],"max_tokens":{},"stream":{}}}"#,
+                    16 + (r % 5) * 8,
+                    r % 2 == 1
+                ),
+            ),
+            #[cfg(feature = "real-model")]
+            Self::Real(worker) => {
+                // 1 to 8 texts of varied length per request.
+                const TEXTS: [&str; 6] = [
+                    "How do I rotate the oracle keys of a Tally deployment?",
+                    "GPU operators are paid for metered inference, not emissions.",
+                    "Settlement is cumulative: a replayed receipt never pays twice.",
+                    "Embeddings of support tickets, product descriptions and search queries.",
+                    "A client escrows USDC for a job and gets back whatever was not used.",
+                    "Le modèle lit des phrases en plusieurs langues — 日本語 too.",
+                ];
+                let n = 1 + usize::try_from(r % 8).unwrap_or(0);
+                let input: Vec<String> = (0..n)
+                    .map(|k| {
+                        format!(
+                            "{} (request {r}, part {k})",
+                            TEXTS[(usize::try_from(r).unwrap_or(0) + k) % TEXTS.len()]
+                        )
+                    })
+                    .collect();
+                (
+                    "/v1/embeddings",
+                    json!({ "model": worker.model_name(), "input": input }).to_string(),
+                )
+            }
+        }
+    }
+
+    /// Tokens the inference server itself says it served (its own counter), where known.
+    fn served_tokens(&self) -> Option<u64> {
+        match self {
+            Self::Simulated(_) => None,
+            #[cfg(feature = "real-model")]
+            Self::Real(worker) => Some(
+                worker
+                    .stats
+                    .prompt_tokens
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    }
 }
 
 const PRICE_PER_TOKEN: u64 = 20; // base units of a 6-decimal stablecoin
@@ -56,6 +182,8 @@ fn other(e: impl std::fmt::Display) -> ChainError {
 
 /// Runs the demo; returns its JSON summary (printed as a table unless `json`).
 pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
+    // The model first: a missing model fails before anything else is set up.
+    let upstream = Upstream::start(args)?;
     let program = args
         .program
         .clone()
@@ -217,30 +345,40 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         .map(|(i, j)| (format!("demo-key-{i}"), j.to_string()))
         .collect();
     let (gateway_url, requests_served, last_completion) = runtime.block_on(async {
-        let worker = Arc::new(SimWorker::default());
-        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
-        let upstream_url = format!("http://{}", upstream.local_addr().map_err(other)?);
-        tokio::spawn(Arc::clone(&worker).serve(upstream));
-        let gateway = Gateway::new(GatewayConfig { upstream: upstream_url, api_keys: api_keys.clone(), store_path: store_path.clone() }).map_err(other)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(other)?;
+        let upstream_url = format!("http://{}", listener.local_addr().map_err(other)?);
+        upstream.serve(listener);
+        let gateway = Gateway::new(GatewayConfig {
+            upstream: upstream_url,
+            api_keys: api_keys.clone(),
+            store_path: store_path.clone(),
+        })
+        .map_err(other)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(other)?;
         let url = format!("http://{}", listener.local_addr().map_err(other)?);
         tokio::spawn(gateway.serve(listener));
 
         let total = args.requests * jobs.len() as u64;
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
-        bar.set_style(ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?);
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?,
+        );
         let http = reqwest::Client::new();
         let mut served = 0u64;
         let mut last_completion = std::time::Instant::now();
         for r in 0..args.requests {
             for key in 0..jobs.len() {
-                let body = format!(
-                    r#"{{"model":"llama-3-8b","messages":[{{"role":"user","content":"request {r} asks about GPU settlement"}}],"max_tokens":{},"stream":{}}}"#,
-                    16 + (r % 5) * 8,
-                    r % 2 == 1
-                );
+                let (path, body) = upstream.request(r);
                 let response = http
-                    .post(format!("{url}/v1/chat/completions"))
+                    .post(format!("{url}{path}"))
                     .bearer_auth(format!("demo-key-{key}"))
                     .body(body)
                     .send()
@@ -258,7 +396,11 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         bar.finish_and_clear();
         // Streams commit when they end: wait until every request is in the store.
         for _ in 0..200 {
-            if Store::open(&store_path).and_then(|s| s.record_count()).map_err(other)? >= served {
+            if Store::open(&store_path)
+                .and_then(|s| s.record_count())
+                .map_err(other)?
+                >= served
+            {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -268,7 +410,8 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     step(
         quiet,
         &format!(
-            "{requests_served} requests served through the gateway at {gateway_url}, each metered"
+            "{requests_served} requests served by {} through the gateway at {gateway_url}, each metered",
+            upstream.describe()
         ),
     );
 
@@ -383,6 +526,14 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         ("refunds = escrow − paid", refunded == funding - gross),
         ("vault holds only unwithdrawn fees", vault_left == fees),
     ];
+    let mut checks = checks.to_vec();
+    if let Some(served) = upstream.served_tokens() {
+        // The model's own counter (its /metrics) agrees with the oracle's metering.
+        checks.push((
+            "tokens the model served = metered units",
+            served == metered_units,
+        ));
+    }
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
@@ -393,6 +544,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         }
     }
     Ok(json!({
+        "model": upstream.model(),
         "jobs": jobs.len() + 1,
         "requests": requests_served,
         "units": units,

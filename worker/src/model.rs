@@ -23,6 +23,9 @@ use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, Tru
 pub enum ModelError {
     #[error("{path}: {reason}")]
     Load { path: String, reason: String },
+    /// The directory is not a model directory (what is missing, and how to get it).
+    #[error("{0}")]
+    Missing(String),
     #[error("tokenizer: {0}")]
     Tokenize(String),
     #[error("model: {0}")]
@@ -148,7 +151,7 @@ impl Embedder {
     /// Loads the model in `dir` (see the module docs for the files it reads).
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self, ModelError> {
         if let Some(reason) = missing_files(dir) {
-            return Err(load_error(dir, reason));
+            return Err(ModelError::Missing(reason));
         }
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?;
