@@ -1,0 +1,325 @@
+import { AnchorError, AnchorProvider, BN, EventParser, Program, type Idl } from "@anchor-lang/core";
+import {
+  Connection,
+  PublicKey,
+  SystemProgram,
+  TransactionInstruction,
+  TransactionMessage,
+  VersionedTransaction,
+} from "@solana/web3.js";
+import idlJson from "../../idl/tally.json";
+
+export const idl = idlJson as unknown as Idl;
+export const PROGRAM_ID = new PublicKey((idlJson as any).address);
+export const WSOL = new PublicKey("So11111111111111111111111111111111111111112");
+export const TOKEN_PROGRAM = new PublicKey("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA");
+export const ATA_PROGRAM = new PublicKey("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL");
+export const DEFAULT_CLUSTER = "http://127.0.0.1:8899";
+
+const enc = new TextEncoder();
+const pda = (seeds: (Uint8Array | Buffer)[]) => PublicKey.findProgramAddressSync(seeds, PROGRAM_ID)[0];
+const u64le = (v: bigint) => {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v, true);
+  return b;
+};
+const u32le = (v: number) => {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, true);
+  return b;
+};
+
+// Seeds: programs/tally/src/state/seeds.rs.
+export const configPda = () => pda([enc.encode("config")]);
+export const vaultPda = (mint: PublicKey) => pda([enc.encode("vault"), mint.toBytes()]);
+export const vaultTokensPda = (mint: PublicKey) => pda([enc.encode("vault_tokens"), mint.toBytes()]);
+export const operatorPda = (authority: PublicKey) => pda([enc.encode("operator"), authority.toBytes()]);
+export const earningsPda = (operator: PublicKey, mint: PublicKey) =>
+  pda([enc.encode("earnings"), operator.toBytes(), mint.toBytes()]);
+export const jobPda = (client: PublicKey, jobId: bigint) => pda([enc.encode("job"), client.toBytes(), u64le(jobId)]);
+export const revenuePda = (mint: PublicKey, day: number) => pda([enc.encode("revenue"), mint.toBytes(), u32le(day)]);
+export const ata = (owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) =>
+  PublicKey.findProgramAddressSync([owner.toBytes(), tokenProgram.toBytes(), mint.toBytes()], ATA_PROGRAM)[0];
+
+/** Days since the Unix epoch (UTC), the Revenue account's key. */
+export const utcDay = (unixSecs = Date.now() / 1000) => Math.floor(unixSecs / 86400);
+export const dayLabel = (day: number) => new Date(day * 86400 * 1000).toISOString().slice(0, 10);
+
+export const UNIT_KINDS = ["tokens", "GPU-seconds", "requests", "frames"];
+export const JOB_STATUS = ["open", "active", "completed", "cancelled", "expired"];
+
+export const big = (v: BN | number | bigint): bigint => (typeof v === "bigint" ? v : BigInt(v.toString()));
+export const hex = (bytes: number[] | Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+export interface Signer {
+  publicKey: PublicKey;
+  /** Signs a serialized transaction in the wallet and returns the signed bytes. */
+  signTransaction(tx: Uint8Array): Promise<Uint8Array>;
+}
+
+/** A user-facing failure: the message says what happened and what to do. */
+export class UserError extends Error {
+  constructor(message: string, public kind: string, public logs: string[] = []) {
+    super(message);
+  }
+}
+
+const GENESIS: Record<string, string> = {
+  "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d": "mainnet-beta",
+  EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG: "devnet",
+  "4uhcVJyU9pJkvQyS88uRDiswHXSCkY3zQawwpjk2NsNY": "testnet",
+};
+
+export interface MintInfo {
+  mint: PublicKey;
+  decimals: number;
+  tokenProgram: PublicKey;
+  symbol: string;
+}
+
+export class Chain {
+  connection: Connection;
+  program: Program;
+  parser: EventParser;
+  clusterName = "custom";
+  private mints = new Map<string, MintInfo>();
+  private txCache = new Map<string, Promise<TxEvents | null>>();
+
+  constructor(public url: string) {
+    this.connection = new Connection(url, "confirmed");
+    const readOnly = {
+      publicKey: PublicKey.default,
+      signTransaction: async (t: any) => t,
+      signAllTransactions: async (t: any) => t,
+    };
+    this.program = new Program(idl, new AnchorProvider(this.connection, readOnly as any, { commitment: "confirmed" }));
+    this.parser = new EventParser(PROGRAM_ID, this.program.coder);
+  }
+
+  get chainId() {
+    return this.clusterName === "custom" ? "solana:localnet" : `solana:${this.clusterName}`;
+  }
+
+  /** Is this a cluster, with the program deployed and configured? Throws a UserError otherwise. */
+  async check(): Promise<string> {
+    let genesis: string;
+    try {
+      genesis = await this.connection.getGenesisHash();
+    } catch (e) {
+      throw new UserError(
+        `Cannot reach a Solana cluster at ${this.url} (${(e as Error).message}). Check the URL, or start one: solana-test-validator.`,
+        "cluster",
+      );
+    }
+    this.clusterName = GENESIS[genesis] ?? "custom";
+    const program = await this.connection.getAccountInfo(PROGRAM_ID);
+    if (!program || !program.executable) {
+      throw new UserError(
+        `Wrong cluster: the Tally program ${PROGRAM_ID.toBase58()} is not deployed on ${this.url} (${this.clusterName}, genesis ${genesis.slice(0, 8)}…). Pick the cluster it is deployed on, or deploy it: tally admin migrate.`,
+        "program",
+      );
+    }
+    const config = await this.connection.getAccountInfo(configPda());
+    if (!config) {
+      throw new UserError(
+        `The Tally program is deployed on ${this.url} but not initialized (no config account): run tally admin migrate.`,
+        "config",
+      );
+    }
+    return `${this.clusterName} · ${this.url}`;
+  }
+
+  async mintInfo(mint: PublicKey): Promise<MintInfo> {
+    const key = mint.toBase58();
+    const cached = this.mints.get(key);
+    if (cached) return cached;
+    const account = await this.connection.getAccountInfo(mint);
+    if (!account) throw new UserError(`Mint ${key} does not exist on this cluster.`, "mint");
+    const info: MintInfo = {
+      mint,
+      decimals: account.data[44],
+      tokenProgram: account.owner,
+      symbol: mint.equals(WSOL) ? "SOL" : key.slice(0, 4) + "…",
+    };
+    this.mints.set(key, info);
+    return info;
+  }
+
+  async tokenBalance(account: PublicKey): Promise<bigint> {
+    const info = await this.connection.getAccountInfo(account);
+    if (!info || info.data.length < 72) return 0n;
+    return new DataView(info.data.buffer, info.data.byteOffset).getBigUint64(64, true);
+  }
+
+  acc(name: string) {
+    return (this.program.account as any)[name];
+  }
+
+  /** Builds, simulates (before asking the wallet), signs in the wallet, sends and confirms. */
+  async send(signer: Signer, instructions: TransactionInstruction[]): Promise<string> {
+    const { blockhash, lastValidBlockHeight } = await this.connection.getLatestBlockhash("confirmed");
+    const message = new TransactionMessage({
+      payerKey: signer.publicKey,
+      recentBlockhash: blockhash,
+      instructions,
+    }).compileToLegacyMessage();
+    const tx = new VersionedTransaction(message);
+    const sim = await this.connection.simulateTransaction(tx, { sigVerify: false, commitment: "confirmed" });
+    if (sim.value.err) throw await this.explain(sim.value.err, sim.value.logs ?? [], signer.publicKey);
+    let signed: Uint8Array;
+    try {
+      signed = await signer.signTransaction(tx.serialize());
+    } catch (e) {
+      throw explainWalletError(e);
+    }
+    let signature: string;
+    try {
+      signature = await this.connection.sendRawTransaction(signed, { preflightCommitment: "confirmed" });
+    } catch (e: any) {
+      const logs: string[] = e?.logs ?? e?.transactionLogs ?? [];
+      throw await this.explain(e?.message ?? String(e), logs, signer.publicKey);
+    }
+    const result = await this.connection.confirmTransaction({ signature, blockhash, lastValidBlockHeight }, "confirmed");
+    if (result.value.err) throw await this.explain(result.value.err, [], signer.publicKey);
+    return signature;
+  }
+
+  /** Turns a transaction error and its logs into a message that says what to do. */
+  async explain(err: unknown, logs: string[], payer: PublicKey): Promise<UserError> {
+    const text = typeof err === "string" ? err : JSON.stringify(err);
+    const joined = logs.join("\n");
+    const sol = async () => Number(await this.connection.getBalance(payer)) / 1e9;
+    if (/AccountNotFound|InsufficientFundsForFee|no record of a prior credit/.test(text + joined)) {
+      return new UserError(
+        `Insufficient funds: wallet ${payer.toBase58()} has ${await sol()} SOL, not enough to pay the transaction fee. Fund it first.`,
+        "funds",
+        logs,
+      );
+    }
+    const lamports = joined.match(/Transfer: insufficient lamports (\d+), need (\d+)/);
+    if (lamports) {
+      return new UserError(
+        `Insufficient funds: this needs ${Number(lamports[2]) / 1e9} SOL but the wallet has ${Number(lamports[1]) / 1e9} SOL.`,
+        "funds",
+        logs,
+      );
+    }
+    if (/Error: insufficient funds|custom program error: 0x1\b/.test(joined)) {
+      return new UserError("Insufficient funds: your token account holds less than this deposit.", "funds", logs);
+    }
+    const anchor = AnchorError.parse(logs);
+    if (anchor) {
+      return new UserError(
+        `The Tally program refused: ${anchor.error.errorMessage} (${anchor.error.errorCode.code}).`,
+        "program-error",
+        logs,
+      );
+    }
+    const custom = text.match(/"Custom":(\d+)/);
+    if (custom) {
+      const e = (idlJson as any).errors.find((x: any) => x.code === Number(custom[1]));
+      if (e) return new UserError(`The Tally program refused: ${e.msg} (${e.name}).`, "program-error", logs);
+    }
+    return new UserError(`Transaction failed: ${text}`, "tx", logs);
+  }
+
+  /** The Tally events of one transaction (cached: transactions never change). */
+  txEvents(signature: string): Promise<TxEvents | null> {
+    let p = this.txCache.get(signature);
+    if (!p) {
+      p = this.connection
+        .getTransaction(signature, { commitment: "confirmed", maxSupportedTransactionVersion: 0 })
+        .then((tx) => {
+          if (!tx || tx.meta?.err) return null;
+          const events = [...this.parser.parseLogs(tx.meta?.logMessages ?? [])].map((e) => ({
+            name: e.name,
+            data: e.data as any,
+          }));
+          return { signature, blockTime: tx.blockTime ?? 0, events };
+        });
+      this.txCache.set(signature, p);
+      p.catch(() => this.txCache.delete(signature));
+    }
+    return p;
+  }
+
+  /** Every successful transaction that touched an address, with its Tally events. */
+  async history(address: PublicKey, limit = 200): Promise<TxEvents[]> {
+    const sigs = await this.connection.getSignaturesForAddress(address, { limit }, "confirmed");
+    const txs = await Promise.all(sigs.filter((s) => !s.err).map((s) => this.txEvents(s.signature)));
+    return txs.filter((t): t is TxEvents => t !== null);
+  }
+
+  explorer(signatureOrAddress: string, kind: "tx" | "address" = "tx") {
+    const cluster =
+      this.clusterName === "custom"
+        ? `cluster=custom&customUrl=${encodeURIComponent(this.url)}`
+        : `cluster=${this.clusterName}`;
+    return `https://explorer.solana.com/${kind}/${signatureOrAddress}?${cluster}`;
+  }
+}
+
+export interface TxEvents {
+  signature: string;
+  blockTime: number;
+  events: { name: string; data: any }[];
+}
+
+export function explainWalletError(e: unknown): UserError {
+  const err = e as any;
+  const msg = String(err?.message ?? err);
+  if (err?.code === 4001 || /reject|denied|declin|cancel/i.test(msg)) {
+    return new UserError(`Signature rejected in the wallet: nothing was sent. (${msg})`, "rejected");
+  }
+  return new UserError(`The wallet could not sign: ${msg}`, "wallet");
+}
+
+// Token helpers (SPL Token / Token-2022 share these instruction layouts).
+export function createAtaIdempotent(payer: PublicKey, owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) {
+  return new TransactionInstruction({
+    programId: ATA_PROGRAM,
+    keys: [
+      { pubkey: payer, isSigner: true, isWritable: true },
+      { pubkey: ata(owner, mint, tokenProgram), isSigner: false, isWritable: true },
+      { pubkey: owner, isSigner: false, isWritable: false },
+      { pubkey: mint, isSigner: false, isWritable: false },
+      { pubkey: SystemProgram.programId, isSigner: false, isWritable: false },
+      { pubkey: tokenProgram, isSigner: false, isWritable: false },
+    ],
+    data: Buffer.from([1]),
+  });
+}
+
+export function syncNative(account: PublicKey) {
+  return new TransactionInstruction({
+    programId: TOKEN_PROGRAM,
+    keys: [{ pubkey: account, isSigner: false, isWritable: true }],
+    data: Buffer.from([17]),
+  });
+}
+
+export function formatAmount(base: bigint, decimals: number): string {
+  const neg = base < 0n;
+  const s = (neg ? -base : base).toString().padStart(decimals + 1, "0");
+  const int = s.slice(0, s.length - decimals);
+  const frac = decimals ? s.slice(s.length - decimals).replace(/0+$/, "") : "";
+  return (neg ? "-" : "") + int.replace(/\B(?=(\d{3})+(?!\d))/g, ",") + (frac ? "." + frac : "");
+}
+
+export function parseAmount(text: string, decimals: number): bigint {
+  const t = text.trim().replace(/,/g, "");
+  if (!/^\d+(\.\d*)?$/.test(t)) throw new UserError(`Not an amount: "${text}"`, "input");
+  const [i, f = ""] = t.split(".");
+  if (f.length > decimals) throw new UserError(`At most ${decimals} decimals: "${text}"`, "input");
+  return BigInt(i + f.padEnd(decimals, "0"));
+}
+
+export function duration(secs: number): string {
+  if (!isFinite(secs)) return "—";
+  if (secs <= 0) return "now";
+  const d = Math.floor(secs / 86400), h = Math.floor((secs % 86400) / 3600), m = Math.floor((secs % 3600) / 60);
+  if (d) return `${d}d ${h}h`;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${Math.floor(secs % 60)}s`;
+  return `${Math.floor(secs)}s`;
+}

@@ -1,0 +1,288 @@
+import { BN } from "@anchor-lang/core";
+import { PublicKey, SystemProgram, type TransactionInstruction } from "@solana/web3.js";
+import type { Ctx, Page } from "./main";
+import {
+  ata, big, Chain, configPda, createAtaIdempotent, duration, formatAmount, hex, JOB_STATUS, jobPda, parseAmount,
+  syncNative, UNIT_KINDS, UserError, vaultPda, vaultTokensPda, WSOL, type MintInfo, type Signer,
+} from "./chain";
+import { $, act, esc, short, showError } from "./ui";
+
+/** Reads an event field whichever casing the coder used. */
+export const field = (data: any, snake: string) =>
+  data[snake] ?? data[snake.replace(/_([a-z])/g, (_, c) => c.toUpperCase())];
+
+/** Wraps SOL into the payer's wSOL account when the mint is wrapped SOL (the client wraps it for the user). */
+async function fundingIxs(chain: Chain, owner: PublicKey, mint: MintInfo, amount: bigint): Promise<TransactionInstruction[]> {
+  const tokens = ata(owner, mint.mint, mint.tokenProgram);
+  const ixs = [createAtaIdempotent(owner, owner, mint.mint, mint.tokenProgram)];
+  if (mint.mint.equals(WSOL)) {
+    const have = await chain.tokenBalance(tokens);
+    if (amount > have) {
+      ixs.push(SystemProgram.transfer({ fromPubkey: owner, toPubkey: tokens, lamports: amount - have }));
+      ixs.push(syncNative(tokens));
+    }
+  }
+  return ixs;
+}
+
+export async function openJob(
+  chain: Chain, signer: Signer,
+  o: { operator: PublicKey; mint: PublicKey; unitKind: number; price: bigint; units: bigint; deadline: number; cap: bigint },
+) {
+  const mint = await chain.mintInfo(o.mint);
+  const client = signer.publicKey;
+  const jobId = BigInt(Date.now());
+  const job = jobPda(client, jobId);
+  const ix = await chain.program.methods
+    .openJob({
+      jobId: new BN(jobId.toString()),
+      unitKind: o.unitKind,
+      unitPrice: new BN(o.price.toString()),
+      maxUnits: new BN(o.units.toString()),
+      deadline: new BN(o.deadline),
+      spendCapPerHour: new BN(o.cap.toString()),
+    })
+    .accountsPartial({
+      client, config: configPda(), operator: o.operator, mint: o.mint, vault: vaultPda(o.mint),
+      vaultTokens: vaultTokensPda(o.mint), clientTokens: ata(client, o.mint, mint.tokenProgram), job,
+      tokenProgram: mint.tokenProgram, systemProgram: SystemProgram.programId,
+    })
+    .instruction();
+  const sig = await chain.send(signer, [...(await fundingIxs(chain, client, mint, o.price * o.units)), ix]);
+  return { job, sig };
+}
+
+export const payPage: Page = (root, ctx) => {
+  if (!ctx.ready) {
+    root.innerHTML = `<section><p>Pick a cluster where Tally is deployed (see the message above).</p></section>`;
+    return () => {};
+  }
+  const chain = ctx.chain;
+  root.innerHTML = `
+    <section>
+      <h2>Open a job</h2>
+      <p class="muted">Escrow pays the operator exactly what the oracle meters; the rest is refunded.</p>
+      <form id="open-form" class="grid">
+        <label>Operator <select id="operator" data-testid="operator"></select></label>
+        <label>Mint <select id="mint" data-testid="mint"></select></label>
+        <label>Unit <select id="unit-kind">${UNIT_KINDS.map((k, i) => `<option value="${i}">${k}</option>`).join("")}</select></label>
+        <label>Price per unit (base units) <input id="price" data-testid="price" value="10" inputmode="numeric"></label>
+        <label>Budget (units) <input id="units" data-testid="units" value="100000" inputmode="numeric"></label>
+        <label>Runs for (hours) <input id="hours" value="24" inputmode="decimal"></label>
+        <label>Spend cap per hour (base units, 0 = none) <input id="cap" value="0" inputmode="numeric"></label>
+        <label>Deposit <output id="deposit" data-testid="deposit"></output></label>
+        <div><button id="open" data-testid="open-job" type="submit">Open and fund job</button></div>
+      </form>
+    </section>
+    <section>
+      <h2>Your jobs</h2>
+      <div id="jobs" data-testid="jobs"><p class="muted">${ctx.session ? "Loading…" : "Connect a wallet to see and open your jobs."}</p></div>
+    </section>`;
+
+  const mints = new Map<string, MintInfo>();
+  const updateDeposit = async () => {
+    const mint = mints.get($<HTMLSelectElement>("#mint", root).value);
+    try {
+      const d = BigInt($<HTMLInputElement>("#price", root).value) * BigInt($<HTMLInputElement>("#units", root).value);
+      $("#deposit", root).textContent = mint ? `${formatAmount(d, mint.decimals)} ${mint.symbol}` : String(d);
+    } catch {
+      $("#deposit", root).textContent = "—";
+    }
+  };
+  ["#price", "#units", "#mint"].forEach((s) => $(s, root).addEventListener("input", updateDeposit));
+
+  (async () => {
+    const [operators, vaults] = await Promise.all([chain.acc("operator").all(), chain.acc("vault").all()]);
+    $("#operator", root).innerHTML = operators.length
+      ? operators
+          .map((o: any) => `<option value="${o.publicKey.toBase58()}" data-authority="${o.account.authority.toBase58()}">${short(o.account.authority.toBase58(), 6)} (${o.account.nodeKeys.length} node keys)</option>`)
+          .join("")
+      : `<option value="">no operator registered on this cluster</option>`;
+    for (const v of vaults) {
+      const info = await chain.mintInfo(v.account.mint);
+      mints.set(v.account.mint.toBase58(), info);
+    }
+    $("#mint", root).innerHTML = [...mints.values()]
+      .map((m) => `<option value="${m.mint.toBase58()}">${m.symbol} (${short(m.mint.toBase58())}, ${m.decimals} decimals)</option>`)
+      .join("") || `<option value="">no mint accepted yet</option>`;
+    void updateDeposit();
+  })().catch(showError);
+
+  $<HTMLFormElement>("#open-form", root).onsubmit = (e) => {
+    e.preventDefault();
+    void act($<HTMLButtonElement>("#open", root), "Opening job…", async () => {
+      if (!ctx.session) throw new UserError("Connect a wallet first.", "wallet");
+      const operator = $<HTMLSelectElement>("#operator", root).value;
+      const mint = $<HTMLSelectElement>("#mint", root).value;
+      if (!operator) throw new UserError("Choose an operator.", "input");
+      if (!mint) throw new UserError("Choose a mint.", "input");
+      const num = (id: string) => {
+        const v = $<HTMLInputElement>(id, root).value.trim();
+        if (!/^\d+$/.test(v)) throw new UserError(`Not a whole number: "${v}"`, "input");
+        return BigInt(v);
+      };
+      const hours = Number($<HTMLInputElement>("#hours", root).value);
+      const { job, sig } = await openJob(chain, ctx.session, {
+        operator: new PublicKey(operator), mint: new PublicKey(mint),
+        unitKind: Number($<HTMLSelectElement>("#unit-kind", root).value),
+        price: num("#price"), units: num("#units"), cap: num("#cap"),
+        deadline: Math.floor(Date.now() / 1000 + hours * 3600),
+      });
+      await refresh();
+      return `Job ${job.toBase58()} opened (transaction ${sig}).`;
+    });
+  };
+
+  // Live state: poll the client's jobs; cards are updated in place so forms keep their input.
+  const cards = new Map<string, HTMLElement>();
+  let stopped = false;
+  let timer: number | undefined;
+  const refresh = async () => {
+    if (!ctx.session) return;
+    const client = ctx.session.publicKey;
+    const jobs: any[] = await chain.acc("job").all([{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
+    jobs.sort((a, b) => Number(big(b.account.jobId) - big(a.account.jobId)));
+    const list = $("#jobs", root);
+    if (!jobs.length && !cards.size) list.innerHTML = `<p class="muted">No open jobs for ${client.toBase58()}.</p>`;
+    const seen = new Set<string>();
+    for (const j of jobs) {
+      const key = j.publicKey.toBase58();
+      seen.add(key);
+      let card = cards.get(key);
+      if (!card) {
+        card = jobCard(ctx, j.publicKey, j.account, refresh);
+        if (!cards.size) list.innerHTML = "";
+        list.prepend(card);
+        cards.set(key, card);
+      }
+      await updateCard(chain, card, j.publicKey, j.account);
+    }
+    for (const [key, card] of cards) {
+      if (!seen.has(key) && card.dataset.status !== "closed") {
+        card.dataset.status = "closed";
+        $(".state-line", card).textContent = "closed (the account is gone: completed, cancelled or expired; the rest was refunded)";
+        card.querySelectorAll("button").forEach((b) => ((b as HTMLButtonElement).disabled = true));
+      }
+    }
+  };
+  const loop = async () => {
+    try {
+      await refresh();
+    } catch (e) {
+      showError(e);
+    }
+    if (!stopped) timer = window.setTimeout(loop, 2000);
+  };
+  void loop();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+};
+
+function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<void>): HTMLElement {
+  const chain = ctx.chain;
+  const card = document.createElement("div");
+  card.className = "card job";
+  card.dataset.job = address.toBase58();
+  card.dataset.testid = "job";
+  card.innerHTML = `
+    <h3>Job ${esc(job.jobId.toString())} · <span class="state-line"></span></h3>
+    <div class="mono"><a href="${chain.explorer(address.toBase58(), "address")}" target="_blank" rel="noopener">${address.toBase58()}</a></div>
+    <dl class="stats"></dl>
+    <div class="row">
+      <label>Top up (tokens) <input class="top-up-amount" data-testid="top-up-amount" size="10"></label>
+      <button class="top-up" data-testid="top-up">Top up</button>
+      <button class="cancel secondary" data-testid="cancel">Cancel job (full refund, before any usage)</button>
+    </div>
+    <h4>Receipts</h4><div class="receipts muted">none yet</div>`;
+  const signer = () => {
+    if (!ctx.session) throw new UserError("Connect the job's client wallet first.", "wallet");
+    return ctx.session;
+  };
+  $<HTMLButtonElement>(".top-up", card).onclick = (ev) =>
+    act(ev.currentTarget as HTMLButtonElement, "Topping up…", async () => {
+      const mint = await chain.mintInfo(job.mint);
+      const amount = parseAmount($<HTMLInputElement>(".top-up-amount", card).value, mint.decimals);
+      if (amount <= 0n) throw new UserError("Enter an amount to top up.", "input");
+      const s = signer();
+      const ix = await chain.program.methods
+        .topUp(new BN(amount.toString()))
+        .accountsPartial({
+          client: s.publicKey, config: configPda(), mint: job.mint, vault: vaultPda(job.mint),
+          vaultTokens: vaultTokensPda(job.mint), clientTokens: ata(s.publicKey, job.mint, mint.tokenProgram),
+          job: address, tokenProgram: mint.tokenProgram,
+        })
+        .instruction();
+      const sig = await chain.send(s, [...(await fundingIxs(chain, s.publicKey, mint, amount)), ix]);
+      await refresh();
+      return `Topped up ${formatAmount(amount, mint.decimals)} ${mint.symbol} (transaction ${sig}).`;
+    });
+  $<HTMLButtonElement>(".cancel", card).onclick = (ev) =>
+    act(ev.currentTarget as HTMLButtonElement, "Cancelling…", async () => {
+      const mint = await chain.mintInfo(job.mint);
+      const s = signer();
+      const ix = await chain.program.methods
+        .cancelJob()
+        .accountsPartial({
+          client: s.publicKey, mint: job.mint, vault: vaultPda(job.mint), vaultTokens: vaultTokensPda(job.mint),
+          clientTokens: ata(s.publicKey, job.mint, mint.tokenProgram), job: address, tokenProgram: mint.tokenProgram,
+        })
+        .instruction();
+      const sig = await chain.send(s, [ix]);
+      await refresh();
+      return `Job cancelled and refunded (transaction ${sig}).`;
+    });
+  return card;
+}
+
+async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, job: any) {
+  const mint = await chain.mintInfo(job.mint);
+  const amt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
+  const units = big(job.settledUnits), gross = big(job.settledGross), escrow = big(job.escrowLeft);
+  const opened = Number(big(job.openedAt)), lastEnd = Number(big(job.lastPeriodEnd)), deadline = Number(big(job.deadline));
+  const now = Date.now() / 1000;
+  // Spend rate over the metered time so far; the escrow lasts escrow / rate at that rate.
+  const elapsed = Math.max(1, lastEnd - opened);
+  const rate = gross > 0n ? Number(gross) / elapsed : 0;
+  const runsOut = rate > 0 ? Number(escrow) / rate : Infinity;
+  const status = JOB_STATUS[job.status] ?? String(job.status);
+  card.dataset.status = status;
+  $(".state-line", card).textContent = status;
+  const stat = (id: string, label: string, raw: bigint | number | string, shown: string) =>
+    `<div><dt>${label}</dt><dd data-testid="${id}" data-raw="${raw}">${esc(shown)}</dd></div>`;
+  $("dl.stats", card).innerHTML = [
+    stat("operator", "Operator", job.operator.toBase58(), short(job.operator.toBase58(), 6)),
+    stat("price", "Price", big(job.unitPrice), `${amt(big(job.unitPrice))} / ${UNIT_KINDS[job.unitKind] ?? "unit"}`),
+    stat("units-used", "Units used", units, `${units.toLocaleString()} of ${big(job.maxUnits).toLocaleString()}`),
+    stat("spend", "Spend", gross, amt(gross)),
+    stat("escrow-left", "Escrow left", escrow, amt(escrow)),
+    stat("deposited", "Deposited", big(job.deposited), amt(big(job.deposited))),
+    stat("fees", "Protocol fees", big(job.fees), amt(big(job.fees))),
+    stat("rate", "Rate", rate.toFixed(3), rate > 0 ? `${amt(BigInt(Math.round(rate * 3600)))} / hour` : "no usage yet"),
+    stat("runs-out", "Runs out in", isFinite(runsOut) ? Math.round(runsOut) : "", rate > 0 ? duration(Math.min(runsOut, deadline - now)) + (runsOut > deadline - now ? " (deadline first)" : "") : "—"),
+    stat("deadline", "Deadline", deadline, `${new Date(deadline * 1000).toLocaleString()} (${duration(deadline - now)})`),
+    stat("receipts", "Receipts", job.receipts, String(job.receipts)),
+    stat("invoice-hash", "Last invoice hash", hex(job.invoiceHash), job.receipts ? short(hex(job.invoiceHash), 8) : "—"),
+  ].join("");
+  ($(".cancel", card) as HTMLButtonElement).disabled = job.status !== 0;
+  // Receipts: the ReceiptSettled events of this job's transactions.
+  if (card.dataset.receiptsFor === `${job.receipts}`) return;
+  const txs = await chain.history(address);
+  const rows = txs
+    .flatMap((t) => t.events.filter((e) => e.name === "ReceiptSettled" && field(e.data, "job").equals(address)).map((e) => ({ t, d: e.data })))
+    .sort((a, b) => Number(big(field(b.d, "seq")) - big(field(a.d, "seq"))));
+  if (rows.length >= job.receipts) card.dataset.receiptsFor = `${job.receipts}`;
+  if (!rows.length) return;
+  $(".receipts", card).className = "receipts";
+  $(".receipts", card).innerHTML = `<table data-testid="receipts"><tr><th>seq</th><th>cumulative units</th><th>units</th><th>gross</th><th>fee</th><th>escrow left</th><th>invoice hash</th><th>transaction</th></tr>
+    ${rows
+      .map(
+        ({ t, d }) => `<tr data-testid="receipt" data-seq="${field(d, "seq")}" data-invoice-hash="${hex(field(d, "invoice_hash"))}">
+        <td>${field(d, "seq")}</td><td>${big(field(d, "cumulative_units")).toLocaleString()}</td><td>${big(field(d, "units")).toLocaleString()}</td>
+        <td>${amt(big(field(d, "gross")))}</td><td>${amt(big(field(d, "fee")))}</td><td>${amt(big(field(d, "escrow_left")))}</td>
+        <td class="mono" title="${hex(field(d, "invoice_hash"))}">${hex(field(d, "invoice_hash"))}</td>
+        <td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 6)}</a></td></tr>`,
+      )
+      .join("")}</table>`;
+}

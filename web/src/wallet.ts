@@ -1,0 +1,53 @@
+// Wallets through the Wallet Standard: any installed Solana wallet (Phantom, Solflare,
+// Backpack…) registers itself; the e2e registers a keypair-backed test wallet.
+import { getWallets } from "@wallet-standard/app";
+import type { Wallet, WalletAccount } from "@wallet-standard/base";
+import { PublicKey } from "@solana/web3.js";
+import { explainWalletError, type Signer } from "./chain";
+
+const CONNECT = "standard:connect";
+const EVENTS = "standard:events";
+const SIGN = "solana:signTransaction";
+
+export function solanaWallets(): Wallet[] {
+  return getWallets()
+    .get()
+    .filter((w) => CONNECT in w.features && SIGN in w.features);
+}
+
+export function onWalletsChanged(listener: () => void): () => void {
+  const api = getWallets();
+  const offs = [api.on("register", listener), api.on("unregister", listener)];
+  return () => offs.forEach((off) => off());
+}
+
+export class Session implements Signer {
+  publicKey: PublicKey;
+  constructor(public wallet: Wallet, public account: WalletAccount, public chain: () => string) {
+    this.publicKey = new PublicKey(account.address);
+  }
+
+  static async connect(wallet: Wallet, chain: () => string, onChange: (s: Session | null) => void): Promise<Session> {
+    let accounts: readonly WalletAccount[];
+    try {
+      ({ accounts } = await (wallet.features[CONNECT] as any).connect());
+    } catch (e) {
+      throw explainWalletError(e);
+    }
+    if (!accounts.length) throw new Error(`${wallet.name} shared no account`);
+    const events = wallet.features[EVENTS] as any;
+    events?.on("change", ({ accounts }: { accounts?: readonly WalletAccount[] }) => {
+      if (accounts) onChange(accounts.length ? new Session(wallet, accounts[0], chain) : null);
+    });
+    return new Session(wallet, accounts[0], chain);
+  }
+
+  async signTransaction(transaction: Uint8Array): Promise<Uint8Array> {
+    const [out] = await (this.wallet.features[SIGN] as any).signTransaction({
+      account: this.account,
+      transaction,
+      chain: this.chain(),
+    });
+    return out.signedTransaction;
+  }
+}
