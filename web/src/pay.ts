@@ -7,6 +7,9 @@ import {
 } from "./chain";
 import { $, act, esc, short, showError } from "./ui";
 
+/** The coder camel-cases IDL names ("receiptSettled"). */
+export const isReceipt = (name: string) => name.toLowerCase() === "receiptsettled";
+
 /** Reads an event field whichever casing the coder used. */
 export const field = (data: any, snake: string) =>
   data[snake] ?? data[snake.replace(/_([a-z])/g, (_, c) => c.toUpperCase())];
@@ -270,7 +273,7 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
   if (card.dataset.receiptsFor === `${job.receipts}`) return;
   const txs = await chain.history(address);
   const rows = txs
-    .flatMap((t) => t.events.filter((e) => e.name === "ReceiptSettled" && field(e.data, "job").equals(address)).map((e) => ({ t, d: e.data })))
+    .flatMap((t) => t.events.filter((e) => isReceipt(e.name) && field(e.data, "job").equals(address)).map((e) => ({ t, d: e.data })))
     .sort((a, b) => Number(big(field(b.d, "seq")) - big(field(a.d, "seq"))));
   if (rows.length >= job.receipts) card.dataset.receiptsFor = `${job.receipts}`;
   if (!rows.length) return;

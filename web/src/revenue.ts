@@ -1,7 +1,7 @@
 import { PublicKey } from "@solana/web3.js";
 import type { Page } from "./main";
 import { big, dayLabel, formatAmount, revenuePda, type Chain, type MintInfo, type TxEvents } from "./chain";
-import { field } from "./pay";
+import { field, isReceipt } from "./pay";
 import { $, esc, short, showError } from "./ui";
 
 interface Day {
@@ -123,7 +123,7 @@ async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day
   const sums = { gross: 0n, fees: 0n, units: 0n, receipts: 0n };
   const rows = txs
     .map((t) => {
-      const ev = t.events.filter((e) => e.name === "ReceiptSettled");
+      const ev = t.events.filter((e) => isReceipt(e.name));
       const s = { gross: 0n, fees: 0n, units: 0n, receipts: 0n };
       for (const e of ev) {
         const units = big(field(e.data, "units")), gross = big(field(e.data, "gross"));
@@ -133,7 +133,7 @@ async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day
         if (units > 0n || gross > 0n) s.receipts += 1n;
       }
       (Object.keys(sums) as (keyof typeof sums)[]).forEach((k) => (sums[k] += s[k]));
-      const other = t.events.filter((e) => e.name !== "ReceiptSettled").map((e) => e.name);
+      const other = t.events.filter((e) => !isReceipt(e.name)).map((e) => e.name);
       return `<tr data-testid="revenue-tx" data-signature="${t.signature}"><td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 8)}</a></td>
         <td>${t.blockTime ? new Date(t.blockTime * 1000).toISOString().slice(11, 19) : ""}</td>
         <td>${fmt(s.gross)}</td><td>${fmt(s.fees)}</td><td>${s.units.toLocaleString()}</td><td>${s.receipts}</td><td>${esc(other.join(", "))}</td></tr>`;

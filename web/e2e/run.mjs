@@ -1,0 +1,308 @@
+// End-to-end: the built app in headless Chromium against solana-test-validator with the
+// program deployed, a Wallet Standard test wallet backed by a keypair, and the real
+// oracle daemon settling signed node reports. Checks what the pages show against the
+// chain; screenshots go to web/test-artifacts/.
+//
+//   npm test            (in web/; needs target/debug/tally and tally-oracle, and chromium)
+//
+// Env: TALLY_BIN_DIR (default ../target/debug), CHROMIUM (default /usr/bin/chromium),
+// TALLY_VALIDATOR, E2E_KEEP=1 keeps the temporary directory.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import crypto from "node:crypto";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import { AnchorProvider, Program, utils } from "@anchor-lang/core";
+import { Connection, Keypair, PublicKey, SystemProgram, Transaction, VersionedTransaction, sendAndConfirmTransaction } from "@solana/web3.js";
+import { ROOT, WEB, findValidator, freePorts, run, serveStatic, sleep, start, stopAll, waitFor } from "./harness.mjs";
+
+const t0 = Date.now();
+const step = (msg) => console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
+const BIN = path.resolve(process.env.TALLY_BIN_DIR ?? path.join(ROOT, "target/debug"));
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARTIFACTS = path.join(WEB, "test-artifacts");
+const idl = JSON.parse(fs.readFileSync(path.join(ROOT, "idl/tally.json"), "utf8"));
+const PROGRAM_ID = new PublicKey(idl.address);
+const WSOL = new PublicKey("So11111111111111111111111111111111111111112");
+const enc = new TextEncoder();
+const pda = (...seeds) => PublicKey.findProgramAddressSync(seeds, PROGRAM_ID)[0];
+
+for (const f of [path.join(BIN, "tally"), path.join(BIN, "tally-oracle"), path.join(ROOT, "target/deploy/tally.so"), path.join(WEB, "dist/index.html"), CHROMIUM]) {
+  if (!fs.existsSync(f)) throw new Error(`missing ${f} (scripts/test-web builds everything)`);
+}
+fs.rmSync(ARTIFACTS, { recursive: true, force: true });
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tally-web-e2e-"));
+const writeKey = (name, kp) => {
+  const file = path.join(tmp, `${name}.json`);
+  fs.writeFileSync(file, JSON.stringify(Array.from(kp.secretKey)));
+  return file;
+};
+const admin = Keypair.generate(), operator = Keypair.generate(), node = Keypair.generate();
+const client = Keypair.generate(), broke = Keypair.generate();
+const adminFile = writeKey("admin", admin), operatorFile = writeKey("operator", operator);
+
+let browser, server;
+let failed = false;
+try {
+  // 1. Validator with the program (upgrade authority: admin), then the deployment's config.
+  const base = await freePorts(40);
+  const rpc = `http://127.0.0.1:${base}`;
+  const validator = findValidator();
+  step(`validator ${validator} on ${rpc}`);
+  const validatorProc = start("solana-test-validator", validator, [
+    "--ledger", path.join(tmp, "ledger"), "--reset", "--quiet", "--bind-address", "127.0.0.1",
+    "--rpc-port", String(base), "--faucet-port", String(base + 2), "--gossip-port", String(base + 3),
+    "--dynamic-port-range", `${base + 4}-${base + 30}`, "--mint", admin.publicKey.toBase58(),
+    "--upgradeable-program", PROGRAM_ID.toBase58(), path.join(ROOT, "target/deploy/tally.so"), admin.publicKey.toBase58(),
+  ], { log: path.join(tmp, "validator.log"), cwd: tmp });
+  const conn = new Connection(rpc, "confirmed");
+  await waitFor("the validator with the program", async () => {
+    if (validatorProc.exitCode !== null) throw Object.assign(new Error("solana-test-validator exited"), { fatal: true });
+    return (await conn.getAccountInfo(PROGRAM_ID))?.executable;
+  }, 60000, 300);
+  step("validator ready");
+
+  const cfg = path.join(tmp, "deployment.toml");
+  fs.writeFileSync(cfg, `mints = ["${WSOL.toBase58()}"]
+[program]
+so = "${path.join(ROOT, "target/deploy/tally.so")}"
+keypair = "${path.join(ROOT, "keys/tally-program-keypair.json")}"
+[config]
+treasury = "admin"
+arbiter = "admin"
+fee_bps = 250
+challenge_window_secs = 2
+expiry_grace_secs = 3600
+dispute_timeout_secs = 604800
+oracles = ["admin"]
+oracle_threshold = 1
+`);
+  // A program loaded at genesis answers "Unsupported program id" for its first slots: retry.
+  await waitFor("`tally admin migrate`", async () => {
+    try {
+      run(path.join(BIN, "tally"), ["-u", rpc, "-k", adminFile, "admin", "migrate", cfg]);
+      return true;
+    } catch (e) {
+      if (!/Unsupported program id/.test(e.message)) throw Object.assign(e, { fatal: true });
+      throw e;
+    }
+  }, 30000, 500);
+  step("migrated (config + wSOL accepted)");
+
+  const fund = new Transaction().add(
+    ...[operator, client].map((k) => SystemProgram.transfer({ fromPubkey: admin.publicKey, toPubkey: k.publicKey, lamports: 10e9 })),
+  );
+  await sendAndConfirmTransaction(conn, fund, [admin], { commitment: "confirmed" });
+  run(path.join(BIN, "tally"), ["-u", rpc, "-k", operatorFile, "operator", "register", "--payout", operator.publicKey.toBase58(), "--node-key", node.publicKey.toBase58()]);
+  step("operator registered with a node key");
+
+  // 2. The oracle daemon (the admin is the oracle on localnet), taking signed node reports.
+  const reportsUrl = `http://127.0.0.1:${base + 31}/v1/reports`;
+  const oracleCfg = path.join(tmp, "oracle.toml");
+  fs.writeFileSync(oracleCfg, `url = "${rpc}"
+keypair = "${adminFile}"
+store = "${path.join(tmp, "oracle.db")}"
+invoices_dir = "${path.join(tmp, "invoices")}"
+[batch]
+interval_secs = 1
+[admin]
+listen = "127.0.0.1:${base + 32}"
+[node_reports]
+listen = "127.0.0.1:${base + 31}"
+`);
+  start("tally-oracle", path.join(BIN, "tally-oracle"), ["--config", oracleCfg], { log: path.join(tmp, "oracle.log"), cwd: tmp });
+  await waitFor("the oracle's /health", async () => (await fetch(`http://127.0.0.1:${base + 32}/health`)).ok, 30000, 300);
+  step("oracle up");
+
+  // 3. The built app on a static server, and Chromium.
+  server = await serveStatic(path.join(WEB, "dist"), base + 33);
+  const app = `http://127.0.0.1:${base + 33}/?cluster=${encodeURIComponent(rpc)}`;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+  const program = new Program(idl, new AnchorProvider(conn, { publicKey: admin.publicKey }, { commitment: "confirmed" }));
+  const walletScript = fs.readFileSync(path.join(WEB, "e2e/test-wallet.js"), "utf8").trim();
+  const icon = "data:image/svg+xml;base64," + Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><rect width="32" height="32" fill="#7c5cff"/></svg>').toString("base64");
+
+  /** A browser context whose Wallet Standard test wallet is backed by `kp`. */
+  async function walletPage(kp, hash) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    await context.exposeBinding("__tallyTestWalletSign", (_src, b64) => {
+      const tx = VersionedTransaction.deserialize(Buffer.from(b64, "base64"));
+      tx.sign([kp]);
+      return Buffer.from(tx.serialize()).toString("base64");
+    });
+    await context.exposeBinding("__tallyTestWalletSend", async (_src, b64) => {
+      const tx = VersionedTransaction.deserialize(Buffer.from(b64, "base64"));
+      tx.sign([kp]);
+      const sig = await conn.sendRawTransaction(tx.serialize());
+      return Buffer.from(utils.bytes.bs58.decode(sig)).toString("base64");
+    });
+    const arg = { name: "Tally Test Wallet", address: kp.publicKey.toBase58(), publicKey: Array.from(kp.publicKey.toBytes()), icon };
+    await context.addInitScript({ content: `${walletScript}(${JSON.stringify(arg)});` });
+    const page = await context.newPage();
+    page.on("pageerror", (e) => console.error("[page error]", e.message));
+    await page.goto(`${app}${hash}`);
+    await page.waitForSelector('[data-testid=cluster-status][data-ready="true"]', { timeout: 30000 });
+    await page.getByRole("button", { name: "Connect Tally Test Wallet" }).click();
+    await page.waitForSelector(`[data-testid=wallet-address][data-address="${kp.publicKey.toBase58()}"]`);
+    return page;
+  }
+  const messageOf = async (page, kind) => {
+    await page.waitForSelector(`#message[data-kind="${kind}"]`, { timeout: 60000 });
+    return page.textContent("#message");
+  };
+  const raw = async (page, sel) => (await page.getAttribute(sel, "data-raw")) ?? "";
+
+  // 4. Pay page: open and fund a job from the browser wallet.
+  const pay = await walletPage(client, "#/pay");
+  await pay.waitForSelector("#operator option[data-authority]", { state: "attached" });
+  assert.equal(await pay.getAttribute("#operator option", "data-authority"), operator.publicKey.toBase58());
+  await pay.fill("[data-testid=price]", "10");
+  await pay.fill("[data-testid=units]", "100000");
+  await pay.click("[data-testid=open-job]");
+  const opened = await messageOf(pay, "ok");
+  const jobAddress = new PublicKey(opened.match(/Job (\w+) opened/)[1]);
+  let job = await program.account.job.fetch(jobAddress);
+  assert.equal(job.client.toBase58(), client.publicKey.toBase58());
+  assert.equal(job.deposited.toString(), "1000000");
+  step(`job ${jobAddress.toBase58()} opened and funded from the browser wallet (1,000,000 lamports of wSOL)`);
+
+  // 5. Usage: signed node reports to the oracle, which settles them on chain.
+  const seed = node.secretKey.slice(0, 32);
+  const nodeKey = crypto.createPrivateKey({ key: Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), seed]), format: "der", type: "pkcs8" });
+  const text = (s) => { const b = Buffer.from(s, "utf8"); const l = Buffer.alloc(2); l.writeUInt16LE(b.length); return Buffer.concat([l, b]); };
+  const le64 = (v) => { const b = Buffer.alloc(8); b.writeBigInt64LE(BigInt(v)); return b; };
+  async function report(requestId, prompt, completion) {
+    const now = Math.floor(Date.now() / 1000);
+    const r = { job: jobAddress.toBase58(), request_id: requestId, model: "e2e-model", prompt_tokens: prompt, completion_tokens: completion, gpu_ms: 40, started_at: now - 1, finished_at: now };
+    const msg = Buffer.concat([Buffer.from("tally-node-report-v1\0"), PROGRAM_ID.toBuffer(), jobAddress.toBuffer(), text(r.request_id), text(r.model),
+      le64(r.prompt_tokens), le64(r.completion_tokens), le64(r.gpu_ms), le64(r.started_at), le64(r.finished_at)]);
+    const signature = utils.bytes.bs58.encode(crypto.sign(null, msg, nodeKey));
+    const res = await fetch(reportsUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ...r, node_key: node.publicKey.toBase58(), signature }) });
+    assert.equal(res.status, 201, `node report: ${res.status} ${await res.text()}`);
+  }
+  await report("req-1", 120, 80);
+  await report("req-2", 300, 100);
+  await report("req-3", 50, 50);
+  const units = 700n;
+  job = await waitFor("the oracle to settle 700 units", async () => {
+    const j = await program.account.job.fetch(jobAddress);
+    return BigInt(j.settledUnits.toString()) === units ? j : null;
+  }, 60000, 500);
+  step(`oracle settled ${units} units: gross ${job.settledGross}, escrow left ${job.escrowLeft}, ${job.receipts} receipt(s)`);
+
+  // The Pay page shows what the chain holds.
+  const card = `[data-job="${jobAddress.toBase58()}"]`;
+  await waitFor("the pay page to show the settled units", async () => (await raw(pay, `${card} [data-testid=units-used]`)) === String(units), 20000);
+  assert.equal(await raw(pay, `${card} [data-testid=spend]`), job.settledGross.toString());
+  assert.equal(await raw(pay, `${card} [data-testid=escrow-left]`), job.escrowLeft.toString());
+  assert.equal(await raw(pay, `${card} [data-testid=receipts]`), String(job.receipts));
+  const invoiceHash = Buffer.from(job.invoiceHash).toString("hex");
+  assert.equal(await raw(pay, `${card} [data-testid=invoice-hash]`), invoiceHash);
+  await pay.waitForSelector(`${card} [data-testid=receipt][data-invoice-hash="${invoiceHash}"]`, { timeout: 20000 });
+  assert.notEqual(await raw(pay, `${card} [data-testid=runs-out]`), "");
+  step("pay page: units, spend, escrow left, receipts and invoice hash match the chain");
+
+  // Top up from the page.
+  await pay.fill(`${card} [data-testid=top-up-amount]`, "0.0005");
+  await pay.click(`${card} [data-testid=top-up]`);
+  await messageOf(pay, "ok");
+  job = await program.account.job.fetch(jobAddress);
+  assert.equal(job.deposited.toString(), "1500000");
+  await waitFor("the pay page to show the topped-up escrow", async () => (await raw(pay, `${card} [data-testid=escrow-left]`)) === job.escrowLeft.toString(), 20000);
+  step("top-up of 0.0005 SOL landed and shows");
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay.png"), fullPage: true });
+
+  // A rejected signature sends nothing and says so.
+  await pay.evaluate(() => (window.__tallyTestWalletReject = true));
+  await pay.fill(`${card} [data-testid=top-up-amount]`, "0.0001");
+  await pay.click(`${card} [data-testid=top-up]`);
+  assert.match(await messageOf(pay, "error"), /Signature rejected in the wallet/);
+  assert.equal((await program.account.job.fetch(jobAddress)).deposited.toString(), "1500000");
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay-rejected.png") });
+  step("rejected signature: clear message, nothing sent");
+
+  // Open a second job and cancel it before any usage: full refund, account closed.
+  await pay.fill("[data-testid=units]", "2000");
+  await pay.click("[data-testid=open-job]");
+  const second = new PublicKey((await messageOf(pay, "ok")).match(/Job (\w+) opened/)[1]);
+  await pay.waitForSelector(`[data-job="${second.toBase58()}"] [data-testid=cancel]:not([disabled])`);
+  await pay.click(`[data-job="${second.toBase58()}"] [data-testid=cancel]`);
+  assert.match(await messageOf(pay, "ok"), /cancelled/);
+  assert.equal(await conn.getAccountInfo(second), null);
+  step("second job opened and cancelled from the page (account closed, refunded)");
+
+  // 6. Operator page: earnings per job, then claim once matured.
+  const op = await walletPage(operator, "#/operator");
+  const opJob = `[data-testid=operator-job][data-job="${jobAddress.toBase58()}"]`;
+  await op.waitForSelector(opJob, { timeout: 20000 });
+  assert.equal(await raw(op, `${opJob} [data-testid=job-gross]`), job.settledGross.toString());
+  const net = BigInt(job.settledGross.toString()) - BigInt(job.fees.toString());
+  assert.equal(await raw(op, `${opJob} [data-testid=job-net]`), String(net));
+  await op.waitForSelector("[data-testid=claim]:not([disabled])", { timeout: 30000 });
+  await waitFor("all earnings to mature on the page", async () => (await raw(op, "[data-testid=claimable]")) === String(net), 30000);
+  await op.screenshot({ path: path.join(ARTIFACTS, "operator.png"), fullPage: true });
+  await op.click("[data-testid=claim]");
+  assert.match(await messageOf(op, "ok"), /Claimed/);
+  const earnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
+  assert.equal(earnings.totalClaimed.toString(), String(net));
+  await waitFor("the page to show the claim", async () => (await raw(op, "[data-testid=total-claimed]")) === String(net), 20000);
+  await op.screenshot({ path: path.join(ARTIFACTS, "operator-claimed.png"), fullPage: true });
+  step(`operator page: earnings match; claimed ${net} lamports`);
+
+  // 7. Revenue dashboard: the day's figures from the Revenue account, and the transactions behind them.
+  await pay.goto(`${app}#/revenue`);
+  await pay.waitForSelector("[data-testid=revenue-row]", { timeout: 20000 });
+  const revenues = await program.account.revenue.all();
+  assert.equal(revenues.length, 1);
+  const rev = revenues[0].account;
+  const row = `[data-testid=revenue-row][data-day="${rev.day}"]`;
+  assert.equal(await raw(pay, `${row} [data-testid=rev-gross]`), rev.gross.toString());
+  assert.equal(await raw(pay, `${row} [data-testid=rev-fees]`), rev.fees.toString());
+  assert.equal(await raw(pay, `${row} [data-testid=rev-units]`), rev.units.toString());
+  assert.equal(await raw(pay, `${row} [data-testid=rev-receipts]`), rev.receipts.toString());
+  assert.equal(rev.gross.toString(), job.settledGross.toString());
+  assert.equal(await pay.locator("[data-testid=chart-gross] svg a.bar").count(), 1);
+  await pay.click(`${row} [data-testid=rev-gross]`);
+  await pay.waitForSelector('[data-testid=reconciled][data-match="true"]', { timeout: 20000 });
+  const txRows = await pay.locator("[data-testid=revenue-tx]").count();
+  assert.ok(txRows >= 1);
+  const href = await pay.getAttribute("[data-testid=revenue-tx] a", "href");
+  assert.match(href, /explorer\.solana\.com\/tx\/\w+\?cluster=custom&customUrl=/);
+  await pay.screenshot({ path: path.join(ARTIFACTS, "revenue.png"), fullPage: true });
+  step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units}, receipts ${rev.receipts}; ${txRows} transaction(s) reconcile`);
+
+  // 8. Clear messages: insufficient funds (an empty wallet), and a cluster that is not there.
+  const poor = await walletPage(broke, "#/pay");
+  await poor.waitForSelector("#operator option[data-authority]", { state: "attached" });
+  await poor.click("[data-testid=open-job]");
+  assert.match(await messageOf(poor, "error"), /Insufficient funds/);
+  await poor.screenshot({ path: path.join(ARTIFACTS, "insufficient-funds.png") });
+  await poor.goto(`http://127.0.0.1:${base + 33}/?cluster=${encodeURIComponent(`http://127.0.0.1:${base + 34}`)}#/pay`);
+  await poor.waitForSelector('[data-testid=cluster-status][data-ready="false"]', { timeout: 30000 });
+  assert.match(await poor.textContent("[data-testid=cluster-status]"), /Cannot reach a Solana cluster/);
+  await poor.screenshot({ path: path.join(ARTIFACTS, "wrong-cluster.png") });
+  step("insufficient funds and unreachable cluster: clear messages");
+  console.log(`[e2e] PASS in ${((Date.now() - t0) / 1000).toFixed(1)} s; screenshots in ${ARTIFACTS}`);
+} catch (e) {
+  failed = true;
+  console.error(`[e2e] FAIL: ${e.stack ?? e}`);
+  for (const log of ["oracle.log", "validator.log"]) {
+    const p = path.join(tmp, log);
+    if (fs.existsSync(p)) console.error(`--- ${log} (tail) ---\n${fs.readFileSync(p, "utf8").split("\n").slice(-30).join("\n")}`);
+  }
+} finally {
+  await browser?.close().catch(() => {});
+  server?.close();
+  stopAll();
+  await sleep(300);
+  if (!process.env.E2E_KEEP) fs.rmSync(tmp, { recursive: true, force: true });
+  else console.log(`[e2e] kept ${tmp}`);
+}
+process.exit(failed ? 1 : 0);
