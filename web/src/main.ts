@@ -23,6 +23,7 @@ let cleanup = () => {};
 
 function route() {
   cleanup();
+  if ($("#message").dataset.kind !== "error") showMessage("");
   const name = location.hash.replace(/^#\/?/, "").split("?")[0] || "pay";
   const page = pages[name] ?? payPage;
   document.querySelectorAll<HTMLAnchorElement>("nav a").forEach((a) =>

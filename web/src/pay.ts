@@ -255,7 +255,7 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
   const stat = (id: string, label: string, raw: bigint | number | string, shown: string) =>
     `<div><dt>${label}</dt><dd data-testid="${id}" data-raw="${raw}">${esc(shown)}</dd></div>`;
   $("dl.stats", card).innerHTML = [
-    stat("operator", "Operator", job.operator.toBase58(), short(job.operator.toBase58(), 6)),
+    stat("operator", "Operator account", job.operator.toBase58(), short(job.operator.toBase58(), 6)),
     stat("price", "Price", big(job.unitPrice), `${amt(big(job.unitPrice))} / ${UNIT_KINDS[job.unitKind] ?? "unit"}`),
     stat("units-used", "Units used", units, `${units.toLocaleString()} of ${big(job.maxUnits).toLocaleString()}`),
     stat("spend", "Spend", gross, amt(gross)),
