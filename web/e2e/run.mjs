@@ -288,7 +288,20 @@ listen = "127.0.0.1:${base + 31}"
   await poor.waitForSelector('[data-testid=cluster-status][data-ready="false"]', { timeout: 30000 });
   assert.match(await poor.textContent("[data-testid=cluster-status]"), /Cannot reach a Solana cluster/);
   await poor.screenshot({ path: path.join(ARTIFACTS, "wrong-cluster.png") });
-  step("insufficient funds and unreachable cluster: clear messages");
+  // A cluster without the program (a bare validator): "wrong cluster".
+  const bare = await freePorts(40);
+  start("solana-test-validator (bare)", validator, [
+    "--ledger", path.join(tmp, "bare-ledger"), "--reset", "--quiet", "--bind-address", "127.0.0.1",
+    "--rpc-port", String(bare), "--faucet-port", String(bare + 2), "--gossip-port", String(bare + 3),
+    "--dynamic-port-range", `${bare + 4}-${bare + 30}`,
+  ], { log: path.join(tmp, "bare-validator.log"), cwd: tmp });
+  const bareConn = new Connection(`http://127.0.0.1:${bare}`, "confirmed");
+  await waitFor("the bare validator", async () => (await bareConn.getSlot()) >= 1, 60000, 300);
+  await poor.fill("#cluster-url", `http://127.0.0.1:${bare}`);
+  await poor.click("#cluster-form button");
+  await waitFor("the wrong-cluster message", async () => /Wrong cluster: the Tally program \w+ is not deployed/.test(await poor.textContent("[data-testid=cluster-status]")), 30000);
+  await poor.screenshot({ path: path.join(ARTIFACTS, "program-missing.png") });
+  step("insufficient funds, unreachable cluster, cluster without the program: clear messages");
   console.log(`[e2e] PASS in ${((Date.now() - t0) / 1000).toFixed(1)} s; screenshots in ${ARTIFACTS}`);
 } catch (e) {
   failed = true;
