@@ -43,14 +43,6 @@ impl Rng {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_keypair(path: &Path, keypair: &Keypair) {
     let bytes: Vec<u8> = keypair.to_bytes().to_vec();
     std::fs::write(path, serde_json::to_string(&bytes).unwrap()).unwrap();
@@ -168,7 +160,7 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     // The oracle's config: fixed ports, so restarts keep the workers' URL.
     let keypair_path = dir.join("oracle.json");
     write_keypair(&keypair_path, &oracle);
-    let reports_port = free_port();
+    let reports_port = super::free_port();
     let config = dir.join("oracle.toml");
     std::fs::write(
         &config,
@@ -181,7 +173,7 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
             keypair_path.display(),
             dir.join("oracle.db").display(),
             dir.join("invoices").display(),
-            free_port(),
+            super::free_port(),
         ),
     )
     .unwrap();

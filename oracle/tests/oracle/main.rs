@@ -20,6 +20,15 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A loopback port free right now (for servers that must keep theirs across restarts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
     UsageRecord {
         job: job.address.to_string(),

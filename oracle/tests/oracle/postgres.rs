@@ -38,14 +38,6 @@ fn find_bin() -> Option<PathBuf> {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -84,7 +76,7 @@ impl PgServer {
                 return Err(format!("cannot hand {} to the {user} user", dir.display()));
             }
         }
-        let port = free_port();
+        let port = super::free_port();
         let server = Self {
             url: format!("postgres://tally@127.0.0.1:{port}/postgres"),
             bin,
