@@ -1,6 +1,7 @@
 //! Real inference in the loop, end to end: a client funds jobs; its requests go
 //! through the oracle gateway to a `tally-worker` process running all-MiniLM-L6-v2;
 //! the oracle's invoice lines carry the token counts the model's tokenizer gave; the
+//! oracle's metrics cross-check (the worker's vLLM counters) finds no drift; the
 //! oracle's batcher settles cumulative receipts; each invoice file is proven to be
 //! what the chain paid for; the jobs complete with their refunds; the operator
 //! claims; and the sum on-chain equals the invoices, token for token.
@@ -10,6 +11,7 @@
 //! `local-validator suite skipped: <reason>` where none exists).
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
@@ -25,9 +27,12 @@ use tally_client::chain::{Chain, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 use tally_oracle::batcher::Batcher;
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::gateway::Gateway;
 use tally_oracle::invoice::Invoice;
+use tally_oracle::scrape::{MetricsScrape, ScrapeConfig, VLLM_TOKEN_COUNTERS};
+use tally_oracle::sink::Sink;
 use tally_oracle::store::Store;
+use tally_oracle::telemetry::Telemetry;
 
 use crate::{model_or_skip, WorkerProcess};
 
@@ -251,18 +256,36 @@ fn run_flow<C: Chain + Clock>(
         .enable_all()
         .build()
         .unwrap();
-    let upstream_tokens = runtime.block_on(async {
+    let drift = runtime.block_on(async {
         let api_keys: HashMap<String, String> = jobs
             .iter()
             .enumerate()
             .map(|(i, j)| (format!("key-{i}"), j.to_string()))
             .collect();
-        let gateway = Gateway::new(GatewayConfig {
-            upstream: worker.url.clone(),
-            api_keys,
-            store_path: store_path.clone(),
-        })
+        // The gateway commits into a sink whose telemetry the oracle's metrics
+        // cross-check compares with the worker's own counters (vLLM's names).
+        let telemetry = Arc::new(Telemetry::default());
+        let sink = Sink::open(
+            store_path.to_str().unwrap(),
+            Arc::clone(&telemetry),
+            u64::MAX,
+        )
         .unwrap();
+        let gateway = Gateway::with_sink(worker.url.clone(), api_keys, sink);
+        let mut cross_check = MetricsScrape::new(
+            ScrapeConfig {
+                url: format!("{}/metrics", worker.url),
+                interval: Duration::from_secs(1),
+                counters: VLLM_TOKEN_COUNTERS
+                    .iter()
+                    .map(|c| (*c).to_string())
+                    .collect(),
+                tolerance: 0.0,
+            },
+            telemetry,
+        );
+        let baseline = cross_check.scrape().await.unwrap();
+        assert_eq!((baseline.upstream, baseline.metered), (0.0, 0.0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/embeddings", listener.local_addr().unwrap());
         tokio::spawn(gateway.serve(listener));
@@ -314,23 +337,16 @@ fn run_flow<C: Chain + Clock>(
             .await
             .unwrap();
         assert_eq!(stranger.status().as_u16(), 401);
-        // The worker's own counters (vLLM's names), as the oracle's cross-check reads them.
-        let metrics = http
-            .get(format!("{}/metrics", worker.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        tally_oracle::telemetry::parse_prometheus(&metrics)["vllm:prompt_tokens_total"]
+        // The oracle's cross-check: what the worker says it served = what was metered.
+        cross_check.scrape().await.unwrap()
     });
     drop(worker);
     let tokens: u64 = expected.values().map(|(_, t)| t).sum();
     #[allow(clippy::cast_precision_loss)]
     let tokens_f64 = tokens as f64;
     assert_eq!(
-        upstream_tokens, tokens_f64,
+        (drift.upstream, drift.metered, drift.tokens()),
+        (tokens_f64, tokens_f64, 0.0),
         "the worker served exactly what was metered"
     );
 
