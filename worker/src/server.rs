@@ -533,3 +533,60 @@ pub fn parse_request(
     }
     Ok(EmbeddingsRequest { texts, base64 })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<EmbeddingsRequest, (u16, String)> {
+        parse_request(body.as_bytes(), "mini", 384).map_err(|(s, m)| (s.as_u16(), m))
+    }
+
+    #[test]
+    fn requests_parse_as_openai_sends_them() {
+        assert_eq!(
+            parse(r#"{"input":"hi","model":"mini"}"#).unwrap(),
+            EmbeddingsRequest {
+                texts: vec!["hi".into()],
+                base64: false
+            }
+        );
+        let batch =
+            parse(r#"{"input":["a","b"],"encoding_format":"base64","dimensions":384,"user":"u"}"#)
+                .unwrap();
+        assert_eq!((batch.texts.len(), batch.base64), (2, true));
+        assert!(parse(r#"{"input":"hi","model":null,"dimensions":null}"#).is_ok());
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        for (body, status, needle) in [
+            ("{", 400, "not JSON"),
+            ("[]", 400, "JSON object"),
+            ("{}", 400, "`input` is required"),
+            (r#"{"input":[]}"#, 400, "empty array"),
+            (r#"{"input":42}"#, 400, "string or an array"),
+            (r#"{"input":[[1,2]]}"#, 400, "token-id"),
+            (r#"{"input":["a",null]}"#, 400, "input[1] is not a string"),
+            (
+                r#"{"input":"a","model":"gpt"}"#,
+                404,
+                "`gpt` does not exist",
+            ),
+            (r#"{"input":"a","model":7}"#, 400, "must be a string"),
+            (
+                r#"{"input":"a","encoding_format":"hex"}"#,
+                400,
+                "encoding_format",
+            ),
+            (r#"{"input":"a","dimensions":512}"#, 400, "384 dimensions"),
+        ] {
+            let (got, message) = parse(body).unwrap_err();
+            assert_eq!(got, status, "{body}: {message}");
+            assert!(message.contains(needle), "{body}: {message}");
+        }
+        let many = serde_json::json!({ "input": vec!["x"; MAX_INPUTS + 1] }).to_string();
+        assert!(parse(&many).unwrap_err().1.contains("at most 2048"));
+    }
+}
