@@ -24,6 +24,7 @@ use crate::sink::Sink;
 use crate::source::{GatewaySource, NodeReportSource, Source};
 use crate::store::Store;
 use crate::telemetry::{self, Telemetry};
+use crate::unix_now;
 use crate::OracleError;
 
 /// Rounds the final flush tries before giving up (what is left stays in the store
@@ -51,12 +52,6 @@ fn local(listener: &TcpListener) -> Result<SocketAddr, OracleError> {
     listener
         .local_addr()
         .map_err(|e| OracleError::Invalid(e.to_string()))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Daemon {

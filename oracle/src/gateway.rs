@@ -21,6 +21,7 @@ use crate::http::{error_response, full, Body, Shutdown};
 use crate::sink::Sink;
 use crate::store::UsageRecord;
 use crate::telemetry::Telemetry;
+use crate::unix_now;
 
 /// Endpoints metered (POST).
 pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -46,12 +47,6 @@ pub struct Gateway {
     sink: Arc<Sink>,
     http: reqwest::Client,
     sequence: std::sync::atomic::AtomicU64,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// What a streamed response's SSE events have said so far: the response id and the

@@ -27,6 +27,13 @@ pub mod store;
 pub mod telemetry;
 pub mod units;
 
+/// The oracle's clock: unix seconds (records' finish times, lag, health).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Everything that can go wrong in the oracle, with the context to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum OracleError {

@@ -26,6 +26,7 @@ use tally_client::chain::Chain;
 use crate::http::{error_response, json_response, Body, Shutdown};
 use crate::sink::Sink;
 use crate::store::{Recorded, UsageRecord};
+use crate::unix_now;
 use crate::OracleError;
 
 /// The endpoint workers POST to.
@@ -277,12 +278,6 @@ pub struct NodeReports {
     sink: Arc<Sink>,
     directory: Arc<dyn JobDirectory>,
     cache: Mutex<HashMap<Pubkey, (JobSigners, Instant)>>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl NodeReports {

@@ -535,12 +535,11 @@ impl Store {
 
 fn row_to_submission(row: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
     let hash: Vec<u8> = row.get(3)?;
-    let invoice_hash = hash_of(&hash);
     Ok(Submission {
         job: row.get(0)?,
-        seq: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-        cumulative_units: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-        invoice_hash,
+        seq: to_u64(row.get(1)?),
+        cumulative_units: to_u64(row.get(2)?),
+        invoice_hash: hash_of(&hash),
         period_end: row.get(4)?,
         last_record: row.get(5)?,
         confirmed: row.get::<_, i64>(6)? != 0,

@@ -15,7 +15,7 @@ use tally_oracle::node_report::{NodeRecord, SignedReport};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::telemetry;
 use tally_tests::solana_signer::Signer;
-use tally_tests::{expect_ok, JobHandle, JobSpec, OperatorHandle, World};
+use tally_tests::{expect_ok, JobHandle, OperatorHandle, World};
 
 pub(super) struct Fixture {
     pub world: World,
@@ -31,10 +31,14 @@ fn node_pubkey(key: &SigningKey) -> Pubkey {
     Pubkey::from(key.verifying_key().to_bytes())
 }
 
-/// A world whose operator registered the node key `[7; 32]`, with `jobs` open jobs.
+/// [`super::setup`]'s world, its operator having registered the node key `[7; 32]`.
 pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
-    let mut world = World::builder().fee_bps(100).challenge_window(0).build();
-    let operator = world.operator();
+    let super::Setup {
+        mut world,
+        operator,
+        jobs,
+        dir,
+    } = super::setup(name, jobs);
     let node = SigningKey::from_bytes(&[7; 32]);
     expect_ok(world.send(
         &[ix::update_operator(
@@ -46,18 +50,13 @@ pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
         )],
         &[&operator.authority],
     ));
-    let client = world.client(100_000_000);
-    let jobs = (0..jobs as u64)
-        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
-        .collect();
-    world.env.advance(60);
     Fixture {
         now: world.env.now(),
         world,
         operator,
         node,
         jobs,
-        dir: super::temp_dir(name),
+        dir,
     }
 }
 

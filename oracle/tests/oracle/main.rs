@@ -7,7 +7,7 @@ use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
-use tally_tests::{JobHandle, JobSpec, World};
+use tally_tests::{JobHandle, JobSpec, OperatorHandle, World};
 
 mod crash;
 mod daemon;
@@ -44,23 +44,32 @@ fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
 
 struct Setup {
     world: World,
+    operator: OperatorHandle,
     jobs: Vec<JobHandle>,
     dir: PathBuf,
 }
 
-fn setup(name: &str, jobs: usize) -> Setup {
+/// A world with one operator and a client whose jobs are opened as `specs` say.
+fn setup_with(name: &str, specs: &[JobSpec]) -> Setup {
     let mut world = World::builder().fee_bps(100).challenge_window(0).build();
     let operator = world.operator();
     let client = world.client(100_000_000);
-    let jobs = (0..jobs as u64)
-        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+    let jobs = specs
+        .iter()
+        .zip(0..)
+        .map(|(spec, id)| world.open_job(&client, &operator, id, *spec))
         .collect();
     world.env.advance(60);
     Setup {
         world,
+        operator,
         jobs,
         dir: temp_dir(name),
     }
+}
+
+fn setup(name: &str, jobs: usize) -> Setup {
+    setup_with(name, &vec![JobSpec::default(); jobs])
 }
 
 fn batcher(setup: &Setup) -> Batcher {
@@ -576,30 +585,12 @@ fn stream_usage_is_found_whatever_the_chunking() {
 
 #[test]
 fn a_receipt_the_program_refuses_does_not_hold_back_the_others_in_its_transaction() {
-    let mut world = World::builder().fee_bps(100).challenge_window(0).build();
-    let operator = world.operator();
-    let client = world.client(100_000_000);
     // Job 1 may be billed at most 100 per hour; its usage is worth far more.
-    let jobs: Vec<JobHandle> = (0..3)
-        .map(|id| {
-            let cap = if id == 1 { 100 } else { 0 };
-            world.open_job(
-                &client,
-                &operator,
-                id,
-                JobSpec {
-                    spend_cap_per_hour: cap,
-                    ..JobSpec::default()
-                },
-            )
-        })
-        .collect();
-    world.env.advance(60);
-    let mut s = Setup {
-        world,
-        jobs,
-        dir: temp_dir("refused"),
+    let capped = JobSpec {
+        spend_cap_per_hour: 100,
+        ..JobSpec::default()
     };
+    let mut s = setup_with("refused", &[JobSpec::default(), capped, JobSpec::default()]);
     let b = batcher(&s);
     let now = s.world.env.now();
     let mut records = Vec::new();
