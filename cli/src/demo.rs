@@ -24,6 +24,7 @@ use tally_client::chain::{Chain, ChainError, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 use tally_oracle::batcher::Batcher;
+use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
@@ -344,6 +345,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         .enumerate()
         .map(|(i, j)| (format!("demo-key-{i}"), j.to_string()))
         .collect();
+    let clock = ChainClock::synced(&chain).map_err(other)?;
     let (gateway_url, requests_served, last_completion) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -354,6 +356,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
             upstream: upstream_url,
             api_keys: api_keys.clone(),
             store_path: store_path.clone(),
+            clock: Arc::clone(&clock),
         })
         .map_err(other)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -421,6 +424,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         oracle: oracle.insecure_clone(),
         invoices_dir: dir.join("invoices"),
         max_receipts_per_tx: 8,
+        clock,
     };
     chain.advance(5);
     let report = batcher.run_round(&mut chain).map_err(other)?;

@@ -12,6 +12,7 @@
 //!    `max_receipts_per_tx` per transaction.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anchor_lang::prelude::Pubkey;
 use solana_keypair::Keypair;
@@ -21,6 +22,7 @@ use tally_client::chain::Chain;
 use tally_client::ix::{self, Attestation};
 use tally_client::{ops, pda, SettleReceipt};
 
+use crate::clock::ChainClock;
 use crate::invoice::{hex, Invoice, InvoiceLine};
 use crate::store::{Store, Submission};
 use crate::units::Totals;
@@ -39,6 +41,41 @@ pub struct RoundReport {
     pub failed: usize,
     /// The errors, for logs.
     pub errors: Vec<String>,
+    /// Usage the oracle holds but cannot bill, per job and reason. Never silent: it
+    /// is counted in the metrics and shown by `/health`.
+    pub unbillable: Vec<Unbillable>,
+}
+
+/// Why held usage cannot be billed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnbillableReason {
+    /// The records finished after the job's deadline (in the chain's time).
+    AfterDeadline,
+    /// The receipt's units cost more than the job's escrow has left.
+    OverEscrow,
+}
+
+impl UnbillableReason {
+    /// The `reason` label of the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AfterDeadline => "after_deadline",
+            Self::OverEscrow => "over_escrow",
+        }
+    }
+}
+
+/// Usage of one job that a round could not bill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unbillable {
+    pub job: String,
+    pub reason: UnbillableReason,
+    /// Records concerned (for `OverEscrow`, those of the receipt that ran over).
+    pub records: u64,
+    /// Units not billed.
+    pub units: u64,
+    /// What happened and what to do, for logs and `/health`.
+    pub detail: String,
 }
 
 /// The settlement side of the oracle.
@@ -48,6 +85,8 @@ pub struct Batcher {
     pub oracle: Keypair,
     pub invoices_dir: PathBuf,
     pub max_receipts_per_tx: usize,
+    /// The clock the sources stamp records with: synced to the chain's each round.
+    pub clock: Arc<ChainClock>,
 }
 
 struct Pending {
@@ -75,6 +114,8 @@ impl Batcher {
     /// One round: resume what is pending, then settle new usage.
     pub fn run_round(&self, chain: &mut impl Chain) -> Result<RoundReport, OracleError> {
         let mut report = RoundReport::default();
+        // Records are stamped in the chain's time: keep the sources' clock on it.
+        self.clock.sync(chain)?;
         let mut to_send = Vec::new();
         for submission in self.store.pending_submissions()? {
             let job_key = parse_key(&submission.job)?;
@@ -104,7 +145,7 @@ impl Batcher {
                 ));
                 continue;
             };
-            let submission = self.prepare(&job_text, &job, last.as_ref())?;
+            let submission = self.prepare(&job_text, &job, last.as_ref(), &mut report)?;
             to_send.push(Self::pending_for(chain, submission, job_key, &job)?);
         }
         self.send(chain, to_send, &mut report)?;
@@ -137,6 +178,7 @@ impl Batcher {
         job_text: &str,
         job: &Job,
         last: Option<&Submission>,
+        report: &mut RoundReport,
     ) -> Result<Submission, OracleError> {
         let after = last.map_or(0, |s| s.last_record);
         let kind = UnitKind::from_u8(job.unit_kind).unwrap_or(UnitKind::Requests);
@@ -156,11 +198,16 @@ impl Batcher {
         let new = self.store.records_after(job_text, after)?;
         let mut lines = Vec::with_capacity(new.len());
         let mut period_end = last.map_or(0, |s| s.period_end);
+        let mut late = Totals::default();
+        let mut latest = 0;
         for (_, record) in &new {
             // Usage after the deadline is not billable: listed, not counted.
             if record.finished_at <= job.deadline {
                 totals.add(record);
                 period_end = period_end.max(record.finished_at);
+            } else {
+                late.add(record);
+                latest = latest.max(record.finished_at);
             }
             lines.push(InvoiceLine {
                 request_id: record.request_id.clone(),
@@ -172,7 +219,43 @@ impl Batcher {
                 source: record.source.clone(),
             });
         }
+        if late.requests > 0 {
+            report.unbillable.push(Unbillable {
+                job: job_text.to_string(),
+                reason: UnbillableReason::AfterDeadline,
+                records: late.requests,
+                units: late.units(kind),
+                detail: format!(
+                    "job {job_text}: {} record(s), {} unit(s), finished after the job's deadline \
+                     {} (latest {latest}, chain time): listed in the invoice, not billed",
+                    late.requests,
+                    late.units(kind),
+                    job.deadline
+                ),
+            });
+        }
         let cumulative_units = totals.units(kind).max(job.settled_units);
+        let added = cumulative_units.saturating_sub(job.settled_units);
+        let payable = job
+            .escrow_left
+            .checked_div(job.unit_price)
+            .unwrap_or(u64::MAX);
+        if added > payable {
+            report.unbillable.push(Unbillable {
+                job: job_text.to_string(),
+                reason: UnbillableReason::OverEscrow,
+                records: u64::try_from(new.len()).unwrap_or(u64::MAX),
+                units: added - payable,
+                detail: format!(
+                    "job {job_text}: {} of the {added} new unit(s) exceed the escrow left \
+                     ({} base units at {} per unit): the client must top the job up \
+                     (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
+                    added - payable,
+                    job.escrow_left,
+                    job.unit_price
+                ),
+            });
+        }
         let seq = last
             .map_or(1, |s| s.seq.saturating_add(1))
             .max(job.last_seq.saturating_add(1));

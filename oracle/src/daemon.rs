@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::batcher::Batcher;
+use crate::clock::ChainClock;
 use crate::config::OracleConfig;
 use crate::gateway::Gateway;
 use crate::http::{json_response, stopped, Body, Shutdown};
@@ -24,7 +25,6 @@ use crate::sink::Sink;
 use crate::source::{GatewaySource, NodeReportSource, Source};
 use crate::store::Store;
 use crate::telemetry::{self, Telemetry};
-use crate::unix_now;
 use crate::OracleError;
 
 /// Rounds the final flush tries before giving up (what is left stays in the store
@@ -75,14 +75,24 @@ impl Daemon {
         oracle: Keypair,
     ) -> Result<Self, OracleError> {
         let telemetry = Arc::new(Telemetry::default());
-        // Stores are opened on a blocking thread (PostgreSQL's client blocks).
+        // Records are stamped in the chain's time from the first one on; the batcher
+        // keeps the clock synced each round. Stores are opened on a blocking thread
+        // (PostgreSQL's client blocks; so does RPC).
+        let clock = ChainClock::new();
         let (sink, store) = {
-            let (location, telemetry, max) = (
+            let (location, telemetry, max, clock, chain) = (
                 config.store.clone(),
                 Arc::clone(&telemetry),
                 config.batch.max_records,
+                Arc::clone(&clock),
+                Arc::clone(&chain),
             );
             tokio::task::spawn_blocking(move || {
+                let chain = chain
+                    .lock()
+                    .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
+                clock.sync(&*chain)?;
+                drop(chain);
                 if !crate::store::is_postgres(&location) {
                     if let Some(parent) = std::path::Path::new(&location)
                         .parent()
@@ -94,7 +104,7 @@ impl Daemon {
                     }
                 }
                 Ok::<_, OracleError>((
-                    Sink::open(&location, telemetry, max)?,
+                    Sink::open(&location, telemetry, clock, max)?,
                     Store::connect(&location)?,
                 ))
             })
@@ -151,6 +161,7 @@ impl Daemon {
             oracle,
             invoices_dir: config.invoices_dir.clone(),
             max_receipts_per_tx: config.batch.max_receipts_per_tx,
+            clock: Arc::clone(&sink.clock),
         };
         let settle = Settle {
             batcher: Some(batcher),
@@ -230,6 +241,18 @@ fn admin_response(path: &str, telemetry: &Telemetry) -> Response<Body> {
                     "status": verdict,
                     "last_good_round": health.last_good_round,
                     "errors": health.last_errors,
+                    "unbillable": {
+                        "warnings": health.warnings,
+                        "records": {
+                            "after_deadline": telemetry.get(telemetry::UNBILLABLE_RECORDS, "reason=\"after_deadline\""),
+                            "over_escrow": telemetry.get(telemetry::UNBILLABLE_RECORDS, "reason=\"over_escrow\""),
+                        },
+                        "units": {
+                            "after_deadline": telemetry.get(telemetry::UNBILLABLE_UNITS, "reason=\"after_deadline\""),
+                            "over_escrow": telemetry.get(telemetry::UNBILLABLE_UNITS, "reason=\"over_escrow\""),
+                        },
+                    },
+                    "chain_clock_offset_seconds": telemetry.get(telemetry::CLOCK_OFFSET, ""),
                     "unsettled_records": telemetry.get(telemetry::UNSETTLED_RECORDS, ""),
                     "lag_seconds": telemetry.get(telemetry::LAG_SECONDS, ""),
                 }),
@@ -286,13 +309,19 @@ impl<C: Chain + Send + 'static> Settle<C> {
             {
                 self.telemetry
                     .set(telemetry::UNSETTLED_RECORDS, "", count as f64);
-                let lag = oldest.map_or(0, |t| unix_now().saturating_sub(t).max(0));
+                let lag = oldest.map_or(0, |t| self.sink.clock.now().saturating_sub(t).max(0));
                 self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
             }
         }
         match result {
             Ok(report) => {
-                self.telemetry.round(&report, unix_now());
+                #[allow(clippy::cast_precision_loss)]
+                self.telemetry
+                    .set(telemetry::CLOCK_OFFSET, "", self.sink.clock.offset() as f64);
+                self.telemetry.round(&report, self.sink.clock.now());
+                for unbillable in &report.unbillable {
+                    tracing::warn!("{}", unbillable.detail);
+                }
                 if report.sent > 0 || report.recovered > 0 {
                     tracing::info!(
                         sent = report.sent,

@@ -21,7 +21,6 @@ use crate::http::{error_response, full, Body, Shutdown};
 use crate::sink::Sink;
 use crate::store::UsageRecord;
 use crate::telemetry::Telemetry;
-use crate::unix_now;
 
 /// Endpoints metered (POST).
 pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -38,6 +37,9 @@ pub struct GatewayConfig {
     pub api_keys: HashMap<String, String>,
     /// The store file (shared with the batcher through SQLite).
     pub store_path: PathBuf,
+    /// The chain's clock, synced by the caller before the first request (records
+    /// are stamped with it) and given to the batcher, which keeps it synced.
+    pub clock: Arc<crate::clock::ChainClock>,
 }
 
 /// The running gateway's state.
@@ -102,9 +104,16 @@ impl Gateway {
         let sink = Sink::open(
             &config.store_path.to_string_lossy(),
             Arc::new(Telemetry::default()),
+            config.clock,
             u64::MAX,
         )?;
         Ok(Self::with_sink(config.upstream, config.api_keys, sink))
+    }
+
+    /// The clock its records are stamped with: sync it from the chain (the batcher
+    /// does, each round, when given this clock).
+    pub fn clock(&self) -> Arc<crate::clock::ChainClock> {
+        Arc::clone(&self.sink.clock)
     }
 
     /// A gateway committing into `sink`.
@@ -236,7 +245,7 @@ impl Gateway {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut record = UsageRecord {
             job,
-            request_id: format!("gw-{}-{sequence}", unix_now()),
+            request_id: format!("gw-{}-{sequence}", self.sink.clock.now()),
             model,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -264,7 +273,7 @@ impl Gateway {
                         record.completion_tokens = completion;
                         record.gpu_ms =
                             u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                        record.finished_at = unix_now();
+                        record.finished_at = self.sink.clock.now();
                         // Committed before the client gets its answer (on a
                         // blocking thread: a commit waits for the disk or the database).
                         let gateway = Arc::clone(&self);
@@ -310,7 +319,7 @@ impl Gateway {
                 record.prompt_tokens = prompt;
                 record.completion_tokens = completion;
                 record.gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                record.finished_at = unix_now();
+                record.finished_at = gateway.sink.clock.now();
                 let committed = tokio::task::spawn_blocking(move || gateway.commit(&record)).await;
                 if let Ok(Err(e)) | Err(e) = committed.map_err(|e| e.to_string()) {
                     tracing::error!("a streamed request's usage could not be committed: {e}");

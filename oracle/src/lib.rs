@@ -8,11 +8,14 @@
 //!   acknowledged, through the [`sink`]), [`invoice`]s (one file per receipt, its
 //!   sha256 on-chain), and the [`batcher`] (cumulative receipts written ahead of
 //!   sending, resumed after a restart).
+//! - One clock, the chain's ([`clock`]): records are stamped, and deadlines judged,
+//!   in the chain's time.
 //! - The [`daemon`] (`tally-oracle`): [`config`], [`telemetry`] (/metrics, /health),
 //!   graceful stop.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod batcher;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod gateway;
@@ -26,13 +29,6 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod units;
-
-/// The oracle's clock: unix seconds (records' finish times, lag, health).
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// Everything that can go wrong in the oracle, with the context to act on it.
 #[derive(Debug, thiserror::Error)]

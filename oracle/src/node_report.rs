@@ -26,7 +26,6 @@ use tally_client::chain::Chain;
 use crate::http::{error_response, json_response, Body, Shutdown};
 use crate::sink::Sink;
 use crate::store::{Recorded, UsageRecord};
-use crate::unix_now;
 use crate::OracleError;
 
 /// The endpoint workers POST to.
@@ -320,7 +319,7 @@ impl NodeReports {
 
     /// Checks and commits one report body.
     pub async fn accept(&self, body: &[u8]) -> Result<UsageRecord, ReportError> {
-        let (report, job, node_key) = SignedReport::parse_and_verify(body, unix_now())?;
+        let (report, job, node_key) = SignedReport::parse_and_verify(body, self.sink.clock.now())?;
         let signers = self.signers(job, &node_key).await?;
         if !signers.node_keys.contains(&node_key) {
             return Err(ReportError::UnknownKey {

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::clock::ChainClock;
 use crate::store::{Recorded, Store, UsageRecord};
 use crate::telemetry::{self, Telemetry};
 use crate::OracleError;
@@ -12,6 +13,9 @@ use crate::OracleError;
 pub struct Sink {
     store: Mutex<Store>,
     pub telemetry: Arc<Telemetry>,
+    /// The clock every source stamps its records with (the chain's; the batcher
+    /// syncs it each round).
+    pub clock: Arc<ChainClock>,
     /// Records committed since the batcher last took them.
     fresh: AtomicU64,
     /// Wake the batcher once this many records are waiting.
@@ -21,14 +25,17 @@ pub struct Sink {
 
 impl Sink {
     /// Opens the store at `location` (a file path or a `postgres://` URL). Blocking.
+    /// Sources stamp records with `clock` (the chain's: see [`ChainClock`]).
     pub fn open(
         location: &str,
         telemetry: Arc<Telemetry>,
+        clock: Arc<ChainClock>,
         batch_records: u64,
     ) -> Result<Arc<Self>, OracleError> {
         Ok(Arc::new(Self {
             store: Mutex::new(Store::connect(location)?),
             telemetry,
+            clock,
             fresh: AtomicU64::new(0),
             batch_records: batch_records.max(1),
             wake: tokio::sync::Notify::new(),

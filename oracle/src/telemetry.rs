@@ -32,9 +32,18 @@ pub const UPSTREAM_TOKENS: &str = "tally_oracle_upstream_tokens_total";
 pub const DRIFT_TOKENS: &str = "tally_oracle_metering_drift_tokens";
 pub const SCRAPES: &str = "tally_oracle_scrapes_total";
 pub const SCRAPE_ERRORS: &str = "tally_oracle_scrape_errors_total";
+/// Records held but not billable (label `reason`: `after_deadline`, `over_escrow`).
+pub const UNBILLABLE_RECORDS: &str = "tally_oracle_unbillable_records_total";
+/// Units held but not billable (label `reason`).
+pub const UNBILLABLE_UNITS: &str = "tally_oracle_unbillable_units_total";
+/// The chain's clock minus this machine's, in seconds, at the last round.
+pub const CLOCK_OFFSET: &str = "tally_oracle_chain_clock_offset_seconds";
+
+/// How many recent warnings `/health` keeps.
+pub const HEALTH_WARNINGS: usize = 20;
 
 /// Every metric the oracle exposes.
-pub const METRICS: [(&str, Kind, &str); 15] = [
+pub const METRICS: [(&str, Kind, &str); 18] = [
     (
         RECORDS_IN,
         Kind::Counter,
@@ -106,6 +115,21 @@ pub const METRICS: [(&str, Kind, &str); 15] = [
         Kind::Counter,
         "Failed scrapes of the inference server's metrics.",
     ),
+    (
+        UNBILLABLE_RECORDS,
+        Kind::Counter,
+        "Usage records held but not billable, by reason (after_deadline, over_escrow).",
+    ),
+    (
+        UNBILLABLE_UNITS,
+        Kind::Counter,
+        "Units held but not billable, by reason (after_deadline, over_escrow).",
+    ),
+    (
+        CLOCK_OFFSET,
+        Kind::Gauge,
+        "The chain's clock minus this machine's clock, in seconds (records are stamped in chain time).",
+    ),
 ];
 
 /// The health of the settlement loop.
@@ -115,6 +139,9 @@ pub struct Health {
     pub last_good_round: Option<i64>,
     /// The last round's errors (empty when it was clean).
     pub last_errors: Vec<String>,
+    /// Recent usage the oracle holds but could not bill (newest last, at most
+    /// [`HEALTH_WARNINGS`]): one job's problem, so not a failure of the daemon.
+    pub warnings: Vec<String>,
     pub shutting_down: bool,
 }
 
@@ -179,11 +206,21 @@ impl Telemetry {
         self.inc(RECEIPTS_CONFIRMED, "", report.confirmed as u64);
         self.inc(RECEIPTS_FAILED, "", report.failed as u64);
         self.inc(RECEIPTS_RECOVERED, "", report.recovered as u64);
+        for unbillable in &report.unbillable {
+            let labels = format!("reason=\"{}\"", unbillable.reason.label());
+            self.inc(UNBILLABLE_RECORDS, &labels, unbillable.records);
+            self.inc(UNBILLABLE_UNITS, &labels, unbillable.units);
+        }
         if let Ok(mut health) = self.health.lock() {
             if report.failed == 0 {
                 health.last_good_round = Some(now);
             }
             health.last_errors.clone_from(&report.errors);
+            health
+                .warnings
+                .extend(report.unbillable.iter().map(|u| u.detail.clone()));
+            let excess = health.warnings.len().saturating_sub(HEALTH_WARNINGS);
+            health.warnings.drain(..excess);
         }
     }
 

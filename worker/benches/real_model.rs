@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use solana_signer::Signer;
 use tally_oracle::batcher::Batcher;
+use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
 use tally_oracle::store::Store;
 use tally_tests::{JobSpec, World};
@@ -206,6 +207,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let clock = ChainClock::synced(&*world.env).unwrap();
     let (overhead_rows, metered_tokens) = runtime.block_on(async {
         let worker = Worker::load(&WorkerConfig::new(&dir)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -215,6 +217,7 @@ fn main() {
             upstream: upstream.clone(),
             api_keys,
             store_path: store_path.clone(),
+            clock: Arc::clone(&clock),
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,6 +301,7 @@ fn main() {
         oracle: oracle.insecure_clone(),
         invoices_dir: work.join("invoices"),
         max_receipts_per_tx: JOBS,
+        clock,
     };
     let before = world.env.lamports(&oracle.pubkey());
     let round = batcher.run_round(&mut *world.env).unwrap();

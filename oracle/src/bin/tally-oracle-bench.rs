@@ -112,6 +112,7 @@ async fn gateway(dir: PathBuf) -> Result<(Vec<f64>, Vec<f64>), String> {
         upstream: upstream_url.clone(),
         api_keys: HashMap::from([("bench".to_string(), "job-bench".to_string())]),
         store_path: dir.join("gateway.db"),
+        clock: tally_oracle::clock::ChainClock::new(),
     })
     .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

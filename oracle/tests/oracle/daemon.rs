@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anchor_lang::prelude::Pubkey;
 use ed25519_dalek::SigningKey;
-use tally_client::chain::EmbeddedChain;
+use tally_client::chain::{Chain, EmbeddedChain};
 use tally_client::{ix, OperatorArgs};
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
@@ -350,6 +350,108 @@ interval_secs = 0.05
         f.world.env.job(&f.jobs[0].address).settled_units,
         metered_by_worker
     );
+    f.world.check_solvency();
+}
+
+/// The world's chain runs days away from this machine's clock (its genesis is a fixed
+/// date): the gateway stamps records in the chain's time, so usage is billed by the
+/// chain's deadline whatever day the test runs; usage after that deadline shows up in
+/// /metrics and /health as unbillable, not as a silent zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silent() {
+    let mut f = fixture("daemon-clock", 1);
+    let worker = Arc::new(SimWorker::default());
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
+    tokio::spawn(Arc::clone(&worker).serve(upstream_listener));
+    let oracle = f.world.oracles[0].insecure_clone();
+    let deadline = f.world.env.job(&f.jobs[0].address).deadline;
+    let chain = lend(&mut f.world);
+    let config = config(
+        &f.dir,
+        &format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\napi_keys = {{ \"sk-client\" = \"{}\" }}",
+            f.jobs[0].address
+        ),
+    );
+    let daemon = Daemon::start(&config, Arc::clone(&chain), oracle)
+        .await
+        .unwrap();
+    let gateway = format!("http://{}/v1/completions", daemon.gateway.unwrap());
+    let admin = format!("http://{}", daemon.admin);
+    let http = reqwest::Client::new();
+    let request = |max_tokens: u32| {
+        http.post(&gateway)
+            .bearer_auth("sk-client")
+            .body(format!(
+                r#"{{"model":"m","prompt":"one two three","max_tokens":{max_tokens}}}"#
+            ))
+            .send()
+    };
+    assert_eq!(request(5).await.unwrap().status(), 200);
+    // Wait for the round that settles it.
+    let settled = |chain: &Arc<Mutex<EmbeddedChain>>| {
+        let chain = chain.lock().unwrap();
+        tally_client::ops::job(&*chain, &f.jobs[0].address).map_or(0, |j| j.settled_units)
+    };
+    for _ in 0..500 {
+        if settled(&chain) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let billed = settled(&chain);
+    assert!(billed > 0, "usage inside the deadline was not billed");
+    let offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
+    let chain_now = chain.lock().unwrap().clock().unwrap().unix_timestamp;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let expected = chain_now as f64 - wall;
+    assert!((offset - expected).abs() <= 2.0, "{offset} vs {expected}");
+
+    // The chain passes the deadline; the next round syncs the clock.
+    chain.lock().unwrap().set_time(deadline + 10);
+    for _ in 0..500 {
+        #[allow(clippy::cast_precision_loss)]
+        if (daemon.telemetry.get(telemetry::CLOCK_OFFSET, "") - (deadline + 10) as f64 + wall).abs()
+            <= 5.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(request(7).await.unwrap().status(), 200);
+    let labels = "reason=\"after_deadline\"";
+    for _ in 0..500 {
+        if daemon.telemetry.get(telemetry::UNBILLABLE_RECORDS, labels) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, metrics) = get(&format!("{admin}/metrics")).await;
+    assert!(
+        metrics.contains("tally_oracle_unbillable_records_total{reason=\"after_deadline\"} 1\n"),
+        "{metrics}"
+    );
+    let (status, health) = get(&format!("{admin}/health")).await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(
+        status, 200,
+        "one job's late usage does not fail the daemon: {health}"
+    );
+    assert_eq!(
+        health["unbillable"]["records"]["after_deadline"], 1.0,
+        "{health}"
+    );
+    let warning = health["unbillable"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("after the job's deadline"), "{warning}");
+    daemon.stop().await.unwrap();
+    give_back(&mut f.world, chain).await;
+    // Nothing after the deadline was billed.
+    assert_eq!(f.world.env.job(&f.jobs[0].address).settled_units, billed);
     f.world.check_solvency();
 }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
-use tally_oracle::batcher::Batcher;
+use tally_oracle::batcher::{Batcher, UnbillableReason};
 use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
 use tally_tests::{JobHandle, JobSpec, OperatorHandle, World};
@@ -78,6 +78,7 @@ fn batcher(setup: &Setup) -> Batcher {
         oracle: setup.world.oracles[0].insecure_clone(),
         invoices_dir: setup.dir.join("invoices"),
         max_receipts_per_tx: 8,
+        clock: tally_oracle::clock::ChainClock::new(),
     }
 }
 
@@ -309,12 +310,21 @@ fn usage_after_the_deadline_is_invoiced_but_not_billed() {
     let outside = record(&s.jobs[0], 2, deadline + 10);
     b.store.record(&inside).unwrap();
     b.store.record(&outside).unwrap();
-    b.run_round(&mut *s.world.env).unwrap();
+    let round = b.run_round(&mut *s.world.env).unwrap();
     let state = s.world.env.job(&s.jobs[0].address);
     assert_eq!(
         state.settled_units,
         inside.prompt_tokens + inside.completion_tokens
     );
+    // Not billed is not silent: the round says what it could not bill, and why.
+    assert_eq!(round.unbillable.len(), 1, "{round:?}");
+    let late = &round.unbillable[0];
+    assert_eq!(late.reason, UnbillableReason::AfterDeadline);
+    assert_eq!(
+        (late.records, late.units),
+        (1, outside.prompt_tokens + outside.completion_tokens)
+    );
+    assert!(late.detail.contains("after the job's deadline"), "{late:?}");
     let invoice: Invoice = serde_json::from_slice(
         &std::fs::read(
             s.dir
@@ -327,6 +337,32 @@ fn usage_after_the_deadline_is_invoiced_but_not_billed() {
     .unwrap();
     assert_eq!(invoice.lines.len(), 2);
     assert_eq!(invoice.period_end, deadline - 10);
+}
+
+#[test]
+fn usage_beyond_the_escrow_is_reported_as_unbillable_not_hidden() {
+    // Escrow for 100 units at 10 each; 130 units metered.
+    let mut s = setup_with(
+        "over-escrow",
+        &[JobSpec {
+            max_units: 100,
+            ..JobSpec::default()
+        }],
+    );
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    let mut big = record(&s.jobs[0], 1, now);
+    (big.prompt_tokens, big.completion_tokens) = (50, 80);
+    b.store.record(&big).unwrap();
+    let round = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!((round.confirmed, round.failed), (1, 0), "{round:?}");
+    let state = s.world.env.job(&s.jobs[0].address);
+    assert_eq!((state.settled_gross, state.escrow_left), (1_000, 0));
+    assert_eq!(round.unbillable.len(), 1, "{round:?}");
+    let over = &round.unbillable[0];
+    assert_eq!(over.reason, UnbillableReason::OverEscrow);
+    assert_eq!(over.units, 30);
+    assert!(over.detail.contains("tally job top-up"), "{over:?}");
 }
 
 mod gateway {
@@ -359,6 +395,7 @@ mod gateway {
             upstream: upstream.clone(),
             api_keys,
             store_path: store_path.clone(),
+            clock: tally_oracle::clock::ChainClock::new(),
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

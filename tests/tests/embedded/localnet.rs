@@ -30,6 +30,7 @@ use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::migrate::{self, Deployment, Release};
 use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 use tally_oracle::batcher::Batcher;
+use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
@@ -296,6 +297,7 @@ fn client_oracle_claim_flow_over_rpc() {
         .enable_all()
         .build()
         .unwrap();
+    let clock = ChainClock::synced(&chain).unwrap();
     runtime.block_on(async {
         let worker = Arc::new(SimWorker::default());
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -305,6 +307,7 @@ fn client_oracle_claim_flow_over_rpc() {
             upstream: upstream_url,
             api_keys: HashMap::from([("client-key".to_string(), job.address.clone())]),
             store_path: store_path.clone(),
+            clock: Arc::clone(&clock),
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -341,6 +344,7 @@ fn client_oracle_claim_flow_over_rpc() {
         oracle: oracle.insecure_clone(),
         invoices_dir: dir.join("invoices"),
         max_receipts_per_tx: 8,
+        clock,
     };
     assert_eq!(batcher.store.record_count().unwrap(), REQUESTS);
     let round = batcher.run_round(&mut chain).unwrap();

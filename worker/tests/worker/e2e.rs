@@ -27,6 +27,7 @@ use tally_client::chain::{Chain, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 use tally_oracle::batcher::Batcher;
+use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::Gateway;
 use tally_oracle::invoice::Invoice;
 use tally_oracle::scrape::{MetricsScrape, ScrapeConfig, VLLM_TOKEN_COUNTERS};
@@ -256,6 +257,9 @@ fn run_flow<C: Chain + Clock>(
         .enable_all()
         .build()
         .unwrap();
+    // Records are stamped in the chain's time (the gateway's clock), whatever the
+    // day this test runs on.
+    let clock = ChainClock::synced(chain).unwrap();
     let drift = runtime.block_on(async {
         let api_keys: HashMap<String, String> = jobs
             .iter()
@@ -268,6 +272,7 @@ fn run_flow<C: Chain + Clock>(
         let sink = Sink::open(
             store_path.to_str().unwrap(),
             Arc::clone(&telemetry),
+            Arc::clone(&clock),
             u64::MAX,
         )
         .unwrap();
@@ -356,6 +361,7 @@ fn run_flow<C: Chain + Clock>(
         oracle: oracle.insecure_clone(),
         invoices_dir: dir.join("invoices"),
         max_receipts_per_tx: 8,
+        clock,
     };
     let records = batcher.store.all_records().unwrap();
     assert_eq!(records.len(), expected.len());
@@ -523,13 +529,9 @@ fn real_model_usage_settles_on_the_embedded_chain() {
     let mut chain =
         EmbeddedChain::new(&EmbeddedChain::default_program_path(), &admin.pubkey()).unwrap();
     chain.airdrop(&admin.pubkey(), 100_000_000_000).unwrap();
-    // The gateway stamps records with the wall clock; the job's deadline is on the
-    // chain's clock: run the chain at the wall clock.
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    chain.set_time(i64::try_from(wall).unwrap());
+    // The chain keeps its own clock (far from today's): the gateway stamps records in
+    // it, so nothing here depends on the day the test runs.
+    chain.set_time(tally_tests::GENESIS_UNIX_TIME);
     let settled = run_flow(&mut chain, &admin, &model, 60, "the embedded chain");
     assert_eq!(settled.receipts, JOBS);
 }
