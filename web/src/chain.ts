@@ -2,6 +2,7 @@ import { AnchorError, AnchorProvider, BN, EventParser, Program, type Idl } from 
 import {
   Connection,
   PublicKey,
+  SYSVAR_CLOCK_PUBKEY,
   SystemProgram,
   TransactionInstruction,
   TransactionMessage,
@@ -42,7 +43,7 @@ export const ata = (owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) 
   PublicKey.findProgramAddressSync([owner.toBytes(), tokenProgram.toBytes(), mint.toBytes()], ATA_PROGRAM)[0];
 
 /** Days since the Unix epoch (UTC), the Revenue account's key. */
-export const utcDay = (unixSecs = Date.now() / 1000) => Math.floor(unixSecs / 86400);
+export const utcDay = (unixSecs: number) => Math.floor(unixSecs / 86400);
 export const dayLabel = (day: number) => new Date(day * 86400 * 1000).toISOString().slice(0, 10);
 
 export const UNIT_KINDS = ["tokens", "GPU-seconds", "requests", "frames"];
@@ -127,6 +128,18 @@ export class Chain {
       );
     }
     return `${this.clusterName} · ${this.url}`;
+  }
+
+  /**
+   * The cluster's unix time (the Clock sysvar the program reads): deadlines and
+   * maturity are judged in it, never in this browser's clock, which can be seconds
+   * (a local validator) to days away from the chain's.
+   */
+  async chainTime(): Promise<number> {
+    const clock = await this.connection.getAccountInfo(SYSVAR_CLOCK_PUBKEY, "confirmed");
+    if (!clock || clock.data.length < 40) throw new UserError(`The cluster at ${this.url} returned no Clock sysvar.`, "cluster");
+    // Clock: slot, epoch_start_timestamp, epoch, leader_schedule_epoch, unix_timestamp (i64 LE).
+    return Number(new DataView(clock.data.buffer, clock.data.byteOffset, clock.data.byteLength).getBigInt64(32, true));
   }
 
   async mintInfo(mint: PublicKey): Promise<MintInfo> {

@@ -33,7 +33,8 @@ export const operatorPage: Page = (root, ctx) => {
       $("#op-info", root).innerHTML = `${authority.toBase58()} is not a registered operator on this cluster: register with <code>tally operator register --payout &lt;OWNER&gt; --node-key &lt;KEY&gt;</code>.`;
       return;
     }
-    const now = Date.now() / 1000;
+    // Maturity is judged in the chain's time, as `claim` judges it.
+    const now = await chain.chainTime();
     $("#op-info", root).innerHTML = `account <a href="${chain.explorer(operator.toBase58(), "address")}" target="_blank">${operator.toBase58()}</a><br>
       payout owner ${op.payoutOwner.toBase58()} · node keys ${op.nodeKeys.map((k: PublicKey) => short(k.toBase58())).join(", ") || "none"} · jobs opened ${op.jobsOpened}`;
 

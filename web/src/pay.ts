@@ -129,7 +129,8 @@ export const payPage: Page = (root, ctx) => {
         operator: new PublicKey(operator), mint: new PublicKey(mint),
         unitKind: Number($<HTMLSelectElement>("#unit-kind", root).value),
         price: num("#price"), units: num("#units"), cap: num("#cap"),
-        deadline: Math.floor(Date.now() / 1000 + hours * 3600),
+        // The deadline is in the chain's time, as the program reads it.
+        deadline: Math.floor((await chain.chainTime()) + hours * 3600),
       });
       await refresh();
       return `Job ${job.toBase58()} opened (transaction ${sig}).`;
@@ -144,6 +145,7 @@ export const payPage: Page = (root, ctx) => {
     if (!ctx.session) return;
     const client = ctx.session.publicKey;
     const jobs: any[] = await chain.acc("job").all([{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
+    const now = await chain.chainTime();
     jobs.sort((a, b) => Number(big(b.account.jobId) - big(a.account.jobId)));
     const list = $("#jobs", root);
     if (!jobs.length && !cards.size) list.innerHTML = `<p class="muted">No open jobs for ${client.toBase58()}.</p>`;
@@ -158,7 +160,7 @@ export const payPage: Page = (root, ctx) => {
         list.prepend(card);
         cards.set(key, card);
       }
-      await updateCard(chain, card, j.publicKey, j.account);
+      await updateCard(chain, card, j.publicKey, j.account, now);
     }
     for (const [key, card] of cards) {
       if (!seen.has(key) && card.dataset.status !== "closed") {
@@ -239,12 +241,11 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
   return card;
 }
 
-async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, job: any) {
+async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, job: any, now: number) {
   const mint = await chain.mintInfo(job.mint);
   const amt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
   const units = big(job.settledUnits), gross = big(job.settledGross), escrow = big(job.escrowLeft);
   const opened = Number(big(job.openedAt)), lastEnd = Number(big(job.lastPeriodEnd)), deadline = Number(big(job.deadline));
-  const now = Date.now() / 1000;
   // Spend rate over the metered time so far; the escrow lasts escrow / rate at that rate.
   const elapsed = Math.max(1, lastEnd - opened);
   const rate = gross > 0n ? Number(gross) / elapsed : 0;
