@@ -37,8 +37,26 @@ pub use anchor_lang::error::ErrorCode as AnchorErrorCode;
 pub use solana_keypair;
 pub use solana_signer;
 
-/// 2026-11-25 00:00:00 UTC: the embedded chain's clock starts here.
+/// 2026-11-25 00:00:00 UTC: the embedded chain's clock starts here (see
+/// [`genesis_unix_time`]).
 pub const GENESIS_UNIX_TIME: i64 = 1_795_564_800;
+
+/// Where the embedded chain's clock starts: [`GENESIS_UNIX_TIME`], shifted by
+/// `TALLY_TEST_CLOCK_OFFSET_SECS` seconds when set. The chain's clock never follows
+/// this machine's, so no test may depend on the day it runs; `scripts/test-shifted`
+/// proves it by running the suites with the chain, and with the machine's clock
+/// (faketime), a week and a year away.
+pub fn genesis_unix_time() -> i64 {
+    let offset = std::env::var("TALLY_TEST_CLOCK_OFFSET_SECS")
+        .ok()
+        .map(|v| {
+            v.parse::<i64>().unwrap_or_else(|_| {
+                panic!("TALLY_TEST_CLOCK_OFFSET_SECS={v:?} is not a number of seconds")
+            })
+        })
+        .unwrap_or(0);
+    GENESIS_UNIX_TIME.saturating_add(offset)
+}
 
 /// A confirmed transaction.
 #[derive(Debug, Clone)]
@@ -200,7 +218,7 @@ impl TestEnv {
     }
 
     /// A fresh chain with the program deployed (upgradeable loader, `deployer` as its
-    /// upgrade authority) and the clock at [`GENESIS_UNIX_TIME`].
+    /// upgrade authority) and the clock at [`genesis_unix_time`].
     pub fn new() -> Self {
         let deployer = deterministic_keypair(0);
         let mut chain = EmbeddedChain::new(&Self::program_path(), &deployer.pubkey())
@@ -218,7 +236,7 @@ impl TestEnv {
             payer,
             deployer,
         };
-        env.set_time(GENESIS_UNIX_TIME);
+        env.set_time(genesis_unix_time());
         env
     }
 

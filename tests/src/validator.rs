@@ -304,7 +304,7 @@ impl LocalValidator {
         let ledger = private_ledger().map_err(Spawn::Failed)?;
         let base = free_port_block().map_err(Spawn::Failed)?;
         let rpc_port = base;
-        let mut command = Command::new(binary);
+        let mut command = validator_command(binary);
         command
             .arg("--ledger")
             .arg(&ledger)
@@ -572,12 +572,22 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A command running the validator. The validator keeps its own clock, as a real
+/// cluster does: a preload that shifts this machine's clock (libfaketime, in
+/// `scripts/test-shifted`) is not passed on — it also deadlocks the validator's
+/// allocator at start.
+fn validator_command(path: &Path) -> Command {
+    let mut command = Command::new(path);
+    command.env_remove("LD_PRELOAD");
+    command
+}
+
 /// The binary's version line if it is an Agave validator that runs SBPF v3.
 fn usable(path: &Path) -> Result<String, String> {
     if !is_executable(path) {
         return Err("not an executable file".into());
     }
-    let out = Command::new(path)
+    let out = validator_command(path)
         .arg("--version")
         .stdin(Stdio::null())
         .output()

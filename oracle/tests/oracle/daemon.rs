@@ -402,7 +402,7 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
     }
     let billed = settled(&chain);
     assert!(billed > 0, "usage inside the deadline was not billed");
-    let offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
+    // The offset is published once the round that settled it has finished.
     let chain_now = chain.lock().unwrap().clock().unwrap().unix_timestamp;
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,6 +410,14 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         .as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let expected = chain_now as f64 - wall;
+    let mut offset = 0.0;
+    for _ in 0..500 {
+        offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
+        if (offset - expected).abs() <= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!((offset - expected).abs() <= 2.0, "{offset} vs {expected}");
 
     // The chain passes the deadline; the next round syncs the clock.

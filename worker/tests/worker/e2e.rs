@@ -531,7 +531,7 @@ fn real_model_usage_settles_on_the_embedded_chain() {
     chain.airdrop(&admin.pubkey(), 100_000_000_000).unwrap();
     // The chain keeps its own clock (far from today's): the gateway stamps records in
     // it, so nothing here depends on the day the test runs.
-    chain.set_time(tally_tests::GENESIS_UNIX_TIME);
+    chain.set_time(tally_tests::genesis_unix_time());
     let settled = run_flow(&mut chain, &admin, &model, 60, "the embedded chain");
     assert_eq!(settled.receipts, JOBS);
 }
