@@ -21,6 +21,8 @@ pub mod daemon;
 pub mod gateway;
 pub mod http;
 pub mod invoice;
+pub mod job_view;
+pub mod meter;
 pub mod node_report;
 pub mod scrape;
 pub mod sim_worker;

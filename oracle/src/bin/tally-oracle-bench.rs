@@ -46,6 +46,7 @@ fn ingest(dir: &std::path::Path) -> Result<f64, String> {
             gpu_ms: 150,
             finished_at: 1_795_564_800,
             source: "bench".into(),
+            ..UsageRecord::default()
         };
         store.record(&record).map_err(|e| e.to_string())?;
     }

@@ -12,7 +12,7 @@ use tally_client::{ix, OperatorArgs};
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
 use tally_oracle::node_report::{NodeRecord, SignedReport};
-use tally_oracle::sim_worker::SimWorker;
+use tally_oracle::sim_worker::{SimConfig, SimWorker};
 use tally_oracle::telemetry;
 use tally_tests::solana_signer::Signer;
 use tally_tests::{expect_ok, JobHandle, OperatorHandle, World};
@@ -355,12 +355,17 @@ interval_secs = 0.05
 
 /// The world's chain runs days away from this machine's clock (its genesis is a fixed
 /// date): the gateway stamps records in the chain's time, so usage is billed by the
-/// chain's deadline whatever day the test runs; usage after that deadline shows up in
-/// /metrics and /health as unbillable, not as a silent zero.
+/// chain's deadline whatever day the test runs. A stream admitted before the deadline
+/// that ends after it is unbillable, and shows up in /metrics and /health as such, not
+/// as a silent zero; a request after the deadline is refused (402) and never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silent() {
     let mut f = fixture("daemon-clock", 1);
-    let worker = Arc::new(SimWorker::default());
+    // Streams take a while (a model generating); whole answers come at once.
+    let worker = Arc::new(SimWorker::with(SimConfig {
+        event_delay: Duration::from_millis(100),
+        ..SimConfig::default()
+    }));
     let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
     tokio::spawn(Arc::clone(&worker).serve(upstream_listener));
@@ -402,7 +407,15 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
     }
     let billed = settled(&chain);
     assert!(billed > 0, "usage inside the deadline was not billed");
-    let offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
+    // A stream admitted now ends after the deadline passes.
+    let late = http
+        .post(&gateway)
+        .bearer_auth("sk-client")
+        .body(r#"{"model":"m","prompt":"one two three","max_tokens":25,"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 200);
     let chain_now = chain.lock().unwrap().clock().unwrap().unix_timestamp;
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,6 +423,15 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         .as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let expected = chain_now as f64 - wall;
+    // The round that settled it reports the offset as it ends.
+    let mut offset = 0.0;
+    for _ in 0..500 {
+        offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
+        if (offset - expected).abs() <= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!((offset - expected).abs() <= 2.0, "{offset} vs {expected}");
 
     // The chain passes the deadline; the next round syncs the clock.
@@ -423,7 +445,13 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(request(7).await.unwrap().status(), 200);
+    let sse = late.text().await.unwrap();
+    assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+    // After the deadline nothing more is served: it could not be billed.
+    let refused = request(7).await.unwrap();
+    assert_eq!(refused.status(), 402);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("passed its deadline"), "{text}");
     let labels = "reason=\"after_deadline\"";
     for _ in 0..500 {
         if daemon.telemetry.get(telemetry::UNBILLABLE_RECORDS, labels) >= 1.0 {

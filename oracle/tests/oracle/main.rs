@@ -39,6 +39,7 @@ fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
         gpu_ms: 150,
         finished_at,
         source: "gateway".into(),
+        ..UsageRecord::default()
     }
 }
 
@@ -462,7 +463,7 @@ mod gateway {
         let streamed = chat.replace("\"max_tokens\":7", "\"max_tokens\":9,\"stream\":true");
         let response = http
             .post(format!("{}/v1/chat/completions", run.gateway))
-            .header("x-tally-job", "JobA")
+            .bearer_auth("key-a")
             .body(streamed)
             .send()
             .await
@@ -522,14 +523,23 @@ mod gateway {
         assert_eq!(response.status(), 401);
         let text = response.text().await.unwrap();
         assert!(text.contains("unknown API key"), "{text}");
-        let response = http
-            .post(format!("{}/v1/chat/completions", run.gateway))
-            .header("x-tally-job", "NotAJob")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401);
+        // A job named by a header, alone or beside a key for another job: refused.
+        for key in [None, Some("key-a")] {
+            let mut request = http
+                .post(format!("{}/v1/chat/completions", run.gateway))
+                .header("x-tally-job", "JobB")
+                .body(chat);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 400);
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains("X-Tally-Job header is not accepted"),
+                "{text}"
+            );
+        }
         let response = http
             .post(format!("{}/v1/models", run.gateway))
             .bearer_auth("key-a")
@@ -674,6 +684,7 @@ fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
         gpu_ms: 1,
         finished_at: 1,
         source: "node-report".into(),
+        ..UsageRecord::default()
     };
     for i in 0..10 {
         store.record(&usage(i)).unwrap();

@@ -162,6 +162,7 @@ fn usage(job: &str, i: u64) -> UsageRecord {
         gpu_ms: 10,
         finished_at: 1_000 + i64::try_from(i).unwrap(),
         source: "node-report".into(),
+        ..UsageRecord::default()
     }
 }
 
