@@ -38,6 +38,7 @@ pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
         operator,
         jobs,
         dir,
+        ..
     } = super::setup(name, jobs);
     let node = SigningKey::from_bytes(&[7; 32]);
     expect_ok(world.send(
@@ -88,7 +89,7 @@ pub(super) async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedCh
     panic!("the daemon still holds the chain after it stopped");
 }
 
-fn config(dir: &Path, sections: &str) -> OracleConfig {
+pub(super) fn config(dir: &Path, sections: &str) -> OracleConfig {
     OracleConfig::parse(
         &format!(
             r#"
@@ -109,7 +110,7 @@ listen = "127.0.0.1:0"
     .unwrap()
 }
 
-fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
+pub(super) fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
     let finished_at = f.now;
     NodeRecord {
         job: f.jobs[job].address.to_string(),
@@ -136,7 +137,7 @@ pub(super) async fn post(url: &str, body: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(super) async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }

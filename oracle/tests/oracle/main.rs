@@ -7,10 +7,11 @@ use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
 use tally_oracle::batcher::{Batcher, UnbillableReason};
 use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
-use tally_tests::{JobHandle, JobSpec, OperatorHandle, World};
+use tally_tests::{ClientHandle, JobHandle, JobSpec, OperatorHandle, World};
 
 mod crash;
 mod daemon;
+mod gateway_billing;
 mod postgres;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -46,6 +47,8 @@ fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
 struct Setup {
     world: World,
     operator: OperatorHandle,
+    /// The client who opened every job (its wallet signs their job keys).
+    client: ClientHandle,
     jobs: Vec<JobHandle>,
     dir: PathBuf,
 }
@@ -64,6 +67,7 @@ fn setup_with(name: &str, specs: &[JobSpec]) -> Setup {
     Setup {
         world,
         operator,
+        client,
         jobs,
         dir: temp_dir(name),
     }
