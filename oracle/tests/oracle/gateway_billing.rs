@@ -1320,7 +1320,7 @@ async fn a_streamed_answer_is_billed_before_its_last_byte_reaches_the_client() {
     )
     .await;
     let key = s.key(&s.job(0));
-    for i in 0..20 {
+    for i in 0..20u64 {
         let response = s
             .http
             .post(format!("{}/v1/chat/completions", s.gateway))
@@ -1340,7 +1340,7 @@ async fn a_streamed_answer_is_billed_before_its_last_byte_reaches_the_client() {
             if seen.ends_with(b"data: [DONE]\n\n") {
                 // The moment [DONE] arrives, before the body ends: already billed.
                 let records = s.records(&s.job(0));
-                assert_eq!(records.len(), i as usize + 1, "stream {i}");
+                assert_eq!(records.len() as u64, i + 1, "stream {i}");
                 assert_eq!(records.last().unwrap().request_id, request_id);
             }
         }
