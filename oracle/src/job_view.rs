@@ -15,12 +15,15 @@
 //! left is a request whose upstream reports more than its maximum (an upstream that
 //! ignores `max_tokens`, or a prompt with more tokens than bytes), by that excess.
 //!
-//! The view is read again when a request finds it older than `refresh`, and at once
-//! (at most every [`FORCED_REFRESH`]) before a request is refused for want of escrow,
-//! so a top-up is seen on the next request. A job closed on chain (completed,
-//! cancelled, expired) is refused from the first request after its next read. Lookups of jobs never seen are
-//! budgeted (forged keys naming random jobs cost no unbounded RPC), and a job that does
-//! not exist is remembered as such for a while.
+//! The view is read again in the background once it is half the `refresh` interval
+//! old, and before a request uses it once it is older than `refresh` (so steady
+//! traffic never waits for the chain, and a quiet job's next request sees the chain
+//! as it is); at once (at most every [`FORCED_REFRESH`]) before a request is refused
+//! for want of escrow, so a top-up is seen on the next request. A job closed on chain
+//! (completed, cancelled, expired) is refused from the first request after its next
+//! read: at most `refresh` after it closed. Lookups of jobs never seen are budgeted
+//! (forged keys naming random jobs cost no unbounded RPC), and a job that does not
+//! exist is remembered as such for a while.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,6 +162,8 @@ struct SlotState {
     keys: HashMap<String, KeySpend>,
     forced_at: Option<Instant>,
     meter_claimed: bool,
+    /// A background read is under way.
+    reading_ahead: bool,
 }
 
 impl SlotState {
@@ -413,6 +418,25 @@ impl JobBook {
                         "job {job}: serving a view {:.1} s old: {e}",
                         at.elapsed().as_secs_f64()
                     );
+                }
+            }
+            Some(at) if !missing && at.elapsed() >= self.config.refresh / 2 => {
+                // Read ahead in the background, so steady traffic never waits for the
+                // chain: the view is renewed before it goes stale.
+                let spawn = {
+                    let mut state = slot.state.lock().map_err(|_| lock_error())?;
+                    !std::mem::replace(&mut state.reading_ahead, true)
+                };
+                if spawn {
+                    let (book, job, slot) = (Arc::clone(self), *job, Arc::clone(&slot));
+                    tokio::spawn(async move {
+                        if let Err(e) = book.refresh(&job, &slot, read_at).await {
+                            tracing::warn!("reading job {job} ahead: {e}");
+                        }
+                        if let Ok(mut state) = slot.state.lock() {
+                            state.reading_ahead = false;
+                        }
+                    });
                 }
             }
             Some(_) => {}
