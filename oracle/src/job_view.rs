@@ -476,6 +476,9 @@ impl JobBook {
                 // another replica) comes from the store.
                 let seen = slot.state.lock().map_err(|_| lock_error())?.read_at;
                 self.refresh(job, &slot, seen).await?;
+                if slot.state.lock().map_err(|_| lock_error())?.job.is_none() {
+                    return Err(Refused::Closed(job.to_string()));
+                }
                 continue;
             }
             let decision = self.decide(job, &slot, key, max_units)?;
