@@ -2,10 +2,11 @@
 //! that the job cannot pay.
 //!
 //! A job's view holds what the chain says (client, nonce, operator, status, deadline,
-//! price, escrow left, units settled, spend cap) and what this oracle metered for it
-//! (the store's totals, plus the gateway's own commits since it last read them). From
-//! those: what the job can still pay = escrow left − (units metered but not yet
-//! settled × price) − what requests in flight have reserved.
+//! price, escrow left, spend cap) and what this oracle metered for it that no
+//! confirmed receipt covers yet (read from the store, plus the gateway's own commits
+//! since). From those: what the job can still pay = escrow left − (units metered but
+//! not yet settled × price) − what requests in flight have reserved. Per-key spend is
+//! read from the store when a key is first seen, then kept from this process's commits.
 //!
 //! **Every request reserves its maximum cost before it is forwarded** (the gateway
 //! computes it: for token jobs `(prompt bound + n × max_tokens) × price`), and is
@@ -179,17 +180,6 @@ impl SlotState {
         }
         totals
     }
-
-    fn prune(&mut self) {
-        let oldest = self
-            .keys
-            .values()
-            .filter_map(|k| k.base.map(|b| b.since))
-            .chain(self.base.map(|b| b.since))
-            .min()
-            .unwrap_or(self.next_seq);
-        self.commits.retain(|c| c.seq >= oldest);
-    }
 }
 
 #[derive(Default)]
@@ -341,43 +331,65 @@ impl JobBook {
         seen: Option<Instant>,
     ) -> Result<(), Refused> {
         let _one = slot.refreshing.lock().await;
-        let (since, keys) = {
+        let (since, new_keys, deadline) = {
             let state = slot.state.lock().map_err(|_| lock_error())?;
             if state.read_at != seen {
                 return Ok(());
             }
+            let new_keys = state
+                .keys
+                .iter()
+                .filter(|(_, spend)| spend.base.is_none())
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
             (
                 state.next_seq,
-                state.keys.keys().cloned().collect::<Vec<_>>(),
+                new_keys,
+                state.job.map_or(i64::MAX, |j| j.deadline),
             )
         };
+        // The store before the chain: a receipt that lands in between is then
+        // subtracted twice (briefly conservative), never not at all.
+        let (unsettled, keys) = self
+            .store
+            .usage(&job.to_string(), new_keys, deadline)
+            .await
+            .map_err(|e| Refused::Unavailable(e.to_string()))?;
         let directory = Arc::clone(&self.directory);
         let address = *job;
         let on_chain = tokio::task::spawn_blocking(move || directory.job(&address))
             .await
             .map_err(|e| Refused::Unavailable(e.to_string()))?
             .map_err(|e| Refused::Unavailable(format!("cannot read the chain: {e}")))?;
-        let usage = match &on_chain {
-            Some(state) => Some(
-                self.store
-                    .usage(&job.to_string(), keys, state.deadline)
-                    .await
-                    .map_err(|e| Refused::Unavailable(e.to_string()))?,
-            ),
-            None => None,
-        };
         let mut state = slot.state.lock().map_err(|_| lock_error())?;
         state.job = on_chain;
         state.read_at = Some(Instant::now());
-        if let Some((totals, keys)) = usage {
-            state.base = Some(Base { totals, since });
-            for (key, totals) in keys {
-                if let Some(spend) = state.keys.get_mut(&key) {
-                    spend.base = Some(Base { totals, since });
+        state.base = Some(Base {
+            totals: unsettled,
+            since,
+        });
+        // Keys known before keep their spend: this process's commits up to `since`
+        // join their base, as the job's now come from the store.
+        let folded: Vec<(String, Totals)> = state
+            .keys
+            .iter()
+            .filter_map(|(key, spend)| {
+                let base = spend.base?;
+                let mut totals = base.totals;
+                for commit in state.commits.iter().filter(|c| {
+                    c.seq >= base.since && c.seq < since && c.key_id.as_deref() == Some(key)
+                }) {
+                    totals.merge(&commit.totals);
                 }
+                Some((key.clone(), totals))
+            })
+            .collect();
+        for (key, totals) in folded.into_iter().chain(keys) {
+            if let Some(spend) = state.keys.get_mut(&key) {
+                spend.base = Some(Base { totals, since });
             }
         }
-        state.prune();
+        state.commits.retain(|c| c.seq >= since);
         Ok(())
     }
 
@@ -545,8 +557,7 @@ impl JobBook {
         let kind = unit_kind(&job);
         let price = u128::from(job.unit_price);
         let cost = u128::from(max_units).saturating_mul(price);
-        let metered = state.totals_since(state.base, None).units(kind);
-        let unsettled_units = metered.saturating_sub(job.settled_units);
+        let unsettled_units = state.totals_since(state.base, None).units(kind);
         let committed = u128::from(unsettled_units).saturating_mul(price);
         let available = u128::from(job.escrow_left)
             .saturating_sub(committed)

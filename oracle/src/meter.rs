@@ -136,7 +136,8 @@ impl SourceStore {
         Ok(())
     }
 
-    /// A job's usage recorded by `until`, and each listed key's.
+    /// A job's usage not yet covered by a confirmed receipt (finished by `until`),
+    /// and everything each listed key spent.
     pub async fn usage(
         self: &Arc<Self>,
         job: &str,
@@ -145,10 +146,10 @@ impl SourceStore {
     ) -> Result<(Totals, Vec<(String, Totals)>), OracleError> {
         let job = job.to_string();
         self.blocking(move |store| {
-            let totals = store.job_usage(&job, until)?;
+            let totals = store.unsettled_usage(&job, until)?;
             let keys = keys
                 .into_iter()
-                .map(|key| store.key_usage(&key, until).map(|t| (key, t)))
+                .map(|key| store.key_usage(&key, i64::MAX).map(|t| (key, t)))
                 .collect::<Result<_, _>>()?;
             Ok((totals, keys))
         })

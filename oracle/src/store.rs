@@ -570,8 +570,8 @@ impl Store {
 // - `meters`: which source meters each job (the first to record it), so the gateway
 //   and node reports never both bill one job;
 // - `revoked_keys`: job keys refused before their expiry;
-// - usage totals per job and per key (what is metered but not yet settled is the
-//   job's totals minus its settled units on chain).
+// - usage totals per job and per key, and per job what no confirmed receipt covers
+//   yet (metered but not yet settled).
 // ---------------------------------------------------------------------------------
 
 const SQLITE_GATEWAY_SCHEMA: &str = "
@@ -727,6 +727,27 @@ impl Store {
             "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
                     CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
              FROM records WHERE job = $1 AND finished_at <= $2",
+            job,
+            until,
+        )
+    }
+
+    /// What this store metered for `job` (finished by `until`, its deadline) that no
+    /// confirmed receipt covers yet: with the job's escrow left on chain, what the job
+    /// can still pay. Scans only the records after the job's last confirmed receipt.
+    pub fn unsettled_usage(&self, job: &str, until: i64) -> Result<Totals, OracleError> {
+        let confirmed = match &self.db {
+            Backend::Sqlite(_) => "1",
+            Backend::Postgres(_) => "TRUE",
+        };
+        self.totals(
+            &format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
+                 FROM records WHERE job = $1 AND finished_at <= $2
+                   AND id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
+                                      WHERE s.job = $1 AND s.confirmed = {confirmed}), 0)"
+            ),
             job,
             until,
         )

@@ -357,6 +357,28 @@ fn gateway_contract(store: &Store) {
     let key = store.key_usage("key-2", i64::MAX).unwrap();
     assert_eq!((key.requests, key.tokens), (1, 16));
     assert_eq!(store.job_usage("nobody", i64::MAX).unwrap().requests, 0);
+    // Metered and not yet settled: what no confirmed receipt covers.
+    assert_eq!(store.unsettled_usage("JobM", i64::MAX).unwrap(), all);
+    let first = store.records_after("JobM", 0).unwrap()[0].0;
+    let submission = Submission {
+        job: "JobM".into(),
+        seq: 1,
+        cumulative_units: 15,
+        invoice_hash: [1; 32],
+        period_end: 100,
+        last_record: first,
+        confirmed: false,
+    };
+    store.write_submission(&submission).unwrap();
+    assert_eq!(
+        store.unsettled_usage("JobM", i64::MAX).unwrap(),
+        all,
+        "a receipt not yet confirmed settles nothing"
+    );
+    store.confirm("JobM", 1).unwrap();
+    let left = store.unsettled_usage("JobM", i64::MAX).unwrap();
+    assert_eq!((left.requests, left.tokens), (2, 33));
+    assert_eq!(store.unsettled_usage("JobM", 200).unwrap().requests, 1);
     let (_, second) = store.records_after("JobM", 0).unwrap().remove(1);
     assert_eq!(
         (
