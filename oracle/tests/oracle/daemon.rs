@@ -526,6 +526,34 @@ api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
     .unwrap_err();
     assert!(err.to_string().contains("not a job address"), "{err}");
     assert!(!err.to_string().contains("sk-secret"), "{err}");
+
+    // The gateway's limits and counting, and their mistakes.
+    let config = OracleConfig::parse(
+        "[gateway]\nlisten = \"x\"\nupstream = \"y\"\noperator = \"9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q\"\nmax_body_bytes = 2048\nheader_read_timeout_secs = 2\ndrain_secs = 5\ntokenize = \"/extras/tokenize\"",
+        Vec::new(),
+    )
+    .unwrap();
+    let gateway = config.gateway.unwrap();
+    let settings = gateway.settings().unwrap();
+    assert_eq!(settings.limits.max_body_bytes, 2048);
+    assert_eq!(settings.limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(settings.limits.drain, Duration::from_secs(5));
+    assert_eq!(
+        settings.tokenize,
+        tally_oracle::gateway::tokenize::TokenizeMode::Path("/extras/tokenize".into())
+    );
+    assert!(gateway.operator_pda().unwrap().is_some());
+    for (line, says) in [
+        ("tokenize = \"sometimes\"", "gateway.tokenize"),
+        ("operator = \"me\"", "gateway.operator"),
+    ] {
+        let err = OracleConfig::parse(
+            &format!("[gateway]\nlisten = \"x\"\nupstream = \"y\"\n{line}"),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
 }
 
 #[test]
