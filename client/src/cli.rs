@@ -121,6 +121,44 @@ pub enum JobCommand {
     },
     /// Refund a job past its deadline and grace (anyone may)
     Expire { job: Pubkey },
+    /// Print a key that spends this job at the operator's gateway, signed by your
+    /// wallet (the job's client): `Authorization: Bearer <key>`. Nothing is sent.
+    Key {
+        job: Pubkey,
+        /// How long the key works: 90s, 30m, 12h, 7d (the chain's clock)
+        #[arg(long, default_value = "7d", value_parser = parse_duration_secs)]
+        expires_in: i64,
+        /// Most the key may spend, in the mint's base units [default: up to the escrow]
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+/// `90`, `90s`, `30m`, `12h`, `7d` → seconds.
+pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration: write a number with s, m, h, d or w (e.g. 7d)"
+            ))
+        }
+    };
+    number
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|secs| *secs > 0)
+        .ok_or_else(|| format!("`{text}` is not a positive duration (e.g. 7d)"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -438,6 +476,21 @@ fn execute_job<C: Chain>(
                 format!("job {job} expired: {refunded} refunded to its client"),
                 serde_json::json!({ "job": job.to_string(), "refunded": refunded }),
             ))
+        }
+        JobCommand::Key {
+            job,
+            expires_in,
+            limit,
+        } => {
+            let key = ops::job_key(chain, signer, job, *expires_in, *limit)?;
+            let limit = key
+                .spend_limit
+                .map_or_else(|| "up to the escrow".to_string(), |l| l.to_string());
+            let text = format!(
+                "{}\n\njob          {}\nkey id       {}\nexpires at   {} (unix seconds, chain clock)\nspend limit  {limit}\n\nSend it as `Authorization: Bearer <key>` to the operator's gateway. Anyone holding it can spend the job: keep it secret.",
+                key.key, key.job, key.key_id, key.expires_at
+            );
+            Ok(Output::of(&key, text))
         }
         JobCommand::Status { job } => {
             let view = ops::JobView::new(job, &ops::job(chain, job)?);

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod deploy;
 pub mod event_log;
 pub mod ix;
+pub mod job_key;
 pub mod migrate;
 pub mod ops;
 pub mod pda;

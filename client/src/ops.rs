@@ -431,6 +431,66 @@ pub fn top_up(
     Ok(JobView::new(job_address, &job(chain, job_address)?))
 }
 
+/// A job key as `tally job key` prints it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct JobKeyView {
+    pub job: String,
+    /// The bearer token (`Authorization: Bearer <key>` at the operator's gateway).
+    pub key: String,
+    /// Its public name (what a revocation names).
+    pub key_id: String,
+    /// Unix seconds, the chain's clock.
+    pub expires_at: i64,
+    /// In the job mint's base units; `None`: up to the escrow.
+    pub spend_limit: Option<u64>,
+}
+
+/// `job key`: a key that lets its holder spend `job_address` at the operator's gateway
+/// for `expires_in_secs` (from the chain's now), within `spend_limit`, signed by the
+/// job's client wallet. Nothing is sent: signing is free.
+pub fn job_key(
+    chain: &impl Chain,
+    client: &Keypair,
+    job_address: &Pubkey,
+    expires_in_secs: i64,
+    spend_limit: Option<u64>,
+) -> Result<JobKeyView> {
+    let current = job(chain, job_address)?;
+    if current.client != client.pubkey() {
+        return Err(other(format!(
+            "job {job_address} was opened by {}, not by {}: sign its keys with that wallet (--keypair)",
+            current.client,
+            client.pubkey()
+        )));
+    }
+    if expires_in_secs <= 0 {
+        return Err(other("a key must expire in the future"));
+    }
+    if spend_limit == Some(0) {
+        return Err(other(
+            "a spend limit of 0 spends nothing: leave --limit out for no limit",
+        ));
+    }
+    let expires_at = chain
+        .clock()?
+        .unix_timestamp
+        .saturating_add(expires_in_secs);
+    let key = crate::job_key::JobKeyClaims {
+        job: *job_address,
+        job_nonce: current.nonce,
+        expires_at,
+        spend_limit,
+    }
+    .sign(client);
+    Ok(JobKeyView {
+        job: job_address.to_string(),
+        key: key.encode(),
+        key_id: key.id(),
+        expires_at,
+        spend_limit,
+    })
+}
+
 /// `job cancel`: full refund of a job with no usage. Returns the amount refunded.
 pub fn cancel_job(chain: &mut impl Chain, client: &Keypair, job_address: &Pubkey) -> Result<u64> {
     let current = job(chain, job_address)?;

@@ -209,15 +209,7 @@ impl Batcher {
                 late.add(record);
                 latest = latest.max(record.finished_at);
             }
-            lines.push(InvoiceLine {
-                request_id: record.request_id.clone(),
-                model: record.model.clone(),
-                prompt_tokens: record.prompt_tokens,
-                completion_tokens: record.completion_tokens,
-                gpu_ms: record.gpu_ms,
-                finished_at: record.finished_at,
-                source: record.source.clone(),
-            });
+            lines.push(InvoiceLine::from(record));
         }
         if late.requests > 0 {
             report.unbillable.push(Unbillable {

@@ -115,9 +115,129 @@ pub struct GatewaySection {
     pub listen: String,
     /// The inference server, e.g. `http://127.0.0.1:8000`.
     pub upstream: String,
-    /// API key → job address. Secret.
+    /// The operator this gateway serves (its authority, the wallet that registered
+    /// it). Job keys are taken only for this operator's jobs: others' usage would pay
+    /// someone else. Without it, only static `api_keys` are taken.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Optional static API key → job address, for operators who issue their own keys.
+    /// Secret. Clients normally bring job keys signed by their wallet instead
+    /// (`tally job key <JOB>`), which need no entry here.
     #[serde(default)]
     pub api_keys: BTreeMap<String, String>,
+    /// Largest request body, bytes (bigger: 413).
+    #[serde(default = "default_gateway_body")]
+    pub max_body_bytes: usize,
+    /// A connection must send each request's head within this time (slowloris).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: f64,
+    /// A request's body must arrive within this time (else 408).
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: f64,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On stop, how long requests and streams in flight may take to finish (each is
+    /// billed when it does).
+    #[serde(default = "default_drain")]
+    pub drain_secs: f64,
+    /// `max_tokens` given to chat requests that set none, so their cost is bounded.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// Longest an upstream answer may take.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: f64,
+    /// Counting tokens for answers the upstream sends without usage: `auto` (its
+    /// `/tokenize`, else `/extras/tokenize`), `off`, or a path on the upstream.
+    #[serde(default = "default_tokenize")]
+    pub tokenize: String,
+    /// How often a served job's view is refreshed from the chain and the store.
+    #[serde(default = "default_view_refresh")]
+    pub view_refresh_secs: f64,
+}
+
+fn default_gateway_body() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_header_timeout() -> f64 {
+    30.0
+}
+
+fn default_body_timeout() -> f64 {
+    60.0
+}
+
+fn default_max_connections() -> usize {
+    1_024
+}
+
+fn default_drain() -> f64 {
+    30.0
+}
+
+fn default_max_tokens() -> u64 {
+    4_096
+}
+
+fn default_upstream_timeout() -> f64 {
+    600.0
+}
+
+fn default_tokenize() -> String {
+    "auto".into()
+}
+
+fn default_view_refresh() -> f64 {
+    2.0
+}
+
+fn secs(value: f64, least: f64) -> Duration {
+    Duration::from_secs_f64(if value.is_finite() {
+        value.max(least)
+    } else {
+        least
+    })
+}
+
+impl GatewaySection {
+    /// The gateway's settings from this section.
+    pub fn settings(&self) -> Result<crate::gateway::GatewaySettings, OracleError> {
+        Ok(crate::gateway::GatewaySettings {
+            limits: crate::http::Limits {
+                max_body_bytes: self.max_body_bytes.max(1024),
+                header_read_timeout: secs(self.header_read_timeout_secs, 0.1),
+                body_read_timeout: secs(self.body_read_timeout_secs, 0.1),
+                max_connections: self.max_connections.max(1),
+                drain: secs(self.drain_secs, 0.0),
+            },
+            default_max_tokens: self.default_max_tokens.max(1),
+            upstream_timeout: secs(self.upstream_timeout_secs, 1.0),
+            tokenize: crate::gateway::tokenize::TokenizeMode::parse(&self.tokenize)
+                .map_err(invalid)?,
+            ..crate::gateway::GatewaySettings::default()
+        })
+    }
+
+    /// The operator PDA this gateway serves, if configured.
+    pub fn operator_pda(&self) -> Result<Option<anchor_lang::prelude::Pubkey>, OracleError> {
+        self.operator
+            .as_deref()
+            .map(|text| {
+                text.parse::<anchor_lang::prelude::Pubkey>()
+                    .map(|authority| tally_client::pda::operator(&authority))
+                    .map_err(|_| {
+                        invalid(format!(
+                            "gateway.operator `{text}` is not a public key: write the operator's authority (its wallet)"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn view_refresh(&self) -> Duration {
+        secs(self.view_refresh_secs, 0.05)
+    }
 }
 
 /// Signed node reports.
@@ -232,10 +352,12 @@ impl OracleConfig {
     fn validate(&self) -> Result<(), OracleError> {
         if self.gateway.is_none() && self.node_reports.is_none() {
             return Err(invalid(
-                "no source is configured: add a [gateway] (listen, upstream, api_keys) or a [node_reports] (listen) section".into(),
+                "no source is configured: add a [gateway] (listen, upstream, operator) or a [node_reports] (listen) section".into(),
             ));
         }
         if let Some(gateway) = &self.gateway {
+            gateway.settings()?;
+            gateway.operator_pda()?;
             for (key, job) in &gateway.api_keys {
                 if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
                     let shown: String = key.chars().take(4).collect();

@@ -19,6 +19,8 @@ use crate::clock::ChainClock;
 use crate::config::OracleConfig;
 use crate::gateway::Gateway;
 use crate::http::{json_response, stopped, Body, Shutdown};
+use crate::job_view::{JobBook, ViewConfig};
+use crate::meter::SourceStore;
 use crate::node_report::{JobDirectory, NodeReports};
 use crate::scrape::{MetricsScrape, ScrapeConfig};
 use crate::sink::Sink;
@@ -79,7 +81,7 @@ impl Daemon {
         // keeps the clock synced each round. Stores are opened on a blocking thread
         // (PostgreSQL's client blocks; so does RPC).
         let clock = ChainClock::new();
-        let (sink, store) = {
+        let (sink, store, sources_store) = {
             let (location, telemetry, max, clock, chain) = (
                 config.store.clone(),
                 Arc::clone(&telemetry),
@@ -104,8 +106,9 @@ impl Daemon {
                     }
                 }
                 Ok::<_, OracleError>((
-                    Sink::open(&location, telemetry, clock, max)?,
+                    Sink::open(&location, telemetry, Arc::clone(&clock), max)?,
                     Store::connect(&location)?,
+                    SourceStore::open(&location, clock)?,
                 ))
             })
             .await
@@ -117,10 +120,28 @@ impl Daemon {
         if let Some(section) = &config.gateway {
             let listener = bind(&section.listen, "gateway").await?;
             gateway_addr = Some(local(&listener)?);
-            let gateway = Gateway::with_sink(
+            let book = JobBook::new(
+                Arc::clone(&directory),
+                Arc::clone(&sources_store),
+                Arc::clone(&sink.clock),
+                ViewConfig {
+                    refresh: section.view_refresh(),
+                    operator: section.operator_pda()?,
+                    new_job_lookups_per_sec: 20,
+                    source: crate::gateway::SOURCE,
+                },
+            );
+            if section.operator.is_none() {
+                tracing::warn!(
+                    "gateway.operator is not set: job keys are refused, only static api_keys are taken"
+                );
+            }
+            let gateway = Gateway::build(
                 section.upstream.clone(),
                 section.api_keys.clone().into_iter().collect(),
                 Arc::clone(&sink),
+                section.settings()?,
+                Some(book),
             );
             sources.push(Box::new(GatewaySource { gateway, listener }));
         }
@@ -128,7 +149,11 @@ impl Daemon {
         if let Some(section) = &config.node_reports {
             let listener = bind(&section.listen, "node reports").await?;
             node_reports_addr = Some(local(&listener)?);
-            let reports = NodeReports::new(Arc::clone(&sink), directory);
+            let reports = NodeReports::new(
+                Arc::clone(&sink),
+                Arc::clone(&directory),
+                Some(Arc::clone(&sources_store)),
+            );
             sources.push(Box::new(NodeReportSource { reports, listener }));
         }
         if let Some(section) = &config.metrics {
@@ -144,17 +169,23 @@ impl Daemon {
         }
         let admin_listener = bind(&config.admin.listen, "/metrics and /health").await?;
         let admin = local(&admin_listener)?;
-        let admin_task = tokio::spawn(crate::http::serve(
-            admin_listener,
-            {
-                let telemetry = Arc::clone(&telemetry);
-                move |req: hyper::Request<hyper::body::Incoming>| {
-                    let telemetry = Arc::clone(&telemetry);
-                    async move { admin_response(req.uri().path(), &telemetry) }
-                }
-            },
-            shutdown.clone(),
-        ));
+        let admin_shutdown = shutdown.clone();
+        let admin_task = tokio::spawn({
+            let (telemetry, clock) = (Arc::clone(&telemetry), Arc::clone(&sink.clock));
+            async move {
+                crate::http::serve(
+                    admin_listener,
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (telemetry, now) = (Arc::clone(&telemetry), clock.now());
+                        async move { admin_response(req.uri().path(), &telemetry, now) }
+                    },
+                    admin_shutdown,
+                    &crate::http::Limits::default(),
+                    None,
+                )
+                .await
+            }
+        });
 
         let batcher = Batcher {
             store,
@@ -216,7 +247,7 @@ impl Daemon {
     }
 }
 
-fn admin_response(path: &str, telemetry: &Telemetry) -> Response<Body> {
+fn admin_response(path: &str, telemetry: &Telemetry, now: i64) -> Response<Body> {
     match path {
         "/metrics" => {
             let mut response = Response::new(crate::http::full(telemetry.render()));
@@ -230,7 +261,7 @@ fn admin_response(path: &str, telemetry: &Telemetry) -> Response<Body> {
             let health = telemetry.health();
             let (status, verdict) = if health.shutting_down {
                 (StatusCode::SERVICE_UNAVAILABLE, "stopping")
-            } else if health.last_errors.is_empty() {
+            } else if health.last_errors.is_empty() && !health.unmetered_recently(now) {
                 (StatusCode::OK, "ok")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "degraded")
@@ -250,6 +281,15 @@ fn admin_response(path: &str, telemetry: &Telemetry) -> Response<Body> {
                         "units": {
                             "after_deadline": telemetry.get(telemetry::UNBILLABLE_UNITS, "reason=\"after_deadline\""),
                             "over_escrow": telemetry.get(telemetry::UNBILLABLE_UNITS, "reason=\"over_escrow\""),
+                        },
+                    },
+                    "unmetered": {
+                        "recent": health.unmetered,
+                        "last_at": health.last_unmetered_at,
+                        "answers": {
+                            "tokenized": telemetry.get(telemetry::USAGE_MISSING, "outcome=\"tokenized\""),
+                            "withheld": telemetry.get(telemetry::USAGE_MISSING, "outcome=\"withheld\""),
+                            "unbilled": telemetry.get(telemetry::USAGE_MISSING, "outcome=\"unbilled\""),
                         },
                     },
                     "chain_clock_offset_seconds": telemetry.get(telemetry::CLOCK_OFFSET, ""),

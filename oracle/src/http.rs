@@ -1,16 +1,20 @@
 //! HTTP plumbing shared by the oracle's servers (gateway, node reports, /metrics and
-//! /health): HTTP/1.1 on a listener until shutdown, then a graceful drain in which
-//! every request already accepted runs to its end — its record committed — before the
-//! server returns.
+//! /health): HTTP/1.1 on hyper with limits that hold against callers who would rather
+//! hold the server than pay — a cap on connections, a deadline to send the request
+//! head (slowloris), a size and a deadline for the body — and a graceful stop in which
+//! every request already accepted, and every task still metering one, runs to its end
+//! (its record committed) within a bounded drain.
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use serde_json::{json, Value};
+use tokio_util::task::TaskTracker;
 
 /// Response bodies: whole or streamed.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -35,8 +39,38 @@ pub async fn stopped(shutdown: &mut Shutdown) {
     }
 }
 
-/// How long a drain waits for requests in flight before giving up on them.
+/// How long a drain waits, by default, for requests in flight before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one listener accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body; bigger ones get `413` (before they are read, when they
+    /// announce their length).
+    pub max_body_bytes: usize,
+    /// A connection must deliver each request's head within this time, idle
+    /// keep-alive connections included; slower ones are closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this time, else `408`.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// On stop: how long requests in flight (and streams still being metered) may
+    /// take before they are cut off.
+    pub drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 1_024,
+            drain: DRAIN_TIMEOUT,
+        }
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -58,10 +92,11 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 /// An error in the OpenAI error shape (`{"error": {"message", "type", "code"}}`), which
 /// OpenAI clients display as is.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let kind = if status.is_server_error() {
-        "server_error"
-    } else {
-        "invalid_request_error"
+    let kind = match status {
+        StatusCode::PAYMENT_REQUIRED => "insufficient_quota",
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "authentication_error",
+        s if s.is_server_error() => "server_error",
+        _ => "invalid_request_error",
     };
     json_response(
         status,
@@ -69,19 +104,91 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-/// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and
-/// waits (up to [`DRAIN_TIMEOUT`]) for every connection's requests to finish.
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the request body did not arrive within {0} s")]
+    TooSlow(u64),
+    #[error("could not read the request body: {0}")]
+    Broken(String),
+}
+
+impl BodyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "body_too_large",
+            Self::TooSlow(_) => "body_too_slow",
+            Self::Broken(_) => "body_broken",
+        }
+    }
+}
+
+/// Reads a whole request body within the limits: refused at once when its announced
+/// length is over `limits.max_body_bytes`, cut off when it grows past it, and given
+/// `limits.body_read_timeout` to arrive.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limits: &Limits,
+) -> Result<Bytes, BodyError> {
+    let max = limits.max_body_bytes;
+    let announced = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > max as u64) {
+        return Err(BodyError::TooLarge(max));
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(BodyError::TooSlow(limits.body_read_timeout.as_secs())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+    }
+}
+
+/// Serves `handler` on `listener` within `limits` until `shutdown` fires, then stops
+/// accepting and waits (up to `limits.drain`) for every connection's requests to
+/// finish and for `tasks` (work a request started that outlives its connection, such
+/// as metering a stream whose client left) to end.
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
     mut shutdown: Shutdown,
+    limits: &Limits,
+    tasks: Option<TaskTracker>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     loop {
+        // At the cap, stop accepting: new connections wait in the backlog.
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stopped(&mut shutdown) => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -98,24 +205,29 @@ where
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let connection =
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             () = stopped(&mut shutdown) => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        if let Some(tasks) = tasks {
+            tasks.close();
+            tasks.wait().await;
+        }
+    };
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
         tracing::warn!(
-            "requests still running after {}s of draining were cut off",
-            DRAIN_TIMEOUT.as_secs()
+            "requests still running after {:.1} s of draining were cut off",
+            limits.drain.as_secs_f64()
         );
     }
     Ok(())

@@ -19,6 +19,33 @@ pub struct InvoiceLine {
     pub gpu_ms: u64,
     pub finished_at: i64,
     pub source: String,
+    /// The inference server's id of the answer (the gateway's own is `request_id`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub upstream_id: String,
+    /// How the tokens were counted (`upstream`: the server's usage; `tokenizer`: the
+    /// gateway counted with the server's tokenizer); absent for node reports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub counted_by: String,
+    /// The job key that spent it (its public id), when one did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+}
+
+impl From<&crate::store::UsageRecord> for InvoiceLine {
+    fn from(record: &crate::store::UsageRecord) -> Self {
+        Self {
+            request_id: record.request_id.clone(),
+            model: record.model.clone(),
+            prompt_tokens: record.prompt_tokens,
+            completion_tokens: record.completion_tokens,
+            gpu_ms: record.gpu_ms,
+            finished_at: record.finished_at,
+            source: record.source.clone(),
+            upstream_id: record.upstream_id.clone(),
+            counted_by: record.counted_by.clone(),
+            key_id: record.key_id.clone(),
+        }
+    }
 }
 
 /// An invoice: what one receipt bills.

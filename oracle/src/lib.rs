@@ -2,8 +2,10 @@
 //! cumulative metering on-chain exactly once.
 //!
 //! - Sources behind one trait ([`source::Source`]): the OpenAI-compatible
-//!   [`gateway`], signed [`node_report`]s, and the [`scrape`] of the inference
-//!   server's metrics as a cross-check.
+//!   [`gateway`] (job keys, pre-authorization against each job's [`job_view`], a meter
+//!   callers cannot turn off), signed [`node_report`]s, and the [`scrape`] of the
+//!   inference server's metrics as a cross-check. One source meters each job
+//!   ([`meter`]).
 //! - The durable core: the [`store`] (every record committed before it is
 //!   acknowledged, through the [`sink`]), [`invoice`]s (one file per receipt, its
 //!   sha256 on-chain), and the [`batcher`] (cumulative receipts written ahead of
@@ -21,6 +23,8 @@ pub mod daemon;
 pub mod gateway;
 pub mod http;
 pub mod invoice;
+pub mod job_view;
+pub mod meter;
 pub mod node_report;
 pub mod scrape;
 pub mod sim_worker;

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tally::state::Operator;
+use tally::state::{Job, Operator};
 use tally_client::chain::Chain;
 
 use crate::http::{error_response, json_response, Body, Shutdown};
@@ -123,6 +122,10 @@ pub enum ReportError {
     },
     #[error("request {request_id} of job {job} is already recorded: it is counted once")]
     Duplicate { job: String, request_id: String },
+    #[error(transparent)]
+    MeteredElsewhere(#[from] crate::meter::MeteredElsewhere),
+    #[error("too many reports for jobs this oracle has not seen yet: retry in a second")]
+    Busy,
     #[error("metering is unavailable: {0}")]
     Unavailable(String),
 }
@@ -133,10 +136,10 @@ impl ReportError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::ClockSkew(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
-            Self::UnknownKey { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownKey { .. } | Self::MeteredElsewhere(_) => StatusCode::FORBIDDEN,
             Self::UnknownJob(_) => StatusCode::NOT_FOUND,
             Self::Duplicate { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -149,6 +152,8 @@ impl ReportError {
             Self::UnknownKey { .. } => "unknown_key",
             Self::UnknownJob(_) => "unknown_job",
             Self::Duplicate { .. } => "duplicate",
+            Self::MeteredElsewhere(_) => "metered_elsewhere",
+            Self::Busy => "busy",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -238,15 +243,17 @@ pub struct JobSigners {
     pub node_keys: Vec<Pubkey>,
 }
 
-/// Where the oracle learns a job's operator and node keys (the chain).
+/// Where the oracle learns jobs, their operators and node keys (the chain).
 pub trait JobDirectory: Send + Sync + 'static {
+    /// The job's account; `None` when it does not exist (never opened, or closed).
+    fn job(&self, job: &Pubkey) -> Result<Option<Job>, OracleError>;
     /// `None` when the job does not exist.
     fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError>;
 }
 
 /// Reads jobs and operators from any [`Chain`].
 impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
-    fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError> {
+    fn job(&self, job: &Pubkey) -> Result<Option<Job>, OracleError> {
         let chain = self
             .lock()
             .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
@@ -256,9 +263,16 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
         if account.owner != tally::ID {
             return Ok(None);
         }
-        let Some(job_state) = tally_client::ops::decode_job(&account.data) else {
+        Ok(tally_client::ops::decode_job(&account.data))
+    }
+
+    fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError> {
+        let Some(job_state) = self.job(job)? else {
             return Ok(None);
         };
+        let chain = self
+            .lock()
+            .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
         let operator: Option<Operator> = chain.anchor_account(&job_state.operator)?;
         Ok(Some(JobSigners {
             operator: job_state.operator,
@@ -267,24 +281,52 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
     }
 }
 
-/// How long a job's signers are trusted before the chain is asked again. A key the
-/// cache does not know is always looked up afresh, so a newly registered key works
-/// at once; a removed key stops working within this time.
+/// How long a job's signers are trusted before the chain is asked again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a refusal stands without asking the chain again: a key the job's
+/// operator did not register, or a job that does not exist. So reports signed by
+/// random keys cost at most one lookup per job per this time, and a key registered
+/// just now works within it.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Lookups of jobs never seen before, per second (burst: 4 s worth): reports naming
+/// random jobs cannot turn into unbounded chain traffic.
+pub const NEW_JOB_LOOKUPS_PER_SEC: f64 = 20.0;
+
+/// What the chain said about a job, and when.
+struct Known {
+    /// `None`: the job does not exist.
+    signers: Option<JobSigners>,
+    at: Instant,
+}
 
 /// The node-report source.
 pub struct NodeReports {
     sink: Arc<Sink>,
     directory: Arc<dyn JobDirectory>,
-    cache: Mutex<HashMap<Pubkey, (JobSigners, Instant)>>,
+    /// One meter per job (see [`crate::meter`]); `None`: not enforced (no other source).
+    meters: Option<Arc<crate::meter::SourceStore>>,
+    cache: Mutex<HashMap<Pubkey, Known>>,
+    /// Misses are looked up one at a time (each re-checks the cache first).
+    lookups: tokio::sync::Mutex<(f64, Instant)>,
+    limits: crate::http::Limits,
 }
 
 impl NodeReports {
-    pub fn new(sink: Arc<Sink>, directory: Arc<dyn JobDirectory>) -> Arc<Self> {
+    pub fn new(
+        sink: Arc<Sink>,
+        directory: Arc<dyn JobDirectory>,
+        meters: Option<Arc<crate::meter::SourceStore>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             sink,
             directory,
+            meters,
             cache: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Mutex::new((NEW_JOB_LOOKUPS_PER_SEC * 4.0, Instant::now())),
+            limits: crate::http::Limits {
+                max_body_bytes: MAX_BODY,
+                ..crate::http::Limits::default()
+            },
         })
     }
 
@@ -294,27 +336,72 @@ impl NodeReports {
         listener: tokio::net::TcpListener,
         shutdown: Shutdown,
     ) -> std::io::Result<()> {
-        crate::http::serve(listener, move |req| Arc::clone(&self).handle(req), shutdown).await
+        let limits = self.limits.clone();
+        crate::http::serve(
+            listener,
+            move |req| Arc::clone(&self).handle(req),
+            shutdown,
+            &limits,
+            None,
+        )
+        .await
+    }
+
+    /// The cached verdict on `node_key` for `job`, if the cache can give one.
+    fn cached(&self, job: &Pubkey, node_key: &Pubkey) -> Option<Result<JobSigners, ReportError>> {
+        let cache = self.cache.lock().ok()?;
+        let known = cache.get(job)?;
+        let age = known.at.elapsed();
+        match &known.signers {
+            Some(signers) if signers.node_keys.contains(node_key) => {
+                (age < CACHE_TTL).then(|| Ok(signers.clone()))
+            }
+            // Refused a moment ago: refused again without asking the chain.
+            Some(signers) => (age < NEGATIVE_TTL).then(|| Ok(signers.clone())),
+            None => (age < NEGATIVE_TTL).then(|| Err(ReportError::UnknownJob(job.to_string()))),
+        }
     }
 
     async fn signers(&self, job: Pubkey, node_key: &Pubkey) -> Result<JobSigners, ReportError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((signers, at)) = cache.get(&job) {
-                if at.elapsed() < CACHE_TTL && signers.node_keys.contains(node_key) {
-                    return Ok(signers.clone());
-                }
+        if let Some(verdict) = self.cached(&job, node_key) {
+            return verdict;
+        }
+        let mut budget = self.lookups.lock().await;
+        // Another report may have looked it up while this one waited.
+        if let Some(verdict) = self.cached(&job, node_key) {
+            return verdict;
+        }
+        let seen = self.cache.lock().is_ok_and(|c| c.contains_key(&job));
+        if !seen {
+            let now = Instant::now();
+            budget.0 = (budget.0
+                + now.duration_since(budget.1).as_secs_f64() * NEW_JOB_LOOKUPS_PER_SEC)
+                .min(NEW_JOB_LOOKUPS_PER_SEC * 4.0);
+            budget.1 = now;
+            if budget.0 < 1.0 {
+                return Err(ReportError::Busy);
             }
+            budget.0 -= 1.0;
         }
         let directory = Arc::clone(&self.directory);
         let found = tokio::task::spawn_blocking(move || directory.signers(&job))
             .await
             .map_err(|e| ReportError::Unavailable(e.to_string()))?
-            .map_err(|e| ReportError::Unavailable(format!("cannot read the chain: {e}")))?
-            .ok_or_else(|| ReportError::UnknownJob(job.to_string()))?;
+            .map_err(|e| ReportError::Unavailable(format!("cannot read the chain: {e}")))?;
+        drop(budget);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(job, (found.clone(), Instant::now()));
+            if cache.len() >= 10_000 {
+                cache.retain(|_, k| k.signers.is_some() || k.at.elapsed() < NEGATIVE_TTL);
+            }
+            cache.insert(
+                job,
+                Known {
+                    signers: found.clone(),
+                    at: Instant::now(),
+                },
+            );
         }
-        Ok(found)
+        found.ok_or_else(|| ReportError::UnknownJob(job.to_string()))
     }
 
     /// Checks and commits one report body.
@@ -328,6 +415,12 @@ impl NodeReports {
                 job: job.to_string(),
             });
         }
+        if let Some(meters) = &self.meters {
+            meters
+                .claim(&job.to_string(), SOURCE)
+                .await
+                .map_err(|e| ReportError::Unavailable(e.to_string()))??;
+        }
         let r = report.record;
         let record = UsageRecord {
             job: r.job,
@@ -338,6 +431,7 @@ impl NodeReports {
             gpu_ms: r.gpu_ms,
             finished_at: r.finished_at,
             source: SOURCE.into(),
+            ..UsageRecord::default()
         };
         let sink = Arc::clone(&self.sink);
         let committed = record.clone();
@@ -370,13 +464,13 @@ impl NodeReports {
                 &format!("{PATH} takes POST"),
             );
         }
-        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
-        let body = match limited.collect().await {
-            Ok(body) => body.to_bytes(),
+        let (parts, body) = req.into_parts();
+        let body = match crate::http::read_body(&parts.headers, body, &self.limits).await {
+            Ok(body) => body,
             Err(e) => {
                 self.sink.rejected(SOURCE, "malformed");
                 return error_response(
-                    StatusCode::BAD_REQUEST,
+                    e.status(),
                     &format!("could not read the report (at most {MAX_BODY} bytes): {e}"),
                 );
             }

@@ -1,20 +1,59 @@
 //! A simulated GPU worker for tests and `tally demo`, where no GPU exists: a small
-//! HTTP server that speaks the OpenAI API the way vLLM does — the same `usage` fields,
-//! the same SSE framing (`data: {chunk}\n\n`, a usage chunk when
-//! `stream_options.include_usage` is set, `data: [DONE]`). Nothing in the gateway
-//! knows it is not a real inference server. Token counts: one token per
-//! whitespace-separated word of the prompt; `max_tokens` (default 16) completion tokens.
+//! HTTP server that speaks the OpenAI API the way real inference servers do, down to
+//! the habits a billing proxy must survive. Nothing in the gateway knows it is not a
+//! real inference server.
+//!
+//! - [`SimFlavor::Vllm`] (the default) behaves like vLLM: the same `usage` fields and
+//!   SSE framing (`data: {chunk}\n\n`, a usage chunk when
+//!   `stream_options.include_usage` is true, `data: [DONE]`); the response id copies
+//!   the request's `request_id` (`chatcmpl-<request_id>`); `stream` is read the way
+//!   pydantic reads a boolean (`1`, `"true"`, `"yes"` are true); `stream_options`
+//!   without streaming is refused; `POST /tokenize` counts tokens.
+//! - [`SimFlavor::LlamaCppPython`] behaves like llama-cpp-python 0.3.x: streams end
+//!   without a usage chunk even when asked (`\r\n`-framed, as sse-starlette writes
+//!   them), non-streamed answers carry usage, and `POST /extras/tokenize` counts tokens.
+//!
+//! Token counts: one token per whitespace-separated word (the tokenizer endpoints
+//! count the same way); `max_tokens` (default 16) completion tokens per choice.
 //! `GET /metrics` exposes vLLM's token counters (`vllm:prompt_tokens_total`,
 //! `vllm:generation_tokens_total`, labelled by `model_name`) in Prometheus text.
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
+
+use crate::http::{full, Body};
+
+/// Which server the worker imitates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimFlavor {
+    #[default]
+    Vllm,
+    LlamaCppPython,
+}
+
+/// How the worker answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimConfig {
+    pub flavor: SimFlavor,
+    /// Answers carry no usage at all, streamed or not (a server that never reports).
+    pub omit_usage: bool,
+    /// A pause before each streamed event (a model generating).
+    pub event_delay: Duration,
+    /// Streams are written in pieces of this many bytes: events and UTF-8 characters
+    /// split across network writes.
+    pub write_bytes: Option<usize>,
+    /// `data:` without the space after the colon (the SSE spec allows it).
+    pub data_without_space: bool,
+    /// Generated tokens are words with multibyte characters (`né0`, `né1`…).
+    pub multibyte: bool,
+}
 
 /// What the worker sent, for tests to compare with what clients received.
 #[derive(Default)]
@@ -23,20 +62,26 @@ pub struct SimLog {
     pub usage: Vec<(u64, u64)>,
     /// Model → (prompt, generation) tokens served, as `/metrics` reports them.
     pub tokens_by_model: std::collections::BTreeMap<String, (u64, u64)>,
+    /// The inference requests received: body and `x-request-id` header.
+    pub requests: Vec<(Value, Option<String>)>,
+    /// Tokenizer calls received.
+    pub tokenize_calls: u64,
 }
 
 /// The simulated worker.
 #[derive(Default)]
 pub struct SimWorker {
     pub log: Mutex<SimLog>,
+    pub config: SimConfig,
     counter: std::sync::atomic::AtomicU64,
 }
 
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
 fn prompt_tokens(request: &Value) -> u64 {
-    let text = |v: &Value| {
-        v.as_str()
-            .map_or(0, |s| s.split_whitespace().count() as u64)
-    };
+    let text = |v: &Value| v.as_str().map_or(0, words);
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
         return messages
             .iter()
@@ -50,7 +95,50 @@ fn prompt_tokens(request: &Value) -> u64 {
     }
 }
 
+/// A boolean as pydantic's lax mode reads it (what vLLM does with `stream`).
+fn lax_bool(value: Option<&Value>) -> Result<bool, String> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Ok(true),
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Ok(false),
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+            "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
+            _ => Err(format!(
+                "Input should be a valid boolean, unable to interpret input: {s}"
+            )),
+        },
+        Some(other) => Err(format!("Input should be a valid boolean: {other}")),
+    }
+}
+
+fn json_body(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    json_body(
+        StatusCode::BAD_REQUEST,
+        &json!({ "object": "error", "message": message, "type": "BadRequestError", "code": 400 }),
+    )
+}
+
 impl SimWorker {
+    /// A worker answering as `config` says.
+    pub fn with(config: SimConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         loop {
@@ -98,16 +186,53 @@ impl SimWorker {
         out
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    fn tokenize(&self, path: &str, request: &Value) -> Response<Body> {
+        let (served, field) = match self.config.flavor {
+            SimFlavor::Vllm => ("/tokenize", "prompt"),
+            SimFlavor::LlamaCppPython => ("/extras/tokenize", "input"),
+        };
+        if path != served {
+            return json_body(StatusCode::NOT_FOUND, &json!({ "detail": "Not Found" }));
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.tokenize_calls += 1;
+        }
+        let count = request.get(field).and_then(Value::as_str).map_or(0, words);
+        let tokens: Vec<u64> = (0..count).collect();
+        json_body(
+            StatusCode::OK,
+            &match self.config.flavor {
+                SimFlavor::Vllm => {
+                    json!({ "count": count, "max_model_len": 8192, "tokens": tokens })
+                }
+                SimFlavor::LlamaCppPython => json!({ "tokens": tokens }),
+            },
+        )
+    }
+
+    fn token(&self, i: u64) -> String {
+        if self.config.multibyte {
+            format!("né{i} ")
+        } else {
+            format!("tok{i} ")
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         if req.method() == hyper::Method::GET && path == "/metrics" {
-            let mut response = Response::new(Full::new(Bytes::from(self.metrics_text())));
+            let mut response = Response::new(full(self.metrics_text()));
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             return response;
         }
+        let request_id_header = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = req
             .into_body()
             .collect()
@@ -115,6 +240,23 @@ impl SimWorker {
             .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if path.ends_with("/tokenize") {
+            return self.tokenize(&path, &request);
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.requests.push((request.clone(), request_id_header));
+        }
+        let stream = match lax_bool(request.get("stream")) {
+            Ok(stream) => stream,
+            Err(e) => return bad_request(&format!("stream: {e}")),
+        };
+        let stream_options = request.get("stream_options").filter(|o| !o.is_null());
+        if self.config.flavor == SimFlavor::Vllm && stream_options.is_some() && !stream {
+            return bad_request("Stream options can only be defined when `stream=True`.");
+        }
+        let include_usage = stream_options
+            .and_then(|o| o.get("include_usage"))
+            .is_some_and(|v| lax_bool(Some(v)).unwrap_or(false));
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -134,61 +276,123 @@ impl SimWorker {
                 .and_then(Value::as_u64)
                 .unwrap_or(16)
         };
+        // vLLM names the answer after the request's own `request_id` when it has one.
+        let base_id = request
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("sim-{n}"), str::to_string);
+        let id = match (embeddings, path.ends_with("/chat/completions")) {
+            (true, _) => format!("embd-{base_id}"),
+            (false, true) => format!("chatcmpl-{base_id}"),
+            (false, false) => format!("cmpl-{base_id}"),
+        };
         let usage = json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
-        let stream = request
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let include_usage = request
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let id = format!("cmpl-sim-{n}");
-        let (content_type, bytes) = if embeddings {
-            let data: Vec<Value> = (0..1)
-                .map(|i| json!({ "object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3] }))
-                .collect();
-            (
-                "application/json",
-                Bytes::from(
-                    json!({ "object": "list", "data": data, "model": model, "usage": usage })
-                        .to_string(),
-                ),
-            )
-        } else if stream {
-            let mut out = String::new();
-            for i in 0..completion {
-                let chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{ "index": 0, "delta": { "content": format!("tok{i} ") }, "finish_reason": Value::Null }], "usage": Value::Null });
-                let _ = write!(out, "data: {chunk}\n\n");
+        let with_usage = |mut value: Value| {
+            if !self.config.omit_usage {
+                value["usage"] = usage.clone();
             }
-            let last = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{ "index": 0, "delta": {}, "finish_reason": "length" }], "usage": Value::Null });
-            let _ = write!(out, "data: {last}\n\n");
-            if include_usage {
-                let usage_chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage });
-                let _ = write!(out, "data: {usage_chunk}\n\n");
-            }
-            out.push_str("data: [DONE]\n\n");
-            ("text/event-stream", Bytes::from(out))
-        } else {
-            let text: Vec<String> = (0..completion).map(|i| format!("tok{i}")).collect();
-            let body = json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{ "index": 0, "message": { "role": "assistant", "content": text.join(" ") }, "finish_reason": "length" }],
-                "usage": usage });
-            ("application/json", Bytes::from(body.to_string()))
+            value
         };
         if let Ok(mut log) = self.log.lock() {
-            log.responses.push(bytes.clone());
             log.usage.push((prompt, completion));
-            let served = log.tokens_by_model.entry(model).or_default();
+            let served = log.tokens_by_model.entry(model.clone()).or_default();
             served.0 += prompt;
             served.1 += completion;
         }
-        let mut response = Response::new(Full::new(bytes));
+        if embeddings {
+            let data =
+                vec![json!({ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] })];
+            let bytes = Bytes::from(
+                with_usage(json!({ "id": id, "object": "list", "data": data, "model": model }))
+                    .to_string(),
+            );
+            return self.whole(bytes);
+        }
+        if !stream {
+            let text: Vec<String> = (0..completion)
+                .map(|i| self.token(i).trim_end().to_string())
+                .collect();
+            let body = with_usage(
+                json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": text.join(" ") }, "finish_reason": "length" }] }),
+            );
+            return self.whole(Bytes::from(body.to_string()));
+        }
+        let (prefix, end) = match (self.config.flavor, self.config.data_without_space) {
+            (SimFlavor::LlamaCppPython, false) => ("data: ", "\r\n\r\n"),
+            (SimFlavor::LlamaCppPython, true) => ("data:", "\r\n\r\n"),
+            (SimFlavor::Vllm, false) => ("data: ", "\n\n"),
+            (SimFlavor::Vllm, true) => ("data:", "\n\n"),
+        };
+        let mut events = Vec::new();
+        for i in 0..completion {
+            let chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{ "index": 0, "delta": { "content": self.token(i) }, "finish_reason": Value::Null }], "usage": Value::Null });
+            events.push(format!("{prefix}{chunk}{end}"));
+        }
+        let last = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{ "index": 0, "delta": {}, "finish_reason": "length" }], "usage": Value::Null });
+        events.push(format!("{prefix}{last}{end}"));
+        if include_usage && self.config.flavor == SimFlavor::Vllm && !self.config.omit_usage {
+            let usage_chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage });
+            events.push(format!("{prefix}{usage_chunk}{end}"));
+        }
+        events.push(format!("{prefix}[DONE]{end}"));
+        self.streamed(events)
+    }
+
+    fn whole(&self, bytes: Bytes) -> Response<Body> {
+        if let Ok(mut log) = self.log.lock() {
+            log.responses.push(bytes.clone());
+        }
+        let mut response = Response::new(full(bytes));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(content_type),
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+
+    fn streamed(&self, events: Vec<String>) -> Response<Body> {
+        let whole: String = events.concat();
+        if let Ok(mut log) = self.log.lock() {
+            log.responses.push(Bytes::from(whole.clone()));
+        }
+        let (delay, write_bytes) = (self.config.event_delay, self.config.write_bytes);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            for event in events {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let bytes = Bytes::from(event);
+                let pieces: Vec<Bytes> = match write_bytes {
+                    Some(size) => (0..bytes.len())
+                        .step_by(size.max(1))
+                        .map(|at| bytes.slice(at..(at + size.max(1)).min(bytes.len())))
+                        .collect(),
+                    None => vec![bytes],
+                };
+                let split = pieces.len() > 1;
+                for piece in pieces {
+                    if tx.send(piece).await.is_err() {
+                        return;
+                    }
+                    if split {
+                        // Separate network writes, so the pieces arrive apart.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        });
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok::<_, std::io::Error>(Frame::data(c))))
+        }));
+        let mut response = Response::new(BodyExt::boxed(body));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
         );
         response
     }

@@ -12,10 +12,11 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
+use crate::units::Totals;
 use crate::OracleError;
 
 /// One completed unit of GPU work, as a source reported it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     /// The job's account address (base58).
     pub job: String,
@@ -29,7 +30,26 @@ pub struct UsageRecord {
     pub finished_at: i64,
     /// Which source saw it (gateway, node-report…).
     pub source: String,
+    /// The id the inference server gave the answer (the gateway keys records on its
+    /// own `request_id`; this is kept beside it). Empty when there is none.
+    #[serde(default)]
+    pub upstream_id: String,
+    /// How the tokens were counted: [`COUNTED_BY_UPSTREAM`] (the server's `usage`),
+    /// [`COUNTED_BY_TOKENIZER`] (the gateway counted with the server's tokenizer), or
+    /// empty (a signed node report: the node's own count).
+    #[serde(default)]
+    pub counted_by: String,
+    /// The job key that spent it ([`tally_client::job_key::JobKey::id`]); empty for
+    /// static API keys and node reports.
+    #[serde(default)]
+    pub key_id: String,
 }
+
+/// `counted_by`: the inference server reported the usage.
+pub const COUNTED_BY_UPSTREAM: &str = "upstream";
+/// `counted_by`: the server reported none; the gateway counted the prompt and the
+/// answer with the server's own tokenizer endpoint.
+pub const COUNTED_BY_TOKENIZER: &str = "tokenizer";
 
 /// What [`Store::record`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +179,7 @@ const POSTGRES_SCHEMA: &str = "
     );";
 
 const RECORD_COLUMNS: &str =
-    "id, job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source";
+    "id, job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id";
 const SUBMISSION_COLUMNS: &str =
     "job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed";
 
@@ -176,6 +196,9 @@ fn pg_record(row: &postgres::Row) -> Result<(i64, UsageRecord), OracleError> {
             gpu_ms: to_u64(get(6)?),
             finished_at: get(7)?,
             source: row.try_get(8).map_err(pg_error)?,
+            upstream_id: row.try_get(9).map_err(pg_error)?,
+            counted_by: row.try_get(10).map_err(pg_error)?,
+            key_id: row.try_get(11).map_err(pg_error)?,
         },
     ))
 }
@@ -233,9 +256,11 @@ impl Store {
              );",
         )
         .map_err(db_error)?;
-        Ok(Self {
+        let store = Self {
             db: Backend::Sqlite(db),
-        })
+        };
+        store.add_gateway_schema()?;
+        Ok(store)
     }
 
     /// Opens the store `location` names: a `postgres://` URL, or a SQLite file path.
@@ -259,6 +284,8 @@ impl Store {
         )
         .map_err(pg_error)?;
         tx.batch_execute(POSTGRES_SCHEMA).map_err(pg_error)?;
+        tx.batch_execute(POSTGRES_GATEWAY_SCHEMA)
+            .map_err(pg_error)?;
         tx.commit().map_err(pg_error)?;
         Ok(Self {
             db: Backend::Postgres(PgClient(RefCell::new(Some(client)))),
@@ -290,19 +317,19 @@ impl Store {
             Backend::Sqlite(db) => db
                 .execute(
                     "INSERT OR IGNORE INTO records
-                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![r.job, r.request_id, r.model, prompt, completion, gpu_ms, r.finished_at, r.source],
+                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![r.job, r.request_id, r.model, prompt, completion, gpu_ms, r.finished_at, r.source, r.upstream_id, r.counted_by, r.key_id],
                 )
                 .map_err(db_error)? as u64,
             Backend::Postgres(client) => client
                 .get()?
                 .execute(
                     "INSERT INTO records
-                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (job, request_id) DO NOTHING",
-                    &[&r.job, &r.request_id, &r.model, &prompt, &completion, &gpu_ms, &r.finished_at, &r.source],
+                    &[&r.job, &r.request_id, &r.model, &prompt, &completion, &gpu_ms, &r.finished_at, &r.source, &r.upstream_id, &r.counted_by, &r.key_id],
                 )
                 .map_err(pg_error)?,
         };
@@ -369,6 +396,9 @@ impl Store {
                                 gpu_ms: u(6)?,
                                 finished_at: row.get(7)?,
                                 source: row.get(8)?,
+                                upstream_id: row.get(9)?,
+                                counted_by: row.get(10)?,
+                                key_id: row.get(11)?,
                             },
                         ))
                     })
@@ -530,6 +560,208 @@ impl Store {
                 .map(to_u64)
                 .map_err(pg_error),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The gateway's additions (issue 18), kept apart from the records/submissions core:
+// - records carry `upstream_id`, `counted_by` and `key_id` (columns added with
+//   defaults, so stores written before them open unchanged);
+// - `meters`: which source meters each job (the first to record it), so the gateway
+//   and node reports never both bill one job;
+// - `revoked_keys`: job keys refused before their expiry;
+// - usage totals per job and per key, and per job what no confirmed receipt covers
+//   yet (metered but not yet settled).
+// ---------------------------------------------------------------------------------
+
+const SQLITE_GATEWAY_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS meters (
+        job TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS revoked_keys (
+        key_id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id) WHERE key_id <> '';";
+
+const POSTGRES_GATEWAY_SCHEMA: &str = "
+    ALTER TABLE records ADD COLUMN IF NOT EXISTS upstream_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN IF NOT EXISTS counted_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN IF NOT EXISTS key_id TEXT NOT NULL DEFAULT '';
+    CREATE TABLE IF NOT EXISTS meters (
+        job TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        claimed_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS revoked_keys (
+        key_id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        revoked_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id) WHERE key_id <> '';";
+
+impl Store {
+    /// Adds the gateway's columns and tables to a SQLite store (idempotent).
+    fn add_gateway_schema(&self) -> Result<(), OracleError> {
+        let Backend::Sqlite(db) = &self.db else {
+            return Ok(());
+        };
+        let mut stmt = db
+            .prepare("SELECT name FROM pragma_table_info('records')")
+            .map_err(db_error)?;
+        let columns: Vec<String> = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        for column in ["upstream_id", "counted_by", "key_id"] {
+            if !columns.iter().any(|c| c == column) {
+                db.execute_batch(&format!(
+                    "ALTER TABLE records ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                ))
+                .map_err(db_error)?;
+            }
+        }
+        db.execute_batch(SQLITE_GATEWAY_SCHEMA).map_err(db_error)
+    }
+
+    /// Claims metering of `job` for `source` unless another source already meters it.
+    /// Returns the source that meters the job (`source` itself when the claim won).
+    /// Atomic in the database: of two sources racing, exactly one wins.
+    pub fn claim_meter(&self, job: &str, source: &str, now: i64) -> Result<String, OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => {
+                db.execute(
+                    "INSERT OR IGNORE INTO meters (job, source, claimed_at) VALUES (?1, ?2, ?3)",
+                    params![job, source, now],
+                )
+                .map_err(db_error)?;
+                db.query_row(
+                    "SELECT source FROM meters WHERE job = ?1",
+                    params![job],
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(db_error)
+            }
+            Backend::Postgres(client) => {
+                let mut client = client.get()?;
+                client
+                    .execute(
+                        "INSERT INTO meters (job, source, claimed_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (job) DO NOTHING",
+                        &[&job, &source, &now],
+                    )
+                    .map_err(pg_error)?;
+                client
+                    .query_one("SELECT source FROM meters WHERE job = $1", &[&job])
+                    .and_then(|row| row.try_get::<_, String>(0))
+                    .map_err(pg_error)
+            }
+        }
+    }
+
+    /// Records that the job key `key_id` (of `job`) is refused from now on. Returns
+    /// whether it was not revoked before.
+    pub fn revoke_key(&self, key_id: &str, job: &str, now: i64) -> Result<bool, OracleError> {
+        let inserted = match &self.db {
+            Backend::Sqlite(db) => db
+                .execute(
+                    "INSERT OR IGNORE INTO revoked_keys (key_id, job, revoked_at) VALUES (?1, ?2, ?3)",
+                    params![key_id, job, now],
+                )
+                .map_err(db_error)? as u64,
+            Backend::Postgres(client) => client
+                .get()?
+                .execute(
+                    "INSERT INTO revoked_keys (key_id, job, revoked_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (key_id) DO NOTHING",
+                    &[&key_id, &job, &now],
+                )
+                .map_err(pg_error)?,
+        };
+        Ok(inserted == 1)
+    }
+
+    /// Every revoked job key id.
+    pub fn revoked_keys(&self) -> Result<Vec<String>, OracleError> {
+        self.strings("SELECT key_id FROM revoked_keys")
+    }
+
+    fn totals(&self, sql: &str, key: &str, until: i64) -> Result<Totals, OracleError> {
+        let (requests, tokens, gpu_ms) = match &self.db {
+            Backend::Sqlite(db) => db
+                .query_row(&sql.replace('$', "?"), params![key, until], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(db_error)?,
+            Backend::Postgres(client) => {
+                let row = client
+                    .get()?
+                    .query_one(sql, &[&key, &until])
+                    .map_err(pg_error)?;
+                (
+                    row.try_get(0).map_err(pg_error)?,
+                    row.try_get(1).map_err(pg_error)?,
+                    row.try_get(2).map_err(pg_error)?,
+                )
+            }
+        };
+        Ok(Totals {
+            requests: to_u64(requests),
+            tokens: to_u64(tokens),
+            gpu_ms: to_u64(gpu_ms),
+        })
+    }
+
+    /// Everything recorded for `job` that finished by `until` (its deadline): with the
+    /// job's settled units on chain, what is metered but not yet settled.
+    pub fn job_usage(&self, job: &str, until: i64) -> Result<Totals, OracleError> {
+        self.totals(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
+             FROM records WHERE job = $1 AND finished_at <= $2",
+            job,
+            until,
+        )
+    }
+
+    /// What this store metered for `job` (finished by `until`, its deadline) that no
+    /// confirmed receipt covers yet: with the job's escrow left on chain, what the job
+    /// can still pay. Scans only the records after the job's last confirmed receipt.
+    pub fn unsettled_usage(&self, job: &str, until: i64) -> Result<Totals, OracleError> {
+        let confirmed = match &self.db {
+            Backend::Sqlite(_) => "1",
+            Backend::Postgres(_) => "TRUE",
+        };
+        self.totals(
+            &format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
+                 FROM records WHERE job = $1 AND finished_at <= $2
+                   AND id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
+                                      WHERE s.job = $1 AND s.confirmed = {confirmed}), 0)"
+            ),
+            job,
+            until,
+        )
+    }
+
+    /// Everything spent through the job key `key_id` that finished by `until`.
+    pub fn key_usage(&self, key_id: &str, until: i64) -> Result<Totals, OracleError> {
+        self.totals(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
+             FROM records WHERE key_id = $1 AND finished_at <= $2",
+            key_id,
+            until,
+        )
     }
 }
 

@@ -39,11 +39,21 @@ pub const UNBILLABLE_UNITS: &str = "tally_oracle_unbillable_units_total";
 /// The chain's clock minus this machine's, in seconds, at the last round.
 pub const CLOCK_OFFSET: &str = "tally_oracle_chain_clock_offset_seconds";
 
+/// Upstream answers without usage (label `outcome`: `tokenized` — billed by counting
+/// with the server's tokenizer; `withheld` — a whole answer not delivered, since it
+/// could not be billed; `unbilled` — a streamed answer already delivered and not
+/// billed).
+pub const USAGE_MISSING: &str = "tally_oracle_usage_missing_total";
+/// Requests the gateway refused (label `reason`).
+pub const GATEWAY_REFUSED: &str = "tally_oracle_gateway_refused_total";
+
 /// How many recent warnings `/health` keeps.
 pub const HEALTH_WARNINGS: usize = 20;
+/// How long `/health` stays degraded after an answer that could not be billed.
+pub const UNMETERED_DEGRADES_SECS: i64 = 900;
 
 /// Every metric the oracle exposes.
-pub const METRICS: [(&str, Kind, &str); 18] = [
+pub const METRICS: [(&str, Kind, &str); 20] = [
     (
         RECORDS_IN,
         Kind::Counter,
@@ -130,6 +140,16 @@ pub const METRICS: [(&str, Kind, &str); 18] = [
         Kind::Gauge,
         "The chain's clock minus this machine's clock, in seconds (records are stamped in chain time).",
     ),
+    (
+        USAGE_MISSING,
+        Kind::Counter,
+        "Upstream answers without usage, by outcome (tokenized: billed by the server's tokenizer; withheld: not delivered; unbilled: a stream delivered unbilled).",
+    ),
+    (
+        GATEWAY_REFUSED,
+        Kind::Counter,
+        "Requests the gateway refused, by reason (never forwarded, never billed).",
+    ),
 ];
 
 /// The health of the settlement loop.
@@ -143,6 +163,18 @@ pub struct Health {
     /// [`HEALTH_WARNINGS`]): one job's problem, so not a failure of the daemon.
     pub warnings: Vec<String>,
     pub shutting_down: bool,
+    /// Recent answers the gateway could not bill (newest last, at most
+    /// [`HEALTH_WARNINGS`]), and when the last one happened (chain time).
+    pub unmetered: Vec<String>,
+    pub last_unmetered_at: Option<i64>,
+}
+
+impl Health {
+    /// Whether an answer could not be billed within [`UNMETERED_DEGRADES_SECS`] of `now`.
+    pub fn unmetered_recently(&self, now: i64) -> bool {
+        self.last_unmetered_at
+            .is_some_and(|at| now.saturating_sub(at) < UNMETERED_DEGRADES_SECS)
+    }
 }
 
 /// The daemon's metrics registry.
@@ -230,6 +262,27 @@ impl Telemetry {
         if let Ok(mut health) = self.health.lock() {
             health.last_errors = vec![error];
         }
+    }
+
+    /// An upstream answer came without usage: counted by `outcome` (see
+    /// [`USAGE_MISSING`]); one that could not be billed also degrades `/health`.
+    pub fn usage_missing(&self, outcome: &str, detail: &str, now: i64) {
+        self.inc(USAGE_MISSING, &format!("outcome=\"{outcome}\""), 1);
+        if outcome == "tokenized" {
+            return;
+        }
+        tracing::error!("{detail}");
+        if let Ok(mut health) = self.health.lock() {
+            health.unmetered.push(detail.to_string());
+            let excess = health.unmetered.len().saturating_sub(HEALTH_WARNINGS);
+            health.unmetered.drain(..excess);
+            health.last_unmetered_at = Some(now);
+        }
+    }
+
+    /// The gateway refused a request for `reason` (a metrics label).
+    pub fn refused(&self, reason: &str) {
+        self.inc(GATEWAY_REFUSED, &format!("reason=\"{reason}\""), 1);
     }
 
     pub fn set_shutting_down(&self) {

@@ -22,6 +22,20 @@ impl Totals {
         self.gpu_ms = self.gpu_ms.saturating_add(r.gpu_ms);
     }
 
+    /// Adds other totals.
+    pub fn merge(&mut self, other: &Self) {
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
+    }
+
+    /// The totals of one record.
+    pub fn of(record: &UsageRecord) -> Self {
+        let mut totals = Self::default();
+        totals.add(record);
+        totals
+    }
+
     /// The cumulative units these totals bill under `kind`. Frames are reported one
     /// record per frame.
     pub fn units(&self, kind: UnitKind) -> u64 {

@@ -2,7 +2,13 @@
 //! `scripts/bench`): durable ingest records/s on one core (every record committed
 //! with a full sync before the next), receipts signed/s (ed25519 over the receipt
 //! message), and the gateway's added latency — p50/p99 of requests through the
-//! gateway against the same requests sent straight to the same upstream, in one run.
+//! gateway against the same requests sent straight to the same upstream, in one run,
+//! with everything a paying request goes through on: a wallet-signed job key checked
+//! (signature, expiry, revocation), the job's view read and the request's maximum cost
+//! reserved (pre-authorization), the meter claimed, the body normalized, the record
+//! committed durably before the answer. The job's chain state comes from memory here
+//! (the daemon reads it from the chain in the background; a request waits for the
+//! chain only on a view older than the refresh interval).
 // Statistics over timings: float conversions of counts and ranks are intended.
 #![allow(
     clippy::cast_possible_truncation,
@@ -17,13 +23,22 @@ use std::time::Instant;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{json, Value};
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally_client::job_key::JobKeyClaims;
+use tally_oracle::clock::ChainClock;
+use tally_oracle::gateway::{Gateway, GatewayConfig, GatewaySettings};
+use tally_oracle::job_view::{JobBook, ViewConfig};
+use tally_oracle::meter::SourceStore;
+use tally_oracle::node_report::JobDirectory;
 use tally_oracle::sim_worker::SimWorker;
+use tally_oracle::sink::Sink;
 use tally_oracle::store::{Store, UsageRecord};
+use tally_oracle::telemetry::Telemetry;
 
 const INGEST_RECORDS: u64 = 2_000;
 const SIGNATURES: u64 = 20_000;
-const REQUESTS: usize = 400;
+const REQUESTS: usize = 1_000;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -46,6 +61,7 @@ fn ingest(dir: &std::path::Path) -> Result<f64, String> {
             gpu_ms: 150,
             finished_at: 1_795_564_800,
             source: "bench".into(),
+            ..UsageRecord::default()
         };
         store.record(&record).map_err(|e| e.to_string())?;
     }
@@ -77,28 +93,75 @@ fn signing() -> f64 {
     SIGNATURES as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn latencies(
-    client: &reqwest::Client,
-    url: &str,
-    key: Option<&str>,
-) -> Result<Vec<f64>, String> {
+async fn timed(client: &reqwest::Client, url: &str, key: Option<&str>) -> Result<f64, String> {
     let body = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"how much does a token cost"}],"max_tokens":32}"#;
-    let mut out = Vec::with_capacity(REQUESTS);
-    for _ in 0..REQUESTS {
-        let mut request = client.post(format!("{url}/v1/chat/completions")).body(body);
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        let started = Instant::now();
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        response.bytes().await.map_err(|e| e.to_string())?;
-        out.push(started.elapsed().as_secs_f64() * 1_000.0);
+    let mut request = client.post(format!("{url}/v1/chat/completions")).body(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
     }
-    out.sort_by(f64::total_cmp);
-    Ok(out)
+    let started = Instant::now();
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response.bytes().await.map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64() * 1_000.0)
 }
 
-async fn gateway(dir: PathBuf) -> Result<(Vec<f64>, Vec<f64>), String> {
+/// Latencies of one path, sorted (ms).
+struct Path(Vec<f64>);
+
+impl Path {
+    fn p(&self, q: f64) -> f64 {
+        percentile(&self.0, q)
+    }
+}
+
+/// The same request straight to the upstream, through a gateway taking a static key
+/// without the chain, and through a gateway checking a job key and pre-authorizing,
+/// interleaved (rotating which goes first), so load on the machine affects all alike.
+async fn latencies(
+    client: &reqwest::Client,
+    urls: [(&str, Option<&str>); 3],
+    requests: usize,
+) -> Result<[Path; 3], String> {
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..requests {
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let (url, key) = urls[which];
+            out[which].push(timed(client, url, key).await?);
+        }
+    }
+    Ok(out.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        Path(v)
+    }))
+}
+
+/// A job as the chain would hold it: the bench's client, escrow enough for the run.
+struct MemoryDirectory {
+    address: anchor_lang::prelude::Pubkey,
+    job: tally::state::Job,
+}
+
+impl JobDirectory for MemoryDirectory {
+    fn job(
+        &self,
+        job: &anchor_lang::prelude::Pubkey,
+    ) -> Result<Option<tally::state::Job>, tally_oracle::OracleError> {
+        Ok((*job == self.address).then_some(self.job))
+    }
+
+    fn signers(
+        &self,
+        _: &anchor_lang::prelude::Pubkey,
+    ) -> Result<Option<tally_oracle::node_report::JobSigners>, tally_oracle::OracleError> {
+        Ok(None)
+    }
+}
+
+async fn gateway(dir: PathBuf) -> Result<[Path; 3], String> {
     let worker = Arc::new(SimWorker::default());
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -108,13 +171,54 @@ async fn gateway(dir: PathBuf) -> Result<(Vec<f64>, Vec<f64>), String> {
         upstream.local_addr().map_err(|e| e.to_string())?
     );
     tokio::spawn(Arc::clone(&worker).serve(upstream));
-    let gateway = Gateway::new(GatewayConfig {
-        upstream: upstream_url.clone(),
-        api_keys: HashMap::from([("bench".to_string(), "job-bench".to_string())]),
-        store_path: dir.join("gateway.db"),
-        clock: tally_oracle::clock::ChainClock::new(),
-    })
+    let clock = ChainClock::new();
+    let client = Keypair::new();
+    let operator_authority = anchor_lang::prelude::Pubkey::new_unique();
+    let address = anchor_lang::prelude::Pubkey::new_unique();
+    let mut account = <tally::state::Job as anchor_lang::Discriminator>::DISCRIMINATOR.to_vec();
+    account.resize(tally::state::Job::ACCOUNT_SIZE, 0);
+    let mut job = tally_client::ops::decode_job(&account).ok_or("a zeroed job does not decode")?;
+    job.client = client.pubkey();
+    job.operator = tally_client::pda::operator(&operator_authority);
+    job.nonce = 1;
+    job.unit_price = 1;
+    job.escrow_left = u64::MAX / 2;
+    job.deposited = job.escrow_left;
+    job.deadline = clock.now() + 86_400;
+    let key = JobKeyClaims {
+        job: address,
+        job_nonce: 1,
+        expires_at: clock.now() + 3_600,
+        spend_limit: None,
+    }
+    .sign(&client)
+    .encode();
+    let store = dir.join("gateway.db").to_string_lossy().to_string();
+    let sink = Sink::open(
+        &store,
+        Arc::new(Telemetry::default()),
+        Arc::clone(&clock),
+        u64::MAX,
+    )
     .map_err(|e| e.to_string())?;
+    let book = JobBook::new(
+        Arc::new(MemoryDirectory { address, job }),
+        SourceStore::open(&store, Arc::clone(&clock)).map_err(|e| e.to_string())?,
+        clock,
+        ViewConfig {
+            refresh: std::time::Duration::from_secs(2),
+            operator: Some(job.operator),
+            new_job_lookups_per_sec: 20,
+            source: tally_oracle::gateway::SOURCE,
+        },
+    );
+    let gateway = Gateway::build(
+        upstream_url.clone(),
+        HashMap::new(),
+        sink,
+        GatewaySettings::default(),
+        Some(book),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -123,13 +227,31 @@ async fn gateway(dir: PathBuf) -> Result<(Vec<f64>, Vec<f64>), String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     tokio::spawn(gateway.serve(listener));
-    let client = reqwest::Client::new();
-    // Warm both paths, then alternate so load and caches affect both alike.
-    latencies(&client, &upstream_url, None).await?;
-    latencies(&client, &gateway_url, Some("bench")).await?;
-    let direct = latencies(&client, &upstream_url, None).await?;
-    let through = latencies(&client, &gateway_url, Some("bench")).await?;
-    Ok((direct, through))
+    // The same gateway without the chain: a static key, no pre-authorization.
+    let plain = Gateway::new(GatewayConfig {
+        upstream: upstream_url.clone(),
+        api_keys: HashMap::from([("static".to_string(), address.to_string())]),
+        store_path: dir.join("plain.db"),
+        clock: ChainClock::new(),
+    })
+    .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let plain_url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    tokio::spawn(plain.serve(listener));
+    let http = reqwest::Client::new();
+    let urls = [
+        (upstream_url.as_str(), None),
+        (plain_url.as_str(), Some("static")),
+        (gateway_url.as_str(), Some(key.as_str())),
+    ];
+    // Warm every path, then measure them interleaved.
+    latencies(&http, urls, 50).await?;
+    latencies(&http, urls, REQUESTS).await
 }
 
 fn main() {
@@ -147,23 +269,74 @@ fn main() {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let (direct, through) = runtime.block_on(gateway(dir.clone()))?;
-        let (d50, d99, g50, g99) = (
-            percentile(&direct, 0.5),
-            percentile(&direct, 0.99),
-            percentile(&through, 0.5),
-            percentile(&through, 0.99),
-        );
+        let disk = runtime.block_on(gateway(dir.clone()))?;
+        // The same with the store in memory (tmpfs): the gateway's own cost, without
+        // the disk's fsync (which the durable-ingest row measures).
+        let memory = std::path::Path::new("/dev/shm").is_dir().then(|| {
+            PathBuf::from(format!(
+                "/dev/shm/tally-oracle-bench-{}",
+                std::process::id()
+            ))
+        });
+        let in_memory = match &memory {
+            Some(memory) => {
+                std::fs::create_dir_all(memory).map_err(|e| e.to_string())?;
+                let measured = runtime.block_on(gateway(memory.clone()));
+                let _ = std::fs::remove_dir_all(memory);
+                Some(measured?)
+            }
+            None => None,
+        };
         println!("| oracle | measured |");
         println!("|---|---:|");
         println!("| durable ingest, records/s (1 core, fsync per record) | {ingest:.0} |");
         println!("| receipts signed/s (ed25519, 1 core) | {signed:.0} |");
-        println!("| upstream direct p50 / p99 (ms) | {d50:.2} / {d99:.2} |");
-        println!("| through the gateway p50 / p99 (ms) | {g50:.2} / {g99:.2} |");
-        println!(
-            "| gateway overhead ratio p50 / p99 | {:.2} / {:.2} |",
-            g50 / d50,
-            g99 / d99
+        let row = |store: &str, paths: &[Path; 3]| {
+            let [direct, plain, full] = paths;
+            println!(
+                "| {store}: upstream direct p50 / p99 (ms) | {:.2} / {:.2} |",
+                direct.p(0.5),
+                direct.p(0.99)
+            );
+            println!(
+                "| {store}: gateway, static key, no pre-authorization p50 / p99 (ms) | {:.2} / {:.2} |",
+                plain.p(0.5),
+                plain.p(0.99)
+            );
+            println!(
+                "| {store}: gateway, job key + pre-authorization p50 / p99 (ms) | {:.2} / {:.2} |",
+                full.p(0.5),
+                full.p(0.99)
+            );
+            println!(
+                "| {store}: added by the gateway (job key + pre-authorization) p50 / p99 (ms) | {:.2} / {:.2} |",
+                full.p(0.5) - direct.p(0.5),
+                full.p(0.99) - direct.p(0.99)
+            );
+            println!(
+                "| {store}: added by job keys + pre-authorization alone p50 / p99 (ms) | {:.2} / {:.2} |",
+                full.p(0.5) - plain.p(0.5),
+                full.p(0.99) - plain.p(0.99)
+            );
+        };
+        row("store on disk", &disk);
+        if let Some(paths) = &in_memory {
+            row("store in memory (tmpfs)", paths);
+        }
+        let summary = |paths: &[Path; 3]| {
+            let [direct, plain, full] = paths;
+            json!({
+                "direct_p50_ms": direct.p(0.5), "direct_p99_ms": direct.p(0.99),
+                "static_key_p50_ms": plain.p(0.5), "static_key_p99_ms": plain.p(0.99),
+                "job_key_preauth_p50_ms": full.p(0.5), "job_key_preauth_p99_ms": full.p(0.99),
+            })
+        };
+        let [direct, _, through] = &disk;
+        let (d50, d99, g50, g99) = (
+            direct.p(0.5),
+            direct.p(0.99),
+            through.p(0.5),
+            through.p(0.99),
         );
         Ok(json!({
             "ingest_records_per_s": ingest.round(),
@@ -174,6 +347,9 @@ fn main() {
             "gateway_p99_ms": g99,
             "gateway_p50_overhead_ratio": g50 / d50,
             "gateway_p99_overhead_ratio": g99 / d99,
+            "gateway_checks": "job key + pre-authorization + durable commit",
+            "gateway_store_on_disk": summary(&disk),
+            "gateway_store_in_memory": in_memory.as_ref().map(summary),
             "requests_per_path": REQUESTS,
         }))
     })();

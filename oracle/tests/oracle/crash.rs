@@ -1,23 +1,32 @@
 //! The crash test: the real `tally-oracle` process against solana-test-validator,
 //! killed with SIGKILL at random points while thousands of signed node reports come
-//! in and receipts are being sent, restarted each time. A worker retries each report
-//! until the oracle answers it (201 recorded, or 409 already recorded: an answer lost
-//! to a kill). At the end, SIGTERM: the oracle settles what it accepted and exits.
-//! Then the chain must hold exactly the units of the reports — none lost, none
-//! doubled — and the store exactly one record per report.
+//! in, streamed chat completions go through its gateway, and receipts are being sent,
+//! restarted each time. A worker retries each report until the oracle answers it (201
+//! recorded, or 409 already recorded: an answer lost to a kill). A client streams
+//! through the gateway with a job key, again and again: a stream a kill cut short is
+//! simply asked again. At the end, SIGTERM (with streams still in flight): the oracle
+//! finishes them, settles what it accepted and exits. Then the chain must hold exactly
+//! the units of the reports and of the gateway's records — none lost, none doubled —
+//! the store exactly one record per report, and every stream the client received
+//! whole (its `[DONE]`) must have its record: answers are billed before their last
+//! byte.
 //!
 //! The seed is printed; `TALLY_CRASH_SEED=<n>` replays a run's kill schedule.
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
 use ed25519_dalek::SigningKey;
 use solana_keypair::Keypair;
 use tally_client::chain::Chain;
+use tally_client::job_key::JobKeyClaims;
 use tally_client::migrate::{migrate, Deployment};
 use tally_client::{ops, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::node_report::NodeRecord;
+use tally_oracle::sim_worker::{SimConfig, SimWorker};
 use tally_oracle::store::Store;
 use tally_tests::solana_signer::Signer;
 use tally_tests::validator::LocalValidator;
@@ -26,6 +35,8 @@ use tally_tests::validator::LocalValidator;
 const REPORTS: u64 = 3_000;
 /// Jobs they are spread over.
 const JOBS: u64 = 3;
+/// Jobs metered by the gateway (one meter per job: not the reports' jobs).
+const GATEWAY_JOBS: u64 = 2;
 
 /// xorshift64*: a reproducible schedule from a printed seed.
 struct Rng(u64);
@@ -157,10 +168,49 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
         })
         .collect();
 
+    // Jobs the client spends through the gateway, each with a key its wallet signs.
+    let gateway_jobs: Vec<(Pubkey, String)> = (0..GATEWAY_JOBS)
+        .map(|i| {
+            let job: Pubkey = ops::open_job(
+                &mut chain,
+                &client,
+                &operator.pubkey(),
+                &ops::NATIVE_MINT,
+                OpenJobArgs {
+                    job_id: 100 + i,
+                    unit_kind: 0,
+                    unit_price: 1,
+                    max_units: 100_000_000,
+                    deadline: now + 86_400,
+                    spend_cap_per_hour: 0,
+                },
+            )
+            .unwrap()
+            .address
+            .parse()
+            .unwrap();
+            let key = JobKeyClaims {
+                job,
+                job_nonce: ops::job(&chain, &job).unwrap().nonce,
+                expires_at: now + 86_400,
+                spend_limit: None,
+            }
+            .sign(&client)
+            .encode();
+            (job, key)
+        })
+        .collect();
+    // The inference server: vLLM-like, a few milliseconds per streamed token, so kills
+    // land inside streams.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+
     // The oracle's config: fixed ports, so restarts keep the workers' URL.
     let keypair_path = dir.join("oracle.json");
     write_keypair(&keypair_path, &oracle);
     let reports_port = super::free_port();
+    let gateway_port = super::free_port();
     let config = dir.join("oracle.toml");
     std::fs::write(
         &config,
@@ -168,12 +218,14 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
             "url = \"{}\"\nkeypair = \"{}\"\nstore = \"{}\"\ninvoices_dir = \"{}\"\n\
              [batch]\ninterval_secs = 0.25\nmax_records = 150\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n\
-             [node_reports]\nlisten = \"127.0.0.1:{reports_port}\"\n",
+             [node_reports]\nlisten = \"127.0.0.1:{reports_port}\"\n\
+             [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\nupstream = \"{upstream_url}\"\noperator = \"{}\"\n",
             validator.rpc_url,
             keypair_path.display(),
             dir.join("oracle.db").display(),
             dir.join("invoices").display(),
             super::free_port(),
+            operator.pubkey(),
         ),
     )
     .unwrap();
@@ -246,6 +298,60 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
         })
     });
 
+    // The streaming client: whole streams (ending in [DONE]) by gateway request id.
+    let streaming = Arc::new(AtomicBool::new(true));
+    let streams = {
+        let (streaming, jobs) = (Arc::clone(&streaming), gateway_jobs.clone());
+        let url = format!("http://127.0.0.1:{gateway_port}/v1/chat/completions");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let worker = Arc::new(SimWorker::with(SimConfig {
+                    event_delay: Duration::from_millis(4),
+                    ..SimConfig::default()
+                }));
+                let listener = tokio::net::TcpListener::from_std(upstream).unwrap();
+                tokio::spawn(Arc::clone(&worker).serve(listener));
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let (mut started, mut whole) = (0u64, Vec::new());
+                let mut i = 0usize;
+                while streaming.load(Ordering::SeqCst) {
+                    i += 1;
+                    let (job, key) = &jobs[i % jobs.len()];
+                    let body = format!(
+                        r#"{{"model":"llama-3-8b","messages":[{{"role":"user","content":"stream {i} through the gateway"}}],"max_tokens":{},"stream":true}}"#,
+                        4 + i % 9
+                    );
+                    let Ok(response) = http.post(&url).bearer_auth(key).body(body).send().await
+                    else {
+                        // Down (killed): ask again.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    started += 1;
+                    assert_eq!(response.status(), 200, "the gateway refused a paid request");
+                    let id = response.headers()["x-tally-request-id"]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    if let Ok(text) = response.text().await {
+                        if text.ends_with("data: [DONE]\n\n") {
+                            whole.push((*job, id));
+                        }
+                    }
+                }
+                (started, whole)
+            })
+        })
+    };
+
     // The killer: SIGKILL at random points until the worker is done.
     let mut oracle_process = spawn_oracle(&config, &log);
     let mut kills = 0u32;
@@ -274,12 +380,15 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
         "only {kills} kills: the run was too short to test anything"
     );
 
-    // SIGTERM: the last oracle settles what it accepted, then exits cleanly.
+    // SIGTERM, streams still in flight: the last oracle finishes them, settles what
+    // it accepted, then exits cleanly.
+    streaming.store(false, Ordering::SeqCst);
     let status = Command::new("kill")
         .args(["-TERM", &oracle_process.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    let (started, whole) = streams.join().unwrap();
     let exit = oracle_process.wait().unwrap();
     assert!(
         exit.success(),
@@ -288,12 +397,41 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     );
 
     let store = Store::open(&dir.join("oracle.db")).unwrap();
-    assert_eq!(
-        store.record_count().unwrap(),
-        REPORTS,
-        "one record per report"
-    );
+    let reported: usize = jobs
+        .iter()
+        .map(|job| store.records_after(&job.to_string(), 0).unwrap().len())
+        .sum();
+    assert_eq!(reported as u64, REPORTS, "one record per report");
     assert_eq!(store.pending_submissions().unwrap(), Vec::new());
+    // Every stream delivered whole was billed: its record is in the store.
+    let mut recorded = 0;
+    for (job, _) in &gateway_jobs {
+        let records = store.records_after(&job.to_string(), 0).unwrap();
+        recorded += records.len();
+        let ids: std::collections::HashSet<_> =
+            records.iter().map(|(_, r)| r.request_id.clone()).collect();
+        for (_, id) in whole.iter().filter(|(j, _)| j == job) {
+            assert!(
+                ids.contains(id),
+                "stream {id} reached the client whole but was never billed (seed {seed})"
+            );
+        }
+        let units: u64 = records
+            .iter()
+            .map(|(_, r)| r.prompt_tokens + r.completion_tokens)
+            .sum();
+        let state = ops::job(&chain, job).unwrap();
+        assert_eq!(
+            state.settled_units, units,
+            "gateway job {job}: settled on-chain vs recorded (seed {seed})"
+        );
+    }
+    println!(
+        "{} whole streams delivered, {recorded} recorded, of {started} started (the rest cut by kills)",
+        whole.len()
+    );
+    assert!(whole.len() >= 10, "too few streams to test anything");
+    assert!(recorded >= whole.len() && recorded as u64 <= started);
     for (job, units) in jobs.iter().zip(&expected) {
         let state = ops::job(&chain, job).unwrap();
         assert_eq!(

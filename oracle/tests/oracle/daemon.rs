@@ -12,7 +12,7 @@ use tally_client::{ix, OperatorArgs};
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
 use tally_oracle::node_report::{NodeRecord, SignedReport};
-use tally_oracle::sim_worker::SimWorker;
+use tally_oracle::sim_worker::{SimConfig, SimWorker};
 use tally_oracle::telemetry;
 use tally_tests::solana_signer::Signer;
 use tally_tests::{expect_ok, JobHandle, OperatorHandle, World};
@@ -38,6 +38,7 @@ pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
         operator,
         jobs,
         dir,
+        ..
     } = super::setup(name, jobs);
     let node = SigningKey::from_bytes(&[7; 32]);
     expect_ok(world.send(
@@ -88,7 +89,7 @@ pub(super) async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedCh
     panic!("the daemon still holds the chain after it stopped");
 }
 
-fn config(dir: &Path, sections: &str) -> OracleConfig {
+pub(super) fn config(dir: &Path, sections: &str) -> OracleConfig {
     OracleConfig::parse(
         &format!(
             r#"
@@ -109,7 +110,7 @@ listen = "127.0.0.1:0"
     .unwrap()
 }
 
-fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
+pub(super) fn report(f: &Fixture, job: usize, i: u64, key: &SigningKey) -> SignedReport {
     let finished_at = f.now;
     NodeRecord {
         job: f.jobs[job].address.to_string(),
@@ -136,7 +137,7 @@ pub(super) async fn post(url: &str, body: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(super) async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
@@ -355,12 +356,17 @@ interval_secs = 0.05
 
 /// The world's chain runs days away from this machine's clock (its genesis is a fixed
 /// date): the gateway stamps records in the chain's time, so usage is billed by the
-/// chain's deadline whatever day the test runs; usage after that deadline shows up in
-/// /metrics and /health as unbillable, not as a silent zero.
+/// chain's deadline whatever day the test runs. A stream admitted before the deadline
+/// that ends after it is unbillable, and shows up in /metrics and /health as such, not
+/// as a silent zero; a request after the deadline is refused (402) and never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silent() {
     let mut f = fixture("daemon-clock", 1);
-    let worker = Arc::new(SimWorker::default());
+    // Streams take a while (a model generating); whole answers come at once.
+    let worker = Arc::new(SimWorker::with(SimConfig {
+        event_delay: Duration::from_millis(100),
+        ..SimConfig::default()
+    }));
     let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
     tokio::spawn(Arc::clone(&worker).serve(upstream_listener));
@@ -402,7 +408,15 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
     }
     let billed = settled(&chain);
     assert!(billed > 0, "usage inside the deadline was not billed");
-    // The offset is published once the round that settled it has finished.
+    // A stream admitted now ends after the deadline passes.
+    let late = http
+        .post(&gateway)
+        .bearer_auth("sk-client")
+        .body(r#"{"model":"m","prompt":"one two three","max_tokens":25,"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 200);
     let chain_now = chain.lock().unwrap().clock().unwrap().unix_timestamp;
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,6 +424,7 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         .as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let expected = chain_now as f64 - wall;
+    // The round that settled it reports the offset as it ends.
     let mut offset = 0.0;
     for _ in 0..500 {
         offset = daemon.telemetry.get(telemetry::CLOCK_OFFSET, "");
@@ -431,7 +446,13 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(request(7).await.unwrap().status(), 200);
+    let sse = late.text().await.unwrap();
+    assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+    // After the deadline nothing more is served: it could not be billed.
+    let refused = request(7).await.unwrap();
+    assert_eq!(refused.status(), 402);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("passed its deadline"), "{text}");
     let labels = "reason=\"after_deadline\"";
     for _ in 0..500 {
         if daemon.telemetry.get(telemetry::UNBILLABLE_RECORDS, labels) >= 1.0 {
@@ -505,6 +526,34 @@ api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
     .unwrap_err();
     assert!(err.to_string().contains("not a job address"), "{err}");
     assert!(!err.to_string().contains("sk-secret"), "{err}");
+
+    // The gateway's limits and counting, and their mistakes.
+    let config = OracleConfig::parse(
+        "[gateway]\nlisten = \"x\"\nupstream = \"y\"\noperator = \"9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q\"\nmax_body_bytes = 2048\nheader_read_timeout_secs = 2\ndrain_secs = 5\ntokenize = \"/extras/tokenize\"",
+        Vec::new(),
+    )
+    .unwrap();
+    let gateway = config.gateway.unwrap();
+    let settings = gateway.settings().unwrap();
+    assert_eq!(settings.limits.max_body_bytes, 2048);
+    assert_eq!(settings.limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(settings.limits.drain, Duration::from_secs(5));
+    assert_eq!(
+        settings.tokenize,
+        tally_oracle::gateway::tokenize::TokenizeMode::Path("/extras/tokenize".into())
+    );
+    assert!(gateway.operator_pda().unwrap().is_some());
+    for (line, says) in [
+        ("tokenize = \"sometimes\"", "gateway.tokenize"),
+        ("operator = \"me\"", "gateway.operator"),
+    ] {
+        let err = OracleConfig::parse(
+            &format!("[gateway]\nlisten = \"x\"\nupstream = \"y\"\n{line}"),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
 }
 
 #[test]

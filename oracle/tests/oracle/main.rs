@@ -7,10 +7,11 @@ use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
 use tally_oracle::batcher::{Batcher, UnbillableReason};
 use tally_oracle::invoice::{sha256, Invoice};
 use tally_oracle::store::{Recorded, Store, UsageRecord};
-use tally_tests::{JobHandle, JobSpec, OperatorHandle, World};
+use tally_tests::{ClientHandle, JobHandle, JobSpec, OperatorHandle, World};
 
 mod crash;
 mod daemon;
+mod gateway_billing;
 mod postgres;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -39,12 +40,15 @@ fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
         gpu_ms: 150,
         finished_at,
         source: "gateway".into(),
+        ..UsageRecord::default()
     }
 }
 
 struct Setup {
     world: World,
     operator: OperatorHandle,
+    /// The client who opened every job (its wallet signs their job keys).
+    client: ClientHandle,
     jobs: Vec<JobHandle>,
     dir: PathBuf,
 }
@@ -63,6 +67,7 @@ fn setup_with(name: &str, specs: &[JobSpec]) -> Setup {
     Setup {
         world,
         operator,
+        client,
         jobs,
         dir: temp_dir(name),
     }
@@ -462,7 +467,7 @@ mod gateway {
         let streamed = chat.replace("\"max_tokens\":7", "\"max_tokens\":9,\"stream\":true");
         let response = http
             .post(format!("{}/v1/chat/completions", run.gateway))
-            .header("x-tally-job", "JobA")
+            .bearer_auth("key-a")
             .body(streamed)
             .send()
             .await
@@ -522,14 +527,23 @@ mod gateway {
         assert_eq!(response.status(), 401);
         let text = response.text().await.unwrap();
         assert!(text.contains("unknown API key"), "{text}");
-        let response = http
-            .post(format!("{}/v1/chat/completions", run.gateway))
-            .header("x-tally-job", "NotAJob")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401);
+        // A job named by a header, alone or beside a key for another job: refused.
+        for key in [None, Some("key-a")] {
+            let mut request = http
+                .post(format!("{}/v1/chat/completions", run.gateway))
+                .header("x-tally-job", "JobB")
+                .body(chat);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 400);
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains("X-Tally-Job header is not accepted"),
+                "{text}"
+            );
+        }
         let response = http
             .post(format!("{}/v1/models", run.gateway))
             .bearer_auth("key-a")
@@ -674,6 +688,7 @@ fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
         gpu_ms: 1,
         finished_at: 1,
         source: "node-report".into(),
+        ..UsageRecord::default()
     };
     for i in 0..10 {
         store.record(&usage(i)).unwrap();

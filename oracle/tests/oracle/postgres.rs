@@ -162,6 +162,7 @@ fn usage(job: &str, i: u64) -> UsageRecord {
         gpu_ms: 10,
         finished_at: 1_000 + i64::try_from(i).unwrap(),
         source: "node-report".into(),
+        ..UsageRecord::default()
     }
 }
 
@@ -306,4 +307,131 @@ async fn replicas_over_one_postgres_all_take_reports_and_settle_each_once() {
         assert_eq!(f.world.env.job(&job.address).settled_units, units);
     }
     f.world.check_solvency();
+}
+
+/// The store's additions for the gateway: one meter per job, revocations, usage totals
+/// by job and key, and the columns records gained.
+fn gateway_contract(store: &Store) {
+    // The first source to claim a job meters it; the other sees who does.
+    assert_eq!(store.claim_meter("JobM", "gateway", 10).unwrap(), "gateway");
+    assert_eq!(
+        store.claim_meter("JobM", "node-report", 11).unwrap(),
+        "gateway"
+    );
+    assert_eq!(
+        store.claim_meter("JobN", "node-report", 12).unwrap(),
+        "node-report"
+    );
+    // Revocations are idempotent and listed.
+    assert!(store.revoke_key("key-1", "JobM", 13).unwrap());
+    assert!(!store.revoke_key("key-1", "JobM", 14).unwrap());
+    assert_eq!(store.revoked_keys().unwrap(), vec!["key-1".to_string()]);
+    // Totals by job and by key, up to a deadline; the new columns round-trip.
+    for (i, finished_at) in [(0u64, 100), (1, 200), (2, 300)] {
+        let record = UsageRecord {
+            job: "JobM".into(),
+            request_id: format!("gw-{i}"),
+            model: "m".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5 + i,
+            gpu_ms: 1_000,
+            finished_at,
+            source: "gateway".into(),
+            upstream_id: format!("chatcmpl-{i}"),
+            counted_by: "tokenizer".into(),
+            key_id: if i == 1 {
+                "key-2".into()
+            } else {
+                String::new()
+            },
+        };
+        assert_eq!(store.record(&record).unwrap(), Recorded::New);
+    }
+    let totals = store.job_usage("JobM", 200).unwrap();
+    assert_eq!(
+        (totals.requests, totals.tokens, totals.gpu_ms),
+        (2, 31, 2_000)
+    );
+    let all = store.job_usage("JobM", i64::MAX).unwrap();
+    assert_eq!((all.requests, all.tokens), (3, 48));
+    let key = store.key_usage("key-2", i64::MAX).unwrap();
+    assert_eq!((key.requests, key.tokens), (1, 16));
+    assert_eq!(store.job_usage("nobody", i64::MAX).unwrap().requests, 0);
+    // Metered and not yet settled: what no confirmed receipt covers.
+    assert_eq!(store.unsettled_usage("JobM", i64::MAX).unwrap(), all);
+    let first = store.records_after("JobM", 0).unwrap()[0].0;
+    let submission = Submission {
+        job: "JobM".into(),
+        seq: 1,
+        cumulative_units: 15,
+        invoice_hash: [1; 32],
+        period_end: 100,
+        last_record: first,
+        confirmed: false,
+    };
+    store.write_submission(&submission).unwrap();
+    assert_eq!(
+        store.unsettled_usage("JobM", i64::MAX).unwrap(),
+        all,
+        "a receipt not yet confirmed settles nothing"
+    );
+    store.confirm("JobM", 1).unwrap();
+    let left = store.unsettled_usage("JobM", i64::MAX).unwrap();
+    assert_eq!((left.requests, left.tokens), (2, 33));
+    assert_eq!(store.unsettled_usage("JobM", 200).unwrap().requests, 1);
+    let (_, second) = store.records_after("JobM", 0).unwrap().remove(1);
+    assert_eq!(
+        (
+            second.upstream_id.as_str(),
+            second.counted_by.as_str(),
+            second.key_id.as_str()
+        ),
+        ("chatcmpl-1", "tokenizer", "key-2")
+    );
+}
+
+#[test]
+fn the_gateway_additions_hold_on_sqlite_and_on_postgres() {
+    let dir = super::temp_dir("store-gateway");
+    gateway_contract(&Store::connect(&dir.join("oracle.db").to_string_lossy()).unwrap());
+    let Some(pg) = PgServer::start_or_skip("pg-gateway") else {
+        return;
+    };
+    gateway_contract(&Store::connect(&pg.url).unwrap());
+    // Reconnecting (as a restart or a replica does) adds nothing twice.
+    let again = Store::connect(&pg.url).unwrap();
+    assert_eq!(
+        again.claim_meter("JobM", "node-report", 20).unwrap(),
+        "gateway"
+    );
+}
+
+#[test]
+fn a_store_written_before_the_gateway_columns_opens_and_gains_them() {
+    let dir = super::temp_dir("store-upgrade");
+    let path = dir.join("oracle.db");
+    {
+        // The records table as it was.
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE records (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, request_id TEXT NOT NULL,
+                 model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+                 gpu_ms INTEGER NOT NULL, finished_at INTEGER NOT NULL, source TEXT NOT NULL,
+                 UNIQUE (job, request_id));
+             INSERT INTO records (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
+             VALUES ('JobOld', 'r-1', 'm', 3, 4, 5, 6, 'node-report');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let old = store.all_records().unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        (old[0].counted_by.as_str(), old[0].key_id.as_str()),
+        ("", "")
+    );
+    gateway_contract(&store);
+    drop(store);
+    assert_eq!(Store::open(&path).unwrap().record_count().unwrap(), 4);
 }

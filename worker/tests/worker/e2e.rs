@@ -251,6 +251,7 @@ fn run_flow<C: Chain + Clock>(
     let corpus = corpus();
     // Request id → (job, tokens the tokenizer counts for its inputs).
     let mut expected: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut upstream_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut inputs = 0;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -311,6 +312,15 @@ fn run_flow<C: Chain + Clock>(
                     .await
                     .unwrap();
                 assert_eq!(response.status().as_u16(), 200);
+                // The gateway's own request id (what the invoice lines are keyed on);
+                // the worker's id is kept beside it.
+                let request_id = response
+                    .headers()
+                    .get("x-tally-request-id")
+                    .expect("the gateway names its request id")
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
                 assert_eq!(body["data"].as_array().unwrap().len(), texts.len());
                 let counted: u64 = texts.iter().map(|t| tokenizer_count(&tokenizer, t)).sum();
@@ -318,10 +328,8 @@ fn run_flow<C: Chain + Clock>(
                     body["usage"]["prompt_tokens"], counted,
                     "usage = the tokenizer's count"
                 );
-                expected.insert(
-                    body["id"].as_str().unwrap().to_string(),
-                    (job.to_string(), counted),
-                );
+                upstream_ids.insert(request_id.clone(), body["id"].as_str().unwrap().to_string());
+                expected.insert(request_id, (job.to_string(), counted));
                 inputs += texts.len();
             }
         }
@@ -367,6 +375,7 @@ fn run_flow<C: Chain + Clock>(
     assert_eq!(records.len(), expected.len());
     for record in &records {
         let (job, counted) = &expected[&record.request_id];
+        assert_eq!(record.upstream_id, upstream_ids[&record.request_id]);
         assert_eq!(
             (&record.job, record.prompt_tokens, record.completion_tokens),
             (job, *counted, 0)

@@ -1,0 +1,793 @@
+//! The gateway: an OpenAI-compatible reverse proxy in front of an operator's inference
+//! server (vLLM, TGI, llama.cpp server, Ollama), and billing software. Each request:
+//!
+//! 1. **Who pays.** The caller's key names the job: a job key signed by the job's
+//!    client wallet, checked against the chain ([`auth`], [`tally_client::job_key`]),
+//!    or a static key the operator configured. Nothing else can name a job.
+//! 2. **Can it pay.** The job's view ([`crate::job_view`]) must show the request's
+//!    maximum cost available — escrow left, less usage metered and not yet settled,
+//!    less what requests in flight reserved — else `402` (or `429` at the job's spend
+//!    cap); the cost is reserved before the request is forwarded.
+//! 3. **The meter stays on.** The body is normalized so the caller cannot switch usage
+//!    reporting off ([`request`]); answers without usage are counted with the
+//!    server's tokenizer ([`tokenize`]), or withheld (non-streamed) and counted as
+//!    unbilled, degrading `/health`.
+//! 4. **Billed before delivered.** A record keyed by the gateway's own request id
+//!    (UUIDv7; the server's id kept beside it) is committed before a non-streamed
+//!    answer is returned, and before a stream's usage chunk and `[DONE]` are sent
+//!    ([`stream`]). Stream tasks are tracked: a stop waits for them (bounded).
+//!
+//! A gateway built without a chain ([`Gateway::new`], [`Gateway::with_sink`]) takes
+//! static keys only and does not pre-authorize: it is for tests, benchmarks and the
+//! demo. The daemon always builds it with the chain ([`Gateway::build`]).
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tally::state::{Job, UnitKind};
+use tokio_util::task::TaskTracker;
+
+use crate::http::{error_response, full, json_response, Body, Limits, Shutdown};
+use crate::job_view::{JobBook, KeyTerms, Refused, Reservation};
+use crate::sink::Sink;
+use crate::store::{UsageRecord, COUNTED_BY_TOKENIZER, COUNTED_BY_UPSTREAM};
+use crate::telemetry::Telemetry;
+
+pub mod auth;
+pub mod request;
+pub mod stream;
+pub mod tokenize;
+
+use auth::{Caller, Refusal};
+pub use request::usage_of;
+use request::{Endpoint, Normalized};
+use stream::Passage;
+pub use stream::StreamUsage;
+use tokenize::{TokenizeMode, Tokenizer};
+
+/// Endpoints metered (POST).
+pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+/// Where a job key's holder revokes it (`POST`, `Authorization: Bearer <key>`).
+pub const REVOKE_PATH: &str = "/tally/v1/keys/revoke";
+/// The response header carrying the gateway's request id (the record's key).
+pub const REQUEST_ID_HEADER: &str = "x-tally-request-id";
+
+/// The name gateway records carry.
+pub const SOURCE: &str = "gateway";
+
+/// What the gateway needs to run on its own, without a chain (tests, the demo, the
+/// bench): static keys only, no pre-authorization.
+pub struct GatewayConfig {
+    /// Base URL of the inference server, e.g. `http://127.0.0.1:8000`.
+    pub upstream: String,
+    /// API key → job address.
+    pub api_keys: HashMap<String, String>,
+    /// The store file (shared with the batcher through SQLite).
+    pub store_path: PathBuf,
+    /// The chain's clock, synced by the caller before the first request (records
+    /// are stamped with it) and given to the batcher, which keeps it synced.
+    pub clock: Arc<crate::clock::ChainClock>,
+}
+
+/// How the gateway treats requests, beyond its upstream and keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub limits: Limits,
+    /// `max_tokens` given to chat requests that set none (their cost must be bounded).
+    pub default_max_tokens: u64,
+    /// Longest an upstream answer may take, streamed or not.
+    pub upstream_timeout: Duration,
+    /// Counting tokens for answers without usage.
+    pub tokenize: TokenizeMode,
+    /// A client that reads nothing for this long is treated as gone (its stream is
+    /// still read to the end and billed).
+    pub client_write_timeout: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits {
+                max_body_bytes: 4 * 1024 * 1024,
+                ..Limits::default()
+            },
+            default_max_tokens: 4_096,
+            upstream_timeout: Duration::from_secs(600),
+            tokenize: TokenizeMode::Auto,
+            client_write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The running gateway's state.
+pub struct Gateway {
+    upstream: String,
+    api_keys: HashMap<String, String>,
+    sink: Arc<Sink>,
+    http: reqwest::Client,
+    book: Option<Arc<JobBook>>,
+    settings: GatewaySettings,
+    tokenizer: Tokenizer,
+    tasks: TaskTracker,
+    verified: auth::Verified,
+}
+
+/// A caller allowed to spend a job, before its request's cost is reserved.
+struct Authorized {
+    job: String,
+    key: Option<KeyTerms>,
+    /// The job as the chain says (with pre-authorization).
+    state: Option<(anchor_lang::prelude::Pubkey, Job)>,
+}
+
+fn refused(refused: &Refused) -> Refusal {
+    let status = match refused {
+        Refused::Closed(_)
+        | Refused::AfterDeadline { .. }
+        | Refused::InsufficientEscrow { .. }
+        | Refused::KeyLimit { .. } => StatusCode::PAYMENT_REQUIRED,
+        Refused::OtherOperator { .. } => StatusCode::FORBIDDEN,
+        Refused::MeteredElsewhere(_) => StatusCode::CONFLICT,
+        Refused::SpendCap { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Refused::Busy | Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut refusal = Refusal::new(status, refused.reason(), refused.to_string());
+    refusal.retry_after = match refused {
+        Refused::SpendCap { retry_after, .. } => Some(*retry_after),
+        Refused::Busy | Refused::Unavailable(_) => Some(1),
+        _ => None,
+    };
+    refusal
+}
+
+fn refusal_response(refusal: &Refusal) -> Response<Body> {
+    let mut response = error_response(refusal.status, &refusal.message);
+    if let Some(secs) = refusal.retry_after {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An SSE event telling a streaming client its answer ended in error.
+fn error_event(message: &str) -> Bytes {
+    Bytes::from(format!(
+        "data: {}\n\n",
+        json!({ "error": { "message": message, "type": "server_error", "code": 502 } })
+    ))
+}
+
+impl Gateway {
+    /// A gateway with a store of its own at `config.store_path` (no chain: static keys
+    /// only, no pre-authorization).
+    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, crate::OracleError> {
+        let sink = Sink::open(
+            &config.store_path.to_string_lossy(),
+            Arc::new(Telemetry::default()),
+            config.clock,
+            u64::MAX,
+        )?;
+        Ok(Self::with_sink(config.upstream, config.api_keys, sink))
+    }
+
+    /// A gateway committing into `sink` (no chain: static keys only, no
+    /// pre-authorization).
+    pub fn with_sink(
+        upstream: String,
+        api_keys: HashMap<String, String>,
+        sink: Arc<Sink>,
+    ) -> Arc<Self> {
+        Self::build(upstream, api_keys, sink, GatewaySettings::default(), None)
+    }
+
+    /// A gateway committing into `sink`, checking job keys and pre-authorizing every
+    /// request against `book` (the chain and the store), as the daemon runs it.
+    pub fn build(
+        upstream: String,
+        api_keys: HashMap<String, String>,
+        sink: Arc<Sink>,
+        settings: GatewaySettings,
+        book: Option<Arc<JobBook>>,
+    ) -> Arc<Self> {
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(settings.upstream_timeout)
+            .build()
+            .unwrap_or_default();
+        Arc::new(Self {
+            tokenizer: Tokenizer::new(
+                &upstream,
+                settings.tokenize.clone(),
+                Duration::from_secs(30),
+            ),
+            upstream,
+            api_keys,
+            sink,
+            http,
+            book,
+            settings,
+            tasks: TaskTracker::new(),
+            verified: auth::Verified::default(),
+        })
+    }
+
+    /// The clock its records are stamped with: sync it from the chain (the batcher
+    /// does, each round, when given this clock).
+    pub fn clock(&self) -> Arc<crate::clock::ChainClock> {
+        Arc::clone(&self.sink.clock)
+    }
+
+    /// Serves HTTP/1.1 on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.serve_until(listener, crate::http::never()).await
+    }
+
+    /// Serves until `shutdown`, then drains: requests in flight finish, and streams
+    /// still being read are metered, within the configured drain time.
+    pub async fn serve_until(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: Shutdown,
+    ) -> std::io::Result<()> {
+        if let Some(book) = &self.book {
+            // Revocations made on other replicas reach this one within seconds.
+            let (store, mut stop) = (Arc::clone(book.store()), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = crate::http::stopped(&mut stop) => return,
+                    }
+                    if let Err(e) = store.reload_revoked().await {
+                        tracing::warn!("reading revoked job keys: {e}");
+                    }
+                }
+            });
+        }
+        let (limits, tasks) = (self.settings.limits.clone(), self.tasks.clone());
+        crate::http::serve(
+            listener,
+            move |req| Arc::clone(&self).handle(req),
+            shutdown,
+            &limits,
+            Some(tasks),
+        )
+        .await
+    }
+
+    fn telemetry(&self) -> &Telemetry {
+        &self.sink.telemetry
+    }
+
+    /// `text` without the upstream's address (internal URLs stay internal).
+    fn scrub(&self, text: &str) -> String {
+        let host = self
+            .upstream
+            .split_once("://")
+            .map_or(self.upstream.as_str(), |(_, host)| host);
+        text.replace(&self.upstream, "the inference server")
+            .replace(host, "the inference server")
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match Arc::clone(&self).serve_request(req).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                self.telemetry().refused(refusal.reason);
+                refusal_response(&refusal)
+            }
+        }
+    }
+
+    async fn authorize(&self, caller: &Caller) -> Result<Authorized, Refusal> {
+        let job = caller.job();
+        let key = match caller {
+            Caller::JobKey(key) => Some(KeyTerms {
+                id: key.id(),
+                spend_limit: key.claims.spend_limit,
+            }),
+            Caller::Static { .. } => None,
+        };
+        let Some(book) = &self.book else {
+            if matches!(caller, Caller::JobKey(_)) {
+                return Err(Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "key_unchecked",
+                    "this gateway runs without the chain and cannot check job keys: use a static key the operator issued",
+                ));
+            }
+            return Ok(Authorized {
+                job,
+                key,
+                state: None,
+            });
+        };
+        let address = auth::job_address(&job)?;
+        if matches!(caller, Caller::JobKey(_)) && !book.takes_job_keys() {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "key_unchecked",
+                "this gateway takes no job keys until its operator is configured (gateway.operator): use a static key the operator issued",
+            ));
+        }
+        if let Caller::JobKey(job_key) = caller {
+            auth::check_terms(
+                job_key,
+                self.sink.clock.now(),
+                book.store().is_revoked(&job_key.id()),
+            )?;
+        }
+        let state = book.job(&address).await.map_err(|e| refused(&e))?;
+        if let Caller::JobKey(job_key) = caller {
+            self.verified.check(job_key, &state)?;
+        }
+        Ok(Authorized {
+            job,
+            key,
+            state: Some((address, state)),
+        })
+    }
+
+    /// Most units one request may bill, for a job of `kind`.
+    fn max_units(&self, kind: UnitKind, request: &Normalized) -> u64 {
+        match kind {
+            UnitKind::Tokens => request
+                .prompt_bound
+                .saturating_add(request.prompt_token_ids)
+                .saturating_add(request.max_completion_tokens),
+            UnitKind::Requests | UnitKind::Frames => 1,
+            // GPU time is the request's wall time, at most the upstream timeout.
+            UnitKind::GpuSeconds => self.settings.upstream_timeout.as_secs().saturating_add(1),
+        }
+    }
+
+    async fn serve_request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Refusal> {
+        let path = req.uri().path().to_string();
+        if path == REVOKE_PATH && req.method() == hyper::Method::POST {
+            return self.revoke(req.headers()).await;
+        }
+        let Some(endpoint) = Endpoint::of(&path).filter(|_| req.method() == hyper::Method::POST)
+        else {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "{} {path} is not served here: POST to {}",
+                    req.method(),
+                    METERED_PATHS.join(", ")
+                ),
+            ));
+        };
+        // Who pays, before the body is read: strangers cannot make the gateway buffer.
+        let caller = auth::caller(req.headers(), |key| self.api_keys.get(key).cloned())?;
+        let authorized = self.authorize(&caller).await?;
+        let (parts, body) = req.into_parts();
+        let raw = crate::http::read_body(&parts.headers, body, &self.settings.limits)
+            .await
+            .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+        let request = request::normalize(endpoint, &raw, self.settings.default_max_tokens)
+            .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+        let reservation = match (&self.book, &authorized.state) {
+            (Some(book), Some((address, job))) => {
+                let max_units = self.max_units(crate::job_view::unit_kind(job), &request);
+                Some(
+                    book.admit(address, authorized.key.as_ref(), max_units)
+                        .await
+                        .map_err(|e| refused(&e))?,
+                )
+            }
+            _ => None,
+        };
+        self.forward(path, request, authorized, reservation).await
+    }
+
+    async fn forward(
+        self: Arc<Self>,
+        path: String,
+        request: Normalized,
+        authorized: Authorized,
+        reservation: Option<Reservation>,
+    ) -> Result<Response<Body>, Refusal> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let started = Instant::now();
+        let upstream = self
+            .http
+            .post(format!("{}{path}", self.upstream))
+            .header("content-type", "application/json")
+            .header("x-request-id", &request_id)
+            .body(request.body.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_down",
+                    self.scrub(&format!(
+                        "the inference server did not answer: {}",
+                        e.without_url()
+                    )),
+                )
+            })?;
+        let status = upstream.status();
+        let content_type = upstream
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let record = UsageRecord {
+            job: authorized.job,
+            request_id: request_id.clone(),
+            model: request.model.clone(),
+            source: SOURCE.into(),
+            key_id: authorized.key.map(|k| k.id).unwrap_or_default(),
+            ..UsageRecord::default()
+        };
+        let mut response = if !status.is_success() {
+            // The server's own error, without its address; nothing to bill.
+            drop(reservation);
+            let bytes = upstream.bytes().await.unwrap_or_default();
+            let text = self.scrub(&String::from_utf8_lossy(&bytes));
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(full(text))
+                .map_err(|e| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+        } else if content_type.starts_with("text/event-stream") {
+            self.stream(upstream, status, request, record, reservation, started)
+        } else {
+            self.whole(
+                upstream,
+                status,
+                &content_type,
+                request,
+                record,
+                reservation,
+                started,
+            )
+            .await?
+        };
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Ok(response)
+    }
+
+    /// Commits a record on a blocking thread (a commit waits for the disk or the
+    /// database).
+    async fn commit(self: &Arc<Self>, record: UsageRecord) -> Result<UsageRecord, String> {
+        let gateway = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            gateway
+                .sink
+                .commit(&record)
+                .map(|_| record)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    /// A non-streamed answer: billed (committed) before it is returned, or withheld.
+    async fn whole(
+        self: Arc<Self>,
+        upstream: reqwest::Response,
+        status: StatusCode,
+        content_type: &str,
+        request: Normalized,
+        mut record: UsageRecord,
+        reservation: Option<Reservation>,
+        started: Instant,
+    ) -> Result<Response<Body>, Refusal> {
+        let bytes = upstream.bytes().await.map_err(|_| {
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_cut",
+                "the inference server's answer was cut short: nothing was billed",
+            )
+        })?;
+        let value = serde_json::from_slice::<Value>(&bytes).ok();
+        let mut counted = value
+            .as_ref()
+            .and_then(usage_of)
+            .map(|usage| (usage, COUNTED_BY_UPSTREAM));
+        if counted.is_none() && self.tokenizer.enabled() {
+            let mut generated = BTreeMap::new();
+            if let Some(value) = &value {
+                request::generated_text(value, &mut generated);
+            }
+            match self
+                .tokenizer
+                .count_answer(
+                    &request.model,
+                    &request.prompt_text,
+                    request.prompt_token_ids,
+                    generated.values(),
+                )
+                .await
+            {
+                Ok(usage) => {
+                    self.telemetry().usage_missing(
+                        "tokenized",
+                        "a non-streamed answer without usage, counted with the server's tokenizer",
+                        self.sink.clock.now(),
+                    );
+                    counted = Some((usage, COUNTED_BY_TOKENIZER));
+                }
+                Err(e) => tracing::warn!("counting an answer without usage: {}", self.scrub(&e)),
+            }
+        }
+        let Some(((prompt, completion), counted_by)) = counted else {
+            let detail = format!(
+                "request {} of job {}: the inference server answered without usage and it could not be counted (gateway.tokenize): the answer was withheld, not billed",
+                record.request_id, record.job
+            );
+            self.telemetry()
+                .usage_missing("withheld", &detail, self.sink.clock.now());
+            return Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "usage_missing",
+                "the inference server did not report usage for this answer and it could not be counted, so it is not delivered (nothing is billed); the operator is alerted",
+            ));
+        };
+        record.upstream_id = value
+            .as_ref()
+            .and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        record.prompt_tokens = prompt;
+        record.completion_tokens = completion;
+        record.counted_by = counted_by.into();
+        record.gpu_ms = millis_since(started);
+        record.finished_at = self.sink.clock.now();
+        let record = self.commit(record).await.map_err(|e| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metering_unavailable",
+                format!("metering is unavailable, so the answer is not delivered (nothing is billed): {e}"),
+            )
+        })?;
+        if let Some(reservation) = reservation {
+            reservation.commit(&record);
+        }
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(full(bytes))
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    }
+
+    /// A streamed answer: events pass through as they arrive; the usage chunk and
+    /// `[DONE]` only after the record is committed. The reading runs as a tracked task,
+    /// so it finishes (and bills) even if the client leaves, and a stop waits for it.
+    fn stream(
+        self: Arc<Self>,
+        upstream: reqwest::Response,
+        status: StatusCode,
+        request: Normalized,
+        record: UsageRecord,
+        reservation: Option<Reservation>,
+        started: Instant,
+    ) -> Response<Body> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+        let gateway = Arc::clone(&self);
+        self.tasks.spawn(async move {
+            gateway
+                .meter_stream(upstream, tx, request, record, reservation, started)
+                .await;
+        });
+        let body = BodyExt::boxed(StreamBody::new(receiver_stream(rx)));
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        response
+    }
+
+    async fn meter_stream(
+        self: Arc<Self>,
+        upstream: reqwest::Response,
+        tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        request: Normalized,
+        mut record: UsageRecord,
+        reservation: Option<Reservation>,
+        started: Instant,
+    ) {
+        let write_timeout = self.settings.client_write_timeout;
+        let mut client = Some(tx);
+        let send = |client: &mut Option<tokio::sync::mpsc::Sender<_>>, bytes: Bytes| {
+            let sender = client.clone();
+            async move {
+                let Some(sender) = sender else { return false };
+                matches!(
+                    tokio::time::timeout(write_timeout, sender.send(Ok(Frame::data(bytes)))).await,
+                    Ok(Ok(()))
+                )
+            }
+        };
+        let mut seen = StreamUsage::default();
+        let mut held = Vec::new();
+        let mut cut = None;
+        let mut body = upstream.bytes_stream();
+        loop {
+            let passages = match body.next().await {
+                Some(Ok(chunk)) => seen.feed(&chunk),
+                Some(Err(e)) => {
+                    cut = Some(e.without_url().to_string());
+                    break;
+                }
+                None => break,
+            };
+            for passage in passages {
+                match passage {
+                    Passage::Forward(bytes) => {
+                        // A client that went away still ordered the work the server
+                        // goes on doing: read on to the end, and bill it.
+                        if client.is_some() && !send(&mut client, bytes).await {
+                            client = None;
+                        }
+                    }
+                    Passage::Hold(bytes) => held.push(bytes),
+                }
+            }
+        }
+        for passage in seen.finish() {
+            match passage {
+                Passage::Forward(bytes) | Passage::Hold(bytes) => held.push(bytes),
+            }
+        }
+        if let Some(e) = &seen.broken {
+            cut.get_or_insert_with(|| format!("unreadable events: {e}"));
+        }
+        let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
+        if counted.is_none() && self.tokenizer.enabled() {
+            match self
+                .tokenizer
+                .count_answer(
+                    &request.model,
+                    &request.prompt_text,
+                    request.prompt_token_ids,
+                    seen.generated.values(),
+                )
+                .await
+            {
+                Ok(usage) => {
+                    self.telemetry().usage_missing(
+                        "tokenized",
+                        "a stream without a usage chunk, counted with the server's tokenizer",
+                        self.sink.clock.now(),
+                    );
+                    counted = Some((usage, COUNTED_BY_TOKENIZER));
+                }
+                Err(e) => tracing::warn!("counting a stream without usage: {}", self.scrub(&e)),
+            }
+        }
+        let billed = match counted {
+            Some(((prompt, completion), counted_by)) => {
+                record.upstream_id = seen.id.clone().unwrap_or_default();
+                record.prompt_tokens = prompt;
+                record.completion_tokens = completion;
+                record.counted_by = counted_by.into();
+                record.gpu_ms = millis_since(started);
+                record.finished_at = self.sink.clock.now();
+                match self.commit(record.clone()).await {
+                    Ok(record) => {
+                        if let Some(reservation) = reservation {
+                            reservation.commit(&record);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("its record could not be committed: {e}")),
+                }
+            }
+            None => Err(
+                "the inference server sent no usage and it could not be counted (gateway.tokenize)"
+                    .to_string(),
+            ),
+        };
+        match billed {
+            Ok(()) => {
+                for bytes in held {
+                    if client.is_none() || !send(&mut client, bytes).await {
+                        client = None;
+                        break;
+                    }
+                }
+                if let Some(reason) = cut {
+                    let _ = send(
+                        &mut client,
+                        error_event(&self.scrub(&format!(
+                            "the inference server's stream was cut short ({reason}); what was sent is billed"
+                        ))),
+                    )
+                    .await;
+                }
+            }
+            Err(reason) => {
+                let detail = format!(
+                    "stream {} of job {}: {reason}; what it sent reached the client unbilled",
+                    record.request_id, record.job
+                );
+                self.telemetry()
+                    .usage_missing("unbilled", &detail, self.sink.clock.now());
+                let _ = send(
+                    &mut client,
+                    error_event(
+                        "the answer could not be metered, so it ends here; the operator is alerted",
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// `POST /tally/v1/keys/revoke` with the key itself: refused from now on (here at
+    /// once, on other replicas within seconds).
+    async fn revoke(&self, headers: &hyper::HeaderMap) -> Result<Response<Body>, Refusal> {
+        let Some(book) = &self.book else {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this gateway runs without the chain: it takes no job keys to revoke",
+            ));
+        };
+        let Caller::JobKey(key) = auth::caller(headers, |_| None)? else {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "send the job key to revoke as `Authorization: Bearer <key>`",
+            ));
+        };
+        let job = book.job(&key.claims.job).await.map_err(|e| refused(&e))?;
+        self.verified.check(&key, &job)?;
+        let fresh = book
+            .store()
+            .revoke(&key.id(), &key.claims.job.to_string())
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            })?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "revoked": true, "already": !fresh, "key_id": key.id(), "job": key.claims.job.to_string() }),
+        ))
+    }
+}
+
+/// A `Stream` over an mpsc receiver.
+fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
