@@ -47,14 +47,11 @@ pub const GENESIS_UNIX_TIME: i64 = 1_795_564_800;
 /// proves it by running the suites with the chain, and with the machine's clock
 /// (faketime), a week and a year away.
 pub fn genesis_unix_time() -> i64 {
-    let offset = std::env::var("TALLY_TEST_CLOCK_OFFSET_SECS")
-        .ok()
-        .map(|v| {
-            v.parse::<i64>().unwrap_or_else(|_| {
-                panic!("TALLY_TEST_CLOCK_OFFSET_SECS={v:?} is not a number of seconds")
-            })
+    let offset = std::env::var("TALLY_TEST_CLOCK_OFFSET_SECS").map_or(0, |v| {
+        v.parse::<i64>().unwrap_or_else(|_| {
+            panic!("TALLY_TEST_CLOCK_OFFSET_SECS={v:?} is not a number of seconds")
         })
-        .unwrap_or(0);
+    });
     GENESIS_UNIX_TIME.saturating_add(offset)
 }
 
