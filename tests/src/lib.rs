@@ -147,6 +147,20 @@ pub fn expect_ok(result: TxResult) -> Sent {
     }
 }
 
+/// `ix` with every occurrence of account `from` replaced by `to`: an account
+/// substitution attack.
+pub fn substitute(mut ix: Instruction, from: Pubkey, to: Pubkey) -> Instruction {
+    let mut found = false;
+    for meta in &mut ix.accounts {
+        if meta.pubkey == from {
+            meta.pubkey = to;
+            found = true;
+        }
+    }
+    assert!(found, "{from} is not an account of this instruction");
+    ix
+}
+
 /// Asserts a compute-unit ceiling: a regression in cost fails like one in behaviour.
 #[track_caller]
 pub fn assert_cu_at_most(sent: &Sent, ceiling: u64, what: &str) {
@@ -689,6 +703,37 @@ impl World {
             payout_tokens,
             payout_owner: payout.pubkey(),
         }
+    }
+
+    /// Accepts a second (third…) mint of `kind`, minted by the world's mint authority,
+    /// and adds it to the solvency check. `world.mint` stays as it was.
+    pub fn accept_mint(&mut self, kind: TokenKind) -> MintRef {
+        let mint = self.env.create_mint(kind, &self.mint_authority.pubkey());
+        let admin = self.admin.insecure_clone();
+        expect_ok(self.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin]));
+        self.mints.push(mint);
+        mint
+    }
+
+    /// Runs `f` with `mint` as the world's mint (for fixtures that use it), then
+    /// restores the previous one.
+    pub fn in_mint<R>(&mut self, mint: MintRef, f: impl FnOnce(&mut World) -> R) -> R {
+        let saved = self.mint;
+        self.mint = mint;
+        let out = f(self);
+        self.mint = saved;
+        out
+    }
+
+    /// `owner`'s associated token account of `mint`, created if missing, with
+    /// `amount` more tokens minted to it.
+    pub fn fund(&mut self, owner: &Pubkey, mint: MintRef, amount: u64) -> Pubkey {
+        let account = self.env.token_account(owner, mint);
+        if amount > 0 {
+            let authority = self.mint_authority.insecure_clone();
+            self.env.mint_to(mint, &authority, &account, amount);
+        }
+        account
     }
 
     /// A client wallet holding `tokens` of the mint.

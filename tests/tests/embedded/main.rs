@@ -10,6 +10,7 @@
 mod batch;
 mod cli;
 mod config;
+mod cross_mint;
 mod cu;
 mod disputes;
 mod idl;
