@@ -441,6 +441,30 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Rewrites an Anchor account of the program in place: state injection, for tests
+    /// that need a counter at its limit without billions of transactions.
+    pub fn patch<T: anchor_lang::AccountSerialize + AccountDeserialize>(
+        &mut self,
+        address: &Pubkey,
+        f: impl FnOnce(&mut T),
+    ) {
+        let mut account = self
+            .svm
+            .get_account(address)
+            .unwrap_or_else(|| panic!("account {address} does not exist"));
+        let mut value = T::try_deserialize(&mut account.data.as_slice())
+            .unwrap_or_else(|e| panic!("account {address} does not decode: {e}"));
+        f(&mut value);
+        let mut data = Vec::new();
+        value.try_serialize(&mut data).expect("encodes");
+        account.data[..data.len()].copy_from_slice(&data);
+        self.svm
+            .set_account(*address, account)
+            .expect("set_account");
+    }
+}
+
 impl std::ops::Deref for TestEnv {
     type Target = EmbeddedChain;
     fn deref(&self) -> &EmbeddedChain {

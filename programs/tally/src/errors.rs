@@ -125,4 +125,8 @@ pub enum TallyError {
     InvalidSplit,
     #[msg("Operator earnings do not cover the job's unmatured share")]
     LedgerMismatch,
+
+    // Appended later; codes above keep their numbers. 6050..
+    #[msg("Receipt bills more than MAX_UNITS_PER_RECEIPT (10^13) units at once: a meter fault or an attack; settle smaller receipts")]
+    TooManyUnitsInReceipt,
 }

@@ -127,19 +127,11 @@ impl Ledgers<'_> {
             .ok_or(TallyError::AmountOverflow)?;
         self.earnings
             .credit(totals.net, now, self.config.challenge_window_secs)?;
+        // Statistics saturate: a full counter must never refuse a settlement.
         let revenue = &mut *self.revenue;
-        revenue.gross = revenue
-            .gross
-            .checked_add(totals.gross)
-            .ok_or(TallyError::AmountOverflow)?;
-        revenue.fees = revenue
-            .fees
-            .checked_add(totals.fee)
-            .ok_or(TallyError::AmountOverflow)?;
-        revenue.units = revenue
-            .units
-            .checked_add(totals.units)
-            .ok_or(TallyError::AmountOverflow)?;
+        revenue.gross = revenue.gross.saturating_add(totals.gross);
+        revenue.fees = revenue.fees.saturating_add(totals.fee);
+        revenue.units = revenue.units.saturating_add(totals.units);
         revenue.receipts = revenue.receipts.saturating_add(totals.receipts);
         revenue.jobs_started = revenue.jobs_started.saturating_add(totals.jobs_started);
         let earnings = &mut *self.earnings;

@@ -24,3 +24,4 @@ mod relayed;
 mod settle;
 mod smoke;
 mod state_machine;
+mod statistics;

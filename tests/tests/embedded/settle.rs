@@ -3,6 +3,7 @@
 use solana_signer::Signer;
 use tally::errors::TallyError;
 use tally::events::ReceiptSettled;
+use tally::receipt::MAX_UNITS_PER_RECEIPT;
 use tally::state::{utc_day, JobStatus, Revenue};
 use tally_client::ix::{self, Attestation};
 use tally_client::{compute_payout, pda, OracleSetArgs, UpdateConfigArgs};
@@ -158,8 +159,8 @@ fn several_jobs_settle_in_one_instruction() {
 #[test]
 fn usage_beyond_the_escrow_pays_only_the_escrow() {
     let (mut world, operator, job) = setup(0);
-    // 100,000 units escrowed at 10; the oracle reports u64::MAX units.
-    let receipt = world.receipt(1, u64::MAX);
+    // 100,000 units escrowed at 10; the oracle reports the most one receipt may bill.
+    let receipt = world.receipt(1, MAX_UNITS_PER_RECEIPT);
     let sent = expect_ok(world.settle(&operator, &[(job.address, receipt)]));
     let settled: Vec<ReceiptSettled> = events(&sent.logs);
     assert!(settled[0].capped);
@@ -168,7 +169,7 @@ fn usage_beyond_the_escrow_pays_only_the_escrow() {
     assert_eq!(stored.escrow_left, 0);
     assert_eq!(stored.settled_gross, 1_000_000);
     // Nothing more can be paid out of an empty escrow.
-    let next = world.receipt(2, u64::MAX);
+    let next = world.receipt(2, 2 * MAX_UNITS_PER_RECEIPT);
     let sent = expect_ok(world.settle(&operator, &[(job.address, next)]));
     assert_eq!(events::<ReceiptSettled>(&sent.logs)[0].gross, 0);
 }

@@ -108,9 +108,10 @@ pub struct Earnings {
     pub pending: [PendingEarnings; 2],
     /// Under dispute.
     pub frozen: u64,
+    /// Lifetime totals (statistics: saturating).
     pub total_earned: u64,
     pub total_claimed: u64,
-    /// Receipts and units settled for this operator in this mint.
+    /// Receipts and units settled for this operator in this mint (saturating).
     pub receipts_settled: u64,
     pub units_settled: u64,
     pub bump: u8,
@@ -142,10 +143,7 @@ impl Earnings {
 
     /// Credits `amount` settled at `now` under a challenge window of `window_secs`.
     pub fn credit(&mut self, amount: u64, now: i64, window_secs: u32) -> Result<()> {
-        self.total_earned = self
-            .total_earned
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
+        self.total_earned = self.total_earned.saturating_add(amount);
         self.mature(now)?;
         if window_secs == 0 {
             self.claimable = self

@@ -2,7 +2,7 @@ use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
 use crate::payout::{compute_payout, Payout};
-use crate::receipt::SettleReceipt;
+use crate::receipt::{SettleReceipt, MAX_UNITS_PER_RECEIPT};
 use crate::state::PendingEarnings;
 
 /// What a job's units count.
@@ -154,6 +154,10 @@ impl Job {
             .cumulative_units
             .checked_sub(self.settled_units)
             .ok_or(TallyError::NonIncreasingUsage)?;
+        require!(
+            units <= MAX_UNITS_PER_RECEIPT,
+            TallyError::TooManyUnitsInReceipt
+        );
         let payout = compute_payout(self.unit_price, units, self.escrow_left, fee_bps)?;
         let settled_gross = self
             .settled_gross
