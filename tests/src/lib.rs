@@ -326,6 +326,18 @@ impl TestEnv {
         extensions: &[spl_token_2022::extension::ExtensionType],
         extra_ixs: impl FnOnce(&Pubkey) -> Vec<Instruction>,
     ) -> MintRef {
+        self.create_mint_with_freeze(kind, authority, None, extensions, extra_ixs)
+    }
+
+    /// Like [`TestEnv::create_mint_with`], with a freeze authority.
+    pub fn create_mint_with_freeze(
+        &mut self,
+        kind: TokenKind,
+        authority: &Pubkey,
+        freeze_authority: Option<&Pubkey>,
+        extensions: &[spl_token_2022::extension::ExtensionType],
+        extra_ixs: impl FnOnce(&Pubkey) -> Vec<Instruction>,
+    ) -> MintRef {
         let mint = self.keypair();
         let program = kind.program_id();
         let space = if extensions.is_empty() {
@@ -352,7 +364,7 @@ impl TestEnv {
                 &program,
                 &mint.pubkey(),
                 authority,
-                None,
+                freeze_authority,
                 6,
             )
             .expect("initialize_mint2"),

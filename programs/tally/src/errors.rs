@@ -129,4 +129,8 @@ pub enum TallyError {
     // Appended later; codes above keep their numbers. 6050..
     #[msg("Receipt bills more than MAX_UNITS_PER_RECEIPT (10^13) units at once: a meter fault or an attack; settle smaller receipts")]
     TooManyUnitsInReceipt,
+    #[msg("Token-2022 mint with a close authority: it could be closed and recreated with a permanent delegate; not accepted")]
+    MintHasCloseAuthority,
+    #[msg("Token-2022 mint whose new accounts start frozen (DefaultAccountState = Frozen): the vault could not receive deposits; not accepted")]
+    MintDefaultAccountStateFrozen,
 }
