@@ -279,3 +279,91 @@ fn nothing_to_dispute_once_everything_matured() {
     s.world.env.advance(3 * i64::from(WINDOW));
     expect_error(dispute(&mut s), TallyError::NothingToDispute);
 }
+
+fn set_challenge_window(world: &mut World, secs: u32) {
+    let admin = world.admin.insecure_clone();
+    expect_ok(world.send(
+        &[ix::update_config(
+            admin.pubkey(),
+            tally_client::UpdateConfigArgs {
+                challenge_window_secs: Some(secs),
+                ..Default::default()
+            },
+        )],
+        &[&admin],
+    ));
+}
+
+/// Maturity folding: a job keeps its unmatured share in two buckets, as the
+/// operator's earnings do over all its jobs; when the window changes, a third
+/// maturity time must fold into one of them. Folding each ledger on its own put a
+/// job's share later than the earnings held it, so the earnings released it (and
+/// the operator could claim it) while the client could still dispute, and the
+/// dispute then failed with `LedgerMismatch`.
+#[test]
+fn a_dispute_after_three_challenge_window_changes_freezes_exactly_the_jobs_share() {
+    let start = tally_tests::GENESIS_UNIX_TIME; // midnight: a multiple of every window
+    let mut world = World::builder().fee_bps(0).challenge_window(3_600).build();
+    let operator = world.operator();
+    let a = world.client(10_000_000);
+    let b = world.client(10_000_000);
+    let job_a = world.open_job(&a, &operator, 1, JobSpec::default());
+    let job_b = world.open_job(&b, &operator, 1, JobSpec::default());
+
+    // Window 1 h: A earns 1,000 and B 10, maturing at start + 3 h.
+    world.env.set_time(start + 3_600);
+    let receipts = [
+        (job_a.address, world.receipt(1, 100)),
+        (job_b.address, world.receipt(1, 1)),
+    ];
+    expect_ok(world.settle(&operator, &receipts));
+    // Change 1: 10 min. B earns 10 more, maturing at start + 1 h 50.
+    set_challenge_window(&mut world, 600);
+    world.env.set_time(start + 5_400);
+    expect_ok(world.settle(&operator, &[(job_b.address, world.receipt(2, 2))]));
+    // Change 2: 2 h. Both earn again, maturing at start + 4 h: a third maturity time
+    // for B (and for the earnings), which must fold.
+    set_challenge_window(&mut world, 7_200);
+    world.env.set_time(start + 6_000);
+    let receipts = [
+        (job_a.address, world.receipt(2, 200)),
+        (job_b.address, world.receipt(3, 3)),
+    ];
+    expect_ok(world.settle(&operator, &receipts));
+    // Change 3: 1 min. A earns 1,000 more, maturing at start + 2 h 12: a third time
+    // for A, earlier than both of its buckets.
+    set_challenge_window(&mut world, 60);
+    world.env.set_time(start + 7_800);
+    expect_ok(world.settle(&operator, &[(job_a.address, world.receipt(3, 300))]));
+
+    // Every amount A earned is still inside its challenge window: all of it freezes.
+    let sent = expect_ok(dispute_by(&mut world, &a, &job_a, &operator));
+    assert_eq!(events::<DisputeOpened>(&sent.logs)[0].amount, 3_000);
+    // B's 10 of start + 1 h 50 has matured; its other 20 freeze.
+    let sent = expect_ok(dispute_by(&mut world, &b, &job_b, &operator));
+    assert_eq!(events::<DisputeOpened>(&sent.logs)[0].amount, 20);
+    let earnings = world.earnings(&operator);
+    assert_eq!(earnings.frozen, 3_020);
+    assert_eq!(earnings.unmatured().unwrap(), 0);
+
+    // Whenever the operator claims, it gets only what matured: B's 10.
+    world.env.set_time(start + 8 * 3_600);
+    expect_ok(world.claim(&operator));
+    assert_eq!(world.env.token_balance(&operator.payout_tokens), 10);
+    expect_error(world.claim(&operator), TallyError::NothingToClaim);
+}
+
+fn dispute_by(
+    world: &mut World,
+    client: &ClientHandle,
+    job: &JobHandle,
+    operator: &OperatorHandle,
+) -> tally_tests::TxResult {
+    let ixn = ix::dispute_job(
+        client.wallet.pubkey(),
+        job.address,
+        operator.address(),
+        world.mint.mint,
+    );
+    world.send(&[ixn], &[&client.wallet])
+}
