@@ -121,6 +121,9 @@ pub enum JobCommand {
     },
     /// Refund a job past its deadline and grace (anyone may)
     Expire { job: Pubkey },
+    /// Close an ended job once its client can no longer dispute it: rent back to the
+    /// client (anyone may)
+    Close { job: Pubkey },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -437,6 +440,13 @@ fn execute_job<C: Chain>(
             Ok(Output::message(
                 format!("job {job} expired: {refunded} refunded to its client"),
                 serde_json::json!({ "job": job.to_string(), "refunded": refunded }),
+            ))
+        }
+        JobCommand::Close { job } => {
+            ops::close_job(chain, signer, job)?;
+            Ok(Output::message(
+                format!("job {job} closed: its rent went back to its client"),
+                serde_json::json!({ "job": job.to_string(), "closed": true }),
             ))
         }
         JobCommand::Status { job } => {

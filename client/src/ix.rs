@@ -325,6 +325,19 @@ pub fn expire_job(
     )
 }
 
+/// `close_job` (anyone): closes an ended job once its share is out of the challenge
+/// window; the rent goes to `client`, the job's client.
+pub fn close_job(closer: Pubkey, job: Pubkey, client: Pubkey) -> Instruction {
+    build(
+        &accounts::CloseJob {
+            closer,
+            job,
+            client,
+        },
+        &instruction::CloseJob {},
+    )
+}
+
 /// `claim`: pays `operator_authority`'s matured earnings in `mint` to `payout_tokens`.
 pub fn claim(operator_authority: Pubkey, mint: MintRef, payout_tokens: Pubkey) -> Instruction {
     let operator = pda::operator(&operator_authority);

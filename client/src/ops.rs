@@ -258,7 +258,11 @@ impl JobView {
         } else {
             match job.status() {
                 JobStatus::Open => "open",
-                _ => "active",
+                JobStatus::Active => "active",
+                // Ended, kept while its share can still be disputed (`job close`).
+                JobStatus::Completed => "completed",
+                JobStatus::Cancelled => "cancelled",
+                JobStatus::Expired => "expired",
             }
         };
         let unit_kind = match UnitKind::from_u8(job.unit_kind) {
@@ -476,6 +480,43 @@ pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubke
         &[],
     )?;
     Ok(current.escrow_left)
+}
+
+/// `job close`: closes an ended (completed or expired) job once the operator's
+/// share of it has left the challenge window, returning its rent to the client.
+/// Anyone may do it.
+pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey) -> Result<()> {
+    let current = job(chain, job_address)?;
+    if !current.status().is_finished() {
+        return Err(other(format!(
+            "job {job_address} has not ended: complete, cancel or expire it first"
+        )));
+    }
+    let now = chain.clock()?.unix_timestamp;
+    let until = current
+        .pending
+        .iter()
+        .filter(|b| b.amount > 0)
+        .map(|b| b.matures_at)
+        .max()
+        .unwrap_or(0);
+    if current.disputed_amount > 0 {
+        return Err(other(format!(
+            "job {job_address} has an open dispute: it can be closed once the dispute is resolved"
+        )));
+    }
+    if until > now {
+        return Err(other(format!(
+            "job {job_address} can still be disputed by its client until {until} (in {} s): close it after that",
+            until - now
+        )));
+    }
+    chain.send(
+        &[ix::close_job(closer.pubkey(), *job_address, current.client)],
+        closer,
+        &[],
+    )?;
+    Ok(())
 }
 
 /// An operator's earnings in one mint.

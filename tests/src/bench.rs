@@ -164,7 +164,26 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
             &[&treasury],
         )),
     ));
+    out.push(("close_job", measure_close_job()));
     out
+}
+
+/// `close_job` of a completed job whose share has just left the challenge window
+/// (a world with one: in the main one everything is claimable at once).
+fn measure_close_job() -> Sent {
+    let mut world = World::builder().challenge_window(60).build();
+    let operator = world.operator();
+    let client = world.client(1_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    let r = world.receipt(1, 100);
+    expect_ok(world.complete(&operator, &job, r));
+    world.env.advance(120);
+    let closer = world.env.payer.insecure_clone();
+    expect_ok(world.send(
+        &[ix::close_job(closer.pubkey(), job.address, job.client)],
+        &[],
+    ))
 }
 
 /// How many receipts one legacy settle transaction carries, and what they cost.

@@ -133,4 +133,10 @@ pub enum TallyError {
     MintHasCloseAuthority,
     #[msg("Token-2022 mint whose new accounts start frozen (DefaultAccountState = Frozen): the vault could not receive deposits; not accepted")]
     MintDefaultAccountStateFrozen,
+    #[msg("The job has ended (completed or expired): only a dispute of its unmatured share, its resolution and close_job apply to it")]
+    JobFinished,
+    #[msg("The job has not ended: complete, cancel or expire it first")]
+    JobNotFinished,
+    #[msg("The operator's share of this job is still inside the challenge window (the client may dispute it): close the job after it matures")]
+    JobInChallengeWindow,
 }

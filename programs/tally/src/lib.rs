@@ -120,6 +120,11 @@ pub mod tally {
         ExpireJob::expire_job(ctx)
     }
 
+    /// Closes an ended job once its share is out of the challenge window (anyone).
+    pub fn close_job(ctx: Context<CloseJob>) -> Result<()> {
+        CloseJob::close_job(ctx)
+    }
+
     /// Pays an operator its matured earnings in one mint.
     pub fn claim(ctx: Context<Claim>) -> Result<()> {
         Claim::claim(ctx)

@@ -59,6 +59,7 @@ impl Ledgers<'_> {
             job.operator == operator_key && job.mint == self.vault.mint,
             TallyError::JobMismatch
         );
+        job.require_live()?;
         require!(
             now <= job.settle_until(self.config.expiry_grace_secs),
             TallyError::JobExpired

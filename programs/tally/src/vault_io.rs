@@ -67,10 +67,10 @@ pub fn pay_out<'info>(
     vault.invariant(vault_tokens.amount)
 }
 
-/// Ends a job: refunds what is left of its escrow to the client, books it, and emits
-/// `JobClosed` with the terminal `status`. (The account itself is closed by the
-/// instruction's `close = client` constraint.)
-pub fn refund_and_close<'info>(
+/// Ends a job: refunds what is left of its escrow to the client, books it, records
+/// the terminal `status` and emits `JobClosed`. The instruction closes the account
+/// (see [`crate::state::Job::in_challenge_window`]).
+pub fn end_job<'info>(
     job_key: Pubkey,
     job: &mut Job,
     status: JobStatus,
@@ -82,6 +82,7 @@ pub fn refund_and_close<'info>(
 ) -> Result<()> {
     let refunded = job.escrow_left;
     job.escrow_left = 0;
+    job.status = status as u8;
     vault.escrow_total = vault
         .escrow_total
         .checked_sub(refunded)

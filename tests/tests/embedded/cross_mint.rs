@@ -73,37 +73,42 @@ fn story() -> Two {
         .fee_bps(250)
         .challenge_window(WINDOW)
         .build();
-    let a = world.mint;
-    let b = world.accept_mint(TokenKind::Token2022);
-    let p = world.operator();
-    let q = world.operator();
-    let p_payout_b = world.env.token_account(&p.payout_owner, b);
-    let q_payout_b = world.env.token_account(&q.payout_owner, b);
+    let mint_a = world.mint;
+    let mint_b = world.accept_mint(TokenKind::Token2022);
+    let op_p = world.operator();
+    let op_q = world.operator();
+    let p_payout_b = world.env.token_account(&op_p.payout_owner, mint_b);
+    let q_payout_b = world.env.token_account(&op_q.payout_owner, mint_b);
     let person = |world: &mut World| {
         let wallet = world.env.wallet(10_000_000_000);
-        let a_tokens = world.fund(&wallet.pubkey(), a, 10_000_000);
-        let b_tokens = world.fund(&wallet.pubkey(), b, 10_000_000);
+        let a_tokens = world.fund(&wallet.pubkey(), mint_a, 10_000_000);
+        let b_tokens = world.fund(&wallet.pubkey(), mint_b, 10_000_000);
         Person {
             wallet,
             a: a_tokens,
             b: b_tokens,
         }
     };
-    let c = person(&mut world);
-    let d = person(&mut world);
+    let client_c = person(&mut world);
+    let client_d = person(&mut world);
     let spec = JobSpec::default();
-    let a_p = world.in_mint(a, |w| w.open_job(&c.in_a(), &p, 1, spec));
-    let b_p = world.in_mint(b, |w| w.open_job(&c.in_b(), &p, 2, spec));
-    let a_q = world.in_mint(a, |w| w.open_job(&d.in_a(), &q, 1, spec));
-    let b_q = world.in_mint(b, |w| w.open_job(&d.in_b(), &q, 2, spec));
-    let open_a = world.in_mint(a, |w| w.open_job(&c.in_a(), &p, 3, spec));
+    let a_p = world.in_mint(mint_a, |w| w.open_job(&client_c.in_a(), &op_p, 1, spec));
+    let b_p = world.in_mint(mint_b, |w| w.open_job(&client_c.in_b(), &op_p, 2, spec));
+    let a_q = world.in_mint(mint_a, |w| w.open_job(&client_d.in_a(), &op_q, 1, spec));
+    let b_q = world.in_mint(mint_b, |w| w.open_job(&client_d.in_b(), &op_q, 2, spec));
+    let open_a = world.in_mint(mint_a, |w| w.open_job(&client_c.in_a(), &op_p, 3, spec));
     let short = JobSpec {
         deadline_in_secs: 600,
         ..spec
     };
-    let expired_a = world.in_mint(a, |w| w.open_job(&c.in_a(), &p, 4, short));
+    let expired_a = world.in_mint(mint_a, |w| w.open_job(&client_c.in_a(), &op_p, 4, short));
     world.env.advance(60);
-    for (mint, operator, job) in [(a, &p, &a_p), (b, &p, &b_p), (a, &q, &a_q), (b, &q, &b_q)] {
+    for (mint, operator, job) in [
+        (mint_a, &op_p, &a_p),
+        (mint_b, &op_p, &b_p),
+        (mint_a, &op_q, &a_q),
+        (mint_b, &op_q, &b_q),
+    ] {
         world.in_mint(mint, |w| {
             let receipt = w.receipt(1, 1_000);
             expect_ok(w.settle(operator, &[(job.address, receipt)]));
@@ -111,7 +116,12 @@ fn story() -> Two {
     }
     world.env.advance(2 * i64::from(WINDOW) + 60);
     let mut last_a_p = world.receipt(2, 2_000);
-    for (mint, operator, job) in [(a, &p, &a_p), (b, &p, &b_p), (a, &q, &a_q), (b, &q, &b_q)] {
+    for (mint, operator, job) in [
+        (mint_a, &op_p, &a_p),
+        (mint_b, &op_p, &b_p),
+        (mint_a, &op_q, &a_q),
+        (mint_b, &op_q, &b_q),
+    ] {
         world.in_mint(mint, |w| {
             let receipt = w.receipt(2, 2_000);
             if job.address == a_p.address {
@@ -121,26 +131,26 @@ fn story() -> Two {
         });
     }
     let token_accounts = vec![
-        c.a,
-        c.b,
-        d.a,
-        d.b,
-        p.payout_tokens,
+        client_c.a,
+        client_c.b,
+        client_d.a,
+        client_d.b,
+        op_p.payout_tokens,
         p_payout_b,
-        q.payout_tokens,
+        op_q.payout_tokens,
         q_payout_b,
-        pda::vault_tokens(&a.mint),
-        pda::vault_tokens(&b.mint),
+        pda::vault_tokens(&mint_a.mint),
+        pda::vault_tokens(&mint_b.mint),
     ];
     Two {
         world,
-        a,
-        b,
-        p,
-        q,
+        a: mint_a,
+        b: mint_b,
+        p: op_p,
+        q: op_q,
         p_payout_b,
-        c,
-        d,
+        c: client_c,
+        d: client_d,
         a_p,
         b_p,
         a_q,
@@ -376,11 +386,11 @@ fn settle_refuses_another_mints_and_operators_jobs_and_ledgers() {
         a.mint,
         &[(a_job, good)],
     );
-    let earnings_pa = pda::earnings(&s.p.address(), &a.mint);
+    let p_ledger_a = pda::earnings(&s.p.address(), &a.mint);
     // P's earnings ledger of mint B, against A's vault.
     let b_earnings = substitute(
         honest.clone(),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.p.address(), &b.mint),
     );
     s.refused_as(&oracle, &[b_earnings], &[], TallyError::WrongLedger);
@@ -397,7 +407,7 @@ fn settle_refuses_another_mints_and_operators_jobs_and_ledgers() {
     // Q's earnings ledger collecting P's job.
     let q_earnings = substitute(
         honest.clone(),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.q.address(), &a.mint),
     );
     s.refused_as(&oracle, &[q_earnings], &[], TallyError::JobMismatch);
@@ -418,27 +428,28 @@ fn settle_relayed_refuses_another_mints_and_operators_jobs_and_ledgers() {
     let signed_a = s.world.sign_receipt(&s.a_p, receipt, &[&oracle]);
     let signed_b = s.world.sign_receipt(&s.b_p, receipt, &[&oracle]);
     let p_authority = s.p.authority.pubkey();
-    let relayed = |operator: Pubkey, mint: Pubkey, signed: &tally_client::relay::SignedReceipt| {
-        relayed_settlement(
-            relayer.pubkey(),
-            operator,
-            mint,
-            day,
-            std::slice::from_ref(signed),
-        )
-        .expect("fits")
-        .to_vec()
-    };
+    let relay_ixs =
+        |operator: Pubkey, mint: Pubkey, signed: &tally_client::relay::SignedReceipt| {
+            relayed_settlement(
+                relayer.pubkey(),
+                operator,
+                mint,
+                day,
+                std::slice::from_ref(signed),
+            )
+            .expect("fits")
+            .to_vec()
+        };
     // A job of mint A posted against mint B's vault and ledgers, and the reverse.
-    let a_in_b = relayed(p_authority, s.b.mint, &signed_a);
+    let a_in_b = relay_ixs(p_authority, s.b.mint, &signed_a);
     s.refused_as(&relayer, &a_in_b, &[], TallyError::JobMismatch);
-    let b_in_a = relayed(p_authority, s.a.mint, &signed_b);
+    let b_in_a = relay_ixs(p_authority, s.a.mint, &signed_b);
     s.refused_as(&relayer, &b_in_a, &[], TallyError::JobMismatch);
     // P's job against Q's earnings.
-    let in_q = relayed(s.q.authority.pubkey(), s.a.mint, &signed_a);
+    let in_q = relay_ixs(s.q.authority.pubkey(), s.a.mint, &signed_a);
     s.refused_as(&relayer, &in_q, &[], TallyError::JobMismatch);
     // P's earnings of mint B against A's vault.
-    let mut b_earnings = relayed(p_authority, s.a.mint, &signed_a);
+    let mut b_earnings = relay_ixs(p_authority, s.a.mint, &signed_a);
     b_earnings[1] = substitute(
         b_earnings[1].clone(),
         pda::earnings(&s.p.address(), &s.a.mint),
@@ -446,7 +457,7 @@ fn settle_relayed_refuses_another_mints_and_operators_jobs_and_ledgers() {
     );
     s.refused_as(&relayer, &b_earnings, &[], TallyError::WrongLedger);
     // Mint B's vault with A's ledgers.
-    let mut b_vault = relayed(p_authority, s.a.mint, &signed_a);
+    let mut b_vault = relay_ixs(p_authority, s.a.mint, &signed_a);
     b_vault[1] = substitute(
         b_vault[1].clone(),
         pda::vault(&s.a.mint),
@@ -454,7 +465,7 @@ fn settle_relayed_refuses_another_mints_and_operators_jobs_and_ledgers() {
     );
     s.refused_as(&relayer, &b_vault, &[], TallyError::WrongLedger);
 
-    let honest = relayed(p_authority, s.a.mint, &signed_a);
+    let honest = relay_ixs(p_authority, s.a.mint, &signed_a);
     expect_ok(s.world.env.send_with_payer(&honest, &relayer, &[]));
     s.world.check_solvency();
     assert_eq!(s.world.env.job(&s.a_p.address).settled_units, 3_000);
@@ -538,7 +549,11 @@ fn resolve_dispute_refuses_another_mints_or_operators_accounts() {
     let honest = ix::resolve_dispute(arbiter.pubkey(), job, s.p.address(), s.a, s.c.a, disputed);
     // Everything of mint B: the refund would come out of B's vault.
     let all_b = ix::resolve_dispute(arbiter.pubkey(), job, s.p.address(), s.b, s.c.b, disputed);
-    s.refused(&[all_b.clone()], &[&arbiter], TallyError::WrongLedger);
+    s.refused(
+        std::slice::from_ref(&all_b),
+        &[&arbiter],
+        TallyError::WrongLedger,
+    );
     // Mint B's mint, vault and tokens, with the job's own ledger.
     let b_money = substitute(
         all_b,
@@ -574,25 +589,25 @@ fn claim_refuses_another_mints_or_operators_ledger() {
     let mut s = story();
     let authority = s.p.authority.insecure_clone();
     let honest = ix::claim(authority.pubkey(), s.a, s.p.payout_tokens);
-    let earnings_pa = pda::earnings(&s.p.address(), &s.a.mint);
+    let p_ledger_a = pda::earnings(&s.p.address(), &s.a.mint);
     // P's ledger of mint B, paid out of A's vault.
     let b_ledger = substitute(
         honest.clone(),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.p.address(), &s.b.mint),
     );
     s.refused(&[b_ledger], &[&authority], TallyError::WrongLedger);
     // Q's ledger, claimed by P.
     let q_ledger = substitute(
         honest.clone(),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.q.address(), &s.a.mint),
     );
     s.refused(&[q_ledger], &[&authority], TallyError::WrongLedger);
     // Q's operator account signed by P's authority.
     let q_operator = substitute(
         substitute(honest.clone(), s.p.address(), s.q.address()),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.q.address(), &s.a.mint),
     );
     s.refused(&[q_operator], &[&authority], TallyError::Unauthorized);
@@ -617,12 +632,12 @@ fn claim_refuses_another_mints_or_operators_ledger() {
 
     // Honest claims pay each mint's matured earnings out of its own vault.
     let claimable_a = {
-        let e: Earnings = s.world.env.account(&earnings_pa);
+        let e: Earnings = s.world.env.account(&p_ledger_a);
         e.claimable + matured(&e, s.world.env.now())
     };
-    let earnings_pb = pda::earnings(&s.p.address(), &s.b.mint);
+    let p_ledger_b = pda::earnings(&s.p.address(), &s.b.mint);
     let claimable_b = {
-        let e: Earnings = s.world.env.account(&earnings_pb);
+        let e: Earnings = s.world.env.account(&p_ledger_b);
         e.claimable + matured(&e, s.world.env.now())
     };
     assert!(claimable_a > 0 && claimable_b > 0);
@@ -689,12 +704,12 @@ fn open_ledgers_attacks() {
     let day = s.day();
     let payer = s.world.env.payer.insecure_clone();
     let honest = ix::open_ledgers(payer.pubkey(), s.p.authority.pubkey(), s.a.mint, day);
-    let earnings_pa = pda::earnings(&s.p.address(), &s.a.mint);
+    let p_ledger_a = pda::earnings(&s.p.address(), &s.a.mint);
     // Ledgers of mint B created under mint A's vault (or the reverse): the addresses
     // are derived from the vault's mint, so any other address is refused.
     let b_earnings = substitute(
         honest.clone(),
-        earnings_pa,
+        p_ledger_a,
         pda::earnings(&s.p.address(), &s.b.mint),
     );
     s.refused(&[b_earnings], &[], AnchorErrorCode::ConstraintSeeds);
@@ -732,11 +747,11 @@ fn open_ledgers_attacks() {
 
     // Honest: creates today's revenue, leaves the existing earnings as they are, and
     // a second call changes nothing.
-    let earnings_before = s.world.env.svm.get_account(&earnings_pa).expect("exists");
+    let earnings_before = s.world.env.svm.get_account(&p_ledger_a).expect("exists");
     expect_ok(s.world.send(std::slice::from_ref(&honest), &[]));
     assert!(s.world.env.exists(&pda::revenue(&s.a.mint, day)));
     assert!(!s.world.env.exists(&pda::revenue(&s.b.mint, day)));
-    let earnings_after = s.world.env.svm.get_account(&earnings_pa).expect("exists");
+    let earnings_after = s.world.env.svm.get_account(&p_ledger_a).expect("exists");
     assert_eq!(earnings_before.data, earnings_after.data);
     let revenue_before = s
         .world

@@ -21,6 +21,7 @@ const CEILINGS: &[(&str, u64)] = &[
     ("expire_job", 18500),
     ("claim", 22000),
     ("withdraw_fees", 17000),
+    ("close_job", 3000),
 ];
 
 #[test]

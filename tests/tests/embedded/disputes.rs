@@ -1,8 +1,10 @@
 //! dispute_job and resolve_dispute: a client freezes the operator's unmatured share of
 //! its job; the arbiter splits it, or the timeout releases it to the operator.
+use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::errors::TallyError;
-use tally::events::{DisputeOpened, DisputeResolved};
+use tally::events::{DisputeOpened, DisputeResolved, JobAccountClosed};
+use tally::state::JobStatus;
 use tally_client::ix;
 use tally_tests::{
     events, expect_error, expect_ok, ClientHandle, JobHandle, JobSpec, OperatorHandle, World,
@@ -366,4 +368,190 @@ fn dispute_by(
         world.mint.mint,
     );
     world.send(&[ixn], &[&client.wallet])
+}
+
+fn close_job(world: &mut World, closer: &Keypair, job: &JobHandle) -> tally_tests::TxResult {
+    let ixn = ix::close_job(closer.pubkey(), job.address, job.client);
+    world.send(&[ixn], &[closer])
+}
+
+/// Closing a job must not take away the client's right to dispute: a compromised
+/// oracle bills the whole escrow through complete_job, which settles and ends the
+/// job in one step; inside the challenge window the client still freezes all of it,
+/// and the operator's claim cannot take it.
+#[test]
+fn a_completed_job_can_still_be_disputed_inside_the_challenge_window() {
+    let mut world = World::builder().fee_bps(0).challenge_window(WINDOW).build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    expect_ok(world.settle(&operator, &[(job.address, world.receipt(1, 1_000))]));
+    // All 100,000 escrowed units billed and the job completed at once.
+    let last = world.receipt(2, 100_000);
+    expect_ok(world.complete(&operator, &job, last));
+
+    // Inside the window the client disputes: the whole unmatured share freezes.
+    let sent = expect_ok(dispute_by(&mut world, &client, &job, &operator));
+    assert_eq!(events::<DisputeOpened>(&sent.logs)[0].amount, 1_000_000);
+    let ended = world.env.job(&job.address);
+    assert_eq!(ended.status(), JobStatus::Completed);
+    assert_eq!(ended.escrow_left, 0);
+    assert_eq!(world.earnings(&operator).frozen, 1_000_000);
+    // The operator's claim cannot take it, before or after the window.
+    expect_error(world.claim(&operator), TallyError::NothingToClaim);
+    world.env.advance(3 * i64::from(WINDOW));
+    expect_error(world.claim(&operator), TallyError::NothingToClaim);
+
+    // The arbiter refunds what was not worked; then anyone closes the job.
+    let arbiter = world.arbiter.insecure_clone();
+    world
+        .env
+        .airdrop(&arbiter.pubkey(), 1_000_000_000)
+        .expect("airdrop");
+    let resolve = ix::resolve_dispute(
+        arbiter.pubkey(),
+        job.address,
+        operator.address(),
+        world.mint,
+        client.tokens,
+        990_000,
+    );
+    expect_ok(world.send(&[resolve], &[&arbiter]));
+    assert_eq!(world.env.token_balance(&client.tokens), 10_000_000 - 10_000);
+    expect_ok(world.claim(&operator));
+    assert_eq!(world.env.token_balance(&operator.payout_tokens), 10_000);
+    let rent = world.env.lamports(&job.address);
+    let before = world.env.lamports(&client.wallet.pubkey());
+    let anyone = world.env.wallet(1_000_000_000);
+    let sent = expect_ok(close_job(&mut world, &anyone, &job));
+    assert_eq!(events::<JobAccountClosed>(&sent.logs)[0].job, job.address);
+    assert!(!world.env.exists(&job.address));
+    assert_eq!(world.env.lamports(&client.wallet.pubkey()), before + rent);
+}
+
+#[test]
+fn an_expired_job_can_still_be_disputed_inside_the_challenge_window() {
+    let mut world = World::builder()
+        .fee_bps(0)
+        .challenge_window(7_200)
+        .expiry_grace(600)
+        .build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let spec = JobSpec {
+        deadline_in_secs: 1_000,
+        ..JobSpec::default()
+    };
+    let job = world.open_job(&client, &operator, 1, spec);
+    world.env.advance(900);
+    expect_ok(world.settle(&operator, &[(job.address, world.receipt(1, 100))]));
+    world.env.advance(701); // past the deadline and the grace
+    let cranker = world.env.wallet(1_000_000_000);
+    let expire = ix::expire_job(
+        cranker.pubkey(),
+        job.address,
+        world.mint,
+        client.wallet.pubkey(),
+        client.tokens,
+    );
+    expect_ok(world.send(&[expire], &[&cranker]));
+    let sent = expect_ok(dispute_by(&mut world, &client, &job, &operator));
+    assert_eq!(events::<DisputeOpened>(&sent.logs)[0].amount, 1_000);
+    assert_eq!(world.env.job(&job.address).status(), JobStatus::Expired);
+}
+
+#[test]
+fn close_job_waits_until_nothing_is_disputable() {
+    let mut world = World::builder().fee_bps(0).challenge_window(WINDOW).build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let anyone = world.env.wallet(1_000_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    // A job that has not ended.
+    expect_error(
+        close_job(&mut world, &anyone, &job),
+        TallyError::JobNotFinished,
+    );
+    world.env.advance(60);
+    expect_ok(world.settle(&operator, &[(job.address, world.receipt(1, 1_000))]));
+    expect_ok(world.complete(&operator, &job, world.receipt(2, 1_500)));
+    // Its share is still disputable.
+    expect_error(
+        close_job(&mut world, &anyone, &job),
+        TallyError::JobInChallengeWindow,
+    );
+    // The rent cannot be sent elsewhere.
+    let thief = ix::close_job(anyone.pubkey(), job.address, anyone.pubkey());
+    expect_error(world.send(&[thief], &[&anyone]), TallyError::JobMismatch);
+    // A dispute holds it open until resolved, even past the window.
+    expect_ok(dispute_by(&mut world, &client, &job, &operator));
+    world.env.advance(3 * i64::from(WINDOW));
+    expect_error(
+        close_job(&mut world, &anyone, &job),
+        TallyError::DisputeActive,
+    );
+    world.env.advance(7 * 86_400 + 1);
+    let default_close = ix::resolve_dispute(
+        anyone.pubkey(),
+        job.address,
+        operator.address(),
+        world.mint,
+        client.tokens,
+        0,
+    );
+    expect_ok(world.send(&[default_close], &[&anyone]));
+    expect_ok(close_job(&mut world, &anyone, &job));
+    // Closed: a second close finds no job.
+    expect_error(
+        close_job(&mut world, &anyone, &job),
+        tally_tests::AnchorErrorCode::AccountOwnedByWrongProgram,
+    );
+}
+
+#[test]
+fn an_ended_job_takes_no_more_money_or_receipts() {
+    let mut world = World::builder().challenge_window(WINDOW).build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    expect_ok(world.settle(&operator, &[(job.address, world.receipt(1, 1_000))]));
+    expect_ok(world.complete(&operator, &job, world.receipt(2, 1_500)));
+    assert!(world.env.exists(&job.address), "kept: still disputable");
+    expect_error(
+        world.settle(&operator, &[(job.address, world.receipt(3, 2_000))]),
+        TallyError::JobFinished,
+    );
+    expect_error(
+        world.complete(&operator, &job, world.receipt(3, 2_000)),
+        TallyError::JobFinished,
+    );
+    let wallet = client.wallet.insecure_clone();
+    let top_up = ix::top_up(
+        wallet.pubkey(),
+        job.address,
+        world.mint,
+        client.tokens,
+        1_000,
+    );
+    expect_error(world.send(&[top_up], &[&wallet]), TallyError::JobFinished);
+    let cancel = ix::cancel_job(wallet.pubkey(), job.address, world.mint, client.tokens);
+    expect_error(world.send(&[cancel], &[&wallet]), TallyError::JobFinished);
+    world.env.advance(2 * 86_400);
+    let expire = ix::expire_job(
+        wallet.pubkey(),
+        job.address,
+        world.mint,
+        client.wallet.pubkey(),
+        client.tokens,
+    );
+    expect_error(world.send(&[expire], &[&wallet]), TallyError::JobFinished);
+    // Nothing left to dispute by now: anyone closes it.
+    expect_error(
+        dispute_by(&mut world, &client, &job, &operator),
+        TallyError::NothingToDispute,
+    );
+    let anyone = world.env.wallet(1_000_000_000);
+    expect_ok(close_job(&mut world, &anyone, &job));
 }

@@ -59,6 +59,10 @@ enum Action {
     Expire {
         job: usize,
     },
+    /// close_job by anyone: only an ended job whose share has matured closes.
+    Close {
+        job: usize,
+    },
     Claim {
         operator: usize,
         mint: usize,
@@ -90,6 +94,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(operator, mint, jobs)| Action::Settle { operator, mint, jobs }),
         1 => (0usize..16, 0u64..30_000).prop_map(|(job, delta)| Action::Complete { job, delta }),
         1 => (0usize..16).prop_map(|job| Action::Expire { job }),
+        1 => (0usize..16).prop_map(|job| Action::Close { job }),
         2 => (0..OPERATORS, 0..MINTS).prop_map(|(operator, mint)| Action::Claim { operator, mint }),
         1 => (0..MINTS).prop_map(|mint| Action::WithdrawFees { mint }),
         1 => (0usize..16).prop_map(|job| Action::Dispute { job }),
@@ -402,6 +407,24 @@ impl Machine {
                 );
                 self.book_refunds(&result);
             }
+            Action::Close { job } => {
+                let Some(job) = self.job(job) else { return };
+                let cranker = self.world.env.payer.insecure_clone();
+                let before = self.world.env.lamports(&job.client);
+                let rent = self.world.env.lamports(&job.address);
+                let result = self.world.send(
+                    &[ix::close_job(cranker.pubkey(), job.address, job.client)],
+                    &[],
+                );
+                if result.is_ok() {
+                    assert!(!self.live(&job), "close_job closed the job");
+                    assert_eq!(
+                        self.world.env.lamports(&job.client),
+                        before + rent,
+                        "the rent went to the job's client"
+                    );
+                }
+            }
             Action::Claim { operator, mint } => {
                 self.world.mint = self.mints[mint];
                 let o = &self.operators[mint][operator];
@@ -517,11 +540,16 @@ impl Machine {
                 state.settled_gross <= state.deposited,
                 "a job paid more than was escrowed"
             );
-            assert_eq!(
-                state.escrow_left,
-                state.deposited - state.settled_gross,
-                "escrow = deposited − paid"
-            );
+            if state.status().is_finished() {
+                // Ended and refunded, kept while its share can be disputed.
+                assert_eq!(state.escrow_left, 0, "an ended job holds no escrow");
+            } else {
+                assert_eq!(
+                    state.escrow_left,
+                    state.deposited - state.settled_gross,
+                    "escrow = deposited − paid"
+                );
+            }
             let before = self
                 .settled
                 .insert(job.address, state.settled_units)

@@ -97,22 +97,21 @@ pub fn place_job_share(
     } else {
         None
     };
-    let placement = match target {
-        Some(index) => JobPlacement {
+    let placement = if let Some(index) = target {
+        JobPlacement {
             matures_at: buckets[index].matures_at,
             moved: 0,
             moved_from: 0,
-        },
-        None => {
-            let bucket = &mut buckets[late];
-            let placement = JobPlacement {
-                matures_at,
-                moved: bucket.amount,
-                moved_from: bucket.matures_at,
-            };
-            bucket.matures_at = matures_at;
-            placement
         }
+    } else {
+        let bucket = &mut buckets[late];
+        let placement = JobPlacement {
+            matures_at,
+            moved: bucket.amount,
+            moved_from: bucket.matures_at,
+        };
+        bucket.matures_at = matures_at;
+        placement
     };
     let index = target.unwrap_or(late);
     buckets[index].amount = buckets[index]
@@ -423,43 +422,45 @@ mod tests {
     /// jobs, window changes and disputes (the program's own functions, as settlement
     /// calls them): for every time T, what the jobs hold maturing at or after T is at
     /// most what the earnings hold, so every dispute finds its share.
+    const WINDOWS: [u32; 5] = [60, 600, 3_600, 7_200, 86_400];
+    const STEPS: [i64; 7] = [1, 30, 100, 600, 1_000, 3_000, 5_000];
+
     #[test]
     fn random_window_changes_keep_every_job_share_covered() {
         let mut seed: u64 = 0x5eed_7a11;
-        let mut next = |n: u64| {
+        // xorshift64: a number below `n`.
+        let mut below = |n: usize| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            seed % n
+            usize::try_from(seed % 1_000_003).unwrap() % n
         };
-        const WINDOWS: [u32; 5] = [60, 600, 3_600, 7_200, 86_400];
-        const STEPS: [i64; 7] = [1, 30, 100, 600, 1_000, 3_000, 5_000];
         for _ in 0..3_000 {
             let mut e = empty();
             let mut jobs = [[PendingEarnings::default(); 2]; 4];
             let mut now: i64 = 100_000;
             let mut window = 3_600u32;
             for _ in 0..12 {
-                now += STEPS[next(7) as usize];
-                let roll = next(100);
+                now += STEPS[below(STEPS.len())];
+                let roll = below(100);
                 if roll < 40 {
-                    window = WINDOWS[next(5) as usize];
+                    window = WINDOWS[below(WINDOWS.len())];
                 }
                 if roll >= 85 {
-                    let k = next(4) as usize;
+                    let k = below(jobs.len());
                     e.mature(now).unwrap();
                     take_matured(&mut jobs[k], now).unwrap();
                     e.freeze(&jobs[k]).expect("a dispute finds the job's share");
                     jobs[k] = Default::default();
                 } else {
                     // One settlement: some jobs, as Ledgers::apply then post do.
-                    let (mut net, mut held) = (0u64, 0u64);
+                    let (mut earned, mut held) = (0u64, 0u64);
                     let at = maturity_time(now, window).unwrap();
                     for (k, job) in jobs.iter_mut().enumerate() {
-                        if next(2) == 0 && k > 0 {
+                        if below(2) == 0 && k > 0 {
                             continue;
                         }
-                        let amount = 1 + next(20);
+                        let amount = 1 + u64::try_from(below(20)).unwrap();
                         take_matured(job, now).unwrap();
                         let placed = place_job_share(job, amount, at).unwrap();
                         assert!(placed.matures_at >= at || placed.moved == 0);
@@ -467,9 +468,9 @@ mod tests {
                             e.hold_job_share(amount, &placed, now).unwrap();
                             held += amount;
                         }
-                        net += amount;
+                        earned += amount;
                     }
-                    e.credit(net, held, now, window).unwrap();
+                    e.credit(earned, held, now, window).unwrap();
                 }
                 e.mature(now).unwrap();
                 for job in &mut jobs {
