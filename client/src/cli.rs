@@ -91,7 +91,8 @@ pub enum JobCommand {
         /// Units to escrow for
         #[arg(long)]
         units: u64,
-        /// Job id, unique among your open jobs [default: the current Unix time]
+        /// Job id: ids only go up and are never reused [default: the current Unix
+        /// time, or your next free id if higher]
         #[arg(long)]
         id: Option<u64>,
         /// Seconds from now until usage stops being billable
@@ -413,8 +414,16 @@ fn execute_job<C: Chain>(
             spend_cap,
         } => {
             let now = chain.clock()?.unix_timestamp;
+            // Default: the current Unix time, or the next free id if that is higher
+            // (ids only go up; another tool may have used larger ones).
+            let job_id = match id {
+                Some(id) => *id,
+                None => u64::try_from(unix_now())
+                    .unwrap_or(0)
+                    .max(ops::next_job_id(chain, &signer.pubkey())?),
+            };
             let args = OpenJobArgs {
-                job_id: id.unwrap_or_else(|| u64::try_from(unix_now()).unwrap_or(0)),
+                job_id,
                 unit_kind: *kind as u8,
                 unit_price: *price,
                 max_units: *units,

@@ -111,7 +111,8 @@ pub fn update_operator(authority: Pubkey, args: OperatorArgs) -> Instruction {
     )
 }
 
-/// `open_job`: escrows `unit_price × max_units` from `client_tokens`.
+/// `open_job`: escrows `unit_price × max_units` from `client_tokens`. `args.job_id`
+/// must be at least the client's next job id ([`crate::ops::next_job_id`]).
 pub fn open_job(
     client: Pubkey,
     operator_authority: Pubkey,
@@ -131,6 +132,7 @@ pub fn open_job(
             job: pda::job(&client, args.job_id),
             token_program: mint.token_program,
             system_program: system_program::ID,
+            client_jobs: pda::client_jobs(&client),
         },
         &instruction::OpenJob { args },
     )

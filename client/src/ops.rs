@@ -347,6 +347,13 @@ pub fn jobs(
     Ok(out)
 }
 
+/// The lowest job id `client` may open (0 before its first job): ids only go up.
+pub fn next_job_id(chain: &impl Chain, client: &Pubkey) -> Result<u64> {
+    Ok(chain
+        .anchor_account::<tally::state::ClientJobs>(&pda::client_jobs(client))?
+        .map_or(0, |ids| ids.next_job_id))
+}
+
 /// `job open`: escrows `unit_price × max_units` from the client's associated token
 /// account of `mint`.
 pub fn open_job(
@@ -387,7 +394,14 @@ pub fn open_job(
     let address = pda::job(&client.pubkey(), args.job_id);
     if chain.account(&address)?.is_some() {
         return Err(other(format!(
-            "you already have an open job with id {}: pick another --id",
+            "you already have a job with id {}: pick another --id",
+            args.job_id
+        )));
+    }
+    let next = next_job_id(chain, &client.pubkey())?;
+    if args.job_id < next {
+        return Err(other(format!(
+            "job id {} was already used: a client's job ids only go up and are never reused; use --id {next} or higher (or leave --id out)",
             args.job_id
         )));
     }

@@ -65,6 +65,11 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
     let operator = world.operator();
     let client = world.client(100_000_000);
     let (job, opened) = world.try_open_job(&client, &operator, 100, JobSpec::default());
+    out.push((
+        "open_job (client's first: creates ClientJobs)",
+        expect_ok(opened),
+    ));
+    let (_, opened) = world.try_open_job(&client, &operator, 101, JobSpec::default());
     out.push(("open_job", expect_ok(opened)));
     out.push((
         "top_up",
@@ -81,7 +86,8 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
     ));
 
     let mut batch = Vec::new();
-    for id in 0..8 {
+    // Ids only go up per client: after the measured job 100.
+    for id in 102..110 {
         batch.push(world.open_job(&client, &operator, id, JobSpec::default()));
     }
     world.env.advance(60);

@@ -139,4 +139,6 @@ pub enum TallyError {
     JobNotFinished,
     #[msg("The operator's share of this job is still inside the challenge window (the client may dispute it): close the job after it matures")]
     JobInChallengeWindow,
+    #[msg("Job id already used by this client: ids only go up and are never reused; open with an id of at least the client's next_job_id (the SDK picks it)")]
+    JobIdUsed,
 }

@@ -42,7 +42,7 @@ pub struct SettleReceipt {
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageReceipt {
     pub job: Pubkey,
-    /// The job's `nonce` (slot it was opened in).
+    /// The job's `nonce` (its number among its client's jobs).
     pub job_nonce: u64,
     pub receipt: SettleReceipt,
     /// Last receipt of the job: settling it completes the job.

@@ -481,3 +481,34 @@ fn account_substitution_attacks() {
         "nothing was settled"
     );
 }
+
+/// Receipts on the oracle-signer path commit to the job's address only (not its
+/// nonce): that is enough because an address never holds a second job. An oracle
+/// resending, after a crash, a receipt written for a job the client has since
+/// cancelled cannot bill a new job at that address.
+#[test]
+fn a_receipt_for_a_closed_job_cannot_settle_a_job_reopened_at_its_address() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    // Written by the oracle before a crash, not landed yet.
+    let late = world.receipt(1, 900);
+    expect_ok(world.send(
+        &[ix::cancel_job(
+            client.wallet.pubkey(),
+            job.address,
+            world.mint,
+            client.tokens,
+        )],
+        &[&client.wallet],
+    ));
+    let (_, reopened) = world.try_open_job(&client, &operator, 1, JobSpec::default());
+    expect_error(reopened, TallyError::JobIdUsed);
+    expect_error(
+        world.settle(&operator, &[(job.address, late)]),
+        TallyError::InvalidJobAccount,
+    );
+    assert_eq!(world.env.token_balance(&client.tokens), 10_000_000);
+}

@@ -85,8 +85,9 @@ pub struct Job {
     /// predecessor's hash, so the files form a chain ending here).
     pub invoice_hash: [u8; 32],
     pub job_id: u64,
-    /// Slot the job was opened in. Receipts commit to it, so receipts of a closed job
-    /// can never settle a new job opened later at the same address.
+    /// The job's number among its client's jobs (1 for the first): unique per
+    /// client, so unique with the address. Relayed receipts commit to it. (Jobs
+    /// opened before `ClientJobs` existed hold the slot they were opened in.)
     pub nonce: u64,
     /// Price of one unit, in the mint's base units.
     pub unit_price: u64,
