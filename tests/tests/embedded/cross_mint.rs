@@ -4,6 +4,7 @@
 //! the token program differs too) and of a second operator. Each attempt must fail
 //! with its named error and move no token; the World fixture checks solvency per
 //! mint after every transaction, and each test ends with the honest instruction.
+//! The same story also checks that every signed instruction needs its signature.
 use anchor_lang::prelude::Pubkey;
 use anchor_lang::solana_program::instruction::Instruction;
 use solana_keypair::Keypair;
@@ -767,4 +768,164 @@ fn open_ledgers_attacks() {
         .get_account(&pda::revenue(&s.a.mint, day))
         .expect("exists");
     assert_eq!(revenue_before.data, revenue_after.data);
+}
+
+#[test]
+fn open_job_refuses_another_mints_accounts() {
+    let mut s = story();
+    let client = s.c.wallet.insecure_clone();
+    let honest = s.world.in_mint(s.a, |w| {
+        w.open_job_ix(&s.c.in_a(), &s.p, 10, JobSpec::default())
+    });
+    // Mint B's vault (holding B's escrow) for a deposit in A.
+    let b_vault = substitute(honest.clone(), pda::vault(&s.a.mint), pda::vault(&s.b.mint));
+    s.refused(&[b_vault], &[&client], TallyError::WrongMint);
+    let b_vault_tokens = substitute(
+        honest.clone(),
+        pda::vault_tokens(&s.a.mint),
+        pda::vault_tokens(&s.b.mint),
+    );
+    s.refused(
+        &[b_vault_tokens],
+        &[&client],
+        AnchorErrorCode::ConstraintAddress,
+    );
+    // Paying in B tokens for a job booked in A.
+    let b_tokens = substitute(honest.clone(), s.c.a, s.c.b);
+    s.refused(
+        &[b_tokens],
+        &[&client],
+        AnchorErrorCode::ConstraintTokenMint,
+    );
+    // Another client's counter of job ids.
+    let d_ids = substitute(
+        honest.clone(),
+        pda::client_jobs(&client.pubkey()),
+        pda::client_jobs(&s.d.wallet.pubkey()),
+    );
+    s.refused(&[d_ids], &[&client], AnchorErrorCode::ConstraintSeeds);
+
+    let job = pda::job(&client.pubkey(), 10);
+    s.world.jobs.push(tally_tests::JobHandle {
+        address: job,
+        job_id: 10,
+        client: client.pubkey(),
+        client_tokens: s.c.a,
+        mint: s.a,
+    });
+    expect_ok(s.world.send(&[honest], &[&client]));
+    assert_eq!(s.world.env.job(&job).mint, s.a.mint);
+}
+
+#[test]
+fn add_mint_refuses_another_mints_vault_addresses() {
+    let mut s = story();
+    let admin = s.world.admin.insecure_clone();
+    let mint_c = s
+        .world
+        .env
+        .create_mint(TokenKind::SplToken, &Keypair::new().pubkey());
+    let honest = ix::add_mint(admin.pubkey(), mint_c);
+    // A's vault ledger or vault token account address for mint C.
+    let a_vault = substitute(
+        honest.clone(),
+        pda::vault(&mint_c.mint),
+        pda::vault(&s.a.mint),
+    );
+    s.refused(&[a_vault], &[&admin], AnchorErrorCode::ConstraintSeeds);
+    let a_vault_tokens = substitute(
+        honest.clone(),
+        pda::vault_tokens(&mint_c.mint),
+        pda::vault_tokens(&s.a.mint),
+    );
+    s.refused(
+        &[a_vault_tokens],
+        &[&admin],
+        AnchorErrorCode::ConstraintSeeds,
+    );
+    expect_ok(s.world.send(&[honest], &[&admin]));
+}
+
+/// Every instruction with a signer refuses the key without its signature (the fee
+/// payer being someone else).
+#[test]
+fn every_signer_must_sign() {
+    let mut s = story();
+    let arbiter = s.world.arbiter.insecure_clone();
+    let treasury = s.world.treasury.insecure_clone();
+    let client = s.c.wallet.pubkey();
+    let attestation = s.world.attestation();
+    let day = s.day();
+    let unsigned: Vec<(&str, Instruction)> = vec![
+        ("top_up", ix::top_up(client, s.a_p.address, s.a, s.c.a, 1)),
+        (
+            "cancel_job",
+            ix::cancel_job(client, s.open_a.address, s.a, s.c.a),
+        ),
+        (
+            "expire_job",
+            ix::expire_job(client, s.expired_a.address, s.a, client, s.c.a),
+        ),
+        (
+            "dispute_job",
+            ix::dispute_job(client, s.a_p.address, s.p.address(), s.a.mint),
+        ),
+        (
+            "resolve_dispute",
+            ix::resolve_dispute(
+                arbiter.pubkey(),
+                s.a_p.address,
+                s.p.address(),
+                s.a,
+                s.c.a,
+                0,
+            ),
+        ),
+        ("close_job", ix::close_job(client, s.a_p.address, client)),
+        (
+            "open_ledgers",
+            ix::open_ledgers(client, s.p.authority.pubkey(), s.a.mint, day),
+        ),
+        (
+            "settle",
+            ix::settle(
+                &attestation,
+                s.p.authority.pubkey(),
+                s.a.mint,
+                &[(s.a_p.address, s.last_a_p)],
+            ),
+        ),
+        (
+            "complete_job",
+            ix::complete_job(
+                &attestation,
+                s.p.authority.pubkey(),
+                s.a,
+                s.a_p.address,
+                client,
+                s.c.a,
+                s.last_a_p,
+            ),
+        ),
+        (
+            "withdraw_fees",
+            ix::withdraw_fees(
+                treasury.pubkey(),
+                s.a,
+                pda::associated_token(&treasury.pubkey(), &s.a.mint, &s.a.token_program),
+            ),
+        ),
+    ];
+    for (name, mut instruction) in unsigned {
+        instruction.accounts[0].is_signer = false;
+        let before = s.balances();
+        let result = s.world.env.send(&[instruction], &[]);
+        let failed = tally_tests::expect_failure(result);
+        assert_eq!(
+            failed.custom_code(),
+            Some(u32::from(AnchorErrorCode::AccountNotSigner)),
+            "{name}: {failed:?}"
+        );
+        assert_eq!(s.balances(), before, "{name} moved tokens");
+    }
 }
