@@ -145,6 +145,14 @@ impl Batcher {
                 ));
                 continue;
             };
+            // An ended job stays on chain while its share is disputable; it settles
+            // nothing more.
+            if job.status().is_finished() {
+                report.errors.push(format!(
+                    "job {job_text} has ended: its records cannot be settled"
+                ));
+                continue;
+            }
             let submission = self.prepare(&job_text, &job, last.as_ref(), &mut report)?;
             to_send.push(Self::pending_for(chain, submission, job_key, &job)?);
         }

@@ -130,6 +130,7 @@ struct Authorized {
 fn refused(refused: &Refused) -> Refusal {
     let status = match refused {
         Refused::Closed(_)
+        | Refused::Ended { .. }
         | Refused::AfterDeadline { .. }
         | Refused::InsufficientEscrow { .. }
         | Refused::KeyLimit { .. } => StatusCode::PAYMENT_REQUIRED,

@@ -404,9 +404,11 @@ fn client_oracle_claim_flow_over_rpc() {
         )
         .unwrap();
     eprintln!("localnet: complete_job {}", cu(&completed));
-    assert!(
-        chain.account(&job_address).unwrap().is_none(),
-        "the job is closed"
+    // Ended and refunded; the account stays while its client may still dispute.
+    let ended = ops::job(&chain, &job_address).unwrap();
+    assert_eq!(
+        (ended.status(), ended.escrow_left),
+        (tally::state::JobStatus::Completed, 0)
     );
     assert_eq!(
         ops::token_balance(&chain, &client_tokens).unwrap(),
@@ -436,6 +438,12 @@ fn client_oracle_claim_flow_over_rpc() {
         start.elapsed().as_secs_f64()
     );
     assert_eq!(claimed, gross - fee);
+    // The share has matured: anyone closes the job, rent back to the client.
+    ops::close_job(&mut chain, &oracle, &job_address).unwrap();
+    assert!(
+        chain.account(&job_address).unwrap().is_none(),
+        "the job is closed"
+    );
     let payout = pda::associated_token(&operator.pubkey(), &mint.mint, &mint.token_program);
     assert_eq!(ops::token_balance(&chain, &payout).unwrap(), gross - fee);
 
