@@ -466,7 +466,14 @@ fn run_flow<C: Chain + Clock>(
                 &[],
             )
             .unwrap();
-        assert!(chain.account(job).unwrap().is_none(), "the job is closed");
+        // Completed and refunded. While its share is in the challenge window the
+        // account stays (its client may still dispute it) and is closed below.
+        if chain.account(job).unwrap().is_some() {
+            assert_eq!(
+                ops::job(chain, job).unwrap().status(),
+                tally::state::JobStatus::Completed
+            );
+        }
     }
     let gross = tokens * PRICE;
     assert_eq!(
@@ -492,6 +499,13 @@ fn run_flow<C: Chain + Clock>(
     };
     let fee = gross * u64::from(FEE_BPS) / 10_000;
     assert_eq!(claimed, gross - fee);
+    // Nothing is disputable any more: anyone may close the jobs (rent to the client).
+    for job in &jobs {
+        if chain.account(job).unwrap().is_some() {
+            ops::close_job(chain, &operator, job).unwrap();
+        }
+        assert!(chain.account(job).unwrap().is_none(), "the job is closed");
+    }
     let payout = pda::associated_token(&operator.pubkey(), &mint.mint, &mint.token_program);
     assert_eq!(ops::token_balance(chain, &payout).unwrap(), gross - fee);
 
