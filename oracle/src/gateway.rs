@@ -245,6 +245,7 @@ impl Gateway {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut record = UsageRecord {
             job,
+            job_nonce: None,
             request_id: format!("gw-{}-{sequence}", self.sink.clock.now()),
             model,
             prompt_tokens: 0,

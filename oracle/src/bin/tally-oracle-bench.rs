@@ -39,6 +39,7 @@ fn ingest(dir: &std::path::Path) -> Result<f64, String> {
     for i in 0..INGEST_RECORDS {
         let record = UsageRecord {
             job: format!("job-{}", i % 16),
+            job_nonce: None,
             request_id: format!("req-{i}"),
             model: "llama-3-8b".into(),
             prompt_tokens: 100,

@@ -32,6 +32,7 @@ fn free_port() -> u16 {
 fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
     UsageRecord {
         job: job.address.to_string(),
+        job_nonce: None,
         request_id: format!("req-{i}"),
         model: "llama-3-8b".into(),
         prompt_tokens: 10 + i % 7,
@@ -73,13 +74,24 @@ fn setup(name: &str, jobs: usize) -> Setup {
 }
 
 fn batcher(setup: &Setup) -> Batcher {
-    Batcher {
-        store: Store::open(&setup.dir.join("oracle.db")).unwrap(),
-        oracle: setup.world.oracles[0].insecure_clone(),
-        invoices_dir: setup.dir.join("invoices"),
-        max_receipts_per_tx: 8,
-        clock: tally_oracle::clock::ChainClock::new(),
-    }
+    Batcher::new(
+        Store::open(&setup.dir.join("oracle.db")).unwrap(),
+        setup.world.oracles[0].insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    )
+    .with_invoices_dir(setup.dir.join("invoices"))
+    .with_max_receipts_per_tx(8)
+}
+
+/// Where the batcher exports invoice `seq` of `job` (its current incarnation).
+fn invoice_path(setup: &Setup, job: &JobHandle, seq: u64) -> PathBuf {
+    let nonce = setup.world.env.job(&job.address).nonce;
+    tally_oracle::invoice::export_path(
+        &setup.dir.join("invoices"),
+        &job.address.to_string(),
+        nonce,
+        seq,
+    )
 }
 
 fn expected_units(records: &[UsageRecord], job: &JobHandle) -> u64 {
@@ -145,9 +157,8 @@ fn the_invoice_file_hashes_to_what_the_chain_stores_and_chains_to_the_previous()
     b.store.record(&record(&s.jobs[0], 9, now)).unwrap();
     b.run_round(&mut *s.world.env).unwrap();
 
-    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
-    let first = std::fs::read(folder.join("1.json")).unwrap();
-    let second = std::fs::read(folder.join("2.json")).unwrap();
+    let first = std::fs::read(invoice_path(&s, &s.jobs[0], 1)).unwrap();
+    let second = std::fs::read(invoice_path(&s, &s.jobs[0], 2)).unwrap();
     let job = s.world.env.job(&s.jobs[0].address);
     assert_eq!(
         sha256(&second),
@@ -164,13 +175,26 @@ fn the_invoice_file_hashes_to_what_the_chain_stores_and_chains_to_the_previous()
     assert_eq!(parsed.cumulative_units, job.settled_units);
 }
 
-/// A chain whose sends can be made to fail before or after the transaction lands.
+/// A chain whose settle transactions can be made to fail before or after they land
+/// (every other transaction — ledgers, lookup tables — goes through).
 struct Flaky<'a> {
     inner: &'a mut EmbeddedChain,
-    /// Fail the next send without sending it (a crash before the send).
+    /// Fail the next settle without sending it (a crash before the send).
     drop_next: bool,
-    /// Send the next one, then report failure (a lost answer).
+    /// Send the next settle, then report failure (a lost answer).
     lose_next_answer: bool,
+}
+
+/// Whether `tx` carries a `settle` instruction of the program.
+fn settles(tx: &solana_transaction::versioned::VersionedTransaction) -> bool {
+    use anchor_lang::Discriminator;
+    let keys = tx.message.static_account_keys();
+    tx.message.instructions().iter().any(|ix| {
+        keys.get(usize::from(ix.program_id_index)) == Some(&tally::ID)
+            && ix
+                .data
+                .starts_with(tally::instruction::Settle::DISCRIMINATOR)
+    })
 }
 
 impl Chain for Flaky<'_> {
@@ -193,10 +217,19 @@ impl Chain for Flaky<'_> {
     fn latest_blockhash(&self) -> Result<solana_hash::Hash, ChainError> {
         self.inner.latest_blockhash()
     }
+    fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
+        self.inner.lookup_table_slots(count)
+    }
+    fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+        self.inner.wait_past_slot(slot)
+    }
     fn send_transaction(
         &mut self,
         tx: solana_transaction::versioned::VersionedTransaction,
     ) -> Result<Confirmed, ChainError> {
+        if !settles(&tx) {
+            return self.inner.send_transaction(tx);
+        }
         if std::mem::take(&mut self.drop_next) {
             return Err(ChainError::Rpc {
                 url: "flaky".into(),
@@ -325,16 +358,8 @@ fn usage_after_the_deadline_is_invoiced_but_not_billed() {
         (1, outside.prompt_tokens + outside.completion_tokens)
     );
     assert!(late.detail.contains("after the job's deadline"), "{late:?}");
-    let invoice: Invoice = serde_json::from_slice(
-        &std::fs::read(
-            s.dir
-                .join("invoices")
-                .join(s.jobs[0].address.to_string())
-                .join("1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let invoice: Invoice =
+        serde_json::from_slice(&std::fs::read(invoice_path(&s, &s.jobs[0], 1)).unwrap()).unwrap();
     assert_eq!(invoice.lines.len(), 2);
     assert_eq!(invoice.period_end, deadline - 10);
 }
@@ -571,7 +596,10 @@ fn invoice_files_verify_against_the_chain_and_tampering_is_caught() {
     b.run_round(&mut *s.world.env).unwrap();
     b.store.record(&record(&s.jobs[0], 2, now)).unwrap();
     b.run_round(&mut *s.world.env).unwrap();
-    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
+    let folder = invoice_path(&s, &s.jobs[0], 1)
+        .parent()
+        .unwrap()
+        .to_path_buf();
 
     let latest = verify(&*s.world.env, &folder.join("2.json")).unwrap();
     assert_eq!((latest.seq, latest.settled_seq), (2, 2));
@@ -667,6 +695,7 @@ fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
     let store = Store::open(&live.join("oracle.db")).unwrap();
     let usage = |i: u64| UsageRecord {
         job: "Job".into(),
+        job_nonce: None,
         request_id: format!("r{i}"),
         model: "m".into(),
         prompt_tokens: i,

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
 use tally_oracle::node_report::NodeRecord;
-use tally_oracle::store::{Recorded, Store, Submission, UsageRecord};
+use tally_oracle::store::{
+    Billing, LookupTableRow, NewSubmission, QueryPlan, RecordWriteOff, Recorded, RoundWrite, Store,
+    Submission, SubmissionState, TableState, UsageRecord, WriteOff,
+};
+use tally_oracle::units::Totals;
 
 /// A private PostgreSQL server.
 pub struct PgServer {
@@ -155,6 +159,7 @@ impl Drop for PgServer {
 fn usage(job: &str, i: u64) -> UsageRecord {
     UsageRecord {
         job: job.into(),
+        job_nonce: None,
         request_id: format!("r{i}"),
         model: "m".into(),
         prompt_tokens: i,
@@ -165,54 +170,195 @@ fn usage(job: &str, i: u64) -> UsageRecord {
     }
 }
 
+/// Every plan a round runs uses an index: none scans a table.
+pub fn assert_indexed(plans: &[QueryPlan], postgres: bool) {
+    assert_eq!(plans.len(), 9, "{plans:?}");
+    for plan in plans {
+        println!(
+            "{} ({}):\n  {}\n",
+            plan.name,
+            plan.sql,
+            plan.plan.replace('\n', "\n  ")
+        );
+        if postgres {
+            assert!(
+                !plan.plan.contains("Seq Scan"),
+                "{}: no index serves it:\n{}",
+                plan.name,
+                plan.plan
+            );
+            assert!(plan.plan.contains("Index"), "{}:\n{}", plan.name, plan.plan);
+        } else {
+            for line in plan.plan.lines() {
+                if line.contains("SCAN") || line.contains("SEARCH") {
+                    assert!(
+                        line.contains("USING"),
+                        "{}: scans a table:\n{}",
+                        plan.name,
+                        plan.plan
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// What every store backend must do.
 fn contract(store: &Store) {
+    // Settlements are written by the leader only.
+    assert!(store.try_lead().unwrap());
     assert_eq!(store.record(&usage("A", 1)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("A", 2)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("B", 1)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("A", 1)).unwrap(), Recorded::Duplicate);
-    assert_eq!(store.record_count().unwrap(), 3);
-    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["A", "B"]);
-    let a = store.records_after("A", 0).unwrap();
+    // A group: new, duplicate of an earlier one, duplicate within the group.
+    assert_eq!(
+        store
+            .record_batch(&[usage("C", 1), usage("A", 2), usage("C", 1)])
+            .unwrap(),
+        vec![Recorded::New, Recorded::Duplicate, Recorded::Duplicate]
+    );
+    assert_eq!(store.record_count().unwrap(), 4);
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["A", "B", "C"]);
+    let a = store.waiting_records("A", 10).unwrap();
     assert_eq!(a.len(), 2);
-    assert_eq!(a[1].1, usage("A", 2));
-    assert_eq!(store.unsettled().unwrap(), (3, Some(1_001)));
+    assert_eq!(a[1].record, usage("A", 2));
+    assert_eq!(store.waiting_records("A", 1).unwrap().len(), 1, "capped");
+    assert_eq!(store.unsettled().unwrap(), (4, Some(1_001)));
 
     let submission = Submission {
         job: "A".into(),
+        job_nonce: 7,
         seq: 1,
         cumulative_units: 9,
         invoice_hash: [7; 32],
         period_end: 1_002,
-        last_record: a[1].0,
-        confirmed: false,
+        metered: Totals {
+            tokens: 9,
+            requests: 2,
+            gpu_ms: 20,
+        },
+        records: 2,
+        oldest_finished_at: Some(1_001),
+        state: SubmissionState::Pending,
     };
-    store.write_submission(&submission).unwrap();
-    // The write-ahead record is unique per (job, seq).
-    assert!(store.write_submission(&submission).is_err());
+    let write = |seq: u64, ids: Vec<i64>| NewSubmission {
+        submission: Submission {
+            seq,
+            ..submission.clone()
+        },
+        invoice: format!("{{\"seq\":{seq}}}").into_bytes(),
+        record_ids: ids,
+    };
+    store
+        .write_submission(&write(1, a.iter().map(|r| r.id).collect()))
+        .unwrap();
+    // The write-ahead record is unique per (job, nonce, seq); a record is attached
+    // once: a second attach fails and writes nothing at all.
+    assert!(store.write_submission(&write(1, Vec::new())).is_err());
+    let again = store
+        .write_submission(&write(2, vec![a[0].id]))
+        .unwrap_err();
+    assert!(again.to_string().contains("another batcher"), "{again}");
+    assert_eq!(store.last_submission("A", 7).unwrap().unwrap().seq, 1);
+    assert_eq!(store.invoice("A", 7, 2).unwrap(), None, "rolled back");
     assert_eq!(
         store.pending_submissions().unwrap(),
         vec![submission.clone()]
     );
-    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["B"]);
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["B", "C"]);
     assert_eq!(
         store.unsettled().unwrap(),
-        (3, Some(1_001)),
+        (4, Some(1_001)),
         "not confirmed yet"
     );
-    store.confirm("A", 1).unwrap();
+    assert_eq!(
+        store.invoice("A", 7, 1).unwrap().as_deref(),
+        Some(&b"{\"seq\":1}"[..])
+    );
+    store.confirm("A", 7, 1).unwrap();
     assert_eq!(store.pending_submissions().unwrap(), Vec::new());
     assert_eq!(
-        store.last_submission("A").unwrap(),
+        store.last_submission("A", 7).unwrap(),
         Some(Submission {
-            confirmed: true,
-            ..submission
+            state: SubmissionState::Confirmed,
+            ..submission.clone()
         })
     );
-    assert_eq!(store.last_submission("B").unwrap(), None);
+    // Another incarnation of the job (reopened at the address) starts clean.
+    assert_eq!(store.last_submission("A", 8).unwrap(), None);
+    assert_eq!(store.last_submission("B", 7).unwrap(), None);
+    assert_eq!(store.unsettled().unwrap(), (2, Some(1_001)));
+    assert_eq!(
+        store.submitted_records("A", Some(7)).unwrap().len(),
+        2,
+        "attached and bound to nonce 7"
+    );
+
+    // Records that can never be billed are retired, with the reason logged.
+    let b = store.waiting_records("B", 10).unwrap();
+    store
+        .write_round(&RoundWrite {
+            record_write_offs: vec![RecordWriteOff {
+                job: "B".into(),
+                job_nonce: None,
+                record_ids: b.iter().map(|r| r.id).collect(),
+                reason: "no_such_job".into(),
+                units: 3,
+            }],
+            ..RoundWrite::default()
+        })
+        .unwrap();
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["C"]);
     assert_eq!(store.unsettled().unwrap(), (1, Some(1_001)));
-    assert_eq!(store.all_records().unwrap().len(), 3);
-    assert!(store.try_lead().unwrap());
+    assert_eq!(
+        store.write_offs().unwrap(),
+        vec![WriteOff {
+            job: "B".into(),
+            job_nonce: None,
+            seq: None,
+            reason: "no_such_job".into(),
+            records: 1,
+            units: 3,
+        }]
+    );
+    let billing = store.billing().unwrap();
+    assert_eq!(
+        billing.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+        vec![
+            Billing::Submitted {
+                job_nonce: 7,
+                seq: 1
+            },
+            Billing::Submitted {
+                job_nonce: 7,
+                seq: 1
+            },
+            Billing::WrittenOff,
+            Billing::Waiting,
+        ]
+    );
+    assert_eq!(store.all_records().unwrap().len(), 4);
+
+    // Managed lookup tables: written before their create is sent, then updated.
+    let mut table = LookupTableRow {
+        address: "T1".into(),
+        authority: "O".into(),
+        operator: "Op".into(),
+        mint: "M".into(),
+        recent_slot: 5,
+        state: TableState::Creating,
+    };
+    store.save_lookup_table(&table).unwrap();
+    table.state = TableState::Deactivated(9);
+    store.save_lookup_table(&table).unwrap();
+    assert_eq!(store.lookup_tables().unwrap(), vec![table.clone()]);
+    table.state = TableState::Closed;
+    store.save_lookup_table(&table).unwrap();
+    assert_eq!(store.lookup_tables().unwrap(), Vec::new());
+
+    assert!(store.try_lead().unwrap(), "still leading");
+    assert_indexed(&store.query_plans().unwrap(), store.is_shared());
 }
 
 #[test]
@@ -227,8 +373,11 @@ fn the_store_contract_holds_on_sqlite_and_on_postgres() {
     // Reconnecting finds everything; a second replica waits for the settlement lock
     // until the first lets go of it.
     let replica = Store::connect(&pg.url).unwrap();
-    assert_eq!(replica.record_count().unwrap(), 3);
+    assert_eq!(replica.record_count().unwrap(), 4);
     assert!(!replica.try_lead().unwrap());
+    // A replica that does not lead cannot write settlements.
+    let err = replica.confirm("A", 7, 1).unwrap_err();
+    assert!(err.to_string().contains("settlement lock"), "{err}");
     drop(store);
     let mut led = false;
     for _ in 0..100 {
