@@ -75,6 +75,8 @@ pub struct RoundReport {
     pub tables: TableWork,
     /// Some job had more waiting records than one invoice takes: run again soon.
     pub more_waiting: bool,
+    /// Receipts carried by each settle transaction sent (in the order sent).
+    pub receipts_per_transaction: Vec<usize>,
 }
 
 /// Lookup-table transactions of a round.
@@ -322,6 +324,15 @@ impl Batcher {
         self
     }
 
+    /// Forgets what it cached from the chain and the store (lookup tables, ledgers,
+    /// backoffs): call it when this replica becomes the leader, since another one may
+    /// have made tables meanwhile.
+    pub fn reset(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            *state = State::default();
+        }
+    }
+
     pub fn settings(&self) -> &BatchSettings {
         &self.settings
     }
@@ -474,10 +485,18 @@ impl Batcher {
         let cap = self.settings.max_invoice_records.max(1);
         let mut exports = Vec::new();
         for job_text in &waiting {
-            let records = self.store.waiting_records(job_text, cap)?;
-            if records.len() >= cap {
-                report.more_waiting = true;
+            // A job whose receipt is pending or backing off waits: its records are
+            // not even read.
+            if let Some(job) = job_state(job_text) {
+                if pending_jobs.contains(&(job_text.clone(), job.nonce)) {
+                    continue;
+                }
+                if backing_off(&state, job_text, job.nonce) {
+                    report.backing_off += 1;
+                    continue;
+                }
             }
+            let records = self.store.waiting_records(job_text, cap)?;
             let Some(job_key) = parse_key(job_text) else {
                 let all: Vec<&WaitingRecord> = records.iter().collect();
                 Self::write_off_records(
@@ -547,12 +566,11 @@ impl Batcher {
                 Self::write_off_records(&mut round, &mut report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
                     format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
             }
-            if bill.is_empty() || pending_jobs.contains(&(job_text.clone(), job.nonce)) {
-                continue; // the pending receipt goes first
-            }
-            if backing_off(&state, job_text, job.nonce) {
-                report.backing_off += 1;
+            if bill.is_empty() {
                 continue;
+            }
+            if records.len() >= cap {
+                report.more_waiting = true;
             }
             let (new, bytes) = self.prepare(job_text, &job, &bill, &mut report)?;
             if let Some(dir) = &self.settings.invoices_dir {
@@ -1003,6 +1021,9 @@ impl Batcher {
         // All at once; their confirmations tracked together.
         let messages: Vec<VersionedMessage> = batches.iter().map(|(m, _)| m.clone()).collect();
         report.transactions += messages.len();
+        report
+            .receipts_per_transaction
+            .extend(batches.iter().map(|(_, c)| c.len()));
         report.sent += batches.iter().map(|(_, c)| c.len()).sum::<usize>();
         let outcomes = chain.send_messages(messages, &[&self.oracle]);
         let mut confirmed: Vec<(String, u64, u64)> = Vec::new();

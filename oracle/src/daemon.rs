@@ -176,6 +176,7 @@ impl Daemon {
             telemetry: Arc::clone(&telemetry),
             interval: config.batch.interval(),
             max_backoff: config.batch.max_backoff(),
+            leader: false,
         };
         let running: Vec<(&'static str, JoinHandle<Result<(), OracleError>>)> = sources
             .into_iter()
@@ -334,6 +335,8 @@ struct Settle<C> {
     telemetry: Arc<Telemetry>,
     interval: Duration,
     max_backoff: Duration,
+    /// Whether the last round ran as the leader.
+    leader: bool,
 }
 
 /// How a round went, for the loop.
@@ -343,8 +346,10 @@ struct Outcome {
     ran: bool,
     /// Receipts left pending after a failure (their jobs back off).
     failed: usize,
-    /// Records wait beyond a full invoice, or jobs back off: go again soon.
+    /// Records wait beyond a full invoice: go again soon.
     more: bool,
+    /// Jobs waiting out a backoff.
+    backing_off: usize,
 }
 
 impl<C: Chain + Send + 'static> Settle<C> {
@@ -356,13 +361,20 @@ impl<C: Chain + Send + 'static> Settle<C> {
         self.sink.taken();
         let chain = Arc::clone(&self.chain);
         let started = std::time::Instant::now();
+        let was_leader = self.leader;
         let joined = tokio::task::spawn_blocking(move || {
             // Leadership is checked afresh every round: a lock session lost to a
             // restart or a cut network gives it up until it is won again.
             let result = match (batcher.store.try_lead(), chain.lock()) {
                 (Ok(false), _) => Ok(None),
                 (Err(e), _) => Err(e),
-                (Ok(true), Ok(mut chain)) => batcher.run_round(&mut *chain).map(Some),
+                (Ok(true), Ok(mut chain)) => {
+                    if !was_leader {
+                        // Another replica may have made tables while it led.
+                        batcher.reset();
+                    }
+                    batcher.run_round(&mut *chain).map(Some)
+                }
                 (Ok(true), Err(_)) => {
                     Err(OracleError::Invalid("the chain lock is poisoned".into()))
                 }
@@ -402,6 +414,7 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
             }
         }
+        self.leader = matches!(result, Ok(Some(_)));
         match result {
             Ok(None) => {
                 self.telemetry.follower_round(self.sink.clock.now());
@@ -437,7 +450,8 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 Outcome {
                     ran: true,
                     failed: report.failed,
-                    more: report.more_waiting || backing_off > 0,
+                    more: report.more_waiting,
+                    backing_off,
                 }
             }
             Err(e) => {
@@ -482,7 +496,7 @@ impl<C: Chain + Send + 'static> Settle<C> {
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=FLUSH_ATTEMPTS {
             let outcome = self.round().await;
-            if outcome.ran && outcome.failed == 0 && !outcome.more {
+            if outcome.ran && outcome.failed == 0 && !outcome.more && outcome.backing_off == 0 {
                 return;
             }
             tracing::warn!("final settlement attempt {attempt} of {FLUSH_ATTEMPTS} left work");

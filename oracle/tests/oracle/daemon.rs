@@ -38,6 +38,7 @@ pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
         operator,
         jobs,
         dir,
+        ..
     } = super::setup(name, jobs);
     let node = SigningKey::from_bytes(&[7; 32]);
     expect_ok(world.send(
