@@ -145,6 +145,28 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// Restarts the server (`fast`: a clean shutdown; `immediate`: like a crash) on
+    /// the same port and data; returns once it accepts connections again.
+    pub fn restart(&self, mode: &str) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-w", "restart"])
+            .arg("-l")
+            .arg(self.data.with_file_name("server.log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = self
@@ -407,12 +429,176 @@ fn replica_config(pg: &str, dir: &Path) -> OracleConfig {
     .unwrap()
 }
 
+/// Every record is billed exactly once: for each job, the lines of the invoices of
+/// every confirmed receipt (from the store) are its reports, each once, and the
+/// store holds one record per report, each on a confirmed receipt.
+fn assert_billed_exactly_once(store: &Store, reports: &[(String, String)]) {
+    let mut billed: Vec<(String, String)> = Vec::new();
+    let jobs: std::collections::BTreeSet<&String> = reports.iter().map(|(j, _)| j).collect();
+    for job in jobs {
+        for submission in store.submissions_of(job).unwrap() {
+            assert_eq!(
+                submission.state,
+                SubmissionState::Confirmed,
+                "{submission:?}"
+            );
+            let bytes = store
+                .invoice(job, submission.job_nonce, submission.seq)
+                .unwrap()
+                .expect("every receipt's invoice is in the store");
+            assert_eq!(
+                tally_oracle::invoice::sha256(&bytes),
+                submission.invoice_hash
+            );
+            let invoice: tally_oracle::invoice::Invoice = serde_json::from_slice(&bytes).unwrap();
+            billed.extend(
+                invoice
+                    .lines
+                    .into_iter()
+                    .map(|l| (job.clone(), l.request_id)),
+            );
+        }
+    }
+    billed.sort();
+    let mut want = reports.to_vec();
+    want.sort();
+    assert_eq!(billed.len(), want.len(), "lines billed vs reports");
+    assert_eq!(billed, want, "each report billed exactly once");
+    let billing = store.billing().unwrap();
+    assert_eq!(billing.len(), reports.len(), "one record per report");
+    assert!(
+        billing
+            .iter()
+            .all(|(_, b)| matches!(b, Billing::Submitted { .. })),
+        "every record is on a receipt"
+    );
+}
+
+/// A signed report body of request `i` for job `job` of the fixture.
+fn signed_report(f: &super::daemon::Fixture, job: usize, i: u64) -> (u64, String) {
+    let report = NodeRecord {
+        job: f.jobs[job].address.to_string(),
+        request_id: format!("rep-{i}"),
+        model: "m".into(),
+        prompt_tokens: 3 + i % 4,
+        completion_tokens: 5,
+        gpu_ms: 1,
+        started_at: f.now - 1,
+        finished_at: f.now,
+    }
+    .sign(&f.node)
+    .unwrap();
+    (
+        report.record.prompt_tokens + report.record.completion_tokens,
+        serde_json::to_string(&report).unwrap(),
+    )
+}
+
+/// Posts `body` until a replica answers it (201 recorded or 409 already recorded);
+/// returns the answer. Anything else (503 while the database restarts, a refused
+/// connection) is retried.
+async fn post_until_answered(http: &reqwest::Client, url: &str, body: &str) -> u16 {
+    for _ in 0..2_000 {
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()) {
+            Ok(status @ (201 | 409)) => return status,
+            Ok(400..=499) => panic!("a valid report was refused"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    panic!("no replica answered a report at {url}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_over_one_postgres_all_take_reports_and_settle_each_once() {
+async fn replicas_over_one_postgres_take_the_same_reports_concurrently_and_bill_each_once() {
+    use futures_util::StreamExt;
     let Some(pg) = PgServer::start_or_skip("pg-replicas-server") else {
         return;
     };
-    let mut f = super::daemon::fixture("pg-replicas", 2);
+    let mut f = super::daemon::fixture("pg-replicas", 4);
+    let oracle = f.world.oracles[0].insecure_clone();
+    let chain = super::daemon::lend(&mut f.world);
+    let config = replica_config(&pg.url, &f.dir);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            Daemon::start(&config, Arc::clone(&chain), oracle.insecure_clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|d| format!("http://{}/v1/reports", d.node_reports.unwrap()))
+        .collect();
+    let reports: Vec<(usize, u64, String)> = (0..400u64)
+        .map(|i| {
+            let job = usize::try_from(i % 4).unwrap();
+            let (units, body) = signed_report(&f, job, i);
+            (job, units, body)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    // Every report goes to two replicas at the same time (a worker's retry racing
+    // its first try), 32 reports in flight: one replica records it, the other
+    // answers that it is already recorded.
+    let answers: Vec<(u16, u16)> = futures_util::stream::iter(reports.iter().enumerate())
+        .map(|(i, (_, _, body))| {
+            let (a, b) = (&urls[i % 3], &urls[(i + 1) % 3]);
+            let http = &http;
+            async move {
+                tokio::join!(
+                    post_until_answered(http, a, body),
+                    post_until_answered(http, b, body)
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (a, b) in &answers {
+        let mut pair = [*a, *b];
+        pair.sort_unstable();
+        assert_eq!(pair, [201, 409], "recorded once, the other told so");
+    }
+    for replica in replicas {
+        replica.stop().await.unwrap();
+    }
+    super::daemon::give_back(&mut f.world, chain).await;
+    let mut expected = [0u64; 4];
+    for (job, units, _) in &reports {
+        expected[*job] += units;
+    }
+    for (job, units) in f.jobs.iter().zip(expected) {
+        assert_eq!(f.world.env.job(&job.address).settled_units, units);
+    }
+    let ids: Vec<(String, String)> = (0..400u64)
+        .map(|i| {
+            (
+                f.jobs[usize::try_from(i % 4).unwrap()].address.to_string(),
+                format!("rep-{i}"),
+            )
+        })
+        .collect();
+    // The store's API blocks: off the async workers.
+    tokio::task::block_in_place(|| {
+        assert_billed_exactly_once(&Store::connect(&pg.url).unwrap(), &ids);
+    });
+    f.world.check_solvency();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
+    use futures_util::StreamExt;
+    let Some(pg) = PgServer::start_or_skip("pg-restart-server") else {
+        return;
+    };
+    let mut f = super::daemon::fixture("pg-restart", 3);
     let oracle = f.world.oracles[0].insecure_clone();
     let chain = super::daemon::lend(&mut f.world);
     let config = replica_config(&pg.url, &f.dir);
@@ -424,35 +610,85 @@ async fn replicas_over_one_postgres_all_take_reports_and_settle_each_once() {
         .unwrap();
     let urls = [a.node_reports.unwrap(), b.node_reports.unwrap()]
         .map(|addr| format!("http://{addr}/v1/reports"));
-    let mut expected = [0u64; 2];
-    for i in 0..60u64 {
-        let job = usize::try_from(i % 2).unwrap();
-        let report = NodeRecord {
-            job: f.jobs[job].address.to_string(),
-            request_id: format!("rep-{i}"),
-            model: "m".into(),
-            prompt_tokens: 3 + i % 4,
-            completion_tokens: 5,
-            gpu_ms: 1,
-            started_at: f.now - 1,
-            finished_at: f.now,
+    let total = 600u64;
+    let reports: Vec<(usize, u64, String)> = (0..total)
+        .map(|i| {
+            let job = usize::try_from(i % 3).unwrap();
+            let (units, body) = signed_report(&f, job, i);
+            (job, units, body)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = {
+        let (urls, done, restarts, http) = (
+            urls.clone(),
+            Arc::clone(&done),
+            Arc::clone(&restarts),
+            http.clone(),
+        );
+        let bodies: Vec<String> = reports.iter().map(|(_, _, b)| b.clone()).collect();
+        tokio::spawn(async move {
+            futures_util::stream::iter(bodies.into_iter().enumerate())
+                .map(|(i, body)| {
+                    let (url, http) = (urls[i % 2].clone(), http.clone());
+                    let (done, restarts) = (Arc::clone(&done), Arc::clone(&restarts));
+                    async move {
+                        // The later reports wait for the restarts: load before,
+                        // during and after each one.
+                        let i = i as u64;
+                        let after = u64::from(i >= total / 2) + u64::from(i >= 5 * total / 6);
+                        while restarts.load(std::sync::atomic::Ordering::Acquire) < after {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        let status = post_until_answered(&http, &url, &body).await;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        status
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<u16>>()
+                .await
+        })
+    };
+    // Restart the server twice under load: once cleanly, once as a crash.
+    for (at, mode) in [(total / 3, "fast"), (2 * total / 3, "immediate")] {
+        while done.load(std::sync::atomic::Ordering::Relaxed) < at {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        .sign(&f.node)
-        .unwrap();
-        expected[job] += report.record.prompt_tokens + report.record.completion_tokens;
-        let body = serde_json::to_string(&report).unwrap();
-        // Every report goes to one replica, then (a retry) to the other.
-        let first = usize::try_from(i % 2).unwrap();
-        let (status, text) = super::daemon::post(&urls[first], &body).await;
-        assert_eq!(status, 201, "{text}");
-        let (status, text) = super::daemon::post(&urls[1 - first], &body).await;
-        assert_eq!(status, 409, "{text}");
+        let server = &pg;
+        tokio::task::block_in_place(|| server.restart(mode));
+        restarts.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let answered = done.load(std::sync::atomic::Ordering::Relaxed);
+        println!("PostgreSQL restarted ({mode}) with {answered} of {total} reports answered");
+        assert!(answered < total, "the restart came under load");
     }
+    let statuses = load.await.unwrap();
+    assert_eq!(statuses.len(), usize::try_from(total).unwrap());
+    // A report whose 201 was lost to the restart is answered 409 on its retry:
+    // either way it is recorded, once.
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 409));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     super::daemon::give_back(&mut f.world, chain).await;
+    let mut expected = [0u64; 3];
+    for (job, units, _) in &reports {
+        expected[*job] += units;
+    }
     for (job, units) in f.jobs.iter().zip(expected) {
         assert_eq!(f.world.env.job(&job.address).settled_units, units);
     }
+    let ids: Vec<(String, String)> = (0..total)
+        .map(|i| {
+            (
+                f.jobs[usize::try_from(i % 3).unwrap()].address.to_string(),
+                format!("rep-{i}"),
+            )
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        assert_billed_exactly_once(&Store::connect(&pg.url).unwrap(), &ids);
+    });
     f.world.check_solvency();
 }
