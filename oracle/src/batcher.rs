@@ -381,10 +381,6 @@ impl Batcher {
         let pending = self.store.pending_submissions()?;
         let waiting = self.store.jobs_with_new_records()?;
         let legacy = self.store.legacy_jobs()?;
-        let pending_jobs: HashSet<(String, u64)> = pending
-            .iter()
-            .map(|s| (s.job.clone(), s.job_nonce))
-            .collect();
         let mut addresses: Vec<Pubkey> = Vec::new();
         let mut seen = HashSet::new();
         for job in pending
@@ -416,6 +412,10 @@ impl Batcher {
         } else {
             self.store.pending_submissions()?
         };
+        let pending_jobs: HashSet<(String, u64)> = pending
+            .iter()
+            .map(|s| (s.job.clone(), s.job_nonce))
+            .collect();
 
         let backing_off = |state: &State, job: &str, nonce: u64| {
             state

@@ -12,6 +12,7 @@ use tally_tests::{ClientHandle, JobHandle, JobSpec, OperatorHandle, World};
 
 mod crash;
 mod daemon;
+mod migration;
 mod postgres;
 
 fn temp_dir(name: &str) -> PathBuf {
