@@ -154,7 +154,8 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
         );
     }
     // An exported file: the first needs the second beside it, or the store.
-    let first = tally_oracle::invoice::export_path(&dir.join("invoices"), &job_text, state.nonce, 1);
+    let first =
+        tally_oracle::invoice::export_path(&dir.join("invoices"), &job_text, state.nonce, 1);
     let file = first.to_string_lossy().into_owned();
     let (ok, out) = tally(&["invoice", "verify", "-u", url, &file]);
     assert!(ok, "{out}");
@@ -165,7 +166,11 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
     assert!(ok, "{out}");
     // One token changed in the file: caught.
     let bytes = std::fs::read_to_string(&first).unwrap();
-    std::fs::write(&first, bytes.replacen("\"prompt_tokens\":1", "\"prompt_tokens\":9", 1)).unwrap();
+    std::fs::write(
+        &first,
+        bytes.replacen("\"prompt_tokens\":1", "\"prompt_tokens\":9", 1),
+    )
+    .unwrap();
     let (ok, out) = tally(&["invoice", "verify", "-u", url, &file, "--store", &store]);
     assert!(!ok, "{out}");
     assert!(out.contains("altered"), "{out}");

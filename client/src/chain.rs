@@ -813,12 +813,14 @@ mod rpc {
                 .collect()
         }
 
+        /// Waits for the *confirmed* slot: preflight simulates at confirmed
+        /// commitment, so a lookup table's new addresses must be usable there.
         fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
             let started = std::time::Instant::now();
             loop {
                 let now = self
                     .client
-                    .get_slot_with_commitment(CommitmentConfig::processed())
+                    .get_slot_with_commitment(CommitmentConfig::confirmed())
                     .map_err(|e| self.rpc_error(&e))?;
                 if now > slot {
                     return Ok(now);

@@ -551,7 +551,7 @@ impl Batcher {
                     None if r.record.finished_at
                         >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
                     {
-                        bill.push(r)
+                        bill.push(r);
                     }
                     None => before.push(r),
                 }

@@ -319,8 +319,12 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let tables = store.lookup_tables().unwrap();
     assert_eq!(tables.len(), 1, "{tables:?}");
     let table = tables[0].address.parse().unwrap();
-    let state = tally_client::alt::decode_lookup_table(&chain.account(&table).unwrap().unwrap().data)
-        .unwrap();
-    assert!(jobs.iter().all(|j| state.addresses.contains(j)), "{state:?}");
+    let state =
+        tally_client::alt::decode_lookup_table(&chain.account(&table).unwrap().unwrap().data)
+            .unwrap();
+    assert!(
+        jobs.iter().all(|j| state.addresses.contains(j)),
+        "{state:?}"
+    );
     println!("settled on-chain: {expected:?} tokens per job = reported, across {kills} kills");
 }

@@ -914,8 +914,8 @@ fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_
     );
     let now = s.world.env.now();
     let mut records = Vec::new();
-    for i in 0..2 * jobs as u64 {
-        let r = record(&s.jobs[(i % jobs as u64) as usize], i, now);
+    for i in 0..2 * jobs {
+        let r = record(&s.jobs[i % jobs], u64::try_from(i).unwrap(), now);
         b.store.record(&r).unwrap();
         records.push(r);
     }
@@ -931,8 +931,8 @@ fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_
     assert_eq!(tables.len(), 1);
 
     // Steady state: the table is there; only settle transactions are sent.
-    for i in 100..100 + jobs as u64 {
-        let r = record(&s.jobs[(i % jobs as u64) as usize], i, now);
+    for i in 100..100 + jobs {
+        let r = record(&s.jobs[i % jobs], u64::try_from(i).unwrap(), now);
         b.store.record(&r).unwrap();
         records.push(r);
     }
