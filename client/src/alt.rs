@@ -141,11 +141,6 @@ pub fn decode_lookup_table(data: &[u8]) -> Option<LookupTableState> {
     })
 }
 
-/// The address of the table `authority` creates at `recent_slot`.
-pub fn lookup_table_address(authority: &Pubkey, recent_slot: u64) -> Pubkey {
-    alt_ix::derive_lookup_table_address(authority, recent_slot).0
-}
-
 /// `extend_lookup_table` transactions adding `addresses` to `table`, at most
 /// [`ADDRESSES_PER_EXTEND`] each (send them one after the other: each writes the table).
 pub fn extend_lookup_table(

@@ -592,11 +592,9 @@ impl Batcher {
         if !landed.is_empty() {
             self.store.confirm_all(&landed)?;
         }
-        for (path, bytes) in exports {
-            if let Err(e) = crate::invoice::export(&path, &bytes) {
-                report.errors.push(format!(
-                    "{e} (the store keeps the invoice; only the exported copy is missing)"
-                ));
+        for off in &report.written_off {
+            if let Some(nonce) = off.job_nonce {
+                state.backoff.remove(&(off.job.clone(), nonce));
             }
         }
 
@@ -612,6 +610,15 @@ impl Batcher {
                 now,
                 &mut report,
             )?;
+        }
+        // The exports, after the sends: the store holds the invoices already, so
+        // their syncs never delay a settlement.
+        for (path, bytes) in exports {
+            if let Err(e) = crate::invoice::export(&path, &bytes) {
+                report.errors.push(format!(
+                    "{e} (the store keeps the invoice; only the exported copy is missing)"
+                ));
+            }
         }
         // 5. Tables that are done.
         if self.settings.lookup_tables

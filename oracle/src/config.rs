@@ -32,8 +32,9 @@ pub struct OracleConfig {
     /// URL for replicas sharing one database. Secret when it carries a password.
     #[serde(default = "default_store")]
     pub store: String,
-    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`); the store keeps the
-    /// bytes, so any replica serves and verifies them.
+    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`, a sync each); the
+    /// store keeps the bytes, so any replica serves and verifies them. Empty: no
+    /// export.
     #[serde(default = "default_invoices")]
     pub invoices_dir: PathBuf,
     #[serde(default)]
@@ -97,9 +98,10 @@ impl Default for BatchConfig {
 
 impl BatchConfig {
     /// The batcher's settings, exporting invoices under `invoices_dir`.
+    /// An empty `invoices_dir` exports nothing (the store keeps every invoice).
     pub fn settings(&self, invoices_dir: &Path) -> crate::batcher::BatchSettings {
         crate::batcher::BatchSettings {
-            invoices_dir: Some(invoices_dir.to_path_buf()),
+            invoices_dir: Some(invoices_dir.to_path_buf()).filter(|d| !d.as_os_str().is_empty()),
             max_receipts_per_tx: self.max_receipts_per_tx,
             max_invoice_records: self.max_invoice_records,
             max_backoff: self.max_backoff(),
