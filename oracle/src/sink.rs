@@ -160,32 +160,9 @@ fn write_groups(store: &Store, jobs: &mpsc::Receiver<Job>, telemetry: &Telemetry
         match store.record_batch(&records) {
             Ok(outcomes) => {
                 telemetry.inc(telemetry::STORE_COMMITS, "", 1);
-                telemetry.inc(telemetry::STORE_COMMITTED_RECORDS, "", group.len() as u64);
-                let mut new = 0u64;
                 for (job, recorded) in group.into_iter().zip(outcomes) {
-                    let labels = format!("source=\"{}\"", job.record.source);
-                    match recorded {
-                        Recorded::New => {
-                            new += 1;
-                            telemetry.inc(telemetry::RECORDS_IN, &labels, 1);
-                            telemetry.inc(
-                                telemetry::TOKENS_METERED,
-                                &labels,
-                                job.record
-                                    .prompt_tokens
-                                    .saturating_add(job.record.completion_tokens),
-                            );
-                        }
-                        Recorded::Duplicate => {
-                            telemetry.inc(telemetry::RECORDS_DUPLICATE, &labels, 1);
-                        }
-                    }
+                    count(telemetry, shared, &job.record, recorded);
                     job.reply.send(Ok(recorded));
-                }
-                if new > 0
-                    && shared.fresh.fetch_add(new, Ordering::AcqRel) + new >= shared.batch_records
-                {
-                    shared.wake.notify_one();
                 }
             }
             Err(OracleError::Invalid(reason)) if group.len() > 1 => {
@@ -194,7 +171,8 @@ fn write_groups(store: &Store, jobs: &mpsc::Receiver<Job>, telemetry: &Telemetry
                 for job in group {
                     let outcome = store.record(&job.record).map_err(|e| e.to_string());
                     if let Ok(recorded) = outcome {
-                        count_one(telemetry, shared, &job.record, recorded);
+                        telemetry.inc(telemetry::STORE_COMMITS, "", 1);
+                        count(telemetry, shared, &job.record, recorded);
                     }
                     job.reply.send(outcome);
                 }
@@ -211,8 +189,8 @@ fn write_groups(store: &Store, jobs: &mpsc::Receiver<Job>, telemetry: &Telemetry
     }
 }
 
-fn count_one(telemetry: &Telemetry, shared: &Shared, record: &UsageRecord, recorded: Recorded) {
-    telemetry.inc(telemetry::STORE_COMMITS, "", 1);
+/// Counts one committed record, waking the batcher once enough are waiting.
+fn count(telemetry: &Telemetry, shared: &Shared, record: &UsageRecord, recorded: Recorded) {
     telemetry.inc(telemetry::STORE_COMMITTED_RECORDS, "", 1);
     let labels = format!("source=\"{}\"", record.source);
     match recorded {
