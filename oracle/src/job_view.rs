@@ -334,7 +334,7 @@ impl JobBook {
         seen: Option<Instant>,
     ) -> Result<(), Refused> {
         let _one = slot.refreshing.lock().await;
-        let (since, new_keys, deadline) = {
+        let (since, new_keys, deadline, nonce) = {
             let state = slot.state.lock().map_err(|_| lock_error())?;
             if state.read_at != seen {
                 return Ok(());
@@ -349,13 +349,14 @@ impl JobBook {
                 state.next_seq,
                 new_keys,
                 state.job.map_or(i64::MAX, |j| j.deadline),
+                state.job.map(|j| j.nonce),
             )
         };
         // The store before the chain: a receipt that lands in between is then
         // subtracted twice (briefly conservative), never not at all.
         let (unsettled, keys) = self
             .store
-            .usage(&job.to_string(), new_keys, deadline)
+            .usage(&job.to_string(), nonce, new_keys, deadline)
             .await
             .map_err(|e| Refused::Unavailable(e.to_string()))?;
         let directory = Arc::clone(&self.directory);

@@ -428,6 +428,7 @@ impl NodeReports {
         let r = report.record;
         let record = UsageRecord {
             job: r.job,
+            job_nonce: None,
             request_id: r.request_id,
             model: r.model,
             prompt_tokens: r.prompt_tokens,

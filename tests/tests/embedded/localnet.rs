@@ -339,13 +339,12 @@ fn client_oracle_claim_flow_over_rpc() {
     });
 
     // The oracle's batcher settles the cumulative receipt over RPC.
-    let batcher = Batcher {
-        store: Store::open(&store_path).unwrap(),
-        oracle: oracle.insecure_clone(),
-        invoices_dir: dir.join("invoices"),
-        max_receipts_per_tx: 8,
+    let batcher = Batcher::new(
+        Store::open(&store_path).unwrap(),
+        oracle.insecure_clone(),
         clock,
-    };
+    )
+    .with_invoices_dir(dir.join("invoices"));
     assert_eq!(batcher.store.record_count().unwrap(), REQUESTS);
     let round = batcher.run_round(&mut chain).unwrap();
     assert_eq!((round.confirmed, round.failed), (1, 0), "{round:?}");
