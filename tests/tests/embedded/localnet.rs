@@ -403,11 +403,24 @@ fn client_oracle_claim_flow_over_rpc() {
         )
         .unwrap();
     eprintln!("localnet: complete_job {}", cu(&completed));
-    // Ended and refunded; the account stays while its client may still dispute.
-    let ended = ops::job(&chain, &job_address).unwrap();
-    assert_eq!(
-        (ended.status(), ended.escrow_left),
-        (tally::state::JobStatus::Completed, 0)
+    // Ended and refunded. The account stays while its client may still dispute; with
+    // a 1 s window on a real validator the share may have matured before this
+    // transaction landed, and then the program closed the job at once.
+    let kept = chain.account(&job_address).unwrap().is_some();
+    if kept {
+        let ended = ops::job(&chain, &job_address).unwrap();
+        assert_eq!(
+            (ended.status(), ended.escrow_left),
+            (tally::state::JobStatus::Completed, 0)
+        );
+    }
+    eprintln!(
+        "localnet: after complete_job the job is {}",
+        if kept {
+            "kept (still disputable)"
+        } else {
+            "closed (share already matured)"
+        }
     );
     assert_eq!(
         ops::token_balance(&chain, &client_tokens).unwrap(),
@@ -438,7 +451,9 @@ fn client_oracle_claim_flow_over_rpc() {
     );
     assert_eq!(claimed, gross - fee);
     // The share has matured: anyone closes the job, rent back to the client.
-    ops::close_job(&mut chain, &oracle, &job_address).unwrap();
+    if kept {
+        ops::close_job(&mut chain, &oracle, &job_address).unwrap();
+    }
     assert!(
         chain.account(&job_address).unwrap().is_none(),
         "the job is closed"
