@@ -22,7 +22,7 @@ use solana_signer::Signer;
 use tally::state::utc_day;
 use tally_client::chain::{Chain, ChainError, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
+use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
@@ -458,12 +458,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     let mut refunded = 0u64;
     for job in &jobs {
         let state = ops::job(&chain, job)?;
-        let receipt = SettleReceipt {
-            seq: state.last_seq,
-            cumulative_units: state.settled_units,
-            invoice_hash: state.invoice_hash,
-            period_end: state.last_period_end,
-        };
+        let receipt = ops::settled_receipt(&state);
         refunded += state.escrow_left;
         chain.send(
             &[ix::complete_job(

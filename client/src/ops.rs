@@ -296,6 +296,17 @@ impl JobView {
     }
 }
 
+/// The receipt restating what `job` has settled: completing a job with it settles
+/// nothing more (the final receipt when every metered unit has landed).
+pub fn settled_receipt(job: &Job) -> crate::SettleReceipt {
+    crate::SettleReceipt {
+        seq: job.last_seq,
+        cumulative_units: job.settled_units,
+        invoice_hash: job.invoice_hash,
+        period_end: job.last_period_end,
+    }
+}
+
 /// Decodes a zero-copy job account's data.
 pub fn decode_job(data: &[u8]) -> Option<Job> {
     use anchor_lang::Discriminator;

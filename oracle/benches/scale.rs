@@ -233,8 +233,8 @@ fn round(out: &mut Map<String, Value>) {
 }
 
 fn settle(out: &mut Map<String, Value>) {
-    use tally_client::migrate::{migrate, Deployment};
-    use tally_client::{ix, ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+    use tally_client::migrate::migrate;
+    use tally_client::{ix, ops, pda, OpenJobArgs, OperatorArgs};
     use tally_tests::validator::LocalValidator;
     let jobs = env_u64("TALLY_BENCH_JOBS", 2_000);
     let Some(validator) =
@@ -256,20 +256,7 @@ fn settle(out: &mut Map<String, Value>) {
     migrate(
         &mut chain,
         admin,
-        &Deployment {
-            release: None,
-            settings: InitializeConfigArgs {
-                treasury: admin.pubkey(),
-                arbiter: admin.pubkey(),
-                fee_bps: 100,
-                challenge_window_secs: 0,
-                expiry_grace_secs: 3_600,
-                dispute_timeout_secs: 3_600,
-                oracles: vec![oracle.pubkey()],
-                oracle_threshold: 1,
-            },
-            mints: vec![ops::NATIVE_MINT],
-        },
+        &tally_tests::validator::test_deployment(&admin.pubkey(), &oracle.pubkey()),
     )
     .expect("deployment");
     let operator = wallet(2);

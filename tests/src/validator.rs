@@ -95,6 +95,25 @@ pub struct NoValidator {
     pub misconfigured: bool,
 }
 
+/// The deployment the validator-tier tests and benches make: `admin` as treasury and
+/// arbiter, a 1% fee, no challenge window, `oracle` alone (1-of-1), wrapped SOL.
+pub fn test_deployment(admin: &Pubkey, oracle: &Pubkey) -> tally_client::migrate::Deployment {
+    tally_client::migrate::Deployment {
+        release: None,
+        settings: tally_client::InitializeConfigArgs {
+            treasury: *admin,
+            arbiter: *admin,
+            fee_bps: 100,
+            challenge_window_secs: 0,
+            expiry_grace_secs: 3_600,
+            dispute_timeout_secs: 3_600,
+            oracles: vec![*oracle],
+            oracle_threshold: 1,
+        },
+        mints: vec![tally_client::ops::NATIVE_MINT],
+    }
+}
+
 impl LocalValidator {
     /// `target/deploy/tally.so` (or `TALLY_PROGRAM_SO`), as the embedded suite uses.
     pub fn default_program() -> PathBuf {

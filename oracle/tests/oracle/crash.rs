@@ -23,8 +23,8 @@ use ed25519_dalek::SigningKey;
 use solana_keypair::Keypair;
 use tally_client::chain::Chain;
 use tally_client::job_key::JobKeyClaims;
-use tally_client::migrate::{migrate, Deployment};
-use tally_client::{ops, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+use tally_client::migrate::migrate;
+use tally_client::{ops, OpenJobArgs, OperatorArgs};
 use tally_oracle::node_report::NodeRecord;
 use tally_oracle::sim_worker::{SimConfig, SimWorker};
 use tally_oracle::store::{Billing, Store};
@@ -113,20 +113,7 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let report = migrate(
         &mut chain,
         admin,
-        &Deployment {
-            release: None,
-            settings: InitializeConfigArgs {
-                treasury: admin.pubkey(),
-                arbiter: admin.pubkey(),
-                fee_bps: 100,
-                challenge_window_secs: 0,
-                expiry_grace_secs: 3_600,
-                dispute_timeout_secs: 3_600,
-                oracles: vec![oracle.pubkey()],
-                oracle_threshold: 1,
-            },
-            mints: vec![ops::NATIVE_MINT],
-        },
+        &tally_tests::validator::test_deployment(&admin.pubkey(), &oracle.pubkey()),
     )
     .unwrap();
     assert!(report.changed());

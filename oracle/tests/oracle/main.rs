@@ -806,12 +806,7 @@ fn a_reopened_job_address_starts_clean_and_the_old_jobs_leftovers_are_written_of
     tally_tests::expect_ok(s.world.complete(
         &s.operator,
         &job,
-        tally_client::SettleReceipt {
-            seq: state.last_seq,
-            cumulative_units: state.settled_units,
-            invoice_hash: state.invoice_hash,
-            period_end: state.last_period_end,
-        },
+        tally_client::ops::settled_receipt(&state),
     ));
     s.world.jobs.retain(|j| j.address != job.address);
     s.world.env.advance(30);
@@ -978,12 +973,7 @@ fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_
         tally_tests::expect_ok(s.world.complete(
             &s.operator,
             &job,
-            tally_client::SettleReceipt {
-                seq: state.last_seq,
-                cumulative_units: state.settled_units,
-                invoice_hash: state.invoice_hash,
-                period_end: state.last_period_end,
-            },
+            tally_client::ops::settled_receipt(&state),
         ));
     }
     s.world.env.advance(1);

@@ -28,7 +28,7 @@ use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp, R
 use tally_client::deploy::{self, ProgramState};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::migrate::{self, Deployment, Release};
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
+use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
@@ -391,12 +391,7 @@ fn client_oracle_claim_flow_over_rpc() {
                 job_address,
                 client.pubkey(),
                 client_tokens,
-                SettleReceipt {
-                    seq: state.last_seq,
-                    cumulative_units: state.settled_units,
-                    invoice_hash: state.invoice_hash,
-                    period_end: state.last_period_end,
-                },
+                ops::settled_receipt(&state),
             )],
             &oracle,
             &[],

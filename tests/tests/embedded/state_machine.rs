@@ -617,12 +617,7 @@ impl Machine {
             tally_tests::expect_ok(self.world.env.send(&[open], &[]));
         }
         let (seq, units) = self.metered.get(&job.address).copied().unwrap_or((1, 0));
-        let repeat = tally_client::SettleReceipt {
-            seq: state.last_seq,
-            cumulative_units: state.settled_units,
-            invoice_hash: state.invoice_hash,
-            period_end: state.last_period_end,
-        };
+        let repeat = tally_client::ops::settled_receipt(&state);
         let next = self.world.receipt(seq, units + 1);
         let oracle = self.world.oracles[0].insecure_clone();
         let arbiter = self.world.arbiter.insecure_clone();
