@@ -49,11 +49,13 @@ pub fn read_ledger(text: &str) -> Result<Vec<LedgerLine>, OracleError> {
         .collect()
 }
 
-/// Fetches every invoice of the key's job from the gateway at `gateway` (its base URL),
-/// page by page: `(seq, bytes)`, in order, the bytes exactly as served.
+/// Fetches every invoice of `job` from the gateway at `gateway` (its base URL) with
+/// `key`, a job key for it, page by page: `(seq, bytes)`, in order, the bytes exactly
+/// as served.
 pub async fn fetch(
     http: &reqwest::Client,
     gateway: &str,
+    job: &str,
     key: &str,
 ) -> Result<Vec<(u64, Vec<u8>)>, OracleError> {
     let base = format!(
@@ -85,6 +87,12 @@ pub async fn fetch(
                 .to_string();
             return Err(OracleError::Invalid(format!(
                 "the gateway refused to serve the invoices ({status}): {message}"
+            )));
+        }
+        if body["job"].as_str() != Some(job) {
+            return Err(OracleError::Invalid(format!(
+                "the gateway served the invoices of job {}, not of {job}: is the key for this job?",
+                body["job"]
             )));
         }
         let page = body["invoices"].as_array().cloned().unwrap_or_default();

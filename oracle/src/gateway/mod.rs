@@ -384,7 +384,11 @@ impl Gateway {
             && (path == INVOICES_PATH || path.starts_with(&format!("{INVOICES_PATH}/")))
         {
             return self
-                .invoices(&path[INVOICES_PATH.len()..], req.uri().query(), req.headers())
+                .invoices(
+                    &path[INVOICES_PATH.len()..],
+                    req.uri().query(),
+                    req.headers(),
+                )
                 .await;
         }
         let Some(endpoint) = Endpoint::of(&path).filter(|_| req.method() == hyper::Method::POST)
@@ -419,8 +423,14 @@ impl Gateway {
             }
             _ => None,
         };
-        self.forward(path, request, authorized, reservation, request_id.to_string())
-            .await
+        self.forward(
+            path,
+            request,
+            authorized,
+            reservation,
+            request_id.to_string(),
+        )
+        .await
     }
 
     async fn forward(
@@ -845,20 +855,21 @@ impl Gateway {
             ));
         };
         let unavailable = |e: crate::OracleError| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
         };
         let store = book.store();
         if let Some(seq) = rest.strip_prefix('/').filter(|s| !s.is_empty()) {
-            let seq = seq
-                .trim_end_matches(".json")
-                .parse::<u64>()
-                .map_err(|_| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
-                    )
-                })?;
+            let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
+                )
+            })?;
             let found = store
                 .invoices(&authorized.job, job.nonce, seq.saturating_sub(1), 1)
                 .await
@@ -879,7 +890,11 @@ impl Gateway {
             };
         }
         let (mut after, mut limit) = (0, INVOICES_PAGE_MAX);
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let number = value.parse::<u64>().map_err(|_| {
                 Refusal::new(
@@ -907,7 +922,9 @@ impl Gateway {
         let (fetched, mut invoices, mut bytes_in_page) = (found.len(), Vec::new(), 0usize);
         let mut last = None;
         for (seq, bytes) in found {
-            if !invoices.is_empty() && bytes_in_page.saturating_add(bytes.len()) > INVOICES_PAGE_BYTES {
+            if !invoices.is_empty()
+                && bytes_in_page.saturating_add(bytes.len()) > INVOICES_PAGE_BYTES
+            {
                 break;
             }
             bytes_in_page = bytes_in_page.saturating_add(bytes.len());
@@ -916,7 +933,9 @@ impl Gateway {
                 Refusal::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    format!("invoice {seq} is not UTF-8 text: fetch its bytes at {INVOICES_PATH}/{seq}"),
+                    format!(
+                        "invoice {seq} is not UTF-8 text: fetch its bytes at {INVOICES_PATH}/{seq}"
+                    ),
                 )
             })?;
             invoices.push(json!({ "seq": seq, "sha256": sha256, "invoice": text }));
