@@ -385,8 +385,8 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
-    let ledger_a_file = write("ledger-a.jsonl", ledger_a.join("\n") + "\n");
-    let ledger_b_file = write("ledger-b.jsonl", ledger_b.join("\n") + "\n");
+    let dirty_ledger = write("ledger-a.jsonl", ledger_a.join("\n") + "\n");
+    let clean_ledger = write("ledger-b.jsonl", ledger_b.join("\n") + "\n");
     let key_a_file = write("key-a", key_a.clone() + "\n");
     let url = validator.rpc_url.as_str();
     let (a_text, b_text) = (a.to_string(), b.to_string());
@@ -400,7 +400,7 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
         "--gateway",
         &gateway,
         "--ledger",
-        &ledger_b_file,
+        &clean_ledger,
         "-u",
         url,
         "--keypair",
@@ -419,7 +419,7 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
         "--key",
         &key_a_file,
         "--ledger",
-        &ledger_a_file,
+        &dirty_ledger,
         "-u",
         url,
     ]);
@@ -477,7 +477,7 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
         "--key",
         &key_a,
         "--ledger",
-        &ledger_a_file,
+        &dirty_ledger,
         "-u",
         url,
         "--keypair",
@@ -503,7 +503,7 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
         "--key",
         &key_a,
         "--ledger",
-        &ledger_a_file,
+        &dirty_ledger,
         "-u",
         url,
         "--keypair",

@@ -298,20 +298,18 @@ pub fn audit(
                     .unwrap_or(i64::MAX)
             };
             let mine = received.get(line.request_id.as_str()).copied();
-            let kind = if !seen.insert(line.request_id.as_str()) {
-                Some("billed_twice")
-            } else {
-                match mine {
-                    None => Some("not_received"),
-                    Some(mine)
-                        if mine.prompt_tokens != line.prompt_tokens
-                            || mine.completion_tokens != line.completion_tokens
-                            || (!mine.model.is_empty() && mine.model != line.model) =>
-                    {
-                        Some("counted_differently")
-                    }
-                    Some(_) => None,
+            let first = seen.insert(line.request_id.as_str());
+            let kind = match mine {
+                _ if !first => Some("billed_twice"),
+                None => Some("not_received"),
+                Some(mine)
+                    if mine.prompt_tokens != line.prompt_tokens
+                        || mine.completion_tokens != line.completion_tokens
+                        || (!mine.model.is_empty() && mine.model != line.model) =>
+                {
+                    Some("counted_differently")
                 }
+                Some(_) => None,
             };
             let Some(kind) = kind else {
                 matched += 1;
