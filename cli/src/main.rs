@@ -2,10 +2,12 @@
 //! and `tally demo` — the whole flow on an embedded chain with nothing to set up.
 use std::process::ExitCode;
 
+use anchor_lang::prelude::Pubkey;
 use clap::{Parser, Subcommand};
 use tally_client::chain::{ChainError, RpcChain};
 use tally_client::cli::{execute, read_keypair, resolve_globals, GlobalArgs, OutputFormat};
 
+mod audit;
 mod demo;
 
 #[derive(Debug, Parser)]
@@ -28,7 +30,7 @@ enum Command {
     /// Run the whole flow on an embedded chain: fund jobs, serve and meter requests
     /// through the oracle gateway, settle, claim, expire, reconcile
     Demo(demo::DemoArgs),
-    /// Prove an invoice is what the chain paid for
+    /// Prove an invoice is what the chain paid for; audit a job's bill
     #[command(subcommand)]
     Invoice(InvoiceCommand),
 }
@@ -51,6 +53,31 @@ enum InvoiceCommand {
         /// Which receipt's invoice (default: the latest settled)
         #[arg(long, requires = "job")]
         seq: Option<u64>,
+    },
+    /// Audit your job's bill: fetch its invoices from the operator's gateway with a
+    /// job key, verify them against the job's on-chain invoice hash and settled units,
+    /// and compare every line with your own ledger; exits nonzero on any finding.
+    /// --dispute then files dispute_job while the challenge window is open
+    Audit {
+        /// The job
+        job: Pubkey,
+        /// The operator's gateway (its base URL, e.g. https://gpu.example.com)
+        #[arg(long)]
+        gateway: String,
+        /// A job key for the job (`tally_k1_…`), or a file holding one [default: a
+        /// 10-minute key, limited to 1 base unit, signed now by --keypair, the job's
+        /// client]
+        #[arg(long)]
+        key: Option<String>,
+        /// Your ledger: JSON lines {"request_id", "model", "prompt_tokens",
+        /// "completion_tokens"}, one per answer received (the x-tally-request-id header
+        /// and the response's usage)
+        #[arg(long)]
+        ledger: Option<std::path::PathBuf>,
+        /// On any finding, dispute the job (signed by --keypair, the job's client): the
+        /// operator's share still inside the challenge window is frozen for the arbiter
+        #[arg(long)]
+        dispute: bool,
     },
 }
 
@@ -91,6 +118,27 @@ fn main() -> ExitCode {
                 ),
             }
             Ok(true)
+        }),
+        Command::Invoice(InvoiceCommand::Audit {
+            job,
+            gateway,
+            key,
+            ledger,
+            dispute,
+        }) => resolve_globals(&cli.global).and_then(|(url, keypair_path)| {
+            audit::run(
+                &audit::Args {
+                    url: &url,
+                    keypair: &keypair_path,
+                    priority_fee: cli.global.priority_fee,
+                    job,
+                    gateway,
+                    key: key.as_deref(),
+                    ledger: ledger.as_deref(),
+                    dispute: *dispute,
+                },
+                cli.global.output,
+            )
         }),
         Command::Chain(command) => resolve_globals(&cli.global).and_then(|(url, keypair_path)| {
             let signer = read_keypair(&keypair_path)?;

@@ -604,6 +604,74 @@ pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey)
     Ok(())
 }
 
+/// What `dispute_job` froze.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Disputed {
+    pub job: String,
+    /// The operator's unmatured share of the job, frozen until the arbiter splits it
+    /// (or, after `deadline`, released to the operator by default).
+    pub frozen: u64,
+    /// Unix seconds, the chain's clock.
+    pub deadline: i64,
+}
+
+/// `dispute_job` by the job's client: freezes the operator's share of what was settled
+/// on the job and is still inside the challenge window. Refused here, before anything
+/// is sent, when another wallet signs, a dispute is already open, or the window has
+/// closed (nothing left unmatured: the operator may have claimed it).
+pub fn dispute_job(
+    chain: &mut impl Chain,
+    client: &Keypair,
+    job_address: &Pubkey,
+) -> Result<Disputed> {
+    let current = job(chain, job_address)?;
+    if current.client != client.pubkey() {
+        return Err(other(format!(
+            "job {job_address} was opened by {}, not by {}: only its client can dispute it (--keypair)",
+            current.client,
+            client.pubkey()
+        )));
+    }
+    if current.disputed_amount > 0 {
+        return Err(other(format!(
+            "job {job_address} already has an open dispute: {} frozen until the arbiter resolves it (or until {})",
+            current.disputed_amount, current.dispute_deadline
+        )));
+    }
+    if current.settled_units == 0 {
+        return Err(other(format!(
+            "nothing was settled on job {job_address}: there is nothing to dispute"
+        )));
+    }
+    let now = chain.clock()?.unix_timestamp;
+    let open = current
+        .pending
+        .iter()
+        .filter(|b| b.amount > 0 && b.matures_at > now)
+        .count();
+    if open == 0 {
+        return Err(other(format!(
+            "the challenge window of job {job_address} has closed: everything settled on it has matured to the operator (chain time {now}), so nothing can be disputed any more"
+        )));
+    }
+    chain.send(
+        &[ix::dispute_job(
+            client.pubkey(),
+            *job_address,
+            current.operator,
+            current.mint,
+        )],
+        client,
+        &[],
+    )?;
+    let after = job(chain, job_address)?;
+    Ok(Disputed {
+        job: job_address.to_string(),
+        frozen: after.disputed_amount,
+        deadline: after.dispute_deadline,
+    })
+}
+
 /// An operator's earnings in one mint.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct EarningsView {

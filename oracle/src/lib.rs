@@ -16,6 +16,7 @@
 //!   graceful stop.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audit;
 pub mod batcher;
 pub mod clock;
 pub mod config;

@@ -136,6 +136,19 @@ impl SourceStore {
         Ok(())
     }
 
+    /// Up to `limit` invoices of a job incarnation after receipt `after`, in order.
+    pub async fn invoices(
+        self: &Arc<Self>,
+        job: &str,
+        job_nonce: u64,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, OracleError> {
+        let job = job.to_string();
+        self.blocking(move |store| store.invoices_after(&job, job_nonce, after, limit))
+            .await
+    }
+
     /// A job's usage not yet covered by a confirmed receipt (finished by `until`; of
     /// incarnation `job_nonce`, or of every one when the job was not read yet), and
     /// everything each listed key spent.

@@ -540,6 +540,10 @@ mod sql {
         "UPDATE submissions SET state = 1 WHERE job = $1 AND job_nonce = $2 AND seq = $3 AND state = 0";
     pub const INVOICE: &str =
         "SELECT bytes FROM invoices WHERE job = $1 AND job_nonce = $2 AND seq = $3";
+    /// A job incarnation's invoices after receipt `$3`, in order (the gateway serves
+    /// them to the job's client, a page at a time).
+    pub const INVOICES_AFTER: &str = "SELECT seq, bytes FROM invoices \
+        WHERE job = $1 AND job_nonce = $2 AND seq > $3 ORDER BY seq LIMIT $4";
 
     // The gateway's: meters, revocations, and usage for pre-authorization. The usage
     // queries read only what is unsettled (the waiting records' index, the pending
@@ -1111,6 +1115,32 @@ impl Store {
         }
     }
 
+    /// Up to `limit` invoices of a job incarnation after receipt `after`, in order:
+    /// `(seq, bytes)`.
+    pub fn invoices_after(
+        &self,
+        job: &str,
+        job_nonce: u64,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, OracleError> {
+        let (nonce, after, limit) = (nonce_to_sql(job_nonce)?, to_i64(after)?, to_i64(limit)?);
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db
+                    .prepare_cached(&sqlite_sql(sql::INVOICES_AFTER))
+                    .map_err(db_error)?;
+                let rows = stmt
+                    .query_map(params![job, nonce, after, limit], |row| {
+                        Ok((to_u64(row.get::<_, i64>(0)?), row.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<Result<_, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.invoices_after(job, nonce, after, limit),
+        }
+    }
+
     /// Write-offs logged, oldest first.
     pub fn write_offs(&self) -> Result<Vec<WriteOff>, OracleError> {
         let query = "SELECT job, job_nonce, seq, reason, records, units FROM write_offs";
@@ -1194,7 +1224,7 @@ impl Store {
     /// sequential scans disabled so the plan shows whether an index *can* serve the
     /// query, whatever the table's current size).
     pub fn query_plans(&self) -> Result<Vec<QueryPlan>, OracleError> {
-        let queries: [(&'static str, &str); 13] = [
+        let queries: [(&'static str, &str); 14] = [
             ("jobs_with_new_records", sql::JOBS_WAITING),
             ("waiting_records", sql::WAITING_OF_JOB),
             ("last_submission", sql::LAST_SUBMISSION),
@@ -1208,6 +1238,7 @@ impl Store {
             ("pending_usage", sql::PENDING_USAGE),
             ("settled_before", sql::SETTLED_BEFORE),
             ("key_usage", sql::KEY_USAGE),
+            ("invoices_after", sql::INVOICES_AFTER),
         ];
         match &self.db {
             Backend::Sqlite(db) => queries
@@ -2135,6 +2166,24 @@ impl Pg {
                 .query_opt(sql::INVOICE, &[&job, &nonce, &seq])
                 .await?;
             Ok(row.map(|r| r.try_get::<_, Vec<u8>>(0)).transpose()?)
+        })
+    }
+
+    fn invoices_after(
+        &self,
+        job: &str,
+        nonce: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, OracleError> {
+        self.with_retry("reading invoices", |client| async move {
+            let rows = client
+                .query(sql::INVOICES_AFTER, &[&job, &nonce, &after, &limit])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Ok((to_u64(r.try_get(0)?), r.try_get::<_, Vec<u8>>(1)?)))
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?)
         })
     }
 

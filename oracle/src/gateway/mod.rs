@@ -56,8 +56,17 @@ use tokenize::{TokenizeMode, Tokenizer};
 pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 /// Where a job key's holder revokes it (`POST`, `Authorization: Bearer <key>`).
 pub const REVOKE_PATH: &str = "/tally/v1/keys/revoke";
-/// The response header carrying the gateway's request id (the record's key).
+/// The response header carrying the gateway's request id (the record's key). Every
+/// response has one, refusals too: a client keeps it in its ledger, and quotes it.
 pub const REQUEST_ID_HEADER: &str = "x-tally-request-id";
+/// Where a job's client reads its invoices with a job key (`GET`, `Authorization:
+/// Bearer <key>`): `?after=<seq>&limit=<n>` pages through them (JSON), and
+/// `/<seq>` is one invoice's bytes, exactly as hashed on chain. Never forwarded.
+pub const INVOICES_PATH: &str = "/tally/v1/invoices";
+/// Most invoices one page holds.
+pub const INVOICES_PAGE_MAX: u64 = 100;
+/// A page stops growing past this many bytes of invoices (it holds at least one).
+pub const INVOICES_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The name gateway records carry.
 pub const SOURCE: &str = "gateway";
@@ -285,13 +294,19 @@ impl Gateway {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        match Arc::clone(&self).serve_request(req).await {
+        // Minted first, so that every answer names it, refusals and errors too.
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let mut response = match Arc::clone(&self).serve_request(req, &request_id).await {
             Ok(response) => response,
             Err(refusal) => {
                 self.telemetry().refused(refusal.reason);
                 refusal_response(&refusal)
             }
+        };
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
+        response
     }
 
     async fn authorize(&self, caller: &Caller) -> Result<Authorized, Refusal> {
@@ -359,10 +374,22 @@ impl Gateway {
     async fn serve_request(
         self: Arc<Self>,
         req: Request<Incoming>,
+        request_id: &str,
     ) -> Result<Response<Body>, Refusal> {
         let path = req.uri().path().to_string();
         if path == REVOKE_PATH && req.method() == hyper::Method::POST {
             return self.revoke(req.headers()).await;
+        }
+        if req.method() == hyper::Method::GET
+            && (path == INVOICES_PATH || path.starts_with(&format!("{INVOICES_PATH}/")))
+        {
+            return self
+                .invoices(
+                    &path[INVOICES_PATH.len()..],
+                    req.uri().query(),
+                    req.headers(),
+                )
+                .await;
         }
         let Some(endpoint) = Endpoint::of(&path).filter(|_| req.method() == hyper::Method::POST)
         else {
@@ -370,7 +397,7 @@ impl Gateway {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "{} {path} is not served here: POST to {}",
+                    "{} {path} is not served here: POST to {}, or GET {INVOICES_PATH} with your job key",
                     req.method(),
                     METERED_PATHS.join(", ")
                 ),
@@ -396,7 +423,14 @@ impl Gateway {
             }
             _ => None,
         };
-        self.forward(path, request, authorized, reservation).await
+        self.forward(
+            path,
+            request,
+            authorized,
+            reservation,
+            request_id.to_string(),
+        )
+        .await
     }
 
     async fn forward(
@@ -405,8 +439,8 @@ impl Gateway {
         request: Normalized,
         authorized: Authorized,
         reservation: Option<Reservation>,
+        request_id: String,
     ) -> Result<Response<Body>, Refusal> {
-        let request_id = uuid::Uuid::now_v7().to_string();
         let started = Instant::now();
         let upstream = self
             .http
@@ -444,7 +478,7 @@ impl Gateway {
             key_id: authorized.key.map(|k| k.id).unwrap_or_default(),
             ..UsageRecord::default()
         };
-        let mut response = if !status.is_success() {
+        Ok(if !status.is_success() {
             // The server's own error, without its address; nothing to bill.
             drop(reservation);
             let bytes = upstream.bytes().await.unwrap_or_default();
@@ -469,11 +503,7 @@ impl Gateway {
                 started,
             )
             .await?
-        };
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
-        Ok(response)
+        })
     }
 
     /// Commits a record on a blocking thread (a commit waits for the disk or the
@@ -785,6 +815,143 @@ impl Gateway {
         Ok(json_response(
             StatusCode::OK,
             &json!({ "revoked": true, "already": !fresh, "key_id": key.id(), "job": key.claims.job.to_string() }),
+        ))
+    }
+}
+
+impl Gateway {
+    /// `GET /tally/v1/invoices[/<seq>]` with a job key: the invoices of the key's job
+    /// (the incarnation it was signed for, which must be the job on chain now), read
+    /// from the store. Only a job key signed by the job's client opens them: a static
+    /// key is the operator's word, not the client's. Nothing here reaches the upstream,
+    /// and nothing needs escrow.
+    async fn invoices(
+        &self,
+        rest: &str,
+        query: Option<&str>,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Response<Body>, Refusal> {
+        let Some(book) = &self.book else {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this gateway runs without the chain: it serves no invoices",
+            ));
+        };
+        let caller = auth::caller(headers, |key| self.api_keys.get(key).cloned())?;
+        if matches!(caller, Caller::Static { .. }) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "key_not_client",
+                "invoices are served to job keys signed by the job's client (`tally job key <JOB>`): a key the operator issued does not prove who pays",
+            ));
+        }
+        let authorized = self.authorize(&caller).await?;
+        let Some((_, job)) = authorized.state else {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the job could not be read from the chain",
+            ));
+        };
+        let unavailable = |e: crate::OracleError| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        };
+        let store = book.store();
+        if let Some(seq) = rest.strip_prefix('/').filter(|s| !s.is_empty()) {
+            let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
+                )
+            })?;
+            let found = store
+                .invoices(&authorized.job, job.nonce, seq.saturating_sub(1), 1)
+                .await
+                .map_err(unavailable)?;
+            return match found.into_iter().next() {
+                Some((at, bytes)) if at == seq => Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(full(bytes))
+                    .map_err(|e| {
+                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    })?),
+                _ => Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("job {} has no invoice {seq} (yet)", authorized.job),
+                )),
+            };
+        }
+        let (mut after, mut limit) = (0, INVOICES_PAGE_MAX);
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`{name}` must be a number (got `{value}`)"),
+                )
+            })?;
+            match name {
+                "after" => after = number,
+                "limit" => limit = number.clamp(1, INVOICES_PAGE_MAX),
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("unknown parameter `{name}`: use after=<seq> and limit=<n>"),
+                    ))
+                }
+            }
+        }
+        let found = store
+            .invoices(&authorized.job, job.nonce, after, limit)
+            .await
+            .map_err(unavailable)?;
+        let (fetched, mut invoices, mut bytes_in_page) = (found.len(), Vec::new(), 0usize);
+        let mut last = None;
+        for (seq, bytes) in found {
+            if !invoices.is_empty()
+                && bytes_in_page.saturating_add(bytes.len()) > INVOICES_PAGE_BYTES
+            {
+                break;
+            }
+            bytes_in_page = bytes_in_page.saturating_add(bytes.len());
+            let sha256 = crate::invoice::hex(&crate::invoice::sha256(&bytes));
+            let text = String::from_utf8(bytes).map_err(|_| {
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!(
+                        "invoice {seq} is not UTF-8 text: fetch its bytes at {INVOICES_PATH}/{seq}"
+                    ),
+                )
+            })?;
+            invoices.push(json!({ "seq": seq, "sha256": sha256, "invoice": text }));
+            last = Some(seq);
+        }
+        // More may follow: the page was cut short by its size, or came back full.
+        let more = invoices.len() < fetched || fetched as u64 == limit;
+        let next_after = last.filter(|_| more);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "job": authorized.job,
+                "job_nonce": job.nonce,
+                "invoices": invoices,
+                "next_after": next_after,
+            }),
         ))
     }
 }

@@ -95,14 +95,18 @@ pub(super) async fn give_back(world: &mut World, mut chain: Arc<Mutex<EmbeddedCh
 }
 
 pub(super) fn config(dir: &Path, sections: &str) -> OracleConfig {
+    config_with_batch(dir, "interval_secs = 0.2\nmax_records = 25", sections)
+}
+
+/// [`config`] with its own `[batch]` section.
+pub(super) fn config_with_batch(dir: &Path, batch: &str, sections: &str) -> OracleConfig {
     OracleConfig::parse(
         &format!(
             r#"
 store = "{}"
 invoices_dir = "{}"
 [batch]
-interval_secs = 0.2
-max_records = 25
+{batch}
 [admin]
 listen = "127.0.0.1:0"
 {sections}

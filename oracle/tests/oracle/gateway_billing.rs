@@ -60,6 +60,8 @@ struct Options<'a> {
     node_reports: bool,
     /// Looks jobs up through this directory instead of the chain's own.
     directory: Option<Arc<dyn JobDirectory>>,
+    /// The `[batch]` section, when not the default (rounds every 0.2 s).
+    batch: Option<&'a str>,
 }
 
 async fn serve(name: &str, specs: &[JobSpec], options: Options<'_>) -> Served {
@@ -95,8 +97,11 @@ async fn serve(name: &str, specs: &[JobSpec], options: Options<'_>) -> Served {
     } else {
         ""
     };
-    let config = super::daemon::config(
+    let config = super::daemon::config_with_batch(
         &dir,
+        options
+            .batch
+            .unwrap_or("interval_secs = 0.2\nmax_records = 25"),
         &format!(
             "[gateway]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\noperator = \"{}\"\nview_refresh_secs = 0.05\n{api_keys}\n{}\n{reports}",
             operator.authority.pubkey(),
@@ -1367,5 +1372,315 @@ async fn a_streamed_answer_is_billed_before_its_last_byte_reaches_the_client() {
         }
         assert!(seen.ends_with(b"data: [DONE]\n\n"));
     }
+    s.stop().await;
+}
+
+/// What the client keeps of an answer: its ledger line.
+fn ledger_line(answer: &Answer) -> tally_oracle::audit::LedgerLine {
+    let body: Value = serde_json::from_str(&answer.text).unwrap();
+    tally_oracle::audit::LedgerLine {
+        request_id: answer
+            .request_id
+            .clone()
+            .expect("every answer names its request"),
+        model: body["model"].as_str().unwrap().to_string(),
+        prompt_tokens: body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        completion_tokens: body["usage"]["completion_tokens"].as_u64().unwrap(),
+    }
+}
+
+impl Served {
+    async fn get_invoices(&self, path: &str, key: Option<&str>) -> Answer {
+        let mut request = self.http.get(format!("{}{path}", self.gateway));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        Answer {
+            status: response.status().as_u16(),
+            request_id: response
+                .headers()
+                .get("x-tally-request-id")
+                .map(|v| v.to_str().unwrap().to_string()),
+            text: response.text().await.unwrap(),
+        }
+    }
+
+    /// Waits until the chain has settled `units` on `job`.
+    async fn settled(&self, job: &Pubkey, units: u64) -> tally::state::Job {
+        for _ in 0..300 {
+            let state = self.on_chain(job);
+            if state.settled_units >= units {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {job} did not settle {units} units");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_audits_its_bill_finds_inflated_lines_and_disputes_them_in_the_window() {
+    // Rounds only once four records wait, so the operator has time to cook the books.
+    let mut s = serve(
+        "billing-audit",
+        &[JobSpec::default(); 2],
+        Options {
+            batch: Some("interval_secs = 3600\nmax_records = 4"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (a, b) = (s.job(0), s.job(1));
+    ops::update_config(
+        &mut *s.chain.lock().unwrap(),
+        &s.world.admin,
+        tally_client::UpdateConfigArgs {
+            challenge_window_secs: Some(3_600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (key_a, key_b) = (s.key(&a), s.key(&b));
+    let mut ledger_a = Vec::new();
+    for max_tokens in [9, 7] {
+        let answer = s.chat(&key_a, &chat(max_tokens, false)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        ledger_a.push(ledger_line(&answer));
+    }
+    let answer = s.chat(&key_b, &chat(5, false)).await;
+    let ledger_b = vec![ledger_line(&answer)];
+
+    // A dishonest operator, before settlement: one answer inflated, one invented.
+    let db = s.dir.join("oracle.db");
+    let changed = rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE records SET completion_tokens = completion_tokens + 1000 WHERE request_id = ?1",
+            [&ledger_a[0].request_id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let invented = UsageRecord {
+        job: a.to_string(),
+        job_nonce: Some(s.on_chain(&a).nonce),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        model: "llama-3-8b".into(),
+        prompt_tokens: 20,
+        completion_tokens: 500,
+        gpu_ms: 1,
+        finished_at: s.chain_now(),
+        source: "gateway".into(),
+        ..UsageRecord::default()
+    };
+    Store::open(&db).unwrap().record(&invented).unwrap();
+    // The client's last request fills the batch: everything settles.
+    let answer = s.chat(&key_a, &chat(3, false)).await;
+    ledger_a.push(ledger_line(&answer));
+    let honest: u64 = ledger_a
+        .iter()
+        .map(|l| l.prompt_tokens + l.completion_tokens)
+        .sum();
+    let state_a = s.settled(&a, honest + 1000 + 520).await;
+    let state_b = s.settled(&b, 1).await;
+
+    // The client fetches its invoices with its key: exactly what the chain hashed.
+    let fetched = tally_oracle::audit::fetch(&s.http, &s.gateway, &a.to_string(), &key_a)
+        .await
+        .unwrap();
+    assert_eq!(fetched.len() as u64, state_a.last_seq);
+    let last = fetched.last().unwrap();
+    assert_eq!(tally_oracle::invoice::sha256(&last.1), state_a.invoice_hash);
+    let audit = tally_oracle::audit::audit(&a.to_string(), &state_a, &fetched, Some(&ledger_a));
+    assert!(audit.chain_verified, "{:?}", audit.chain_problems);
+    assert!(!audit.clean());
+    assert_eq!(audit.matched, 2, "{audit:?}");
+    let kinds: Vec<(&str, &str, i64)> = audit
+        .findings
+        .iter()
+        .map(|f| (f.kind.as_str(), f.request_id.as_str(), f.excess_tokens))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("counted_differently", ledger_a[0].request_id.as_str(), 1000),
+            ("not_received", invented.request_id.as_str(), 520),
+        ]
+    );
+    assert_eq!(audit.excess_tokens, 1520);
+    assert_eq!(audit.excess_cost, 1520 * 10);
+    // The same invoices without a ledger verify against the chain; a ledger line the
+    // operator dropped is reported as unbilled.
+    let mut longer = ledger_a.clone();
+    longer.push(tally_oracle::audit::LedgerLine {
+        request_id: "never-billed".into(),
+        ..ledger_a[1].clone()
+    });
+    let again = tally_oracle::audit::audit(&a.to_string(), &state_a, &fetched, Some(&longer));
+    assert_eq!(again.unbilled, vec!["never-billed".to_string()]);
+    // Altered bytes do not verify.
+    let mut altered = fetched.clone();
+    let text = String::from_utf8(altered[0].1.clone()).unwrap();
+    altered[0].1 = text
+        .replacen("\"prompt_tokens\":", "\"prompt_tokens\":1", 1)
+        .into_bytes();
+    let broken = tally_oracle::audit::audit(&a.to_string(), &state_a, &altered, None);
+    assert!(!broken.chain_verified);
+
+    // B's key reads only B's invoices: asking with it for A's is caught.
+    let err = tally_oracle::audit::fetch(&s.http, &s.gateway, &a.to_string(), &key_b)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is the key for this job"), "{err}");
+    // Job B's bill is clean.
+    let fetched_b = tally_oracle::audit::fetch(&s.http, &s.gateway, &b.to_string(), &key_b)
+        .await
+        .unwrap();
+    let clean = tally_oracle::audit::audit(&b.to_string(), &state_b, &fetched_b, Some(&ledger_b));
+    assert!(clean.clean(), "{clean:?}");
+    assert_eq!(clean.matched, 1);
+    for (_, bytes) in &fetched_b {
+        let invoice: Invoice = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(invoice.job, b.to_string());
+    }
+
+    // The client disputes within the window: the operator's share is frozen.
+    let disputed = ops::dispute_job(&mut *s.chain.lock().unwrap(), &s.client.wallet, &a).unwrap();
+    assert!(disputed.frozen > 0);
+    assert_eq!(s.on_chain(&a).disputed_amount, disputed.frozen);
+    let err = ops::dispute_job(&mut *s.chain.lock().unwrap(), &s.client.wallet, &a).unwrap_err();
+    assert!(
+        err.to_string().contains("already has an open dispute"),
+        "{err}"
+    );
+    // Another wallet cannot; and once the window has passed, nothing can be.
+    let err = ops::dispute_job(&mut *s.chain.lock().unwrap(), &Keypair::new(), &b).unwrap_err();
+    assert!(
+        err.to_string().contains("only its client can dispute it"),
+        "{err}"
+    );
+    let matures = s
+        .on_chain(&b)
+        .pending
+        .iter()
+        .map(|p| p.matures_at)
+        .max()
+        .unwrap();
+    s.chain.lock().unwrap().set_time(matures);
+    let err = ops::dispute_job(&mut *s.chain.lock().unwrap(), &s.client.wallet, &b).unwrap_err();
+    assert!(err.to_string().contains("challenge window"), "{err}");
+    assert!(err.to_string().contains("has closed"), "{err}");
+    s.stop().await;
+    s.world.check_solvency();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_open_only_to_a_valid_key_of_their_job_and_every_answer_names_its_request() {
+    let mut s = serve(
+        "billing-invoice-keys",
+        &[JobSpec::default(); 2],
+        Options {
+            static_key: Some(("sk-operator-issued", 0)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (a, b) = (s.job(0), s.job(1));
+    let key_a = s.key(&a);
+    let answer = s.chat(&key_a, &chat(5, false)).await;
+    assert_eq!(answer.status, 200);
+    s.settled(&a, 1).await;
+    let path = tally_oracle::gateway::INVOICES_PATH;
+    let page = s.get_invoices(path, Some(&key_a)).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.request_id.is_some());
+    let body: Value = serde_json::from_str(&page.text).unwrap();
+    assert_eq!(body["job"], a.to_string());
+    assert_eq!(body["invoices"].as_array().unwrap().len(), 1);
+    assert!(body["next_after"].is_null());
+    // One invoice's bytes, exactly as hashed on chain.
+    let one = s.get_invoices(&format!("{path}/1"), Some(&key_a)).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(
+        tally_oracle::invoice::sha256(one.text.as_bytes()),
+        s.on_chain(&a).invoice_hash
+    );
+    assert_eq!(
+        s.get_invoices(&format!("{path}/2"), Some(&key_a))
+            .await
+            .status,
+        404
+    );
+
+    // A key for job A under job B's terms (its signature reused), a stranger's key for
+    // A, no key, a damaged key, an operator's static key: refused.
+    let claims_a = s.claims(&a);
+    let signed_a = claims_a.sign(&s.client.wallet);
+    let retargeted = JobKey {
+        claims: JobKeyClaims {
+            job: b,
+            job_nonce: s.on_chain(&b).nonce,
+            ..claims_a
+        },
+        ..signed_a
+    }
+    .encode();
+    let stranger = s.claims(&a).sign(&Keypair::new()).encode();
+    for (key, status, says) in [
+        (
+            Some(retargeted.as_str()),
+            401,
+            "is not signed by the client of job",
+        ),
+        (
+            Some(stranger.as_str()),
+            401,
+            "is not signed by the client of job",
+        ),
+        (None, 401, "no API key"),
+        (Some("tally_k1_!!!"), 401, "damaged"),
+        (Some("sk-guessed"), 401, "unknown API key"),
+        (
+            Some("sk-operator-issued"),
+            403,
+            "signed by the job's client",
+        ),
+    ] {
+        let answer = s.get_invoices(path, key).await;
+        assert_refused(&answer, status, says);
+        assert!(
+            answer.request_id.is_some(),
+            "a refusal names its request too"
+        );
+    }
+    // Revoked: refused from then on (a key of its own: the same terms are the same key).
+    let revoked = JobKeyClaims {
+        expires_at: claims_a.expires_at + 1,
+        ..claims_a
+    }
+    .sign(&s.client.wallet)
+    .encode();
+    assert_eq!(s.get_invoices(path, Some(&revoked)).await.status, 200);
+    let answer = s.send("/tally/v1/keys/revoke", Some(&revoked), "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(answer.request_id.is_some());
+    assert_refused(
+        &s.get_invoices(path, Some(&revoked)).await,
+        401,
+        "was revoked",
+    );
+    // Bad paging is refused; other paths and methods are not served, and say so.
+    assert_eq!(
+        s.get_invoices(&format!("{path}?after=x"), Some(&key_a))
+            .await
+            .status,
+        400
+    );
+    let answer = s.get_invoices("/v1/models", Some(&key_a)).await;
+    assert_refused(&answer, 404, "/tally/v1/invoices");
+    assert!(answer.request_id.is_some());
+    let answer = s.send(path, Some(&key_a), "").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(s.served_by_worker(), 1, "invoices never reach the server");
     s.stop().await;
 }

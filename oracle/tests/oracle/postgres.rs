@@ -195,7 +195,7 @@ fn usage(job: &str, i: u64) -> UsageRecord {
 
 /// Every plan a round runs uses an index: none scans a table.
 pub fn assert_indexed(plans: &[QueryPlan], postgres: bool) {
-    assert_eq!(plans.len(), 13, "{plans:?}");
+    assert_eq!(plans.len(), 14, "{plans:?}");
     for plan in plans {
         println!(
             "{} ({}):\n  {}\n",
