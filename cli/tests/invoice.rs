@@ -10,8 +10,8 @@ use anchor_lang::prelude::Pubkey;
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally_client::chain::Chain;
-use tally_client::migrate::{migrate, Deployment};
-use tally_client::{ops, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+use tally_client::migrate::migrate;
+use tally_client::{ops, OpenJobArgs, OperatorArgs};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::store::{Store, UsageRecord};
 use tally_tests::validator::LocalValidator;
@@ -31,13 +31,16 @@ fn tally(args: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
-fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tampering() {
-    let Some(validator) =
-        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
-    else {
-        return;
-    };
+/// Deployed on `validator`: the program configured with a 1-of-1 `oracle` and
+/// wrapped SOL, a registered operator, a client holding 0.1 wrapped SOL.
+struct Deployed {
+    chain: tally_client::chain::RpcChain,
+    oracle: Keypair,
+    operator: Keypair,
+    client: Keypair,
+}
+
+fn deploy(validator: &LocalValidator, challenge_window_secs: u32) -> Deployed {
     let mut chain = validator.chain();
     let wallet = |sol: u64| {
         let keypair = Keypair::new();
@@ -48,25 +51,9 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
     };
     let oracle = wallet(2);
     let admin = &validator.payer;
-    migrate(
-        &mut chain,
-        admin,
-        &Deployment {
-            release: None,
-            settings: InitializeConfigArgs {
-                treasury: admin.pubkey(),
-                arbiter: admin.pubkey(),
-                fee_bps: 100,
-                challenge_window_secs: 0,
-                expiry_grace_secs: 3_600,
-                dispute_timeout_secs: 3_600,
-                oracles: vec![oracle.pubkey()],
-                oracle_threshold: 1,
-            },
-            mints: vec![ops::NATIVE_MINT],
-        },
-    )
-    .unwrap();
+    let mut deployment = tally_tests::validator::test_deployment(&admin.pubkey(), &oracle.pubkey());
+    deployment.settings.challenge_window_secs = challenge_window_secs;
+    migrate(&mut chain, admin, &deployment).unwrap();
     let operator = wallet(1);
     ops::register_operator(
         &mut chain,
@@ -80,6 +67,27 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
     .unwrap();
     let client = wallet(2);
     ops::wrap_sol(&mut chain, &client, 100_000_000).unwrap();
+    Deployed {
+        chain,
+        oracle,
+        operator,
+        client,
+    }
+}
+
+#[test]
+fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tampering() {
+    let Some(validator) =
+        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
+    else {
+        return;
+    };
+    let Deployed {
+        mut chain,
+        oracle,
+        operator,
+        client,
+    } = deploy(&validator, 0);
     let now = chain.clock().unwrap().unix_timestamp;
     let job: Pubkey = ops::open_job(
         &mut chain,
@@ -199,48 +207,12 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
     else {
         return;
     };
-    let mut chain = validator.chain();
-    let wallet = |sol: u64| {
-        let keypair = Keypair::new();
-        validator
-            .fund(&keypair.pubkey(), sol * 1_000_000_000)
-            .unwrap();
-        keypair
-    };
-    let oracle = wallet(2);
-    let admin = &validator.payer;
-    migrate(
-        &mut chain,
-        admin,
-        &Deployment {
-            release: None,
-            settings: InitializeConfigArgs {
-                treasury: admin.pubkey(),
-                arbiter: admin.pubkey(),
-                fee_bps: 100,
-                challenge_window_secs: 3_600,
-                expiry_grace_secs: 3_600,
-                dispute_timeout_secs: 3_600,
-                oracles: vec![oracle.pubkey()],
-                oracle_threshold: 1,
-            },
-            mints: vec![ops::NATIVE_MINT],
-        },
-    )
-    .unwrap();
-    let operator = wallet(1);
-    ops::register_operator(
-        &mut chain,
-        &operator,
-        OperatorArgs {
-            payout_owner: operator.pubkey(),
-            node_keys: Vec::new(),
-        },
-        false,
-    )
-    .unwrap();
-    let client = wallet(2);
-    ops::wrap_sol(&mut chain, &client, 100_000_000).unwrap();
+    let Deployed {
+        mut chain,
+        oracle,
+        operator,
+        client,
+    } = deploy(&validator, 3_600);
     let now = chain.clock().unwrap().unix_timestamp;
     let mut open = |job_id: u64| -> Pubkey {
         ops::open_job(
