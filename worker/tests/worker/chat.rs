@@ -19,7 +19,7 @@ use crate::SKIP_PREFIX;
 
 /// Tokens of each reference case's answer that this worker's greedy answer shares.
 /// The issue asks for 8 (or all, if fewer): cases 1 and 2 do not reach it — their
-/// first parting choices are 0.04 and 0.02 logits apart here (see worker/README.md).
+/// first parting choices are 0.04 and 0.02 logits apart here.
 const AGREEMENT: [usize; 3] = [16, 1, 2];
 
 /// The chat model file, or `None` (after printing why) when it is not on disk.
