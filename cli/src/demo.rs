@@ -419,13 +419,12 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     );
 
     // The oracle settles cumulative receipts.
-    let batcher = Batcher {
-        store: Store::open(&store_path).map_err(other)?,
-        oracle: oracle.insecure_clone(),
-        invoices_dir: dir.join("invoices"),
-        max_receipts_per_tx: 8,
+    let batcher = Batcher::new(
+        Store::open(&store_path).map_err(other)?,
+        oracle.insecure_clone(),
         clock,
-    };
+    )
+    .with_invoices_dir(dir.join("invoices"));
     chain.advance(5);
     let report = batcher.run_round(&mut chain).map_err(other)?;
     // From the last request's completion to its usage confirmed on-chain (the oracle

@@ -28,16 +28,30 @@ enum Command {
     /// Run the whole flow on an embedded chain: fund jobs, serve and meter requests
     /// through the oracle gateway, settle, claim, expire, reconcile
     Demo(demo::DemoArgs),
-    /// Prove an invoice file is what the chain paid for
+    /// Prove an invoice is what the chain paid for
     #[command(subcommand)]
     Invoice(InvoiceCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum InvoiceCommand {
-    /// Check FILE (and the later invoices of its job beside it) against the job's
-    /// on-chain invoice hash and settled units
-    Verify { file: std::path::PathBuf },
+    /// Check an invoice against the job's on-chain invoice hash and settled units:
+    /// FILE (linked to the chain through the later invoices beside it, or through the
+    /// store's with --store), or --job's receipt --seq (default: the latest) from the
+    /// oracle's store — any replica's: they share it
+    Verify {
+        /// An exported invoice file (`<invoices_dir>/<job>/<nonce>/<seq>.json`)
+        file: Option<std::path::PathBuf>,
+        /// The oracle's store: a SQLite file or a postgres:// URL
+        #[arg(long)]
+        store: Option<String>,
+        /// The job whose invoice to check, from the store
+        #[arg(long, requires = "store", conflicts_with = "file")]
+        job: Option<String>,
+        /// Which receipt's invoice (default: the latest settled)
+        #[arg(long, requires = "job")]
+        seq: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,9 +67,22 @@ fn main() -> ExitCode {
                 reconciled
             })
         }
-        Command::Invoice(InvoiceCommand::Verify { file }) => resolve_globals(&cli.global).and_then(|(url, _)| {
+        Command::Invoice(InvoiceCommand::Verify { file, store, job, seq }) => resolve_globals(&cli.global).and_then(|(url, _)| {
             let chain = RpcChain::new(&url);
-            let verified = tally_oracle::invoice::verify(&chain, file).map_err(|e| ChainError::Other(e.to_string()))?;
+            let failed = |e: tally_oracle::OracleError| ChainError::Other(e.to_string());
+            let store = store
+                .as_deref()
+                .map(tally_oracle::store::Store::connect)
+                .transpose()
+                .map_err(failed)?;
+            let verified = match (file, job, &store) {
+                (Some(file), _, store) => tally_oracle::invoice::verify_with(&chain, file, store.as_ref()),
+                (None, Some(job), Some(store)) => tally_oracle::invoice::verify_in_store(&chain, store, job, *seq),
+                _ => Err(tally_oracle::OracleError::Invalid(
+                    "give an invoice FILE, or --store LOCATION --job ADDRESS [--seq N]".into(),
+                )),
+            }
+            .map_err(failed)?;
             match cli.global.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string(&verified).unwrap_or_default()),
                 OutputFormat::Table => println!(

@@ -97,6 +97,38 @@ pub struct Memcmp {
     pub bytes: Vec<u8>,
 }
 
+/// Accounts read together (`getMultipleAccounts`) and the slot the read saw.
+#[derive(Debug, Clone, Default)]
+pub struct AccountsAt {
+    /// The slot the accounts were read at (the lowest, when the read took several
+    /// requests): an account absent here did not exist at that slot.
+    pub slot: u64,
+    /// One entry per address asked for, in order; `None` where there is no account.
+    pub accounts: Vec<Option<Account>>,
+}
+
+/// How long [`Chain::wait_past_slot`]'s default waits before giving up.
+pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Parses the SlotHashes sysvar's data: its slots, newest first.
+pub fn slot_hashes_slots(data: &[u8]) -> Result<Vec<u64>, ChainError> {
+    let bad = || ChainError::Other("the SlotHashes sysvar does not decode".into());
+    let len = data
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(bad)?;
+    (0..usize::try_from(len).map_err(|_| bad())?)
+        .map(|i| {
+            let at = 8 + i * 40;
+            data.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
 /// A Solana cluster, remote or embedded.
 pub trait Chain {
     /// The account at `address`, if it exists.
@@ -176,6 +208,65 @@ pub trait Chain {
         let tx = VersionedTransaction::try_new(message, signers)
             .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
         self.send_transaction(tx)
+    }
+
+    /// The accounts at `addresses`, read together (the RPC backend asks
+    /// `getMultipleAccounts`, 100 addresses per request), with the slot they were read
+    /// at.
+    fn accounts(&self, addresses: &[Pubkey]) -> Result<AccountsAt, ChainError> {
+        let slot = self.clock()?.slot;
+        let accounts = addresses
+            .iter()
+            .map(|address| self.account(address))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AccountsAt { slot, accounts })
+    }
+
+    /// Sends v0 `messages` (compiled with any blockhash; this signs them on a fresh
+    /// one), each signed by `signers` (the first is the fee payer), without waiting for
+    /// one before sending the next, then waits until each has confirmed, failed, or
+    /// can no longer land (its blockhash expired). The outcome of each, in order:
+    /// independent transactions, so one failing does not stop the others. Backends may
+    /// have all of them in flight at once: they must not depend on each other's order.
+    fn send_messages(
+        &mut self,
+        messages: Vec<VersionedMessage>,
+        signers: &[&Keypair],
+    ) -> Vec<Result<Confirmed, ChainError>> {
+        messages
+            .into_iter()
+            .map(|message| self.send_v0(message, signers))
+            .collect()
+    }
+
+    /// `count` distinct slots in the cluster's SlotHashes, newest first: the recent
+    /// slots new lookup tables can be derived from (one table per slot and authority).
+    fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
+        let account = self
+            .account(&solana_sdk_ids::sysvar::slot_hashes::ID)?
+            .ok_or_else(|| ChainError::Other("the cluster has no SlotHashes sysvar".into()))?;
+        let mut slots = slot_hashes_slots(&account.data)?;
+        slots.truncate(count);
+        Ok(slots)
+    }
+
+    /// Waits until the cluster is past `slot` (addresses added to a lookup table in
+    /// `slot` can be used from the next one). Returns the slot reached.
+    fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.clock()?.slot;
+            if now > slot {
+                return Ok(now);
+            }
+            if started.elapsed() > SLOT_WAIT {
+                return Err(ChainError::Other(format!(
+                    "the cluster stayed at slot {now} for {} s waiting to pass slot {slot}: is it producing blocks?",
+                    SLOT_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Decodes the Anchor account of type `T` at `address`, if it exists.
@@ -276,6 +367,8 @@ mod rpc {
     /// Rounds of re-signing and resending what did not land before its blockhash
     /// expired.
     const SEND_ALL_ROUNDS: usize = 5;
+    /// Addresses per `getMultipleAccounts` request (the RPC limit).
+    const MULTIPLE_ACCOUNTS: usize = 100;
 
     impl RpcChain {
         pub fn new(url: &str) -> Self {
@@ -357,6 +450,74 @@ mod rpc {
                     .map_err(|e| self.rpc_error(&e))?;
                 if height > last_valid_block_height {
                     return Ok(in_flight.into_iter().map(|(i, _)| i).collect());
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+
+        /// Polls the statuses of `in_flight` (index, signature) until each is
+        /// confirmed or failed, or the blockhash they were signed on expired (block
+        /// height past `last_valid_block_height`): each outcome goes to its index.
+        fn track(
+            &self,
+            mut in_flight: Vec<(usize, Signature)>,
+            last_valid_block_height: u64,
+            outcomes: &mut [Option<Result<Confirmed, ChainError>>],
+        ) {
+            let landed = |signature: Signature| Confirmed {
+                signature,
+                compute_units: None,
+                fee: None,
+                logs: Vec::new(),
+            };
+            while !in_flight.is_empty() {
+                let mut still = Vec::with_capacity(in_flight.len());
+                for chunk in in_flight.chunks(STATUS_BATCH) {
+                    let signatures: Vec<Signature> = chunk.iter().map(|(_, s)| *s).collect();
+                    let statuses = match self.client.get_signature_statuses(&signatures) {
+                        Ok(response) => response.value,
+                        // Asked again on the next poll.
+                        Err(_) => vec![None; chunk.len()],
+                    };
+                    for (&(i, signature), status) in chunk.iter().zip(statuses) {
+                        match status {
+                            Some(status) if status.err.is_some() => {
+                                outcomes[i] = Some(Err(ChainError::Transaction {
+                                    error: status
+                                        .err
+                                        .clone()
+                                        .unwrap_or(TransactionError::AccountNotFound),
+                                    logs: vec![format!("transaction {signature} failed")],
+                                }));
+                            }
+                            Some(status)
+                                if status.satisfies_commitment(CommitmentConfig::confirmed()) =>
+                            {
+                                outcomes[i] = Some(Ok(if self.details {
+                                    self.transaction_details(signature)
+                                        .unwrap_or_else(|_| landed(signature))
+                                } else {
+                                    landed(signature)
+                                }));
+                            }
+                            _ => still.push((i, signature)),
+                        }
+                    }
+                }
+                in_flight = still;
+                if in_flight.is_empty() {
+                    break;
+                }
+                let height = self
+                    .client
+                    .get_block_height_with_commitment(CommitmentConfig::confirmed());
+                if matches!(height, Ok(h) if h > last_valid_block_height) {
+                    for (i, signature) in in_flight.drain(..) {
+                        outcomes[i] = Some(Err(ChainError::Other(format!(
+                            "transaction {signature} did not land before its blockhash expired (block height {last_valid_block_height}): send it again"
+                        ))));
+                    }
+                    break;
                 }
                 std::thread::sleep(POLL);
             }
@@ -572,6 +733,110 @@ mod rpc {
                 .into_iter()
                 .collect()
         }
+
+        fn accounts(&self, addresses: &[Pubkey]) -> Result<AccountsAt, ChainError> {
+            let mut out = AccountsAt {
+                slot: u64::MAX,
+                accounts: Vec::with_capacity(addresses.len()),
+            };
+            for chunk in addresses.chunks(MULTIPLE_ACCOUNTS) {
+                let response = self
+                    .client
+                    .get_multiple_accounts_with_commitment(chunk, CommitmentConfig::confirmed())
+                    .map_err(|e| self.rpc_error(&e))?;
+                out.slot = out.slot.min(response.context.slot);
+                out.accounts.extend(response.value);
+            }
+            if out.slot == u64::MAX {
+                out.slot = self
+                    .client
+                    .get_slot_with_commitment(CommitmentConfig::confirmed())
+                    .map_err(|e| self.rpc_error(&e))?;
+            }
+            Ok(out)
+        }
+
+        fn send_messages(
+            &mut self,
+            messages: Vec<VersionedMessage>,
+            signers: &[&Keypair],
+        ) -> Vec<Result<Confirmed, ChainError>> {
+            let mut outcomes: Vec<Option<Result<Confirmed, ChainError>>> =
+                (0..messages.len()).map(|_| None).collect();
+            let (blockhash, last_valid) = match self
+                .client
+                .get_latest_blockhash_with_commitment(CommitmentConfig::confirmed())
+            {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let error = self.rpc_error(&e);
+                    return messages
+                        .iter()
+                        .map(|_| Err(ChainError::Other(error.to_string())))
+                        .collect();
+                }
+            };
+            // Send every one (preflight on: a receipt the program refuses comes back
+            // at once, with its logs)…
+            let mut in_flight = Vec::with_capacity(messages.len());
+            for (i, mut message) in messages.into_iter().enumerate() {
+                message.set_recent_blockhash(blockhash);
+                let sent = VersionedTransaction::try_new(message, signers)
+                    .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))
+                    .and_then(|tx| {
+                        self.client
+                            .send_transaction_with_config(
+                                &tx,
+                                solana_rpc_client_api::config::RpcSendTransactionConfig {
+                                    preflight_commitment: Some(
+                                        solana_commitment_config::CommitmentLevel::Confirmed,
+                                    ),
+                                    ..Default::default()
+                                },
+                            )
+                            .map_err(|e| self.rpc_error(&e))
+                    });
+                match sent {
+                    Ok(signature) => in_flight.push((i, signature)),
+                    Err(e) => outcomes[i] = Some(Err(e)),
+                }
+            }
+            // …then track their confirmations together.
+            self.track(in_flight, last_valid, &mut outcomes);
+            outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| {
+                        Err(ChainError::Other("the transaction was not tracked".into()))
+                    })
+                })
+                .collect()
+        }
+
+        /// Waits for the *confirmed* slot: preflight simulates at confirmed
+        /// commitment, so a lookup table's new addresses must be usable there.
+        fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+            let started = std::time::Instant::now();
+            loop {
+                let now = self
+                    .client
+                    .get_slot_with_commitment(CommitmentConfig::confirmed())
+                    .map_err(|e| self.rpc_error(&e))?;
+                if now > slot {
+                    return Ok(now);
+                }
+                if started.elapsed() > SLOT_WAIT {
+                    return Err(ChainError::Rpc {
+                        url: self.url.clone(),
+                        message: format!(
+                            "the cluster stayed at slot {now} for {} s waiting to pass slot {slot}",
+                            SLOT_WAIT.as_secs()
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
     }
 }
 
@@ -716,6 +981,41 @@ mod embedded {
 
         fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
             Ok(self.svm.minimum_balance_for_rent_exemption(data_len))
+        }
+
+        /// LiteSVM keeps no slot history: each slot asked for is a new slot, recorded in
+        /// the SlotHashes sysvar (with the ones recorded before).
+        fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
+            use solana_slot_hashes::SlotHashes;
+            let mut entries: Vec<(u64, Hash)> = self
+                .svm
+                .get_sysvar::<SlotHashes>()
+                .iter()
+                .copied()
+                .collect();
+            let mut slots = Vec::with_capacity(count);
+            for _ in 0..count {
+                let mut clock = self.svm.get_sysvar::<Clock>();
+                clock.slot = clock.slot.saturating_add(1);
+                self.svm.set_sysvar(&clock);
+                entries.push((clock.slot, Hash::default()));
+                slots.push(clock.slot);
+            }
+            entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+            entries.truncate(solana_slot_hashes::MAX_ENTRIES);
+            self.svm.set_sysvar(&SlotHashes::new(&entries));
+            slots.reverse();
+            Ok(slots)
+        }
+
+        /// The embedded chain moves to the slot after `slot` at once.
+        fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+            let mut clock = self.svm.get_sysvar::<Clock>();
+            if clock.slot <= slot {
+                clock.slot = slot.saturating_add(1);
+                self.svm.set_sysvar(&clock);
+            }
+            Ok(clock.slot)
         }
 
         fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError> {

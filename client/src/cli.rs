@@ -91,7 +91,8 @@ pub enum JobCommand {
         /// Units to escrow for
         #[arg(long)]
         units: u64,
-        /// Job id, unique among your open jobs [default: the current Unix time]
+        /// Job id: ids only go up and are never reused [default: the current Unix
+        /// time, or your next free id if higher]
         #[arg(long)]
         id: Option<u64>,
         /// Seconds from now until usage stops being billable
@@ -121,6 +122,9 @@ pub enum JobCommand {
     },
     /// Refund a job past its deadline and grace (anyone may)
     Expire { job: Pubkey },
+    /// Close an ended job once its client can no longer dispute it: rent back to the
+    /// client (anyone may)
+    Close { job: Pubkey },
     /// Print a key that spends this job at the operator's gateway, signed by your
     /// wallet (the job's client): `Authorization: Bearer <key>`. Nothing is sent.
     Key {
@@ -448,8 +452,16 @@ fn execute_job<C: Chain>(
             spend_cap,
         } => {
             let now = chain.clock()?.unix_timestamp;
+            // Default: the current Unix time, or the next free id if that is higher
+            // (ids only go up; another tool may have used larger ones).
+            let job_id = match id {
+                Some(id) => *id,
+                None => u64::try_from(unix_now())
+                    .unwrap_or(0)
+                    .max(ops::next_job_id(chain, &signer.pubkey())?),
+            };
             let args = OpenJobArgs {
-                job_id: id.unwrap_or_else(|| u64::try_from(unix_now()).unwrap_or(0)),
+                job_id,
                 unit_kind: *kind as u8,
                 unit_price: *price,
                 max_units: *units,
@@ -491,6 +503,13 @@ fn execute_job<C: Chain>(
                 key.key, key.job, key.key_id, key.expires_at
             );
             Ok(Output::of(&key, text))
+        }
+        JobCommand::Close { job } => {
+            ops::close_job(chain, signer, job)?;
+            Ok(Output::message(
+                format!("job {job} closed: its rent went back to its client"),
+                serde_json::json!({ "job": job.to_string(), "closed": true }),
+            ))
         }
         JobCommand::Status { job } => {
             let view = ops::JobView::new(job, &ops::job(chain, job)?);

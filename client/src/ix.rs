@@ -111,7 +111,8 @@ pub fn update_operator(authority: Pubkey, args: OperatorArgs) -> Instruction {
     )
 }
 
-/// `open_job`: escrows `unit_price × max_units` from `client_tokens`.
+/// `open_job`: escrows `unit_price × max_units` from `client_tokens`. `args.job_id`
+/// must be at least the client's next job id ([`crate::ops::next_job_id`]).
 pub fn open_job(
     client: Pubkey,
     operator_authority: Pubkey,
@@ -131,6 +132,7 @@ pub fn open_job(
             job: pda::job(&client, args.job_id),
             token_program: mint.token_program,
             system_program: system_program::ID,
+            client_jobs: pda::client_jobs(&client),
         },
         &instruction::OpenJob { args },
     )
@@ -322,6 +324,19 @@ pub fn expire_job(
             token_program: mint.token_program,
         },
         &instruction::ExpireJob {},
+    )
+}
+
+/// `close_job` (anyone): closes an ended job once its share is out of the challenge
+/// window; the rent goes to `client`, the job's client.
+pub fn close_job(closer: Pubkey, job: Pubkey, client: Pubkey) -> Instruction {
+    build(
+        &accounts::CloseJob {
+            closer,
+            job,
+            client,
+        },
+        &instruction::CloseJob {},
     )
 }
 

@@ -1,7 +1,7 @@
 //! Job keys: how a client lets callers spend one job at an oracle gateway without a
 //! shared secret. The client's wallet — the one that opened the job, `Job.client` on
-//! chain — signs a short text naming the program, the job, the job's nonce (the slot it
-//! was opened in), an expiry and an optional spend limit; the key is those fields and
+//! chain — signs a short text naming the program, the job, the job's nonce (`Job.nonce`,
+//! unique per opening), an expiry and an optional spend limit; the key is those fields and
 //! the signature, encoded as one bearer token (`tally_k1_…`). A gateway verifies the
 //! signature against the job's client on chain: no config edit, no restart, and a key
 //! for one job never spends another (the job is in the signed text).

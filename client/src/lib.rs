@@ -14,7 +14,7 @@ pub use tally::instructions::{
     UpdateConfigArgs,
 };
 pub use tally::payout::{compute_payout, deposit_for, Payout};
-pub use tally::receipt::{SettleReceipt, UsageReceipt};
+pub use tally::receipt::{SettleReceipt, UsageReceipt, MAX_UNITS_PER_RECEIPT};
 pub use tally::state;
 pub use tally::ID as PROGRAM_ID;
 

@@ -258,7 +258,11 @@ impl JobView {
         } else {
             match job.status() {
                 JobStatus::Open => "open",
-                _ => "active",
+                JobStatus::Active => "active",
+                // Ended, kept while its share can still be disputed (`job close`).
+                JobStatus::Completed => "completed",
+                JobStatus::Cancelled => "cancelled",
+                JobStatus::Expired => "expired",
             }
         };
         let unit_kind = match UnitKind::from_u8(job.unit_kind) {
@@ -343,6 +347,13 @@ pub fn jobs(
     Ok(out)
 }
 
+/// The lowest job id `client` may open (0 before its first job): ids only go up.
+pub fn next_job_id(chain: &impl Chain, client: &Pubkey) -> Result<u64> {
+    Ok(chain
+        .anchor_account::<tally::state::ClientJobs>(&pda::client_jobs(client))?
+        .map_or(0, |ids| ids.next_job_id))
+}
+
 /// `job open`: escrows `unit_price × max_units` from the client's associated token
 /// account of `mint`.
 pub fn open_job(
@@ -383,7 +394,14 @@ pub fn open_job(
     let address = pda::job(&client.pubkey(), args.job_id);
     if chain.account(&address)?.is_some() {
         return Err(other(format!(
-            "you already have an open job with id {}: pick another --id",
+            "you already have a job with id {}: pick another --id",
+            args.job_id
+        )));
+    }
+    let next = next_job_id(chain, &client.pubkey())?;
+    if args.job_id < next {
+        return Err(other(format!(
+            "job id {} was already used: a client's job ids only go up and are never reused; use --id {next} or higher (or leave --id out)",
             args.job_id
         )));
     }
@@ -536,6 +554,43 @@ pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubke
         &[],
     )?;
     Ok(current.escrow_left)
+}
+
+/// `job close`: closes an ended (completed or expired) job once the operator's
+/// share of it has left the challenge window, returning its rent to the client.
+/// Anyone may do it.
+pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey) -> Result<()> {
+    let current = job(chain, job_address)?;
+    if !current.status().is_finished() {
+        return Err(other(format!(
+            "job {job_address} has not ended: complete, cancel or expire it first"
+        )));
+    }
+    let now = chain.clock()?.unix_timestamp;
+    let until = current
+        .pending
+        .iter()
+        .filter(|b| b.amount > 0)
+        .map(|b| b.matures_at)
+        .max()
+        .unwrap_or(0);
+    if current.disputed_amount > 0 {
+        return Err(other(format!(
+            "job {job_address} has an open dispute: it can be closed once the dispute is resolved"
+        )));
+    }
+    if until > now {
+        return Err(other(format!(
+            "job {job_address} can still be disputed by its client until {until} (in {} s): close it after that",
+            until - now
+        )));
+    }
+    chain.send(
+        &[ix::close_job(closer.pubkey(), *job_address, current.client)],
+        closer,
+        &[],
+    )?;
+    Ok(())
 }
 
 /// An operator's earnings in one mint.

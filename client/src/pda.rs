@@ -31,6 +31,11 @@ pub fn earnings(operator: &Pubkey, mint: &Pubkey) -> Pubkey {
     find(&[seeds::EARNINGS, operator.as_ref(), mint.as_ref()])
 }
 
+/// `client`'s job ids ([`tally::state::ClientJobs`]).
+pub fn client_jobs(client: &Pubkey) -> Pubkey {
+    find(&[seeds::CLIENT_JOBS, client.as_ref()])
+}
+
 /// Job `job_id` of `client`.
 pub fn job(client: &Pubkey, job_id: u64) -> Pubkey {
     find(&[seeds::JOB, client.as_ref(), &job_id.to_le_bytes()])

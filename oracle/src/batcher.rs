@@ -1,30 +1,53 @@
 //! The batcher: turns committed usage records into cumulative receipts and settles
-//! them, exactly once.
+//! them, exactly once, with work per round proportional to what is new.
 //!
 //! Each round:
-//! 1. Resume: every submission written but not confirmed is checked against the
-//!    chain. If the job's `last_seq` already reached it, it landed (the answer was
-//!    lost): confirm it. Otherwise send the same receipt again — settling a seq twice
-//!    is a no-op on-chain, so a retry can never pay twice.
-//! 2. New usage: for each job with records not yet covered, write the invoice file,
-//!    then the submission (the write-ahead record: seq, cumulative units, invoice
-//!    hash), and only then send. Receipts are grouped per operator and mint, up to
-//!    `max_receipts_per_tx` per transaction.
-use std::collections::BTreeMap;
+//! 1. Read: the pending submissions and the jobs with waiting records (each from an
+//!    index of its own), then every one of those jobs' states in one
+//!    `getMultipleAccounts` pass, and the clock and config.
+//! 2. Resume: a pending submission whose job's `last_seq` reached it landed (its
+//!    answer was lost): confirmed. One whose job ended (completed, cancelled or
+//!    expired: it stays on chain while disputable, but the program settles nothing
+//!    more), whose job incarnation is gone (closed, or reopened at the same address)
+//!    or which is past its settlement window can never land: it is written off, with
+//!    its reason, in the metrics and the log; so are an ended job's waiting
+//!    records. Otherwise it is sent again — settling a seq twice is a no-op
+//!    on-chain, so a retry never pays twice.
+//! 3. New usage: for each job with waiting records (and no pending receipt), at most
+//!    `max_invoice_records` of them become the next receipt: its invoice (bytes kept
+//!    in the store), its submission carrying the running totals and the invoice chain
+//!    head, and the records attached to it — all in one store transaction per round,
+//!    written before anything is sent.
+//! 4. Send: receipts grouped per operator and mint, packed into v0 transactions
+//!    through the lookup tables this daemon manages (each job's address in a table:
+//!    16 receipts per transaction), all sent at once and their confirmations tracked
+//!    together. A transaction the program refuses is split: each receipt alone, so
+//!    one job cannot hold back the others. A job whose receipt failed backs off on its
+//!    own (0.5 s doubling up to `max_backoff`); the others go on.
+//! 5. Tables: made per operator and mint as jobs appear, extended as they open (used
+//!    once the chain is past the slot they were extended in), deactivated when every
+//!    job in them has closed, and closed to reclaim their rent after the cool-down.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
+use anchor_lang::AccountDeserialize;
 use solana_keypair::Keypair;
 use solana_signer::Signer;
-use tally::state::{utc_day, Job, Operator, UnitKind};
-use tally_client::chain::Chain;
+use tally::state::{utc_day, Job, JobStatus, Operator, UnitKind};
+use tally_client::alt::{self, AddressLookupTableAccount, LookupTableState, VersionedMessage};
+use tally_client::chain::{Chain, PACKET_DATA_SIZE};
 use tally_client::ix::{self, Attestation};
 use tally_client::{ops, pda, SettleReceipt};
 
 use crate::clock::ChainClock;
-use crate::invoice::{hex, Invoice, InvoiceLine};
-use crate::store::{Store, Submission};
+use crate::invoice::{export_path, hex, sha256, Invoice, InvoiceLine, INVOICE_VERSION};
+use crate::store::{
+    LookupTableRow, NewSubmission, RecordWriteOff, RoundWrite, Store, Submission, SubmissionState,
+    TableState, WaitingRecord, LEGACY_NONCE,
+};
 use crate::units::Totals;
 use crate::OracleError;
 
@@ -37,13 +60,35 @@ pub struct RoundReport {
     pub sent: usize,
     /// Receipts confirmed this round.
     pub confirmed: usize,
-    /// Receipts left pending after an error (retried next round).
+    /// Receipts left pending after an error (their jobs back off; retried).
     pub failed: usize,
-    /// The errors, for logs.
+    /// Per-receipt and per-table errors, for logs (one job's trouble, not the
+    /// daemon's: the round itself succeeded).
     pub errors: Vec<String>,
     /// Usage the oracle holds but cannot bill, per job and reason. Never silent: it
     /// is counted in the metrics and shown by `/health`.
     pub unbillable: Vec<Unbillable>,
+    /// Receipts and records that can never be billed, with why.
+    pub written_off: Vec<WrittenOff>,
+    /// Jobs skipped this round because they are backing off after a failure.
+    pub backing_off: usize,
+    /// Transactions sent (settlements, ledgers, lookup tables).
+    pub transactions: usize,
+    /// Lookup tables created, extended (transactions), deactivated, closed.
+    pub tables: TableWork,
+    /// Some job had more waiting records than one invoice takes: run again soon.
+    pub more_waiting: bool,
+    /// Receipts carried by each settle transaction sent (in the order sent).
+    pub receipts_per_transaction: Vec<usize>,
+}
+
+/// Lookup-table transactions of a round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableWork {
+    pub created: usize,
+    pub extended: usize,
+    pub deactivated: usize,
+    pub closed: usize,
 }
 
 /// Why held usage cannot be billed.
@@ -78,27 +123,149 @@ pub struct Unbillable {
     pub detail: String,
 }
 
+/// Why a receipt or records can never be billed: a terminal state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOffReason {
+    /// The job incarnation is gone from the chain (ended and closed) or the address
+    /// was reopened as another job.
+    JobClosed,
+    /// The job ended (completed, cancelled or expired): it stays on chain while its
+    /// client may dispute it, but the program settles no receipt for it any more
+    /// (`JobFinished`).
+    JobEnded,
+    /// Past the job's deadline plus the settlement grace: the program refuses it.
+    Expired,
+    /// Another receipt with the same seq settled first (another oracle, a relayer).
+    Superseded,
+    /// Usage that finished before the job open at the address was opened: it belongs
+    /// to an earlier job there, which is gone.
+    BeforeJobOpened,
+    /// No job account exists at the address (or it is not an address).
+    NoSuchJob,
+}
+
+impl WriteOffReason {
+    /// The `reason` label of the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::JobClosed => "job_closed",
+            Self::JobEnded => "job_ended",
+            Self::Expired => "expired",
+            Self::Superseded => "superseded",
+            Self::BeforeJobOpened => "before_job_opened",
+            Self::NoSuchJob => "no_such_job",
+        }
+    }
+}
+
+/// A receipt or records written off this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenOff {
+    pub job: String,
+    pub job_nonce: Option<u64>,
+    /// The receipt written off, or `None` for records never submitted.
+    pub seq: Option<u64>,
+    pub reason: WriteOffReason,
+    pub records: u64,
+    /// Units they would have billed (0 when unknown).
+    pub units: u64,
+    /// What happened, for logs and `/health`.
+    pub detail: String,
+}
+
+/// Records without a nonce are bound to the job open at their address if they
+/// finished no earlier than this many seconds before it opened (the sources' clock
+/// is the chain's, carried forward between syncs).
+pub const BIND_TOLERANCE_SECS: i64 = 5;
+/// Records (and pending receipts) whose job does not exist are written off once they
+/// are this old (chain time): an RPC node behind the one the source (or an earlier
+/// round) asked may not see a new job yet. A job existed when its records finished
+/// (the sources read it first; records without a nonce are bound only to a job
+/// opened at most [`BIND_TOLERANCE_SECS`] before), so a node that shows no job there
+/// this long after is not behind: the job is closed.
+pub const MISSING_JOB_GRACE_SECS: i64 = 120;
+/// Job addresses per managed lookup table (the table also holds the group's config,
+/// vault, earnings and revenue ledgers).
+pub const TABLE_JOBS: usize = alt::TABLE_CAPACITY - 4;
+/// How often tables are checked for being done (every job in them closed).
+pub const TABLE_HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// How the batcher settles: the daemon's `[batch]` settings.
+#[derive(Clone, Debug)]
+pub struct BatchSettings {
+    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`); `None`: the store
+    /// keeps them only.
+    pub invoices_dir: Option<PathBuf>,
+    /// The most receipts one transaction carries (the 1,232-byte limit decides
+    /// below that: 16 through a lookup table).
+    pub max_receipts_per_tx: usize,
+    /// The most records one invoice lists; more wait for the next receipt.
+    pub max_invoice_records: usize,
+    /// A failing job retries after 0.5 s, doubling up to this.
+    pub max_backoff: Duration,
+    /// Settle through lookup tables this daemon creates and manages (v0
+    /// transactions); off: v0 transactions with every account inline.
+    pub lookup_tables: bool,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            invoices_dir: None,
+            max_receipts_per_tx: 32,
+            max_invoice_records: 20_000,
+            max_backoff: Duration::from_secs(60),
+            lookup_tables: true,
+        }
+    }
+}
+
 /// The settlement side of the oracle.
 pub struct Batcher {
     pub store: Store,
-    /// Signs settlements (and pays their fees).
-    pub oracle: Keypair,
-    pub invoices_dir: PathBuf,
-    pub max_receipts_per_tx: usize,
+    /// Signs settlements (and pays their fees); the authority of its lookup tables.
+    oracle: Keypair,
     /// The clock the sources stamp records with: synced to the chain's each round.
-    pub clock: Arc<ChainClock>,
+    clock: Arc<ChainClock>,
+    settings: BatchSettings,
+    state: Mutex<State>,
 }
 
-struct Pending {
+/// What the batcher keeps between rounds.
+#[derive(Default)]
+struct State {
+    backoff: HashMap<(String, u64), Backoff>,
+    /// Operator PDA → its authority (fixed: the PDA is derived from it).
+    operators: HashMap<Pubkey, Pubkey>,
+    /// Ledgers known to exist: (operator authority, mint, day).
+    ledgers: HashSet<(Pubkey, Pubkey, u32)>,
+    /// Managed lookup tables, loaded from the store on the first round.
+    tables: Option<Vec<ManagedTable>>,
+    last_housekeeping: Option<Instant>,
+}
+
+struct Backoff {
+    until: Instant,
+    delay: Duration,
+}
+
+struct ManagedTable {
+    key: Pubkey,
+    row: LookupTableRow,
+    /// As last read from the chain.
+    state: Option<LookupTableState>,
+}
+
+/// A receipt to send.
+struct Outgoing {
     submission: Submission,
+    job: Pubkey,
     operator_authority: Pubkey,
     mint: Pubkey,
-    job: Pubkey,
 }
 
-fn parse_key(s: &str) -> Result<Pubkey, OracleError> {
-    s.parse()
-        .map_err(|_| OracleError::Invalid(format!("{s} is not a public key")))
+fn parse_key(s: &str) -> Option<Pubkey> {
+    s.parse().ok()
 }
 
 fn unit_kind_name(kind: UnitKind) -> &'static str {
@@ -110,97 +277,542 @@ fn unit_kind_name(kind: UnitKind) -> &'static str {
     }
 }
 
+/// An ended job's status, for messages.
+fn status_name(job: &Job) -> &'static str {
+    match job.status() {
+        JobStatus::Completed => "completed",
+        JobStatus::Cancelled => "cancelled",
+        JobStatus::Expired => "expired",
+        JobStatus::Open | JobStatus::Active => "open",
+    }
+}
+
+fn kind_of(job: &Job) -> UnitKind {
+    UnitKind::from_u8(job.unit_kind).unwrap_or(UnitKind::Requests)
+}
+
+fn units_of(records: &[&WaitingRecord], kind: UnitKind) -> u64 {
+    let mut totals = Totals::default();
+    for r in records {
+        totals.add(&r.record);
+    }
+    totals.units(kind)
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, OracleError> {
+    m.lock()
+        .map_err(|_| OracleError::Invalid("the batcher's state is poisoned".into()))
+}
+
+/// Decodes a job account if it is one of the program's.
+fn job_of(account: Option<&solana_account::Account>) -> Option<Job> {
+    account
+        .filter(|a| a.owner == tally::ID)
+        .and_then(|a| ops::decode_job(&a.data))
+}
+
 impl Batcher {
-    /// One round: resume what is pending, then settle new usage.
+    /// A batcher settling `store`'s records, signing with `oracle`, keeping `clock`
+    /// (the sources' clock) on the chain's time.
+    pub fn new(store: Store, oracle: Keypair, clock: Arc<ChainClock>) -> Self {
+        Self {
+            store,
+            oracle,
+            clock,
+            settings: BatchSettings::default(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// With these settings.
+    #[must_use]
+    pub fn with_settings(mut self, settings: BatchSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Exporting invoices under `dir`.
+    #[must_use]
+    pub fn with_invoices_dir(mut self, dir: PathBuf) -> Self {
+        self.settings.invoices_dir = Some(dir);
+        self
+    }
+
+    /// At most `n` receipts per transaction.
+    #[must_use]
+    pub fn with_max_receipts_per_tx(mut self, n: usize) -> Self {
+        self.settings.max_receipts_per_tx = n.max(1);
+        self
+    }
+
+    /// Forgets what it cached from the chain and the store (lookup tables, ledgers,
+    /// backoffs): call it when this replica becomes the leader, since another one may
+    /// have made tables meanwhile.
+    pub fn reset(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            *state = State::default();
+        }
+    }
+
+    pub fn settings(&self) -> &BatchSettings {
+        &self.settings
+    }
+
+    /// The oracle key this batcher signs with.
+    pub fn oracle(&self) -> Pubkey {
+        self.oracle.pubkey()
+    }
+
+    /// How many jobs are backing off now.
+    pub fn jobs_backing_off(&self) -> usize {
+        let now = Instant::now();
+        self.state
+            .lock()
+            .map_or(0, |s| s.backoff.values().filter(|b| b.until > now).count())
+    }
+
+    /// The lookup tables this batcher manages that are active (as last read).
+    pub fn active_tables(&self) -> usize {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.tables.as_ref().map(|t| {
+                    t.iter()
+                        .filter(|t| t.state.as_ref().is_some_and(LookupTableState::is_active))
+                        .count()
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// One round: resume what is pending, settle new usage, tend the lookup tables.
     pub fn run_round(&self, chain: &mut impl Chain) -> Result<RoundReport, OracleError> {
         let mut report = RoundReport::default();
+        let clock = chain.clock()?;
         // Records are stamped in the chain's time: keep the sources' clock on it.
-        self.clock.sync(chain)?;
-        let mut to_send = Vec::new();
-        for submission in self.store.pending_submissions()? {
-            let job_key = parse_key(&submission.job)?;
-            let Some(job) = ops::job(chain, &job_key).ok() else {
-                report.errors.push(format!(
-                    "job {} is closed; receipt {} cannot land",
-                    submission.job, submission.seq
+        self.clock.set_chain_time(clock.unix_timestamp);
+        let now = clock.unix_timestamp;
+        let config = ops::config(chain)?;
+        let grace = i64::from(config.expiry_grace_secs);
+        let mut state = lock(&self.state)?;
+        let started = Instant::now();
+
+        // 1. What needs work, and the jobs' states in one pass.
+        let pending = self.store.pending_submissions()?;
+        let waiting = self.store.jobs_with_new_records()?;
+        let legacy = self.store.legacy_jobs()?;
+        let mut addresses: Vec<Pubkey> = Vec::new();
+        let mut seen = HashSet::new();
+        for job in pending
+            .iter()
+            .map(|s| s.job.as_str())
+            .chain(waiting.iter().map(String::as_str))
+            .chain(legacy.iter().map(String::as_str))
+        {
+            if let Some(key) = parse_key(job) {
+                if seen.insert(key) {
+                    addresses.push(key);
+                }
+            }
+        }
+        let read = chain.accounts(&addresses)?;
+        let jobs: HashMap<String, Option<Job>> = addresses
+            .iter()
+            .zip(&read.accounts)
+            .map(|(key, account)| (key.to_string(), job_of(account.as_ref())))
+            .collect();
+        let job_state = |job: &str| jobs.get(job).copied().flatten();
+
+        // Migrated submissions join the job open at their address.
+        for job in &legacy {
+            self.adopt(job, job_state(job).as_ref(), &mut report)?;
+        }
+        let pending = if legacy.is_empty() {
+            pending
+        } else {
+            self.store.pending_submissions()?
+        };
+        let pending_jobs: HashSet<(String, u64)> = pending
+            .iter()
+            .map(|s| (s.job.clone(), s.job_nonce))
+            .collect();
+
+        let backing_off = |state: &State, job: &str, nonce: u64| {
+            state
+                .backoff
+                .get(&(job.to_string(), nonce))
+                .is_some_and(|b| b.until > Instant::now())
+        };
+
+        // 2. Resume pending submissions.
+        let mut round = RoundWrite::default();
+        let mut outgoing: Vec<Outgoing> = Vec::new();
+        let mut landed: Vec<(String, u64, u64)> = Vec::new();
+        for submission in pending {
+            let (job_text, nonce, seq) =
+                (submission.job.clone(), submission.job_nonce, submission.seq);
+            let state_now = job_state(&job_text);
+            let gone = match state_now {
+                None => {
+                    let evidence = submission
+                        .oldest_finished_at
+                        .unwrap_or(submission.period_end);
+                    parse_key(&job_text).is_none()
+                        || evidence
+                            < now.saturating_sub(MISSING_JOB_GRACE_SECS + BIND_TOLERANCE_SECS)
+                }
+                Some(j) => j.nonce > nonce,
+            };
+            if gone {
+                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobClosed, format!(
+                    "job {job_text} (nonce {nonce}) is closed: its receipt {seq} ({} records) can never land",
+                    submission.records
                 ));
                 continue;
+            }
+            let Some(job) = state_now.filter(|j| j.nonce == nonce) else {
+                continue; // the RPC node is behind the job: asked again next round
             };
-            if job.last_seq >= submission.seq {
-                self.store.confirm(&submission.job, submission.seq)?;
+            if job.last_seq > seq
+                || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash)
+            {
+                landed.push((job_text, nonce, seq));
                 report.recovered += 1;
                 continue;
             }
-            to_send.push(Self::pending_for(chain, submission, job_key, &job)?);
-        }
-        for job_text in self.store.jobs_with_new_records()? {
-            let job_key = parse_key(&job_text)?;
-            let last = self.store.last_submission(&job_text)?;
-            if last.as_ref().is_some_and(|s| !s.confirmed) {
-                continue; // resumed above
-            }
-            let Ok(job) = ops::job(chain, &job_key) else {
-                report.errors.push(format!(
-                    "job {job_text} does not exist: its records cannot be settled"
+            if job.last_seq == seq {
+                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Superseded, format!(
+                    "job {job_text}: another receipt {seq} (invoice {}) settled instead of this oracle's ({})",
+                    hex(&job.invoice_hash), hex(&submission.invoice_hash)
                 ));
                 continue;
-            };
-            let submission = self.prepare(&job_text, &job, last.as_ref(), &mut report)?;
-            to_send.push(Self::pending_for(chain, submission, job_key, &job)?);
+            }
+            if job.status().is_finished() {
+                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobEnded, format!(
+                    "job {job_text} has ended ({}) before its receipt {seq} ({} records) landed: the program settles nothing more for it",
+                    status_name(&job), submission.records
+                ));
+                continue;
+            }
+            if now > job.settle_until(config.expiry_grace_secs) {
+                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Expired, format!(
+                    "job {job_text}: receipt {seq} was not settled before the deadline {} plus the {grace} s grace: the program refuses it now",
+                    job.deadline
+                ));
+                continue;
+            }
+            if backing_off(&state, &job_text, nonce) {
+                report.backing_off += 1;
+                continue;
+            }
+            if let Some(key) = parse_key(&job_text) {
+                outgoing.push(Outgoing {
+                    submission,
+                    job: key,
+                    operator_authority: job.operator, // resolved below
+                    mint: job.mint,
+                });
+            }
         }
-        self.send(chain, to_send, &mut report)?;
+
+        // 3. New usage.
+        let cap = self.settings.max_invoice_records.max(1);
+        let mut exports = Vec::new();
+        for job_text in &waiting {
+            // A job whose receipt is pending or backing off waits: its records are
+            // not even read.
+            if let Some(job) = job_state(job_text) {
+                if pending_jobs.contains(&(job_text.clone(), job.nonce)) {
+                    continue;
+                }
+                if backing_off(&state, job_text, job.nonce) {
+                    report.backing_off += 1;
+                    continue;
+                }
+            }
+            let records = self.store.waiting_records(job_text, cap)?;
+            let Some(job_key) = parse_key(job_text) else {
+                let all: Vec<&WaitingRecord> = records.iter().collect();
+                Self::write_off_records(
+                    &mut round,
+                    &mut report,
+                    job_text,
+                    None,
+                    &all,
+                    WriteOffReason::NoSuchJob,
+                    0,
+                    format!(
+                        "{job_text} is not an account address: its records can never be billed"
+                    ),
+                );
+                continue;
+            };
+            let Some(job) = job_state(job_text) else {
+                // No job: records wait out the grace (a lagging RPC node), then go:
+                // those bound to a job (a source read it) as closed, the rest as
+                // never having had one.
+                let old_enough = |r: &&WaitingRecord| {
+                    r.record.finished_at < now.saturating_sub(MISSING_JOB_GRACE_SECS)
+                };
+                let (closed, unbound_old): (Vec<&WaitingRecord>, Vec<&WaitingRecord>) = records
+                    .iter()
+                    .filter(old_enough)
+                    .partition(|r| r.record.job_nonce.is_some());
+                if !closed.is_empty() {
+                    Self::write_off_records(&mut round, &mut report, job_text, closed[0].record.job_nonce, &closed, WriteOffReason::JobClosed, 0,
+                        format!("job {job_text} is closed: {} record(s) metered for it can never be billed", closed.len()));
+                }
+                if !unbound_old.is_empty() {
+                    Self::write_off_records(&mut round, &mut report, job_text, None, &unbound_old, WriteOffReason::NoSuchJob, 0,
+                        format!("no job exists at {job_text}: {} record(s) older than {MISSING_JOB_GRACE_SECS} s can never be billed", unbound_old.len()));
+                }
+                continue;
+            };
+            let kind = kind_of(&job);
+            let mut bill: Vec<&WaitingRecord> = Vec::new();
+            let mut old: Vec<&WaitingRecord> = Vec::new();
+            let mut before: Vec<&WaitingRecord> = Vec::new();
+            for r in &records {
+                match r.record.job_nonce {
+                    Some(n) if n == job.nonce => bill.push(r),
+                    Some(n) if n < job.nonce => old.push(r),
+                    Some(_) => {} // a job newer than the RPC node shows: next round
+                    None if r.record.finished_at
+                        >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
+                    {
+                        bill.push(r);
+                    }
+                    None => before.push(r),
+                }
+            }
+            if !old.is_empty() {
+                let units = units_of(&old, kind);
+                Self::write_off_records(&mut round, &mut report, job_text, old[0].record.job_nonce, &old, WriteOffReason::JobClosed, units,
+                    format!("job {job_text}: {} record(s) ({units} units) of an earlier job at this address, closed before they were billed", old.len()));
+            }
+            if !before.is_empty() {
+                let units = units_of(&before, kind);
+                Self::write_off_records(&mut round, &mut report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
+                    format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
+            }
+            if bill.is_empty() {
+                continue;
+            }
+            if job.status().is_finished() {
+                let units = units_of(&bill, kind);
+                Self::write_off_records(&mut round, &mut report, job_text, Some(job.nonce), &bill, WriteOffReason::JobEnded, units,
+                    format!("job {job_text} has ended ({}): {} record(s) ({units} units) metered after its last receipt can never be billed (the program settles nothing more for it)", status_name(&job), bill.len()));
+                continue;
+            }
+            if records.len() >= cap {
+                report.more_waiting = true;
+            }
+            let (new, bytes) = self.prepare(job_text, &job, &bill, &mut report)?;
+            if let Some(dir) = &self.settings.invoices_dir {
+                exports.push((
+                    export_path(dir, job_text, job.nonce, new.submission.seq),
+                    bytes,
+                ));
+            }
+            outgoing.push(Outgoing {
+                submission: new.submission.clone(),
+                job: job_key,
+                operator_authority: job.operator,
+                mint: job.mint,
+            });
+            round.submissions.push(new);
+        }
+        // Everything decided is written in one transaction, before anything is sent.
+        self.store.write_round(&round)?;
+        if !landed.is_empty() {
+            self.store.confirm_all(&landed)?;
+        }
+        for off in &report.written_off {
+            if let Some(nonce) = off.job_nonce {
+                state.backoff.remove(&(off.job.clone(), nonce));
+            }
+        }
+
+        // 4. Send.
+        if !outgoing.is_empty() {
+            Self::resolve_operators(chain, &mut state, &mut outgoing)?;
+            self.send(
+                chain,
+                &mut state,
+                outgoing,
+                &config,
+                clock.slot,
+                now,
+                &mut report,
+            )?;
+        }
+        // The exports, after the sends: the store holds the invoices already, so
+        // their syncs never delay a settlement.
+        for (path, bytes) in exports {
+            if let Err(e) = crate::invoice::export(&path, &bytes) {
+                report.errors.push(format!(
+                    "{e} (the store keeps the invoice; only the exported copy is missing)"
+                ));
+            }
+        }
+        // 5. Tables that are done.
+        if self.settings.lookup_tables
+            && state
+                .last_housekeeping
+                .is_none_or(|at| at.elapsed() >= TABLE_HOUSEKEEPING)
+        {
+            state.last_housekeeping = Some(Instant::now());
+            self.tend_tables(chain, &mut state, &mut report)?;
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
         Ok(report)
     }
 
-    fn pending_for(
-        chain: &impl Chain,
-        submission: Submission,
-        job_key: Pubkey,
-        job: &Job,
-    ) -> Result<Pending, OracleError> {
-        let operator: Operator = chain.anchor_account(&job.operator)?.ok_or_else(|| {
-            OracleError::Invalid(format!(
-                "operator {} of job {job_key} does not exist",
-                job.operator
-            ))
-        })?;
-        Ok(Pending {
-            submission,
-            operator_authority: operator.authority,
-            mint: job.mint,
-            job: job_key,
-        })
+    /// Runs the table housekeeping now (deactivate tables whose jobs all closed,
+    /// close deactivated ones past their cool-down), whatever its interval.
+    pub fn tend_lookup_tables(&self, chain: &mut impl Chain) -> Result<TableWork, OracleError> {
+        let mut report = RoundReport::default();
+        let mut state = lock(&self.state)?;
+        state.last_housekeeping = Some(Instant::now());
+        self.tend_tables(chain, &mut state, &mut report)?;
+        if let Some(error) = report.errors.first() {
+            return Err(OracleError::Invalid(error.clone()));
+        }
+        Ok(report.tables)
     }
 
-    /// Writes the invoice and the write-ahead submission for a job's new records.
+    fn write_off_submission(
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        submission: &Submission,
+        reason: WriteOffReason,
+        detail: String,
+    ) {
+        round.submission_write_offs.push((
+            submission.job.clone(),
+            submission.job_nonce,
+            submission.seq,
+            reason.label().to_string(),
+        ));
+        report.written_off.push(WrittenOff {
+            job: submission.job.clone(),
+            job_nonce: Some(submission.job_nonce),
+            seq: Some(submission.seq),
+            reason,
+            records: submission.records,
+            units: 0,
+            detail,
+        });
+    }
+
+    fn write_off_records(
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        job: &str,
+        job_nonce: Option<u64>,
+        records: &[&WaitingRecord],
+        reason: WriteOffReason,
+        units: u64,
+        detail: String,
+    ) {
+        round.record_write_offs.push(RecordWriteOff {
+            job: job.to_string(),
+            job_nonce,
+            record_ids: records.iter().map(|r| r.id).collect(),
+            reason: reason.label().to_string(),
+            units,
+        });
+        report.written_off.push(WrittenOff {
+            job: job.to_string(),
+            job_nonce,
+            seq: None,
+            reason,
+            records: records.len() as u64,
+            units,
+            detail,
+        });
+    }
+
+    /// Adopts a job's submissions migrated from schema version 1 into the job open at
+    /// its address (what version 1 assumed), their running totals recomputed against
+    /// the job's deadline and the old invoice files imported into the store.
+    fn adopt(
+        &self,
+        job_text: &str,
+        job: Option<&Job>,
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        let submissions: Vec<Submission> = self
+            .store
+            .submissions_of(job_text)?
+            .into_iter()
+            .filter(|s| s.job_nonce == LEGACY_NONCE)
+            .collect();
+        let Some(latest) = submissions.last() else {
+            return Ok(());
+        };
+        let Some(job) = job else {
+            // Closed before the upgrade: pending ones can never land; the rest is
+            // history, filed under nonce 0 so it is not looked at again.
+            let mut round = RoundWrite::default();
+            for s in submissions.iter().filter(|s| s.is_pending()) {
+                Self::write_off_submission(&mut round, report, s, WriteOffReason::JobClosed, format!(
+                    "job {job_text} closed before this oracle was upgraded: its receipt {} can never land",
+                    s.seq
+                ));
+            }
+            self.store.write_round(&round)?;
+            return self.store.adopt_legacy(job_text, 0, latest.metered, &[]);
+        };
+        let mut metered = Totals::default();
+        for (_, record) in self.store.submitted_records(job_text, None)? {
+            if record.finished_at <= job.deadline {
+                metered.add(&record);
+            }
+        }
+        let mut invoices = Vec::new();
+        if let Some(dir) = &self.settings.invoices_dir {
+            for s in &submissions {
+                let path = dir.join(job_text).join(format!("{}.json", s.seq));
+                if let Ok(bytes) = std::fs::read(&path) {
+                    if sha256(&bytes) == s.invoice_hash {
+                        invoices.push((s.seq, bytes));
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            job = job_text,
+            nonce = job.nonce,
+            submissions = submissions.len(),
+            invoices = invoices.len(),
+            "adopted submissions migrated from schema 1"
+        );
+        self.store
+            .adopt_legacy(job_text, job.nonce, metered, &invoices)
+    }
+
+    /// The next receipt of `job` over the records `bill`: its invoice and the
+    /// write-ahead submission (written by the caller with the round).
     fn prepare(
         &self,
         job_text: &str,
         job: &Job,
-        last: Option<&Submission>,
+        bill: &[&WaitingRecord],
         report: &mut RoundReport,
-    ) -> Result<Submission, OracleError> {
-        let after = last.map_or(0, |s| s.last_record);
-        let kind = UnitKind::from_u8(job.unit_kind).unwrap_or(UnitKind::Requests);
-        // Totals through the previous receipt, then through the new records.
-        let mut totals = Totals::default();
-        for (_, record) in self
-            .store
-            .records_after(job_text, 0)?
-            .iter()
-            .filter(|(id, _)| *id <= after)
-        {
-            if record.finished_at <= job.deadline {
-                totals.add(record);
-            }
-        }
+    ) -> Result<(NewSubmission, Vec<u8>), OracleError> {
+        let last = self.store.last_submission(job_text, job.nonce)?;
+        let kind = kind_of(job);
+        let mut totals = last.as_ref().map(|s| s.metered).unwrap_or_default();
         let before = totals.units(kind);
-        let new = self.store.records_after(job_text, after)?;
-        let mut lines = Vec::with_capacity(new.len());
-        let mut period_end = last.map_or(0, |s| s.period_end);
+        let mut lines = Vec::with_capacity(bill.len());
+        let mut period_end = last.as_ref().map_or(0, |s| s.period_end);
         let mut late = Totals::default();
-        let mut latest = 0;
-        for (_, record) in &new {
+        let (mut latest, mut oldest) = (0, i64::MAX);
+        for waiting in bill {
+            let record = &waiting.record;
+            oldest = oldest.min(record.finished_at);
             // Usage after the deadline is not billable: listed, not counted.
             if record.finished_at <= job.deadline {
                 totals.add(record);
@@ -236,7 +848,7 @@ impl Batcher {
             report.unbillable.push(Unbillable {
                 job: job_text.to_string(),
                 reason: UnbillableReason::OverEscrow,
-                records: u64::try_from(new.len()).unwrap_or(u64::MAX),
+                records: bill.len() as u64,
                 units: added - payable,
                 detail: format!(
                     "job {job_text}: {} of the {added} new unit(s) exceed the escrow left \
@@ -249,123 +861,734 @@ impl Batcher {
             });
         }
         let seq = last
+            .as_ref()
             .map_or(1, |s| s.seq.saturating_add(1))
             .max(job.last_seq.saturating_add(1));
         let invoice = Invoice {
-            version: 1,
+            version: INVOICE_VERSION,
             program: tally::ID.to_string(),
             job: job_text.to_string(),
+            job_nonce: Some(job.nonce),
             seq,
-            previous_hash: hex(&last.map_or([0; 32], |s| s.invoice_hash)),
+            previous_hash: hex(&last.as_ref().map_or([0; 32], |s| s.invoice_hash)),
             unit_kind: unit_kind_name(kind).to_string(),
             units: cumulative_units.saturating_sub(before),
             cumulative_units,
             period_end: period_end.min(job.deadline),
             lines,
         };
-        let (_, invoice_hash) = invoice.write(&self.invoices_dir)?;
+        let bytes = invoice.to_bytes()?;
         let submission = Submission {
             job: job_text.to_string(),
+            job_nonce: job.nonce,
             seq,
             cumulative_units,
-            invoice_hash,
+            invoice_hash: sha256(&bytes),
             period_end: invoice.period_end,
-            last_record: new.last().map_or(after, |(id, _)| *id),
-            confirmed: false,
+            metered: totals,
+            records: bill.len() as u64,
+            oldest_finished_at: (oldest != i64::MAX).then_some(oldest),
+            state: SubmissionState::Pending,
         };
-        self.store.write_submission(&submission)?;
-        Ok(submission)
+        Ok((
+            NewSubmission {
+                submission,
+                invoice: bytes.clone(),
+                record_ids: bill.iter().map(|r| r.id).collect(),
+            },
+            bytes,
+        ))
     }
 
-    /// Sends pending receipts grouped by operator and mint; confirms what lands.
+    /// Fills in each receipt's operator authority (read once per operator).
+    fn resolve_operators(
+        chain: &impl Chain,
+        state: &mut State,
+        outgoing: &mut [Outgoing],
+    ) -> Result<(), OracleError> {
+        let unknown: Vec<Pubkey> = outgoing
+            .iter()
+            .map(|o| o.operator_authority) // the operator PDA until resolved
+            .filter(|op| !state.operators.contains_key(op))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            let read = chain.accounts(&unknown)?;
+            for (key, account) in unknown.iter().zip(read.accounts) {
+                if let Some(account) = account {
+                    let operator = Operator::try_deserialize(&mut account.data.as_slice())
+                        .map_err(|e| {
+                            OracleError::Invalid(format!("operator {key} does not decode: {e}"))
+                        })?;
+                    state.operators.insert(*key, operator.authority);
+                }
+            }
+        }
+        for o in outgoing.iter_mut() {
+            o.operator_authority = state
+                .operators
+                .get(&o.operator_authority)
+                .copied()
+                .ok_or_else(|| {
+                    OracleError::Invalid(format!(
+                        "operator {} of job {} does not exist",
+                        o.operator_authority, o.job
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, state: &mut State, job: &str, nonce: u64) {
+        let entry = state
+            .backoff
+            .entry((job.to_string(), nonce))
+            .or_insert(Backoff {
+                until: Instant::now(),
+                delay: Duration::ZERO,
+            });
+        entry.delay = if entry.delay.is_zero() {
+            Duration::from_millis(500)
+        } else {
+            (entry.delay * 2).min(self.settings.max_backoff)
+        };
+        entry.until = Instant::now() + entry.delay;
+    }
+
+    /// Sends every outgoing receipt: ledgers first where missing, lookup tables made
+    /// and extended as needed, then all settle transactions at once.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         chain: &mut impl Chain,
-        pending: Vec<Pending>,
+        state: &mut State,
+        outgoing: Vec<Outgoing>,
+        config: &tally::state::Config,
+        slot: u64,
+        now: i64,
         report: &mut RoundReport,
     ) -> Result<(), OracleError> {
-        let mut groups: BTreeMap<(Pubkey, Pubkey), Vec<Pending>> = BTreeMap::new();
-        for p in pending {
-            groups
-                .entry((p.operator_authority, p.mint))
-                .or_default()
-                .push(p);
-        }
-        let config = ops::config(chain)?;
-        let day = utc_day(chain.clock()?.unix_timestamp);
+        let day = utc_day(now);
         let attestation = Attestation {
             oracles: vec![self.oracle.pubkey()],
             oracle_set_version: config.oracle_set_version,
             day,
         };
-        for ((operator_authority, mint), items) in groups {
-            let operator = pda::operator(&operator_authority);
-            let needs_ledgers = chain.account(&pda::earnings(&operator, &mint))?.is_none()
-                || chain.account(&pda::revenue(&mint, day))?.is_none();
-            // open_ledgers is idempotent: it rides along until a send lands.
-            let mut ledgers_open = !needs_ledgers;
-            for chunk in items.chunks(self.max_receipts_per_tx.max(1)) {
-                let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
+        let mut groups: BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>> = BTreeMap::new();
+        for o in outgoing {
+            groups
+                .entry((o.operator_authority, o.mint))
+                .or_default()
+                .push(o);
+        }
+        self.open_ledgers(chain, state, groups.keys().copied().collect(), day, report)?;
+        let tables = if self.settings.lookup_tables {
+            self.ensure_tables(chain, state, &groups, slot, day, report)?
+        } else {
+            HashMap::new()
+        };
+        let slot_now = chain.clock()?.slot;
+
+        // Pack each group into transactions up to the packet limit.
+        let preamble = chain.preamble();
+        let payer = self.oracle.pubkey();
+        let mut batches: Vec<(VersionedMessage, Vec<Outgoing>)> = Vec::new();
+        for ((operator_authority, mint), mut items) in groups {
+            let group_tables: Vec<AddressLookupTableAccount> = tables
+                .get(&(operator_authority, mint))
+                .map(|ts: &Vec<ManagedView>| {
+                    ts.iter()
+                        .map(|t| AddressLookupTableAccount {
+                            key: t.key,
+                            addresses: t.usable_at(slot_now),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Receipts whose jobs share a table go together.
+            let table_of = |job: &Pubkey| {
+                group_tables
                     .iter()
-                    .map(|p| {
-                        (
-                            p.job,
-                            SettleReceipt {
-                                seq: p.submission.seq,
-                                cumulative_units: p.submission.cumulative_units,
-                                invoice_hash: p.submission.invoice_hash,
-                                period_end: p.submission.period_end,
-                            },
-                        )
-                    })
-                    .collect();
-                let open_ledgers = (!ledgers_open)
-                    .then(|| ix::open_ledgers(self.oracle.pubkey(), operator_authority, mint, day));
-                report.sent += chunk.len();
-                let settle = |receipts: &[(Pubkey, SettleReceipt)]| {
-                    let mut instructions: Vec<_> = open_ledgers.iter().cloned().collect();
-                    instructions.push(ix::settle(&attestation, operator_authority, mint, receipts));
-                    instructions
-                };
-                match chain.send(&settle(&receipts), &self.oracle, &[]) {
-                    Ok(_) => {
-                        ledgers_open = true;
-                        for p in chunk {
-                            self.store.confirm(&p.submission.job, p.submission.seq)?;
-                            report.confirmed += 1;
-                        }
+                    .position(|t| t.addresses.contains(job))
+                    .unwrap_or(usize::MAX)
+            };
+            items.sort_by_key(|o| table_of(&o.job));
+            let mut chunk: Vec<Outgoing> = Vec::new();
+            let mut chunk_message: Option<VersionedMessage> = None;
+            for item in items {
+                chunk.push(item);
+                let message = Self::settle_message(
+                    &payer,
+                    &preamble,
+                    &attestation,
+                    operator_authority,
+                    mint,
+                    &chunk,
+                    &group_tables,
+                )?;
+                let fits = alt::v0_wire_size(&message) <= PACKET_DATA_SIZE
+                    && chunk.len() <= self.settings.max_receipts_per_tx.max(1);
+                if fits {
+                    chunk_message = Some(message);
+                    continue;
+                }
+                let Some(last) = chunk.pop() else { continue };
+                if let Some(message) = chunk_message.take() {
+                    batches.push((message, std::mem::take(&mut chunk)));
+                }
+                chunk.push(last);
+                chunk_message = Some(Self::settle_message(
+                    &payer,
+                    &preamble,
+                    &attestation,
+                    operator_authority,
+                    mint,
+                    &chunk,
+                    &group_tables,
+                )?);
+            }
+            if let Some(message) = chunk_message {
+                batches.push((message, chunk));
+            }
+        }
+
+        // All at once; their confirmations tracked together.
+        let messages: Vec<VersionedMessage> = batches.iter().map(|(m, _)| m.clone()).collect();
+        report.transactions += messages.len();
+        report
+            .receipts_per_transaction
+            .extend(batches.iter().map(|(_, c)| c.len()));
+        report.sent += batches.iter().map(|(_, c)| c.len()).sum::<usize>();
+        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let mut confirmed: Vec<(String, u64, u64)> = Vec::new();
+        let mut alone: Vec<(Outgoing, Pubkey, Pubkey)> = Vec::new();
+        for ((_, chunk), outcome) in batches.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => confirmed.extend(chunk.iter().map(|o| {
+                    (
+                        o.submission.job.clone(),
+                        o.submission.job_nonce,
+                        o.submission.seq,
+                    )
+                })),
+                // One receipt the program refuses (a job over its spend cap, say) must
+                // not hold back the others: each alone.
+                Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
+                    report.errors.push(format!(
+                        "a transaction of {} receipts was refused ({e}): sending each alone",
+                        chunk.len()
+                    ));
+                    for o in chunk {
+                        let group = (o.operator_authority, o.mint);
+                        alone.push((o, group.0, group.1));
                     }
-                    // One receipt the program refuses (a job over its spend cap, say)
-                    // must not hold back the others: send each alone.
-                    Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
-                        report.errors.push(format!(
-                            "a batch of {} receipts was refused ({e}): sending each alone",
-                            chunk.len()
-                        ));
-                        for (p, receipt) in chunk.iter().zip(&receipts) {
-                            match chain.send(
-                                &settle(std::slice::from_ref(receipt)),
-                                &self.oracle,
-                                &[],
-                            ) {
-                                Ok(_) => {
-                                    self.store.confirm(&p.submission.job, p.submission.seq)?;
-                                    report.confirmed += 1;
-                                }
-                                Err(e) => {
-                                    report.failed += 1;
-                                    report.errors.push(format!("job {}: {e}", p.job));
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        report.failed += chunk.len();
-                        report.errors.push(e.to_string());
+                }
+                Err(e) => {
+                    report.failed += chunk.len();
+                    report.errors.push(format!(
+                        "{} receipt(s) not settled (their jobs back off): {e}",
+                        chunk.len()
+                    ));
+                    for o in &chunk {
+                        self.backoff(state, &o.submission.job, o.submission.job_nonce);
                     }
                 }
             }
         }
+        if !alone.is_empty() {
+            let mut messages = Vec::with_capacity(alone.len());
+            for (o, operator_authority, mint) in &alone {
+                let group_tables: Vec<AddressLookupTableAccount> = tables
+                    .get(&(*operator_authority, *mint))
+                    .map(|ts| {
+                        ts.iter()
+                            .map(|t| AddressLookupTableAccount {
+                                key: t.key,
+                                addresses: t.usable_at(slot_now),
+                            })
+                            .filter(|t| t.addresses.contains(&o.job))
+                            .take(1)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                messages.push(Self::settle_message(
+                    &payer,
+                    &preamble,
+                    &attestation,
+                    *operator_authority,
+                    *mint,
+                    std::slice::from_ref(o),
+                    &group_tables,
+                )?);
+            }
+            report.transactions += messages.len();
+            let outcomes = chain.send_messages(messages, &[&self.oracle]);
+            for ((o, _, _), outcome) in alone.iter().zip(outcomes) {
+                match outcome {
+                    Ok(_) => confirmed.push((
+                        o.submission.job.clone(),
+                        o.submission.job_nonce,
+                        o.submission.seq,
+                    )),
+                    Err(e) => {
+                        report.failed += 1;
+                        report.errors.push(format!(
+                            "job {}: receipt {} refused (the job backs off): {e}",
+                            o.job, o.submission.seq
+                        ));
+                        self.backoff(state, &o.submission.job, o.submission.job_nonce);
+                    }
+                }
+            }
+        }
+        for (job, nonce, _) in &confirmed {
+            state.backoff.remove(&(job.clone(), *nonce));
+        }
+        report.confirmed += usize::try_from(self.store.confirm_all(&confirmed)?).unwrap_or(0);
         Ok(())
+    }
+
+    fn settle_message(
+        payer: &Pubkey,
+        preamble: &[anchor_lang::solana_program::instruction::Instruction],
+        attestation: &Attestation,
+        operator_authority: Pubkey,
+        mint: Pubkey,
+        chunk: &[Outgoing],
+        tables: &[AddressLookupTableAccount],
+    ) -> Result<VersionedMessage, OracleError> {
+        let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
+            .iter()
+            .map(|o| {
+                (
+                    o.job,
+                    SettleReceipt {
+                        seq: o.submission.seq,
+                        cumulative_units: o.submission.cumulative_units,
+                        invoice_hash: o.submission.invoice_hash,
+                        period_end: o.submission.period_end,
+                    },
+                )
+            })
+            .collect();
+        let mut instructions = preamble.to_vec();
+        instructions.push(ix::settle(attestation, operator_authority, mint, &receipts));
+        // Only the tables this transaction uses: each costs bytes.
+        let used: Vec<AddressLookupTableAccount> = tables
+            .iter()
+            .filter(|t| chunk.iter().any(|o| t.addresses.contains(&o.job)))
+            .cloned()
+            .collect();
+        let used = if used.is_empty() {
+            tables.iter().take(1).cloned().collect()
+        } else {
+            used
+        };
+        alt::v0_message(payer, &instructions, &used, solana_hash::Hash::default())
+            .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+    }
+
+    /// Sends `open_ledgers` for every group whose earnings or revenue ledger of `day`
+    /// does not exist yet (all at once), before its receipts.
+    fn open_ledgers(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        groups: Vec<(Pubkey, Pubkey)>,
+        day: u32,
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        let unknown: Vec<(Pubkey, Pubkey)> = groups
+            .into_iter()
+            .filter(|(op, mint)| !state.ledgers.contains(&(*op, *mint, day)))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let addresses: Vec<Pubkey> = unknown
+            .iter()
+            .flat_map(|(op, mint)| {
+                [
+                    pda::earnings(&pda::operator(op), mint),
+                    pda::revenue(mint, day),
+                ]
+            })
+            .collect();
+        let read = chain.accounts(&addresses)?;
+        let mut missing = Vec::new();
+        for (i, (op, mint)) in unknown.iter().enumerate() {
+            let exists = |k: usize| read.accounts.get(k).is_some_and(Option::is_some);
+            if exists(2 * i) && exists(2 * i + 1) {
+                state.ledgers.insert((*op, *mint, day));
+            } else {
+                missing.push((*op, *mint));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let payer = self.oracle.pubkey();
+        let preamble = chain.preamble();
+        let messages = missing
+            .iter()
+            .map(|(op, mint)| {
+                let mut instructions = preamble.clone();
+                instructions.push(ix::open_ledgers(payer, *op, *mint, day));
+                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default())
+                    .map_err(|e| OracleError::Invalid(format!("cannot compile open_ledgers: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        report.transactions += messages.len();
+        for ((op, mint), outcome) in missing
+            .iter()
+            .zip(chain.send_messages(messages, &[&self.oracle]))
+        {
+            match outcome {
+                Ok(_) => {
+                    state.ledgers.insert((*op, *mint, day));
+                }
+                // Its receipts will fail and back off; logged here with the cause.
+                Err(e) => report.errors.push(format!(
+                    "cannot open the ledgers of operator {op} in mint {mint}: {e}"
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the managed tables (store rows and their accounts) on first use.
+    fn load_tables<'s>(
+        &self,
+        chain: &impl Chain,
+        state: &'s mut State,
+        slot: u64,
+    ) -> Result<&'s mut Vec<ManagedTable>, OracleError> {
+        if state.tables.is_none() {
+            let rows = self.store.lookup_tables()?;
+            let keys: Vec<Pubkey> = rows.iter().filter_map(|r| parse_key(&r.address)).collect();
+            let read = chain.accounts(&keys)?;
+            let mut tables = Vec::new();
+            for (key, (mut row, account)) in keys.iter().zip(rows.into_iter().zip(read.accounts)) {
+                let decoded = account
+                    .as_ref()
+                    .and_then(|a| alt::decode_lookup_table(&a.data));
+                match (&row.state, &decoded) {
+                    (TableState::Creating, Some(_)) => {
+                        row.state = TableState::Active;
+                        self.store.save_lookup_table(&row)?;
+                    }
+                    // Its create never landed, and no longer can (its slot is old).
+                    (TableState::Creating, None)
+                        if slot > row.recent_slot + alt::DEACTIVATION_COOLDOWN_SLOTS =>
+                    {
+                        row.state = TableState::Closed;
+                        self.store.save_lookup_table(&row)?;
+                        continue;
+                    }
+                    (TableState::Active | TableState::Deactivated(_), None) => {
+                        row.state = TableState::Closed;
+                        self.store.save_lookup_table(&row)?;
+                        continue;
+                    }
+                    _ => {}
+                }
+                tables.push(ManagedTable {
+                    key: *key,
+                    row,
+                    state: decoded,
+                });
+            }
+            state.tables = Some(tables);
+        }
+        state
+            .tables
+            .as_mut()
+            .ok_or_else(|| OracleError::Invalid("lookup tables not loaded".into()))
+    }
+
+    /// Puts every job of `groups` into an active table of its group (creating and
+    /// extending tables: one wave of transactions per extension step, tables in
+    /// parallel), waits until the chain is past the slot they were last extended in,
+    /// and returns each group's tables.
+    fn ensure_tables(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        groups: &BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>>,
+        slot: u64,
+        day: u32,
+        report: &mut RoundReport,
+    ) -> Result<HashMap<(Pubkey, Pubkey), Vec<ManagedView>>, OracleError> {
+        let me = self.oracle.pubkey();
+        let tables = self.load_tables(chain, state, slot)?;
+        // Per table: addresses to add. New tables: (group, recent slot, addresses).
+        let mut extend: HashMap<Pubkey, Vec<Pubkey>> = HashMap::new();
+        let mut create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)> = Vec::new();
+        for ((op, mint), items) in groups {
+            let (op_text, mint_text) = (op.to_string(), mint.to_string());
+            let in_group = |t: &ManagedTable| {
+                t.row.operator == op_text
+                    && t.row.mint == mint_text
+                    && t.state.as_ref().is_some_and(LookupTableState::is_active)
+            };
+            let missing: Vec<Pubkey> = items
+                .iter()
+                .map(|o| o.job)
+                .filter(|job| {
+                    !tables
+                        .iter()
+                        .filter(|t| in_group(t))
+                        .any(|t| t.state.as_ref().is_some_and(|s| s.addresses.contains(job)))
+                })
+                .collect();
+            let mut missing = missing.into_iter().peekable();
+            for t in tables
+                .iter()
+                .filter(|t| in_group(t) && t.row.authority == me.to_string())
+            {
+                let room = alt::TABLE_CAPACITY
+                    .saturating_sub(t.state.as_ref().map_or(0, |s| s.addresses.len()));
+                let take: Vec<Pubkey> = missing.by_ref().take(room).collect();
+                if !take.is_empty() {
+                    extend.entry(t.key).or_default().extend(take);
+                }
+                if missing.peek().is_none() {
+                    break;
+                }
+            }
+            let rest: Vec<Pubkey> = missing.collect();
+            for jobs in rest.chunks(TABLE_JOBS) {
+                let mut addresses = alt::settlement_addresses(op, mint, day, &[]);
+                addresses.retain(|a| *a != tally::ID); // a program id is never looked up
+                addresses.extend_from_slice(jobs);
+                create.push(((*op, *mint), addresses));
+            }
+        }
+        // New tables are written ahead of their create transactions.
+        let slots = if create.is_empty() {
+            Vec::new()
+        } else {
+            chain.lookup_table_slots(create.len())?
+        };
+        let mut steps: Vec<(
+            Pubkey,
+            Vec<Vec<anchor_lang::solana_program::instruction::Instruction>>,
+        )> = Vec::new();
+        for (((op, mint), addresses), recent_slot) in create.into_iter().zip(slots) {
+            let (key, transactions) = alt::create_lookup_table(me, me, recent_slot, &addresses);
+            let row = LookupTableRow {
+                address: key.to_string(),
+                authority: me.to_string(),
+                operator: op.to_string(),
+                mint: mint.to_string(),
+                recent_slot,
+                state: TableState::Creating,
+            };
+            self.store.save_lookup_table(&row)?;
+            tables.push(ManagedTable {
+                key,
+                row,
+                state: None,
+            });
+            report.tables.created += 1;
+            steps.push((key, transactions));
+        }
+        for (key, addresses) in extend {
+            let transactions = alt::extend_lookup_table(key, me, me, &addresses)
+                .into_iter()
+                .map(|i| vec![i])
+                .collect();
+            steps.push((key, transactions));
+        }
+        // Wave k sends step k of every table at once (a table's steps write it in turn).
+        let preamble = chain.preamble();
+        let mut broken: HashSet<Pubkey> = HashSet::new();
+        let waves = steps.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        for wave in 0..waves {
+            let mut keys = Vec::new();
+            let mut messages = Vec::new();
+            for (key, transactions) in &steps {
+                let Some(instructions) = transactions.get(wave) else {
+                    continue;
+                };
+                if broken.contains(key) {
+                    continue;
+                }
+                let mut all = preamble.clone();
+                all.extend_from_slice(instructions);
+                messages.push(
+                    alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
+                        OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+                    })?,
+                );
+                keys.push(*key);
+            }
+            report.transactions += messages.len();
+            report.tables.extended += messages.len();
+            for (key, outcome) in keys
+                .iter()
+                .zip(chain.send_messages(messages, &[&self.oracle]))
+            {
+                if let Err(e) = outcome {
+                    broken.insert(*key);
+                    report.errors.push(format!(
+                        "lookup table {key} could not be made or extended ({e}): its receipts go without it"
+                    ));
+                }
+            }
+        }
+        report.tables.extended = report.tables.extended.saturating_sub(report.tables.created);
+        // Read back what changed; creating tables that exist now are active.
+        let changed: Vec<Pubkey> = steps.iter().map(|(k, _)| *k).collect();
+        let mut last_extended = 0u64;
+        if !changed.is_empty() {
+            let read = chain.accounts(&changed)?;
+            for (key, account) in changed.iter().zip(read.accounts) {
+                let decoded = account
+                    .as_ref()
+                    .and_then(|a| alt::decode_lookup_table(&a.data));
+                if let Some(t) = tables.iter_mut().find(|t| t.key == *key) {
+                    if decoded.is_some() && t.row.state == TableState::Creating {
+                        t.row.state = TableState::Active;
+                        self.store.save_lookup_table(&t.row)?;
+                    }
+                    if let Some(d) = &decoded {
+                        last_extended = last_extended.max(d.last_extended_slot);
+                    }
+                    t.state = decoded;
+                }
+            }
+        }
+        if last_extended > 0 {
+            // Addresses added in a slot are usable from the next one.
+            chain.wait_past_slot(last_extended)?;
+        }
+        let mut out: HashMap<(Pubkey, Pubkey), Vec<ManagedView>> = HashMap::new();
+        for (op, mint) in groups.keys() {
+            let (op_text, mint_text) = (op.to_string(), mint.to_string());
+            let views = tables
+                .iter()
+                .filter(|t| t.row.operator == op_text && t.row.mint == mint_text)
+                .filter_map(|t| {
+                    t.state
+                        .as_ref()
+                        .filter(|s| s.is_active())
+                        .map(|s| ManagedView {
+                            key: t.key,
+                            state: s.clone(),
+                        })
+                })
+                .collect();
+            out.insert((*op, *mint), views);
+        }
+        Ok(out)
+    }
+
+    /// Deactivates managed tables whose jobs have all closed, and closes deactivated
+    /// ones whose cool-down has passed (their rent back to the oracle).
+    fn tend_tables(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        let me = self.oracle.pubkey();
+        let slot = chain.clock()?.slot;
+        let tables = self.load_tables(chain, state, slot)?;
+        let ours: Vec<usize> = (0..tables.len())
+            .filter(|&i| tables[i].row.authority == me.to_string())
+            .collect();
+        // Which of our active tables still hold a job that may settle (one that ended
+        // stays on chain while disputable, but settles nothing more)?
+        let mut deactivate = Vec::new();
+        let mut close = Vec::new();
+        for &i in &ours {
+            let t = &tables[i];
+            match (&t.row.state, &t.state) {
+                (TableState::Active, Some(s)) if s.is_active() => {
+                    let read = chain.accounts(&s.addresses)?;
+                    let open_job = s.addresses.iter().zip(&read.accounts).any(|(_, a)| {
+                        job_of(a.as_ref()).is_some_and(|j| !j.status().is_finished())
+                    });
+                    if !open_job {
+                        deactivate.push(i);
+                    }
+                }
+                (TableState::Deactivated(at), _)
+                    if slot > at.saturating_add(alt::DEACTIVATION_COOLDOWN_SLOTS) =>
+                {
+                    close.push(i);
+                }
+                _ => {}
+            }
+        }
+        let preamble = chain.preamble();
+        let message = |ix: anchor_lang::solana_program::instruction::Instruction| {
+            let mut all = preamble.clone();
+            all.push(ix);
+            alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
+                OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+            })
+        };
+        let messages = deactivate
+            .iter()
+            .map(|&i| message(alt::deactivate_lookup_table(tables[i].key, me)))
+            .chain(
+                close
+                    .iter()
+                    .map(|&i| message(alt::close_lookup_table(tables[i].key, me, me))),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        report.transactions += messages.len();
+        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let now_slot = chain.clock()?.slot;
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            let (i, closing) = match deactivate.get(k) {
+                Some(&i) => (i, false),
+                None => (close[k - deactivate.len()], true),
+            };
+            let t = &mut tables[i];
+            match outcome {
+                Ok(_) if closing => {
+                    t.row.state = TableState::Closed;
+                    t.state = None;
+                    report.tables.closed += 1;
+                }
+                Ok(_) => {
+                    t.row.state = TableState::Deactivated(now_slot);
+                    if let Some(s) = t.state.as_mut() {
+                        s.deactivation_slot = now_slot;
+                    }
+                    report.tables.deactivated += 1;
+                }
+                Err(e) => {
+                    report.errors.push(format!(
+                        "lookup table {} could not be {}: {e}",
+                        t.key,
+                        if closing { "closed" } else { "deactivated" }
+                    ));
+                    continue;
+                }
+            }
+            self.store.save_lookup_table(&t.row)?;
+        }
+        tables.retain(|t| t.row.state != TableState::Closed);
+        Ok(())
+    }
+}
+
+/// A group's table as a round uses it.
+struct ManagedView {
+    key: Pubkey,
+    state: LookupTableState,
+}
+
+impl ManagedView {
+    fn usable_at(&self, slot: u64) -> Vec<Pubkey> {
+        self.state.usable_at(slot).to_vec()
     }
 }

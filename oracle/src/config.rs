@@ -32,7 +32,9 @@ pub struct OracleConfig {
     /// URL for replicas sharing one database. Secret when it carries a password.
     #[serde(default = "default_store")]
     pub store: String,
-    /// Where invoice files are written (one folder per job).
+    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`, a sync each); the
+    /// store keeps the bytes, so any replica serves and verifies them. Empty: no
+    /// export.
     #[serde(default = "default_invoices")]
     pub invoices_dir: PathBuf,
     #[serde(default)]
@@ -63,9 +65,18 @@ pub struct BatchConfig {
     pub interval_secs: f64,
     /// …and as soon as this many new records are waiting.
     pub max_records: u64,
-    /// Receipts per settle transaction (legacy transactions fit 10).
+    /// The most receipts one settle transaction carries; below it the 1,232-byte
+    /// packet limit decides (16 per v0 transaction through a lookup table).
     pub max_receipts_per_tx: usize,
-    /// After a failed send, retry after 0.5 s, doubling up to this.
+    /// The most records one invoice lists; a job with more waiting gets the next
+    /// receipt in the next round (which then follows at once).
+    pub max_invoice_records: usize,
+    /// Settle through address lookup tables the daemon creates (per operator and
+    /// mint, extended as jobs open, closed when their jobs are done; the oracle pays
+    /// their rent and gets it back). Off: v0 transactions with every account inline.
+    pub lookup_tables: bool,
+    /// A job whose receipt failed retries after 0.5 s, doubling up to this; a round
+    /// that could not run at all (store or chain down) backs off the same way.
     pub max_backoff_secs: f64,
     /// Priority fee, micro-lamports per compute unit (0: none).
     pub priority_fee_micro_lamports: u64,
@@ -76,7 +87,9 @@ impl Default for BatchConfig {
         Self {
             interval_secs: 10.0,
             max_records: 1_000,
-            max_receipts_per_tx: 10,
+            max_receipts_per_tx: 32,
+            max_invoice_records: 20_000,
+            lookup_tables: true,
             max_backoff_secs: 60.0,
             priority_fee_micro_lamports: 0,
         }
@@ -84,6 +97,18 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
+    /// The batcher's settings, exporting invoices under `invoices_dir`.
+    /// An empty `invoices_dir` exports nothing (the store keeps every invoice).
+    pub fn settings(&self, invoices_dir: &Path) -> crate::batcher::BatchSettings {
+        crate::batcher::BatchSettings {
+            invoices_dir: Some(invoices_dir.to_path_buf()).filter(|d| !d.as_os_str().is_empty()),
+            max_receipts_per_tx: self.max_receipts_per_tx,
+            max_invoice_records: self.max_invoice_records,
+            max_backoff: self.max_backoff(),
+            lookup_tables: self.lookup_tables,
+        }
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.interval_secs.max(0.01))
     }
@@ -370,6 +395,11 @@ impl OracleConfig {
         if self.batch.max_receipts_per_tx == 0 {
             return Err(invalid(
                 "batch.max_receipts_per_tx must be at least 1".into(),
+            ));
+        }
+        if self.batch.max_invoice_records == 0 {
+            return Err(invalid(
+                "batch.max_invoice_records must be at least 1".into(),
             ));
         }
         Ok(())

@@ -1,7 +1,10 @@
 //! The daemon: the configured sources feeding one store, the batcher settling on an
-//! interval (and early once a batch is full) with backoff after failures, `/metrics`
-//! and `/health`, and a graceful stop: sources stop taking work and finish what they
-//! accepted, then a last round settles it.
+//! interval (and early once a batch is full, and at once while records are left over
+//! by a full invoice), `/metrics`, `/health` and `/invoices`, and a graceful stop:
+//! sources stop taking work and finish what they accepted, then a last round settles
+//! it. A job whose receipt fails backs off on its own (in the batcher); only a round
+//! that cannot run at all (store or chain unavailable) backs the loop off and makes
+//! `/health` report the daemon unhealthy.
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,7 +84,7 @@ impl Daemon {
         // keeps the clock synced each round. Stores are opened on a blocking thread
         // (PostgreSQL's client blocks; so does RPC).
         let clock = ChainClock::new();
-        let (sink, store, sources_store) = {
+        let (sink, store, sources_store, reader) = {
             let (location, telemetry, max, clock, chain) = (
                 config.store.clone(),
                 Arc::clone(&telemetry),
@@ -109,6 +112,7 @@ impl Daemon {
                     Sink::open(&location, telemetry, Arc::clone(&clock), max)?,
                     Store::connect(&location)?,
                     SourceStore::open(&location, clock)?,
+                    Store::connect(&location)?,
                 ))
             })
             .await
@@ -169,6 +173,7 @@ impl Daemon {
         }
         let admin_listener = bind(&config.admin.listen, "/metrics and /health").await?;
         let admin = local(&admin_listener)?;
+        let reader = Arc::new(Mutex::new(reader));
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn({
             let (telemetry, clock) = (Arc::clone(&telemetry), Arc::clone(&sink.clock));
@@ -176,8 +181,15 @@ impl Daemon {
                 crate::http::serve(
                     admin_listener,
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (telemetry, now) = (Arc::clone(&telemetry), clock.now());
-                        async move { admin_response(req.uri().path(), &telemetry, now) }
+                        let (telemetry, reader, now) =
+                            (Arc::clone(&telemetry), Arc::clone(&reader), clock.now());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if let Some(rest) = path.strip_prefix("/invoices/") {
+                                return invoice_response(rest, reader).await;
+                            }
+                            admin_response(&path, &telemetry, now)
+                        }
                     },
                     admin_shutdown,
                     &crate::http::Limits::default(),
@@ -187,13 +199,8 @@ impl Daemon {
             }
         });
 
-        let batcher = Batcher {
-            store,
-            oracle,
-            invoices_dir: config.invoices_dir.clone(),
-            max_receipts_per_tx: config.batch.max_receipts_per_tx,
-            clock: Arc::clone(&sink.clock),
-        };
+        let batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
+            .with_settings(config.batch.settings(&config.invoices_dir));
         let settle = Settle {
             batcher: Some(batcher),
             chain,
@@ -201,6 +208,7 @@ impl Daemon {
             telemetry: Arc::clone(&telemetry),
             interval: config.batch.interval(),
             max_backoff: config.batch.max_backoff(),
+            leader: false,
         };
         let running: Vec<(&'static str, JoinHandle<Result<(), OracleError>>)> = sources
             .into_iter()
@@ -259,6 +267,8 @@ fn admin_response(path: &str, telemetry: &Telemetry, now: i64) -> Response<Body>
         }
         "/health" => {
             let health = telemetry.health();
+            // The daemon's health: whether its rounds run. One job's refused receipt
+            // or unbillable usage is reported here, but is not the daemon failing.
             let (status, verdict) = if health.shutting_down {
                 (StatusCode::SERVICE_UNAVAILABLE, "stopping")
             } else if health.last_errors.is_empty() && !health.unmetered_recently(now) {
@@ -270,8 +280,18 @@ fn admin_response(path: &str, telemetry: &Telemetry, now: i64) -> Response<Body>
                 status,
                 &json!({
                     "status": verdict,
+                    "role": if health.leader { "leader" } else { "follower" },
                     "last_good_round": health.last_good_round,
                     "errors": health.last_errors,
+                    "jobs": {
+                        "backing_off": telemetry.get(telemetry::JOBS_BACKING_OFF, ""),
+                        "errors": health.job_errors,
+                        "receipts_written_off": {
+                            "job_closed": telemetry.get(telemetry::RECEIPTS_WRITTEN_OFF, "reason=\"job_closed\""),
+                            "expired": telemetry.get(telemetry::RECEIPTS_WRITTEN_OFF, "reason=\"expired\""),
+                            "superseded": telemetry.get(telemetry::RECEIPTS_WRITTEN_OFF, "reason=\"superseded\""),
+                        },
+                    },
                     "unbillable": {
                         "warnings": health.warnings,
                         "records": {
@@ -300,8 +320,50 @@ fn admin_response(path: &str, telemetry: &Telemetry, now: i64) -> Response<Body>
         }
         other => crate::http::error_response(
             StatusCode::NOT_FOUND,
-            &format!("{other} is not served here: try /metrics or /health"),
+            &format!("{other} is not served here: try /metrics, /health or /invoices/<job>/<nonce>/<seq>"),
         ),
+    }
+}
+
+/// `GET /invoices/<job>/<nonce>/<seq>`: the invoice's bytes from the store (whichever
+/// replica made them), exactly as hashed on chain.
+async fn invoice_response(path: &str, reader: Arc<Mutex<Store>>) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_end_matches(".json").split('/').collect();
+    let [job, nonce, seq] = parts.as_slice() else {
+        return crate::http::error_response(
+            StatusCode::NOT_FOUND,
+            "invoices are served at /invoices/<job>/<nonce>/<seq>",
+        );
+    };
+    let (Ok(nonce), Ok(seq)) = (nonce.parse::<u64>(), seq.parse::<u64>()) else {
+        return crate::http::error_response(
+            StatusCode::BAD_REQUEST,
+            "the nonce and the seq are numbers: /invoices/<job>/<nonce>/<seq>",
+        );
+    };
+    let job = (*job).to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        reader
+            .lock()
+            .map_err(|_| OracleError::Store("the store lock is poisoned".into()))?
+            .invoice(&job, nonce, seq)
+    })
+    .await;
+    match found {
+        Ok(Ok(Some(bytes))) => {
+            let mut response = Response::new(crate::http::full(bytes));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Ok(Ok(None)) => crate::http::error_response(
+            StatusCode::NOT_FOUND,
+            &format!("no invoice {seq} of that job (nonce {nonce}) in the store"),
+        ),
+        Ok(Err(e)) => crate::http::error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => crate::http::error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -314,22 +376,46 @@ struct Settle<C> {
     telemetry: Arc<Telemetry>,
     interval: Duration,
     max_backoff: Duration,
+    /// Whether the last round ran as the leader.
+    leader: bool,
+}
+
+/// How a round went, for the loop.
+#[derive(Clone, Copy, Debug, Default)]
+struct Outcome {
+    /// The round ran (as leader or follower); false: store or chain unavailable.
+    ran: bool,
+    /// Receipts left pending after a failure (their jobs back off).
+    failed: usize,
+    /// Records wait beyond a full invoice: go again soon.
+    more: bool,
+    /// Jobs waiting out a backoff.
+    backing_off: usize,
 }
 
 impl<C: Chain + Send + 'static> Settle<C> {
-    /// One round on a blocking thread. Returns whether every send succeeded.
-    async fn round(&mut self) -> bool {
+    /// One round on a blocking thread.
+    async fn round(&mut self) -> Outcome {
         let Some(batcher) = self.batcher.take() else {
-            return false;
+            return Outcome::default();
         };
         self.sink.taken();
         let chain = Arc::clone(&self.chain);
+        let started = std::time::Instant::now();
+        let was_leader = self.leader;
         let joined = tokio::task::spawn_blocking(move || {
+            // Leadership is checked afresh every round: a lock session lost to a
+            // restart or a cut network gives it up until it is won again.
             let result = match (batcher.store.try_lead(), chain.lock()) {
-                // Another replica holds the settlement lock: it settles.
-                (Ok(false), _) => Ok(crate::batcher::RoundReport::default()),
+                (Ok(false), _) => Ok(None),
                 (Err(e), _) => Err(e),
-                (Ok(true), Ok(mut chain)) => batcher.run_round(&mut *chain),
+                (Ok(true), Ok(mut chain)) => {
+                    if !was_leader {
+                        // Another replica may have made tables while it led.
+                        batcher.reset();
+                    }
+                    batcher.run_round(&mut *chain).map(Some)
+                }
                 (Ok(true), Err(_)) => {
                     Err(OracleError::Invalid("the chain lock is poisoned".into()))
                 }
@@ -341,8 +427,24 @@ impl<C: Chain + Send + 'static> Settle<C> {
         let Ok((batcher, result, unsettled)) = joined else {
             self.telemetry
                 .round_failed("the settlement round panicked".into());
-            return false;
+            return Outcome::default();
         };
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.telemetry.set(
+                telemetry::JOBS_BACKING_OFF,
+                "",
+                batcher.jobs_backing_off() as f64,
+            );
+            self.telemetry
+                .set(telemetry::LOOKUP_TABLES, "", batcher.active_tables() as f64);
+            self.telemetry.set(
+                telemetry::ROUND_SECONDS,
+                "",
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        let backing_off = batcher.jobs_backing_off();
         self.batcher = Some(batcher);
         if let Ok((count, oldest)) = unsettled {
             #[allow(clippy::cast_precision_loss)]
@@ -353,8 +455,16 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
             }
         }
+        self.leader = matches!(result, Ok(Some(_)));
         match result {
-            Ok(report) => {
+            Ok(None) => {
+                self.telemetry.follower_round(self.sink.clock.now());
+                Outcome {
+                    ran: true,
+                    ..Outcome::default()
+                }
+            }
+            Ok(Some(report)) => {
                 #[allow(clippy::cast_precision_loss)]
                 self.telemetry
                     .set(telemetry::CLOCK_OFFSET, "", self.sink.clock.offset() as f64);
@@ -362,38 +472,58 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 for unbillable in &report.unbillable {
                     tracing::warn!("{}", unbillable.detail);
                 }
+                for off in &report.written_off {
+                    tracing::warn!(reason = off.reason.label(), "written off: {}", off.detail);
+                }
                 if report.sent > 0 || report.recovered > 0 {
                     tracing::info!(
                         sent = report.sent,
                         confirmed = report.confirmed,
                         recovered = report.recovered,
                         failed = report.failed,
+                        transactions = report.transactions,
                         "settlement round"
                     );
                 }
                 for error in &report.errors {
                     tracing::warn!("{error}");
                 }
-                report.failed == 0
+                Outcome {
+                    ran: true,
+                    failed: report.failed,
+                    more: report.more_waiting,
+                    backing_off,
+                }
             }
             Err(e) => {
                 tracing::warn!("settlement round failed: {e}");
                 self.telemetry.round_failed(e.to_string());
-                false
+                Outcome::default()
             }
         }
     }
 
-    /// Rounds on the interval, early when a batch is full, backing off after failures.
+    /// Rounds on the interval, early when a batch is full or work is left over,
+    /// backing off while rounds cannot run at all.
     async fn until(&mut self, mut stop: Shutdown) {
         let mut backoff: Option<Duration> = None;
+        let mut soon = false;
         loop {
+            let wait = match (backoff, soon) {
+                (Some(b), _) => b,
+                // Left-over records (a full invoice) or jobs backing off: the next
+                // round comes sooner than the interval.
+                (None, true) => self.interval.min(Duration::from_millis(500)),
+                (None, false) => self.interval,
+            };
             tokio::select! {
-                () = tokio::time::sleep(backoff.unwrap_or(self.interval)) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = self.sink.batch_ready(), if backoff.is_none() => {}
                 () = stopped(&mut stop) => return,
             }
-            backoff = if self.round().await {
+            let outcome = self.round().await;
+            soon = outcome.more;
+            backoff = if outcome.ran {
                 None
             } else {
                 let next = backoff.map_or(Duration::from_millis(500), |b| b * 2);
@@ -406,10 +536,11 @@ impl<C: Chain + Send + 'static> Settle<C> {
     async fn flush(&mut self) {
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=FLUSH_ATTEMPTS {
-            if self.round().await {
+            let outcome = self.round().await;
+            if outcome.ran && outcome.failed == 0 && !outcome.more && outcome.backing_off == 0 {
                 return;
             }
-            tracing::warn!("final settlement attempt {attempt} of {FLUSH_ATTEMPTS} failed");
+            tracing::warn!("final settlement attempt {attempt} of {FLUSH_ATTEMPTS} left work");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(self.max_backoff);
         }

@@ -1,12 +1,19 @@
-//! Invoices: one JSON file per receipt, listing the requests it bills. The sha256 of
-//! the file's bytes is the receipt's invoice hash, and each invoice names the hash of
-//! the one before it, so the files of a job form a chain that ends at the hash stored
-//! on-chain. Anyone holding the files can prove what was paid for.
+//! Invoices: one JSON document per receipt, listing the requests it bills. The sha256
+//! of its bytes is the receipt's invoice hash, and each invoice names the hash of the
+//! one before it, so the invoices of a job form a chain that ends at the hash stored
+//! on-chain. Anyone holding them can prove what was paid for.
+//!
+//! The bytes live in the store, written in the transaction that writes the receipt's
+//! submission (before it is sent), so any replica — the leader that made them or one
+//! that took over — serves and verifies them. The files under `invoices_dir`
+//! (`<job>/<nonce>/<seq>.json`) are an export of those bytes.
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::store::Store;
 use crate::OracleError;
 
 /// One billed request.
@@ -48,12 +55,18 @@ impl From<&crate::store::UsageRecord> for InvoiceLine {
     }
 }
 
+/// The invoice format: 2 names the job's nonce.
+pub const INVOICE_VERSION: u32 = 2;
+
 /// An invoice: what one receipt bills.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invoice {
     pub version: u32,
     pub program: String,
     pub job: String,
+    /// The job incarnation (the slot it was opened in); absent in version-1 invoices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_nonce: Option<u64>,
     pub seq: u64,
     /// Hex sha256 of the previous invoice of the job (zeros for the first).
     pub previous_hash: String,
@@ -76,29 +89,42 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Where the export of receipt `seq` of job incarnation (`job`, `nonce`) goes.
+pub fn export_path(dir: &Path, job: &str, nonce: u64, seq: u64) -> PathBuf {
+    dir.join(job)
+        .join(nonce.to_string())
+        .join(format!("{seq}.json"))
+}
+
 impl Invoice {
     /// The canonical bytes (the struct serialized as compact JSON, fields in order).
     pub fn to_bytes(&self) -> Result<Vec<u8>, OracleError> {
         serde_json::to_vec(self)
             .map_err(|e| OracleError::Invalid(format!("invoice does not serialize: {e}")))
     }
+}
 
-    /// Writes the invoice under `dir/<job>/<seq>.json`; returns the path and the hash.
-    pub fn write(&self, dir: &Path) -> Result<(PathBuf, [u8; 32]), OracleError> {
-        let bytes = self.to_bytes()?;
-        let folder = dir.join(&self.job);
-        let path = folder.join(format!("{}.json", self.seq));
-        let fail = |e: std::io::Error| OracleError::Invoice {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        std::fs::create_dir_all(&folder).map_err(fail)?;
-        // Write then rename, so a crash never leaves half an invoice under its name.
-        let tmp = folder.join(format!("{}.json.tmp", self.seq));
-        std::fs::write(&tmp, &bytes).map_err(fail)?;
-        std::fs::rename(&tmp, &path).map_err(fail)?;
-        Ok((path, sha256(&bytes)))
+/// Writes invoice `bytes` to `path`: a temporary file, synced, renamed into place, the
+/// folder synced — a crash leaves the old file or the whole new one, never half.
+pub fn export(path: &Path, bytes: &[u8]) -> Result<(), OracleError> {
+    let fail = |e: std::io::Error| OracleError::Invoice {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let folder = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(folder).map_err(fail)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        file.write_all(bytes).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
     }
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    std::fs::File::open(folder)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail)
 }
 
 /// sha256 of `bytes`.
@@ -118,25 +144,24 @@ pub struct Verified {
     pub settled_units: u64,
 }
 
-/// Proves that the invoice file at `path` is what the chain paid for: its sha256, or
-/// that of the later invoices of the same job found beside it (each naming its
-/// predecessor's hash), must end at the invoice hash the job holds on-chain, at the
-/// job's cumulative units.
-pub fn verify(
+fn parse(bytes: &[u8], what: &str) -> Result<Invoice, OracleError> {
+    serde_json::from_slice(bytes).map_err(|e| OracleError::Invoice {
+        path: what.to_string(),
+        reason: format!("not a Tally invoice: {e}"),
+    })
+}
+
+/// Proves that the invoice `bytes` are what the chain paid for: their sha256, or that
+/// of the later invoices of the same job (each naming its predecessor's hash, fetched
+/// by `next(seq)`), must end at the invoice hash the job holds on-chain, at the job's
+/// cumulative units — for the job incarnation the invoice names.
+pub fn verify_bytes(
     chain: &impl tally_client::chain::Chain,
-    path: &Path,
+    bytes: &[u8],
+    what: &str,
+    mut next: impl FnMut(u64, u64) -> Result<Option<Vec<u8>>, OracleError>,
 ) -> Result<Verified, OracleError> {
-    let read = |p: &Path| -> Result<(Vec<u8>, Invoice), OracleError> {
-        let fail = |reason: String| OracleError::Invoice {
-            path: p.display().to_string(),
-            reason,
-        };
-        let bytes = std::fs::read(p).map_err(|e| fail(e.to_string()))?;
-        let invoice = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(format!("not a Tally invoice: {e}")))?;
-        Ok((bytes, invoice))
-    };
-    let (bytes, invoice) = read(path)?;
+    let invoice = parse(bytes, what)?;
     if invoice.program != tally::ID.to_string() {
         return Err(OracleError::Invalid(format!(
             "the invoice is for program {}, not {}",
@@ -149,25 +174,37 @@ pub fn verify(
         .parse()
         .map_err(|_| OracleError::Invalid(format!("{} is not a job address", invoice.job)))?;
     let job = tally_client::ops::job(chain, &job_key)?;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let (mut hash, mut seq, mut cumulative) =
-        (sha256(&bytes), invoice.seq, invoice.cumulative_units);
-    while seq < job.last_seq {
-        let next_path = dir.join(format!("{}.json", seq.saturating_add(1)));
-        let (next_bytes, next) = read(&next_path).map_err(|_| {
-            OracleError::Invalid(format!(
-                "the chain has settled up to receipt {}; invoice {} is needed beside this one to link it",
-                job.last_seq,
-                seq.saturating_add(1)
-            ))
-        })?;
-        if next.previous_hash != hex(&hash) {
+    if let Some(nonce) = invoice.job_nonce {
+        if nonce != job.nonce {
             return Err(OracleError::Invalid(format!(
-                "invoice {} does not follow invoice {seq}: the invoice files were altered",
-                next.seq
+                "the invoice is for the job opened at {} in slot {nonce}; the job there now was opened in slot {}: that job was closed, and its invoices cannot be checked against the chain any more",
+                invoice.job, job.nonce
             )));
         }
-        (hash, seq, cumulative) = (sha256(&next_bytes), next.seq, next.cumulative_units);
+    }
+    let nonce = invoice.job_nonce.unwrap_or(job.nonce);
+    let (mut hash, mut seq, mut cumulative) =
+        (sha256(bytes), invoice.seq, invoice.cumulative_units);
+    while seq < job.last_seq {
+        let wanted = seq.saturating_add(1);
+        let next_bytes = next(nonce, wanted)?.ok_or_else(|| {
+            OracleError::Invalid(format!(
+                "the chain has settled up to receipt {}; invoice {wanted} is needed to link this one to it (export it, or verify against the store: --store)",
+                job.last_seq
+            ))
+        })?;
+        let following = parse(&next_bytes, &format!("invoice {wanted}"))?;
+        if following.previous_hash != hex(&hash) {
+            return Err(OracleError::Invalid(format!(
+                "invoice {} does not follow invoice {seq}: the invoices were altered",
+                following.seq
+            )));
+        }
+        (hash, seq, cumulative) = (
+            sha256(&next_bytes),
+            following.seq,
+            following.cumulative_units,
+        );
     }
     if seq > job.last_seq {
         return Err(OracleError::Invalid(format!(
@@ -177,7 +214,7 @@ pub fn verify(
     }
     if hash != job.invoice_hash || cumulative != job.settled_units {
         return Err(OracleError::Invalid(format!(
-            "does NOT match the chain: job {} paid for invoice hash {} at {} units; the files give {} at {cumulative}",
+            "does NOT match the chain: job {} paid for invoice hash {} at {} units; the invoices give {} at {cumulative}",
             invoice.job,
             hex(&job.invoice_hash),
             job.settled_units,
@@ -191,4 +228,64 @@ pub fn verify(
         settled_seq: seq,
         settled_units: cumulative,
     })
+}
+
+/// Proves that the invoice file at `path` is what the chain paid for, linking it to
+/// the chain through the later invoices found beside it (`<seq>.json`), or, when
+/// `store` is given, through the store's copies (any replica's store: they share it).
+pub fn verify(
+    chain: &impl tally_client::chain::Chain,
+    path: &Path,
+) -> Result<Verified, OracleError> {
+    verify_with(chain, path, None)
+}
+
+/// [`verify`], reading the later invoices from `store` when it is given.
+pub fn verify_with(
+    chain: &impl tally_client::chain::Chain,
+    path: &Path,
+    store: Option<&Store>,
+) -> Result<Verified, OracleError> {
+    let bytes = std::fs::read(path).map_err(|e| OracleError::Invoice {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let job = parse(&bytes, &path.display().to_string())?.job;
+    let dir = path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .to_path_buf();
+    verify_bytes(chain, &bytes, &path.display().to_string(), |nonce, seq| {
+        if let Some(store) = store {
+            return store.invoice(&job, nonce, seq);
+        }
+        Ok(std::fs::read(dir.join(format!("{seq}.json"))).ok())
+    })
+}
+
+/// Proves that receipt `seq` (default: the latest settled) of the job at `job` is what
+/// the chain paid for, from the invoices in `store` alone.
+pub fn verify_in_store(
+    chain: &impl tally_client::chain::Chain,
+    store: &Store,
+    job: &str,
+    seq: Option<u64>,
+) -> Result<Verified, OracleError> {
+    let key = job
+        .parse()
+        .map_err(|_| OracleError::Invalid(format!("{job} is not a job address")))?;
+    let state = tally_client::ops::job(chain, &key)?;
+    let seq = seq.unwrap_or(state.last_seq);
+    let bytes = store.invoice(job, state.nonce, seq)?.ok_or_else(|| {
+        OracleError::Invalid(format!(
+            "the store holds no invoice {seq} of job {job} (opened in slot {}): is this the store of the oracle that settled it?",
+            state.nonce
+        ))
+    })?;
+    verify_bytes(
+        chain,
+        &bytes,
+        &format!("invoice {seq} of job {job}"),
+        |nonce, seq| store.invoice(job, nonce, seq),
+    )
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
-use tally::state::{Job, UnitKind};
+use tally::state::{Job, JobStatus, UnitKind};
 
 use crate::clock::ChainClock;
 use crate::meter::{MeteredElsewhere, SourceStore};
@@ -74,6 +74,8 @@ pub enum Refused {
     },
     #[error("job {job} passed its deadline ({deadline}, chain time): usage after it cannot be billed; open a new job")]
     AfterDeadline { job: String, deadline: i64 },
+    #[error("job {job} has ended ({status}): it takes no more usage; open a new job (`tally job open …`) and make a key for it")]
+    Ended { job: String, status: &'static str },
     #[error("job {job} cannot pay for this request: it has {available} left (escrow {escrow_left}, less {unsettled_units} units metered and not yet settled and what requests in flight reserved), and this request may cost up to {cost} ({max_units} units × {price}); top it up with `tally job top-up {job} <AMOUNT>`, or ask for fewer tokens (max_tokens)")]
     InsufficientEscrow {
         job: String,
@@ -114,6 +116,7 @@ impl Refused {
             Self::Closed(_) => "job_closed",
             Self::OtherOperator { .. } => "other_operator",
             Self::AfterDeadline { .. } => "after_deadline",
+            Self::Ended { .. } => "job_ended",
             Self::InsufficientEscrow { .. } => "payment_required",
             Self::KeyLimit { .. } => "key_limit",
             Self::SpendCap { .. } => "spend_cap",
@@ -331,7 +334,7 @@ impl JobBook {
         seen: Option<Instant>,
     ) -> Result<(), Refused> {
         let _one = slot.refreshing.lock().await;
-        let (since, new_keys, deadline) = {
+        let (since, new_keys, deadline, nonce) = {
             let state = slot.state.lock().map_err(|_| lock_error())?;
             if state.read_at != seen {
                 return Ok(());
@@ -346,13 +349,14 @@ impl JobBook {
                 state.next_seq,
                 new_keys,
                 state.job.map_or(i64::MAX, |j| j.deadline),
+                state.job.map(|j| j.nonce),
             )
         };
         // The store before the chain: a receipt that lands in between is then
         // subtracted twice (briefly conservative), never not at all.
         let (unsettled, keys) = self
             .store
-            .usage(&job.to_string(), new_keys, deadline)
+            .usage(&job.to_string(), nonce, new_keys, deadline)
             .await
             .map_err(|e| Refused::Unavailable(e.to_string()))?;
         let directory = Arc::clone(&self.directory);
@@ -546,6 +550,18 @@ impl JobBook {
                     ours: ours.to_string(),
                 }));
             }
+        }
+        // Completed and expired jobs stay on chain while their client may still
+        // dispute them; they take no more usage.
+        if job.status().is_finished() {
+            return Ok(Err(Refused::Ended {
+                job: job_text,
+                status: match job.status() {
+                    JobStatus::Completed => "completed",
+                    JobStatus::Cancelled => "cancelled",
+                    _ => "expired",
+                },
+            }));
         }
         let now = self.clock.now();
         if now >= job.deadline {

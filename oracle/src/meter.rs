@@ -136,17 +136,19 @@ impl SourceStore {
         Ok(())
     }
 
-    /// A job's usage not yet covered by a confirmed receipt (finished by `until`),
-    /// and everything each listed key spent.
+    /// A job's usage not yet covered by a confirmed receipt (finished by `until`; of
+    /// incarnation `job_nonce`, or of every one when the job was not read yet), and
+    /// everything each listed key spent.
     pub async fn usage(
         self: &Arc<Self>,
         job: &str,
+        job_nonce: Option<u64>,
         keys: Vec<String>,
         until: i64,
     ) -> Result<(Totals, Vec<(String, Totals)>), OracleError> {
         let job = job.to_string();
         self.blocking(move |store| {
-            let totals = store.unsettled_usage(&job, until)?;
+            let totals = store.unsettled_usage(&job, job_nonce, until)?;
             let keys = keys
                 .into_iter()
                 .map(|key| store.key_usage(&key, i64::MAX).map(|t| (key, t)))

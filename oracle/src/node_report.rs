@@ -112,7 +112,7 @@ pub enum ReportError {
     ClockSkew(String),
     #[error("the signature does not verify for node key {0}: sign NodeRecord::message (domain tag, program id, job, fields in order) with that key")]
     BadSignature(String),
-    #[error("job {0} does not exist on this cluster (never opened, or already closed): its usage cannot be billed")]
+    #[error("job {0} does not exist on this cluster (never opened, or already ended): its usage cannot be billed")]
     UnknownJob(String),
     #[error("node key {key} is not registered to operator {operator} of job {job}: the operator adds it with `tally operator update --node-key {key}`")]
     UnknownKey {
@@ -247,7 +247,7 @@ pub struct JobSigners {
 pub trait JobDirectory: Send + Sync + 'static {
     /// The job's account; `None` when it does not exist (never opened, or closed).
     fn job(&self, job: &Pubkey) -> Result<Option<Job>, OracleError>;
-    /// `None` when the job does not exist.
+    /// `None` when the job does not exist or has ended.
     fn signers(&self, job: &Pubkey) -> Result<Option<JobSigners>, OracleError>;
 }
 
@@ -270,6 +270,10 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
         let Some(job_state) = self.job(job)? else {
             return Ok(None);
         };
+        // An ended job stays on chain while its share is disputable; it bills nothing.
+        if job_state.status().is_finished() {
+            return Ok(None);
+        }
         let chain = self
             .lock()
             .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
@@ -424,6 +428,7 @@ impl NodeReports {
         let r = report.record;
         let record = UsageRecord {
             job: r.job,
+            job_nonce: None,
             request_id: r.request_id,
             model: r.model,
             prompt_tokens: r.prompt_tokens,

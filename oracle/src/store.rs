@@ -1,16 +1,44 @@
 //! The durable store. A usage record is acknowledged only once it is committed here; a
 //! settlement is written here (pending) before it is sent, so a restart knows what
-//! may already have landed.
+//! may already have landed; the invoice bytes live here, so any replica can serve and
+//! verify them.
 //!
 //! Two backends, same tables and semantics: an embedded SQLite file (the default:
 //! write-ahead log, a full sync per commit) and PostgreSQL, for operators who run
-//! several oracle replicas over one database. With PostgreSQL only the replica
-//! holding the settlement lock (a session advisory lock) runs the batcher; every
-//! replica takes records.
-use std::cell::RefCell;
+//! several oracle replicas over one database (an async pool that reconnects with
+//! backoff, TCP keepalives, a statement timeout). With PostgreSQL only the replica
+//! holding the settlement lock (a session advisory lock on a connection of its own)
+//! runs the batcher, and every batcher write checks, in its transaction, that the lock
+//! is still held; every replica takes records.
+//!
+//! Work per settlement round is proportional to what is new, not to history:
+//! - a record is attached to the submission that bills it, explicitly, in the
+//!   transaction that writes the submission (no id watermark: ids of concurrent
+//!   replicas commit out of order); records waiting for a submission sit in a partial
+//!   index of their own;
+//! - a submission row carries the job's running totals and invoice chain head, so the
+//!   next receipt adds only the new records to them;
+//! - pending submissions have a partial index of their own.
+//!
+//! Records and submissions belong to a job *incarnation*: its address and its nonce
+//! (the job's number among its client's jobs). The program never opens a second job
+//! at an address (job ids only go up), but jobs opened before that rule held a slot
+//! as their nonce and their addresses could be reopened, so the store still keeps
+//! incarnations apart and a reopened address would start clean. A source that read
+//! the job from the chain (the gateway, node reports) names the nonce; otherwise the
+//! batcher binds the record to the job at the address when it takes it (see
+//! `batcher.rs`). Request ids are unique per job address across incarnations: a
+//! signed report replayed later is a duplicate, never a second charge.
+//!
+//! The gateway's tables live here too: `meters` (which source meters each job, so a
+//! request is never billed by two sources), `revoked_keys`, and per record the
+//! upstream id, how its tokens were counted and the job key that spent it.
+use std::future::Future;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::units::Totals;
 use crate::OracleError;
@@ -20,13 +48,17 @@ use crate::OracleError;
 pub struct UsageRecord {
     /// The job's account address (base58).
     pub job: String,
-    /// Unique per job: a retried report of the same request is a duplicate.
+    /// The job's nonce, when the source read the job from the chain; `None`: the
+    /// batcher binds the record to the job open at the address when it takes it.
+    #[serde(default)]
+    pub job_nonce: Option<u64>,
+    /// Unique per job address: a retried report of the same request is a duplicate.
     pub request_id: String,
     pub model: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub gpu_ms: u64,
-    /// Unix seconds the work finished.
+    /// Unix seconds (chain time) the work finished.
     pub finished_at: i64,
     /// Which source saw it (gateway, node-report…).
     pub source: String,
@@ -60,68 +92,188 @@ pub enum Recorded {
     Duplicate,
 }
 
-/// A settlement written before it is sent.
+/// Where a submission stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmissionState {
+    /// Written ahead of its send; not known to have landed.
+    Pending,
+    /// Landed on chain.
+    Confirmed,
+    /// Can never land (the job closed, expired…): the reason. Its records are not
+    /// billed; the write-off is counted in the metrics and logged.
+    WrittenOff(String),
+}
+
+/// The nonce of submissions migrated from a store that did not key them by nonce:
+/// the batcher adopts them into the job open at the address (the old behaviour) the
+/// first time it reads that job.
+pub const LEGACY_NONCE: u64 = u64::MAX;
+
+/// A settlement, written before it is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submission {
     pub job: String,
+    /// The job incarnation it settles ([`LEGACY_NONCE`] until adopted).
+    pub job_nonce: u64,
     pub seq: u64,
     pub cumulative_units: u64,
     pub invoice_hash: [u8; 32],
     pub period_end: i64,
-    /// Records up to this id are covered by this receipt.
-    pub last_record: i64,
-    pub confirmed: bool,
+    /// Billable totals of the job's records through this receipt: the running totals
+    /// the next receipt adds its new records to.
+    pub metered: Totals,
+    /// Lines of this receipt's invoice.
+    pub records: u64,
+    /// When the oldest of them finished (for the settlement lag).
+    pub oldest_finished_at: Option<i64>,
+    pub state: SubmissionState,
+}
+
+impl Submission {
+    pub fn is_pending(&self) -> bool {
+        self.state == SubmissionState::Pending
+    }
+}
+
+/// A submission to write ahead of its send, with its invoice and the records it bills.
+#[derive(Clone, Debug)]
+pub struct NewSubmission {
+    /// Pending.
+    pub submission: Submission,
+    /// The invoice's bytes (their sha256 is the receipt's invoice hash).
+    pub invoice: Vec<u8>,
+    /// The records it attaches (ids from [`Store::waiting_records`]), bound to its
+    /// job nonce in the same transaction.
+    pub record_ids: Vec<i64>,
+}
+
+/// Records that can never be billed (their job incarnation is gone), retired so no
+/// round looks at them again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordWriteOff {
+    pub job: String,
+    /// The incarnation they were bound to, if any.
+    pub job_nonce: Option<u64>,
+    pub record_ids: Vec<i64>,
+    pub reason: String,
+    /// Units they would have billed (for the log).
+    pub units: u64,
+}
+
+/// What one settlement round writes, in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct RoundWrite {
+    pub submissions: Vec<NewSubmission>,
+    pub record_write_offs: Vec<RecordWriteOff>,
+    /// Pending submissions that can never land: (job, nonce, seq, reason).
+    pub submission_write_offs: Vec<(String, u64, u64, String)>,
+}
+
+impl RoundWrite {
+    pub fn is_empty(&self) -> bool {
+        self.submissions.is_empty()
+            && self.record_write_offs.is_empty()
+            && self.submission_write_offs.is_empty()
+    }
+}
+
+/// A logged write-off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOff {
+    pub job: String,
+    pub job_nonce: Option<u64>,
+    /// The submission written off, or `None` for records never submitted.
+    pub seq: Option<u64>,
+    pub reason: String,
+    pub records: u64,
+    pub units: u64,
+}
+
+/// A record waiting for a submission, with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingRecord {
+    pub id: i64,
+    pub record: UsageRecord,
+}
+
+/// Where a record stands, for audits and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Billing {
+    /// Not attached to a submission yet.
+    Waiting,
+    /// Attached to submission (nonce, seq).
+    Submitted { job_nonce: u64, seq: u64 },
+    /// Retired without being billed.
+    WrittenOff,
+}
+
+/// A lookup table the daemon manages, as the store remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupTableRow {
+    pub address: String,
+    /// Its authority (the oracle key that made it; only it can extend or close it).
+    pub authority: String,
+    /// The settlement group it serves: operator authority and mint.
+    pub operator: String,
+    pub mint: String,
+    /// The recent slot it was derived from.
+    pub recent_slot: u64,
+    pub state: TableState,
+}
+
+/// A managed lookup table's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableState {
+    /// Written ahead of its create transaction: it may or may not exist on chain.
+    Creating,
+    Active,
+    /// Deactivated at this slot; closable once the slot leaves the slot hashes.
+    Deactivated(u64),
+    /// Closed, rent reclaimed.
+    Closed,
+}
+
+/// One query's plan, as the database explains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryPlan {
+    pub name: &'static str,
+    pub sql: String,
+    pub plan: String,
 }
 
 /// The advisory lock key PostgreSQL replicas contend for ("tally" in ASCII).
 pub const SETTLEMENT_LOCK: i64 = 0x0074_616c_6c79;
+/// Serializes schema creation and migration across replicas starting together.
+const SCHEMA_LOCK: i64 = SETTLEMENT_LOCK + 1;
 
-enum Backend {
-    Sqlite(Connection),
-    Postgres(PgClient),
-}
+/// The schema this code reads and writes. Version 1 (no version table): records and
+/// submissions keyed by job address only, attached by an id watermark, invoices only
+/// on the leader's disk; later version-1 stores also carry the gateway's columns and
+/// tables. Version 2: job incarnations, records attached to their submission,
+/// running totals, invoices, write-offs and lookup tables in the store. Version 3:
+/// version 2 with the gateway's columns and tables (`upstream_id`, `counted_by`,
+/// `key_id`; `meters`, `revoked_keys`), whichever of the two a store had before.
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// PostgreSQL's blocking client, which must not be dropped on an async runtime's
-/// thread (its drop blocks on a runtime of its own): dropped there, it is handed to a
-/// plain thread.
-struct PgClient(RefCell<Option<postgres::Client>>);
+/// `seq` of records written off (never attached to a real submission).
+const WRITTEN_OFF_SEQ: i64 = 0;
+/// The stored form of [`LEGACY_NONCE`].
+const LEGACY_NONCE_SQL: i64 = -1;
 
-impl PgClient {
-    fn get(&self) -> Result<std::cell::RefMut<'_, postgres::Client>, OracleError> {
-        std::cell::RefMut::filter_map(self.0.borrow_mut(), Option::as_mut)
-            .map_err(|_| OracleError::Store("the PostgreSQL connection is closed".into()))
-    }
-}
+const STATE_PENDING: i64 = 0;
+const STATE_CONFIRMED: i64 = 1;
+const STATE_WRITTEN_OFF: i64 = 2;
 
-impl Drop for PgClient {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.get_mut().take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                std::thread::spawn(move || drop(client));
-            }
-        }
-    }
-}
-
-/// The store.
-pub struct Store {
-    db: Backend,
-}
+/// How long a PostgreSQL operation keeps retrying a lost connection (with backoff)
+/// before it reports the store unavailable.
+pub const PG_RETRY_FOR: Duration = Duration::from_secs(20);
+/// Server-side limit on any one statement.
+pub const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections in a replica's pool.
+pub const PG_POOL_SIZE: usize = 8;
 
 fn db_error(e: rusqlite::Error) -> OracleError {
     OracleError::Store(e.to_string())
-}
-
-fn pg_error(e: postgres::Error) -> OracleError {
-    OracleError::Store(format!("postgres: {}", pg_detail(&e)))
-}
-
-/// The server's own message where there is one ("db error" alone says nothing).
-fn pg_detail(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }
 
 fn to_i64(v: u64) -> Result<i64, OracleError> {
@@ -130,6 +282,57 @@ fn to_i64(v: u64) -> Result<i64, OracleError> {
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+fn nonce_to_sql(nonce: u64) -> Result<i64, OracleError> {
+    if nonce == LEGACY_NONCE {
+        Ok(LEGACY_NONCE_SQL)
+    } else {
+        to_i64(nonce)
+    }
+}
+
+fn nonce_from_sql(nonce: i64) -> u64 {
+    if nonce == LEGACY_NONCE_SQL {
+        LEGACY_NONCE
+    } else {
+        to_u64(nonce)
+    }
+}
+
+fn hash_of(bytes: &[u8]) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    if bytes.len() == 32 {
+        hash.copy_from_slice(bytes);
+    }
+    hash
+}
+
+fn state_from_sql(state: i64, reason: Option<String>) -> SubmissionState {
+    match state {
+        STATE_PENDING => SubmissionState::Pending,
+        STATE_CONFIRMED => SubmissionState::Confirmed,
+        STATE_WRITTEN_OFF => SubmissionState::WrittenOff(reason.unwrap_or_default()),
+        other => SubmissionState::WrittenOff(format!("unknown state {other} in the store")),
+    }
+}
+
+fn table_state_to_sql(state: TableState) -> (i64, Option<i64>) {
+    match state {
+        TableState::Creating => (0, None),
+        TableState::Active => (1, None),
+        TableState::Deactivated(slot) => (2, i64::try_from(slot).ok()),
+        TableState::Closed => (3, None),
+    }
+}
+
+fn table_state_from_sql(state: i64, slot: Option<i64>) -> TableState {
+    match state {
+        0 => TableState::Creating,
+        1 => TableState::Active,
+        2 => TableState::Deactivated(to_u64(slot.unwrap_or(0))),
+        _ => TableState::Closed,
+    }
 }
 
 /// Whether `location` names a PostgreSQL database rather than a file.
@@ -154,113 +357,325 @@ pub fn redact_location(location: &str) -> String {
     }
 }
 
-const POSTGRES_SCHEMA: &str = "
+// ---------------------------------------------------------------------------------
+// Schema. The same tables on both backends; `INTEGER`/`BIGINT`, `BLOB`/`BYTEA`.
+
+/// Version 3, with `{int}`, `{blob}`, `{serial}` filled per backend.
+const SCHEMA_V3: &str = "
+    CREATE TABLE IF NOT EXISTS tally_schema (version {int} NOT NULL);
     CREATE TABLE IF NOT EXISTS records (
-        id BIGSERIAL PRIMARY KEY,
+        id {serial},
         job TEXT NOT NULL,
         request_id TEXT NOT NULL,
         model TEXT NOT NULL,
-        prompt_tokens BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL,
-        gpu_ms BIGINT NOT NULL,
-        finished_at BIGINT NOT NULL,
+        prompt_tokens {int} NOT NULL,
+        completion_tokens {int} NOT NULL,
+        gpu_ms {int} NOT NULL,
+        finished_at {int} NOT NULL,
         source TEXT NOT NULL,
+        job_nonce {int},
+        submission_seq {int},
+        upstream_id TEXT NOT NULL DEFAULT '',
+        counted_by TEXT NOT NULL DEFAULT '',
+        key_id TEXT NOT NULL DEFAULT '',
         UNIQUE (job, request_id)
     );
+    CREATE INDEX IF NOT EXISTS records_waiting ON records (job, id) WHERE submission_seq IS NULL;
+    CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id) WHERE key_id <> '';
     CREATE TABLE IF NOT EXISTS submissions (
         job TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        cumulative_units BIGINT NOT NULL,
-        invoice_hash BYTEA NOT NULL,
-        period_end BIGINT NOT NULL,
-        last_record BIGINT NOT NULL,
-        confirmed BOOLEAN NOT NULL DEFAULT FALSE,
-        PRIMARY KEY (job, seq)
+        job_nonce {int} NOT NULL,
+        seq {int} NOT NULL,
+        cumulative_units {int} NOT NULL,
+        invoice_hash {blob} NOT NULL,
+        period_end {int} NOT NULL,
+        metered_tokens {int} NOT NULL,
+        metered_requests {int} NOT NULL,
+        metered_gpu_ms {int} NOT NULL,
+        records {int} NOT NULL,
+        oldest_finished_at {int},
+        state {int} NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (job, job_nonce, seq)
+    );
+    CREATE INDEX IF NOT EXISTS submissions_pending ON submissions (job, job_nonce, seq) WHERE state = 0;
+    CREATE INDEX IF NOT EXISTS submissions_legacy ON submissions (job, seq) WHERE job_nonce = -1;
+    CREATE TABLE IF NOT EXISTS invoices (
+        job TEXT NOT NULL,
+        job_nonce {int} NOT NULL,
+        seq {int} NOT NULL,
+        bytes {blob} NOT NULL,
+        PRIMARY KEY (job, job_nonce, seq)
+    );
+    CREATE TABLE IF NOT EXISTS write_offs (
+        job TEXT NOT NULL,
+        job_nonce {int},
+        seq {int},
+        reason TEXT NOT NULL,
+        records {int} NOT NULL,
+        units {int} NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS lookup_tables (
+        address TEXT PRIMARY KEY,
+        authority TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        mint TEXT NOT NULL,
+        recent_slot {int} NOT NULL,
+        state {int} NOT NULL,
+        deactivated_slot {int}
+    );
+    CREATE TABLE IF NOT EXISTS meters (
+        job TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        claimed_at {int} NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS revoked_keys (
+        key_id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        revoked_at {int} NOT NULL
     );";
 
-const RECORD_COLUMNS: &str =
-    "id, job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id";
-const SUBMISSION_COLUMNS: &str =
-    "job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed";
-
-fn pg_record(row: &postgres::Row) -> Result<(i64, UsageRecord), OracleError> {
-    let get = |i: usize| row.try_get::<_, i64>(i).map_err(pg_error);
-    Ok((
-        get(0)?,
-        UsageRecord {
-            job: row.try_get(1).map_err(pg_error)?,
-            request_id: row.try_get(2).map_err(pg_error)?,
-            model: row.try_get(3).map_err(pg_error)?,
-            prompt_tokens: to_u64(get(4)?),
-            completion_tokens: to_u64(get(5)?),
-            gpu_ms: to_u64(get(6)?),
-            finished_at: get(7)?,
-            source: row.try_get(8).map_err(pg_error)?,
-            upstream_id: row.try_get(9).map_err(pg_error)?,
-            counted_by: row.try_get(10).map_err(pg_error)?,
-            key_id: row.try_get(11).map_err(pg_error)?,
-        },
-    ))
+fn schema_v3(postgres: bool) -> String {
+    let (int, blob, serial) = if postgres {
+        ("BIGINT", "BYTEA", "BIGSERIAL PRIMARY KEY")
+    } else {
+        ("INTEGER", "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT")
+    };
+    SCHEMA_V3
+        .replace("{int}", int)
+        .replace("{blob}", blob)
+        .replace("{serial}", serial)
 }
 
-fn pg_submission(row: &postgres::Row) -> Result<Submission, OracleError> {
-    let hash: Vec<u8> = row.try_get(3).map_err(pg_error)?;
-    Ok(Submission {
-        job: row.try_get(0).map_err(pg_error)?,
-        seq: to_u64(row.try_get(1).map_err(pg_error)?),
-        cumulative_units: to_u64(row.try_get(2).map_err(pg_error)?),
-        invoice_hash: hash_of(&hash),
-        period_end: row.try_get(4).map_err(pg_error)?,
-        last_record: row.try_get(5).map_err(pg_error)?,
-        confirmed: row.try_get(6).map_err(pg_error)?,
+/// Version 1 → 2, after the version-1 tables were found (and before the current
+/// schema is created, which then only adds what is missing). Records are attached to
+/// the submission whose watermark first covered them; submissions keep their seq,
+/// units, hash and state under [`LEGACY_NONCE`], with totals summed from their records
+/// (the batcher recomputes them against the job's deadline when it adopts them).
+const MIGRATE_V1_V2: &str = "
+    ALTER TABLE records ADD COLUMN job_nonce {int};
+    ALTER TABLE records ADD COLUMN submission_seq {int};
+    CREATE INDEX submissions_v1_watermark ON submissions (job, last_record);
+    UPDATE records SET submission_seq = (
+        SELECT MIN(s.seq) FROM submissions s WHERE s.job = records.job AND s.last_record >= records.id
+    );
+    CREATE TABLE submissions_v1 AS SELECT * FROM submissions;
+    DROP TABLE submissions;";
+
+/// Fills the version-2 submissions from `submissions_v1` (after the current tables
+/// exist): each one's lines, and running totals summed over its job's submissions in
+/// seq order (one pass over the records, one over the submissions).
+const COPY_V1_SUBMISSIONS: &str = "
+    INSERT INTO submissions (job, job_nonce, seq, cumulative_units, invoice_hash, period_end,
+                             metered_tokens, metered_requests, metered_gpu_ms, records,
+                             oldest_finished_at, state, reason)
+    SELECT s.job, -1, s.seq, s.cumulative_units, s.invoice_hash, s.period_end,
+           SUM(COALESCE(a.tokens, 0)) OVER w, SUM(COALESCE(a.requests, 0)) OVER w,
+           SUM(COALESCE(a.gpu_ms, 0)) OVER w, COALESCE(a.requests, 0), a.oldest,
+           CASE WHEN s.confirmed THEN 1 ELSE 0 END, NULL
+    FROM submissions_v1 s
+    LEFT JOIN (SELECT job, submission_seq AS seq, SUM(prompt_tokens + completion_tokens) AS tokens,
+                      COUNT(*) AS requests, SUM(gpu_ms) AS gpu_ms, MIN(finished_at) AS oldest
+               FROM records WHERE submission_seq IS NOT NULL GROUP BY job, submission_seq) a
+      ON a.job = s.job AND a.seq = s.seq
+    WINDOW w AS (PARTITION BY s.job ORDER BY s.seq ROWS UNBOUNDED PRECEDING);
+    DROP TABLE submissions_v1;";
+
+/// The gateway's record columns, added to a version-1 or version-2 store that lacks
+/// them (stores of the previous oracle may have them already), before the current
+/// schema is created (its `records_by_key` index needs `key_id`).
+const GATEWAY_COLUMNS: [&str; 3] = ["upstream_id", "counted_by", "key_id"];
+
+// ---------------------------------------------------------------------------------
+// The store.
+
+enum Backend {
+    Sqlite(Connection),
+    Postgres(Box<Pg>),
+}
+
+/// The store: a SQLite file or a PostgreSQL database.
+pub struct Store {
+    db: Backend,
+}
+
+const RECORD_COLUMNS: &str = "id, job, job_nonce, request_id, model, prompt_tokens, \
+                              completion_tokens, gpu_ms, finished_at, source, upstream_id, \
+                              counted_by, key_id";
+const SUBMISSION_COLUMNS: &str = "job, job_nonce, seq, cumulative_units, invoice_hash, \
+     period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
+     oldest_finished_at, state, reason";
+
+/// The store's queries, named (their plans are shown by [`Store::query_plans`]).
+mod sql {
+    pub const INSERT_RECORD: &str = "INSERT INTO records
+        (job, job_nonce, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at,
+         source, upstream_id, counted_by, key_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (job, request_id) DO NOTHING";
+    pub const JOBS_WAITING: &str =
+        "SELECT DISTINCT job FROM records WHERE submission_seq IS NULL ORDER BY job";
+    pub const WAITING_OF_JOB: &str =
+        "SELECT id, job, job_nonce, request_id, model, prompt_tokens, \
+        completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id \
+        FROM records WHERE job = $1 AND submission_seq IS NULL ORDER BY id LIMIT $2";
+    pub const LAST_SUBMISSION: &str =
+        "SELECT job, job_nonce, seq, cumulative_units, invoice_hash, \
+        period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
+        oldest_finished_at, state, reason FROM submissions \
+        WHERE job = $1 AND job_nonce = $2 ORDER BY seq DESC LIMIT 1";
+    pub const PENDING: &str = "SELECT job, job_nonce, seq, cumulative_units, invoice_hash, \
+        period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
+        oldest_finished_at, state, reason FROM submissions WHERE state = 0 \
+        ORDER BY job, job_nonce, seq";
+    pub const LEGACY_JOBS: &str =
+        "SELECT DISTINCT job FROM submissions WHERE job_nonce = -1 ORDER BY job";
+    pub const UNSETTLED_WAITING: &str =
+        "SELECT COUNT(*), MIN(finished_at) FROM records WHERE submission_seq IS NULL";
+    pub const UNSETTLED_PENDING: &str =
+        "SELECT CAST(COALESCE(SUM(records), 0) AS BIGINT), MIN(oldest_finished_at) FROM submissions WHERE state = 0";
+    pub const ATTACH: &str = "UPDATE records SET job_nonce = $1, submission_seq = $2 \
+        WHERE id = $3 AND submission_seq IS NULL";
+    pub const CONFIRM: &str =
+        "UPDATE submissions SET state = 1 WHERE job = $1 AND job_nonce = $2 AND seq = $3 AND state = 0";
+    pub const INVOICE: &str =
+        "SELECT bytes FROM invoices WHERE job = $1 AND job_nonce = $2 AND seq = $3";
+
+    // The gateway's: meters, revocations, and usage for pre-authorization. The usage
+    // queries read only what is unsettled (the waiting records' index, the pending
+    // submissions' index and one row before them) or one key's records.
+    pub const CLAIM_METER: &str =
+        "INSERT INTO meters (job, source, claimed_at) VALUES ($1, $2, $3) \
+        ON CONFLICT (job) DO NOTHING";
+    pub const METER_OF: &str = "SELECT source FROM meters WHERE job = $1";
+    pub const REVOKE_KEY: &str = "INSERT INTO revoked_keys (key_id, job, revoked_at) \
+        VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
+    pub const REVOKED_KEYS: &str = "SELECT key_id FROM revoked_keys ORDER BY key_id";
+    /// Records of `job` waiting for a receipt, finished by `$2`, of incarnation `$3`
+    /// or not bound to one (`$3` NULL: any).
+    pub const WAITING_USAGE: &str = "SELECT COUNT(*), \
+        CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) FROM records \
+        WHERE job = $1 AND submission_seq IS NULL AND finished_at <= $2 \
+        AND (CAST($3 AS BIGINT) IS NULL OR job_nonce IS NULL OR job_nonce = $3)";
+    /// Pending receipts of `job` with their running totals, per incarnation.
+    pub const PENDING_USAGE: &str = "SELECT job_nonce, seq, metered_tokens, metered_requests, \
+        metered_gpu_ms FROM submissions WHERE job = $1 AND state = 0 ORDER BY job_nonce, seq";
+    /// The running totals of the last receipt of an incarnation before seq `$3` that is
+    /// no longer pending (landed, or written off): where its pending ones start.
+    pub const SETTLED_BEFORE: &str = "SELECT metered_tokens, metered_requests, metered_gpu_ms \
+        FROM submissions WHERE job = $1 AND job_nonce = $2 AND seq < $3 AND state <> 0 \
+        ORDER BY seq DESC LIMIT 1";
+    pub const KEY_USAGE: &str = "SELECT COUNT(*), \
+        CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) FROM records \
+        WHERE key_id = $1 AND key_id <> '' AND finished_at <= $2";
+    pub const JOB_USAGE: &str = "SELECT COUNT(*), \
+        CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) FROM records \
+        WHERE job = $1 AND finished_at <= $2";
+}
+
+/// SQLite takes `?N` where PostgreSQL takes `$N`; `ON CONFLICT … DO NOTHING` works on both.
+fn sqlite_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn sqlite_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<WaitingRecord> {
+    let u = |i: usize| row.get::<_, i64>(i).map(to_u64);
+    Ok(WaitingRecord {
+        id: row.get(0)?,
+        record: UsageRecord {
+            job: row.get(1)?,
+            job_nonce: row.get::<_, Option<i64>>(2)?.map(to_u64),
+            request_id: row.get(3)?,
+            model: row.get(4)?,
+            prompt_tokens: u(5)?,
+            completion_tokens: u(6)?,
+            gpu_ms: u(7)?,
+            finished_at: row.get(8)?,
+            source: row.get(9)?,
+            upstream_id: row.get(10)?,
+            counted_by: row.get(11)?,
+            key_id: row.get(12)?,
+        },
     })
 }
 
-fn hash_of(bytes: &[u8]) -> [u8; 32] {
-    let mut hash = [0u8; 32];
-    if bytes.len() == 32 {
-        hash.copy_from_slice(bytes);
+fn sqlite_submission(row: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
+    let u = |i: usize| row.get::<_, i64>(i).map(to_u64);
+    let hash: Vec<u8> = row.get(4)?;
+    Ok(Submission {
+        job: row.get(0)?,
+        job_nonce: nonce_from_sql(row.get(1)?),
+        seq: u(2)?,
+        cumulative_units: u(3)?,
+        invoice_hash: hash_of(&hash),
+        period_end: row.get(5)?,
+        metered: Totals {
+            tokens: u(6)?,
+            requests: u(7)?,
+            gpu_ms: u(8)?,
+        },
+        records: u(9)?,
+        oldest_finished_at: row.get(10)?,
+        state: state_from_sql(row.get(11)?, row.get(12)?),
+    })
+}
+
+/// A record's values as stored (checked before any transaction starts).
+struct RecordValues {
+    nonce: Option<i64>,
+    prompt: i64,
+    completion: i64,
+    gpu_ms: i64,
+}
+
+impl RecordValues {
+    fn of(r: &UsageRecord) -> Result<Self, OracleError> {
+        Ok(Self {
+            nonce: r.job_nonce.map(to_i64).transpose()?,
+            prompt: to_i64(r.prompt_tokens)?,
+            completion: to_i64(r.completion_tokens)?,
+            gpu_ms: to_i64(r.gpu_ms)?,
+        })
     }
-    hash
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite store at `path`, with full durability:
-    /// write-ahead logging and a sync on every commit.
+    /// Opens (creating or migrating if needed) the SQLite store at `path`, with full
+    /// durability: write-ahead logging and a sync on every commit.
     pub fn open(path: &Path) -> Result<Self, OracleError> {
-        let db = Connection::open(path).map_err(db_error)?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS records (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 job TEXT NOT NULL,
-                 request_id TEXT NOT NULL,
-                 model TEXT NOT NULL,
-                 prompt_tokens INTEGER NOT NULL,
-                 completion_tokens INTEGER NOT NULL,
-                 gpu_ms INTEGER NOT NULL,
-                 finished_at INTEGER NOT NULL,
-                 source TEXT NOT NULL,
-                 UNIQUE (job, request_id)
-             );
-             CREATE TABLE IF NOT EXISTS submissions (
-                 job TEXT NOT NULL,
-                 seq INTEGER NOT NULL,
-                 cumulative_units INTEGER NOT NULL,
-                 invoice_hash BLOB NOT NULL,
-                 period_end INTEGER NOT NULL,
-                 last_record INTEGER NOT NULL,
-                 confirmed INTEGER NOT NULL DEFAULT 0,
-                 PRIMARY KEY (job, seq)
-             );",
-        )
-        .map_err(db_error)?;
-        let store = Self {
+        let db = Connection::open(path).map_err(|e| {
+            OracleError::Store(format!("cannot open the store {}: {e}", path.display()))
+        })?;
+        db.busy_timeout(Duration::from_secs(10)).map_err(db_error)?;
+        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(db_error)?;
+        let version = sqlite_migrate(&db).map_err(|e| {
+            OracleError::Store(format!(
+                "cannot create or upgrade the store {} to schema version {SCHEMA_VERSION}: {e}",
+                path.display()
+            ))
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(OracleError::Store(format!(
+                "the store {} has schema version {version}, newer than this oracle's {SCHEMA_VERSION}: run a newer tally-oracle",
+                path.display()
+            )));
+        }
+        Ok(Self {
             db: Backend::Sqlite(db),
-        };
-        store.add_gateway_schema()?;
-        Ok(store)
+        })
     }
 
     /// Opens the store `location` names: a `postgres://` URL, or a SQLite file path.
@@ -269,279 +684,399 @@ impl Store {
         if !is_postgres(location) {
             return Self::open(Path::new(location));
         }
-        let mut client = postgres::Client::connect(location, postgres::NoTls).map_err(|e| {
-            OracleError::Store(format!(
-                "cannot connect to {}: {}",
-                redact_location(location),
-                pg_detail(&e)
-            ))
-        })?;
-        // Replicas starting together race on CREATE TABLE IF NOT EXISTS: serialize.
-        let mut tx = client.transaction().map_err(pg_error)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&(SETTLEMENT_LOCK + 1)],
-        )
-        .map_err(pg_error)?;
-        tx.batch_execute(POSTGRES_SCHEMA).map_err(pg_error)?;
-        tx.batch_execute(POSTGRES_GATEWAY_SCHEMA)
-            .map_err(pg_error)?;
-        tx.commit().map_err(pg_error)?;
         Ok(Self {
-            db: Backend::Postgres(PgClient(RefCell::new(Some(client)))),
+            db: Backend::Postgres(Box::new(Pg::connect(location)?)),
         })
     }
 
-    /// Whether this store may run the batcher: always for SQLite (one process owns
-    /// the file); for PostgreSQL, whether this connection holds the settlement lock
-    /// (taken here if free, kept until the connection ends).
+    /// Whether this is a PostgreSQL store (replicas) rather than a SQLite file.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Backend::Postgres(_))
+    }
+
+    /// Whether this store may run the batcher, checked afresh (call it every round):
+    /// always for SQLite (one process owns the file); for PostgreSQL, whether this
+    /// replica's lock session is alive and holds the settlement lock (taken here if
+    /// free). A lock session that died — the server restarted, the network cut it —
+    /// is reconnected and must win the lock again.
     pub fn try_lead(&self) -> Result<bool, OracleError> {
         match &self.db {
             Backend::Sqlite(_) => Ok(true),
-            Backend::Postgres(client) => client
-                .get()?
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&SETTLEMENT_LOCK])
-                .and_then(|row| row.try_get::<_, bool>(0))
-                .map_err(pg_error),
+            Backend::Postgres(pg) => pg.try_lead(),
         }
     }
 
     /// Commits a usage record (before the source is acknowledged).
     pub fn record(&self, r: &UsageRecord) -> Result<Recorded, OracleError> {
-        let (prompt, completion, gpu_ms) = (
-            to_i64(r.prompt_tokens)?,
-            to_i64(r.completion_tokens)?,
-            to_i64(r.gpu_ms)?,
-        );
-        let inserted = match &self.db {
-            Backend::Sqlite(db) => db
-                .execute(
-                    "INSERT OR IGNORE INTO records
-                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![r.job, r.request_id, r.model, prompt, completion, gpu_ms, r.finished_at, r.source, r.upstream_id, r.counted_by, r.key_id],
-                )
-                .map_err(db_error)? as u64,
-            Backend::Postgres(client) => client
-                .get()?
-                .execute(
-                    "INSERT INTO records
-                       (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                     ON CONFLICT (job, request_id) DO NOTHING",
-                    &[&r.job, &r.request_id, &r.model, &prompt, &completion, &gpu_ms, &r.finished_at, &r.source, &r.upstream_id, &r.counted_by, &r.key_id],
-                )
-                .map_err(pg_error)?,
-        };
-        Ok(if inserted == 1 {
-            Recorded::New
-        } else {
-            Recorded::Duplicate
-        })
+        self.record_batch(std::slice::from_ref(r))?
+            .pop()
+            .ok_or_else(|| OracleError::Store("the store answered nothing".into()))
     }
 
-    /// Runs a query returning one text column.
-    fn strings(&self, sql: &str) -> Result<Vec<String>, OracleError> {
+    /// Commits `records` in one transaction (one sync); what each one was. A record
+    /// repeated within the batch is new once, then a duplicate.
+    pub fn record_batch(&self, records: &[UsageRecord]) -> Result<Vec<Recorded>, OracleError> {
+        let values = records
+            .iter()
+            .map(RecordValues::of)
+            .collect::<Result<Vec<_>, _>>()?;
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(sql).map_err(db_error)?;
-                let rows = stmt
-                    .query_map([], |row| row.get::<_, String>(0))
+                let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
                     .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                let mut out = Vec::with_capacity(records.len());
+                {
+                    let mut insert = tx
+                        .prepare_cached(&sqlite_sql(sql::INSERT_RECORD))
+                        .map_err(db_error)?;
+                    for (r, v) in records.iter().zip(&values) {
+                        let n = insert
+                            .execute(params![
+                                r.job,
+                                v.nonce,
+                                r.request_id,
+                                r.model,
+                                v.prompt,
+                                v.completion,
+                                v.gpu_ms,
+                                r.finished_at,
+                                r.source,
+                                r.upstream_id,
+                                r.counted_by,
+                                r.key_id
+                            ])
+                            .map_err(db_error)?;
+                        out.push(if n == 1 {
+                            Recorded::New
+                        } else {
+                            Recorded::Duplicate
+                        });
+                    }
+                }
+                tx.commit().map_err(db_error)?;
+                Ok(out)
             }
-            Backend::Postgres(client) => client
-                .get()?
-                .query(sql, &[])
-                .map_err(pg_error)?
-                .iter()
-                .map(|row| row.try_get::<_, String>(0).map_err(pg_error))
-                .collect(),
+            Backend::Postgres(pg) => pg.record_batch(records, &values),
         }
     }
 
-    /// Jobs with records not covered by any submission yet.
+    /// Jobs with records waiting for a submission.
     pub fn jobs_with_new_records(&self) -> Result<Vec<String>, OracleError> {
-        self.strings(
-            "SELECT DISTINCT r.job FROM records r
-             WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s WHERE s.job = r.job), 0)
-             ORDER BY r.job",
-        )
+        match &self.db {
+            Backend::Sqlite(db) => sqlite_strings(db, sql::JOBS_WAITING),
+            Backend::Postgres(pg) => pg.strings(sql::JOBS_WAITING),
+        }
     }
 
-    /// The job's records after id `after`, oldest first, with their ids.
+    /// The job's records waiting for a submission, oldest first, at most `limit`.
+    pub fn waiting_records(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> Result<Vec<WaitingRecord>, OracleError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db
+                    .prepare_cached(&sqlite_sql(sql::WAITING_OF_JOB))
+                    .map_err(db_error)?;
+                let rows = stmt
+                    .query_map(params![job, limit], sqlite_record)
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.waiting_records(job, limit),
+        }
+    }
+
+    /// Every record of `job` (all incarnations) after id `after`, oldest first.
     pub fn records_after(
         &self,
         job: &str,
         after: i64,
     ) -> Result<Vec<(i64, UsageRecord)>, OracleError> {
+        let query =
+            format!("SELECT {RECORD_COLUMNS} FROM records WHERE job = $1 AND id > $2 ORDER BY id");
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db
-                    .prepare(&format!(
-                        "SELECT {RECORD_COLUMNS} FROM records WHERE job = ?1 AND id > ?2 ORDER BY id"
-                    ))
-                    .map_err(db_error)?;
+                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
                 let rows = stmt
-                    .query_map(params![job, after], |row| {
-                        let u = |i: usize| row.get::<_, i64>(i).map(to_u64);
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            UsageRecord {
-                                job: row.get(1)?,
-                                request_id: row.get(2)?,
-                                model: row.get(3)?,
-                                prompt_tokens: u(4)?,
-                                completion_tokens: u(5)?,
-                                gpu_ms: u(6)?,
-                                finished_at: row.get(7)?,
-                                source: row.get(8)?,
-                                upstream_id: row.get(9)?,
-                                counted_by: row.get(10)?,
-                                key_id: row.get(11)?,
-                            },
-                        ))
-                    })
+                    .query_map(params![job, after], sqlite_record)
                     .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                rows.map(|r| r.map(|w| (w.id, w.record)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_error)
             }
-            Backend::Postgres(client) => client
-                .get()?
-                .query(
-                    &format!(
-                        "SELECT {RECORD_COLUMNS} FROM records WHERE job = $1 AND id > $2 ORDER BY id"
-                    ),
-                    &[&job, &after],
-                )
-                .map_err(pg_error)?
-                .iter()
-                .map(pg_record)
-                .collect(),
+            Backend::Postgres(pg) => pg.records_after(&query, job, after),
         }
     }
 
     /// Every record, oldest first.
     pub fn all_records(&self) -> Result<Vec<UsageRecord>, OracleError> {
-        let mut out = Vec::new();
-        for job in self.strings("SELECT DISTINCT job FROM records")? {
-            out.extend(self.records_after(&job, 0)?.into_iter().map(|(_, r)| r));
-        }
-        Ok(out)
+        Ok(self.billing()?.into_iter().map(|(r, _)| r).collect())
     }
 
-    fn submissions(&self, filter: &str, job: Option<&str>) -> Result<Vec<Submission>, OracleError> {
+    /// Every record with where it stands (audits, tests), oldest first.
+    pub fn billing(&self) -> Result<Vec<(UsageRecord, Billing)>, OracleError> {
+        let query = format!("SELECT {RECORD_COLUMNS}, submission_seq FROM records ORDER BY id");
+        let billing = |nonce: Option<u64>, seq: Option<i64>| match seq {
+            None => Billing::Waiting,
+            Some(WRITTEN_OFF_SEQ) => Billing::WrittenOff,
+            Some(seq) => Billing::Submitted {
+                job_nonce: nonce.unwrap_or(LEGACY_NONCE),
+                seq: to_u64(seq),
+            },
+        };
         match &self.db {
             Backend::Sqlite(db) => {
-                let sql = format!(
-                    "SELECT {SUBMISSION_COLUMNS} FROM submissions {}",
-                    filter.replace("$1", "?1")
-                );
-                let mut stmt = db.prepare(&sql).map_err(db_error)?;
-                let rows = match job {
-                    Some(job) => stmt.query_map(params![job], row_to_submission),
-                    None => stmt.query_map([], row_to_submission),
-                }
-                .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                let mut stmt = db.prepare(&query).map_err(db_error)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        let w = sqlite_record(row)?;
+                        let seq: Option<i64> = row.get(13)?;
+                        Ok((w.record, seq))
+                    })
+                    .map_err(db_error)?;
+                rows.map(|r| {
+                    r.map(|(record, seq)| {
+                        let b = billing(record.job_nonce, seq);
+                        (record, b)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_error)
             }
-            Backend::Postgres(client) => {
-                let sql = format!(
-                    "SELECT {SUBMISSION_COLUMNS} FROM submissions {}",
-                    filter.replace("confirmed = 0", "NOT confirmed")
-                );
-                let rows = match job {
-                    Some(job) => client.get()?.query(&sql, &[&job]),
-                    None => client.get()?.query(&sql, &[]),
-                }
-                .map_err(pg_error)?;
-                rows.iter().map(pg_submission).collect()
-            }
+            Backend::Postgres(pg) => Ok(pg
+                .billing(&query)?
+                .into_iter()
+                .map(|(record, seq)| {
+                    let b = billing(record.job_nonce, seq);
+                    (record, b)
+                })
+                .collect()),
         }
     }
 
-    /// The job's latest submission, confirmed or not.
-    pub fn last_submission(&self, job: &str) -> Result<Option<Submission>, OracleError> {
-        Ok(self
-            .submissions("WHERE job = $1 ORDER BY seq DESC LIMIT 1", Some(job))?
-            .pop())
+    /// Records attached to submissions of `job` in incarnation `job_nonce` (`None`:
+    /// migrated ones not adopted yet), with their submission's seq, oldest first.
+    pub fn submitted_records(
+        &self,
+        job: &str,
+        job_nonce: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, OracleError> {
+        let nonce = job_nonce.map(to_i64).transpose()?;
+        let query = format!(
+            "SELECT {RECORD_COLUMNS}, submission_seq FROM records WHERE job = $1 AND submission_seq > 0 \
+             AND (job_nonce = $2 OR ($2 IS NULL AND job_nonce IS NULL)) ORDER BY id"
+        );
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
+                let rows = stmt
+                    .query_map(params![job, nonce], |row| {
+                        Ok((to_u64(row.get(13)?), sqlite_record(row)?.record))
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.submitted_records(&query, job, nonce),
+        }
+    }
+
+    /// The latest submission of a job incarnation, whatever its state.
+    pub fn last_submission(
+        &self,
+        job: &str,
+        job_nonce: u64,
+    ) -> Result<Option<Submission>, OracleError> {
+        let nonce = nonce_to_sql(job_nonce)?;
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .prepare_cached(&sqlite_sql(sql::LAST_SUBMISSION))
+                .map_err(db_error)?
+                .query_row(params![job, nonce], sqlite_submission)
+                .optional()
+                .map_err(db_error),
+            Backend::Postgres(pg) => pg.last_submission(job, nonce),
+        }
+    }
+
+    /// Every submission of `job` (all incarnations), oldest first.
+    pub fn submissions_of(&self, job: &str) -> Result<Vec<Submission>, OracleError> {
+        let query = format!(
+            "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE job = $1 ORDER BY job_nonce, seq"
+        );
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
+                let rows = stmt
+                    .query_map(params![job], sqlite_submission)
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.submissions(&query, Some(job)),
+        }
     }
 
     /// Submissions written but not confirmed on chain (to resume after a restart).
     pub fn pending_submissions(&self) -> Result<Vec<Submission>, OracleError> {
-        self.submissions("WHERE confirmed = 0 ORDER BY job, seq", None)
-    }
-
-    /// Writes a submission before it is sent (the write-ahead record).
-    pub fn write_submission(&self, s: &Submission) -> Result<(), OracleError> {
-        let (seq, units) = (to_i64(s.seq)?, to_i64(s.cumulative_units)?);
-        let hash = s.invoice_hash.to_vec();
         match &self.db {
-            Backend::Sqlite(db) => db
-                .execute(
-                    "INSERT INTO submissions (job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                    params![s.job, seq, units, hash, s.period_end, s.last_record],
-                )
-                .map(|_| ())
-                .map_err(db_error),
-            Backend::Postgres(client) => client
-                .get()?
-                .execute(
-                    "INSERT INTO submissions (job, seq, cumulative_units, invoice_hash, period_end, last_record, confirmed)
-                     VALUES ($1, $2, $3, $4, $5, $6, FALSE)",
-                    &[&s.job, &seq, &units, &hash, &s.period_end, &s.last_record],
-                )
-                .map(|_| ())
-                .map_err(pg_error),
-        }
-    }
-
-    /// Marks a submission as landed.
-    pub fn confirm(&self, job: &str, seq: u64) -> Result<(), OracleError> {
-        let seq = to_i64(seq)?;
-        match &self.db {
-            Backend::Sqlite(db) => db
-                .execute(
-                    "UPDATE submissions SET confirmed = 1 WHERE job = ?1 AND seq = ?2",
-                    params![job, seq],
-                )
-                .map(|_| ())
-                .map_err(db_error),
-            Backend::Postgres(client) => client
-                .get()?
-                .execute(
-                    "UPDATE submissions SET confirmed = TRUE WHERE job = $1 AND seq = $2",
-                    &[&job, &seq],
-                )
-                .map(|_| ())
-                .map_err(pg_error),
-        }
-    }
-
-    /// Records not yet covered by a confirmed receipt: how many, and when the oldest
-    /// finished (unix seconds).
-    pub fn unsettled(&self) -> Result<(u64, Option<i64>), OracleError> {
-        let sql = "SELECT COUNT(*), MIN(r.finished_at) FROM records r
-                   WHERE r.id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
-                                          WHERE s.job = r.job AND s.confirmed = CONFIRMED), 0)";
-        match &self.db {
-            Backend::Sqlite(db) => db
-                .query_row(&sql.replace("CONFIRMED", "1"), [], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
-                })
-                .map(|(n, oldest)| (to_u64(n), oldest))
-                .map_err(db_error),
-            Backend::Postgres(client) => {
-                let row = client
-                    .get()?
-                    .query_one(&sql.replace("CONFIRMED", "TRUE"), &[])
-                    .map_err(pg_error)?;
-                Ok((
-                    to_u64(row.try_get(0).map_err(pg_error)?),
-                    row.try_get(1).map_err(pg_error)?,
-                ))
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare_cached(sql::PENDING).map_err(db_error)?;
+                let rows = stmt.query_map([], sqlite_submission).map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
             }
+            Backend::Postgres(pg) => pg.submissions(sql::PENDING, None),
         }
+    }
+
+    /// Jobs whose submissions were migrated from schema version 1 and not adopted yet.
+    pub fn legacy_jobs(&self) -> Result<Vec<String>, OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => sqlite_strings(db, sql::LEGACY_JOBS),
+            Backend::Postgres(pg) => pg.strings(sql::LEGACY_JOBS),
+        }
+    }
+
+    /// Adopts `job`'s migrated submissions and their records into incarnation
+    /// `job_nonce` (the job open at the address: what schema 1 assumed), with the
+    /// latest one's running totals set to `metered`, and files `invoices` (seq →
+    /// bytes found in the old invoice folder) under it.
+    pub fn adopt_legacy(
+        &self,
+        job: &str,
+        job_nonce: u64,
+        metered: Totals,
+        invoices: &[(u64, Vec<u8>)],
+    ) -> Result<(), OracleError> {
+        let nonce = to_i64(job_nonce)?;
+        let totals = [
+            to_i64(metered.tokens)?,
+            to_i64(metered.requests)?,
+            to_i64(metered.gpu_ms)?,
+        ];
+        let invoices = invoices
+            .iter()
+            .map(|(seq, bytes)| Ok((to_i64(*seq)?, bytes.clone())))
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                tx.execute(
+                    "UPDATE submissions SET metered_tokens = ?3, metered_requests = ?4, metered_gpu_ms = ?5
+                     WHERE job = ?1 AND job_nonce = -1
+                       AND seq = (SELECT MAX(seq) FROM submissions WHERE job = ?1 AND job_nonce = -1)",
+                    params![job, Option::<i64>::None, totals[0], totals[1], totals[2]],
+                )
+                .map_err(db_error)?;
+                tx.execute(
+                    "UPDATE submissions SET job_nonce = ?2 WHERE job = ?1 AND job_nonce = -1",
+                    params![job, nonce],
+                )
+                .map_err(db_error)?;
+                tx.execute(
+                    "UPDATE records SET job_nonce = ?2 WHERE job = ?1 AND job_nonce IS NULL AND submission_seq > 0",
+                    params![job, nonce],
+                )
+                .map_err(db_error)?;
+                for (seq, bytes) in &invoices {
+                    tx.execute(
+                        "INSERT INTO invoices (job, job_nonce, seq, bytes) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (job, job_nonce, seq) DO NOTHING",
+                        params![job, nonce, seq, bytes],
+                    )
+                    .map_err(db_error)?;
+                }
+                tx.commit().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.adopt_legacy(job, nonce, totals, &invoices),
+        }
+    }
+
+    /// Writes what a settlement round decided, in one transaction: new submissions
+    /// (each with its invoice bytes, its records attached and bound to its nonce),
+    /// write-offs. Fails — writing nothing — if any record to attach is already
+    /// attached or gone (another batcher got there first), or, with PostgreSQL, if
+    /// this replica no longer holds the settlement lock.
+    pub fn write_round(&self, round: &RoundWrite) -> Result<(), OracleError> {
+        if round.is_empty() {
+            return Ok(());
+        }
+        let prepared = PreparedRound::of(round)?;
+        match &self.db {
+            Backend::Sqlite(db) => sqlite_write_round(db, &prepared),
+            Backend::Postgres(pg) => pg.write_round(&prepared),
+        }
+    }
+
+    /// Writes one submission (with its invoice and records): [`Store::write_round`]
+    /// of one.
+    pub fn write_submission(&self, submission: &NewSubmission) -> Result<(), OracleError> {
+        self.write_round(&RoundWrite {
+            submissions: vec![submission.clone()],
+            ..RoundWrite::default()
+        })
+    }
+
+    /// Marks submissions as landed, in one transaction. Returns how many were pending.
+    pub fn confirm_all(&self, landed: &[(String, u64, u64)]) -> Result<u64, OracleError> {
+        if landed.is_empty() {
+            return Ok(0);
+        }
+        let rows = landed
+            .iter()
+            .map(|(job, nonce, seq)| Ok((job.clone(), nonce_to_sql(*nonce)?, to_i64(*seq)?)))
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                let mut n = 0u64;
+                {
+                    let mut confirm = tx
+                        .prepare_cached(&sqlite_sql(sql::CONFIRM))
+                        .map_err(db_error)?;
+                    for (job, nonce, seq) in &rows {
+                        n += confirm
+                            .execute(params![job, nonce, seq])
+                            .map_err(db_error)? as u64;
+                    }
+                }
+                tx.commit().map_err(db_error)?;
+                Ok(n)
+            }
+            Backend::Postgres(pg) => pg.confirm_all(&rows),
+        }
+    }
+
+    /// Marks one submission as landed.
+    pub fn confirm(&self, job: &str, job_nonce: u64, seq: u64) -> Result<(), OracleError> {
+        self.confirm_all(&[(job.to_string(), job_nonce, seq)])
+            .map(|_| ())
+    }
+
+    /// Records not yet covered by a confirmed receipt (waiting for a submission, or
+    /// on a pending one): how many, and when the oldest finished (chain unix seconds).
+    /// Reads only the waiting records' and the pending submissions' indexes.
+    pub fn unsettled(&self) -> Result<(u64, Option<i64>), OracleError> {
+        let (waiting, pending) = match &self.db {
+            Backend::Sqlite(db) => {
+                let pair = |query: &str| {
+                    db.query_row(query, [], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                    })
+                    .map_err(db_error)
+                };
+                (pair(sql::UNSETTLED_WAITING)?, pair(sql::UNSETTLED_PENDING)?)
+            }
+            Backend::Postgres(pg) => pg.unsettled()?,
+        };
+        let oldest = match (waiting.1, pending.1) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((to_u64(waiting.0).saturating_add(to_u64(pending.0)), oldest))
     }
 
     /// Number of records committed.
@@ -553,113 +1088,227 @@ impl Store {
                 })
                 .map(to_u64)
                 .map_err(db_error),
-            Backend::Postgres(client) => client
-                .get()?
-                .query_one("SELECT COUNT(*) FROM records", &[])
-                .and_then(|row| row.try_get::<_, i64>(0))
-                .map(to_u64)
-                .map_err(pg_error),
+            Backend::Postgres(pg) => pg.count("SELECT COUNT(*) FROM records"),
+        }
+    }
+
+    /// The invoice bytes of receipt `seq` of a job incarnation.
+    pub fn invoice(
+        &self,
+        job: &str,
+        job_nonce: u64,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, OracleError> {
+        let (nonce, seq) = (nonce_to_sql(job_nonce)?, to_i64(seq)?);
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .prepare_cached(&sqlite_sql(sql::INVOICE))
+                .map_err(db_error)?
+                .query_row(params![job, nonce, seq], |row| row.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(db_error),
+            Backend::Postgres(pg) => pg.invoice(job, nonce, seq),
+        }
+    }
+
+    /// Write-offs logged, oldest first.
+    pub fn write_offs(&self) -> Result<Vec<WriteOff>, OracleError> {
+        let query = "SELECT job, job_nonce, seq, reason, records, units FROM write_offs";
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare(query).map_err(db_error)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok(WriteOff {
+                            job: row.get(0)?,
+                            job_nonce: row.get::<_, Option<i64>>(1)?.map(nonce_from_sql),
+                            seq: row.get::<_, Option<i64>>(2)?.map(to_u64),
+                            reason: row.get(3)?,
+                            records: to_u64(row.get(4)?),
+                            units: to_u64(row.get(5)?),
+                        })
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.write_offs(query),
+        }
+    }
+
+    /// The lookup tables the daemon manages that are not closed yet.
+    pub fn lookup_tables(&self) -> Result<Vec<LookupTableRow>, OracleError> {
+        let query =
+            "SELECT address, authority, operator, mint, recent_slot, state, deactivated_slot \
+                     FROM lookup_tables WHERE state <> 3 ORDER BY address";
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let mut stmt = db.prepare(query).map_err(db_error)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok(LookupTableRow {
+                            address: row.get(0)?,
+                            authority: row.get(1)?,
+                            operator: row.get(2)?,
+                            mint: row.get(3)?,
+                            recent_slot: to_u64(row.get(4)?),
+                            state: table_state_from_sql(row.get(5)?, row.get(6)?),
+                        })
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            }
+            Backend::Postgres(pg) => pg.lookup_tables(query),
+        }
+    }
+
+    /// Writes (or updates) a managed lookup table: before its create transaction is
+    /// sent (as `Creating`), and at each change of state.
+    pub fn save_lookup_table(&self, table: &LookupTableRow) -> Result<(), OracleError> {
+        let (state, slot) = table_state_to_sql(table.state);
+        let recent = to_i64(table.recent_slot)?;
+        let query = "INSERT INTO lookup_tables (address, authority, operator, mint, recent_slot, state, deactivated_slot)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (address) DO UPDATE SET state = $6, deactivated_slot = $7";
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .execute(
+                    &sqlite_sql(query),
+                    params![
+                        table.address,
+                        table.authority,
+                        table.operator,
+                        table.mint,
+                        recent,
+                        state,
+                        slot
+                    ],
+                )
+                .map(|_| ())
+                .map_err(db_error),
+            Backend::Postgres(pg) => pg.save_lookup_table(query, table, recent, state, slot),
+        }
+    }
+
+    /// The plans of the queries a settlement round, ingest and pre-authorization run, as the database
+    /// explains them (`EXPLAIN QUERY PLAN` on SQLite; `EXPLAIN` on PostgreSQL, with
+    /// sequential scans disabled so the plan shows whether an index *can* serve the
+    /// query, whatever the table's current size).
+    pub fn query_plans(&self) -> Result<Vec<QueryPlan>, OracleError> {
+        let queries: [(&'static str, &str); 13] = [
+            ("jobs_with_new_records", sql::JOBS_WAITING),
+            ("waiting_records", sql::WAITING_OF_JOB),
+            ("last_submission", sql::LAST_SUBMISSION),
+            ("pending_submissions", sql::PENDING),
+            ("legacy_jobs", sql::LEGACY_JOBS),
+            ("unsettled_waiting", sql::UNSETTLED_WAITING),
+            ("unsettled_pending", sql::UNSETTLED_PENDING),
+            ("attach_record", sql::ATTACH),
+            ("confirm", sql::CONFIRM),
+            ("waiting_usage", sql::WAITING_USAGE),
+            ("pending_usage", sql::PENDING_USAGE),
+            ("settled_before", sql::SETTLED_BEFORE),
+            ("key_usage", sql::KEY_USAGE),
+        ];
+        match &self.db {
+            Backend::Sqlite(db) => queries
+                .iter()
+                .map(|(name, query)| {
+                    let query = sqlite_sql(query);
+                    let mut stmt = db
+                        .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                        .map_err(db_error)?;
+                    let n = stmt.parameter_count();
+                    let args: Vec<rusqlite::types::Value> =
+                        (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(args), |row| {
+                            row.get::<_, String>(3)
+                        })
+                        .map_err(db_error)?;
+                    let plan = rows
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(db_error)?
+                        .join("\n");
+                    Ok(QueryPlan {
+                        name,
+                        sql: query,
+                        plan,
+                    })
+                })
+                .collect(),
+            Backend::Postgres(pg) => pg.query_plans(&queries),
         }
     }
 }
 
 // ---------------------------------------------------------------------------------
-// The gateway's additions (issue 18), kept apart from the records/submissions core:
-// - records carry `upstream_id`, `counted_by` and `key_id` (columns added with
-//   defaults, so stores written before them open unchanged);
-// - `meters`: which source meters each job (the first to record it), so the gateway
-//   and node reports never both bill one job;
-// - `revoked_keys`: job keys refused before their expiry;
-// - usage totals per job and per key, and per job what no confirmed receipt covers
-//   yet (metered but not yet settled).
-// ---------------------------------------------------------------------------------
+// The gateway's: which source meters each job, revoked job keys, and usage totals
+// for pre-authorization.
 
-const SQLITE_GATEWAY_SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS meters (
-        job TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        claimed_at INTEGER NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS revoked_keys (
-        key_id TEXT PRIMARY KEY,
-        job TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id) WHERE key_id <> '';";
+/// A count, its tokens and its GPU ms, as a usage query answers them.
+type UsageRow = (i64, i64, i64);
 
-const POSTGRES_GATEWAY_SCHEMA: &str = "
-    ALTER TABLE records ADD COLUMN IF NOT EXISTS upstream_id TEXT NOT NULL DEFAULT '';
-    ALTER TABLE records ADD COLUMN IF NOT EXISTS counted_by TEXT NOT NULL DEFAULT '';
-    ALTER TABLE records ADD COLUMN IF NOT EXISTS key_id TEXT NOT NULL DEFAULT '';
-    CREATE TABLE IF NOT EXISTS meters (
-        job TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        claimed_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS revoked_keys (
-        key_id TEXT PRIMARY KEY,
-        job TEXT NOT NULL,
-        revoked_at BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id) WHERE key_id <> '';";
+fn totals_of(row: UsageRow) -> Totals {
+    Totals {
+        requests: to_u64(row.0),
+        tokens: to_u64(row.1),
+        gpu_ms: to_u64(row.2),
+    }
+}
+
+/// A pending receipt's incarnation, seq and running totals (tokens, requests, GPU ms).
+type PendingRow = (i64, i64, [i64; 3]);
+
+fn running(totals: [i64; 3]) -> Totals {
+    Totals {
+        tokens: to_u64(totals[0]),
+        requests: to_u64(totals[1]),
+        gpu_ms: to_u64(totals[2]),
+    }
+}
+
+/// The pending receipts of the incarnations `nonce` selects (`None`: all; legacy
+/// ones not adopted yet always count), grouped: (nonce, first pending seq, the last
+/// one's running totals).
+fn pending_groups(rows: &[PendingRow], nonce: Option<i64>) -> Vec<(i64, i64, Totals)> {
+    let mut groups: Vec<(i64, i64, Totals)> = Vec::new();
+    for (n, seq, totals) in rows {
+        if nonce.is_some_and(|want| *n != want && *n != LEGACY_NONCE_SQL) {
+            continue;
+        }
+        match groups.last_mut() {
+            // Rows come ordered by (nonce, seq): the last of a group is its latest.
+            Some(group) if group.0 == *n => group.2 = running(*totals),
+            _ => groups.push((*n, *seq, running(*totals))),
+        }
+    }
+    groups
+}
+
+/// `latest − settled`, field by field (running totals only grow).
+fn minus(latest: Totals, settled: Totals) -> Totals {
+    Totals {
+        tokens: latest.tokens.saturating_sub(settled.tokens),
+        requests: latest.requests.saturating_sub(settled.requests),
+        gpu_ms: latest.gpu_ms.saturating_sub(settled.gpu_ms),
+    }
+}
 
 impl Store {
-    /// Adds the gateway's columns and tables to a SQLite store (idempotent).
-    fn add_gateway_schema(&self) -> Result<(), OracleError> {
-        let Backend::Sqlite(db) = &self.db else {
-            return Ok(());
-        };
-        let mut stmt = db
-            .prepare("SELECT name FROM pragma_table_info('records')")
-            .map_err(db_error)?;
-        let columns: Vec<String> = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(db_error)?
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?;
-        for column in ["upstream_id", "counted_by", "key_id"] {
-            if !columns.iter().any(|c| c == column) {
-                db.execute_batch(&format!(
-                    "ALTER TABLE records ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
-                ))
-                .map_err(db_error)?;
-            }
-        }
-        db.execute_batch(SQLITE_GATEWAY_SCHEMA).map_err(db_error)
-    }
-
     /// Claims metering of `job` for `source` unless another source already meters it.
     /// Returns the source that meters the job (`source` itself when the claim won).
     /// Atomic in the database: of two sources racing, exactly one wins.
     pub fn claim_meter(&self, job: &str, source: &str, now: i64) -> Result<String, OracleError> {
         match &self.db {
             Backend::Sqlite(db) => {
-                db.execute(
-                    "INSERT OR IGNORE INTO meters (job, source, claimed_at) VALUES (?1, ?2, ?3)",
-                    params![job, source, now],
-                )
-                .map_err(db_error)?;
-                db.query_row(
-                    "SELECT source FROM meters WHERE job = ?1",
-                    params![job],
-                    |row| row.get::<_, String>(0),
-                )
-                .map_err(db_error)
+                db.prepare_cached(&sqlite_sql(sql::CLAIM_METER))
+                    .and_then(|mut s| s.execute(params![job, source, now]))
+                    .map_err(db_error)?;
+                db.prepare_cached(&sqlite_sql(sql::METER_OF))
+                    .and_then(|mut s| s.query_row(params![job], |row| row.get::<_, String>(0)))
+                    .map_err(db_error)
             }
-            Backend::Postgres(client) => {
-                let mut client = client.get()?;
-                client
-                    .execute(
-                        "INSERT INTO meters (job, source, claimed_at) VALUES ($1, $2, $3)
-                         ON CONFLICT (job) DO NOTHING",
-                        &[&job, &source, &now],
-                    )
-                    .map_err(pg_error)?;
-                client
-                    .query_one("SELECT source FROM meters WHERE job = $1", &[&job])
-                    .and_then(|row| row.try_get::<_, String>(0))
-                    .map_err(pg_error)
-            }
+            Backend::Postgres(pg) => pg.claim_meter(job, source, now),
         }
     }
 
@@ -668,112 +1317,1285 @@ impl Store {
     pub fn revoke_key(&self, key_id: &str, job: &str, now: i64) -> Result<bool, OracleError> {
         let inserted = match &self.db {
             Backend::Sqlite(db) => db
-                .execute(
-                    "INSERT OR IGNORE INTO revoked_keys (key_id, job, revoked_at) VALUES (?1, ?2, ?3)",
-                    params![key_id, job, now],
-                )
+                .prepare_cached(&sqlite_sql(sql::REVOKE_KEY))
+                .and_then(|mut s| s.execute(params![key_id, job, now]))
                 .map_err(db_error)? as u64,
-            Backend::Postgres(client) => client
-                .get()?
-                .execute(
-                    "INSERT INTO revoked_keys (key_id, job, revoked_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (key_id) DO NOTHING",
-                    &[&key_id, &job, &now],
-                )
-                .map_err(pg_error)?,
+            Backend::Postgres(pg) => pg.revoke_key(key_id, job, now)?,
         };
         Ok(inserted == 1)
     }
 
     /// Every revoked job key id.
     pub fn revoked_keys(&self) -> Result<Vec<String>, OracleError> {
-        self.strings("SELECT key_id FROM revoked_keys")
+        match &self.db {
+            Backend::Sqlite(db) => sqlite_strings(db, sql::REVOKED_KEYS),
+            Backend::Postgres(pg) => pg.strings(sql::REVOKED_KEYS),
+        }
     }
 
-    fn totals(&self, sql: &str, key: &str, until: i64) -> Result<Totals, OracleError> {
-        let (requests, tokens, gpu_ms) = match &self.db {
+    fn usage_row(&self, query: &'static str, key: &str, until: i64) -> Result<Totals, OracleError> {
+        let row = match &self.db {
             Backend::Sqlite(db) => db
-                .query_row(&sql.replace('$', "?"), params![key, until], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
+                .prepare_cached(&sqlite_sql(query))
+                .and_then(|mut s| {
+                    s.query_row(params![key, until], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
                 })
                 .map_err(db_error)?,
-            Backend::Postgres(client) => {
-                let row = client
-                    .get()?
-                    .query_one(sql, &[&key, &until])
-                    .map_err(pg_error)?;
-                (
-                    row.try_get(0).map_err(pg_error)?,
-                    row.try_get(1).map_err(pg_error)?,
-                    row.try_get(2).map_err(pg_error)?,
-                )
-            }
+            Backend::Postgres(pg) => pg.usage_row(query, key, until)?,
         };
-        Ok(Totals {
-            requests: to_u64(requests),
-            tokens: to_u64(tokens),
-            gpu_ms: to_u64(gpu_ms),
-        })
+        Ok(totals_of(row))
     }
 
-    /// Everything recorded for `job` that finished by `until` (its deadline): with the
-    /// job's settled units on chain, what is metered but not yet settled.
+    /// Everything recorded for `job` (every incarnation, billed or not) that finished
+    /// by `until`. An audit: it reads all of the job's records.
     pub fn job_usage(&self, job: &str, until: i64) -> Result<Totals, OracleError> {
-        self.totals(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
-                    CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
-             FROM records WHERE job = $1 AND finished_at <= $2",
-            job,
-            until,
-        )
+        self.usage_row(sql::JOB_USAGE, job, until)
     }
 
-    /// What this store metered for `job` (finished by `until`, its deadline) that no
-    /// confirmed receipt covers yet: with the job's escrow left on chain, what the job
-    /// can still pay. Scans only the records after the job's last confirmed receipt.
-    pub fn unsettled_usage(&self, job: &str, until: i64) -> Result<Totals, OracleError> {
-        let confirmed = match &self.db {
-            Backend::Sqlite(_) => "1",
-            Backend::Postgres(_) => "TRUE",
-        };
-        self.totals(
-            &format!(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
-                        CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
-                 FROM records WHERE job = $1 AND finished_at <= $2
-                   AND id > COALESCE((SELECT MAX(s.last_record) FROM submissions s
-                                      WHERE s.job = $1 AND s.confirmed = {confirmed}), 0)"
-            ),
-            job,
-            until,
-        )
-    }
-
-    /// Everything spent through the job key `key_id` that finished by `until`.
+    /// Everything spent through the job key `key_id` that finished by `until` (its
+    /// records, through their own index).
     pub fn key_usage(&self, key_id: &str, until: i64) -> Result<Totals, OracleError> {
-        self.totals(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT),
-                    CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT)
-             FROM records WHERE key_id = $1 AND finished_at <= $2",
-            key_id,
-            until,
-        )
+        self.usage_row(sql::KEY_USAGE, key_id, until)
+    }
+
+    /// What this store metered for incarnation `job_nonce` of `job` that no landed
+    /// receipt covers yet: with the job's escrow left on chain, what the job can still
+    /// pay. That is the records waiting for a receipt (finished by `until`, the job's
+    /// deadline; bound to this incarnation or to none yet) plus what its pending
+    /// receipts bill (their running totals past the last receipt that is no longer
+    /// pending; they hold billable usage only). `None`: every incarnation's (a view
+    /// that does not know the job's nonce yet; at most an over-count). Reads only
+    /// what is unsettled: the waiting records' and pending receipts' indexes and one
+    /// receipt before them.
+    pub fn unsettled_usage(
+        &self,
+        job: &str,
+        job_nonce: Option<u64>,
+        until: i64,
+    ) -> Result<Totals, OracleError> {
+        let nonce = job_nonce.map(nonce_to_sql).transpose()?;
+        let (waiting, pending) = match &self.db {
+            Backend::Sqlite(db) => {
+                let waiting: UsageRow = db
+                    .prepare_cached(&sqlite_sql(sql::WAITING_USAGE))
+                    .and_then(|mut s| {
+                        s.query_row(params![job, until, nonce], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        })
+                    })
+                    .map_err(db_error)?;
+                let rows: Vec<PendingRow> = db
+                    .prepare_cached(&sqlite_sql(sql::PENDING_USAGE))
+                    .and_then(|mut s| {
+                        s.query_map(params![job], |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                [row.get(2)?, row.get(3)?, row.get(4)?],
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(db_error)?;
+                let mut pending = Totals::default();
+                for (n, first, latest) in pending_groups(&rows, nonce) {
+                    let settled = db
+                        .prepare_cached(&sqlite_sql(sql::SETTLED_BEFORE))
+                        .and_then(|mut s| {
+                            s.query_row(params![job, n, first], |row| {
+                                Ok([row.get(0)?, row.get(1)?, row.get(2)?])
+                            })
+                            .optional()
+                        })
+                        .map_err(db_error)?
+                        .map(running)
+                        .unwrap_or_default();
+                    pending.merge(&minus(latest, settled));
+                }
+                (totals_of(waiting), pending)
+            }
+            Backend::Postgres(pg) => pg.unsettled_usage(job, nonce, until)?,
+        };
+        let mut totals = waiting;
+        totals.merge(&pending);
+        Ok(totals)
     }
 }
 
-fn row_to_submission(row: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
-    let hash: Vec<u8> = row.get(3)?;
-    Ok(Submission {
-        job: row.get(0)?,
-        seq: to_u64(row.get(1)?),
-        cumulative_units: to_u64(row.get(2)?),
-        invoice_hash: hash_of(&hash),
-        period_end: row.get(4)?,
-        last_record: row.get(5)?,
-        confirmed: row.get::<_, i64>(6)? != 0,
+fn sqlite_strings(db: &Connection, query: &str) -> Result<Vec<String>, OracleError> {
+    let mut stmt = db.prepare_cached(query).map_err(db_error)?;
+    let rows = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(db_error)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+}
+
+/// Creates the schema, or upgrades a version-1 or version-2 store in place, in one
+/// transaction; returns the store's schema version (newer than [`SCHEMA_VERSION`]:
+/// left alone).
+fn sqlite_migrate(db: &Connection) -> rusqlite::Result<i64> {
+    let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)?;
+    let has = |table: &str| -> rusqlite::Result<bool> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    let version: i64 = if has("tally_schema")? {
+        tx.query_row("SELECT MAX(version) FROM tally_schema", [], |row| {
+            row.get::<_, Option<i64>>(0)
+        })?
+        .unwrap_or(0)
+    } else {
+        // Version 1 had no version table.
+        i64::from(has("records")?)
+    };
+    if version >= SCHEMA_VERSION {
+        // Newer: refused by the caller, nothing touched.
+        tx.commit()?;
+        return Ok(version);
+    }
+    if version == 1 {
+        tx.execute_batch(&MIGRATE_V1_V2.replace("{int}", "INTEGER"))?;
+    }
+    if version >= 1 {
+        // SQLite has no ADD COLUMN IF NOT EXISTS.
+        let columns: Vec<String> = tx
+            .prepare("SELECT name FROM pragma_table_info('records')")?
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        for column in GATEWAY_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE records ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                ))?;
+            }
+        }
+    }
+    tx.execute_batch(&schema_v3(false))?;
+    if version == 1 {
+        tx.execute_batch(COPY_V1_SUBMISSIONS)?;
+    }
+    tx.execute("DELETE FROM tally_schema", [])?;
+    tx.execute(
+        "INSERT INTO tally_schema (version) VALUES (?1)",
+        [SCHEMA_VERSION],
+    )?;
+    tx.commit()?;
+    Ok(SCHEMA_VERSION)
+}
+
+/// A [`RoundWrite`] with its values converted (so nothing fails mid-transaction for a
+/// value out of range).
+/// Records to write off: job, nonce, ids, reason, units.
+type PreparedRecordWriteOff = (String, Option<i64>, Vec<i64>, String, i64);
+
+struct PreparedRound {
+    submissions: Vec<PreparedSubmission>,
+    record_write_offs: Vec<PreparedRecordWriteOff>,
+    submission_write_offs: Vec<(String, i64, i64, String)>,
+}
+
+struct PreparedSubmission {
+    job: String,
+    nonce: i64,
+    seq: i64,
+    values: [i64; 6], // cumulative, tokens, requests, gpu_ms, records, period_end
+    oldest: Option<i64>,
+    hash: Vec<u8>,
+    invoice: Vec<u8>,
+    record_ids: Vec<i64>,
+}
+
+impl PreparedRound {
+    fn of(round: &RoundWrite) -> Result<Self, OracleError> {
+        let submissions = round
+            .submissions
+            .iter()
+            .map(|n| {
+                let s = &n.submission;
+                if s.job_nonce == LEGACY_NONCE {
+                    return Err(OracleError::Invalid(format!(
+                        "a new submission of job {} needs its job nonce",
+                        s.job
+                    )));
+                }
+                Ok(PreparedSubmission {
+                    job: s.job.clone(),
+                    nonce: to_i64(s.job_nonce)?,
+                    seq: to_i64(s.seq)?,
+                    values: [
+                        to_i64(s.cumulative_units)?,
+                        to_i64(s.metered.tokens)?,
+                        to_i64(s.metered.requests)?,
+                        to_i64(s.metered.gpu_ms)?,
+                        to_i64(s.records)?,
+                        s.period_end,
+                    ],
+                    oldest: s.oldest_finished_at,
+                    hash: s.invoice_hash.to_vec(),
+                    invoice: n.invoice.clone(),
+                    record_ids: n.record_ids.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        let record_write_offs = round
+            .record_write_offs
+            .iter()
+            .map(|w| {
+                Ok((
+                    w.job.clone(),
+                    w.job_nonce.map(to_i64).transpose()?,
+                    w.record_ids.clone(),
+                    w.reason.clone(),
+                    to_i64(w.units)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        let submission_write_offs = round
+            .submission_write_offs
+            .iter()
+            .map(|(job, nonce, seq, reason)| {
+                Ok((
+                    job.clone(),
+                    nonce_to_sql(*nonce)?,
+                    to_i64(*seq)?,
+                    reason.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        Ok(Self {
+            submissions,
+            record_write_offs,
+            submission_write_offs,
+        })
+    }
+}
+
+const INSERT_SUBMISSION: &str = "INSERT INTO submissions
+    (job, job_nonce, seq, cumulative_units, invoice_hash, period_end, metered_tokens,
+     metered_requests, metered_gpu_ms, records, oldest_finished_at, state, reason)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, NULL)";
+const INSERT_INVOICE: &str =
+    "INSERT INTO invoices (job, job_nonce, seq, bytes) VALUES ($1, $2, $3, $4)";
+const WRITE_OFF_RECORD: &str = "UPDATE records SET submission_seq = 0, \
+    job_nonce = COALESCE(job_nonce, $1) WHERE id = $2 AND submission_seq IS NULL";
+const WRITE_OFF_SUBMISSION: &str = "UPDATE submissions SET state = 2, reason = $4 \
+    WHERE job = $1 AND job_nonce = $2 AND seq = $3 AND state = 0";
+const LOG_WRITE_OFF: &str = "INSERT INTO write_offs (job, job_nonce, seq, reason, records, units)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
+fn conflict(what: String) -> OracleError {
+    OracleError::Store(format!(
+        "{what}: another batcher changed it first; nothing of this round was written (it is redone next round)"
+    ))
+}
+
+fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), OracleError> {
+    let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    {
+        let mut insert = tx
+            .prepare_cached(&sqlite_sql(INSERT_SUBMISSION))
+            .map_err(db_error)?;
+        let mut invoice = tx
+            .prepare_cached(&sqlite_sql(INSERT_INVOICE))
+            .map_err(db_error)?;
+        let mut attach = tx
+            .prepare_cached(&sqlite_sql(sql::ATTACH))
+            .map_err(db_error)?;
+        for s in &round.submissions {
+            let [cumulative, tokens, requests, gpu_ms, records, period_end] = s.values;
+            insert
+                .execute(params![
+                    s.job, s.nonce, s.seq, cumulative, s.hash, period_end, tokens, requests,
+                    gpu_ms, records, s.oldest
+                ])
+                .map_err(|e| conflict(format!("submission {} of job {}: {e}", s.seq, s.job)))?;
+            invoice
+                .execute(params![s.job, s.nonce, s.seq, s.invoice])
+                .map_err(db_error)?;
+            for id in &s.record_ids {
+                if attach
+                    .execute(params![s.nonce, s.seq, id])
+                    .map_err(db_error)?
+                    != 1
+                {
+                    return Err(conflict(format!("record {id} of job {}", s.job)));
+                }
+            }
+        }
+        let mut off = tx
+            .prepare_cached(&sqlite_sql(WRITE_OFF_RECORD))
+            .map_err(db_error)?;
+        let mut log = tx
+            .prepare_cached(&sqlite_sql(LOG_WRITE_OFF))
+            .map_err(db_error)?;
+        for (job, nonce, ids, reason, units) in &round.record_write_offs {
+            for id in ids {
+                if off.execute(params![nonce, id]).map_err(db_error)? != 1 {
+                    return Err(conflict(format!("record {id} of job {job}")));
+                }
+            }
+            let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+            log.execute(params![job, nonce, Option::<i64>::None, reason, n, units])
+                .map_err(db_error)?;
+        }
+        let mut off = tx
+            .prepare_cached(&sqlite_sql(WRITE_OFF_SUBMISSION))
+            .map_err(db_error)?;
+        for (job, nonce, seq, reason) in &round.submission_write_offs {
+            if off
+                .execute(params![job, nonce, seq, reason])
+                .map_err(db_error)?
+                != 1
+            {
+                return Err(conflict(format!("submission {seq} of job {job}")));
+            }
+            log.execute(params![
+                job,
+                nonce,
+                seq,
+                reason,
+                tx.query_row(
+                    "SELECT records FROM submissions WHERE job = ?1 AND job_nonce = ?2 AND seq = ?3",
+                    params![job, nonce, seq],
+                    |row| row.get::<_, i64>(0)
+                )
+                .map_err(db_error)?,
+                0i64
+            ])
+            .map_err(db_error)?;
+        }
+    }
+    tx.commit().map_err(db_error)
+}
+
+// ---------------------------------------------------------------------------------
+// PostgreSQL: tokio-postgres through a deadpool pool, driven by a small runtime of
+// the store's own so the store's API stays blocking (callers are blocking threads).
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+
+/// A count and the oldest `finished_at` among what was counted.
+type CountAndOldest = (i64, Option<i64>);
+
+struct Pg {
+    /// Drives the pool's connections; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// The redacted location, for messages.
+    location: String,
+    /// The session holding (or trying for) the settlement lock.
+    lock: Mutex<Option<LockSession>>,
+}
+
+struct LockSession {
+    client: tokio_postgres::Client,
+    /// Its server process id: what `pg_locks` names the lock holder by.
+    pid: i32,
+    held: bool,
+}
+
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Whether retrying on a fresh connection may succeed: the connection was lost or
+/// the server is restarting, or the transaction lost a race it can rerun.
+fn pg_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") // connection exception
+                || code.starts_with("57P") // admin / crash shutdown, cannot connect now
+                || code == "40001" // serialization failure
+                || code == "40P01" // deadlock
+                || code == "53300" // too many connections
+        }
+        // No server answer at all: I/O, a connect that failed.
+        None => true,
+    }
+}
+
+enum PgFail {
+    /// Worth retrying on another connection.
+    Transient(String),
+    /// The answer is final.
+    Fatal(OracleError),
+}
+
+impl From<tokio_postgres::Error> for PgFail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if pg_transient(&e) {
+            PgFail::Transient(pg_detail(&e))
+        } else {
+            PgFail::Fatal(OracleError::Store(format!("postgres: {}", pg_detail(&e))))
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgFail {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PgFail::Transient(format!("no connection from the pool: {e}"))
+    }
+}
+
+impl From<OracleError> for PgFail {
+    fn from(e: OracleError) -> Self {
+        PgFail::Fatal(e)
+    }
+}
+
+type PgResult<T> = Result<T, PgFail>;
+
+fn pg_config(location: &str) -> Result<tokio_postgres::Config, OracleError> {
+    let mut config: tokio_postgres::Config = location.parse().map_err(|e| {
+        OracleError::Store(format!(
+            "{} is not a PostgreSQL URL: {e}",
+            redact_location(location)
+        ))
+    })?;
+    // A peer that vanished (power loss, a cut network) is noticed in ~25 s, not hours.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(25))
+        .connect_timeout(Duration::from_secs(5))
+        .application_name("tally-oracle")
+        .options(format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000",
+            PG_STATEMENT_TIMEOUT.as_millis()
+        ));
+    Ok(config)
+}
+
+impl Pg {
+    fn connect(location: &str) -> Result<Self, OracleError> {
+        let config = pg_config(location)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tally-store-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| OracleError::Store(format!("cannot start the PostgreSQL driver: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = {
+            let _entered = runtime.enter();
+            Pool::builder(manager)
+                .max_size(PG_POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(10)))
+                .create_timeout(Some(Duration::from_secs(5)))
+                .recycle_timeout(Some(Duration::from_secs(5)))
+                .build()
+                .map_err(|e| OracleError::Store(format!("cannot build the PostgreSQL pool: {e}")))?
+        };
+        let pg = Self {
+            runtime: Some(runtime),
+            pool,
+            config,
+            location: redact_location(location),
+            lock: Mutex::new(None),
+        };
+        // The first connection must work: a wrong URL or password is an error now,
+        // not 20 s of retries.
+        pg.block_on(async {
+            let mut client = pg.pool.get().await.map_err(|e| {
+                OracleError::Store(format!("cannot connect to {}: {e}", pg.location))
+            })?;
+            pg_migrate(&mut client).await.map_err(|e| {
+                OracleError::Store(format!(
+                    "cannot create or upgrade the store at {} to schema version {SCHEMA_VERSION}: {}",
+                    pg.location,
+                    pg_detail(&e)
+                ))
+            })
+        })?;
+        Ok(pg)
+    }
+
+    fn block_on<T>(
+        &self,
+        f: impl Future<Output = Result<T, OracleError>>,
+    ) -> Result<T, OracleError> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(f),
+            None => Err(OracleError::Store("the PostgreSQL store is closing".into())),
+        }
+    }
+
+    /// Runs `op` on a pooled connection, retrying lost connections with backoff for
+    /// up to [`PG_RETRY_FOR`].
+    fn with_retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, OracleError>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        self.block_on(async {
+            let started = Instant::now();
+            let mut wait = Duration::from_millis(50);
+            loop {
+                let attempt = async {
+                    let client = self.pool.get().await?;
+                    op(client).await
+                };
+                match attempt.await {
+                    Ok(value) => return Ok(value),
+                    Err(PgFail::Fatal(e)) => return Err(e),
+                    Err(PgFail::Transient(reason)) => {
+                        if started.elapsed() >= PG_RETRY_FOR {
+                            return Err(OracleError::Store(format!(
+                                "{what}: PostgreSQL at {} is unavailable ({reason}); retried for {} s — check the server",
+                                self.location,
+                                PG_RETRY_FOR.as_secs()
+                            )));
+                        }
+                        tracing::warn!("{what}: PostgreSQL connection lost ({reason}): retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        })
+    }
+
+    fn try_lead(&self) -> Result<bool, OracleError> {
+        let mut guard = self
+            .lock
+            .lock()
+            .map_err(|_| OracleError::Store("the settlement lock state is poisoned".into()))?;
+        self.block_on(async {
+            // A session that stopped answering has lost the lock (the server ends a
+            // session whose peer is gone, and releases its locks).
+            if let Some(session) = guard.as_ref() {
+                let alive = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    session.client.simple_query("SELECT 1"),
+                )
+                .await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    if session.held {
+                        tracing::warn!(
+                            "the settlement lock session to {} was lost: leadership is given up until the lock is won again",
+                            self.location
+                        );
+                    }
+                    *guard = None;
+                }
+            }
+            if guard.is_none() {
+                *guard = Some(self.lock_session().await?);
+            }
+            let Some(session) = guard.as_mut() else {
+                return Ok(false);
+            };
+            if !session.held {
+                let row = session
+                    .client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&SETTLEMENT_LOCK])
+                    .await;
+                match row.and_then(|row| row.try_get::<_, bool>(0)) {
+                    Ok(held) => session.held = held,
+                    Err(e) => {
+                        *guard = None;
+                        return Err(OracleError::Store(format!(
+                            "cannot ask for the settlement lock on {}: {}",
+                            self.location,
+                            pg_detail(&e)
+                        )));
+                    }
+                }
+            }
+            Ok(session.held)
+        })
+    }
+
+    /// A dedicated connection for the settlement lock, its server-side keepalives
+    /// set so a vanished leader's session (and lock) ends in seconds.
+    async fn lock_session(&self) -> Result<LockSession, OracleError> {
+        let (client, connection) =
+            self.config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| {
+                    OracleError::Store(format!(
+                        "cannot open the settlement lock session to {}: {}",
+                        self.location,
+                        pg_detail(&e)
+                    ))
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("settlement lock session ended: {e}");
+            }
+        });
+        client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                 SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000",
+            )
+            .await
+            .map_err(|e| OracleError::Store(format!("postgres: {}", pg_detail(&e))))?;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| OracleError::Store(format!("postgres: {}", pg_detail(&e))))?;
+        Ok(LockSession {
+            client,
+            pid,
+            held: false,
+        })
+    }
+
+    /// The lock session's server pid, if it holds the settlement lock.
+    fn leader_pid(&self) -> Result<i32, OracleError> {
+        let guard = self
+            .lock
+            .lock()
+            .map_err(|_| OracleError::Store("the settlement lock state is poisoned".into()))?;
+        match guard.as_ref() {
+            Some(session) if session.held => Ok(session.pid),
+            _ => Err(OracleError::Store(
+                "this replica does not hold the settlement lock: it must not write settlements"
+                    .into(),
+            )),
+        }
+    }
+
+    fn record_batch(
+        &self,
+        records: &[UsageRecord],
+        values: &[RecordValues],
+    ) -> Result<Vec<Recorded>, OracleError> {
+        self.with_retry("committing usage records", |mut client| async move {
+            let tx = client.transaction().await?;
+            let insert = tx.prepare_cached(sql::INSERT_RECORD).await?;
+            // Pipelined: one round trip for the whole batch.
+            let inserts = records.iter().zip(values).map(|(r, v)| {
+                let params: [&(dyn ToSql + Sync); 12] = [
+                    &r.job,
+                    &v.nonce,
+                    &r.request_id,
+                    &r.model,
+                    &v.prompt,
+                    &v.completion,
+                    &v.gpu_ms,
+                    &r.finished_at,
+                    &r.source,
+                    &r.upstream_id,
+                    &r.counted_by,
+                    &r.key_id,
+                ];
+                let (tx, insert) = (&tx, &insert);
+                async move { tx.execute(insert, &params).await }
+            });
+            let counts = futures_util::future::try_join_all(inserts).await?;
+            tx.commit().await?;
+            Ok(counts
+                .into_iter()
+                .map(|n| {
+                    if n == 1 {
+                        Recorded::New
+                    } else {
+                        Recorded::Duplicate
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn strings(&self, query: &'static str) -> Result<Vec<String>, OracleError> {
+        self.with_retry("reading the store", |client| async move {
+            let rows = client.query(query, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn count(&self, query: &'static str) -> Result<u64, OracleError> {
+        self.with_retry("reading the store", |client| async move {
+            let row = client.query_one(query, &[]).await?;
+            Ok(to_u64(row.try_get::<_, i64>(0)?))
+        })
+    }
+
+    fn waiting_records(&self, job: &str, limit: i64) -> Result<Vec<WaitingRecord>, OracleError> {
+        self.with_retry("reading waiting records", |client| async move {
+            let rows = client.query(sql::WAITING_OF_JOB, &[&job, &limit]).await?;
+            Ok(rows.iter().map(pg_record).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn records_after(
+        &self,
+        query: &str,
+        job: &str,
+        after: i64,
+    ) -> Result<Vec<(i64, UsageRecord)>, OracleError> {
+        self.with_retry("reading records", |client| async move {
+            let rows = client.query(query, &[&job, &after]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| pg_record(row).map(|w| (w.id, w.record)))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn billing(&self, query: &str) -> Result<Vec<(UsageRecord, Option<i64>)>, OracleError> {
+        self.with_retry("reading records", |client| async move {
+            let rows = client.query(query, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| Ok((pg_record(row)?.record, row.try_get::<_, Option<i64>>(13)?)))
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?)
+        })
+    }
+
+    fn submitted_records(
+        &self,
+        query: &str,
+        job: &str,
+        nonce: Option<i64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, OracleError> {
+        self.with_retry("reading submitted records", |client| async move {
+            let rows = client.query(query, &[&job, &nonce]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| Ok((to_u64(row.try_get(13)?), pg_record(row)?.record)))
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?)
+        })
+    }
+
+    fn last_submission(&self, job: &str, nonce: i64) -> Result<Option<Submission>, OracleError> {
+        self.with_retry("reading submissions", |client| async move {
+            let row = client
+                .query_opt(sql::LAST_SUBMISSION, &[&job, &nonce])
+                .await?;
+            Ok(row.as_ref().map(pg_submission).transpose()?)
+        })
+    }
+
+    fn submissions(&self, query: &str, job: Option<&str>) -> Result<Vec<Submission>, OracleError> {
+        self.with_retry("reading submissions", |client| async move {
+            let rows = match job {
+                Some(job) => client.query(query, &[&job]).await?,
+                None => client.query(query, &[]).await?,
+            };
+            Ok(rows
+                .iter()
+                .map(pg_submission)
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn unsettled(&self) -> Result<(CountAndOldest, CountAndOldest), OracleError> {
+        self.with_retry("reading unsettled records", |client| async move {
+            let w = client.query_one(sql::UNSETTLED_WAITING, &[]).await?;
+            let p = client.query_one(sql::UNSETTLED_PENDING, &[]).await?;
+            Ok((
+                (w.try_get(0)?, w.try_get(1)?),
+                (p.try_get(0)?, p.try_get(1)?),
+            ))
+        })
+    }
+
+    fn invoice(&self, job: &str, nonce: i64, seq: i64) -> Result<Option<Vec<u8>>, OracleError> {
+        self.with_retry("reading an invoice", |client| async move {
+            let row = client
+                .query_opt(sql::INVOICE, &[&job, &nonce, &seq])
+                .await?;
+            Ok(row.map(|r| r.try_get::<_, Vec<u8>>(0)).transpose()?)
+        })
+    }
+
+    fn write_offs(&self, query: &'static str) -> Result<Vec<WriteOff>, OracleError> {
+        self.with_retry("reading write-offs", |client| async move {
+            let rows = client.query(query, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    Ok(WriteOff {
+                        job: row.try_get(0)?,
+                        job_nonce: row.try_get::<_, Option<i64>>(1)?.map(nonce_from_sql),
+                        seq: row.try_get::<_, Option<i64>>(2)?.map(to_u64),
+                        reason: row.try_get(3)?,
+                        records: to_u64(row.try_get(4)?),
+                        units: to_u64(row.try_get(5)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?)
+        })
+    }
+
+    fn lookup_tables(&self, query: &'static str) -> Result<Vec<LookupTableRow>, OracleError> {
+        self.with_retry("reading lookup tables", |client| async move {
+            let rows = client.query(query, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    Ok(LookupTableRow {
+                        address: row.try_get(0)?,
+                        authority: row.try_get(1)?,
+                        operator: row.try_get(2)?,
+                        mint: row.try_get(3)?,
+                        recent_slot: to_u64(row.try_get(4)?),
+                        state: table_state_from_sql(row.try_get(5)?, row.try_get(6)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?)
+        })
+    }
+
+    fn save_lookup_table(
+        &self,
+        query: &'static str,
+        table: &LookupTableRow,
+        recent: i64,
+        state: i64,
+        slot: Option<i64>,
+    ) -> Result<(), OracleError> {
+        self.with_retry("saving a lookup table", |client| async move {
+            client
+                .execute(
+                    query,
+                    &[
+                        &table.address,
+                        &table.authority,
+                        &table.operator,
+                        &table.mint,
+                        &recent,
+                        &state,
+                        &slot,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn adopt_legacy(
+        &self,
+        job: &str,
+        nonce: i64,
+        totals: [i64; 3],
+        invoices: &[(i64, Vec<u8>)],
+    ) -> Result<(), OracleError> {
+        let pid = self.leader_pid()?;
+        self.with_retry("adopting migrated submissions", |mut client| async move {
+            let tx = client.transaction().await?;
+            fence(&tx, pid).await?;
+            tx.execute(
+                "UPDATE submissions SET metered_tokens = $2, metered_requests = $3, metered_gpu_ms = $4
+                 WHERE job = $1 AND job_nonce = -1
+                   AND seq = (SELECT MAX(seq) FROM submissions WHERE job = $1 AND job_nonce = -1)",
+                &[&job, &totals[0], &totals[1], &totals[2]],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE submissions SET job_nonce = $2 WHERE job = $1 AND job_nonce = -1",
+                &[&job, &nonce],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE records SET job_nonce = $2 WHERE job = $1 AND job_nonce IS NULL AND submission_seq > 0",
+                &[&job, &nonce],
+            )
+            .await?;
+            for (seq, bytes) in invoices {
+                tx.execute(
+                    "INSERT INTO invoices (job, job_nonce, seq, bytes) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (job, job_nonce, seq) DO NOTHING",
+                    &[&job, &nonce, seq, bytes],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn write_round(&self, round: &PreparedRound) -> Result<(), OracleError> {
+        let pid = self.leader_pid()?;
+        // Not retried past a lost commit: a rerun would find its own submissions and
+        // fail; the next round resumes them as pending instead.
+        self.block_on(async {
+            let run = async {
+                let mut client = self.pool.get().await?;
+                let tx = client.transaction().await?;
+                fence(&tx, pid).await?;
+                let insert = tx.prepare_cached(INSERT_SUBMISSION).await?;
+                let invoice = tx.prepare_cached(INSERT_INVOICE).await?;
+                for s in &round.submissions {
+                    let [cumulative, tokens, requests, gpu_ms, records, period_end] = s.values;
+                    tx.execute(
+                        &insert,
+                        &[
+                            &s.job, &s.nonce, &s.seq, &cumulative, &s.hash, &period_end, &tokens,
+                            &requests, &gpu_ms, &records, &s.oldest,
+                        ],
+                    )
+                    .await
+                    .map_err(|e| {
+                        PgFail::Fatal(conflict(format!(
+                            "submission {} of job {}: {}",
+                            s.seq,
+                            s.job,
+                            pg_detail(&e)
+                        )))
+                    })?;
+                    tx.execute(&invoice, &[&s.job, &s.nonce, &s.seq, &s.invoice])
+                        .await?;
+                    let attached = tx
+                        .execute(
+                            "UPDATE records SET job_nonce = $1, submission_seq = $2
+                             WHERE id = ANY($3) AND submission_seq IS NULL",
+                            &[&s.nonce, &s.seq, &s.record_ids],
+                        )
+                        .await?;
+                    if attached != s.record_ids.len() as u64 {
+                        return Err(PgFail::Fatal(conflict(format!(
+                            "records of submission {} of job {}",
+                            s.seq, s.job
+                        ))));
+                    }
+                }
+                for (job, nonce, ids, reason, units) in &round.record_write_offs {
+                    let n = tx
+                        .execute(
+                            "UPDATE records SET submission_seq = 0, job_nonce = COALESCE(job_nonce, $1)
+                             WHERE id = ANY($2) AND submission_seq IS NULL",
+                            &[nonce, ids],
+                        )
+                        .await?;
+                    if n != ids.len() as u64 {
+                        return Err(PgFail::Fatal(conflict(format!("records of job {job}"))));
+                    }
+                    let count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+                    tx.execute(
+                        LOG_WRITE_OFF,
+                        &[job, nonce, &Option::<i64>::None, reason, &count, units],
+                    )
+                    .await?;
+                }
+                for (job, nonce, seq, reason) in &round.submission_write_offs {
+                    let n = tx
+                        .execute(WRITE_OFF_SUBMISSION, &[job, nonce, seq, reason])
+                        .await?;
+                    if n != 1 {
+                        return Err(PgFail::Fatal(conflict(format!(
+                            "submission {seq} of job {job}"
+                        ))));
+                    }
+                    tx.execute(
+                        "INSERT INTO write_offs (job, job_nonce, seq, reason, records, units)
+                         SELECT job, job_nonce, seq, $4, records, 0 FROM submissions
+                         WHERE job = $1 AND job_nonce = $2 AND seq = $3",
+                        &[job, nonce, seq, reason],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            };
+            run.await.map_err(|e| match e {
+                PgFail::Fatal(e) => e,
+                PgFail::Transient(reason) => OracleError::Store(format!(
+                    "writing a settlement round to {}: {reason} (nothing is sent; the round is redone)",
+                    self.location
+                )),
+            })
+        })
+    }
+
+    fn confirm_all(&self, rows: &[(String, i64, i64)]) -> Result<u64, OracleError> {
+        let pid = self.leader_pid()?;
+        self.with_retry("confirming submissions", |mut client| async move {
+            let tx = client.transaction().await?;
+            fence(&tx, pid).await?;
+            let confirm = tx.prepare_cached(sql::CONFIRM).await?;
+            let updates = rows.iter().map(|(job, nonce, seq)| {
+                let (tx, confirm) = (&tx, &confirm);
+                async move { tx.execute(confirm, &[job, nonce, seq]).await }
+            });
+            let n: u64 = futures_util::future::try_join_all(updates)
+                .await?
+                .into_iter()
+                .sum();
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    fn claim_meter(&self, job: &str, source: &str, now: i64) -> Result<String, OracleError> {
+        self.with_retry("claiming a job's meter", |client| async move {
+            client
+                .execute(sql::CLAIM_METER, &[&job, &source, &now])
+                .await?;
+            let row = client.query_one(sql::METER_OF, &[&job]).await?;
+            Ok(row.try_get::<_, String>(0)?)
+        })
+    }
+
+    fn revoke_key(&self, key_id: &str, job: &str, now: i64) -> Result<u64, OracleError> {
+        self.with_retry("revoking a job key", |client| async move {
+            Ok(client
+                .execute(sql::REVOKE_KEY, &[&key_id, &job, &now])
+                .await?)
+        })
+    }
+
+    fn usage_row(
+        &self,
+        query: &'static str,
+        key: &str,
+        until: i64,
+    ) -> Result<UsageRow, OracleError> {
+        self.with_retry("reading usage", |client| async move {
+            let row = client.query_one(query, &[&key, &until]).await?;
+            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        })
+    }
+
+    fn unsettled_usage(
+        &self,
+        job: &str,
+        nonce: Option<i64>,
+        until: i64,
+    ) -> Result<(Totals, Totals), OracleError> {
+        self.with_retry("reading unsettled usage", |client| async move {
+            let row = client
+                .query_one(sql::WAITING_USAGE, &[&job, &until, &nonce])
+                .await?;
+            let waiting = totals_of((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+            let rows = client
+                .query(sql::PENDING_USAGE, &[&job])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        [row.try_get(2)?, row.try_get(3)?, row.try_get(4)?],
+                    ))
+                })
+                .collect::<Result<Vec<PendingRow>, tokio_postgres::Error>>()?;
+            let mut pending = Totals::default();
+            for (n, first, latest) in pending_groups(&rows, nonce) {
+                let settled = client
+                    .query_opt(sql::SETTLED_BEFORE, &[&job, &n, &first])
+                    .await?
+                    .map(|row| {
+                        Ok::<_, tokio_postgres::Error>(running([
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            row.try_get(2)?,
+                        ]))
+                    })
+                    .transpose()?
+                    .unwrap_or_default();
+                pending.merge(&minus(latest, settled));
+            }
+            Ok((waiting, pending))
+        })
+    }
+
+    fn query_plans(&self, queries: &[(&'static str, &str)]) -> Result<Vec<QueryPlan>, OracleError> {
+        self.with_retry("explaining queries", |mut client| async move {
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+            let mut plans = Vec::new();
+            for (name, query) in queries {
+                let statement = tx.prepare(&format!("EXPLAIN {query}")).await?;
+                let texts: Vec<String> = vec!["1".into(); statement.params().len()];
+                let ints: Vec<i64> = vec![1; statement.params().len()];
+                let params: Vec<&(dyn ToSql + Sync)> = statement
+                    .params()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| -> &(dyn ToSql + Sync) {
+                        if *ty == tokio_postgres::types::Type::TEXT {
+                            &texts[i]
+                        } else {
+                            &ints[i]
+                        }
+                    })
+                    .collect();
+                let rows = tx.query(&statement, &params).await?;
+                let plan = rows
+                    .iter()
+                    .map(|row| row.try_get::<_, String>(0))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join("\n");
+                plans.push(QueryPlan {
+                    name,
+                    sql: (*query).to_string(),
+                    plan,
+                });
+            }
+            tx.rollback().await?;
+            Ok(plans)
+        })
+    }
+}
+
+/// Fails the transaction unless the settlement lock is still held by this
+/// replica's lock session `pid`: a leader whose lock session died must not write.
+async fn fence(tx: &tokio_postgres::Transaction<'_>, pid: i32) -> PgResult<()> {
+    let held: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 AND pid = $3",
+            &[
+                &(SETTLEMENT_LOCK >> 32),
+                &(SETTLEMENT_LOCK & 0xffff_ffff),
+                &pid,
+            ],
+        )
+        .await?
+        .try_get(0)?;
+    if held == 0 {
+        return Err(PgFail::Fatal(OracleError::Store(
+            "this replica lost the settlement lock: it writes no settlement until it leads again"
+                .into(),
+        )));
+    }
+    Ok(())
+}
+
+async fn pg_migrate(client: &mut deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // Replicas starting together race on creation and migration: serialize.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    let has = |table: &'static str| {
+        let tx = &tx;
+        async move {
+            tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await
+                .and_then(|row| row.try_get::<_, bool>(0))
+        }
+    };
+    let version: i64 = if has("tally_schema").await? {
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM tally_schema", &[])
+            .await?
+            .try_get(0)?
+    } else {
+        // Version 1 had no version table.
+        i64::from(has("records").await?)
+    };
+    if version == SCHEMA_VERSION {
+        return tx.commit().await;
+    }
+    if version > SCHEMA_VERSION {
+        // Surfaced as a database error by the caller's message.
+        tx.batch_execute(&format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'the store has schema version {version}, newer than this oracle''s {SCHEMA_VERSION}: run a newer tally-oracle'; END $$"
+        ))
+        .await?;
+    }
+    if version == 1 {
+        tx.batch_execute(&MIGRATE_V1_V2.replace("{int}", "BIGINT"))
+            .await?;
+    }
+    if version >= 1 {
+        for column in GATEWAY_COLUMNS {
+            tx.batch_execute(&format!(
+                "ALTER TABLE records ADD COLUMN IF NOT EXISTS {column} TEXT NOT NULL DEFAULT ''"
+            ))
+            .await?;
+        }
+    }
+    tx.batch_execute(&schema_v3(true)).await?;
+    if version == 1 {
+        tx.batch_execute(COPY_V1_SUBMISSIONS).await?;
+    }
+    tx.execute("DELETE FROM tally_schema", &[]).await?;
+    tx.execute(
+        "INSERT INTO tally_schema (version) VALUES ($1)",
+        &[&SCHEMA_VERSION],
+    )
+    .await?;
+    tx.commit().await
+}
+
+fn pg_record(row: &tokio_postgres::Row) -> Result<WaitingRecord, tokio_postgres::Error> {
+    let u = |i: usize| row.try_get::<_, i64>(i).map(to_u64);
+    Ok(WaitingRecord {
+        id: row.try_get(0)?,
+        record: UsageRecord {
+            job: row.try_get(1)?,
+            job_nonce: row.try_get::<_, Option<i64>>(2)?.map(to_u64),
+            request_id: row.try_get(3)?,
+            model: row.try_get(4)?,
+            prompt_tokens: u(5)?,
+            completion_tokens: u(6)?,
+            gpu_ms: u(7)?,
+            finished_at: row.try_get(8)?,
+            source: row.try_get(9)?,
+            upstream_id: row.try_get(10)?,
+            counted_by: row.try_get(11)?,
+            key_id: row.try_get(12)?,
+        },
     })
+}
+
+fn pg_submission(row: &tokio_postgres::Row) -> Result<Submission, tokio_postgres::Error> {
+    let u = |i: usize| row.try_get::<_, i64>(i).map(to_u64);
+    let hash: Vec<u8> = row.try_get(4)?;
+    Ok(Submission {
+        job: row.try_get(0)?,
+        job_nonce: nonce_from_sql(row.try_get(1)?),
+        seq: u(2)?,
+        cumulative_units: u(3)?,
+        invoice_hash: hash_of(&hash),
+        period_end: row.try_get(5)?,
+        metered: Totals {
+            tokens: u(6)?,
+            requests: u(7)?,
+            gpu_ms: u(8)?,
+        },
+        records: u(9)?,
+        oldest_finished_at: row.try_get(10)?,
+        state: state_from_sql(row.try_get(11)?, row.try_get(12)?),
+    })
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids: let it go in the
+        // background (its connections close with it).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

@@ -38,6 +38,24 @@ pub const UNBILLABLE_RECORDS: &str = "tally_oracle_unbillable_records_total";
 pub const UNBILLABLE_UNITS: &str = "tally_oracle_unbillable_units_total";
 /// The chain's clock minus this machine's, in seconds, at the last round.
 pub const CLOCK_OFFSET: &str = "tally_oracle_chain_clock_offset_seconds";
+/// Receipts that can never land, written off (label `reason`).
+pub const RECEIPTS_WRITTEN_OFF: &str = "tally_oracle_receipts_written_off_total";
+/// Records that can never be billed, written off (label `reason`).
+pub const RECORDS_WRITTEN_OFF: &str = "tally_oracle_records_written_off_total";
+/// Jobs whose receipts failed and that wait before the next try.
+pub const JOBS_BACKING_OFF: &str = "tally_oracle_jobs_backing_off";
+/// Settlement, ledger and lookup-table transactions sent.
+pub const TRANSACTIONS_SENT: &str = "tally_oracle_transactions_sent_total";
+/// Lookup tables managed and active.
+pub const LOOKUP_TABLES: &str = "tally_oracle_lookup_tables";
+/// How long the last settlement round took.
+pub const ROUND_SECONDS: &str = "tally_oracle_round_seconds";
+/// 1 while this replica leads settlement (always, for a SQLite store).
+pub const LEADER: &str = "tally_oracle_leader";
+/// Store transactions that committed records (group commit: one per group).
+pub const STORE_COMMITS: &str = "tally_oracle_store_commits_total";
+/// Records those transactions carried (÷ commits = the mean group size).
+pub const STORE_COMMITTED_RECORDS: &str = "tally_oracle_store_committed_records_total";
 
 /// Upstream answers without usage (label `outcome`: `tokenized` — billed by counting
 /// with the server's tokenizer; `withheld` — a whole answer not delivered, since it
@@ -53,7 +71,7 @@ pub const HEALTH_WARNINGS: usize = 20;
 pub const UNMETERED_DEGRADES_SECS: i64 = 900;
 
 /// Every metric the oracle exposes.
-pub const METRICS: [(&str, Kind, &str); 20] = [
+pub const METRICS: [(&str, Kind, &str); 29] = [
     (
         RECORDS_IN,
         Kind::Counter,
@@ -150,18 +168,65 @@ pub const METRICS: [(&str, Kind, &str); 20] = [
         Kind::Counter,
         "Requests the gateway refused, by reason (never forwarded, never billed).",
     ),
+    (
+        RECEIPTS_WRITTEN_OFF,
+        Kind::Counter,
+        "Receipts that can never land, written off, by reason (job_closed, expired, superseded).",
+    ),
+    (
+        RECORDS_WRITTEN_OFF,
+        Kind::Counter,
+        "Usage records that can never be billed, written off, by reason (job_closed, before_job_opened, no_such_job).",
+    ),
+    (
+        JOBS_BACKING_OFF,
+        Kind::Gauge,
+        "Jobs whose last receipt failed, waiting before their next try (the others go on).",
+    ),
+    (
+        TRANSACTIONS_SENT,
+        Kind::Counter,
+        "Transactions sent: settlements, ledgers, lookup tables.",
+    ),
+    (
+        LOOKUP_TABLES,
+        Kind::Gauge,
+        "Address lookup tables this oracle manages that are active.",
+    ),
+    (ROUND_SECONDS, Kind::Gauge, "Duration of the last settlement round."),
+    (
+        LEADER,
+        Kind::Gauge,
+        "1 while this replica holds the settlement lock (always 1 with a SQLite store).",
+    ),
+    (
+        STORE_COMMITS,
+        Kind::Counter,
+        "Store transactions committing usage records (one per group of concurrent records).",
+    ),
+    (
+        STORE_COMMITTED_RECORDS,
+        Kind::Counter,
+        "Usage records those transactions carried.",
+    ),
 ];
 
-/// The health of the settlement loop.
+/// The health of the settlement loop: the daemon's, not one job's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    /// Unix seconds of the last round that finished without a failed send.
+    /// Unix seconds (chain time) of the last round that ran to its end.
     pub last_good_round: Option<i64>,
-    /// The last round's errors (empty when it was clean).
+    /// Why the last round could not run (store or chain unavailable, …); empty when
+    /// it ran. Only this makes the daemon unhealthy.
     pub last_errors: Vec<String>,
-    /// Recent usage the oracle holds but could not bill (newest last, at most
-    /// [`HEALTH_WARNINGS`]): one job's problem, so not a failure of the daemon.
+    /// The last round's per-job errors (receipts refused or lost: those jobs back
+    /// off; the daemon is fine).
+    pub job_errors: Vec<String>,
+    /// Recent usage the oracle holds but could not bill, and write-offs (newest last,
+    /// at most [`HEALTH_WARNINGS`]): one job's problem, so not a failure of the daemon.
     pub warnings: Vec<String>,
+    /// Whether this replica leads settlement (with PostgreSQL, one replica does).
+    pub leader: bool,
     pub shutting_down: bool,
     /// Recent answers the gateway could not bill (newest last, at most
     /// [`HEALTH_WARNINGS`]), and when the last one happened (chain time).
@@ -238,19 +303,32 @@ impl Telemetry {
         self.inc(RECEIPTS_CONFIRMED, "", report.confirmed as u64);
         self.inc(RECEIPTS_FAILED, "", report.failed as u64);
         self.inc(RECEIPTS_RECOVERED, "", report.recovered as u64);
+        self.inc(TRANSACTIONS_SENT, "", report.transactions as u64);
+        self.set(LEADER, "", 1.0);
         for unbillable in &report.unbillable {
             let labels = format!("reason=\"{}\"", unbillable.reason.label());
             self.inc(UNBILLABLE_RECORDS, &labels, unbillable.records);
             self.inc(UNBILLABLE_UNITS, &labels, unbillable.units);
         }
-        if let Ok(mut health) = self.health.lock() {
-            if report.failed == 0 {
-                health.last_good_round = Some(now);
+        for off in &report.written_off {
+            let labels = format!("reason=\"{}\"", off.reason.label());
+            if off.seq.is_some() {
+                self.inc(RECEIPTS_WRITTEN_OFF, &labels, 1);
             }
-            health.last_errors.clone_from(&report.errors);
-            health
-                .warnings
-                .extend(report.unbillable.iter().map(|u| u.detail.clone()));
+            self.inc(RECORDS_WRITTEN_OFF, &labels, off.records);
+        }
+        if let Ok(mut health) = self.health.lock() {
+            health.last_good_round = Some(now);
+            health.last_errors.clear();
+            health.job_errors.clone_from(&report.errors);
+            health.leader = true;
+            health.warnings.extend(
+                report
+                    .unbillable
+                    .iter()
+                    .map(|u| u.detail.clone())
+                    .chain(report.written_off.iter().map(|w| w.detail.clone())),
+            );
             let excess = health.warnings.len().saturating_sub(HEALTH_WARNINGS);
             health.warnings.drain(..excess);
         }
@@ -283,6 +361,18 @@ impl Telemetry {
     /// The gateway refused a request for `reason` (a metrics label).
     pub fn refused(&self, reason: &str) {
         self.inc(GATEWAY_REFUSED, &format!("reason=\"{reason}\""), 1);
+    }
+
+    /// Records a round this replica skipped: another replica leads settlement.
+    pub fn follower_round(&self, now: i64) {
+        self.inc(ROUNDS, "", 1);
+        self.set(LEADER, "", 0.0);
+        if let Ok(mut health) = self.health.lock() {
+            health.last_good_round = Some(now);
+            health.last_errors.clear();
+            health.job_errors.clear();
+            health.leader = false;
+        }
     }
 
     pub fn set_shutting_down(&self) {

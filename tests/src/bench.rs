@@ -65,6 +65,11 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
     let operator = world.operator();
     let client = world.client(100_000_000);
     let (job, opened) = world.try_open_job(&client, &operator, 100, JobSpec::default());
+    out.push((
+        "open_job (client's first: creates ClientJobs)",
+        expect_ok(opened),
+    ));
+    let (_, opened) = world.try_open_job(&client, &operator, 101, JobSpec::default());
     out.push(("open_job", expect_ok(opened)));
     out.push((
         "top_up",
@@ -81,7 +86,8 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
     ));
 
     let mut batch = Vec::new();
-    for id in 0..8 {
+    // Ids only go up per client: after the measured job 100.
+    for id in 102..110 {
         batch.push(world.open_job(&client, &operator, id, JobSpec::default()));
     }
     world.env.advance(60);
@@ -164,7 +170,26 @@ pub fn measure_instructions() -> Vec<(&'static str, Sent)> {
             &[&treasury],
         )),
     ));
+    out.push(("close_job", measure_close_job()));
     out
+}
+
+/// `close_job` of a completed job whose share has just left the challenge window
+/// (a world with one: in the main one everything is claimable at once).
+fn measure_close_job() -> Sent {
+    let mut world = World::builder().challenge_window(60).build();
+    let operator = world.operator();
+    let client = world.client(1_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    let r = world.receipt(1, 100);
+    expect_ok(world.complete(&operator, &job, r));
+    world.env.advance(120);
+    let closer = world.env.payer.insecure_clone();
+    expect_ok(world.send(
+        &[ix::close_job(closer.pubkey(), job.address, job.client)],
+        &[],
+    ))
 }
 
 /// How many receipts one legacy settle transaction carries, and what they cost.

@@ -162,6 +162,20 @@ pub fn expect_ok(result: TxResult) -> Sent {
     }
 }
 
+/// `ix` with every occurrence of account `from` replaced by `to`: an account
+/// substitution attack.
+pub fn substitute(mut ix: Instruction, from: Pubkey, to: Pubkey) -> Instruction {
+    let mut found = false;
+    for meta in &mut ix.accounts {
+        if meta.pubkey == from {
+            meta.pubkey = to;
+            found = true;
+        }
+    }
+    assert!(found, "{from} is not an account of this instruction");
+    ix
+}
+
 /// Asserts a compute-unit ceiling: a regression in cost fails like one in behaviour.
 #[track_caller]
 pub fn assert_cu_at_most(sent: &Sent, ceiling: u64, what: &str) {
@@ -327,6 +341,18 @@ impl TestEnv {
         extensions: &[spl_token_2022::extension::ExtensionType],
         extra_ixs: impl FnOnce(&Pubkey) -> Vec<Instruction>,
     ) -> MintRef {
+        self.create_mint_with_freeze(kind, authority, None, extensions, extra_ixs)
+    }
+
+    /// Like [`TestEnv::create_mint_with`], with a freeze authority.
+    pub fn create_mint_with_freeze(
+        &mut self,
+        kind: TokenKind,
+        authority: &Pubkey,
+        freeze_authority: Option<&Pubkey>,
+        extensions: &[spl_token_2022::extension::ExtensionType],
+        extra_ixs: impl FnOnce(&Pubkey) -> Vec<Instruction>,
+    ) -> MintRef {
         let mint = self.keypair();
         let program = kind.program_id();
         let space = if extensions.is_empty() {
@@ -353,7 +379,7 @@ impl TestEnv {
                 &program,
                 &mint.pubkey(),
                 authority,
-                None,
+                freeze_authority,
                 6,
             )
             .expect("initialize_mint2"),
@@ -439,6 +465,30 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("job {address} does not exist"));
         assert_eq!(&account.data[..8], Job::DISCRIMINATOR, "not a job account");
         *bytemuck::from_bytes::<Job>(&account.data[8..8 + std::mem::size_of::<Job>()])
+    }
+}
+
+impl TestEnv {
+    /// Rewrites an Anchor account of the program in place: state injection, for tests
+    /// that need a counter at its limit without billions of transactions.
+    pub fn patch<T: anchor_lang::AccountSerialize + AccountDeserialize>(
+        &mut self,
+        address: &Pubkey,
+        f: impl FnOnce(&mut T),
+    ) {
+        let mut account = self
+            .svm
+            .get_account(address)
+            .unwrap_or_else(|| panic!("account {address} does not exist"));
+        let mut value = T::try_deserialize(&mut account.data.as_slice())
+            .unwrap_or_else(|e| panic!("account {address} does not decode: {e}"));
+        f(&mut value);
+        let mut data = Vec::new();
+        value.try_serialize(&mut data).expect("encodes");
+        account.data[..data.len()].copy_from_slice(&data);
+        self.svm
+            .set_account(*address, account)
+            .expect("set_account");
     }
 }
 
@@ -704,6 +754,37 @@ impl World {
             payout_tokens,
             payout_owner: payout.pubkey(),
         }
+    }
+
+    /// Accepts a second (third…) mint of `kind`, minted by the world's mint authority,
+    /// and adds it to the solvency check. `world.mint` stays as it was.
+    pub fn accept_mint(&mut self, kind: TokenKind) -> MintRef {
+        let mint = self.env.create_mint(kind, &self.mint_authority.pubkey());
+        let admin = self.admin.insecure_clone();
+        expect_ok(self.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin]));
+        self.mints.push(mint);
+        mint
+    }
+
+    /// Runs `f` with `mint` as the world's mint (for fixtures that use it), then
+    /// restores the previous one.
+    pub fn in_mint<R>(&mut self, mint: MintRef, f: impl FnOnce(&mut World) -> R) -> R {
+        let saved = self.mint;
+        self.mint = mint;
+        let out = f(self);
+        self.mint = saved;
+        out
+    }
+
+    /// `owner`'s associated token account of `mint`, created if missing, with
+    /// `amount` more tokens minted to it.
+    pub fn fund(&mut self, owner: &Pubkey, mint: MintRef, amount: u64) -> Pubkey {
+        let account = self.env.token_account(owner, mint);
+        if amount > 0 {
+            let authority = self.mint_authority.insecure_clone();
+            self.env.mint_to(mint, &authority, &account, amount);
+        }
+        account
     }
 
     /// A client wallet holding `tokens` of the mint.

@@ -1,14 +1,15 @@
 //! Oracle benchmarks, printed and merged into target/bench/results.json (by
-//! `scripts/bench`): durable ingest records/s on one core (every record committed
-//! with a full sync before the next), receipts signed/s (ed25519 over the receipt
-//! message), and the gateway's added latency — p50/p99 of requests through the
-//! gateway against the same requests sent straight to the same upstream, in one run,
-//! with everything a paying request goes through on: a wallet-signed job key checked
+//! `scripts/bench`): receipts signed/s (ed25519 over the receipt message), and the
+//! gateway's added latency — p50/p99 of requests through the gateway against the
+//! same requests sent straight to the same upstream, in one run (at concurrency 1:
+//! each record's group commit is a group of one, never waiting for others), with
+//! everything a paying request goes through on: a wallet-signed job key checked
 //! (signature, expiry, revocation), the job's view read and the request's maximum cost
 //! reserved (pre-authorization), the meter claimed, the body normalized, the record
 //! committed durably before the answer. The job's chain state comes from memory here
 //! (the daemon reads it from the chain in the background; a request waits for the
-//! chain only on a view older than the refresh interval).
+//! chain only on a view older than the refresh interval). Durable ingest, settlement
+//! rounds at scale and settlement throughput are in `oracle/benches/scale.rs`.
 // Statistics over timings: float conversions of counts and ranks are intended.
 #![allow(
     clippy::cast_possible_truncation,
@@ -33,10 +34,8 @@ use tally_oracle::meter::SourceStore;
 use tally_oracle::node_report::JobDirectory;
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::sink::Sink;
-use tally_oracle::store::{Store, UsageRecord};
 use tally_oracle::telemetry::Telemetry;
 
-const INGEST_RECORDS: u64 = 2_000;
 const SIGNATURES: u64 = 20_000;
 const REQUESTS: usize = 1_000;
 
@@ -46,26 +45,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ingest(dir: &std::path::Path) -> Result<f64, String> {
-    let store = Store::open(&dir.join("bench.db")).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    for i in 0..INGEST_RECORDS {
-        let record = UsageRecord {
-            job: format!("job-{}", i % 16),
-            request_id: format!("req-{i}"),
-            model: "llama-3-8b".into(),
-            prompt_tokens: 100,
-            completion_tokens: 200,
-            gpu_ms: 150,
-            finished_at: 1_795_564_800,
-            source: "bench".into(),
-            ..UsageRecord::default()
-        };
-        store.record(&record).map_err(|e| e.to_string())?;
-    }
-    Ok(INGEST_RECORDS as f64 / started.elapsed().as_secs_f64())
 }
 
 fn signing() -> f64 {
@@ -262,7 +241,6 @@ fn main() {
         std::process::exit(1);
     }
     let result = (|| -> Result<Value, String> {
-        let ingest = ingest(&dir)?;
         let signed = signing();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -289,7 +267,6 @@ fn main() {
         };
         println!("| oracle | measured |");
         println!("|---|---:|");
-        println!("| durable ingest, records/s (1 core, fsync per record) | {ingest:.0} |");
         println!("| receipts signed/s (ed25519, 1 core) | {signed:.0} |");
         let row = |store: &str, paths: &[Path; 3]| {
             let [direct, plain, full] = paths;
@@ -339,7 +316,6 @@ fn main() {
             through.p(0.99),
         );
         Ok(json!({
-            "ingest_records_per_s": ingest.round(),
             "receipts_signed_per_s": signed.round(),
             "gateway_direct_p50_ms": d50,
             "gateway_direct_p99_ms": d99,

@@ -130,6 +130,7 @@ struct Authorized {
 fn refused(refused: &Refused) -> Refusal {
     let status = match refused {
         Refused::Closed(_)
+        | Refused::Ended { .. }
         | Refused::AfterDeadline { .. }
         | Refused::InsufficientEscrow { .. }
         | Refused::KeyLimit { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -433,6 +434,9 @@ impl Gateway {
             .unwrap_or("application/json")
             .to_string();
         let record = UsageRecord {
+            // The incarnation pre-authorization read (and a job key names): usage is
+            // never bound to a later job at the same address.
+            job_nonce: authorized.state.as_ref().map(|(_, job)| job.nonce),
             job: authorized.job,
             request_id: request_id.clone(),
             model: request.model.clone(),

@@ -27,7 +27,7 @@ use tally_client::migrate::{migrate, Deployment};
 use tally_client::{ops, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::node_report::NodeRecord;
 use tally_oracle::sim_worker::{SimConfig, SimWorker};
-use tally_oracle::store::Store;
+use tally_oracle::store::{Billing, Store};
 use tally_tests::solana_signer::Signer;
 use tally_tests::validator::LocalValidator;
 
@@ -440,5 +440,29 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
         );
         assert_eq!(state.settled_gross, *units, "price 1: gross = units");
     }
+    // Every record is on a confirmed receipt, and each job's invoices in the store
+    // prove, from the first on, what the chain paid.
+    assert!(store
+        .billing()
+        .unwrap()
+        .iter()
+        .all(|(_, b)| matches!(b, Billing::Submitted { .. })));
+    for (job, units) in jobs.iter().zip(&expected) {
+        let verified =
+            tally_oracle::invoice::verify_in_store(&chain, &store, &job.to_string(), Some(1))
+                .unwrap();
+        assert_eq!(verified.settled_units, *units);
+    }
+    // The settlements went through a lookup table the oracle made for this operator.
+    let tables = store.lookup_tables().unwrap();
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    let table = tables[0].address.parse().unwrap();
+    let state =
+        tally_client::alt::decode_lookup_table(&chain.account(&table).unwrap().unwrap().data)
+            .unwrap();
+    assert!(
+        jobs.iter().all(|j| state.addresses.contains(j)),
+        "{state:?}"
+    );
     println!("settled on-chain: {expected:?} tokens per job = reported, across {kills} kills");
 }

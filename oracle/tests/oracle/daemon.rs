@@ -33,13 +33,18 @@ fn node_pubkey(key: &SigningKey) -> Pubkey {
 
 /// [`super::setup`]'s world, its operator having registered the node key `[7; 32]`.
 pub(super) fn fixture(name: &str, jobs: usize) -> Fixture {
+    fixture_with(name, &vec![tally_tests::JobSpec::default(); jobs])
+}
+
+/// [`fixture`] with jobs opened as `specs` say.
+pub(super) fn fixture_with(name: &str, specs: &[tally_tests::JobSpec]) -> Fixture {
     let super::Setup {
         mut world,
         operator,
         jobs,
         dir,
         ..
-    } = super::setup(name, jobs);
+    } = super::setup_with(name, specs);
     let node = SigningKey::from_bytes(&[7; 32]);
     expect_ok(world.send(
         &[ix::update_operator(
@@ -400,8 +405,9 @@ async fn usage_is_judged_by_the_chain_clock_and_late_usage_is_reported_not_silen
         let chain = chain.lock().unwrap();
         tally_client::ops::job(&*chain, &f.jobs[0].address).map_or(0, |j| j.settled_units)
     };
+    // (The round's telemetry — the clock offset with it — is recorded when it ends.)
     for _ in 0..500 {
-        if settled(&chain) > 0 {
+        if settled(&chain) > 0 && daemon.telemetry.get(telemetry::RECEIPTS_CONFIRMED, "") >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -564,4 +570,200 @@ fn prometheus_text_is_summed_over_labels_and_garbage_is_skipped() {
     assert_eq!(totals.get("vllm:generation_tokens_total"), Some(&7.0));
     assert!(!totals.contains_key("nan_metric"));
     assert!(!totals.contains_key("bad"));
+}
+
+/// A chain whose connection can be cut: while `down`, every call fails as an
+/// unreachable RPC node would.
+struct Cuttable {
+    inner: EmbeddedChain,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cuttable {
+    fn check(&self) -> Result<(), tally_client::chain::ChainError> {
+        if self.down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(tally_client::chain::ChainError::Rpc {
+                url: "http://rpc.example".into(),
+                message: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Chain for Cuttable {
+    fn account(
+        &self,
+        address: &Pubkey,
+    ) -> Result<Option<solana_account::Account>, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.account(address)
+    }
+    fn program_accounts(
+        &self,
+        len: usize,
+        filters: &[tally_client::chain::Memcmp],
+    ) -> Result<Vec<(Pubkey, solana_account::Account)>, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.program_accounts(len, filters)
+    }
+    fn clock(&self) -> Result<solana_clock::Clock, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.clock()
+    }
+    fn latest_blockhash(&self) -> Result<solana_hash::Hash, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.latest_blockhash()
+    }
+    fn send_transaction(
+        &mut self,
+        tx: solana_transaction::versioned::VersionedTransaction,
+    ) -> Result<tally_client::chain::Confirmed, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.send_transaction(tx)
+    }
+    fn lookup_table_slots(
+        &mut self,
+        count: usize,
+    ) -> Result<Vec<u64>, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.lookup_table_slots(count)
+    }
+    fn wait_past_slot(&mut self, slot: u64) -> Result<u64, tally_client::chain::ChainError> {
+        self.check()?;
+        self.inner.wait_past_slot(slot)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflects_the_daemon_not_one_job_and_any_replica_serves_invoices() {
+    // Job 1 may be billed almost nothing per hour: its receipts are refused.
+    let capped = tally_tests::JobSpec {
+        spend_cap_per_hour: 10,
+        ..tally_tests::JobSpec::default()
+    };
+    let mut f = fixture_with("daemon-health", &[tally_tests::JobSpec::default(), capped]);
+    let oracle = f.world.oracles[0].insecure_clone();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let placeholder = EmbeddedChain::new(
+        &EmbeddedChain::default_program_path(),
+        &Pubkey::new_unique(),
+    )
+    .unwrap();
+    let chain = Arc::new(Mutex::new(Cuttable {
+        inner: std::mem::replace(&mut f.world.env.chain, placeholder),
+        down: Arc::clone(&down),
+    }));
+    let mut config = config(&f.dir, "[node_reports]\nlisten = \"127.0.0.1:0\"\n");
+    config.batch.max_backoff_secs = 1.0;
+    let daemon = Daemon::start(&config, Arc::clone(&chain), oracle)
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/reports", daemon.node_reports.unwrap());
+    let admin = format!("http://{}", daemon.admin);
+    let mut expected = 0;
+    for i in 0..10 {
+        let job = (i % 2) as usize;
+        let r = report(&f, job, i, &f.node);
+        if job == 0 {
+            expected += r.record.prompt_tokens + r.record.completion_tokens;
+        }
+        let (status, body) = post(&url, &serde_json::to_string(&r).unwrap()).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let settled = |chain: &Arc<Mutex<Cuttable>>| {
+        let chain = chain.lock().unwrap();
+        tally_client::ops::job(&chain.inner, &f.jobs[0].address).map_or(0, |j| j.settled_units)
+    };
+    for _ in 0..500 {
+        if settled(&chain) == expected
+            && daemon.telemetry.get(telemetry::RECEIPTS_FAILED, "") >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(settled(&chain), expected, "the healthy job settles");
+    // One job's refused receipt: the daemon is healthy, and says which job has trouble.
+    let (status, health) = get(&format!("{admin}/health")).await;
+    assert_eq!(status, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["role"], "leader", "{health}");
+    assert!(
+        health["jobs"]["errors"]
+            .to_string()
+            .contains(&f.jobs[1].address.to_string()),
+        "{health}"
+    );
+
+    // The invoice the healthy job was paid for is served from the store, as hashed.
+    let job0 = {
+        let chain = chain.lock().unwrap();
+        tally_client::ops::job(&chain.inner, &f.jobs[0].address).unwrap()
+    };
+    let (status, bytes) = get(&format!(
+        "{admin}/invoices/{}/{}/{}",
+        f.jobs[0].address, job0.nonce, job0.last_seq
+    ))
+    .await;
+    assert_eq!(status, 200, "{bytes}");
+    assert_eq!(
+        tally_oracle::invoice::sha256(bytes.as_bytes()),
+        job0.invoice_hash
+    );
+    let (status, _) = get(&format!(
+        "{admin}/invoices/{}/{}/99",
+        f.jobs[0].address, job0.nonce
+    ))
+    .await;
+    assert_eq!(status, 404);
+
+    // The chain unreachable: rounds cannot run; the daemon is unhealthy and says why.
+    down.store(true, std::sync::atomic::Ordering::Release);
+    let mut last = (0, String::new());
+    for _ in 0..500 {
+        last = get(&format!("{admin}/health")).await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert!(
+        last.1.contains("degraded") && last.1.contains("connection refused"),
+        "{}",
+        last.1
+    );
+    // Back: healthy again.
+    down.store(false, std::sync::atomic::Ordering::Release);
+    for _ in 0..500 {
+        last = get(&format!("{admin}/health")).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+
+    daemon.stop().await.unwrap();
+    return_if_held(chain, &mut f.world).await;
+    assert_eq!(f.world.env.job(&f.jobs[0].address).settled_units, expected);
+    assert_eq!(f.world.env.job(&f.jobs[1].address).settled_units, 0);
+    f.world.check_solvency();
+}
+
+/// Waits for the daemon to let go of the chain, then takes it back.
+async fn return_if_held(mut chain: Arc<Mutex<Cuttable>>, world: &mut World) {
+    for _ in 0..200 {
+        match Arc::try_unwrap(chain) {
+            Ok(mutex) => {
+                world.env.chain = mutex.into_inner().unwrap().inner;
+                return;
+            }
+            Err(shared) => chain = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the daemon still holds the chain after it stopped");
 }

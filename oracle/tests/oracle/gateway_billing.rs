@@ -328,7 +328,13 @@ async fn a_job_key_signed_by_the_client_spends_its_new_job_with_no_config_edit_o
     let state = s.world.env.job(&job);
     assert_eq!(state.settled_units, Served::units(&records));
     let invoice: Invoice = serde_json::from_slice(
-        &std::fs::read(s.dir.join("invoices").join(job.to_string()).join("1.json")).unwrap(),
+        &std::fs::read(tally_oracle::invoice::export_path(
+            &s.dir.join("invoices"),
+            &job.to_string(),
+            state.nonce,
+            1,
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert!(invoice
@@ -749,12 +755,12 @@ async fn an_upstream_without_usage_in_streams_is_billed_by_its_own_tokenizer() {
         Served::units(&records)
     );
     let invoice: Invoice = serde_json::from_slice(
-        &std::fs::read(
-            s.dir
-                .join("invoices")
-                .join(s.job(0).to_string())
-                .join("1.json"),
-        )
+        &std::fs::read(tally_oracle::invoice::export_path(
+            &s.dir.join("invoices"),
+            &s.job(0).to_string(),
+            s.world.env.job(&s.job(0)).nonce,
+            1,
+        ))
         .unwrap(),
     )
     .unwrap();

@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 
 use tally_client::chain::{Chain, ChainError, Confirmed, EmbeddedChain, Memcmp};
-use tally_oracle::batcher::{Batcher, UnbillableReason};
+use tally_oracle::batcher::{BatchSettings, Batcher, TableWork, UnbillableReason};
 use tally_oracle::invoice::{sha256, Invoice};
-use tally_oracle::store::{Recorded, Store, UsageRecord};
+use tally_oracle::store::{Recorded, Store, TableState, UsageRecord};
+use tally_tests::solana_signer::Signer;
 use tally_tests::{ClientHandle, JobHandle, JobSpec, OperatorHandle, World};
 
 mod crash;
 mod daemon;
 mod gateway_billing;
+mod migration;
 mod postgres;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -33,6 +35,7 @@ fn free_port() -> u16 {
 fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
     UsageRecord {
         job: job.address.to_string(),
+        job_nonce: None,
         request_id: format!("req-{i}"),
         model: "llama-3-8b".into(),
         prompt_tokens: 10 + i % 7,
@@ -78,13 +81,24 @@ fn setup(name: &str, jobs: usize) -> Setup {
 }
 
 fn batcher(setup: &Setup) -> Batcher {
-    Batcher {
-        store: Store::open(&setup.dir.join("oracle.db")).unwrap(),
-        oracle: setup.world.oracles[0].insecure_clone(),
-        invoices_dir: setup.dir.join("invoices"),
-        max_receipts_per_tx: 8,
-        clock: tally_oracle::clock::ChainClock::new(),
-    }
+    Batcher::new(
+        Store::open(&setup.dir.join("oracle.db")).unwrap(),
+        setup.world.oracles[0].insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    )
+    .with_invoices_dir(setup.dir.join("invoices"))
+    .with_max_receipts_per_tx(8)
+}
+
+/// Where the batcher exports invoice `seq` of `job` (its current incarnation).
+fn invoice_path(setup: &Setup, job: &JobHandle, seq: u64) -> PathBuf {
+    let nonce = setup.world.env.job(&job.address).nonce;
+    tally_oracle::invoice::export_path(
+        &setup.dir.join("invoices"),
+        &job.address.to_string(),
+        nonce,
+        seq,
+    )
 }
 
 fn expected_units(records: &[UsageRecord], job: &JobHandle) -> u64 {
@@ -150,9 +164,8 @@ fn the_invoice_file_hashes_to_what_the_chain_stores_and_chains_to_the_previous()
     b.store.record(&record(&s.jobs[0], 9, now)).unwrap();
     b.run_round(&mut *s.world.env).unwrap();
 
-    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
-    let first = std::fs::read(folder.join("1.json")).unwrap();
-    let second = std::fs::read(folder.join("2.json")).unwrap();
+    let first = std::fs::read(invoice_path(&s, &s.jobs[0], 1)).unwrap();
+    let second = std::fs::read(invoice_path(&s, &s.jobs[0], 2)).unwrap();
     let job = s.world.env.job(&s.jobs[0].address);
     assert_eq!(
         sha256(&second),
@@ -169,13 +182,26 @@ fn the_invoice_file_hashes_to_what_the_chain_stores_and_chains_to_the_previous()
     assert_eq!(parsed.cumulative_units, job.settled_units);
 }
 
-/// A chain whose sends can be made to fail before or after the transaction lands.
+/// A chain whose settle transactions can be made to fail before or after they land
+/// (every other transaction — ledgers, lookup tables — goes through).
 struct Flaky<'a> {
     inner: &'a mut EmbeddedChain,
-    /// Fail the next send without sending it (a crash before the send).
+    /// Fail the next settle without sending it (a crash before the send).
     drop_next: bool,
-    /// Send the next one, then report failure (a lost answer).
+    /// Send the next settle, then report failure (a lost answer).
     lose_next_answer: bool,
+}
+
+/// Whether `tx` carries a `settle` instruction of the program.
+fn settles(tx: &solana_transaction::versioned::VersionedTransaction) -> bool {
+    use anchor_lang::Discriminator;
+    let keys = tx.message.static_account_keys();
+    tx.message.instructions().iter().any(|ix| {
+        keys.get(usize::from(ix.program_id_index)) == Some(&tally::ID)
+            && ix
+                .data
+                .starts_with(tally::instruction::Settle::DISCRIMINATOR)
+    })
 }
 
 impl Chain for Flaky<'_> {
@@ -198,10 +224,19 @@ impl Chain for Flaky<'_> {
     fn latest_blockhash(&self) -> Result<solana_hash::Hash, ChainError> {
         self.inner.latest_blockhash()
     }
+    fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
+        self.inner.lookup_table_slots(count)
+    }
+    fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+        self.inner.wait_past_slot(slot)
+    }
     fn send_transaction(
         &mut self,
         tx: solana_transaction::versioned::VersionedTransaction,
     ) -> Result<Confirmed, ChainError> {
+        if !settles(&tx) {
+            return self.inner.send_transaction(tx);
+        }
         if std::mem::take(&mut self.drop_next) {
             return Err(ChainError::Rpc {
                 url: "flaky".into(),
@@ -330,16 +365,8 @@ fn usage_after_the_deadline_is_invoiced_but_not_billed() {
         (1, outside.prompt_tokens + outside.completion_tokens)
     );
     assert!(late.detail.contains("after the job's deadline"), "{late:?}");
-    let invoice: Invoice = serde_json::from_slice(
-        &std::fs::read(
-            s.dir
-                .join("invoices")
-                .join(s.jobs[0].address.to_string())
-                .join("1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let invoice: Invoice =
+        serde_json::from_slice(&std::fs::read(invoice_path(&s, &s.jobs[0], 1)).unwrap()).unwrap();
     assert_eq!(invoice.lines.len(), 2);
     assert_eq!(invoice.period_end, deadline - 10);
 }
@@ -585,7 +612,10 @@ fn invoice_files_verify_against_the_chain_and_tampering_is_caught() {
     b.run_round(&mut *s.world.env).unwrap();
     b.store.record(&record(&s.jobs[0], 2, now)).unwrap();
     b.run_round(&mut *s.world.env).unwrap();
-    let folder = s.dir.join("invoices").join(s.jobs[0].address.to_string());
+    let folder = invoice_path(&s, &s.jobs[0], 1)
+        .parent()
+        .unwrap()
+        .to_path_buf();
 
     let latest = verify(&*s.world.env, &folder.join("2.json")).unwrap();
     assert_eq!((latest.seq, latest.settled_seq), (2, 2));
@@ -668,8 +698,29 @@ fn a_receipt_the_program_refuses_does_not_hold_back_the_others_in_its_transactio
         };
         assert_eq!(settled, want, "job {i}");
     }
-    // The refused receipt stays pending (retried, never dropped).
+    // The refused receipt stays pending (retried, never dropped), and its job backs
+    // off alone: the next round settles the others' new usage without trying it.
     assert_eq!(b.store.pending_submissions().unwrap().len(), 1);
+    for i in 20..26 {
+        let r = record(&s.jobs[(i % 3) as usize], i, now);
+        b.store.record(&r).unwrap();
+        records.push(r);
+    }
+    s.world.env.advance(1);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(
+        (report.backing_off, report.confirmed, report.failed),
+        (1, 2, 0),
+        "{report:?}"
+    );
+    for i in [0, 2] {
+        let job = &s.jobs[i];
+        assert_eq!(
+            s.world.env.job(&job.address).settled_units,
+            expected_units(&records, job)
+        );
+    }
+    assert_eq!(s.world.env.job(&s.jobs[1].address).settled_units, 0);
     s.world.check_solvency();
 }
 
@@ -681,6 +732,7 @@ fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
     let store = Store::open(&live.join("oracle.db")).unwrap();
     let usage = |i: u64| UsageRecord {
         job: "Job".into(),
+        job_nonce: None,
         request_id: format!("r{i}"),
         model: "m".into(),
         prompt_tokens: i,
@@ -719,4 +771,372 @@ fn a_store_write_torn_by_a_crash_loses_only_the_unacknowledged_record() {
     assert_eq!(reopened.record(&usage(10)).unwrap(), Recorded::New);
     assert_eq!(reopened.record(&usage(10)).unwrap(), Recorded::Duplicate);
     assert_eq!(reopened.record_count().unwrap(), 11);
+}
+
+#[test]
+fn a_reopened_job_address_starts_clean_and_the_old_jobs_leftovers_are_written_off() {
+    let mut s = setup("reopen", 1);
+    let b = batcher(&s);
+    let job = s.jobs[0];
+    let now = s.world.env.now();
+    let old_nonce = s.world.env.job(&job.address).nonce;
+    for i in 0..3 {
+        b.store.record(&record(&job, i, now)).unwrap();
+    }
+    assert_eq!(b.run_round(&mut *s.world.env).unwrap().confirmed, 1);
+    // Receipt 2 of the old job is written ahead but its send is lost…
+    b.store.record(&record(&job, 3, now)).unwrap();
+    let mut flaky = Flaky {
+        inner: &mut s.world.env.chain,
+        drop_next: true,
+        lose_next_answer: false,
+    };
+    assert_eq!(b.run_round(&mut flaky).unwrap().failed, 1);
+    // …and a record naming the old job comes in late.
+    let late_old = UsageRecord {
+        job_nonce: Some(old_nonce),
+        request_id: "late-for-the-old-job".into(),
+        ..record(&job, 90, now)
+    };
+    b.store.record(&late_old).unwrap();
+
+    // The old job completes with what landed; the client opens a new job at the same
+    // address (same client, same job id) in a later slot.
+    let state = s.world.env.job(&job.address);
+    tally_tests::expect_ok(s.world.complete(
+        &s.operator,
+        &job,
+        tally_client::SettleReceipt {
+            seq: state.last_seq,
+            cumulative_units: state.settled_units,
+            invoice_hash: state.invoice_hash,
+            period_end: state.last_period_end,
+        },
+    ));
+    s.world.jobs.retain(|j| j.address != job.address);
+    s.world.env.advance(30);
+    // Job ids only go up since `ClientJobs`; a job closed before that upgrade can
+    // still be reopened at its address once (SECURITY.md). State injection lowers
+    // the client's next id to stand for such a job; its nonce still differs.
+    s.world.env.patch::<tally::state::ClientJobs>(
+        &tally_client::pda::client_jobs(&s.client.wallet.pubkey()),
+        |ids| ids.next_job_id = job.job_id,
+    );
+    let reopened = s
+        .world
+        .open_job(&s.client, &s.operator, job.job_id, JobSpec::default());
+    assert_eq!(reopened.address, job.address, "the same address");
+    let new_nonce = s.world.env.job(&job.address).nonce;
+    assert_ne!(new_nonce, old_nonce);
+    // Usage that finished before the new job opened belongs to the old one.
+    b.store.record(&record(&job, 10, now)).unwrap();
+    // The new job's usage.
+    let opened = s.world.env.now();
+    let fresh: Vec<UsageRecord> = (20..25).map(|i| record(&job, i, opened + 1)).collect();
+    for r in &fresh {
+        b.store.record(r).unwrap();
+    }
+
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    let mut reasons: Vec<(Option<u64>, &str)> = report
+        .written_off
+        .iter()
+        .map(|w| (w.seq, w.reason.label()))
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        vec![
+            (None, "before_job_opened"),
+            (None, "job_closed"),
+            (Some(2), "job_closed"),
+        ],
+        "{report:?}"
+    );
+    assert_eq!(report.confirmed, 1, "{report:?}");
+    // The new job was billed its own usage only, from receipt 1, with an invoice
+    // chain of its own.
+    let state = s.world.env.job(&job.address);
+    assert_eq!(
+        (state.last_seq, state.settled_units),
+        (1, expected_units(&fresh, &job))
+    );
+    let invoice: Invoice =
+        serde_json::from_slice(&std::fs::read(invoice_path(&s, &job, 1)).unwrap()).unwrap();
+    assert_eq!(invoice.job_nonce, Some(new_nonce));
+    assert_eq!(invoice.previous_hash, "0".repeat(64));
+    assert_eq!(invoice.lines.len(), fresh.len());
+    // The write-offs are terminal: nothing is left to settle, and the log says why.
+    assert_eq!(b.store.pending_submissions().unwrap(), Vec::new());
+    assert_eq!(b.store.unsettled().unwrap().0, 0);
+    assert_eq!(b.store.write_offs().unwrap().len(), 3);
+    // …and counted in the metrics, by reason.
+    let telemetry = tally_oracle::telemetry::Telemetry::default();
+    telemetry.round(&report, now);
+    let metrics = telemetry.render();
+    for line in [
+        "tally_oracle_receipts_written_off_total{reason=\"job_closed\"} 1",
+        "tally_oracle_records_written_off_total{reason=\"before_job_opened\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    s.world.check_solvency();
+}
+
+#[test]
+fn a_receipt_past_the_settlement_window_is_written_off_not_retried_forever() {
+    let mut s = setup_with(
+        "expired",
+        &[JobSpec {
+            deadline_in_secs: 600,
+            ..JobSpec::default()
+        }],
+    );
+    let b = batcher(&s);
+    let job = s.jobs[0];
+    b.store.record(&record(&job, 1, s.world.env.now())).unwrap();
+    let mut flaky = Flaky {
+        inner: &mut s.world.env.chain,
+        drop_next: true,
+        lose_next_answer: false,
+    };
+    assert_eq!(b.run_round(&mut flaky).unwrap().failed, 1);
+    // The oracle was down past the deadline and the grace: the program would refuse.
+    let state = s.world.env.job(&job.address);
+    let grace = i64::from(s.world.config().expiry_grace_secs);
+    s.world.env.set_time(state.deadline + grace + 1);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(report.sent, 0, "{report:?}");
+    assert_eq!(report.written_off.len(), 1, "{report:?}");
+    let off = &report.written_off[0];
+    assert_eq!(
+        (off.seq, off.reason.label(), off.records),
+        (Some(1), "expired", 1)
+    );
+    assert!(off.detail.contains("grace"), "{off:?}");
+    assert_eq!(b.store.pending_submissions().unwrap(), Vec::new());
+    assert_eq!(
+        b.run_round(&mut *s.world.env).unwrap().written_off,
+        Vec::new(),
+        "terminal: written off once"
+    );
+}
+
+#[test]
+fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_and_closes() {
+    let jobs = 40;
+    let mut s = setup("tables", jobs);
+    let oracle = s.world.oracles[0].pubkey();
+    let b = Batcher::new(
+        Store::open(&s.dir.join("oracle.db")).unwrap(),
+        s.world.oracles[0].insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    );
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    for i in 0..2 * jobs {
+        let r = record(&s.jobs[i % jobs], u64::try_from(i).unwrap(), now);
+        b.store.record(&r).unwrap();
+        records.push(r);
+    }
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!((report.confirmed, report.failed), (jobs, 0), "{report:?}");
+    assert_eq!(report.tables.created, 1, "{report:?}");
+    assert!(
+        report.receipts_per_transaction.iter().max() >= Some(&16),
+        "a full transaction carries at least 16 receipts: {report:?}"
+    );
+    assert_eq!(report.receipts_per_transaction.len(), 3, "{report:?}");
+    let tables = b.store.lookup_tables().unwrap();
+    assert_eq!(tables.len(), 1);
+
+    // Steady state: the table is there; only settle transactions are sent.
+    for i in 100..100 + jobs {
+        let r = record(&s.jobs[i % jobs], u64::try_from(i).unwrap(), now);
+        b.store.record(&r).unwrap();
+        records.push(r);
+    }
+    s.world.env.advance(1);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(
+        (report.confirmed, report.transactions),
+        (jobs, 3),
+        "{report:?}"
+    );
+    assert_eq!(report.tables, TableWork::default(), "{report:?}");
+    for job in &s.jobs {
+        assert_eq!(
+            s.world.env.job(&job.address).settled_units,
+            expected_units(&records, job)
+        );
+    }
+
+    // Every job completes: the table is deactivated, then closed after its
+    // cool-down, its rent back to the oracle.
+    for job in s.jobs.clone() {
+        let state = s.world.env.job(&job.address);
+        tally_tests::expect_ok(s.world.complete(
+            &s.operator,
+            &job,
+            tally_client::SettleReceipt {
+                seq: state.last_seq,
+                cumulative_units: state.settled_units,
+                invoice_hash: state.invoice_hash,
+                period_end: state.last_period_end,
+            },
+        ));
+    }
+    s.world.env.advance(1);
+    let work = b.tend_lookup_tables(&mut *s.world.env).unwrap();
+    assert_eq!(work.deactivated, 1, "{work:?}");
+    let TableState::Deactivated(at) = b.store.lookup_tables().unwrap()[0].state else {
+        panic!("not deactivated: {:?}", b.store.lookup_tables());
+    };
+    let table: anchor_lang::prelude::Pubkey = tables[0].address.parse().unwrap();
+    let rent = s.world.env.lamports(&table);
+    assert!(rent > 0);
+    assert_eq!(
+        b.tend_lookup_tables(&mut *s.world.env).unwrap(),
+        TableWork::default(),
+        "not before the cool-down"
+    );
+    s.world
+        .env
+        .chain
+        .wait_past_slot(at + tally_client::alt::DEACTIVATION_COOLDOWN_SLOTS)
+        .unwrap();
+    let before = s.world.env.lamports(&oracle);
+    let work = b.tend_lookup_tables(&mut *s.world.env).unwrap();
+    assert_eq!(work.closed, 1, "{work:?}");
+    assert!(!s.world.env.exists(&table));
+    assert!(
+        s.world.env.lamports(&oracle) + 10_000 > before + rent,
+        "the rent came back"
+    );
+    assert_eq!(b.store.lookup_tables().unwrap(), Vec::new());
+    s.world.check_solvency();
+}
+
+#[test]
+fn an_invoice_lists_at_most_its_cap_and_the_rest_follows_in_the_next_receipts() {
+    let mut s = setup("cap", 1);
+    let job = s.jobs[0];
+    let b = Batcher::new(
+        Store::open(&s.dir.join("oracle.db")).unwrap(),
+        s.world.oracles[0].insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    )
+    .with_settings(BatchSettings {
+        max_invoice_records: 10,
+        ..BatchSettings::default()
+    });
+    let now = s.world.env.now();
+    let records: Vec<UsageRecord> = (0..25).map(|i| record(&job, i, now)).collect();
+    for r in &records {
+        b.store.record(r).unwrap();
+    }
+    let mut lines = Vec::new();
+    for (round, more) in [(1, true), (2, true), (3, false)] {
+        s.world.env.advance(1);
+        let report = b.run_round(&mut *s.world.env).unwrap();
+        assert_eq!(
+            (report.confirmed, report.more_waiting),
+            (1, more),
+            "round {round}: {report:?}"
+        );
+        // Nothing is exported (no invoices_dir): the store holds the invoices.
+        let state = s.world.env.job(&job.address);
+        let invoice: Invoice = serde_json::from_slice(
+            &b.store
+                .invoice(&job.address.to_string(), state.nonce, round)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        lines.push(invoice.lines.len());
+    }
+    assert_eq!(lines, vec![10, 10, 5]);
+    let state = s.world.env.job(&job.address);
+    assert_eq!(
+        (state.last_seq, state.settled_units),
+        (3, expected_units(&records, &job))
+    );
+    // The first invoice proves what was paid through the store's later ones.
+    let verified = tally_oracle::invoice::verify_in_store(
+        &*s.world.env,
+        &b.store,
+        &job.address.to_string(),
+        Some(1),
+    )
+    .unwrap();
+    assert_eq!((verified.seq, verified.settled_seq), (1, 3));
+    assert_eq!(verified.settled_units, state.settled_units);
+}
+
+#[test]
+fn concurrent_records_commit_in_groups_each_acknowledged_only_once_durable() {
+    use std::sync::Arc;
+    use tally_oracle::sink::Sink;
+    use tally_oracle::telemetry::{self, Telemetry};
+    let dir = temp_dir("group-commit");
+    let path = dir.join("oracle.db");
+    let telemetry = Arc::new(Telemetry::default());
+    let sink = Sink::open(
+        &path.to_string_lossy(),
+        Arc::clone(&telemetry),
+        tally_oracle::clock::ChainClock::new(),
+        u64::MAX,
+    )
+    .unwrap();
+    // A lone record is committed at once: it never waits for a group to fill.
+    let started = std::time::Instant::now();
+    let lone = UsageRecord {
+        job_nonce: None,
+        ..tally_oracle_record("Job", 0)
+    };
+    assert_eq!(sink.commit(&lone).unwrap(), Recorded::New);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+    let (writers, each) = (64u64, 40u64);
+    std::thread::scope(|scope| {
+        for w in 0..writers {
+            let sink = Arc::clone(&sink);
+            scope.spawn(move || {
+                for i in 0..each {
+                    let r = tally_oracle_record("Job", 1 + w * each + i);
+                    assert_eq!(sink.commit(&r).unwrap(), Recorded::New);
+                }
+            });
+        }
+    });
+    let records = telemetry.get(telemetry::STORE_COMMITTED_RECORDS, "");
+    let commits = telemetry.get(telemetry::STORE_COMMITS, "");
+    println!("{records} records in {commits} commits");
+    #[allow(clippy::cast_precision_loss)]
+    let total = (writers * each + 1) as f64;
+    assert!((records - total).abs() < 0.5);
+    assert!(
+        commits < records / 4.0,
+        "64 concurrent writers share commits: {records} records in {commits} commits"
+    );
+    drop(sink);
+    // Everything acknowledged is in the file, once.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.record_count().unwrap(), writers * each + 1);
+    assert_eq!(store.record(&lone).unwrap(), Recorded::Duplicate);
+}
+
+fn tally_oracle_record(job: &str, i: u64) -> UsageRecord {
+    UsageRecord {
+        job: job.into(),
+        job_nonce: None,
+        request_id: format!("r{i}"),
+        model: "m".into(),
+        prompt_tokens: 1,
+        completion_tokens: 2,
+        gpu_ms: 3,
+        finished_at: 4,
+        source: "gateway".into(),
+        ..UsageRecord::default()
+    }
 }

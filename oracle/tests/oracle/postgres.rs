@@ -9,7 +9,11 @@ use std::sync::Arc;
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
 use tally_oracle::node_report::NodeRecord;
-use tally_oracle::store::{Recorded, Store, Submission, UsageRecord};
+use tally_oracle::store::{
+    Billing, LookupTableRow, NewSubmission, QueryPlan, RecordWriteOff, Recorded, RoundWrite, Store,
+    Submission, SubmissionState, TableState, UsageRecord, WriteOff,
+};
+use tally_oracle::units::Totals;
 
 /// A private PostgreSQL server.
 pub struct PgServer {
@@ -141,6 +145,28 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// Restarts the server (`fast`: a clean shutdown; `immediate`: like a crash) on
+    /// the same port and data; returns once it accepts connections again.
+    pub fn restart(&self, mode: &str) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-w", "restart"])
+            .arg("-l")
+            .arg(self.data.with_file_name("server.log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = self
@@ -155,6 +181,7 @@ impl Drop for PgServer {
 fn usage(job: &str, i: u64) -> UsageRecord {
     UsageRecord {
         job: job.into(),
+        job_nonce: None,
         request_id: format!("r{i}"),
         model: "m".into(),
         prompt_tokens: i,
@@ -166,54 +193,195 @@ fn usage(job: &str, i: u64) -> UsageRecord {
     }
 }
 
+/// Every plan a round runs uses an index: none scans a table.
+pub fn assert_indexed(plans: &[QueryPlan], postgres: bool) {
+    assert_eq!(plans.len(), 13, "{plans:?}");
+    for plan in plans {
+        println!(
+            "{} ({}):\n  {}\n",
+            plan.name,
+            plan.sql,
+            plan.plan.replace('\n', "\n  ")
+        );
+        if postgres {
+            assert!(
+                !plan.plan.contains("Seq Scan"),
+                "{}: no index serves it:\n{}",
+                plan.name,
+                plan.plan
+            );
+            assert!(plan.plan.contains("Index"), "{}:\n{}", plan.name, plan.plan);
+        } else {
+            for line in plan.plan.lines() {
+                if line.contains("SCAN") || line.contains("SEARCH") {
+                    assert!(
+                        line.contains("USING"),
+                        "{}: scans a table:\n{}",
+                        plan.name,
+                        plan.plan
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// What every store backend must do.
 fn contract(store: &Store) {
+    // Settlements are written by the leader only.
+    assert!(store.try_lead().unwrap());
     assert_eq!(store.record(&usage("A", 1)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("A", 2)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("B", 1)).unwrap(), Recorded::New);
     assert_eq!(store.record(&usage("A", 1)).unwrap(), Recorded::Duplicate);
-    assert_eq!(store.record_count().unwrap(), 3);
-    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["A", "B"]);
-    let a = store.records_after("A", 0).unwrap();
+    // A group: new, duplicate of an earlier one, duplicate within the group.
+    assert_eq!(
+        store
+            .record_batch(&[usage("C", 1), usage("A", 2), usage("C", 1)])
+            .unwrap(),
+        vec![Recorded::New, Recorded::Duplicate, Recorded::Duplicate]
+    );
+    assert_eq!(store.record_count().unwrap(), 4);
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["A", "B", "C"]);
+    let a = store.waiting_records("A", 10).unwrap();
     assert_eq!(a.len(), 2);
-    assert_eq!(a[1].1, usage("A", 2));
-    assert_eq!(store.unsettled().unwrap(), (3, Some(1_001)));
+    assert_eq!(a[1].record, usage("A", 2));
+    assert_eq!(store.waiting_records("A", 1).unwrap().len(), 1, "capped");
+    assert_eq!(store.unsettled().unwrap(), (4, Some(1_001)));
 
     let submission = Submission {
         job: "A".into(),
+        job_nonce: 7,
         seq: 1,
         cumulative_units: 9,
         invoice_hash: [7; 32],
         period_end: 1_002,
-        last_record: a[1].0,
-        confirmed: false,
+        metered: Totals {
+            tokens: 9,
+            requests: 2,
+            gpu_ms: 20,
+        },
+        records: 2,
+        oldest_finished_at: Some(1_001),
+        state: SubmissionState::Pending,
     };
-    store.write_submission(&submission).unwrap();
-    // The write-ahead record is unique per (job, seq).
-    assert!(store.write_submission(&submission).is_err());
+    let write = |seq: u64, ids: Vec<i64>| NewSubmission {
+        submission: Submission {
+            seq,
+            ..submission.clone()
+        },
+        invoice: format!("{{\"seq\":{seq}}}").into_bytes(),
+        record_ids: ids,
+    };
+    store
+        .write_submission(&write(1, a.iter().map(|r| r.id).collect()))
+        .unwrap();
+    // The write-ahead record is unique per (job, nonce, seq); a record is attached
+    // once: a second attach fails and writes nothing at all.
+    assert!(store.write_submission(&write(1, Vec::new())).is_err());
+    let again = store
+        .write_submission(&write(2, vec![a[0].id]))
+        .unwrap_err();
+    assert!(again.to_string().contains("another batcher"), "{again}");
+    assert_eq!(store.last_submission("A", 7).unwrap().unwrap().seq, 1);
+    assert_eq!(store.invoice("A", 7, 2).unwrap(), None, "rolled back");
     assert_eq!(
         store.pending_submissions().unwrap(),
         vec![submission.clone()]
     );
-    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["B"]);
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["B", "C"]);
     assert_eq!(
         store.unsettled().unwrap(),
-        (3, Some(1_001)),
+        (4, Some(1_001)),
         "not confirmed yet"
     );
-    store.confirm("A", 1).unwrap();
+    assert_eq!(
+        store.invoice("A", 7, 1).unwrap().as_deref(),
+        Some(&b"{\"seq\":1}"[..])
+    );
+    store.confirm("A", 7, 1).unwrap();
     assert_eq!(store.pending_submissions().unwrap(), Vec::new());
     assert_eq!(
-        store.last_submission("A").unwrap(),
+        store.last_submission("A", 7).unwrap(),
         Some(Submission {
-            confirmed: true,
-            ..submission
+            state: SubmissionState::Confirmed,
+            ..submission.clone()
         })
     );
-    assert_eq!(store.last_submission("B").unwrap(), None);
+    // Another incarnation of the job (reopened at the address) starts clean.
+    assert_eq!(store.last_submission("A", 8).unwrap(), None);
+    assert_eq!(store.last_submission("B", 7).unwrap(), None);
+    assert_eq!(store.unsettled().unwrap(), (2, Some(1_001)));
+    assert_eq!(
+        store.submitted_records("A", Some(7)).unwrap().len(),
+        2,
+        "attached and bound to nonce 7"
+    );
+
+    // Records that can never be billed are retired, with the reason logged.
+    let b = store.waiting_records("B", 10).unwrap();
+    store
+        .write_round(&RoundWrite {
+            record_write_offs: vec![RecordWriteOff {
+                job: "B".into(),
+                job_nonce: None,
+                record_ids: b.iter().map(|r| r.id).collect(),
+                reason: "no_such_job".into(),
+                units: 3,
+            }],
+            ..RoundWrite::default()
+        })
+        .unwrap();
+    assert_eq!(store.jobs_with_new_records().unwrap(), vec!["C"]);
     assert_eq!(store.unsettled().unwrap(), (1, Some(1_001)));
-    assert_eq!(store.all_records().unwrap().len(), 3);
-    assert!(store.try_lead().unwrap());
+    assert_eq!(
+        store.write_offs().unwrap(),
+        vec![WriteOff {
+            job: "B".into(),
+            job_nonce: None,
+            seq: None,
+            reason: "no_such_job".into(),
+            records: 1,
+            units: 3,
+        }]
+    );
+    let billing = store.billing().unwrap();
+    assert_eq!(
+        billing.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+        vec![
+            Billing::Submitted {
+                job_nonce: 7,
+                seq: 1
+            },
+            Billing::Submitted {
+                job_nonce: 7,
+                seq: 1
+            },
+            Billing::WrittenOff,
+            Billing::Waiting,
+        ]
+    );
+    assert_eq!(store.all_records().unwrap().len(), 4);
+
+    // Managed lookup tables: written before their create is sent, then updated.
+    let mut table = LookupTableRow {
+        address: "T1".into(),
+        authority: "O".into(),
+        operator: "Op".into(),
+        mint: "M".into(),
+        recent_slot: 5,
+        state: TableState::Creating,
+    };
+    store.save_lookup_table(&table).unwrap();
+    table.state = TableState::Deactivated(9);
+    store.save_lookup_table(&table).unwrap();
+    assert_eq!(store.lookup_tables().unwrap(), vec![table.clone()]);
+    table.state = TableState::Closed;
+    store.save_lookup_table(&table).unwrap();
+    assert_eq!(store.lookup_tables().unwrap(), Vec::new());
+
+    assert!(store.try_lead().unwrap(), "still leading");
+    assert_indexed(&store.query_plans().unwrap(), store.is_shared());
 }
 
 #[test]
@@ -228,8 +396,11 @@ fn the_store_contract_holds_on_sqlite_and_on_postgres() {
     // Reconnecting finds everything; a second replica waits for the settlement lock
     // until the first lets go of it.
     let replica = Store::connect(&pg.url).unwrap();
-    assert_eq!(replica.record_count().unwrap(), 3);
+    assert_eq!(replica.record_count().unwrap(), 4);
     assert!(!replica.try_lead().unwrap());
+    // A replica that does not lead cannot write settlements.
+    let err = replica.confirm("A", 7, 1).unwrap_err();
+    assert!(err.to_string().contains("settlement lock"), "{err}");
     drop(store);
     let mut led = false;
     for _ in 0..100 {
@@ -259,12 +430,176 @@ fn replica_config(pg: &str, dir: &Path) -> OracleConfig {
     .unwrap()
 }
 
+/// Every record is billed exactly once: for each job, the lines of the invoices of
+/// every confirmed receipt (from the store) are its reports, each once, and the
+/// store holds one record per report, each on a confirmed receipt.
+fn assert_billed_exactly_once(store: &Store, reports: &[(String, String)]) {
+    let mut billed: Vec<(String, String)> = Vec::new();
+    let jobs: std::collections::BTreeSet<&String> = reports.iter().map(|(j, _)| j).collect();
+    for job in jobs {
+        for submission in store.submissions_of(job).unwrap() {
+            assert_eq!(
+                submission.state,
+                SubmissionState::Confirmed,
+                "{submission:?}"
+            );
+            let bytes = store
+                .invoice(job, submission.job_nonce, submission.seq)
+                .unwrap()
+                .expect("every receipt's invoice is in the store");
+            assert_eq!(
+                tally_oracle::invoice::sha256(&bytes),
+                submission.invoice_hash
+            );
+            let invoice: tally_oracle::invoice::Invoice = serde_json::from_slice(&bytes).unwrap();
+            billed.extend(
+                invoice
+                    .lines
+                    .into_iter()
+                    .map(|l| (job.clone(), l.request_id)),
+            );
+        }
+    }
+    billed.sort();
+    let mut want = reports.to_vec();
+    want.sort();
+    assert_eq!(billed.len(), want.len(), "lines billed vs reports");
+    assert_eq!(billed, want, "each report billed exactly once");
+    let billing = store.billing().unwrap();
+    assert_eq!(billing.len(), reports.len(), "one record per report");
+    assert!(
+        billing
+            .iter()
+            .all(|(_, b)| matches!(b, Billing::Submitted { .. })),
+        "every record is on a receipt"
+    );
+}
+
+/// A signed report body of request `i` for job `job` of the fixture.
+fn signed_report(f: &super::daemon::Fixture, job: usize, i: u64) -> (u64, String) {
+    let report = NodeRecord {
+        job: f.jobs[job].address.to_string(),
+        request_id: format!("rep-{i}"),
+        model: "m".into(),
+        prompt_tokens: 3 + i % 4,
+        completion_tokens: 5,
+        gpu_ms: 1,
+        started_at: f.now - 1,
+        finished_at: f.now,
+    }
+    .sign(&f.node)
+    .unwrap();
+    (
+        report.record.prompt_tokens + report.record.completion_tokens,
+        serde_json::to_string(&report).unwrap(),
+    )
+}
+
+/// Posts `body` until a replica answers it (201 recorded or 409 already recorded);
+/// returns the answer. Anything else (503 while the database restarts, a refused
+/// connection) is retried.
+async fn post_until_answered(http: &reqwest::Client, url: &str, body: &str) -> u16 {
+    for _ in 0..2_000 {
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()) {
+            Ok(status @ (201 | 409)) => return status,
+            Ok(400..=499) => panic!("a valid report was refused"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    panic!("no replica answered a report at {url}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_over_one_postgres_all_take_reports_and_settle_each_once() {
+async fn replicas_over_one_postgres_take_the_same_reports_concurrently_and_bill_each_once() {
+    use futures_util::StreamExt;
     let Some(pg) = PgServer::start_or_skip("pg-replicas-server") else {
         return;
     };
-    let mut f = super::daemon::fixture("pg-replicas", 2);
+    let mut f = super::daemon::fixture("pg-replicas", 4);
+    let oracle = f.world.oracles[0].insecure_clone();
+    let chain = super::daemon::lend(&mut f.world);
+    let config = replica_config(&pg.url, &f.dir);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            Daemon::start(&config, Arc::clone(&chain), oracle.insecure_clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|d| format!("http://{}/v1/reports", d.node_reports.unwrap()))
+        .collect();
+    let reports: Vec<(usize, u64, String)> = (0..400u64)
+        .map(|i| {
+            let job = usize::try_from(i % 4).unwrap();
+            let (units, body) = signed_report(&f, job, i);
+            (job, units, body)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    // Every report goes to two replicas at the same time (a worker's retry racing
+    // its first try), 32 reports in flight: one replica records it, the other
+    // answers that it is already recorded.
+    let answers: Vec<(u16, u16)> = futures_util::stream::iter(reports.iter().enumerate())
+        .map(|(i, (_, _, body))| {
+            let (a, b) = (&urls[i % 3], &urls[(i + 1) % 3]);
+            let http = &http;
+            async move {
+                tokio::join!(
+                    post_until_answered(http, a, body),
+                    post_until_answered(http, b, body)
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (a, b) in &answers {
+        let mut pair = [*a, *b];
+        pair.sort_unstable();
+        assert_eq!(pair, [201, 409], "recorded once, the other told so");
+    }
+    for replica in replicas {
+        replica.stop().await.unwrap();
+    }
+    super::daemon::give_back(&mut f.world, chain).await;
+    let mut expected = [0u64; 4];
+    for (job, units, _) in &reports {
+        expected[*job] += units;
+    }
+    for (job, units) in f.jobs.iter().zip(expected) {
+        assert_eq!(f.world.env.job(&job.address).settled_units, units);
+    }
+    let ids: Vec<(String, String)> = (0..400u64)
+        .map(|i| {
+            (
+                f.jobs[usize::try_from(i % 4).unwrap()].address.to_string(),
+                format!("rep-{i}"),
+            )
+        })
+        .collect();
+    // The store's API blocks: off the async workers.
+    tokio::task::block_in_place(|| {
+        assert_billed_exactly_once(&Store::connect(&pg.url).unwrap(), &ids);
+    });
+    f.world.check_solvency();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_and_doubles_nothing() {
+    use futures_util::StreamExt;
+    let Some(pg) = PgServer::start_or_skip("pg-restart-server") else {
+        return;
+    };
+    let mut f = super::daemon::fixture("pg-restart", 3);
     let oracle = f.world.oracles[0].insecure_clone();
     let chain = super::daemon::lend(&mut f.world);
     let config = replica_config(&pg.url, &f.dir);
@@ -276,36 +611,86 @@ async fn replicas_over_one_postgres_all_take_reports_and_settle_each_once() {
         .unwrap();
     let urls = [a.node_reports.unwrap(), b.node_reports.unwrap()]
         .map(|addr| format!("http://{addr}/v1/reports"));
-    let mut expected = [0u64; 2];
-    for i in 0..60u64 {
-        let job = usize::try_from(i % 2).unwrap();
-        let report = NodeRecord {
-            job: f.jobs[job].address.to_string(),
-            request_id: format!("rep-{i}"),
-            model: "m".into(),
-            prompt_tokens: 3 + i % 4,
-            completion_tokens: 5,
-            gpu_ms: 1,
-            started_at: f.now - 1,
-            finished_at: f.now,
+    let total = 600u64;
+    let reports: Vec<(usize, u64, String)> = (0..total)
+        .map(|i| {
+            let job = usize::try_from(i % 3).unwrap();
+            let (units, body) = signed_report(&f, job, i);
+            (job, units, body)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = {
+        let (urls, done, restarts, http) = (
+            urls.clone(),
+            Arc::clone(&done),
+            Arc::clone(&restarts),
+            http.clone(),
+        );
+        let bodies: Vec<String> = reports.iter().map(|(_, _, b)| b.clone()).collect();
+        tokio::spawn(async move {
+            futures_util::stream::iter(bodies.into_iter().enumerate())
+                .map(|(i, body)| {
+                    let (url, http) = (urls[i % 2].clone(), http.clone());
+                    let (done, restarts) = (Arc::clone(&done), Arc::clone(&restarts));
+                    async move {
+                        // The later reports wait for the restarts: load before,
+                        // during and after each one.
+                        let i = i as u64;
+                        let after = u64::from(i >= total / 2) + u64::from(i >= 5 * total / 6);
+                        while restarts.load(std::sync::atomic::Ordering::Acquire) < after {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        let status = post_until_answered(&http, &url, &body).await;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        status
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<u16>>()
+                .await
+        })
+    };
+    // Restart the server twice under load: once cleanly, once as a crash.
+    for (at, mode) in [(total / 3, "fast"), (2 * total / 3, "immediate")] {
+        while done.load(std::sync::atomic::Ordering::Relaxed) < at {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        .sign(&f.node)
-        .unwrap();
-        expected[job] += report.record.prompt_tokens + report.record.completion_tokens;
-        let body = serde_json::to_string(&report).unwrap();
-        // Every report goes to one replica, then (a retry) to the other.
-        let first = usize::try_from(i % 2).unwrap();
-        let (status, text) = super::daemon::post(&urls[first], &body).await;
-        assert_eq!(status, 201, "{text}");
-        let (status, text) = super::daemon::post(&urls[1 - first], &body).await;
-        assert_eq!(status, 409, "{text}");
+        let server = &pg;
+        tokio::task::block_in_place(|| server.restart(mode));
+        restarts.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let answered = done.load(std::sync::atomic::Ordering::Relaxed);
+        println!("PostgreSQL restarted ({mode}) with {answered} of {total} reports answered");
+        assert!(answered < total, "the restart came under load");
     }
+    let statuses = load.await.unwrap();
+    assert_eq!(statuses.len(), usize::try_from(total).unwrap());
+    // A report whose 201 was lost to the restart is answered 409 on its retry:
+    // either way it is recorded, once.
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 409));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     super::daemon::give_back(&mut f.world, chain).await;
+    let mut expected = [0u64; 3];
+    for (job, units, _) in &reports {
+        expected[*job] += units;
+    }
     for (job, units) in f.jobs.iter().zip(expected) {
         assert_eq!(f.world.env.job(&job.address).settled_units, units);
     }
+    let ids: Vec<(String, String)> = (0..total)
+        .map(|i| {
+            (
+                f.jobs[usize::try_from(i % 3).unwrap()].address.to_string(),
+                format!("rep-{i}"),
+            )
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        assert_billed_exactly_once(&Store::connect(&pg.url).unwrap(), &ids);
+    });
     f.world.check_solvency();
 }
 
@@ -330,6 +715,7 @@ fn gateway_contract(store: &Store) {
     for (i, finished_at) in [(0u64, 100), (1, 200), (2, 300)] {
         let record = UsageRecord {
             job: "JobM".into(),
+            job_nonce: None,
             request_id: format!("gw-{i}"),
             model: "m".into(),
             prompt_tokens: 10,
@@ -358,27 +744,43 @@ fn gateway_contract(store: &Store) {
     assert_eq!((key.requests, key.tokens), (1, 16));
     assert_eq!(store.job_usage("nobody", i64::MAX).unwrap().requests, 0);
     // Metered and not yet settled: what no confirmed receipt covers.
-    assert_eq!(store.unsettled_usage("JobM", i64::MAX).unwrap(), all);
-    let first = store.records_after("JobM", 0).unwrap()[0].0;
-    let submission = Submission {
-        job: "JobM".into(),
-        seq: 1,
-        cumulative_units: 15,
-        invoice_hash: [1; 32],
-        period_end: 100,
-        last_record: first,
-        confirmed: false,
+    assert!(store.try_lead().unwrap(), "one replica here: it leads");
+    assert_eq!(store.unsettled_usage("JobM", None, i64::MAX).unwrap(), all);
+    let first = store.waiting_records("JobM", 1).unwrap().remove(0);
+    let mut metered = Totals::default();
+    metered.add(&first.record);
+    let submission = NewSubmission {
+        submission: Submission {
+            job: "JobM".into(),
+            job_nonce: 7,
+            seq: 1,
+            cumulative_units: 15,
+            invoice_hash: [1; 32],
+            period_end: 100,
+            metered,
+            records: 1,
+            oldest_finished_at: Some(100),
+            state: SubmissionState::Pending,
+        },
+        invoice: b"{}".to_vec(),
+        record_ids: vec![first.id],
     };
     store.write_submission(&submission).unwrap();
     assert_eq!(
-        store.unsettled_usage("JobM", i64::MAX).unwrap(),
+        store.unsettled_usage("JobM", Some(7), i64::MAX).unwrap(),
         all,
         "a receipt not yet confirmed settles nothing"
     );
-    store.confirm("JobM", 1).unwrap();
-    let left = store.unsettled_usage("JobM", i64::MAX).unwrap();
+    store.confirm("JobM", 7, 1).unwrap();
+    let left = store.unsettled_usage("JobM", Some(7), i64::MAX).unwrap();
     assert_eq!((left.requests, left.tokens), (2, 33));
-    assert_eq!(store.unsettled_usage("JobM", 200).unwrap().requests, 1);
+    assert_eq!(
+        store
+            .unsettled_usage("JobM", Some(7), 200)
+            .unwrap()
+            .requests,
+        1
+    );
     let (_, second) = store.records_after("JobM", 0).unwrap().remove(1);
     assert_eq!(
         (
@@ -411,15 +813,11 @@ fn a_store_written_before_the_gateway_columns_opens_and_gains_them() {
     let dir = super::temp_dir("store-upgrade");
     let path = dir.join("oracle.db");
     {
-        // The records table as it was.
+        // The store as the oracle before the gateway's columns (and schema 2) made it.
         let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(super::migration::V1_SQLITE).unwrap();
         db.execute_batch(
-            "CREATE TABLE records (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, request_id TEXT NOT NULL,
-                 model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-                 gpu_ms INTEGER NOT NULL, finished_at INTEGER NOT NULL, source TEXT NOT NULL,
-                 UNIQUE (job, request_id));
-             INSERT INTO records (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
+            "INSERT INTO records (job, request_id, model, prompt_tokens, completion_tokens, gpu_ms, finished_at, source)
              VALUES ('JobOld', 'r-1', 'm', 3, 4, 5, 6, 'node-report');",
         )
         .unwrap();

@@ -125,4 +125,20 @@ pub enum TallyError {
     InvalidSplit,
     #[msg("Operator earnings do not cover the job's unmatured share")]
     LedgerMismatch,
+
+    // Appended later; codes above keep their numbers. 6050..
+    #[msg("Receipt bills more than MAX_UNITS_PER_RECEIPT (10^13) units at once: a meter fault or an attack; settle smaller receipts")]
+    TooManyUnitsInReceipt,
+    #[msg("Token-2022 mint with a close authority: it could be closed and recreated with a permanent delegate; not accepted")]
+    MintHasCloseAuthority,
+    #[msg("Token-2022 mint whose new accounts start frozen (DefaultAccountState = Frozen): the vault could not receive deposits; not accepted")]
+    MintDefaultAccountStateFrozen,
+    #[msg("The job has ended (completed or expired): only a dispute of its unmatured share, its resolution and close_job apply to it")]
+    JobFinished,
+    #[msg("The job has not ended: complete, cancel or expire it first")]
+    JobNotFinished,
+    #[msg("The operator's share of this job is still inside the challenge window (the client may dispute it): close the job after it matures")]
+    JobInChallengeWindow,
+    #[msg("Job id already used by this client: ids only go up and are never reused; open with an id of at least the client's next_job_id (the SDK picks it)")]
+    JobIdUsed,
 }

@@ -100,7 +100,10 @@ pub struct ReceiptSettled {
     pub invoice_hash: [u8; 32],
 }
 
-/// A job ended (completed, cancelled or expired) and was closed.
+/// A job ended (completed, cancelled or expired) and its escrow left was refunded.
+/// Its account is closed in the same instruction, unless the operator's share of it
+/// is still inside the challenge window: then it stays, disputable, until
+/// `close_job` ([`JobAccountClosed`]).
 #[event]
 pub struct JobClosed {
     pub job: Pubkey,
@@ -110,6 +113,16 @@ pub struct JobClosed {
     pub refunded: u64,
     pub settled_units: u64,
     pub settled_gross: u64,
+}
+
+/// `close_job` closed an ended job's account (rent back to its client) once its
+/// share had left the challenge window.
+#[event]
+pub struct JobAccountClosed {
+    pub job: Pubkey,
+    pub client: Pubkey,
+    /// 2 completed, 4 expired.
+    pub status: u8,
 }
 
 #[event]

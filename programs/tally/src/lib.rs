@@ -25,6 +25,19 @@ use instructions::*;
 
 declare_id!("9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q");
 
+// Who to tell about a vulnerability, readable from the deployed binary (explorers,
+// `solana-verify`, query-security-txt). Only in the program itself, not in the
+// crates that link it as a library.
+#[cfg(not(feature = "no-entrypoint"))]
+solana_security_txt::security_txt! {
+    name: "Tally",
+    project_url: "https://github.com/tally-network/tally",
+    contacts: "link:https://github.com/tally-network/tally/security/advisories/new",
+    policy: "https://github.com/tally-network/tally/blob/main/SECURITY.md",
+    source_code: "https://github.com/tally-network/tally",
+    auditors: "None"
+}
+
 #[program]
 pub mod tally {
     use super::*;
@@ -118,6 +131,11 @@ pub mod tally {
     /// Refunds and closes a job after its deadline plus grace (anyone).
     pub fn expire_job(ctx: Context<ExpireJob>) -> Result<()> {
         ExpireJob::expire_job(ctx)
+    }
+
+    /// Closes an ended job once its share is out of the challenge window (anyone).
+    pub fn close_job(ctx: Context<CloseJob>) -> Result<()> {
+        CloseJob::close_job(ctx)
     }
 
     /// Pays an operator its matured earnings in one mint.

@@ -9,6 +9,18 @@ use anchor_lang::prelude::*;
 
 /// Domain separator: a receipt signature can never be mistaken for anything else.
 pub const RECEIPT_DOMAIN: &[u8; 16] = b"tally/receipt/v1";
+/// Most units one receipt may bill (cumulative − already settled): ten trillion,
+/// whatever the unit kind. The oracle refuses usage beyond it too (it imports this
+/// constant).
+///
+/// Why this number: it is physical with a wide margin. Tokens are the unit that
+/// grows fastest; a thousand GPUs each generating 100,000 tokens/s for one job —
+/// several times what an H200 serves with large batches — need 10^5 s (28 hours) of
+/// unsettled work to reach it, while the oracle settles every few seconds. As
+/// GPU-seconds it is about 317,000 GPU-years. A receipt beyond it is a meter fault
+/// or an attack, and refusing it keeps the statistics meaningful: a revenue day's
+/// unit counter needs 1.8 million maximal receipts to saturate.
+pub const MAX_UNITS_PER_RECEIPT: u64 = 10_000_000_000_000;
 /// Length of [`UsageReceipt::message`].
 pub const RECEIPT_MESSAGE_LEN: usize = 16 + 32 + 32 + 8 + 8 + 8 + 32 + 8 + 1 + 4;
 
@@ -30,7 +42,7 @@ pub struct SettleReceipt {
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageReceipt {
     pub job: Pubkey,
-    /// The job's `nonce` (slot it was opened in).
+    /// The job's `nonce` (its number among its client's jobs).
     pub job_nonce: u64,
     pub receipt: SettleReceipt,
     /// Last receipt of the job: settling it completes the job.

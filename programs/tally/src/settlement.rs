@@ -5,7 +5,7 @@ use crate::errors::TallyError;
 use crate::events::ReceiptSettled;
 use crate::receipt::SettleReceipt;
 use crate::state::{
-    add_pending, maturity_time, take_matured, utc_day, Config, Earnings, Job, Revenue, Vault,
+    maturity_time, place_job_share, take_matured, utc_day, Config, Earnings, Job, Revenue, Vault,
 };
 
 /// A writable job account of this program, for settlement.
@@ -20,6 +20,8 @@ pub struct SettleTotals {
     pub gross: u64,
     pub fee: u64,
     pub net: u64,
+    /// Part of `net` already put in the earnings' buckets by a folded placement.
+    pub net_held: u64,
     pub units: u64,
     pub receipts: u64,
     pub jobs_started: u64,
@@ -45,7 +47,7 @@ impl Ledgers<'_> {
 
     /// Checks that `job` may be settled here and applies `receipt` to it.
     pub fn apply(
-        &self,
+        &mut self,
         job_key: Pubkey,
         job: &mut Job,
         operator_key: Pubkey,
@@ -57,6 +59,7 @@ impl Ledgers<'_> {
             job.operator == operator_key && job.mint == self.vault.mint,
             TallyError::JobMismatch
         );
+        job.require_live()?;
         require!(
             now <= job.settle_until(self.config.expiry_grace_secs),
             TallyError::JobExpired
@@ -69,7 +72,17 @@ impl Ledgers<'_> {
         take_matured(&mut job.pending, now)?;
         let window = self.config.challenge_window_secs;
         if window > 0 && p.net > 0 {
-            add_pending(&mut job.pending, p.net, maturity_time(now, window)?)?;
+            let matures_at = maturity_time(now, window)?;
+            let placed = place_job_share(&mut job.pending, p.net, matures_at)?;
+            if !placed.is_exact(matures_at) {
+                // A changed window folded it: the earnings must hold it (and anything
+                // of this job that moved later) at least as long as the job does.
+                self.earnings.hold_job_share(p.net, &placed, now)?;
+                totals.net_held = totals
+                    .net_held
+                    .checked_add(p.net)
+                    .ok_or(TallyError::AmountOverflow)?;
+            }
         }
         totals.gross = totals
             .gross
@@ -125,21 +138,17 @@ impl Ledgers<'_> {
             .fees_unclaimed
             .checked_add(totals.fee)
             .ok_or(TallyError::AmountOverflow)?;
-        self.earnings
-            .credit(totals.net, now, self.config.challenge_window_secs)?;
+        self.earnings.credit(
+            totals.net,
+            totals.net_held,
+            now,
+            self.config.challenge_window_secs,
+        )?;
+        // Statistics saturate: a full counter must never refuse a settlement.
         let revenue = &mut *self.revenue;
-        revenue.gross = revenue
-            .gross
-            .checked_add(totals.gross)
-            .ok_or(TallyError::AmountOverflow)?;
-        revenue.fees = revenue
-            .fees
-            .checked_add(totals.fee)
-            .ok_or(TallyError::AmountOverflow)?;
-        revenue.units = revenue
-            .units
-            .checked_add(totals.units)
-            .ok_or(TallyError::AmountOverflow)?;
+        revenue.gross = revenue.gross.saturating_add(totals.gross);
+        revenue.fees = revenue.fees.saturating_add(totals.fee);
+        revenue.units = revenue.units.saturating_add(totals.units);
         revenue.receipts = revenue.receipts.saturating_add(totals.receipts);
         revenue.jobs_started = revenue.jobs_started.saturating_add(totals.jobs_started);
         let earnings = &mut *self.earnings;

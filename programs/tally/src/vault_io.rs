@@ -34,10 +34,8 @@ pub fn deposit<'info>(
         .escrow_total
         .checked_add(amount)
         .ok_or(TallyError::AmountOverflow)?;
-    vault.total_deposited = vault
-        .total_deposited
-        .checked_add(amount)
-        .ok_or(TallyError::AmountOverflow)?;
+    // A statistic: it saturates rather than ever refusing a deposit.
+    vault.total_deposited = vault.total_deposited.saturating_add(amount);
     vault_tokens.reload()?;
     vault.invariant(vault_tokens.amount)
 }
@@ -69,10 +67,10 @@ pub fn pay_out<'info>(
     vault.invariant(vault_tokens.amount)
 }
 
-/// Ends a job: refunds what is left of its escrow to the client, books it, and emits
-/// `JobClosed` with the terminal `status`. (The account itself is closed by the
-/// instruction's `close = client` constraint.)
-pub fn refund_and_close<'info>(
+/// Ends a job: refunds what is left of its escrow to the client, books it, records
+/// the terminal `status` and emits `JobClosed`. The instruction closes the account
+/// (see [`crate::state::Job::in_challenge_window`]).
+pub fn end_job<'info>(
     job_key: Pubkey,
     job: &mut Job,
     status: JobStatus,
@@ -84,14 +82,12 @@ pub fn refund_and_close<'info>(
 ) -> Result<()> {
     let refunded = job.escrow_left;
     job.escrow_left = 0;
+    job.status = status as u8;
     vault.escrow_total = vault
         .escrow_total
         .checked_sub(refunded)
         .ok_or(TallyError::VaultInsolvent)?;
-    vault.total_refunded = vault
-        .total_refunded
-        .checked_add(refunded)
-        .ok_or(TallyError::AmountOverflow)?;
+    vault.total_refunded = vault.total_refunded.saturating_add(refunded);
     if refunded > 0 {
         pay_out(
             vault,

@@ -10,7 +10,8 @@ const CEILINGS: &[(&str, u64)] = &[
     ("add_mint", 26000),
     ("register_operator", 11500),
     ("update_operator", 5500),
-    ("open_job", 45000),
+    ("open_job (client's first: creates ClientJobs)", 58500),
+    ("open_job", 48000),
     ("top_up", 18000),
     ("open_ledgers (creates both)", 26000),
     ("settle (1 receipt)", 14000),
@@ -21,6 +22,7 @@ const CEILINGS: &[(&str, u64)] = &[
     ("expire_job", 18500),
     ("claim", 22000),
     ("withdraw_fees", 17000),
+    ("close_job", 3000),
 ];
 
 #[test]

@@ -2,10 +2,10 @@
 use solana_signer::Signer;
 use tally::errors::TallyError;
 use tally::events::{JobClosed, JobOpened, JobToppedUp};
-use tally::state::{JobStatus, Operator};
+use tally::state::{ClientJobs, JobStatus, Operator};
 use tally_client::{ix, pda, UpdateConfigArgs};
 use tally_tests::{
-    events, expect_error, expect_failure, expect_ok, AnchorErrorCode, JobSpec, World,
+    events, expect_error, expect_failure, expect_ok, AnchorErrorCode, JobHandle, JobSpec, World,
 };
 
 fn pause(world: &mut World, paused: bool) {
@@ -451,4 +451,103 @@ fn anyone_expires_a_job_after_deadline_and_grace_refunding_the_client() {
     // Settling usage on an expired (closed) job fails.
     let late = world.receipt(2, 2_000);
     expect_failure(world.settle(&operator, &[(job.address, late)]));
+}
+
+/// Job addresses are (client, job id): an id used once is never usable again, so a
+/// closed job's address never holds another job and receipts naming it (the
+/// oracle-signer path commits to nothing else) cannot settle a newer job.
+#[test]
+fn a_job_address_is_never_reused() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 5, JobSpec::default());
+    expect_ok(world.send(
+        &[ix::cancel_job(
+            client.wallet.pubkey(),
+            job.address,
+            world.mint,
+            client.tokens,
+        )],
+        &[&client.wallet],
+    ));
+    assert!(!world.env.exists(&job.address));
+    // The same id again, and a lower one: refused by name.
+    for id in [5, 4] {
+        let (_, result) = world.try_open_job(&client, &operator, id, JobSpec::default());
+        expect_error(result, TallyError::JobIdUsed);
+    }
+    assert!(!world.env.exists(&job.address), "the address stays empty");
+    // A higher id works, and the next free id moves past it.
+    world.open_job(&client, &operator, 9, JobSpec::default());
+    let ids: ClientJobs = world
+        .env
+        .account(&pda::client_jobs(&client.wallet.pubkey()));
+    assert_eq!(
+        (ids.client, ids.next_job_id, ids.jobs_opened),
+        (client.wallet.pubkey(), 10, 2)
+    );
+    // Ids are per client: another client may use 5.
+    let other = world.client(1_000_000);
+    world.open_job(&other, &operator, 5, JobSpec::default());
+    // u64::MAX cannot be taken: the next id would not exist.
+    let (_, result) = world.try_open_job(&client, &operator, u64::MAX, JobSpec::default());
+    expect_error(result, TallyError::JobIdUsed);
+}
+
+/// The nonce (what relayed receipts commit to besides the address) is unique per
+/// client, even for jobs opened in the same slot.
+#[test]
+fn jobs_opened_in_one_slot_get_different_nonces() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let first = world.open_job_ix(&client, &operator, 1, JobSpec::default());
+    let second = world.open_job_ix(&client, &operator, 2, JobSpec::default());
+    for id in [1, 2] {
+        world.jobs.push(JobHandle {
+            address: pda::job(&client.wallet.pubkey(), id),
+            job_id: id,
+            client: client.wallet.pubkey(),
+            client_tokens: client.tokens,
+            mint: world.mint,
+        });
+    }
+    expect_ok(world.send(&[first, second], &[&client.wallet]));
+    let nonce = |id| world.env.job(&pda::job(&client.wallet.pubkey(), id)).nonce;
+    assert_ne!(nonce(1), nonce(2));
+    assert_eq!((nonce(1), nonce(2)), (1, 2));
+}
+
+/// Upgrade path: jobs opened before `ClientJobs` existed have no counter (and a slot
+/// as their nonce). They keep settling and completing; the client's next open
+/// creates the counter.
+#[test]
+fn a_client_whose_jobs_predate_client_jobs_gets_a_counter_on_its_next_open() {
+    let mut world = World::builder().challenge_window(0).build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let old = world.open_job(&client, &operator, 7, JobSpec::default());
+    // The state an older program left: no counter, the opening slot as nonce.
+    let counter = pda::client_jobs(&client.wallet.pubkey());
+    world
+        .env
+        .svm
+        .set_account(counter, solana_account::Account::default())
+        .unwrap();
+    let mut account = world.env.svm.get_account(&old.address).unwrap();
+    let slot = world.env.svm.get_sysvar::<solana_clock::Clock>().slot;
+    let nonce_at = 8 + std::mem::offset_of!(tally::state::Job, nonce);
+    account.data[nonce_at..nonce_at + 8].copy_from_slice(&slot.to_le_bytes());
+    world.env.svm.set_account(old.address, account).unwrap();
+    assert!(!world.env.exists(&counter));
+
+    world.env.advance(60);
+    expect_ok(world.settle(&operator, &[(old.address, world.receipt(1, 100))]));
+    let next = world.open_job(&client, &operator, 8, JobSpec::default());
+    let ids: ClientJobs = world.env.account(&counter);
+    assert_eq!((ids.next_job_id, ids.jobs_opened), (9, 1));
+    assert_eq!(world.env.job(&next.address).nonce, 1);
+    expect_ok(world.complete(&operator, &old, world.receipt(2, 200)));
+    assert!(!world.env.exists(&old.address));
 }

@@ -2,7 +2,7 @@
 //! the dashboard, rent): pinned here so a change is a deliberate one.
 use anchor_lang::Space;
 use std::mem::{offset_of, size_of};
-use tally::state::{Config, Earnings, Job, Operator, Revenue, Vault};
+use tally::state::{ClientJobs, Config, Earnings, Job, Operator, Revenue, Vault};
 
 #[test]
 fn account_sizes_are_pinned() {
@@ -11,6 +11,7 @@ fn account_sizes_are_pinned() {
     assert_eq!(8 + Operator::INIT_SPACE, 213, "Operator");
     assert_eq!(8 + Earnings::INIT_SPACE, 153, "Earnings");
     assert_eq!(8 + Revenue::INIT_SPACE, 85, "Revenue");
+    assert_eq!(8 + ClientJobs::INIT_SPACE, 57, "ClientJobs");
     assert_eq!(Job::ACCOUNT_SIZE, 304, "Job");
     assert_eq!(size_of::<Job>() % 8, 0, "Job stays 8-byte aligned");
 }

@@ -33,11 +33,11 @@ fn completing_a_job_settles_the_final_receipt_refunds_and_closes() {
 
     let last = world.receipt(2, 45_000);
     let sent = expect_ok(world.complete(&operator, &job, last));
-    assert!(!world.env.exists(&job.address));
+    // The job has ended but stays while its share can still be disputed.
+    let ended = world.env.job(&job.address);
     assert_eq!(
-        world.env.lamports(&client.wallet.pubkey()),
-        lamports_before + rent,
-        "rent back to the client"
+        (ended.status(), ended.escrow_left),
+        (JobStatus::Completed, 0)
     );
     // 45,000 units at 10 were paid; the rest of the 1,000,000 came back.
     assert_eq!(world.env.token_balance(&client.tokens), 2_000_000 - 450_000);
@@ -59,11 +59,48 @@ fn completing_a_job_settles_the_final_receipt_refunds_and_closes() {
         "1% of 400,000 then of 50,000"
     );
 
-    // Revived closed account: completing again finds nothing.
+    // Completing again: the job has ended.
     let again = world.receipt(3, 50_000);
     expect_error(
         world.complete(&operator, &job, again),
+        TallyError::JobFinished,
+    );
+
+    // Once its share has matured anyone closes it: rent back to the client.
+    world.env.advance(2 * 3_600 + 60);
+    let anyone = world.env.wallet(1_000_000_000);
+    expect_ok(world.send(
+        &[ix::close_job(anyone.pubkey(), job.address, job.client)],
+        &[&anyone],
+    ));
+    assert!(!world.env.exists(&job.address));
+    assert_eq!(
+        world.env.lamports(&client.wallet.pubkey()),
+        lamports_before + rent,
+        "rent back to the client"
+    );
+    // Revived closed account: completing again finds nothing.
+    expect_error(
+        world.complete(&operator, &job, again),
         AnchorErrorCode::AccountOwnedByWrongProgram,
+    );
+}
+
+#[test]
+fn a_job_with_nothing_left_to_dispute_closes_when_it_ends() {
+    // Without a challenge window, earnings are claimable at once: nothing to dispute.
+    let mut world = World::builder().challenge_window(0).build();
+    let operator = world.operator();
+    let client = world.client(2_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    let lamports_before = world.env.lamports(&client.wallet.pubkey());
+    let rent = world.env.lamports(&job.address);
+    expect_ok(world.complete(&operator, &job, world.receipt(1, 100)));
+    assert!(!world.env.exists(&job.address));
+    assert_eq!(
+        world.env.lamports(&client.wallet.pubkey()),
+        lamports_before + rent
     );
 }
 

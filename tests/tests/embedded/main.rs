@@ -10,6 +10,7 @@
 mod batch;
 mod cli;
 mod config;
+mod cross_mint;
 mod cu;
 mod disputes;
 mod idl;
@@ -23,3 +24,4 @@ mod relayed;
 mod settle;
 mod smoke;
 mod state_machine;
+mod statistics;

@@ -1,7 +1,8 @@
 //! add_mint: SPL Token and Token-2022 accepted; extensions that break escrow refused.
 use anchor_spl::token_2022::spl_token_2022::{
     self,
-    extension::{transfer_fee, transfer_hook, ExtensionType},
+    extension::{default_account_state, transfer_fee, transfer_hook, ExtensionType},
+    state::AccountState,
 };
 use solana_keypair::Keypair;
 use solana_signer::Signer;
@@ -32,9 +33,43 @@ fn spl_token_and_token_2022_mints_get_a_vault() {
         assert_eq!(accepted[0].mint, mint.mint);
         world.mints.push(mint);
     }
-    // A benign extension (close authority) is accepted.
-    let close_auth = Keypair::new().pubkey();
+    // Benign extensions are accepted: a close-authority extension with no authority
+    // (the mint can never be closed) and new accounts that start initialized.
     let mint = world.env.create_mint_with(
+        TokenKind::Token2022,
+        &authority,
+        &[
+            ExtensionType::MintCloseAuthority,
+            ExtensionType::DefaultAccountState,
+        ],
+        |m| {
+            vec![
+                spl_token_2022::instruction::initialize_mint_close_authority(
+                    &spl_token_2022::ID,
+                    m,
+                    None,
+                )
+                .unwrap(),
+                default_account_state::instruction::initialize_default_account_state(
+                    &spl_token_2022::ID,
+                    m,
+                    &AccountState::Initialized,
+                )
+                .unwrap(),
+            ]
+        },
+    );
+    expect_ok(add(&mut world, mint));
+}
+
+#[test]
+fn a_token_2022_mint_with_a_close_authority_is_refused() {
+    let mut world = World::builder().build();
+    let authority = Keypair::new().pubkey();
+    // A close authority can close the mint at zero supply and recreate it at the same
+    // address with a permanent delegate.
+    let close_auth = Keypair::new().pubkey();
+    let closable = world.env.create_mint_with(
         TokenKind::Token2022,
         &authority,
         &[ExtensionType::MintCloseAuthority],
@@ -49,7 +84,37 @@ fn spl_token_and_token_2022_mints_get_a_vault() {
             ]
         },
     );
-    expect_ok(add(&mut world, mint));
+    expect_error(add(&mut world, closable), TallyError::MintHasCloseAuthority);
+    assert!(!world.env.exists(&pda::vault(&closable.mint)));
+}
+
+#[test]
+fn a_token_2022_mint_whose_accounts_start_frozen_is_refused() {
+    let mut world = World::builder().build();
+    let authority = Keypair::new().pubkey();
+    // New accounts, the vault's included, start frozen.
+    let freezer = Keypair::new().pubkey();
+    let frozen = world.env.create_mint_with_freeze(
+        TokenKind::Token2022,
+        &authority,
+        Some(&freezer),
+        &[ExtensionType::DefaultAccountState],
+        |m| {
+            vec![
+                default_account_state::instruction::initialize_default_account_state(
+                    &spl_token_2022::ID,
+                    m,
+                    &AccountState::Frozen,
+                )
+                .unwrap(),
+            ]
+        },
+    );
+    expect_error(
+        add(&mut world, frozen),
+        TallyError::MintDefaultAccountStateFrozen,
+    );
+    assert!(!world.env.exists(&pda::vault(&frozen.mint)));
 }
 
 #[test]

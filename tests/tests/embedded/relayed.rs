@@ -232,16 +232,18 @@ fn receipts_of_a_closed_job_cannot_settle_a_job_reopened_at_the_same_address() {
         &[&client.wallet],
     ));
     world.env.advance(60);
-    let reopened = world.open_job(&client, &operator, 1, JobSpec::default());
-    assert_eq!(reopened.address, job.address);
-    assert_ne!(
-        world.env.job(&reopened.address).nonce,
-        old.receipt.job_nonce
-    );
+    // The address cannot hold another job: the id is used for good.
+    let (_, reopened) = world.try_open_job(&client, &operator, 1, JobSpec::default());
+    expect_error(reopened, TallyError::JobIdUsed);
+    // The closed job's receipt finds no job.
     expect_error(
-        world.settle_relayed(&operator, &relayer, &[old]),
-        TallyError::ReceiptMismatch,
+        world.settle_relayed(&operator, &relayer, std::slice::from_ref(&old)),
+        TallyError::InvalidJobAccount,
     );
+    // Another id opens a job at another address, with another nonce.
+    let next = world.open_job(&client, &operator, 2, JobSpec::default());
+    assert_ne!(next.address, job.address);
+    assert_ne!(world.env.job(&next.address).nonce, old.receipt.job_nonce);
 }
 
 /// A self-contained Ed25519 instruction: `signer` over `message`.

@@ -3,6 +3,7 @@
 use solana_signer::Signer;
 use tally::errors::TallyError;
 use tally::events::ReceiptSettled;
+use tally::receipt::MAX_UNITS_PER_RECEIPT;
 use tally::state::{utc_day, JobStatus, Revenue};
 use tally_client::ix::{self, Attestation};
 use tally_client::{compute_payout, pda, OracleSetArgs, UpdateConfigArgs};
@@ -158,8 +159,8 @@ fn several_jobs_settle_in_one_instruction() {
 #[test]
 fn usage_beyond_the_escrow_pays_only_the_escrow() {
     let (mut world, operator, job) = setup(0);
-    // 100,000 units escrowed at 10; the oracle reports u64::MAX units.
-    let receipt = world.receipt(1, u64::MAX);
+    // 100,000 units escrowed at 10; the oracle reports the most one receipt may bill.
+    let receipt = world.receipt(1, MAX_UNITS_PER_RECEIPT);
     let sent = expect_ok(world.settle(&operator, &[(job.address, receipt)]));
     let settled: Vec<ReceiptSettled> = events(&sent.logs);
     assert!(settled[0].capped);
@@ -168,7 +169,7 @@ fn usage_beyond_the_escrow_pays_only_the_escrow() {
     assert_eq!(stored.escrow_left, 0);
     assert_eq!(stored.settled_gross, 1_000_000);
     // Nothing more can be paid out of an empty escrow.
-    let next = world.receipt(2, u64::MAX);
+    let next = world.receipt(2, 2 * MAX_UNITS_PER_RECEIPT);
     let sent = expect_ok(world.settle(&operator, &[(job.address, next)]));
     assert_eq!(events::<ReceiptSettled>(&sent.logs)[0].gross, 0);
 }
@@ -479,4 +480,35 @@ fn account_substitution_attacks() {
         0,
         "nothing was settled"
     );
+}
+
+/// Receipts on the oracle-signer path commit to the job's address only (not its
+/// nonce): that is enough because an address never holds a second job. An oracle
+/// resending, after a crash, a receipt written for a job the client has since
+/// cancelled cannot bill a new job at that address.
+#[test]
+fn a_receipt_for_a_closed_job_cannot_settle_a_job_reopened_at_its_address() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(10_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    world.env.advance(60);
+    // Written by the oracle before a crash, not landed yet.
+    let late = world.receipt(1, 900);
+    expect_ok(world.send(
+        &[ix::cancel_job(
+            client.wallet.pubkey(),
+            job.address,
+            world.mint,
+            client.tokens,
+        )],
+        &[&client.wallet],
+    ));
+    let (_, reopened) = world.try_open_job(&client, &operator, 1, JobSpec::default());
+    expect_error(reopened, TallyError::JobIdUsed);
+    expect_error(
+        world.settle(&operator, &[(job.address, late)]),
+        TallyError::InvalidJobAccount,
+    );
+    assert_eq!(world.env.token_balance(&client.tokens), 10_000_000);
 }

@@ -27,3 +27,39 @@ fn sbf_program_initializes_config_within_its_cu_ceiling() {
     assert_cu_at_most(&world.init_sent, 20_000, "initialize_config");
     println!("initialize_config: {} CU", world.init_sent.cu);
 }
+
+/// The deployed binary carries a security.txt (`solana_security_txt::security_txt!`)
+/// that explorers and `query-security-txt` find by its markers: read it back from
+/// the very .so the suite runs, as they do.
+#[test]
+fn the_program_binary_carries_its_security_txt() {
+    let so = std::fs::read(tally_tests::TestEnv::program_path()).expect("the program .so");
+    let begin = b"=======BEGIN SECURITY.TXT V1=======\0";
+    let end = b"=======END SECURITY.TXT V1=======\0";
+    let start = so
+        .windows(begin.len())
+        .position(|w| w == begin)
+        .expect("a security.txt in the binary")
+        + begin.len();
+    let len = so[start..]
+        .windows(end.len())
+        .position(|w| w == end)
+        .expect("its end marker");
+    let fields: Vec<&str> = std::str::from_utf8(&so[start..start + len])
+        .expect("UTF-8")
+        .split_terminator('\0')
+        .collect();
+    let pairs: std::collections::HashMap<&str, &str> = fields
+        .chunks(2)
+        .map(|kv| (kv[0], kv.get(1).copied().unwrap_or("")))
+        .collect();
+    for required in ["name", "project_url", "contacts", "policy"] {
+        assert!(
+            pairs.contains_key(required),
+            "{required} missing: {pairs:?}"
+        );
+    }
+    assert_eq!(pairs["name"], "Tally");
+    assert!(pairs["contacts"].starts_with("link:https://github.com/tally-network/tally"));
+    assert!(pairs["policy"].ends_with("/SECURITY.md"));
+}

@@ -1,8 +1,11 @@
 //! Property-based state machine: random sequences of every money-moving instruction
-//! (valid and invalid), several clients, operators and mints (SPL Token and
-//! Token-2022), and time jumps, against the SBF program. After every step:
-//! - solvency per mint (the World fixture checks it after every transaction);
-//! - no job has paid out more than was deposited, and escrow = deposited − paid;
+//! (valid and invalid), several clients, two operators and two mints (SPL Token and
+//! Token-2022), time jumps, and cross-mint / cross-operator attempts on live jobs
+//! (each must fail: [`Cross`]), against the SBF program. After every step:
+//! - solvency per mint (the World fixture checks it after every transaction, the
+//!   cross attempts included);
+//! - no job has paid out more than was deposited, and escrow = deposited − paid
+//!   (0 once it has ended);
 //! - settled units never decrease;
 //! - every client's balance is exactly its start − deposits + refunds to it;
 //! - tokens are conserved: what the participants and vaults hold never changes.
@@ -13,7 +16,9 @@
 use std::collections::HashMap;
 
 use anchor_lang::prelude::Pubkey;
+use anchor_lang::solana_program::instruction::Instruction;
 use proptest::prelude::*;
+use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::events::{DisputeResolved, JobClosed};
 use tally_client::ix::{self, MintRef};
@@ -59,6 +64,10 @@ enum Action {
     Expire {
         job: usize,
     },
+    /// close_job by anyone: only an ended job whose share has matured closes.
+    Close {
+        job: usize,
+    },
     Claim {
         operator: usize,
         mint: usize,
@@ -74,10 +83,58 @@ enum Action {
         share_pct: u64,
         by_arbiter: bool,
     },
+    /// An attempt on a job through the other mint's accounts or the other
+    /// operator's ledger (see [`Cross`]): it must fail and move nothing.
+    Cross {
+        job: usize,
+        how: Cross,
+    },
     Pause(bool),
     Wait {
         secs: i64,
     },
+}
+
+/// Cross-mint and cross-operator attempts on a job of mint M and operator P.
+#[derive(Clone, Copy, Debug)]
+enum Cross {
+    /// complete_job with the final receipt repeating the last one, every account
+    /// but the job of the other mint (the refund would come out of its vault).
+    CompleteInOtherMint,
+    /// complete_job against the other operator's ledger in M.
+    CompleteForOtherOperator,
+    /// settle in the other mint's vault, with P's ledgers of that mint.
+    SettleInOtherMint,
+    /// settle with the other operator's ledgers in M.
+    SettleForOtherOperator,
+    /// top_up, cancel_job and expire_job through the other mint's accounts.
+    TopUpInOtherMint,
+    CancelInOtherMint,
+    ExpireInOtherMint,
+    /// dispute_job with P's ledger of the other mint, or Q's ledger of M.
+    DisputeOtherLedger,
+    /// resolve_dispute (arbiter) with the other mint's accounts.
+    ResolveInOtherMint,
+    /// claim: P's ledger of the other mint paid out of M's vault.
+    ClaimOtherMintLedger,
+    /// withdraw_fees: M's mint and destination with the other mint's vault.
+    WithdrawFeesOtherVault,
+}
+
+fn cross() -> impl Strategy<Value = Cross> {
+    prop_oneof![
+        3 => Just(Cross::CompleteInOtherMint),
+        1 => Just(Cross::CompleteForOtherOperator),
+        1 => Just(Cross::SettleInOtherMint),
+        1 => Just(Cross::SettleForOtherOperator),
+        1 => Just(Cross::TopUpInOtherMint),
+        1 => Just(Cross::CancelInOtherMint),
+        1 => Just(Cross::ExpireInOtherMint),
+        1 => Just(Cross::DisputeOtherLedger),
+        1 => Just(Cross::ResolveInOtherMint),
+        1 => Just(Cross::ClaimOtherMintLedger),
+        1 => Just(Cross::WithdrawFeesOtherVault),
+    ]
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -90,10 +147,12 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(operator, mint, jobs)| Action::Settle { operator, mint, jobs }),
         1 => (0usize..16, 0u64..30_000).prop_map(|(job, delta)| Action::Complete { job, delta }),
         1 => (0usize..16).prop_map(|job| Action::Expire { job }),
+        1 => (0usize..16).prop_map(|job| Action::Close { job }),
         2 => (0..OPERATORS, 0..MINTS).prop_map(|(operator, mint)| Action::Claim { operator, mint }),
         1 => (0..MINTS).prop_map(|mint| Action::WithdrawFees { mint }),
         1 => (0usize..16).prop_map(|job| Action::Dispute { job }),
         1 => (0usize..16, 0u64..=100, any::<bool>()).prop_map(|(job, share_pct, by_arbiter)| Action::Resolve { job, share_pct, by_arbiter }),
+        2 => (0usize..16, cross()).prop_map(|(job, how)| Action::Cross { job, how }),
         1 => any::<bool>().prop_map(Action::Pause),
         2 => prop_oneof![1i64..600, 600i64..8_000, 8_000i64..200_000].prop_map(|secs| Action::Wait { secs }),
     ]
@@ -402,6 +461,24 @@ impl Machine {
                 );
                 self.book_refunds(&result);
             }
+            Action::Close { job } => {
+                let Some(job) = self.job(job) else { return };
+                let cranker = self.world.env.payer.insecure_clone();
+                let before = self.world.env.lamports(&job.client);
+                let rent = self.world.env.lamports(&job.address);
+                let result = self.world.send(
+                    &[ix::close_job(cranker.pubkey(), job.address, job.client)],
+                    &[],
+                );
+                if result.is_ok() {
+                    assert!(!self.live(&job), "close_job closed the job");
+                    assert_eq!(
+                        self.world.env.lamports(&job.client),
+                        before + rent,
+                        "the rent went to the job's client"
+                    );
+                }
+            }
             Action::Claim { operator, mint } => {
                 self.world.mint = self.mints[mint];
                 let o = &self.operators[mint][operator];
@@ -488,6 +565,12 @@ impl Machine {
                 let result = self.world.send(&[resolve], &[&resolver]);
                 self.book_refunds(&result);
             }
+            Action::Cross { job, how } => {
+                let Some(job) = self.job(job) else { return };
+                if self.live(&job) {
+                    self.cross(&job, how);
+                }
+            }
             Action::Pause(paused) => {
                 let admin = self.world.admin.insecure_clone();
                 let _ = self.world.send(
@@ -506,6 +589,183 @@ impl Machine {
         self.world.mint = self.mints[0];
     }
 
+    /// Runs a cross-mint or cross-operator attempt on `job` (live): it must fail.
+    /// The ledgers it names are opened first, so only the program's own checks
+    /// stand in the way. Solvency per mint is checked after it like after every
+    /// transaction.
+    fn cross(&mut self, job: &JobHandle, how: Cross) {
+        let m = self.mint_index(job);
+        let other_m = 1 - m;
+        let (mint, other_mint) = (self.mints[m], self.mints[other_m]);
+        let state = self.world.env.job(&job.address);
+        let c = self.clients[m]
+            .iter()
+            .position(|c| c.tokens == job.client_tokens)
+            .expect("client");
+        let wallet = self.clients[m][c].wallet.insecure_clone();
+        let other_tokens = self.clients[other_m][c].tokens;
+        let o = self.operators[m]
+            .iter()
+            .position(|o| o.address() == state.operator)
+            .expect("operator");
+        let op = self.operators[m][o].authority.pubkey();
+        let other_op = self.operators[m][1 - o].authority.pubkey();
+        let attestation = self.world.attestation();
+        let payer = self.world.env.payer.insecure_clone();
+        for (authority, ledger_mint) in [(op, other_mint.mint), (other_op, mint.mint)] {
+            let open = ix::open_ledgers(payer.pubkey(), authority, ledger_mint, attestation.day);
+            tally_tests::expect_ok(self.world.env.send(&[open], &[]));
+        }
+        let (seq, units) = self.metered.get(&job.address).copied().unwrap_or((1, 0));
+        let repeat = tally_client::SettleReceipt {
+            seq: state.last_seq,
+            cumulative_units: state.settled_units,
+            invoice_hash: state.invoice_hash,
+            period_end: state.last_period_end,
+        };
+        let next = self.world.receipt(seq, units + 1);
+        let oracle = self.world.oracles[0].insecure_clone();
+        let arbiter = self.world.arbiter.insecure_clone();
+        let treasury = self.world.treasury.insecure_clone();
+        let (ixs, signer): (Vec<Instruction>, Keypair) = match how {
+            Cross::CompleteInOtherMint => (
+                vec![ix::complete_job(
+                    &attestation,
+                    op,
+                    other_mint,
+                    job.address,
+                    job.client,
+                    other_tokens,
+                    repeat,
+                )],
+                oracle,
+            ),
+            Cross::CompleteForOtherOperator => (
+                vec![ix::complete_job(
+                    &attestation,
+                    other_op,
+                    mint,
+                    job.address,
+                    job.client,
+                    job.client_tokens,
+                    repeat,
+                )],
+                oracle,
+            ),
+            Cross::SettleInOtherMint => (
+                vec![ix::settle(
+                    &attestation,
+                    op,
+                    other_mint.mint,
+                    &[(job.address, next)],
+                )],
+                oracle,
+            ),
+            Cross::SettleForOtherOperator => (
+                vec![ix::settle(
+                    &attestation,
+                    other_op,
+                    mint.mint,
+                    &[(job.address, next)],
+                )],
+                oracle,
+            ),
+            Cross::TopUpInOtherMint => (
+                vec![ix::top_up(
+                    job.client,
+                    job.address,
+                    other_mint,
+                    other_tokens,
+                    1_000,
+                )],
+                wallet,
+            ),
+            Cross::CancelInOtherMint => (
+                vec![ix::cancel_job(
+                    job.client,
+                    job.address,
+                    other_mint,
+                    other_tokens,
+                )],
+                wallet,
+            ),
+            Cross::ExpireInOtherMint => (
+                vec![ix::expire_job(
+                    payer.pubkey(),
+                    job.address,
+                    other_mint,
+                    job.client,
+                    other_tokens,
+                )],
+                payer.insecure_clone(),
+            ),
+            Cross::DisputeOtherLedger => {
+                let (ledger_owner, ledger_mint) = if seq % 2 == 0 {
+                    (pda::operator(&op), other_mint.mint)
+                } else {
+                    (pda::operator(&other_op), mint.mint)
+                };
+                (
+                    vec![ix::dispute_job(
+                        job.client,
+                        job.address,
+                        ledger_owner,
+                        ledger_mint,
+                    )],
+                    wallet,
+                )
+            }
+            Cross::ResolveInOtherMint => (
+                vec![ix::resolve_dispute(
+                    arbiter.pubkey(),
+                    job.address,
+                    state.operator,
+                    other_mint,
+                    other_tokens,
+                    state.disputed_amount,
+                )],
+                arbiter,
+            ),
+            Cross::ClaimOtherMintLedger => {
+                let claim = ix::claim(op, mint, self.operators[m][o].payout_tokens);
+                (
+                    vec![tally_tests::substitute(
+                        claim,
+                        pda::earnings(&state.operator, &mint.mint),
+                        pda::earnings(&state.operator, &other_mint.mint),
+                    )],
+                    self.operators[m][o].authority.insecure_clone(),
+                )
+            }
+            Cross::WithdrawFeesOtherVault => {
+                let destination =
+                    pda::associated_token(&treasury.pubkey(), &mint.mint, &mint.token_program);
+                let withdraw = ix::withdraw_fees(treasury.pubkey(), mint, destination);
+                (
+                    vec![tally_tests::substitute(
+                        withdraw,
+                        pda::vault(&mint.mint),
+                        pda::vault(&other_mint.mint),
+                    )],
+                    treasury,
+                )
+            }
+        };
+        self.world
+            .env
+            .airdrop(&signer.pubkey(), 1_000_000_000)
+            .expect("airdrop");
+        let result = self.world.env.send_with_payer(&ixs, &signer, &[]);
+        self.world.check_solvency();
+        if let Ok(sent) = result {
+            panic!(
+                "cross attempt {how:?} on job {} succeeded; logs:\n{}",
+                job.address,
+                sent.logs.join("\n")
+            );
+        }
+    }
+
     fn check(&mut self) {
         // Solvency was checked after every transaction by the World fixture.
         for job in &self.jobs {
@@ -517,11 +777,16 @@ impl Machine {
                 state.settled_gross <= state.deposited,
                 "a job paid more than was escrowed"
             );
-            assert_eq!(
-                state.escrow_left,
-                state.deposited - state.settled_gross,
-                "escrow = deposited − paid"
-            );
+            if state.status().is_finished() {
+                // Ended and refunded, kept while its share can be disputed.
+                assert_eq!(state.escrow_left, 0, "an ended job holds no escrow");
+            } else {
+                assert_eq!(
+                    state.escrow_left,
+                    state.deposited - state.settled_gross,
+                    "escrow = deposited − paid"
+                );
+            }
             let before = self
                 .settled
                 .insert(job.address, state.settled_units)

@@ -1,7 +1,11 @@
 use anchor_lang::prelude::*;
 use anchor_spl::token_2022::spl_token_2022::{
     self,
-    extension::{BaseStateWithExtensions, ExtensionType, StateWithExtensions},
+    extension::{
+        default_account_state::DefaultAccountState, mint_close_authority::MintCloseAuthority,
+        BaseStateWithExtensions, ExtensionType, StateWithExtensions,
+    },
+    state::AccountState,
 };
 use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
@@ -79,6 +83,22 @@ pub fn check_mint_extensions(mint: &AccountInfo<'_>) -> Result<()> {
                 return err!(TallyError::MintHasConfidentialTransfer)
             }
             ExtensionType::PermanentDelegate => return err!(TallyError::MintHasPermanentDelegate),
+            // The close authority can close the mint once its supply is zero and
+            // recreate it at the same address with a permanent delegate, which would
+            // then drain later deposits. A mint without one (`None`) can never close.
+            ExtensionType::MintCloseAuthority => {
+                let close = state.get_extension::<MintCloseAuthority>()?;
+                if Option::<Pubkey>::from(close.close_authority).is_some() {
+                    return err!(TallyError::MintHasCloseAuthority);
+                }
+            }
+            // New token accounts, the vault's included, would start frozen.
+            ExtensionType::DefaultAccountState => {
+                let default = state.get_extension::<DefaultAccountState>()?;
+                if default.state == AccountState::Frozen as u8 {
+                    return err!(TallyError::MintDefaultAccountStateFrozen);
+                }
+            }
             ExtensionType::NonTransferable
             | ExtensionType::Pausable
             | ExtensionType::ScaledUiAmount

@@ -29,11 +29,13 @@ impl CancelJob<'_> {
         let accounts = &mut *ctx.accounts;
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
+        job.require_live()?;
         require!(
             job.status() == JobStatus::Open && job.last_seq == 0,
             TallyError::JobHasUsage
         );
-        vault_io::refund_and_close(
+        // No usage, so nothing to dispute: the account closes now (`close = client`).
+        vault_io::end_job(
             job_key,
             &mut job,
             JobStatus::Cancelled,

@@ -35,19 +35,13 @@ impl Claim<'_> {
         let amount = earnings.claimable;
         require!(amount > 0, TallyError::NothingToClaim);
         earnings.claimable = 0;
-        earnings.total_claimed = earnings
-            .total_claimed
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
+        earnings.total_claimed = earnings.total_claimed.saturating_add(amount);
         let vault = &mut accounts.vault;
         vault.operator_owed = vault
             .operator_owed
             .checked_sub(amount)
             .ok_or(TallyError::VaultInsolvent)?;
-        vault.total_claimed = vault
-            .total_claimed
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
+        vault.total_claimed = vault.total_claimed.saturating_add(amount);
         vault_io::pay_out(
             vault,
             &mut accounts.vault_tokens,

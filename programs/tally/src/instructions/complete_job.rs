@@ -36,7 +36,12 @@ pub struct CompleteJob<'info> {
     pub earnings: Box<Account<'info, Earnings>>,
     #[account(mut, constraint = revenue.mint == mint.key() @ TallyError::WrongLedger)]
     pub revenue: Box<Account<'info, Revenue>>,
-    #[account(mut, close = client, has_one = client @ TallyError::JobMismatch)]
+    /// Closed here unless its share is still disputable (then by `close_job`).
+    #[account(
+        mut,
+        has_one = client @ TallyError::JobMismatch,
+        has_one = mint @ TallyError::JobMismatch,
+    )]
     pub job: AccountLoader<'info, Job>,
     /// Receives the job's rent.
     /// CHECK: must be the job's client (has_one above).
@@ -65,6 +70,11 @@ impl<'info> CompleteJob<'info> {
         let operator_key = accounts.earnings.operator;
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
+        // Both branches below refund out of this vault and close the job: it must be
+        // this operator's job in this mint even when there is nothing new to settle
+        // (then `Ledgers::apply`, which checks it too, does not run).
+        require_keys_eq!(job.operator, operator_key, TallyError::JobMismatch);
+        job.require_live()?;
         require!(job.disputed_amount == 0, TallyError::DisputeActive);
         {
             let mut ledgers = Ledgers {
@@ -98,7 +108,7 @@ impl<'info> CompleteJob<'info> {
             }
             ledgers.post(&totals, now)?;
         }
-        vault_io::refund_and_close(
+        vault_io::end_job(
             job_key,
             &mut job,
             JobStatus::Completed,
@@ -107,6 +117,14 @@ impl<'info> CompleteJob<'info> {
             &accounts.mint,
             &accounts.client_tokens,
             &accounts.token_program,
-        )
+        )?;
+        // Closing now would end the client's right to dispute what this job paid
+        // and has not matured: the account then stays until `close_job`.
+        let disputable = job.in_challenge_window(now)?;
+        drop(job);
+        if !disputable {
+            accounts.job.close(accounts.client.to_account_info())?;
+        }
+        Ok(())
     }
 }

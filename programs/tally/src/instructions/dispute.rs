@@ -122,10 +122,7 @@ impl ResolveDispute<'_> {
             .operator_owed
             .checked_sub(client_share)
             .ok_or(TallyError::VaultInsolvent)?;
-        vault.total_refunded = vault
-            .total_refunded
-            .checked_add(client_share)
-            .ok_or(TallyError::AmountOverflow)?;
+        vault.total_refunded = vault.total_refunded.saturating_add(client_share);
         if client_share > 0 {
             vault_io::pay_out(
                 vault,

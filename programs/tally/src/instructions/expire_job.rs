@@ -17,7 +17,8 @@ pub struct ExpireJob<'info> {
     pub vault: Account<'info, Vault>,
     #[account(mut, address = vault.token_account)]
     pub vault_tokens: InterfaceAccount<'info, TokenAccount>,
-    #[account(mut, close = client, has_one = client @ TallyError::JobMismatch, has_one = mint @ TallyError::JobMismatch)]
+    /// Closed here unless its share is still disputable (then by `close_job`).
+    #[account(mut, has_one = client @ TallyError::JobMismatch, has_one = mint @ TallyError::JobMismatch)]
     pub job: AccountLoader<'info, Job>,
     /// Receives the job's rent.
     /// CHECK: must be the job's client (has_one above).
@@ -36,12 +37,13 @@ impl ExpireJob<'_> {
         let now = Clock::get()?.unix_timestamp;
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
+        job.require_live()?;
         require!(
             now > job.settle_until(accounts.config.expiry_grace_secs),
             TallyError::JobNotExpired
         );
         require!(job.disputed_amount == 0, TallyError::DisputeActive);
-        vault_io::refund_and_close(
+        vault_io::end_job(
             job_key,
             &mut job,
             JobStatus::Expired,
@@ -50,6 +52,13 @@ impl ExpireJob<'_> {
             &accounts.mint,
             &accounts.client_tokens,
             &accounts.token_program,
-        )
+        )?;
+        // As in complete_job: a share still disputable keeps the account.
+        let disputable = job.in_challenge_window(now)?;
+        drop(job);
+        if !disputable {
+            accounts.job.close(accounts.client.to_account_info())?;
+        }
+        Ok(())
     }
 }

@@ -4,12 +4,13 @@ use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 use crate::errors::TallyError;
 use crate::events::JobOpened;
 use crate::payout::deposit_for;
-use crate::state::{seeds, Config, Job, JobStatus, Operator, UnitKind, Vault};
+use crate::state::{seeds, ClientJobs, Config, Job, JobStatus, Operator, UnitKind, Vault};
 use crate::vault_io;
 
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Copy, Debug)]
 pub struct OpenJobArgs {
-    /// Client-chosen id, unique among the client's open jobs.
+    /// Client-chosen id, at least the client's `ClientJobs::next_job_id`: ids only go
+    /// up, so a job address is never reused.
     pub job_id: u64,
     /// [`UnitKind`] as u8.
     pub unit_kind: u8,
@@ -50,6 +51,16 @@ pub struct OpenJob<'info> {
     pub job: AccountLoader<'info, Job>,
     pub token_program: Interface<'info, TokenInterface>,
     pub system_program: Program<'info, System>,
+    /// The client's job ids (created by its first job). Last, so that instructions
+    /// built for an older program still line up.
+    #[account(
+        init_if_needed,
+        payer = client,
+        space = 8 + ClientJobs::INIT_SPACE,
+        seeds = [seeds::CLIENT_JOBS, client.key().as_ref()],
+        bump,
+    )]
+    pub client_jobs: Account<'info, ClientJobs>,
 }
 
 impl OpenJob<'_> {
@@ -71,6 +82,12 @@ impl OpenJob<'_> {
             TallyError::DeadlineInPast
         );
         let deposit = deposit_for(args.unit_price, args.max_units)?;
+        let ids = &mut accounts.client_jobs;
+        if ids.client == Pubkey::default() {
+            ids.client = accounts.client.key();
+            ids.bump = ctx.bumps.client_jobs;
+        }
+        let nonce = ids.take(args.job_id)?;
 
         vault_io::deposit(
             &accounts.client_tokens,
@@ -92,7 +109,7 @@ impl OpenJob<'_> {
             mint: accounts.mint.key(),
             invoice_hash: [0; 32],
             job_id: args.job_id,
-            nonce: clock.slot,
+            nonce,
             unit_price: args.unit_price,
             max_units: args.max_units,
             deposited: deposit,

@@ -32,6 +32,7 @@ impl TopUp<'_> {
         require!(amount > 0, TallyError::ZeroAmount);
         let now = Clock::get()?.unix_timestamp;
         let mut job = accounts.job.load_mut()?;
+        job.require_live()?;
         require!(now <= job.deadline, TallyError::JobExpired);
 
         vault_io::deposit(

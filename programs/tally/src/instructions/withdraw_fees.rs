@@ -31,10 +31,7 @@ impl WithdrawFees<'_> {
         let amount = vault.fees_unclaimed;
         require!(amount > 0, TallyError::NothingToWithdraw);
         vault.fees_unclaimed = 0;
-        vault.total_fees_withdrawn = vault
-            .total_fees_withdrawn
-            .checked_add(amount)
-            .ok_or(TallyError::AmountOverflow)?;
+        vault.total_fees_withdrawn = vault.total_fees_withdrawn.saturating_add(amount);
         vault_io::pay_out(
             vault,
             &mut accounts.vault_tokens,

@@ -2,8 +2,8 @@ use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
 use crate::payout::{compute_payout, Payout};
-use crate::receipt::SettleReceipt;
-use crate::state::PendingEarnings;
+use crate::receipt::{SettleReceipt, MAX_UNITS_PER_RECEIPT};
+use crate::state::{pending_total, take_matured, PendingEarnings};
 
 /// What a job's units count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,9 +31,13 @@ impl UnitKind {
     }
 }
 
-/// Life of a job. Completed, Cancelled and Expired jobs are closed in the same
-/// instruction (rent back to the client), so on-chain a job is Open or Active; the
-/// terminal state is recorded in the closing event.
+/// Life of a job. A job ends Completed (final receipt), Cancelled (before any usage)
+/// or Expired (after its deadline plus grace); its escrow left is refunded then.
+/// The account is closed in the same instruction (rent back to the client) unless
+/// the operator's share of it is still inside the challenge window: then it stays,
+/// Completed or Expired with nothing in escrow, so that the client can still
+/// dispute that share, until `close_job` (anyone) closes it once the share has
+/// matured and no dispute is open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum JobStatus {
@@ -41,9 +45,31 @@ pub enum JobStatus {
     Open = 0,
     /// At least one receipt settled.
     Active = 1,
+    /// Final receipt settled and escrow refunded; account kept while disputable.
     Completed = 2,
+    /// Refunded before any usage (the account is always closed at once).
     Cancelled = 3,
+    /// Refunded after the deadline plus grace; account kept while disputable.
     Expired = 4,
+}
+
+impl JobStatus {
+    /// The status stored as `value` (an unknown value reads as Open).
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Active,
+            2 => Self::Completed,
+            3 => Self::Cancelled,
+            4 => Self::Expired,
+            _ => Self::Open,
+        }
+    }
+
+    /// The job has ended: no money comes in and no receipt settles any more; only a
+    /// dispute of its unmatured share, its resolution and `close_job` apply.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled | Self::Expired)
+    }
 }
 
 /// One job: a client's escrow for metered work by one operator, in one mint.
@@ -59,8 +85,9 @@ pub struct Job {
     /// predecessor's hash, so the files form a chain ending here).
     pub invoice_hash: [u8; 32],
     pub job_id: u64,
-    /// Slot the job was opened in. Receipts commit to it, so receipts of a closed job
-    /// can never settle a new job opened later at the same address.
+    /// The job's number among its client's jobs (1 for the first): unique per
+    /// client, so unique with the address. Relayed receipts commit to it. (Jobs
+    /// opened before `ClientJobs` existed hold the slot they were opened in.)
     pub nonce: u64,
     /// Price of one unit, in the mint's base units.
     pub unit_price: u64,
@@ -114,11 +141,20 @@ impl Job {
     pub const ACCOUNT_SIZE: usize = 8 + std::mem::size_of::<Job>();
 
     pub fn status(&self) -> JobStatus {
-        if self.status == JobStatus::Active as u8 {
-            JobStatus::Active
-        } else {
-            JobStatus::Open
-        }
+        JobStatus::from_u8(self.status)
+    }
+
+    /// Fails unless the job is still Open or Active.
+    pub fn require_live(&self) -> Result<()> {
+        require!(!self.status().is_finished(), TallyError::JobFinished);
+        Ok(())
+    }
+
+    /// Drops the job's matured buckets; true while some of the operator's share of
+    /// this job is still inside the challenge window (the client may dispute it).
+    pub fn in_challenge_window(&mut self, now: i64) -> Result<bool> {
+        take_matured(&mut self.pending, now)?;
+        Ok(pending_total(&self.pending)? > 0)
     }
 
     /// Last moment a receipt may settle: the deadline plus the config's grace.
@@ -154,6 +190,10 @@ impl Job {
             .cumulative_units
             .checked_sub(self.settled_units)
             .ok_or(TallyError::NonIncreasingUsage)?;
+        require!(
+            units <= MAX_UNITS_PER_RECEIPT,
+            TallyError::TooManyUnitsInReceipt
+        );
         let payout = compute_payout(self.unit_price, units, self.escrow_left, fee_bps)?;
         let settled_gross = self
             .settled_gross

@@ -1,4 +1,5 @@
 //! Account types. Sizes are pinned by layout tests (`tests/embedded/layout.rs`).
+pub mod client_jobs;
 pub mod config;
 pub mod earnings;
 pub mod job;
@@ -7,6 +8,7 @@ pub mod revenue;
 pub mod seeds;
 pub mod vault;
 
+pub use client_jobs::*;
 pub use config::*;
 pub use earnings::*;
 pub use job::*;

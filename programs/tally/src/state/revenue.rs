@@ -2,7 +2,8 @@ use anchor_lang::prelude::*;
 
 /// On-chain revenue of one mint on one UTC day: the sum of settled usage receipts.
 /// This is the ledger `tally revenue` and the dashboard read — revenue from metered
-/// work, never from emissions (the program mints nothing).
+/// work, never from emissions (the program mints nothing). Every field is a
+/// statistic and saturates at `u64::MAX`: a full counter never blocks a settlement.
 #[account]
 #[derive(InitSpace, Debug)]
 pub struct Revenue {

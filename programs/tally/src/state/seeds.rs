@@ -20,7 +20,10 @@ pub const VAULT_TOKENS: &[u8] = b"vault_tokens";
 pub const OPERATOR: &[u8] = b"operator";
 /// `["earnings", operator, mint]`: an operator's [`crate::state::Earnings`] in one mint.
 pub const EARNINGS: &[u8] = b"earnings";
-/// `["job", client, job_id (u64 LE)]`: a [`crate::state::Job`].
+/// `["client_jobs", client]`: a client's [`crate::state::ClientJobs`] (its job ids).
+pub const CLIENT_JOBS: &[u8] = b"client_jobs";
+/// `["job", client, job_id (u64 LE)]`: a [`crate::state::Job`]. Ids are never reused
+/// ([`crate::state::ClientJobs`]), so neither is the address.
 pub const JOB: &[u8] = b"job";
 /// `["revenue", mint, day (u32 LE, days since the Unix epoch, UTC)]`: a
 /// [`crate::state::Revenue`] day.

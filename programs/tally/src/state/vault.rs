@@ -20,7 +20,8 @@ pub struct Vault {
     pub operator_owed: u64,
     /// Protocol fees not yet withdrawn.
     pub fees_unclaimed: u64,
-    /// Lifetime totals, for audits.
+    /// Lifetime totals, for audits. Statistics only: they saturate at `u64::MAX`
+    /// (open + cancel in a loop would otherwise fill them and block every deposit).
     pub total_deposited: u64,
     pub total_refunded: u64,
     pub total_claimed: u64,
