@@ -559,7 +559,14 @@ impl Worker {
                 ),
             ),
         };
-        if metered {
+        // Requests for a model this worker serves; one it does not serve is no
+        // request of its (a 404 like any unknown path).
+        let served = if path.ends_with("embeddings") {
+            self.embeddings.is_some()
+        } else {
+            self.chat.is_some()
+        };
+        if metered && served {
             let counter = if response.status().is_success() {
                 &self.stats.requests
             } else {

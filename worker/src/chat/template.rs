@@ -112,8 +112,9 @@ fn strftime_now(format: String) -> String {
 }
 
 /// Writes `value` as Python's `json.dumps(value, ensure_ascii=False, indent=…)` does
-/// (`", "` and `": "` between items, or `","` and newlines when indented), keys in
-/// their order.
+/// (`", "` and `": "` between items, or `","` and newlines when indented), keys
+/// in the order the messages hold them (serde_json's: sorted, where Python keeps
+/// insertion order; the chat templates tried write no objects with `tojson`).
 fn write_json(
     value: &Value,
     indent: Option<usize>,
@@ -305,7 +306,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             prompt,
-            "HÉ \"X\"|{\"role\": \"user\", \"content\": \"  hé \\\"x\\\" \"}\n<s>4"
+            "HÉ \"X\"|{\"content\": \"  hé \\\"x\\\" \", \"role\": \"user\"}\n<s>4"
         );
         let refused = template
             .render(&[json!({"role": "bot", "content": "x"})], None, true)
