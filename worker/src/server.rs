@@ -1,60 +1,112 @@
-//! The HTTP side: an OpenAI-compatible embeddings server.
+//! The HTTP side: an OpenAI-compatible server for the models loaded (an embedding
+//! model, a chat model, or both).
 //!
-//! - `POST /v1/embeddings` — `{"input": "text" | ["text", …], "model"?,
-//!   "encoding_format"?: "float" | "base64", "dimensions"?}` →
+//! - `POST /v1/chat/completions` and `POST /v1/completions` (chat model) — OpenAI's
+//!   chat and text completions, streamed as server-sent events (`stream: true`; the
+//!   usage chunk with `stream_options.include_usage`) or not; `usage.prompt_tokens`
+//!   is the rendered prompt's tokens (special tokens included), `completion_tokens`
+//!   the tokens generated. See [`crate::chat`].
+//! - `POST /tokenize` and `POST /detokenize` (chat model), as vLLM serves them:
+//!   `{"prompt"}` (or llama.cpp's `{"content"}`, or `{"messages"}` through the chat
+//!   template) → `{"count", "tokens", "max_model_len"}`.
+//! - `POST /v1/embeddings` (embedding model) — `{"input": "text" | ["text", …],
+//!   "model"?, "encoding_format"?: "float" | "base64", "dimensions"?}` →
 //!   `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
 //!   "model", "usage": {"prompt_tokens", "total_tokens"}}`; `usage` is counted by
 //!   the model's tokenizer (special tokens included: what the model read).
 //! - `GET /v1/models`, `GET /health`.
-//! - `GET /metrics` — Prometheus text with vLLM's token counters
-//!   (`vllm:prompt_tokens_total`, `vllm:generation_tokens_total` = 0 for an encoder),
-//!   so the oracle's metrics cross-check reads this worker as it reads vLLM.
+//! - `GET /metrics` — Prometheus text with vLLM's token counters per model
+//!   (`vllm:prompt_tokens_total`, `vllm:generation_tokens_total`), so the oracle's
+//!   metrics cross-check reads this worker as it reads vLLM.
 //!
-//! Requests are tokenized on arrival (bad input is refused at once with a 4xx in
-//! OpenAI's error shape) and queued to one inference thread, which merges the
-//! requests waiting into shared batches (dynamic batching) and answers each.
+//! Requests are checked on arrival (bad input is refused at once with a 4xx in
+//! OpenAI's error shape). Embedding requests queue to one inference thread, which
+//! merges the requests waiting into shared batches (dynamic batching); generation
+//! requests queue to the generation thread, which interleaves them token by token.
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{Embedder, ModelError, ModelOptions, Tokenized};
+use crate::chat::api::{self, Endpoint, ResponseHead};
+use crate::chat::engine::{self, Event, Generation};
+use crate::chat::ChatModel;
+use crate::model::{DeviceChoice, Embedder, ModelError, ModelOptions, Tokenized};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The most inputs one request may carry (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 
-/// How to run the worker.
+/// How to run the worker: which models, and how.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The model directory (config.json, model.safetensors, tokenizer.json).
-    pub model_dir: PathBuf,
-    /// The name the model is served as [default: the directory's name].
+    /// An embedding model directory (config.json, model.safetensors, tokenizer.json).
+    pub model_dir: Option<PathBuf>,
+    /// The name the embedding model is served as [default: the directory's name].
     pub model_name: Option<String>,
+    /// A chat model: one GGUF file (llama family).
+    pub chat_model: Option<PathBuf>,
+    /// The name the chat model is served as [default: the file's name without `.gguf`].
+    pub chat_model_name: Option<String>,
     pub options: ModelOptions,
-    /// Inputs per forward pass.
+    /// Embedding inputs per forward pass.
     pub batch_size: usize,
+    /// Tokens a chat sequence may hold, prompt and completion [default: the model's
+    /// trained context, at most 4,096].
+    pub context: Option<usize>,
+    /// Chat sequences generating at once; further requests wait their turn.
+    pub max_active: usize,
 }
 
 impl WorkerConfig {
+    /// An embeddings worker for the model in `model_dir`.
     pub fn new(model_dir: impl Into<PathBuf>) -> Self {
         Self {
-            model_dir: model_dir.into(),
+            model_dir: Some(model_dir.into()),
+            ..Self::empty()
+        }
+    }
+
+    /// A chat worker for the GGUF file `chat_model`.
+    pub fn chat(chat_model: impl Into<PathBuf>) -> Self {
+        Self {
+            chat_model: Some(chat_model.into()),
+            ..Self::empty()
+        }
+    }
+
+    /// Also serve the chat model in `chat_model`.
+    #[must_use]
+    pub fn with_chat(mut self, chat_model: impl Into<PathBuf>) -> Self {
+        self.chat_model = Some(chat_model.into());
+        self
+    }
+
+    fn empty() -> Self {
+        Self {
+            model_dir: None,
             model_name: None,
+            chat_model: None,
+            chat_model_name: None,
             options: ModelOptions::default(),
             batch_size: 32,
+            context: None,
+            max_active: 8,
         }
     }
 }
@@ -62,7 +114,14 @@ impl WorkerConfig {
 /// Counters behind `/metrics`.
 #[derive(Default)]
 pub struct Stats {
+    /// Tokens embedded.
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens read by the chat model.
+    pub chat_prompt_tokens: AtomicU64,
+    /// Tokens generated and counted (end-of-generation tokens are not).
+    pub generation_tokens: AtomicU64,
+    /// Chat sequences generating now.
+    pub chat_active: AtomicU64,
     pub requests: AtomicU64,
     pub request_errors: AtomicU64,
     pub embeddings: AtomicU64,
@@ -88,36 +147,93 @@ struct Work {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
 }
 
-/// The running worker: the model, its inference thread, and the counters.
-pub struct Worker {
+struct EmbeddingService {
     embedder: Arc<Embedder>,
     name: String,
     queue: mpsc::Sender<Work>,
+}
+
+struct ChatService {
+    model: Arc<ChatModel>,
+    name: String,
+    queue: mpsc::Sender<Generation>,
+}
+
+/// The running worker: its models, their threads, and the counters.
+pub struct Worker {
+    embeddings: Option<EmbeddingService>,
+    chat: Option<ChatService>,
+    device: String,
     pub stats: Arc<Stats>,
     started: std::time::SystemTime,
 }
 
+/// What every handler answers with: a whole body or a stream.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A response body fed from a channel (server-sent events as they are generated).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
 /// An error in OpenAI's shape (`{"error": {"message", "type", "code"}}`).
-fn error_response(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error_body(status: StatusCode, message: &str) -> Value {
     let kind = match status {
         StatusCode::NOT_FOUND => "NotFoundError",
         s if s.is_server_error() => "server_error",
         _ => "invalid_request_error",
     };
-    json_response(
-        status,
-        &json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": status.as_u16() } }),
-    )
+    json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": status.as_u16() } })
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &error_body(status, message))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+#[allow(clippy::result_large_err)] // the error is the response to send
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read the request body: {e}"),
+        )),
+    }
 }
 
 /// The inference thread: waits for work, takes everything else already queued (up
@@ -167,51 +283,151 @@ fn inference_loop(
     }
 }
 
+fn pick_device(choice: DeviceChoice) -> Result<candle_core::Device, ModelError> {
+    let cuda = |e: candle_core::Error| ModelError::Load {
+        path: "cuda:0".into(),
+        reason: format!(
+            "{e} (GPU support needs a build with `--features cuda` and an NVIDIA driver)"
+        ),
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceChoice::Cuda => candle_core::Device::new_cuda(0).map_err(cuda),
+        DeviceChoice::Auto => candle_core::Device::cuda_if_available(0).map_err(cuda),
+    }
+}
+
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+fn thread_error(path: &std::path::Path, e: &std::io::Error) -> ModelError {
+    ModelError::Load {
+        path: path.display().to_string(),
+        reason: format!("cannot start the model's thread: {e}"),
+    }
+}
+
+/// The label value for a model name in Prometheus text.
+fn label(name: &str) -> String {
+    format!("model_name=\"{}\"", name.replace(['"', '\\', '\n'], "_"))
+}
+
 impl Worker {
-    /// Loads the model and starts its inference thread.
+    /// Loads the configured models and starts their threads.
     pub fn load(config: &WorkerConfig) -> Result<Arc<Self>, ModelError> {
-        let embedder = Arc::new(Embedder::load(&config.model_dir, &config.options)?);
-        let name = config.model_name.clone().unwrap_or_else(|| {
-            config
-                .model_dir
-                .file_name()
-                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
-        });
+        if config.model_dir.is_none() && config.chat_model.is_none() {
+            return Err(ModelError::Missing(
+                "no model to serve: give an embedding model directory (--model-dir) or a chat model GGUF (--chat-model)".into(),
+            ));
+        }
         let stats = Arc::new(Stats::default());
-        let (queue, rx) = mpsc::channel::<Work>(1024);
-        let batch_size = config.batch_size.max(1);
-        let (thread_embedder, thread_stats) = (Arc::clone(&embedder), Arc::clone(&stats));
-        std::thread::Builder::new()
-            .name("tally-worker-inference".into())
-            .spawn(move || inference_loop(&thread_embedder, &thread_stats, batch_size, rx))
-            .map_err(|e| ModelError::Load {
-                path: config.model_dir.display().to_string(),
-                reason: format!("cannot start the inference thread: {e}"),
-            })?;
+        let device = pick_device(config.options.device)?;
+        let embeddings = match &config.model_dir {
+            None => None,
+            Some(dir) => {
+                let embedder = Arc::new(Embedder::load(dir, &config.options)?);
+                let name = config.model_name.clone().unwrap_or_else(|| {
+                    dir.file_name()
+                        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+                });
+                let (queue, rx) = mpsc::channel::<Work>(1024);
+                let batch_size = config.batch_size.max(1);
+                let (thread_embedder, thread_stats) = (Arc::clone(&embedder), Arc::clone(&stats));
+                std::thread::Builder::new()
+                    .name("tally-worker-inference".into())
+                    .spawn(move || inference_loop(&thread_embedder, &thread_stats, batch_size, rx))
+                    .map_err(|e| thread_error(dir, &e))?;
+                Some(EmbeddingService {
+                    embedder,
+                    name,
+                    queue,
+                })
+            }
+        };
+        let chat = match &config.chat_model {
+            None => None,
+            Some(path) => {
+                let model = Arc::new(ChatModel::load(path, &device, config.context)?);
+                let name = config.chat_model_name.clone().unwrap_or_else(|| {
+                    path.file_name().map_or_else(
+                        || "model".into(),
+                        |n| n.to_string_lossy().trim_end_matches(".gguf").to_string(),
+                    )
+                });
+                let queue =
+                    engine::spawn(Arc::clone(&model), Arc::clone(&stats), config.max_active)
+                        .map_err(|e| thread_error(path, &e))?;
+                Some(ChatService { model, name, queue })
+            }
+        };
         Ok(Arc::new(Self {
-            embedder,
-            name,
-            queue,
+            embeddings,
+            chat,
+            device: device_name(&device),
             stats,
             started: std::time::SystemTime::now(),
         }))
     }
 
-    /// The name the model is served as.
+    /// The name of the main model served: the chat model's if there is one, else the
+    /// embedding model's.
     pub fn model_name(&self) -> &str {
-        &self.name
+        self.chat_model_name()
+            .or(self.embeddings_model_name())
+            .unwrap_or_default()
     }
 
-    pub fn embedder(&self) -> &Embedder {
-        &self.embedder
+    /// The chat model's name in the API, if one is served.
+    pub fn chat_model_name(&self) -> Option<&str> {
+        self.chat.as_ref().map(|c| c.name.as_str())
+    }
+
+    /// The embedding model's name in the API, if one is served.
+    pub fn embeddings_model_name(&self) -> Option<&str> {
+        self.embeddings.as_ref().map(|e| e.name.as_str())
+    }
+
+    /// The embedding model, if one is served.
+    pub fn embedder(&self) -> Option<&Embedder> {
+        self.embeddings.as_ref().map(|e| e.embedder.as_ref())
+    }
+
+    /// The chat model, if one is served.
+    pub fn chat_model(&self) -> Option<&ChatModel> {
+        self.chat.as_ref().map(|c| c.model.as_ref())
+    }
+
+    /// `cpu` or `cuda:N`.
+    pub fn device_name(&self) -> &str {
+        &self.device
+    }
+
+    /// Tokens served so far, prompt and generated, over all models (what vLLM's
+    /// counters add up to).
+    pub fn tokens_served(&self) -> u64 {
+        let s = &self.stats;
+        s.prompt_tokens.load(Ordering::Relaxed)
+            + s.chat_prompt_tokens.load(Ordering::Relaxed)
+            + s.generation_tokens.load(Ordering::Relaxed)
     }
 
     /// Embeds `texts` through the inference thread (as a request would, without HTTP).
     pub async fn embed(&self, texts: &[String]) -> Result<Embedded, ModelError> {
-        let inputs = self.embedder.tokenize(texts)?;
+        let Some(service) = &self.embeddings else {
+            return Err(ModelError::Input(
+                "this worker serves no embedding model (start it with --model-dir)".into(),
+            ));
+        };
+        let inputs = service.embedder.tokenize(texts)?;
         let tokens = inputs.iter().map(Tokenized::tokens).collect();
         let (reply, answer) = oneshot::channel();
-        self.queue
+        service
+            .queue
             .send(Work { inputs, reply })
             .await
             .map_err(|_| ModelError::Failed("the inference thread has stopped".into()))?;
@@ -263,35 +479,94 @@ impl Worker {
         Ok(())
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    fn routes(&self) -> String {
+        let mut routes = Vec::new();
+        if self.chat.is_some() {
+            routes.push("POST /v1/chat/completions, /v1/completions, /tokenize, /detokenize");
+        }
+        if self.embeddings.is_some() {
+            routes.push("POST /v1/embeddings");
+        }
+        routes.push("GET /v1/models, /health and /metrics");
+        routes.join(", ")
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
+        let metered = matches!(
+            path.as_str(),
+            "/v1/embeddings"
+                | "/embeddings"
+                | "/v1/chat/completions"
+                | "/chat/completions"
+                | "/v1/completions"
+                | "/completions"
+        );
         let response = match (req.method(), path.as_str()) {
-            (&Method::POST, "/v1/embeddings" | "/embeddings") => self.embeddings(req).await,
+            (&Method::POST, "/v1/embeddings" | "/embeddings") if self.embeddings.is_some() => {
+                self.embeddings(req).await
+            }
+            (&Method::POST, "/v1/chat/completions" | "/chat/completions")
+                if self.chat.is_some() =>
+            {
+                self.generate(req, Endpoint::Chat).await
+            }
+            (&Method::POST, "/v1/completions" | "/completions") if self.chat.is_some() => {
+                self.generate(req, Endpoint::Completion).await
+            }
+            (&Method::POST, "/tokenize") if self.chat.is_some() => self.tokenize(req).await,
+            (&Method::POST, "/detokenize") if self.chat.is_some() => self.detokenize(req).await,
             (&Method::GET, "/v1/models") => json_response(StatusCode::OK, &self.models()),
             (&Method::GET, "/health") => json_response(
                 StatusCode::OK,
-                &json!({ "status": "ok", "model": self.name, "device": self.embedder.device_name() }),
+                &json!({ "status": "ok", "models": self.model_names(), "device": self.device }),
             ),
             (&Method::GET, "/metrics") => {
-                let mut response = Response::new(Full::new(Bytes::from(self.metrics_text())));
+                let mut response = Response::new(full(self.metrics_text()));
                 response.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
                 );
                 response
             }
-            (_, "/v1/embeddings" | "/embeddings" | "/v1/models" | "/health" | "/metrics") => {
+            (&Method::POST, _) if metered || path == "/tokenize" || path == "/detokenize" => {
+                let what = if path.ends_with("embeddings") {
+                    "no embedding model (start it with --model-dir)"
+                } else {
+                    "no chat model (start it with --chat-model FILE.gguf)"
+                };
                 error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &format!("{} is not allowed on {path}", req.method()),
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "{path} is not served here: this worker has {what}; it serves {}",
+                        self.routes()
+                    ),
                 )
             }
+            (_, "/v1/models" | "/health" | "/metrics") => error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not allowed on {path}", req.method()),
+            ),
+            (_, _) if metered || path == "/tokenize" || path == "/detokenize" => error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not allowed on {path}: POST it", req.method()),
+            ),
             _ => error_response(
                 StatusCode::NOT_FOUND,
-                &format!("{path} is not served here: this worker serves POST /v1/embeddings, GET /v1/models, /health and /metrics"),
+                &format!(
+                    "{path} is not served here: this worker serves {}",
+                    self.routes()
+                ),
             ),
         };
-        if path.ends_with("/embeddings") {
+        // Requests for a model this worker serves; one it does not serve is no
+        // request of its (a 404 like any unknown path).
+        let served = if path.ends_with("embeddings") {
+            self.embeddings.is_some()
+        } else {
+            self.chat.is_some()
+        };
+        if metered && served {
             let counter = if response.status().is_success() {
                 &self.stats.requests
             } else {
@@ -302,44 +577,274 @@ impl Worker {
         response
     }
 
+    fn model_names(&self) -> Vec<&str> {
+        self.chat_model_name()
+            .into_iter()
+            .chain(self.embeddings_model_name())
+            .collect()
+    }
+
     fn models(&self) -> Value {
         let created = self
             .started
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        json!({
-            "object": "list",
-            "data": [{
-                "id": self.name,
+        let mut data = Vec::new();
+        if let Some(chat) = &self.chat {
+            data.push(json!({
+                "id": chat.name,
                 "object": "model",
                 "created": created,
                 "owned_by": "tally-worker",
-                "max_model_len": self.embedder.max_tokens(),
-                "dimensions": self.embedder.dimensions(),
-            }]
-        })
+                "max_model_len": chat.model.context(),
+            }));
+        }
+        if let Some(service) = &self.embeddings {
+            data.push(json!({
+                "id": service.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "tally-worker",
+                "max_model_len": service.embedder.max_tokens(),
+                "dimensions": service.embedder.dimensions(),
+            }));
+        }
+        json!({ "object": "list", "data": data })
     }
 
-    async fn embeddings(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("the request body is over {MAX_BODY_BYTES} bytes"),
-                )
+    /// `/v1/chat/completions` and `/v1/completions`.
+    async fn generate(&self, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+        let Some(chat) = &self.chat else {
+            return error_response(StatusCode::NOT_FOUND, "no chat model is served here");
+        };
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let request = match api::parse(&body, endpoint, &chat.model, &chat.name) {
+            Ok(request) => request,
+            Err((status, message)) => return error_response(status, &message),
+        };
+        let (events, mut heard) = mpsc::unbounded_channel();
+        let generation = Generation {
+            prompt: request.prompt,
+            limits: request.limits,
+            sampling: request.sampling,
+            events,
+        };
+        if chat.queue.send(generation).await.is_err() {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the generation thread has stopped: restart the worker",
+            );
+        }
+        let response_head = ResponseHead::new(endpoint, &chat.name);
+        if !request.stream {
+            // Dropping `heard` (the client left) abandons the generation.
+            loop {
+                match heard.recv().await {
+                    Some(Event::Text(_)) => {}
+                    Some(Event::Done(outcome)) => {
+                        return json_response(
+                            StatusCode::OK,
+                            &response_head.answer(
+                                &outcome.text,
+                                outcome.finish,
+                                outcome.prompt_tokens,
+                                outcome.completion_tokens,
+                            ),
+                        )
+                    }
+                    Some(Event::Failed(e)) => {
+                        return error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &format!("generation failed: {e}"),
+                        )
+                    }
+                    None => {
+                        return error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the generation thread stopped mid-request: restart the worker",
+                        )
+                    }
+                }
             }
-            Err(e) => {
+        }
+        // A stream: events as they are generated; a client that leaves closes the
+        // channel, which abandons the generation.
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let include_usage = request.include_usage;
+        tokio::spawn(async move {
+            let chat_role = endpoint == Endpoint::Chat;
+            if chat_role
+                && tx
+                    .send(sse(&response_head.chunk(
+                        Some(""),
+                        true,
+                        None,
+                        include_usage,
+                    )))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            while let Some(event) = heard.recv().await {
+                let chunk = match event {
+                    Event::Text(text) => {
+                        sse(&response_head.chunk(Some(&text), false, None, include_usage))
+                    }
+                    Event::Done(outcome) => {
+                        let mut tail = Vec::from(sse(&response_head.chunk(
+                            None,
+                            false,
+                            Some(outcome.finish),
+                            include_usage,
+                        )));
+                        if include_usage {
+                            tail.extend_from_slice(&sse(&response_head
+                                .usage_chunk(outcome.prompt_tokens, outcome.completion_tokens)));
+                        }
+                        tail.extend_from_slice(b"data: [DONE]\n\n");
+                        let _ = tx.send(Bytes::from(tail)).await;
+                        return;
+                    }
+                    Event::Failed(e) => {
+                        // No [DONE]: the stream ends with the error.
+                        let _ = tx
+                            .send(sse(&error_body(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &format!("generation failed: {e}"),
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(BoxBody::new(ChannelBody(rx)));
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        response
+    }
+
+    /// `/tokenize`: vLLM's (`prompt` or `messages`) and llama.cpp's (`content`).
+    async fn tokenize(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(chat) = &self.chat else {
+            return error_response(StatusCode::NOT_FOUND, "no chat model is served here");
+        };
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(&body) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the request body must be a JSON object with `prompt`, `content` or `messages`",
+            );
+        };
+        let tokenizer = chat.model.tokenizer();
+        let add_special = object
+            .get("add_special_tokens")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let tokens = if let Some(messages) = object.get("messages") {
+            let messages = match api::messages_for_template(Some(messages)) {
+                Ok(m) => m,
+                Err((status, message)) => return error_response(status, &message),
+            };
+            let Some(template) = chat.model.template() else {
                 return error_response(
                     StatusCode::BAD_REQUEST,
-                    &format!("could not read the request body: {e}"),
+                    "this model's GGUF has no chat template",
+                );
+            };
+            let generation_prompt = object
+                .get("add_generation_prompt")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            template
+                .render(
+                    &messages,
+                    object.get("tools").filter(|t| !t.is_null()),
+                    generation_prompt,
                 )
+                .and_then(|text| tokenizer.encode(&text, false))
+        } else {
+            match object.get("prompt").or_else(|| object.get("content")) {
+                Some(Value::String(text)) => tokenizer.encode(text, add_special),
+                _ => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "send `prompt` (or `content`) as a string, or `messages`",
+                    )
+                }
             }
         };
-        let request = match parse_request(&body, &self.name, self.embedder.dimensions()) {
+        match tokens {
+            Ok(tokens) => json_response(
+                StatusCode::OK,
+                &json!({ "count": tokens.len(), "tokens": tokens, "max_model_len": chat.model.context() }),
+            ),
+            Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
+        }
+    }
+
+    /// `/detokenize`: `{"tokens": [ids]}` → `{"prompt": text}`.
+    async fn detokenize(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(chat) = &self.chat else {
+            return error_response(StatusCode::NOT_FOUND, "no chat model is served here");
+        };
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let tokenizer = chat.model.tokenizer();
+        let vocab = tokenizer.vocab_size() as u64;
+        let tokens: Option<Vec<u32>> = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("tokens").and_then(Value::as_array).cloned())
+            .and_then(|items| {
+                items
+                    .iter()
+                    .map(|t| {
+                        t.as_u64()
+                            .filter(|&t| t < vocab)
+                            .and_then(|t| u32::try_from(t).ok())
+                    })
+                    .collect()
+            });
+        match tokens {
+            Some(tokens) => json_response(
+                StatusCode::OK,
+                &json!({ "prompt": String::from_utf8_lossy(&tokenizer.decode(&tokens)) }),
+            ),
+            None => error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("send {{\"tokens\": [ids]}} with ids below {vocab}"),
+            ),
+        }
+    }
+
+    async fn embeddings(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(service) = &self.embeddings else {
+            return error_response(StatusCode::NOT_FOUND, "no embedding model is served here");
+        };
+        let body = match read_body(req).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let request = match parse_request(&body, &service.name, service.embedder.dimensions()) {
             Ok(request) => request,
             Err((status, message)) => return error_response(status, &message),
         };
@@ -377,75 +882,94 @@ impl Worker {
         json_response(
             StatusCode::OK,
             &json!({
-                // Unique per response: the oracle keys its usage records by it.
+                // Unique per response: the oracle keeps it beside its own request id.
                 "id": format!("embd-{:032x}", rand::random::<u128>()),
                 "object": "list",
                 "created": created,
-                "model": self.name,
+                "model": service.name,
                 "data": data,
                 "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
             }),
         )
     }
 
-    /// vLLM's token counters, and the worker's own, in Prometheus text exposition.
+    /// vLLM's token counters (one series per model), and the worker's own, in
+    /// Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
-        let label = format!(
-            "model_name=\"{}\"",
-            self.name.replace(['"', '\\', '\n'], "_")
-        );
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, labels: &str, value: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {value}\n"
-            );
+        let mut metric = |kind: &str, name: &str, help: &str, series: &[(String, String)]| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for (labels, value) in series {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
         };
-        counter(
+        let embed = self.embeddings_model_name().map(label);
+        let chat = self.chat_model_name().map(label);
+        let all = label(&self.model_names().join(","));
+        let per_model = |embedding: String, chat_value: String| -> Vec<(String, String)> {
+            embed
+                .iter()
+                .map(|l| (l.clone(), embedding.clone()))
+                .chain(chat.iter().map(|l| (l.clone(), chat_value.clone())))
+                .collect()
+        };
+        metric(
+            "counter",
             "vllm:prompt_tokens_total",
             "Number of prefill tokens processed.",
-            &label,
-            format!("{}.0", get(&s.prompt_tokens)),
+            &per_model(
+                format!("{}.0", get(&s.prompt_tokens)),
+                format!("{}.0", get(&s.chat_prompt_tokens)),
+            ),
         );
-        counter(
+        metric(
+            "counter",
             "vllm:generation_tokens_total",
-            "Number of generation tokens processed (an encoder generates none).",
-            &label,
-            "0.0".into(),
+            "Number of generation tokens processed (an encoder generates none; end-of-generation tokens are not counted, as in usage).",
+            &per_model("0.0".into(), format!("{}.0", get(&s.generation_tokens))),
         );
-        counter(
+        metric(
+            "gauge",
+            "vllm:num_requests_running",
+            "Chat sequences generating now.",
+            &chat
+                .iter()
+                .map(|l| (l.clone(), format!("{}.0", get(&s.chat_active))))
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "counter",
             "vllm:request_success_total",
             "Count of successfully processed requests.",
-            &label,
-            format!("{}.0", get(&s.requests)),
+            &[(all.clone(), format!("{}.0", get(&s.requests)))],
         );
-        counter(
+        metric(
+            "counter",
             "tally_worker_request_errors_total",
-            "Embedding requests refused or failed.",
-            &label,
-            format!("{}.0", get(&s.request_errors)),
+            "Requests refused or failed.",
+            &[(all.clone(), format!("{}.0", get(&s.request_errors)))],
         );
-        counter(
+        metric(
+            "counter",
             "tally_worker_embeddings_total",
             "Embeddings computed.",
-            &label,
-            format!("{}.0", get(&s.embeddings)),
+            &[(all.clone(), format!("{}.0", get(&s.embeddings)))],
         );
-        counter(
+        metric(
+            "counter",
             "tally_worker_forward_passes_total",
-            "Batched forward passes of the model.",
-            &label,
-            format!("{}.0", get(&s.forward_passes)),
+            "Batched forward passes of the embedding model.",
+            &[(all.clone(), format!("{}.0", get(&s.forward_passes)))],
         );
         #[allow(clippy::cast_precision_loss)]
         let seconds = get(&s.inference_nanos) as f64 / 1e9;
-        counter(
+        metric(
+            "counter",
             "tally_worker_inference_seconds_total",
-            "Time spent in the model.",
-            &label,
-            format!("{seconds:.6}"),
+            "Time spent in the models.",
+            &[(all, format!("{seconds:.6}"))],
         );
         out
     }

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+mod chat;
 mod e2e;
 mod model;
 
@@ -59,7 +60,7 @@ impl WorkerProcess {
             };
             eprintln!("{line}");
             if let Some(rest) = line.split("serving http://").nth(1) {
-                let address = rest.trim_end_matches("/v1/embeddings");
+                let address = rest.trim_end_matches("/v1");
                 break format!("http://{address}");
             }
         };
