@@ -51,13 +51,49 @@ fn capacity_json(c: &SettleCapacity) -> String {
 
 /// `cu_per_receipt` and `fee_lamports_per_receipt` at the top of the JSON are the
 /// batched path's (lookup table); each path's own figures follow.
+/// The program's size and what deploying it locks in rent: its ProgramData account
+/// (loader metadata + the bytes) and its 36-byte program account. An upgrade needs a
+/// buffer of the same size again for the duration (refunded).
+fn program_cost() -> (u64, u64) {
+    use anchor_lang::solana_program::bpf_loader_upgradeable::UpgradeableLoaderState;
+    use tally_client::chain::Chain;
+    let path = tally_tests::TestEnv::program_path();
+    let bytes = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .len();
+    let env = tally_tests::TestEnv::new();
+    let rent = |len: usize| {
+        env.chain
+            .minimum_balance_for_rent_exemption(len)
+            .expect("rent")
+    };
+    let program_data = UpgradeableLoaderState::size_of_programdata_metadata()
+        + usize::try_from(bytes).expect("size");
+    let lamports = rent(program_data) + rent(UpgradeableLoaderState::size_of_program());
+    (bytes, lamports)
+}
+
 fn main() {
+    let (program_bytes, deploy_rent_lamports) = program_cost();
     let instructions = measure_instructions();
     let signer = settle_capacity();
     let relayed = relayed_capacity();
     let alt = alt_capacity();
 
     let mut md = String::new();
+    let _ = writeln!(md, "| program | measured |");
+    let _ = writeln!(md, "|---|---:|");
+    let _ = writeln!(
+        md,
+        "| `program_bytes` (target/deploy/tally.so) | {program_bytes} |"
+    );
+    let _ = writeln!(
+        md,
+        "| `deploy_rent_lamports` (ProgramData + program account) | {deploy_rent_lamports} ({}.{:02} SOL) |",
+        deploy_rent_lamports / 1_000_000_000,
+        deploy_rent_lamports % 1_000_000_000 / 10_000_000
+    );
+    let _ = writeln!(md);
     let _ = writeln!(md, "| instruction | CU | tx bytes | fee (lamports) |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
     for (name, sent) in &instructions {
@@ -80,7 +116,9 @@ fn main() {
     );
     print!("{md}");
 
-    let mut json = String::from("{\n  \"instructions\": {");
+    let mut json = format!(
+        "{{\n  \"program_bytes\": {program_bytes},\n  \"deploy_rent_lamports\": {deploy_rent_lamports},\n  \"instructions\": {{"
+    );
     for (i, (name, sent)) in instructions.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
         let _ = write!(json, "{sep}\n    \"{name}\": {}", sent.cu);
