@@ -6,9 +6,11 @@
 //! program; jobs complete with their final receipts and refunds; the operator claims;
 //! a stalled job expires and is refunded; and every balance is reconciled.
 //!
-//! `--real-model`: the GPU worker is tally-worker running all-MiniLM-L6-v2 in
-//! process (from `scripts/fetch-model`, or `--model-dir`), and the requests are
-//! embedding requests whose usage the model's tokenizer counts; the rest is the same.
+//! `--real-model`: the GPU worker is tally-worker in process, serving the models
+//! `scripts/fetch-model` fetches: SmolLM2-135M-Instruct (or `--chat-model`) answers
+//! the requests, chat completions streamed and not, counted as llama.cpp counts them;
+//! all-MiniLM-L6-v2 (or `--model-dir`) serves embeddings beside it, where present, and
+//! `--embeddings` sends embedding requests instead. The rest is the same.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,21 +43,31 @@ pub struct DemoArgs {
     /// The SBF program [default: TALLY_PROGRAM_SO or target/deploy/tally.so]
     #[arg(long)]
     pub program: Option<PathBuf>,
-    /// Serve a real sentence-embedding model (tally-worker, on CPU) instead of the
-    /// simulated worker, and send embedding requests
+    /// Serve real models (tally-worker, on CPU) instead of the simulated worker: a
+    /// chat model answers the requests (a second or more each on a small CPU), an
+    /// embedding model serves beside it
     #[arg(long)]
     pub real_model: bool,
-    /// The model for --real-model: config.json, model.safetensors, tokenizer.json
-    /// [default: TALLY_MODEL_DIR or target/models/all-MiniLM-L6-v2, from scripts/fetch-model]
+    /// The chat model for --real-model: a GGUF file of a llama-family model
+    /// [default: TALLY_CHAT_MODEL or target/models/SmolLM2-135M-Instruct.Q4_1.gguf, from scripts/fetch-model]
+    #[arg(long, requires = "real_model")]
+    pub chat_model: Option<PathBuf>,
+    /// The embedding model for --real-model: config.json, model.safetensors,
+    /// tokenizer.json [default: TALLY_MODEL_DIR or target/models/all-MiniLM-L6-v2,
+    /// from scripts/fetch-model, when present]
     #[arg(long, requires = "real_model")]
     pub model_dir: Option<PathBuf>,
+    /// With --real-model: send embedding requests instead of chat completions
+    #[arg(long, requires = "real_model")]
+    pub embeddings: bool,
 }
 
 /// The operator's inference server in the demo.
 enum Upstream {
     Simulated(Arc<SimWorker>),
+    /// The real worker; `true` when the requests are chat completions.
     #[cfg(feature = "real-model")]
-    Real(Arc<tally_worker::Worker>),
+    Real(Arc<tally_worker::Worker>, bool),
 }
 
 impl Upstream {
@@ -65,13 +77,35 @@ impl Upstream {
         }
         #[cfg(feature = "real-model")]
         {
+            // Chat unless --embeddings; the embedding model too when asked for or
+            // present (a chat-only worker is fine).
+            let chat = if args.embeddings {
+                args.chat_model.clone()
+            } else {
+                Some(
+                    args.chat_model
+                        .clone()
+                        .unwrap_or_else(tally_worker::default_chat_model),
+                )
+            };
             let dir = args
                 .model_dir
                 .clone()
                 .unwrap_or_else(tally_worker::default_model_dir);
-            tally_worker::Worker::load(&tally_worker::WorkerConfig::new(dir))
-                .map(Self::Real)
-                .map_err(|e| other(format!("--real-model: {e}")))
+            let embeddings = (args.embeddings
+                || args.model_dir.is_some()
+                || tally_worker::model::missing_files(&dir).is_none())
+            .then_some(dir);
+            let mut config = tally_worker::WorkerConfig::new(PathBuf::new());
+            config.model_dir = embeddings;
+            config.chat_model = chat;
+            tally_worker::Worker::load(&config)
+                .map(|worker| Self::Real(worker, !args.embeddings))
+                .map_err(|e| {
+                    other(format!(
+                        "--real-model: {e} (scripts/fetch-model fetches the models)"
+                    ))
+                })
         }
         #[cfg(not(feature = "real-model"))]
         Err(other(
@@ -83,11 +117,22 @@ impl Upstream {
         match self {
             Self::Simulated(_) => "a simulated GPU worker".into(),
             #[cfg(feature = "real-model")]
-            Self::Real(worker) => format!(
-                "tally-worker running {} on {}",
-                worker.model_name(),
-                worker.embedder().device_name()
-            ),
+            Self::Real(worker, chat) => {
+                let also = match (
+                    chat,
+                    worker.chat_model_name(),
+                    worker.embeddings_model_name(),
+                ) {
+                    (true, _, Some(other)) => format!(" (and {other} for embeddings)"),
+                    (false, Some(other), _) => format!(" (and {other} for chat)"),
+                    _ => String::new(),
+                };
+                format!(
+                    "tally-worker running {}{also} on {}",
+                    self.model(),
+                    worker.device_name()
+                )
+            }
         }
     }
 
@@ -95,7 +140,13 @@ impl Upstream {
         match self {
             Self::Simulated(_) => "llama-3-8b".into(),
             #[cfg(feature = "real-model")]
-            Self::Real(worker) => worker.model_name().to_string(),
+            Self::Real(worker, chat) => if *chat {
+                worker.chat_model_name()
+            } else {
+                worker.embeddings_model_name()
+            }
+            .unwrap_or_default()
+            .to_string(),
         }
     }
 
@@ -105,7 +156,7 @@ impl Upstream {
                 tokio::spawn(Arc::clone(worker).serve(listener));
             }
             #[cfg(feature = "real-model")]
-            Self::Real(worker) => {
+            Self::Real(worker, _) => {
                 tokio::spawn(Arc::clone(worker).serve(listener));
             }
         }
@@ -123,7 +174,30 @@ impl Upstream {
                 ),
             ),
             #[cfg(feature = "real-model")]
-            Self::Real(worker) => {
+            Self::Real(_, true) => {
+                // Short answers (8 to 16 tokens; the prompt costs most here), every
+                // other one streamed; greedy.
+                const QUESTIONS: [&str; 4] = [
+                    "What is a GPU?",
+                    "Say hello to the operator.",
+                    "Name one use of embeddings.",
+                    "Why settle usage on a blockchain?",
+                ];
+                let question = QUESTIONS[usize::try_from(r).unwrap_or(0) % QUESTIONS.len()];
+                (
+                    "/v1/chat/completions",
+                    json!({
+                        "model": self.model(),
+                        "messages": [{ "role": "user", "content": question }],
+                        "max_tokens": 8 + (r % 3) * 4,
+                        "temperature": 0,
+                        "stream": r % 2 == 1,
+                    })
+                    .to_string(),
+                )
+            }
+            #[cfg(feature = "real-model")]
+            Self::Real(worker, false) => {
                 // 1 to 8 texts of varied length per request.
                 const TEXTS: [&str; 6] = [
                     "How do I rotate the oracle keys of a Tally deployment?",
@@ -144,7 +218,7 @@ impl Upstream {
                     .collect();
                 (
                     "/v1/embeddings",
-                    json!({ "model": worker.model_name(), "input": input }).to_string(),
+                    json!({ "model": worker.embeddings_model_name(), "input": input }).to_string(),
                 )
             }
         }
@@ -155,12 +229,7 @@ impl Upstream {
         match self {
             Self::Simulated(_) => None,
             #[cfg(feature = "real-model")]
-            Self::Real(worker) => Some(
-                worker
-                    .stats
-                    .prompt_tokens
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
+            Self::Real(worker, _) => Some(worker.tokens_served()),
         }
     }
 }

@@ -1,14 +1,20 @@
-//! tally-worker against the real all-MiniLM-L6-v2 (scripts/fetch-model puts it in
-//! target/models/all-MiniLM-L6-v2; TALLY_MODEL_DIR points elsewhere). Where the model
-//! is absent each test prints `real-model tests skipped: <reason>` and passes;
-//! TALLY_REQUIRE_MODEL=1 (CI) makes that a failure.
+//! tally-worker against the real models: all-MiniLM-L6-v2 (embeddings) and
+//! SmolLM2-135M-Instruct Q4_1 (chat), which scripts/fetch-model puts in target/models
+//! (TALLY_MODEL_DIR and TALLY_CHAT_MODEL point elsewhere), and OpenAI's Python client,
+//! which it installs in target/openai-venv. Where a model is absent the tests that
+//! need it print `real-model tests skipped: <reason>` and pass (without the client, the
+//! end-to-end test skips its Python step: `OpenAI Python client step skipped: …`);
+//! TALLY_REQUIRE_MODEL=1 (CI) makes either a failure.
 //!
 //! - `model`: the embeddings match an independent reference to 1e-4, usage is the
 //!   tokenizer's count, batching changes nothing, bad requests get clear 4xx errors.
-//! - `e2e`: a client funds a job, its requests go through the oracle gateway to this
-//!   worker (a real process), the invoices carry the real token counts, receipts
-//!   settle on the chain (embedded, and solana-test-validator), the operator claims,
-//!   and what the chain paid equals the invoices.
+//! - `chat`: chat completions count tokens as llama.cpp does, stream, stop, refuse.
+//! - `e2e`: a client funds jobs and signs job keys; embedding and chat requests
+//!   (streamed and not; from Rust and from OpenAI's Python client) go through the
+//!   oracle gateway to this worker (a real process), the invoices carry the worker's
+//!   token counts, receipts settle on the chain (embedded, and
+//!   solana-test-validator), the invoices verify against it, the operator claims, and
+//!   what the chain paid equals the invoices.
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +41,35 @@ pub fn model_or_skip() -> Option<PathBuf> {
     None
 }
 
+/// The Python of the virtual environment scripts/fetch-model installs OpenAI's client
+/// in (`TALLY_OPENAI_PYTHON` names another), or `None` (after printing why) when it
+/// cannot import `openai`.
+pub fn openai_python_or_skip() -> Option<PathBuf> {
+    let python = std::env::var_os("TALLY_OPENAI_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/openai-venv/bin/python"),
+        PathBuf::from,
+    );
+    let imports = Command::new(&python)
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if imports {
+        return Some(python);
+    }
+    let line = format!(
+        "OpenAI Python client step skipped: {} cannot import openai; run scripts/fetch-model openai",
+        python.display()
+    );
+    assert!(
+        std::env::var_os("TALLY_REQUIRE_MODEL").is_none_or(|v| v != "1"),
+        "TALLY_REQUIRE_MODEL=1 but {line}"
+    );
+    eprintln!("{line}");
+    None
+}
+
 /// A `tally-worker` process on a loopback port, killed when dropped.
 pub struct WorkerProcess {
     child: Child,
@@ -42,11 +77,17 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts the `tally-worker` binary on `model` and waits until it serves.
-    pub fn start(model: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-worker"))
+    /// Starts the `tally-worker` binary on the embedding model `model` (and the chat
+    /// model `chat`, a GGUF file, where given) and waits until it serves.
+    pub fn start(model: &std::path::Path, chat: Option<&std::path::Path>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally-worker"));
+        command
             .args(["--listen", "127.0.0.1:0", "--device", "cpu", "--model-dir"])
-            .arg(model)
+            .arg(model);
+        if let Some(chat) = chat {
+            command.arg("--chat-model").arg(chat);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
