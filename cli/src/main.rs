@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anchor_lang::prelude::Pubkey;
 use clap::{Parser, Subcommand};
+use solana_keypair::Keypair;
 use tally_client::chain::{ChainError, RpcChain};
 use tally_client::cli::{execute, read_keypair, resolve_globals, GlobalArgs, OutputFormat};
 
@@ -141,7 +142,12 @@ fn main() -> ExitCode {
             )
         }),
         Command::Chain(command) => resolve_globals(&cli.global).and_then(|(url, keypair_path)| {
-            let signer = read_keypair(&keypair_path)?;
+            // Reading the chain needs no signer: a read-only command runs without a
+            // keypair file (a throwaway key stands in; such commands never use it).
+            let signer = match read_keypair(&keypair_path) {
+                Err(_) if command.reads_only() && !keypair_path.exists() => Keypair::new(),
+                read => read?,
+            };
             let mut chain = RpcChain::new(&url).with_priority_fee(cli.global.priority_fee);
             let output = execute(command, &mut chain, &signer)?;
             println!("{}", output.render(cli.global.output));

@@ -377,6 +377,22 @@ fn job_table(job: &ops::JobView) -> String {
     ])
 }
 
+impl Command {
+    /// Whether the command only reads the chain and never uses the signer, not even
+    /// its address (`job list` without `--all` lists the signer's own jobs, so it
+    /// does). Such commands run without a keypair file.
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Command::Job(JobCommand::Status { .. })
+            | Command::Admin(AdminCommand::Config(ConfigCommand::Show))
+            | Command::Revenue { .. } => true,
+            Command::Job(JobCommand::List { all, operator }) => *all || operator.is_some(),
+            Command::Operator(OperatorCommand::Earnings { operator }) => operator.is_some(),
+            _ => false,
+        }
+    }
+}
+
 /// Runs `command` against `chain`, signing with `signer`.
 pub fn execute<C: Chain>(
     command: &Command,

@@ -185,6 +185,22 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
     let (ok, out) = tally(&["invoice", "verify", "-u", url, &file, "--store", &store]);
     assert!(!ok, "{out}");
     assert!(out.contains("altered"), "{out}");
+
+    // Reading the chain needs no keypair; signing does, and says how to get one.
+    let nowhere = dir.join("no-such-keypair.json");
+    let nowhere = nowhere.to_string_lossy();
+    let (ok, out) = tally(&["job", "status", &job_text, "-u", url, "-k", &nowhere]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("settled units  {}", state.settled_units)),
+        "{out}"
+    );
+    let (ok, out) = tally(&["job", "list", "--all", "-u", url, "-k", &nowhere]);
+    assert!(ok && out.contains(&job_text), "{out}");
+    let (ok, out) = tally(&["job", "cancel", &job_text, "-u", url, "-k", &nowhere]);
+    assert!(!ok && out.contains("solana-keygen new"), "{out}");
+    let (ok, out) = tally(&["job", "list", "-u", url, "-k", &nowhere]);
+    assert!(!ok && out.contains("cannot read keypair"), "{out}");
 }
 
 /// A JSON ledger line for an answer: its request id header and its usage.

@@ -1,0 +1,4 @@
+//! The `tally` binary end to end, one test binary: the demo on the embedded chain,
+//! and invoice verification and audits on solana-test-validator.
+mod demo;
+mod invoice;
