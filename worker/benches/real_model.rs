@@ -6,7 +6,10 @@
 //!    (p50/p99 latency, throughput, ratio);
 //! 3. settlement cost: the gateway's records settled by the oracle's batcher on the
 //!    embedded chain (SBF program), in lamports per receipt and per 1k tokens, and
-//!    the same at steady state (one saturated worker, the oracle's 10 s round).
+//!    the same at steady state (one saturated worker, the oracle's 10 s round);
+//! 4. the chat model (SmolLM2-135M-Instruct Q4_1), streamed: time to first token and
+//!    decode tokens/s at 1 and 4 concurrent streams, straight to tally-worker and
+//!    through the gateway (interleaved in one run), when scripts/fetch-model fetched it.
 //!
 //!     cargo bench --profile host-release -p tally-worker --bench real-model
 //!
@@ -138,6 +141,152 @@ async fn send(http: &reqwest::Client, url: &str, key: &str, body: &str) -> (Dura
     let elapsed = start.elapsed();
     let value: Value = serde_json::from_str(&text).unwrap();
     (elapsed, value["usage"]["prompt_tokens"].as_u64().unwrap())
+}
+
+/// One streamed chat completion: (time to its first content token, whole time,
+/// completion tokens from its usage chunk).
+async fn chat_stream(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &str,
+) -> (Duration, Duration, u64) {
+    let started = Instant::now();
+    let mut response = http
+        .post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let (mut first, mut text) = (None, String::new());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        // The first chunk may carry only the role (an empty content): the first
+        // token is the first content that is not empty.
+        let token = |(at, m): (usize, &str)| {
+            text[at + m.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c != '"')
+        };
+        if first.is_none() && text.match_indices("\"content\":\"").any(token) {
+            first = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let tokens = text
+        .split("\"completion_tokens\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("a usage chunk");
+    (first.unwrap_or(total), total, tokens)
+}
+
+/// Section 4: the chat model, straight and through the gateway.
+#[allow(clippy::cast_precision_loss)]
+fn chat(world: &World, job: &tally_tests::JobHandle, work: &std::path::Path) -> Option<Value> {
+    let model = tally_worker::default_chat_model();
+    if let Some(reason) = tally_worker::chat::model::missing_gguf(&model) {
+        println!("\nchat bench skipped: {reason}; run scripts/fetch-model");
+        return None;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ChainClock::synced(&*world.env).unwrap();
+    runtime.block_on(async {
+        let worker = Worker::load(&WorkerConfig::chat(&model)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(Arc::clone(&worker).serve(listener));
+        let gateway = Gateway::new(GatewayConfig {
+            upstream: upstream.clone(),
+            api_keys: HashMap::from([("chat-key".to_string(), job.address.to_string())]),
+            store_path: work.join("chat.db"),
+            clock,
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let through = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
+        tokio::spawn(gateway.serve(listener));
+        let direct = format!("{upstream}/v1/chat/completions");
+        let http = reqwest::Client::new();
+        let body = |i: usize| {
+            json!({
+                "model": "SmolLM2-135M-Instruct.Q4_1",
+                "messages": [{ "role": "user", "content": format!("Name a colour, then count to ten. ({i})") }],
+                "max_tokens": 16, "temperature": 0, "stream": true,
+                "stream_options": { "include_usage": true },
+            })
+            .to_string()
+        };
+        chat_stream(&http, &direct, "chat-key", &body(0)).await;
+        println!("\n| chat, streamed, 16 tokens (same run, interleaved) | path | time to first token ms (median) | decode tokens/s |\n|---|---|---:|---|");
+        let mut rows = Vec::new();
+        for streams in [1usize, 4] {
+            let mut figures = Vec::new();
+            for (name, url) in [("direct", &direct), ("gateway", &through)] {
+                let (mut ttft, mut decode_tokens, mut decode_time) = (Vec::new(), 0u64, 0.0f64);
+                let (mut wall, mut all_tokens) = (0.0f64, 0u64);
+                for round in 0..2usize {
+                    let started = Instant::now();
+                    let runs = futures_join(
+                        (0..streams)
+                            .map(|k| {
+                                let (http, url, body) = (http.clone(), url.clone(), body(round * 4 + k));
+                                tokio::spawn(async move { chat_stream(&http, &url, "chat-key", &body).await })
+                            })
+                            .collect(),
+                    )
+                    .await;
+                    wall += started.elapsed().as_secs_f64();
+                    for (first, total, tokens) in runs {
+                        ttft.push(first.as_secs_f64() * 1_000.0);
+                        all_tokens += tokens;
+                        decode_tokens += tokens.saturating_sub(1);
+                        decode_time += total.saturating_sub(first).as_secs_f64();
+                    }
+                }
+                ttft.sort_by(f64::total_cmp);
+                let ttft_ms = percentile(&ttft, 0.5);
+                // Decode speed of one stream (after its first token), and what the
+                // worker served in all (every stream's tokens over the wall time).
+                let per_stream = decode_tokens as f64 / decode_time;
+                let served = all_tokens as f64 / wall;
+                println!("| {streams} stream(s) | {name} | {ttft_ms:.0} | {per_stream:.1} per stream, {served:.1} in all |");
+                figures.push((ttft_ms, per_stream, served));
+            }
+            let (d, g) = (figures[0], figures[1]);
+            println!(
+                "| | **gateway − direct / ratio** | **+{:.1} ms** | **{:.3}** |",
+                g.0 - d.0,
+                g.1 / d.1
+            );
+            rows.push(json!({
+                "streams": streams,
+                "direct": { "ttft_ms": d.0, "decode_tokens_per_s_per_stream": d.1, "tokens_per_s_served": d.2 },
+                "gateway": { "ttft_ms": g.0, "decode_tokens_per_s_per_stream": g.1, "tokens_per_s_served": g.2 },
+                "gateway_added_ttft_ms": g.0 - d.0,
+                "throughput_ratio": g.1 / d.1,
+            }));
+        }
+        Some(json!(rows))
+    })
+}
+
+/// Awaits every task, in order.
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -341,6 +490,8 @@ fn main() {
     println!("| steady state: tokens per receipt (one busy worker, {ROUND_SECS} s rounds) | {per_round:.0} |");
     println!("| steady state: lamports per 1k tokens, 1 receipt per tx | {steady_1:.1} |");
     println!("| steady state: lamports per 1k tokens, {JOBS} receipts per tx | {steady_8:.1} |");
+    // 4. The chat model.
+    let chat_rows = chat(&world, &jobs[0], &work);
     let _ = std::fs::remove_dir_all(&work);
     let load_after = load();
     println!("\nload average: {load_before} at start, {load_after} at the end");
@@ -351,6 +502,7 @@ fn main() {
         "load_average": [load_before, load_after],
         "model_alone": model_rows,
         "gateway_overhead": overhead_rows,
+        "chat_streamed": chat_rows,
         "settlement": {
             "tokens": settled, "receipts": round.confirmed, "fee_lamports": fees,
             "fee_lamports_per_receipt": per_receipt, "fee_lamports_per_1k_tokens": per_1k,
