@@ -359,6 +359,40 @@ impl Gateway {
     }
 
     /// Most units one request may bill, for a job of `kind`.
+    /// Counts an answer that came without usage (`what`: a non-streamed answer, a
+    /// stream) with the server's own tokenizer: the usage and how it was counted,
+    /// or `None` (logged) when it cannot be counted.
+    async fn count_with_tokenizer<'a>(
+        &self,
+        request: &Normalized,
+        generated: impl IntoIterator<Item = &'a String>,
+        what: &str,
+    ) -> Option<((u64, u64), &'static str)> {
+        match self
+            .tokenizer
+            .count_answer(
+                &request.model,
+                &request.prompt_text,
+                request.prompt_token_ids,
+                generated,
+            )
+            .await
+        {
+            Ok(usage) => {
+                self.telemetry().usage_missing(
+                    "tokenized",
+                    &format!("{what} without usage, counted with the server's tokenizer"),
+                    self.sink.clock.now(),
+                );
+                Some((usage, COUNTED_BY_TOKENIZER))
+            }
+            Err(e) => {
+                tracing::warn!("counting {what} without usage: {}", self.scrub(&e));
+                None
+            }
+        }
+    }
+
     fn max_units(&self, kind: UnitKind, request: &Normalized) -> u64 {
         match kind {
             UnitKind::Tokens => request
@@ -549,26 +583,9 @@ impl Gateway {
             if let Some(value) = &value {
                 request::generated_text(value, &mut generated);
             }
-            match self
-                .tokenizer
-                .count_answer(
-                    &request.model,
-                    &request.prompt_text,
-                    request.prompt_token_ids,
-                    generated.values(),
-                )
-                .await
-            {
-                Ok(usage) => {
-                    self.telemetry().usage_missing(
-                        "tokenized",
-                        "a non-streamed answer without usage, counted with the server's tokenizer",
-                        self.sink.clock.now(),
-                    );
-                    counted = Some((usage, COUNTED_BY_TOKENIZER));
-                }
-                Err(e) => tracing::warn!("counting an answer without usage: {}", self.scrub(&e)),
-            }
+            counted = self
+                .count_with_tokenizer(&request, generated.values(), "a non-streamed answer")
+                .await;
         }
         let Some(((prompt, completion), counted_by)) = counted else {
             let detail = format!(
@@ -702,26 +719,9 @@ impl Gateway {
         }
         let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
         if counted.is_none() && self.tokenizer.enabled() {
-            match self
-                .tokenizer
-                .count_answer(
-                    &request.model,
-                    &request.prompt_text,
-                    request.prompt_token_ids,
-                    seen.generated.values(),
-                )
-                .await
-            {
-                Ok(usage) => {
-                    self.telemetry().usage_missing(
-                        "tokenized",
-                        "a stream without a usage chunk, counted with the server's tokenizer",
-                        self.sink.clock.now(),
-                    );
-                    counted = Some((usage, COUNTED_BY_TOKENIZER));
-                }
-                Err(e) => tracing::warn!("counting a stream without usage: {}", self.scrub(&e)),
-            }
+            counted = self
+                .count_with_tokenizer(&request, seen.generated.values(), "a stream")
+                .await;
         }
         let billed = match counted {
             Some(((prompt, completion), counted_by)) => {
