@@ -32,7 +32,7 @@ use tally::state::utc_day;
 use tally_client::chain::{Chain, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::job_key::JobKeyClaims;
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
+use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::batcher::{BatchSettings, Batcher};
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewaySettings};
@@ -831,12 +831,7 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
                     *job,
                     client.pubkey(),
                     client_tokens,
-                    SettleReceipt {
-                        seq: state.last_seq,
-                        cumulative_units: state.settled_units,
-                        invoice_hash: state.invoice_hash,
-                        period_end: state.last_period_end,
-                    },
+                    ops::settled_receipt(&state),
                 )],
                 &oracle,
                 &[],
