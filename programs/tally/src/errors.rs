@@ -141,4 +141,14 @@ pub enum TallyError {
     JobInChallengeWindow,
     #[msg("Job id already used by this client: ids only go up and are never reused; open with an id of at least the client's next_job_id (the SDK picks it)")]
     JobIdUsed,
+    #[msg("Receipt has more output tokens than units, or output units on a job whose units are not tokens")]
+    OutputExceedsUnits,
+    #[msg("Packed receipts are malformed (cut short, a varint over 64 bits, or bytes left over): build them with tally_client::pack_receipts")]
+    MalformedReceipts,
+    #[msg("Only token jobs have an output price: set the output price to 0 for GPU-seconds, requests and frames")]
+    OutputPriceWithoutTokens,
+    #[msg("This account has the layout of an older program version: run `tally admin migrate` (or upgrade_account) to bring it up to date")]
+    AccountNeedsUpgrade,
+    #[msg("This account is already up to date, or is not an account upgrade_account converts")]
+    AccountUpToDate,
 }

@@ -62,7 +62,12 @@ pub struct JobOpened {
     pub mint: Pubkey,
     pub job_id: u64,
     pub unit_kind: u8,
-    pub unit_price: u64,
+    /// Per million input tokens (or units), base units of the mint.
+    pub input_price: u64,
+    /// Per million output tokens.
+    pub output_price: u64,
+    /// sha256 of the model's name; zero: any model.
+    pub model: [u8; 32],
     pub max_units: u64,
     pub deposit: u64,
     pub deadline: i64,
@@ -91,7 +96,10 @@ pub struct ReceiptSettled {
     pub job: Pubkey,
     pub seq: u64,
     pub cumulative_units: u64,
+    pub cumulative_output: u64,
     pub units: u64,
+    /// Output tokens within `units`.
+    pub output_units: u64,
     pub gross: u64,
     pub fee: u64,
     pub net: u64,
@@ -112,6 +120,7 @@ pub struct JobClosed {
     pub status: u8,
     pub refunded: u64,
     pub settled_units: u64,
+    pub settled_output: u64,
     pub settled_gross: u64,
 }
 
@@ -159,4 +168,14 @@ pub struct DisputeResolved {
     pub to_operator: u64,
     /// False when closed after the timeout with the default outcome.
     pub by_arbiter: bool,
+}
+
+/// `upgrade_account` brought an account of an older layout up to date.
+#[event]
+pub struct AccountUpgraded {
+    pub account: Pubkey,
+    /// "job" or "revenue".
+    pub kind: String,
+    pub from_version: u8,
+    pub to_version: u8,
 }

@@ -80,7 +80,7 @@ pub mod tally {
         UpdateOperator::update_operator(ctx, args)
     }
 
-    /// Opens a job and escrows `unit_price × max_units` from the client.
+    /// Opens a job and escrows what `max_units` cost at the higher of its prices.
     pub fn open_job(ctx: Context<OpenJob>, args: OpenJobArgs) -> Result<()> {
         OpenJob::open_job(ctx, args)
     }
@@ -146,5 +146,11 @@ pub mod tally {
     /// Sends unclaimed protocol fees to the treasury's token account.
     pub fn withdraw_fees(ctx: Context<WithdrawFees>) -> Result<()> {
         WithdrawFees::withdraw_fees(ctx)
+    }
+
+    /// Brings a job or revenue day of an older layout up to date (anyone; the payer
+    /// funds the extra rent). `tally admin migrate` runs it after an upgrade.
+    pub fn upgrade_account(ctx: Context<UpgradeAccount>) -> Result<()> {
+        UpgradeAccount::upgrade_account(ctx)
     }
 }

@@ -11,6 +11,10 @@ use crate::state::{
 /// A writable job account of this program, for settlement.
 pub fn job_loader<'info>(info: &'info AccountInfo<'info>) -> Result<AccountLoader<'info, Job>> {
     require!(info.is_writable, TallyError::InvalidJobAccount);
+    require!(
+        !(info.data_len() == Job::V1_ACCOUNT_SIZE && info.owner == &crate::ID),
+        TallyError::AccountNeedsUpgrade
+    );
     AccountLoader::<Job>::try_from(info).map_err(|_| error!(TallyError::InvalidJobAccount))
 }
 
@@ -23,6 +27,7 @@ pub struct SettleTotals {
     /// Part of `net` already put in the earnings' buckets by a folded placement.
     pub net_held: u64,
     pub units: u64,
+    pub output_units: u64,
     pub receipts: u64,
     pub jobs_started: u64,
 }
@@ -100,6 +105,10 @@ impl Ledgers<'_> {
             .units
             .checked_add(effect.units)
             .ok_or(TallyError::AmountOverflow)?;
+        totals.output_units = totals
+            .output_units
+            .checked_add(effect.output)
+            .ok_or(TallyError::AmountOverflow)?;
         totals.receipts = totals.receipts.saturating_add(1);
         totals.jobs_started = totals
             .jobs_started
@@ -108,7 +117,9 @@ impl Ledgers<'_> {
             job: job_key,
             seq: receipt.seq,
             cumulative_units: receipt.cumulative_units,
+            cumulative_output: receipt.cumulative_output,
             units: effect.units,
+            output_units: effect.output,
             gross: p.gross,
             fee: p.fee,
             net: p.net,
@@ -149,6 +160,7 @@ impl Ledgers<'_> {
         revenue.gross = revenue.gross.saturating_add(totals.gross);
         revenue.fees = revenue.fees.saturating_add(totals.fee);
         revenue.units = revenue.units.saturating_add(totals.units);
+        revenue.output_units = revenue.output_units.saturating_add(totals.output_units);
         revenue.receipts = revenue.receipts.saturating_add(totals.receipts);
         revenue.jobs_started = revenue.jobs_started.saturating_add(totals.jobs_started);
         let earnings = &mut *self.earnings;

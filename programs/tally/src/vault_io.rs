@@ -104,6 +104,7 @@ pub fn end_job<'info>(
         status: status as u8,
         refunded,
         settled_units: job.settled_units,
+        settled_output: job.settled_output,
         settled_gross: job.settled_gross,
     });
     Ok(())

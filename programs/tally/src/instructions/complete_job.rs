@@ -98,7 +98,8 @@ impl<'info> CompleteJob<'info> {
             } else {
                 require!(
                     args.receipt.seq == job.last_seq
-                        && args.receipt.cumulative_units == job.settled_units,
+                        && args.receipt.cumulative_units == job.settled_units
+                        && args.receipt.cumulative_output == job.settled_output,
                     TallyError::NonIncreasingUsage
                 );
                 require!(

@@ -16,6 +16,7 @@ pub mod settle_relayed;
 pub mod top_up;
 pub mod update_config;
 pub mod update_operator;
+pub mod upgrade_account;
 pub mod withdraw_fees;
 
 pub use add_mint::*;
@@ -35,4 +36,5 @@ pub use settle_relayed::*;
 pub use top_up::*;
 pub use update_config::*;
 pub use update_operator::*;
+pub use upgrade_account::*;
 pub use withdraw_fees::*;

@@ -3,7 +3,7 @@ use anchor_spl::token_interface::{Mint, TokenAccount, TokenInterface};
 
 use crate::errors::TallyError;
 use crate::events::JobOpened;
-use crate::payout::deposit_for;
+use crate::payout::{deposit_for, Prices};
 use crate::state::{seeds, ClientJobs, Config, Job, JobStatus, Operator, UnitKind, Vault};
 use crate::vault_io;
 
@@ -14,9 +14,15 @@ pub struct OpenJobArgs {
     pub job_id: u64,
     /// [`UnitKind`] as u8.
     pub unit_kind: u8,
-    /// Price per unit in the mint's base units.
-    pub unit_price: u64,
-    /// Units to escrow for: the deposit is `unit_price × max_units`.
+    /// Price per million input tokens (or per million units of another kind), in
+    /// the mint's base units: $0.15 / 1M tokens in USDC is 150_000.
+    pub input_price: u64,
+    /// Price per million output tokens; must be 0 unless the units are tokens.
+    pub output_price: u64,
+    /// sha256 of the model's name the job pays for; all zero: any model.
+    pub model: [u8; 32],
+    /// Units to escrow for: the deposit is `max_units` at the higher price
+    /// (`payout::deposit_for`).
     pub max_units: u64,
     /// Unix time after which usage is not billable.
     pub deadline: i64,
@@ -64,24 +70,29 @@ pub struct OpenJob<'info> {
 }
 
 impl OpenJob<'_> {
-    /// Opens a job and escrows `unit_price × max_units` from the client.
+    /// Opens a job and escrows what `max_units` cost at the higher price.
     pub fn open_job(ctx: Context<Self>, args: OpenJobArgs) -> Result<()> {
         let accounts = &mut *ctx.accounts;
         require!(!accounts.config.paused, TallyError::Paused);
+        let kind = UnitKind::from_u8(args.unit_kind).ok_or(TallyError::InvalidUnitKind)?;
         require!(
-            UnitKind::from_u8(args.unit_kind).is_some(),
-            TallyError::InvalidUnitKind
+            args.output_price == 0 || kind == UnitKind::Tokens,
+            TallyError::OutputPriceWithoutTokens
         );
-        require!(
-            args.unit_price > 0 && args.max_units > 0,
-            TallyError::ZeroAmount
-        );
+        let prices = Prices {
+            input: args.input_price,
+            output: args.output_price,
+        };
         let clock = Clock::get()?;
         require!(
             args.deadline > clock.unix_timestamp,
             TallyError::DeadlineInPast
         );
-        let deposit = deposit_for(args.unit_price, args.max_units)?;
+        let deposit = deposit_for(prices, args.max_units)?;
+        require!(
+            args.max_units > 0 && deposit > 0,
+            TallyError::ZeroAmount
+        );
         let ids = &mut accounts.client_jobs;
         if ids.client == Pubkey::default() {
             ids.client = accounts.client.key();
@@ -110,7 +121,7 @@ impl OpenJob<'_> {
             invoice_hash: [0; 32],
             job_id: args.job_id,
             nonce,
-            unit_price: args.unit_price,
+            input_price: args.input_price,
             max_units: args.max_units,
             deposited: deposit,
             escrow_left: deposit,
@@ -130,6 +141,9 @@ impl OpenJob<'_> {
             status: JobStatus::Open as u8,
             bump: ctx.bumps.job,
             reserved: [0; 1],
+            output_price: args.output_price,
+            settled_output: 0,
+            model: args.model,
         };
         emit!(JobOpened {
             job: accounts.job.key(),
@@ -138,7 +152,9 @@ impl OpenJob<'_> {
             mint: job.mint,
             job_id: args.job_id,
             unit_kind: args.unit_kind,
-            unit_price: args.unit_price,
+            input_price: args.input_price,
+            output_price: args.output_price,
+            model: args.model,
             max_units: args.max_units,
             deposit,
             deadline: args.deadline,

@@ -1,7 +1,7 @@
 use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
-use crate::receipt::SettleReceipt;
+use crate::receipt::PackedReceipts;
 use crate::settlement::{job_loader, Ledgers, SettleTotals};
 use crate::state::{seeds, Config, Earnings, Revenue, Vault};
 
@@ -11,8 +11,9 @@ pub struct SettleArgs {
     pub oracle_set_version: u32,
     /// Oracle signers beyond `oracle`, passed first in the remaining accounts.
     pub extra_oracle_signers: u8,
-    /// One receipt per job account, in the order of the remaining accounts.
-    pub receipts: Vec<SettleReceipt>,
+    /// One receipt per job account, in the order of the remaining accounts, packed
+    /// by `receipt::pack_receipts` (varints: about 45 bytes a receipt).
+    pub receipts: Vec<u8>,
 }
 
 /// Remaining accounts: `extra_oracle_signers` oracle signers, then one writable job
@@ -41,7 +42,8 @@ pub struct Settle<'info> {
 
 impl<'info> Settle<'info> {
     /// Settles oracle-attested cumulative usage receipts for several jobs of one
-    /// operator and mint: pays `(cumulative − settled) × price` out of each escrow
+    /// operator and mint: pays what the cumulative usage owes beyond what was settled
+    /// out of each escrow
     /// (capped by what is left) into the operator's earnings and the protocol fee.
     pub fn settle(ctx: Context<'info, Self>, args: SettleArgs) -> Result<()> {
         let accounts = &mut *ctx.accounts;
@@ -52,10 +54,7 @@ impl<'info> Settle<'info> {
             args.extra_oracle_signers,
             args.oracle_set_version,
         )?;
-        require!(
-            jobs.len() == args.receipts.len(),
-            TallyError::ReceiptCountMismatch
-        );
+        let mut receipts = PackedReceipts::new(&args.receipts)?;
 
         let now = Clock::get()?.unix_timestamp;
         let operator_key = accounts.earnings.operator;
@@ -67,18 +66,21 @@ impl<'info> Settle<'info> {
         };
         ledgers.check_day(now)?;
         let mut totals = SettleTotals::default();
-        for (info, receipt) in jobs.iter().zip(args.receipts.iter()) {
+        for info in jobs {
+            require!(!receipts.is_empty(), TallyError::ReceiptCountMismatch);
+            let receipt = receipts.next_receipt()?;
             let loader = job_loader(info)?;
             let mut job = loader.load_mut()?;
             ledgers.apply(
                 info.key(),
                 &mut job,
                 operator_key,
-                receipt,
+                &receipt,
                 now,
                 &mut totals,
             )?;
         }
+        require!(receipts.is_empty(), TallyError::ReceiptCountMismatch);
         ledgers.post(&totals, now)
     }
 }

@@ -1,7 +1,7 @@
 use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
-use crate::payout::{compute_payout, Payout};
+use crate::payout::{compute_payout, Payout, Prices, Usage};
 use crate::receipt::{SettleReceipt, MAX_UNITS_PER_RECEIPT};
 use crate::state::{pending_total, take_matured, PendingEarnings};
 
@@ -9,7 +9,7 @@ use crate::state::{pending_total, take_matured, PendingEarnings};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum UnitKind {
-    /// Model tokens (prompt + completion).
+    /// Model tokens: input (prompt) and output (completion), priced apart.
     Tokens = 0,
     /// GPU-seconds.
     GpuSeconds = 1,
@@ -89,15 +89,16 @@ pub struct Job {
     /// client, so unique with the address. Relayed receipts commit to it. (Jobs
     /// opened before `ClientJobs` existed hold the slot they were opened in.)
     pub nonce: u64,
-    /// Price of one unit, in the mint's base units.
-    pub unit_price: u64,
-    /// Units the deposit was sized for (`deposit = unit_price × max_units`).
+    /// Price per million input tokens (or per million units of a kind that is not
+    /// tokens), in the mint's base units. (Layout v1 held a price per unit here.)
+    pub input_price: u64,
+    /// Units the deposit was sized for (`crate::payout::deposit_for`).
     pub max_units: u64,
     /// Everything the client put in (open + top-ups).
     pub deposited: u64,
     /// Escrow not yet paid out.
     pub escrow_left: u64,
-    /// Cumulative units of the last settled receipt.
+    /// Cumulative units of the last settled receipt (input + output).
     pub settled_units: u64,
     /// Gross paid out of escrow so far (operator net + fees).
     pub settled_gross: u64,
@@ -124,6 +125,15 @@ pub struct Job {
     pub status: u8,
     pub bump: u8,
     pub reserved: [u8; 1],
+    // Layout v2 (input and output prices, model binding) appends from here; a v1
+    // account is brought up to date by `upgrade_account`.
+    /// Price per million output tokens; 0 for kinds that are not tokens.
+    pub output_price: u64,
+    /// Cumulative output tokens of the last settled receipt (within `settled_units`).
+    pub settled_output: u64,
+    /// sha256 of the name of the model the job pays for (what the gateway routes
+    /// and meters, e.g. `sha256("SmolLM2-135M-Instruct")`); all zero: any model.
+    pub model: [u8; 32],
 }
 
 /// What one receipt did to a job.
@@ -131,6 +141,8 @@ pub struct Job {
 pub struct ReceiptEffect {
     /// Units newly billed (cumulative − previously settled).
     pub units: u64,
+    /// Output tokens within `units`.
+    pub output: u64,
     pub payout: Payout,
     /// First usage ever settled on this job.
     pub first_usage: bool,
@@ -139,6 +151,25 @@ pub struct ReceiptEffect {
 impl Job {
     /// Account size: discriminator + the zero-copy struct.
     pub const ACCOUNT_SIZE: usize = 8 + std::mem::size_of::<Job>();
+    /// Size of a layout-v1 account (one price per unit, no model): everything up to
+    /// `reserved`.
+    pub const V1_ACCOUNT_SIZE: usize = Self::ACCOUNT_SIZE - 8 - 8 - 32;
+
+    /// The job's prices.
+    pub fn prices(&self) -> Prices {
+        Prices {
+            input: self.input_price,
+            output: self.output_price,
+        }
+    }
+
+    /// Cumulative usage settled so far.
+    pub fn settled_usage(&self) -> Usage {
+        Usage {
+            units: self.settled_units,
+            output: self.settled_output,
+        }
+    }
 
     pub fn status(&self) -> JobStatus {
         JobStatus::from_u8(self.status)
@@ -179,8 +210,14 @@ impl Job {
             return Ok(None);
         }
         require!(
-            receipt.cumulative_units >= self.settled_units,
+            receipt.cumulative_units >= self.settled_units
+                && receipt.cumulative_output >= self.settled_output,
             TallyError::NonIncreasingUsage
+        );
+        require!(
+            receipt.cumulative_output <= receipt.cumulative_units
+                && (receipt.cumulative_output == 0 || self.unit_kind == UnitKind::Tokens as u8),
+            TallyError::OutputExceedsUnits
         );
         require!(
             receipt.period_end <= self.deadline,
@@ -194,7 +231,21 @@ impl Job {
             units <= MAX_UNITS_PER_RECEIPT,
             TallyError::TooManyUnitsInReceipt
         );
-        let payout = compute_payout(self.unit_price, units, self.escrow_left, fee_bps)?;
+        let usage = Usage {
+            units: receipt.cumulative_units,
+            output: receipt.cumulative_output,
+        };
+        let payout = compute_payout(
+            self.prices(),
+            self.settled_usage(),
+            usage,
+            self.escrow_left,
+            fee_bps,
+        )?;
+        let output = receipt
+            .cumulative_output
+            .checked_sub(self.settled_output)
+            .ok_or(TallyError::NonIncreasingUsage)?;
         let settled_gross = self
             .settled_gross
             .checked_add(payout.gross)
@@ -203,6 +254,7 @@ impl Job {
 
         let first_usage = self.settled_units == 0 && units > 0;
         self.settled_units = receipt.cumulative_units;
+        self.settled_output = receipt.cumulative_output;
         self.settled_gross = settled_gross;
         self.fees = self
             .fees
@@ -219,6 +271,7 @@ impl Job {
         self.status = JobStatus::Active as u8;
         Ok(Some(ReceiptEffect {
             units,
+            output,
             payout,
             first_usage,
         }))
@@ -240,5 +293,21 @@ impl Job {
             TallyError::SpendRateExceeded
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Revenue;
+
+    /// Deployed accounts have these sizes: `upgrade_account` recognizes them by them.
+    #[test]
+    fn layout_sizes_of_both_versions() {
+        assert_eq!(Job::V1_ACCOUNT_SIZE, 304);
+        assert_eq!(Job::ACCOUNT_SIZE, 352);
+        assert_eq!(std::mem::offset_of!(Job, output_price) + 8, Job::V1_ACCOUNT_SIZE);
+        assert_eq!(Revenue::V1_ACCOUNT_SIZE, 85);
+        assert_eq!(8 + Revenue::INIT_SPACE, 93);
     }
 }

@@ -14,11 +14,19 @@ pub struct Revenue {
     pub gross: u64,
     /// Protocol fees within `gross`.
     pub fees: u64,
-    /// Units metered (in each job's own unit kind).
+    /// Units metered (in each job's own unit kind; tokens: input + output).
     pub units: u64,
     /// Receipts that moved money or units.
     pub receipts: u64,
     /// Jobs whose first usage was settled this day.
     pub jobs_started: u64,
     pub bump: u8,
+    // Layout v2 appends from here (`upgrade_account` brings a v1 day up to date).
+    /// Output (completion) tokens within `units`.
+    pub output_units: u64,
+}
+
+impl Revenue {
+    /// Size of a layout-v1 account (no `output_units`).
+    pub const V1_ACCOUNT_SIZE: usize = 8 + Self::INIT_SPACE - 8;
 }
