@@ -24,7 +24,7 @@ use solana_signer::Signer;
 use tally::state::utc_day;
 use tally_client::chain::{Chain, ChainError, EmbeddedChain};
 use tally_client::ix::{self, Attestation, MintRef};
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, Prices, Usage};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
@@ -234,7 +234,12 @@ impl Upstream {
     }
 }
 
-const PRICE_PER_TOKEN: u64 = 20; // base units of a 6-decimal stablecoin
+/// Priced like inference APIs, per million tokens in base units of a 6-decimal
+/// stablecoin: $0.15 / 1M input tokens, $0.60 / 1M output tokens.
+const PRICES: Prices = Prices {
+    input: 150_000,
+    output: 600_000,
+};
 const MAX_TOKENS_PER_JOB: u64 = 1_000_000;
 const FEE_BPS: u16 = 250;
 const CHALLENGE_WINDOW: u32 = 60;
@@ -356,7 +361,8 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
 
     // The client funds its wallet and opens jobs (one more that will stall).
     let client_tokens = ops::ensure_token_account(&mut chain, &client, &client.pubkey(), mint)?;
-    let funding = PRICE_PER_TOKEN * MAX_TOKENS_PER_JOB * (args.jobs + 1);
+    let funding =
+        tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)? * (args.jobs + 1);
     chain.send(
         &[spl_token_2022::instruction::mint_to(
             &mint.token_program,
@@ -381,7 +387,9 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
             OpenJobArgs {
                 job_id: id,
                 unit_kind: 0,
-                unit_price: PRICE_PER_TOKEN,
+                input_price: PRICES.input,
+                output_price: PRICES.output,
+                model: tally_client::model_hash(&upstream.model()),
                 max_units: MAX_TOKENS_PER_JOB,
                 deadline: now + 3_600,
                 spend_cap_per_hour: 0,
@@ -502,13 +510,23 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     if report.failed > 0 {
         return Err(other(format!("settlement failed: {:?}", report.errors)));
     }
-    let metered_units: u64 = batcher
-        .store
-        .all_records()
-        .map_err(other)?
+    let records = batcher.store.all_records().map_err(other)?;
+    let metered_units: u64 = records
         .iter()
         .map(|r| r.prompt_tokens + r.completion_tokens)
         .sum();
+    // What the jobs owe at their prices, input and output tokens apart, each job's
+    // total rounded once (the payout rule).
+    let mut per_job: std::collections::BTreeMap<&str, Usage> = Default::default();
+    for r in &records {
+        let usage = per_job.entry(r.job.as_str()).or_default();
+        usage.units += r.prompt_tokens + r.completion_tokens;
+        usage.output += r.completion_tokens;
+    }
+    let mut owed = 0u128;
+    for usage in per_job.values() {
+        owed += tally_client::amount_owed(PRICES, *usage).map_err(other)?;
+    }
     step(
         quiet,
         &format!(
@@ -582,8 +600,8 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         ),
         ("on-chain units = metered units", units == metered_units),
         (
-            "paid = metered × price",
-            gross == metered_units * PRICE_PER_TOKEN,
+            "paid = metered input and output tokens × their prices",
+            u128::from(gross) == owed,
         ),
         (
             "operator claimed = paid − fees",

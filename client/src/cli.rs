@@ -78,17 +78,30 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// Open a job and escrow price × units from your token account
+    /// Open a job and escrow what its units cost from your token account
+    ///
+    /// Prices are in the mint's base units per million units, as inference APIs quote
+    /// them: $0.15 / 1M input and $0.60 / 1M output tokens in USDC (6 decimals) is
+    /// `--input-price 150000 --output-price 600000`.
     Open {
         /// The operator's authority (its wallet)
         #[arg(long)]
         operator: Pubkey,
         #[arg(long)]
         mint: Pubkey,
-        /// Price per unit, in the mint's base units
+        /// Price per million input (prompt) tokens, or per million units of another
+        /// kind, in the mint's base units
         #[arg(long)]
-        price: u64,
-        /// Units to escrow for
+        input_price: u64,
+        /// Price per million output (completion) tokens [default: the input price for
+        /// tokens; other kinds have no output price]
+        #[arg(long)]
+        output_price: Option<u64>,
+        /// The model the job pays for, as the inference server names it (the gateway
+        /// refuses requests for any other) [default: any model]
+        #[arg(long)]
+        model: Option<String>,
+        /// Units to escrow for (the deposit prices them all at the higher price)
         #[arg(long)]
         units: u64,
         /// Job id: ids only go up and are never reused [default: the current Unix
@@ -355,6 +368,18 @@ fn key_value(pairs: &[(&str, String)]) -> String {
         .join("\n")
 }
 
+/// A job's prices in words: base units of its mint per million units.
+fn price_text(job: &ops::JobView) -> String {
+    if job.unit_kind == "tokens" {
+        format!(
+            "{} per 1M input tokens, {} per 1M output tokens",
+            job.input_price, job.output_price
+        )
+    } else {
+        format!("{} per 1M {}", job.input_price, job.unit_kind)
+    }
+}
+
 fn job_table(job: &ops::JobView) -> String {
     key_value(&[
         ("job", job.address.clone()),
@@ -363,13 +388,19 @@ fn job_table(job: &ops::JobView) -> String {
         ("client", job.client.clone()),
         ("operator", job.operator.clone()),
         ("mint", job.mint.clone()),
-        (
-            "unit",
-            format!("{} at {} per unit", job.unit_kind, job.unit_price),
-        ),
+        ("unit", job.unit_kind.clone()),
+        ("price", price_text(job)),
+        ("model", job.model.clone()),
         ("deposited", job.deposited.to_string()),
         ("escrow left", job.escrow_left.to_string()),
-        ("settled units", job.settled_units.to_string()),
+        (
+            "settled units",
+            if job.unit_kind == "tokens" {
+                format!("{} ({} output)", job.settled_units, job.settled_output)
+            } else {
+                job.settled_units.to_string()
+            },
+        ),
         ("settled gross", job.settled_gross.to_string()),
         ("receipts", job.receipts.to_string()),
         ("deadline", job.deadline.to_string()),
@@ -460,7 +491,9 @@ fn execute_job<C: Chain>(
         JobCommand::Open {
             operator,
             mint,
-            price,
+            input_price,
+            output_price,
+            model,
             units,
             id,
             deadline_in,
@@ -479,7 +512,13 @@ fn execute_job<C: Chain>(
             let args = OpenJobArgs {
                 job_id,
                 unit_kind: *kind as u8,
-                unit_price: *price,
+                input_price: *input_price,
+                output_price: match (output_price, kind) {
+                    (Some(price), _) => *price,
+                    (None, UnitKindArg::Tokens) => *input_price,
+                    (None, _) => 0,
+                },
+                model: model.as_deref().map_or([0; 32], crate::model_hash),
                 max_units: *units,
                 deadline: now.saturating_add(*deadline_in),
                 spend_cap_per_hour: *spend_cap,

@@ -253,7 +253,9 @@ pub fn settle(
             args: SettleArgs {
                 oracle_set_version: attestation.oracle_set_version,
                 extra_oracle_signers: attestation.extra_count(),
-                receipts: receipts.iter().map(|(_, r)| *r).collect(),
+                receipts: crate::pack_receipts(
+                    &receipts.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+                ),
             },
         },
     );
@@ -371,6 +373,19 @@ pub fn withdraw_fees(treasury: Pubkey, mint: MintRef, destination: Pubkey) -> In
             token_program: mint.token_program,
         },
         &instruction::WithdrawFees {},
+    )
+}
+
+/// `upgrade_account` (anyone; `payer` funds the extra rent): brings a job or revenue
+/// day of an older layout up to date.
+pub fn upgrade_account(payer: Pubkey, account: Pubkey) -> Instruction {
+    build(
+        &accounts::UpgradeAccount {
+            payer,
+            account,
+            system_program: system_program::ID,
+        },
+        &instruction::UpgradeAccount {},
     )
 }
 

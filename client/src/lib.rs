@@ -13,8 +13,12 @@ pub use tally::instructions::{
     CompleteJobArgs, InitializeConfigArgs, OpenJobArgs, OperatorArgs, OracleSetArgs, SettleArgs,
     UpdateConfigArgs,
 };
-pub use tally::payout::{compute_payout, deposit_for, Payout};
-pub use tally::receipt::{SettleReceipt, UsageReceipt, MAX_UNITS_PER_RECEIPT};
+pub use tally::payout::{
+    amount_owed, compute_payout, deposit_for, Payout, Prices, Usage, PRICE_SCALE,
+};
+pub use tally::receipt::{
+    pack_receipts, PackedReceipts, SettleReceipt, UsageReceipt, MAX_UNITS_PER_RECEIPT,
+};
 pub use tally::state;
 pub use tally::ID as PROGRAM_ID;
 
@@ -31,4 +35,20 @@ pub mod pda;
 pub mod relay;
 
 pub use anchor_lang::prelude::Pubkey;
+
+/// The model binding a job stores: sha256 of the model's name, as the inference
+/// server names it (the `model` of an OpenAI request and of its answer).
+pub fn model_hash(name: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(name.as_bytes()).into()
+}
+
+/// How a job's model binding reads: `any` when unbound, else the hash in hex.
+pub fn model_label(model: &[u8; 32]) -> String {
+    if *model == [0; 32] {
+        "any".to_string()
+    } else {
+        model.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 pub use anchor_lang::solana_program::instruction::{AccountMeta, Instruction};

@@ -93,6 +93,9 @@ pub enum Step {
     },
     /// Accept a mint (creates its vault).
     AddMint(Pubkey),
+    /// Bring accounts of an older layout up to date (`upgrade_account`), after the
+    /// program upgrade that changed it: jobs and revenue days, with their kind.
+    UpgradeAccounts(Vec<(Pubkey, &'static str)>),
 }
 
 impl std::fmt::Display for Step {
@@ -119,6 +122,14 @@ impl std::fmt::Display for Step {
                 write!(f, "update the config: {}", changes.join("; "))
             }
             Step::AddMint(mint) => write!(f, "accept mint {mint} (vault {})", pda::vault(mint)),
+            Step::UpgradeAccounts(accounts) => {
+                let jobs = accounts.iter().filter(|(_, kind)| *kind == "job").count();
+                write!(
+                    f,
+                    "upgrade {jobs} job(s) and {} revenue day(s) to the current account layout (prices per million, output tokens, model binding)",
+                    accounts.len().saturating_sub(jobs)
+                )
+            }
         }
     }
 }
@@ -256,6 +267,26 @@ pub fn plan(
             steps.push(Step::AddMint(*mint));
         }
     }
+
+    // Accounts the previous layout wrote: once the program that converts them runs.
+    if !matches!(state, ProgramState::Missing) {
+        let outdated = ops::outdated_accounts(chain)?;
+        let upgrading = steps.iter().any(|s| matches!(s, Step::Upgrade { .. }));
+        let current = deployment
+            .release
+            .as_ref()
+            .is_none_or(|release| state.runs(&release.so));
+        if !outdated.is_empty() {
+            if upgrading || current {
+                steps.push(Step::UpgradeAccounts(outdated));
+            } else {
+                notes.push(format!(
+                    "{} account(s) of the older layout wait for the program upgrade (upgrade = true)",
+                    outdated.len()
+                ));
+            }
+        }
+    }
     Ok((steps, notes))
 }
 
@@ -377,6 +408,10 @@ pub fn migrate(
                     &[],
                 )?;
                 1
+            }
+            Step::UpgradeAccounts(accounts) => {
+                let addresses: Vec<Pubkey> = accounts.iter().map(|(a, _)| *a).collect();
+                ops::upgrade_accounts(chain, admin, &addresses)?
             }
         };
         report.transactions += sent;

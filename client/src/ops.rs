@@ -237,11 +237,18 @@ pub struct JobView {
     pub mint: String,
     pub status: String,
     pub unit_kind: String,
-    pub unit_price: u64,
+    /// Per million input tokens (or units), base units of the mint.
+    pub input_price: u64,
+    /// Per million output tokens (0 unless the units are tokens).
+    pub output_price: u64,
+    /// The model binding: `any`, or sha256 of the model's name in hex.
+    pub model: String,
     pub max_units: u64,
     pub deposited: u64,
     pub escrow_left: u64,
     pub settled_units: u64,
+    /// Output tokens within `settled_units`.
+    pub settled_output: u64,
     pub settled_gross: u64,
     pub fees: u64,
     pub receipts: u32,
@@ -280,11 +287,14 @@ impl JobView {
             mint: job.mint.to_string(),
             status: status.to_string(),
             unit_kind: unit_kind.to_string(),
-            unit_price: job.unit_price,
+            input_price: job.input_price,
+            output_price: job.output_price,
+            model: crate::model_label(&job.model),
             max_units: job.max_units,
             deposited: job.deposited,
             escrow_left: job.escrow_left,
             settled_units: job.settled_units,
+            settled_output: job.settled_output,
             settled_gross: job.settled_gross,
             fees: job.fees,
             receipts: job.receipts,
@@ -302,17 +312,77 @@ pub fn settled_receipt(job: &Job) -> crate::SettleReceipt {
     crate::SettleReceipt {
         seq: job.last_seq,
         cumulative_units: job.settled_units,
+        cumulative_output: job.settled_output,
         invoice_hash: job.invoice_hash,
         period_end: job.last_period_end,
     }
 }
 
-/// Decodes a zero-copy job account's data.
+/// Decodes a zero-copy job account's data. A job of the older layout (v1, before
+/// `upgrade_account`) reads as the program will convert it: prices per million, the
+/// output price equal to the input price for tokens, any model.
 pub fn decode_job(data: &[u8]) -> Option<Job> {
     use anchor_lang::Discriminator;
     let body = data.strip_prefix(Job::DISCRIMINATOR)?;
+    if data.len() == Job::V1_ACCOUNT_SIZE {
+        let mut padded = body.to_vec();
+        padded.resize(std::mem::size_of::<Job>(), 0);
+        let mut job = bytemuck::try_pod_read_unaligned::<Job>(&padded).ok()?;
+        job.input_price = job.input_price.checked_mul(crate::PRICE_SCALE)?;
+        if job.unit_kind == UnitKind::Tokens as u8 {
+            job.output_price = job.input_price;
+        }
+        return Some(job);
+    }
     body.get(..std::mem::size_of::<Job>())
         .and_then(|b| bytemuck::try_pod_read_unaligned::<Job>(b).ok())
+}
+
+/// Accounts of an older layout that `upgrade_account` brings up to date: jobs and
+/// revenue days, as (address, "job" | "revenue").
+pub fn outdated_accounts(chain: &impl Chain) -> Result<Vec<(Pubkey, &'static str)>> {
+    use anchor_lang::Discriminator;
+    let mut out = Vec::new();
+    for (size, discriminator, kind) in [
+        (Job::V1_ACCOUNT_SIZE, Job::DISCRIMINATOR, "job"),
+        (
+            tally::state::Revenue::V1_ACCOUNT_SIZE,
+            tally::state::Revenue::DISCRIMINATOR,
+            "revenue",
+        ),
+    ] {
+        let filter = Memcmp {
+            offset: 0,
+            bytes: discriminator.to_vec(),
+        };
+        out.extend(
+            chain
+                .program_accounts(size, &[filter])?
+                .into_iter()
+                .map(|(address, _)| (address, kind)),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Upgrades `accounts` (see [`outdated_accounts`]), `payer` funding the extra rent,
+/// several per transaction. Returns the transactions sent.
+pub fn upgrade_accounts(
+    chain: &mut impl Chain,
+    payer: &Keypair,
+    accounts: &[Pubkey],
+) -> Result<usize> {
+    let mut sent = 0;
+    for chunk in accounts.chunks(8) {
+        let ixs: Vec<_> = chunk
+            .iter()
+            .map(|account| ix::upgrade_account(payer.pubkey(), *account))
+            .collect();
+        chain.send(&ixs, payer, &[])?;
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 /// The job at `address`.
@@ -365,8 +435,8 @@ pub fn next_job_id(chain: &impl Chain, client: &Pubkey) -> Result<u64> {
         .map_or(0, |ids| ids.next_job_id))
 }
 
-/// `job open`: escrows `unit_price × max_units` from the client's associated token
-/// account of `mint`.
+/// `job open`: escrows what `max_units` cost at the job's higher price
+/// ([`crate::deposit_for`]) from the client's associated token account of `mint`.
 pub fn open_job(
     chain: &mut impl Chain,
     client: &Keypair,
@@ -392,14 +462,31 @@ pub fn open_job(
             "{operator_authority} is not a registered operator"
         )));
     }
-    let deposit = crate::deposit_for(args.unit_price, args.max_units)
-        .map_err(|_| other("unit price × max units overflows: lower one of them"))?;
+    let prices = crate::Prices {
+        input: args.input_price,
+        output: args.output_price,
+    };
+    if args.output_price > 0 && args.unit_kind != UnitKind::Tokens as u8 {
+        return Err(other(
+            "only token jobs have an output price: GPU-seconds, requests and frames have one price (leave --output-price out)",
+        ));
+    }
+    let deposit = crate::deposit_for(prices, args.max_units)
+        .map_err(|_| other("price × max units overflows: lower one of them"))?;
+    if deposit == 0 {
+        return Err(other(format!(
+            "the job would escrow nothing: {} units at {} per million round down to 0; raise the price or the units",
+            args.max_units,
+            prices.input.max(prices.output)
+        )));
+    }
     let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
     let balance = token_balance(chain, &tokens)?;
     if balance < deposit {
         return Err(other(format!(
-            "insufficient funds: the job escrows {deposit} (price {} × {} units) but {tokens} holds {balance}",
-            args.unit_price, args.max_units
+            "insufficient funds: the job escrows {deposit} ({} units at {} per million) but {tokens} holds {balance}",
+            args.max_units,
+            prices.input.max(prices.output)
         )));
     }
     let address = pda::job(&client.pubkey(), args.job_id);

@@ -290,7 +290,9 @@ fn settle(out: &mut Map<String, Value>) {
                         OpenJobArgs {
                             job_id,
                             unit_kind: 0,
-                            unit_price: 1,
+                            input_price: tally_client::PRICE_SCALE,
+                            output_price: tally_client::PRICE_SCALE,
+                            model: [0; 32],
                             max_units: 1_000_000,
                             deadline: now + 86_400,
                             spend_cap_per_hour: 0,

@@ -417,6 +417,18 @@ impl Batcher {
             }
         }
         let read = chain.accounts(&addresses)?;
+        // Jobs the previous program version wrote: brought up to date before they
+        // settle (the program refuses to settle them until then).
+        let outdated: Vec<Pubkey> = addresses
+            .iter()
+            .zip(&read.accounts)
+            .filter(|(_, a)| {
+                a.as_ref()
+                    .is_some_and(|a| a.owner == tally::ID && a.data.len() == Job::V1_ACCOUNT_SIZE)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        self.upgrade_accounts(chain, &outdated, &mut report)?;
         let jobs: HashMap<String, Option<Job>> = addresses
             .iter()
             .zip(&read.accounts)
@@ -839,24 +851,36 @@ impl Batcher {
             });
         }
         let cumulative_units = totals.units(kind).max(job.settled_units);
+        let cumulative_output = totals.output(kind).max(job.settled_output);
         let added = cumulative_units.saturating_sub(job.settled_units);
-        let payable = job
-            .escrow_left
-            .checked_div(job.unit_price)
-            .unwrap_or(u64::MAX);
-        if added > payable {
+        let due = tally_client::amount_owed(
+            job.prices(),
+            tally_client::Usage {
+                units: cumulative_units,
+                output: cumulative_output,
+            },
+        )
+        .ok()
+        .and_then(|owed| {
+            owed.checked_sub(tally_client::amount_owed(job.prices(), job.settled_usage()).ok()?)
+        })
+        .unwrap_or(0);
+        if due > u128::from(job.escrow_left) && added > 0 {
+            // The share of the new units the escrow cannot pay (for the report).
+            let unpaid = due.saturating_sub(u128::from(job.escrow_left));
+            let over = u64::try_from(unpaid.saturating_mul(u128::from(added)) / due.max(1))
+                .unwrap_or(added)
+                .max(1);
             report.unbillable.push(Unbillable {
                 job: job_text.to_string(),
                 reason: UnbillableReason::OverEscrow,
                 records: bill.len() as u64,
-                units: added - payable,
+                units: over,
                 detail: format!(
-                    "job {job_text}: {} of the {added} new unit(s) exceed the escrow left \
-                     ({} base units at {} per unit): the client must top the job up \
+                    "job {job_text}: about {over} of the {added} new unit(s) exceed the escrow left \
+                     ({} base units; the new usage costs {due}): the client must top the job up \
                      (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
-                    added - payable,
                     job.escrow_left,
-                    job.unit_price
                 ),
             });
         }
@@ -883,6 +907,7 @@ impl Batcher {
             job_nonce: job.nonce,
             seq,
             cumulative_units,
+            cumulative_output,
             invoice_hash: sha256(&bytes),
             period_end: invoice.period_end,
             metered: totals,
@@ -1166,6 +1191,7 @@ impl Batcher {
                     SettleReceipt {
                         seq: o.submission.seq,
                         cumulative_units: o.submission.cumulative_units,
+                        cumulative_output: o.submission.cumulative_output,
                         invoice_hash: o.submission.invoice_hash,
                         period_end: o.submission.period_end,
                     },
@@ -1187,6 +1213,48 @@ impl Batcher {
         };
         alt::v0_message(payer, &instructions, &used, solana_hash::Hash::default())
             .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+    }
+
+    /// Brings accounts of the previous layout (jobs, revenue days) up to date with
+    /// `upgrade_account`, the oracle paying the extra rent; failures are reported
+    /// (their receipts then fail and back off, and are retried).
+    fn upgrade_accounts(
+        &self,
+        chain: &mut impl Chain,
+        accounts: &[Pubkey],
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let payer = self.oracle.pubkey();
+        let preamble = chain.preamble();
+        let messages = accounts
+            .chunks(8)
+            .map(|chunk| {
+                let mut instructions = preamble.clone();
+                instructions.extend(chunk.iter().map(|a| ix::upgrade_account(payer, *a)));
+                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default()).map_err(
+                    |e| OracleError::Invalid(format!("cannot compile upgrade_account: {e}")),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        report.transactions += messages.len();
+        for (chunk, outcome) in accounts
+            .chunks(8)
+            .zip(chain.send_messages(messages, &[&self.oracle]))
+        {
+            match outcome {
+                Ok(_) => tracing::info!(
+                    "upgraded {} account(s) to the current layout: {chunk:?}",
+                    chunk.len()
+                ),
+                Err(e) => report.errors.push(format!(
+                    "cannot upgrade accounts {chunk:?} to the current layout: {e}"
+                )),
+            }
+        }
+        Ok(())
     }
 
     /// Sends `open_ledgers` for every group whose earnings or revenue ledger of `day`
@@ -1216,6 +1284,16 @@ impl Batcher {
             })
             .collect();
         let read = chain.accounts(&addresses)?;
+        let outdated: Vec<Pubkey> = addresses
+            .iter()
+            .zip(&read.accounts)
+            .filter(|(_, a)| {
+                a.as_ref()
+                    .is_some_and(|a| a.data.len() == tally::state::Revenue::V1_ACCOUNT_SIZE)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        self.upgrade_accounts(chain, &outdated, report)?;
         let mut missing = Vec::new();
         for (i, (op, mint)) in unknown.iter().enumerate() {
             let exists = |k: usize| read.accounts.get(k).is_some_and(Option::is_some);

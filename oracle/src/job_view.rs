@@ -9,7 +9,9 @@
 //! read from the store when a key is first seen, then kept from this process's commits.
 //!
 //! **Every request reserves its maximum cost before it is forwarded** (the gateway
-//! computes it: for token jobs `(prompt bound + n × max_tokens) × price`), and is
+//! computes it: for token jobs the prompt bound at the input price and `n ×
+//! max_tokens` at the output price; usage metered and not yet settled counts at the
+//! higher price, as the store sums it without the split), and is
 //! refused with `402` when that does not fit. The reservation becomes the request's
 //! real usage when its record commits, or is released when it fails. So a burst of
 //! requests, however parallel, cannot spend more than the escrow: the only overspend
@@ -31,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
 use tally::state::{Job, JobStatus, UnitKind};
+use tally_client::Prices;
+pub use tally_client::Usage;
 
 use crate::clock::ChainClock;
 use crate::meter::{MeteredElsewhere, SourceStore};
@@ -76,7 +80,7 @@ pub enum Refused {
     AfterDeadline { job: String, deadline: i64 },
     #[error("job {job} has ended ({status}): it takes no more usage; open a new job (`tally job open …`) and make a key for it")]
     Ended { job: String, status: &'static str },
-    #[error("job {job} cannot pay for this request: it has {available} left (escrow {escrow_left}, less {unsettled_units} units metered and not yet settled and what requests in flight reserved), and this request may cost up to {cost} ({max_units} units × {price}); top it up with `tally job top-up {job} <AMOUNT>`, or ask for fewer tokens (max_tokens)")]
+    #[error("job {job} cannot pay for this request: it has {available} left (escrow {escrow_left}, less {unsettled_units} units metered and not yet settled and what requests in flight reserved), and this request may cost up to {cost} ({max_units} units at up to {price} per million); top it up with `tally job top-up {job} <AMOUNT>`, or ask for fewer tokens (max_tokens)")]
     InsufficientEscrow {
         job: String,
         available: u128,
@@ -461,13 +465,14 @@ impl JobBook {
         state.job.ok_or_else(|| Refused::Closed(job.to_string()))
     }
 
-    /// Reserves `max_units` of `job` for one request (and against the key's limit),
-    /// claiming the job's metering for this source on its first request.
+    /// Reserves the most one request may use of `job` (`bound`: its units and the
+    /// output tokens among them, priced at the job's prices) and against the key's
+    /// limit, claiming the job's metering for this source on its first request.
     pub async fn admit(
         self: &Arc<Self>,
         job: &Pubkey,
         key: Option<&KeyTerms>,
-        max_units: u64,
+        bound: Usage,
     ) -> Result<Reservation, Refused> {
         let (slot, _) = self.slot(job)?;
         let mut forced = false;
@@ -497,7 +502,7 @@ impl JobBook {
                 }
                 continue;
             }
-            let decision = self.decide(job, &slot, key, max_units)?;
+            let decision = self.decide(job, &slot, key, bound)?;
             match decision {
                 Ok(reservation) => return Ok(reservation),
                 Err(refused) => {
@@ -535,7 +540,7 @@ impl JobBook {
         job_key: &Pubkey,
         slot: &Arc<Slot>,
         key: Option<&KeyTerms>,
-        max_units: u64,
+        bound: Usage,
     ) -> Result<Result<Reservation, Refused>, Refused> {
         let mut state = slot.state.lock().map_err(|_| lock_error())?;
         let job_text = job_key.to_string();
@@ -571,10 +576,20 @@ impl JobBook {
             }));
         }
         let kind = unit_kind(&job);
-        let price = u128::from(job.unit_price);
-        let cost = u128::from(max_units).saturating_mul(price);
+        // The request at the job's prices; usage already metered at the higher one
+        // (the store's usage sums do not split it): never less than it may cost.
+        let cost = cost_of(job.prices(), bound);
+        let max_units = bound.units;
+        let top = job.input_price.max(job.output_price);
+        let at_top = |units: u64| {
+            let prices = Prices {
+                input: top,
+                output: top,
+            };
+            cost_of(prices, Usage { units, output: 0 })
+        };
         let unsettled_units = state.totals_since(state.base, None).units(kind);
-        let committed = u128::from(unsettled_units).saturating_mul(price);
+        let committed = at_top(unsettled_units);
         let available = u128::from(job.escrow_left)
             .saturating_sub(committed)
             .saturating_sub(state.reserved);
@@ -586,7 +601,7 @@ impl JobBook {
                 unsettled_units,
                 cost,
                 max_units,
-                price: job.unit_price,
+                price: top,
             }));
         }
         if job.spend_cap_per_hour > 0 {
@@ -615,8 +630,7 @@ impl JobBook {
         if let Some(terms) = key {
             if let Some(limit) = terms.spend_limit {
                 let base = state.keys.get(&terms.id).and_then(|k| k.base);
-                let spent = u128::from(state.totals_since(base, Some(&terms.id)).units(kind))
-                    .saturating_mul(price);
+                let spent = at_top(state.totals_since(base, Some(&terms.id)).units(kind));
                 let reserved = state.keys.get(&terms.id).map_or(0, |k| k.reserved);
                 let left = u128::from(limit)
                     .saturating_sub(spent)
@@ -653,4 +667,15 @@ impl From<OracleError> for Refused {
     fn from(e: OracleError) -> Self {
         Self::Unavailable(e.to_string())
     }
+}
+
+/// What `usage` costs at `prices`, rounded up (a reservation never falls short of
+/// what the receipt pays).
+fn cost_of(prices: Prices, usage: Usage) -> u128 {
+    let input = u128::from(usage.units.saturating_sub(usage.output))
+        .saturating_mul(u128::from(prices.input));
+    let output = u128::from(usage.output).saturating_mul(u128::from(prices.output));
+    input
+        .saturating_add(output)
+        .div_ceil(u128::from(tally_client::PRICE_SCALE))
 }

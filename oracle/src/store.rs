@@ -117,6 +117,8 @@ pub struct Submission {
     pub job_nonce: u64,
     pub seq: u64,
     pub cumulative_units: u64,
+    /// Output tokens within `cumulative_units` (receipts v2).
+    pub cumulative_output: u64,
     pub invoice_hash: [u8; 32],
     pub period_end: i64,
     /// Billable totals of the job's records through this receipt: the running totals
@@ -253,7 +255,11 @@ const SCHEMA_LOCK: i64 = SETTLEMENT_LOCK + 1;
 /// running totals, invoices, write-offs and lookup tables in the store. Version 3:
 /// version 2 with the gateway's columns and tables (`upstream_id`, `counted_by`,
 /// `key_id`; `meters`, `revoked_keys`), whichever of the two a store had before.
-pub const SCHEMA_VERSION: i64 = 3;
+/// Version 4: submissions carry `cumulative_output` and `metered_output` (output
+/// tokens, priced apart from input tokens since receipts v2); older submissions
+/// read 0 there, which the program's upgrade of their jobs matches (their settled
+/// units count as input, at the same price).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `seq` of records written off (never attached to a real submission).
 const WRITTEN_OFF_SEQ: i64 = 0;
@@ -396,6 +402,8 @@ const SCHEMA_V3: &str = "
         oldest_finished_at {int},
         state {int} NOT NULL,
         reason TEXT,
+        cumulative_output {int} NOT NULL DEFAULT 0,
+        metered_output {int} NOT NULL DEFAULT 0,
         PRIMARY KEY (job, job_nonce, seq)
     );
     CREATE INDEX IF NOT EXISTS submissions_pending ON submissions (job, job_nonce, seq) WHERE state = 0;
@@ -486,6 +494,9 @@ const COPY_V1_SUBMISSIONS: &str = "
 /// schema is created (its `records_by_key` index needs `key_id`).
 const GATEWAY_COLUMNS: [&str; 3] = ["upstream_id", "counted_by", "key_id"];
 
+/// Version 4's submission columns, added to a version-2 or version-3 store.
+const OUTPUT_COLUMNS: [&str; 2] = ["cumulative_output", "metered_output"];
+
 // ---------------------------------------------------------------------------------
 // The store.
 
@@ -504,7 +515,7 @@ const RECORD_COLUMNS: &str = "id, job, job_nonce, request_id, model, prompt_toke
                               counted_by, key_id";
 const SUBMISSION_COLUMNS: &str = "job, job_nonce, seq, cumulative_units, invoice_hash, \
      period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
-     oldest_finished_at, state, reason";
+     oldest_finished_at, state, reason, cumulative_output, metered_output";
 
 /// The store's queries, named (their plans are shown by [`Store::query_plans`]).
 mod sql {
@@ -522,11 +533,12 @@ mod sql {
     pub const LAST_SUBMISSION: &str =
         "SELECT job, job_nonce, seq, cumulative_units, invoice_hash, \
         period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
-        oldest_finished_at, state, reason FROM submissions \
+        oldest_finished_at, state, reason, cumulative_output, metered_output FROM submissions \
         WHERE job = $1 AND job_nonce = $2 ORDER BY seq DESC LIMIT 1";
     pub const PENDING: &str = "SELECT job, job_nonce, seq, cumulative_units, invoice_hash, \
         period_end, metered_tokens, metered_requests, metered_gpu_ms, records, \
-        oldest_finished_at, state, reason FROM submissions WHERE state = 0 \
+        oldest_finished_at, state, reason, cumulative_output, metered_output FROM submissions \
+        WHERE state = 0 \
         ORDER BY job, job_nonce, seq";
     pub const LEGACY_JOBS: &str =
         "SELECT DISTINCT job FROM submissions WHERE job_nonce = -1 ORDER BY job";
@@ -625,10 +637,12 @@ fn sqlite_submission(row: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
         cumulative_units: u(3)?,
         invoice_hash: hash_of(&hash),
         period_end: row.get(5)?,
+        cumulative_output: u(13)?,
         metered: Totals {
             tokens: u(6)?,
             requests: u(7)?,
             gpu_ms: u(8)?,
+            output_tokens: u(14)?,
         },
         records: u(9)?,
         oldest_finished_at: row.get(10)?,
@@ -1279,11 +1293,14 @@ impl Store {
 /// A count, its tokens and its GPU ms, as a usage query answers them.
 type UsageRow = (i64, i64, i64);
 
+/// Usage rows count output tokens within `tokens` only (the gateway prices unsettled
+/// tokens at the job's higher price).
 fn totals_of(row: UsageRow) -> Totals {
     Totals {
         requests: to_u64(row.0),
         tokens: to_u64(row.1),
         gpu_ms: to_u64(row.2),
+        output_tokens: 0,
     }
 }
 
@@ -1295,6 +1312,7 @@ fn running(totals: [i64; 3]) -> Totals {
         tokens: to_u64(totals[0]),
         requests: to_u64(totals[1]),
         gpu_ms: to_u64(totals[2]),
+        output_tokens: 0,
     }
 }
 
@@ -1322,6 +1340,7 @@ fn minus(latest: Totals, settled: Totals) -> Totals {
         tokens: latest.tokens.saturating_sub(settled.tokens),
         requests: latest.requests.saturating_sub(settled.requests),
         gpu_ms: latest.gpu_ms.saturating_sub(settled.gpu_ms),
+        output_tokens: latest.output_tokens.saturating_sub(settled.output_tokens),
     }
 }
 
@@ -1507,6 +1526,14 @@ fn sqlite_migrate(db: &Connection) -> rusqlite::Result<i64> {
             }
         }
     }
+    if version >= 2 {
+        // Version 1's submissions are rebuilt with the current table below.
+        for column in OUTPUT_COLUMNS {
+            tx.execute_batch(&format!(
+                "ALTER TABLE submissions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
     tx.execute_batch(&schema_v3(false))?;
     if version == 1 {
         tx.execute_batch(COPY_V1_SUBMISSIONS)?;
@@ -1535,7 +1562,9 @@ struct PreparedSubmission {
     job: String,
     nonce: i64,
     seq: i64,
-    values: [i64; 6], // cumulative, tokens, requests, gpu_ms, records, period_end
+    // cumulative, tokens, requests, gpu_ms, records, period_end, cumulative output,
+    // output tokens
+    values: [i64; 8],
     oldest: Option<i64>,
     hash: Vec<u8>,
     invoice: Vec<u8>,
@@ -1566,6 +1595,8 @@ impl PreparedRound {
                         to_i64(s.metered.gpu_ms)?,
                         to_i64(s.records)?,
                         s.period_end,
+                        to_i64(s.cumulative_output)?,
+                        to_i64(s.metered.output_tokens)?,
                     ],
                     oldest: s.oldest_finished_at,
                     hash: s.invoice_hash.to_vec(),
@@ -1609,8 +1640,9 @@ impl PreparedRound {
 
 const INSERT_SUBMISSION: &str = "INSERT INTO submissions
     (job, job_nonce, seq, cumulative_units, invoice_hash, period_end, metered_tokens,
-     metered_requests, metered_gpu_ms, records, oldest_finished_at, state, reason)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, NULL)";
+     metered_requests, metered_gpu_ms, records, oldest_finished_at, state, reason,
+     cumulative_output, metered_output)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, NULL, $12, $13)";
 const INSERT_INVOICE: &str =
     "INSERT INTO invoices (job, job_nonce, seq, bytes) VALUES ($1, $2, $3, $4)";
 const WRITE_OFF_RECORD: &str = "UPDATE records SET submission_seq = 0, \
@@ -1640,11 +1672,23 @@ fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), Orac
             .prepare_cached(&sqlite_sql(sql::ATTACH))
             .map_err(db_error)?;
         for s in &round.submissions {
-            let [cumulative, tokens, requests, gpu_ms, records, period_end] = s.values;
+            let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
+                s.values;
             insert
                 .execute(params![
-                    s.job, s.nonce, s.seq, cumulative, s.hash, period_end, tokens, requests,
-                    gpu_ms, records, s.oldest
+                    s.job,
+                    s.nonce,
+                    s.seq,
+                    cumulative,
+                    s.hash,
+                    period_end,
+                    tokens,
+                    requests,
+                    gpu_ms,
+                    records,
+                    s.oldest,
+                    output,
+                    metered_output
                 ])
                 .map_err(|e| conflict(format!("submission {} of job {}: {e}", s.seq, s.job)))?;
             invoice
@@ -2305,12 +2349,24 @@ impl Pg {
                 let insert = tx.prepare_cached(INSERT_SUBMISSION).await?;
                 let invoice = tx.prepare_cached(INSERT_INVOICE).await?;
                 for s in &round.submissions {
-                    let [cumulative, tokens, requests, gpu_ms, records, period_end] = s.values;
+                    let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
+                        s.values;
                     tx.execute(
                         &insert,
                         &[
-                            &s.job, &s.nonce, &s.seq, &cumulative, &s.hash, &period_end, &tokens,
-                            &requests, &gpu_ms, &records, &s.oldest,
+                            &s.job,
+                            &s.nonce,
+                            &s.seq,
+                            &cumulative,
+                            &s.hash,
+                            &period_end,
+                            &tokens,
+                            &requests,
+                            &gpu_ms,
+                            &records,
+                            &s.oldest,
+                            &output,
+                            &metered_output,
                         ],
                     )
                     .await
@@ -2584,6 +2640,14 @@ async fn pg_migrate(client: &mut deadpool_postgres::Object) -> Result<(), tokio_
             .await?;
         }
     }
+    if version >= 2 {
+        for column in OUTPUT_COLUMNS {
+            tx.batch_execute(&format!(
+                "ALTER TABLE submissions ADD COLUMN IF NOT EXISTS {column} BIGINT NOT NULL DEFAULT 0"
+            ))
+            .await?;
+        }
+    }
     tx.batch_execute(&schema_v3(true)).await?;
     if version == 1 {
         tx.batch_execute(COPY_V1_SUBMISSIONS).await?;
@@ -2628,10 +2692,12 @@ fn pg_submission(row: &tokio_postgres::Row) -> Result<Submission, tokio_postgres
         cumulative_units: u(3)?,
         invoice_hash: hash_of(&hash),
         period_end: row.try_get(5)?,
+        cumulative_output: u(13)?,
         metered: Totals {
             tokens: u(6)?,
             requests: u(7)?,
             gpu_ms: u(8)?,
+            output_tokens: u(14)?,
         },
         records: u(9)?,
         oldest_finished_at: row.try_get(10)?,

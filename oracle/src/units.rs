@@ -8,7 +8,10 @@ use crate::store::UsageRecord;
 /// Running totals of a job's records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// Input + output tokens.
     pub tokens: u64,
+    /// Output (completion) tokens within `tokens`.
+    pub output_tokens: u64,
     pub requests: u64,
     pub gpu_ms: u64,
 }
@@ -18,6 +21,7 @@ impl Totals {
         self.tokens = self
             .tokens
             .saturating_add(r.prompt_tokens.saturating_add(r.completion_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(r.completion_tokens);
         self.requests = self.requests.saturating_add(1);
         self.gpu_ms = self.gpu_ms.saturating_add(r.gpu_ms);
     }
@@ -25,6 +29,7 @@ impl Totals {
     /// Adds other totals.
     pub fn merge(&mut self, other: &Self) {
         self.tokens = self.tokens.saturating_add(other.tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.requests = self.requests.saturating_add(other.requests);
         self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
     }
@@ -43,6 +48,14 @@ impl Totals {
             UnitKind::Tokens => self.tokens,
             UnitKind::GpuSeconds => self.gpu_ms / 1_000,
             UnitKind::Requests | UnitKind::Frames => self.requests,
+        }
+    }
+
+    /// The output tokens within [`Totals::units`] under `kind` (0 unless tokens).
+    pub fn output(&self, kind: UnitKind) -> u64 {
+        match kind {
+            UnitKind::Tokens => self.output_tokens,
+            _ => 0,
         }
     }
 }

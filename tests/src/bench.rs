@@ -231,22 +231,33 @@ pub fn alt_capacity() -> SettleCapacity {
     let mut world = World::builder().build();
     let operator = world.operator();
     let client = world.client(1_000_000_000);
+    // Realistic token jobs priced like inference ($0.15 / $0.60 per 1M in a 6-decimal
+    // mint), each a few million tokens in: the packed counters take their real size.
+    let spec = JobSpec {
+        prices: Some((150_000, 600_000)),
+        max_units: 50_000_000,
+        ..JobSpec::default()
+    };
     let jobs: Vec<_> = (0..32)
-        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .map(|id| world.open_job(&client, &operator, id, spec))
         .collect();
     world.env.advance(60);
     let addresses: Vec<_> = jobs.iter().map(|j| j.address).collect();
     let table = world.settlement_table(&operator, &addresses);
-    let receipts_for = |world: &World, n: usize| -> Vec<_> {
+    let receipts_for = |world: &World, n: usize, seq: u64| -> Vec<_> {
         jobs[..n]
             .iter()
-            .map(|j| (j.address, world.receipt(1, 100)))
+            .enumerate()
+            .map(|(i, j)| {
+                let units = seq * 1_400_000 + i as u64 * 7_919;
+                (j.address, world.receipt_split(seq, units, units / 4))
+            })
             .collect()
     };
     let size_of = |world: &World, n: usize| {
         crate::tx_wire_size_versioned(&world.settle_v0_tx(
             &operator,
-            &receipts_for(world, n),
+            &receipts_for(world, n, 2),
             &table,
         ))
     };
@@ -254,22 +265,20 @@ pub fn alt_capacity() -> SettleCapacity {
     while n < jobs.len() && size_of(&world, n + 1) <= MAX_TX_BYTES {
         n += 1;
     }
-    let single = expect_ok(world.settle_v0(&operator, &receipts_for(&world, 1), &table));
+    let single = expect_ok(world.settle_v0(&operator, &receipts_for(&world, 1, 1), &table));
     world.env.advance(1);
-    let receipts: Vec<_> = jobs[..n]
-        .iter()
-        .map(|j| (j.address, world.receipt(2, 200)))
-        .collect();
+    let receipts = receipts_for(&world, n, 2);
     let full = expect_ok(world.settle_v0(&operator, &receipts, &table));
     assert!(
         full.size <= MAX_TX_BYTES,
         "the measured transaction fits: {} bytes",
         full.size
     );
-    for job in &jobs[..n] {
+    for (job, (_, receipt)) in jobs[..n].iter().zip(&receipts) {
+        let stored = world.env.job(&job.address);
         assert_eq!(
-            world.env.job(&job.address).settled_units,
-            200,
+            (stored.settled_units, stored.settled_output),
+            (receipt.cumulative_units, receipt.cumulative_output),
             "every receipt settled"
         );
     }

@@ -25,7 +25,7 @@ use solana_signer::Signer;
 use solana_transaction::Transaction;
 use solana_transaction_error::TransactionError;
 use tally::errors::TallyError;
-use tally::state::{Config, Earnings, Job, Vault};
+use tally::state::{Config, Earnings, Job, Revenue, Vault};
 use tally_client::chain::EmbeddedChain;
 use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::{pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
@@ -464,7 +464,8 @@ impl TestEnv {
             .get_account(address)
             .unwrap_or_else(|| panic!("job {address} does not exist"));
         assert_eq!(&account.data[..8], Job::DISCRIMINATOR, "not a job account");
-        *bytemuck::from_bytes::<Job>(&account.data[8..8 + std::mem::size_of::<Job>()])
+        // A job of the previous layout reads as the program will upgrade it.
+        tally_client::ops::decode_job(&account.data).expect("a job account decodes")
     }
 }
 
@@ -486,6 +487,39 @@ impl TestEnv {
         let mut data = Vec::new();
         value.try_serialize(&mut data).expect("encodes");
         account.data[..data.len()].copy_from_slice(&data);
+        self.svm
+            .set_account(*address, account)
+            .expect("set_account");
+    }
+}
+
+impl TestEnv {
+    /// Rewrites a job or revenue day as the previous program version wrote it (layout
+    /// v1): a job without the fields v2 appends and with its price per unit, a revenue
+    /// day without `output_units`; rent as it was. For upgrade tests.
+    pub fn downgrade_to_v1(&mut self, address: &Pubkey) {
+        let mut account = self
+            .svm
+            .get_account(address)
+            .unwrap_or_else(|| panic!("account {address} does not exist"));
+        let len = if account.data[..8] == *Job::DISCRIMINATOR {
+            let at = 8 + std::mem::offset_of!(Job, input_price);
+            let price = u64::from_le_bytes(account.data[at..at + 8].try_into().expect("8 bytes"));
+            assert_eq!(
+                price % tally_client::PRICE_SCALE,
+                0,
+                "a v1 price is per unit"
+            );
+            account.data[at..at + 8]
+                .copy_from_slice(&(price / tally_client::PRICE_SCALE).to_le_bytes());
+            Job::V1_ACCOUNT_SIZE
+        } else if account.data[..8] == *Revenue::DISCRIMINATOR {
+            Revenue::V1_ACCOUNT_SIZE
+        } else {
+            panic!("{address} is neither a job nor a revenue day");
+        };
+        account.data.truncate(len);
+        account.lamports = self.svm.minimum_balance_for_rent_exemption(len);
         self.svm
             .set_account(*address, account)
             .expect("set_account");
@@ -670,17 +704,36 @@ pub struct JobHandle {
 /// What a test asks of a new job.
 #[derive(Clone, Copy, Debug)]
 pub struct JobSpec {
+    /// One price per unit (input and output alike), in base units: a test's
+    /// shorthand for prices of `unit_price × 10^6` per million.
     pub unit_price: u64,
+    /// Per-million prices instead of `unit_price` (input, output).
+    pub prices: Option<(u64, u64)>,
+    /// The model binding (zero: any model).
+    pub model: [u8; 32],
     pub max_units: u64,
     pub deadline_in_secs: i64,
     pub spend_cap_per_hour: u64,
     pub unit_kind: u8,
 }
 
+impl JobSpec {
+    /// The per-million (input, output) prices the job opens with.
+    pub fn per_million(&self) -> (u64, u64) {
+        self.prices.unwrap_or_else(|| {
+            let flat = self.unit_price.saturating_mul(tally_client::PRICE_SCALE);
+            // Units that are not tokens have no output price.
+            (flat, if self.unit_kind == 0 { flat } else { 0 })
+        })
+    }
+}
+
 impl Default for JobSpec {
     fn default() -> Self {
         Self {
             unit_price: 10,
+            prices: None,
+            model: [0; 32],
             max_units: 100_000,
             deadline_in_secs: 86_400,
             spend_cap_per_hour: 0,
@@ -817,7 +870,9 @@ impl World {
             OpenJobArgs {
                 job_id,
                 unit_kind: spec.unit_kind,
-                unit_price: spec.unit_price,
+                input_price: spec.per_million().0,
+                output_price: spec.per_million().1,
+                model: spec.model,
                 max_units: spec.max_units,
                 deadline: self.env.now() + spec.deadline_in_secs,
                 spend_cap_per_hour: spec.spend_cap_per_hour,
@@ -978,11 +1033,22 @@ impl World {
         self.send(&[ix], &[&authority])
     }
 
-    /// A receipt with `cumulative_units` at `seq`, period ending now.
+    /// A receipt with `cumulative_units` (no output tokens) at `seq`, period ending now.
     pub fn receipt(&self, seq: u64, cumulative_units: u64) -> SettleReceipt {
+        self.receipt_split(seq, cumulative_units, 0)
+    }
+
+    /// A receipt with `cumulative_units`, `cumulative_output` of them output tokens.
+    pub fn receipt_split(
+        &self,
+        seq: u64,
+        cumulative_units: u64,
+        cumulative_output: u64,
+    ) -> SettleReceipt {
         SettleReceipt {
             seq,
             cumulative_units,
+            cumulative_output,
             invoice_hash: [u8::try_from(seq % 251).unwrap_or(0); 32],
             period_end: self.env.now(),
         }
@@ -1109,6 +1175,30 @@ impl World {
         )
         .expect("relayed settlement fits")
         .to_vec()
+    }
+}
+
+/// A self-contained Ed25519 precompile instruction: `signer` over `message`, any bytes
+/// (for attacks on the relayed path: foreign, truncated or old-format messages).
+pub fn ed25519_over(message: &[u8], signer: &Keypair) -> Instruction {
+    let signature = <[u8; 64]>::from(signer.sign_message(message));
+    let key_at: u16 = 2 + 14;
+    let sig_at: u16 = key_at + 32;
+    let msg_at: u16 = sig_at + 64;
+    let len = u16::try_from(message.len()).expect("a message under 64 KiB");
+    let mut data = vec![1u8, 0];
+    for v in [sig_at, u16::MAX, key_at, u16::MAX, msg_at, len, u16::MAX] {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data.extend_from_slice(signer.pubkey().as_ref());
+    data.extend_from_slice(&signature);
+    data.extend_from_slice(message);
+    Instruction {
+        program_id: tally_client::relay::ed25519_verify(&[], &tally::ID)
+            .expect("an empty Ed25519 instruction")
+            .program_id,
+        accounts: vec![],
+        data,
     }
 }
 

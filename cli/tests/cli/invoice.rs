@@ -97,7 +97,9 @@ fn invoice_verify_proves_an_invoice_from_the_store_or_a_file_and_catches_tamperi
         OpenJobArgs {
             job_id: 1,
             unit_kind: 0,
-            unit_price: 1,
+            input_price: tally_client::PRICE_SCALE,
+            output_price: tally_client::PRICE_SCALE,
+            model: [0; 32],
             max_units: 1_000_000,
             deadline: now + 86_400,
             spend_cap_per_hour: 0,
@@ -239,7 +241,9 @@ fn invoice_audit_finds_an_invented_line_and_disputes_it_in_the_window() {
             OpenJobArgs {
                 job_id,
                 unit_kind: 0,
-                unit_price: 1,
+                input_price: tally_client::PRICE_SCALE,
+                output_price: tally_client::PRICE_SCALE,
+                model: [0; 32],
                 max_units: 1_000_000,
                 deadline: now + 86_400,
                 spend_cap_per_hour: 0,

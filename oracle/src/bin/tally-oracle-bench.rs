@@ -55,6 +55,7 @@ fn signing() -> f64 {
         receipt: tally::receipt::SettleReceipt {
             seq: 1,
             cumulative_units: 1,
+            cumulative_output: 0,
             invoice_hash: [0; 32],
             period_end: 0,
         },
@@ -160,7 +161,8 @@ async fn gateway(dir: PathBuf) -> Result<[Path; 3], String> {
     job.client = client.pubkey();
     job.operator = tally_client::pda::operator(&operator_authority);
     job.nonce = 1;
-    job.unit_price = 1;
+    job.input_price = tally_client::PRICE_SCALE;
+    job.output_price = tally_client::PRICE_SCALE;
     job.escrow_left = u64::MAX / 2;
     job.deposited = job.escrow_left;
     job.deadline = clock.now() + 86_400;

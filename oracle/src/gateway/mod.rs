@@ -35,7 +35,7 @@ use tally::state::{Job, UnitKind};
 use tokio_util::task::TaskTracker;
 
 use crate::http::{error_response, full, json_response, Body, Limits, Shutdown};
-use crate::job_view::{JobBook, KeyTerms, Refused, Reservation};
+use crate::job_view::{JobBook, KeyTerms, Refused, Reservation, Usage};
 use crate::sink::Sink;
 use crate::store::{UsageRecord, COUNTED_BY_TOKENIZER, COUNTED_BY_UPSTREAM};
 use crate::telemetry::Telemetry;
@@ -393,8 +393,10 @@ impl Gateway {
         }
     }
 
-    fn max_units(&self, kind: UnitKind, request: &Normalized) -> u64 {
-        match kind {
+    /// The most one request may use of a job of `kind`: units, and the output
+    /// tokens among them.
+    fn max_usage(&self, kind: UnitKind, request: &Normalized) -> Usage {
+        let units = match kind {
             UnitKind::Tokens => request
                 .prompt_bound
                 .saturating_add(request.prompt_token_ids)
@@ -402,7 +404,12 @@ impl Gateway {
             UnitKind::Requests | UnitKind::Frames => 1,
             // GPU time is the request's wall time, at most the upstream timeout.
             UnitKind::GpuSeconds => self.settings.upstream_timeout.as_secs().saturating_add(1),
-        }
+        };
+        let output = match kind {
+            UnitKind::Tokens => request.max_completion_tokens,
+            _ => 0,
+        };
+        Usage { units, output }
     }
 
     async fn serve_request(
@@ -448,9 +455,9 @@ impl Gateway {
             .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
         let reservation = match (&self.book, &authorized.state) {
             (Some(book), Some((address, job))) => {
-                let max_units = self.max_units(crate::job_view::unit_kind(job), &request);
+                let bound = self.max_usage(crate::job_view::unit_kind(job), &request);
                 Some(
-                    book.admit(address, authorized.key.as_ref(), max_units)
+                    book.admit(address, authorized.key.as_ref(), bound)
                         .await
                         .map_err(|e| refused(&e))?,
                 )

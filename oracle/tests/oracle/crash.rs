@@ -142,7 +142,9 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
                 OpenJobArgs {
                     job_id,
                     unit_kind: 0,
-                    unit_price: 1,
+                    input_price: tally_client::PRICE_SCALE,
+                    output_price: tally_client::PRICE_SCALE,
+                    model: [0; 32],
                     max_units: 100_000_000,
                     deadline: now + 86_400,
                     spend_cap_per_hour: 0,
@@ -166,7 +168,9 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
                 OpenJobArgs {
                     job_id: 100 + i,
                     unit_kind: 0,
-                    unit_price: 1,
+                    input_price: tally_client::PRICE_SCALE,
+                    output_price: tally_client::PRICE_SCALE,
+                    model: [0; 32],
                     max_units: 100_000_000,
                     deadline: now + 86_400,
                     spend_cap_per_hour: 0,

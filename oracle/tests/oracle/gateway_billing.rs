@@ -273,7 +273,9 @@ async fn a_job_key_signed_by_the_client_spends_its_new_job_with_no_config_edit_o
             OpenJobArgs {
                 job_id: 77,
                 unit_kind: 0,
-                unit_price: 10,
+                input_price: 10 * tally_client::PRICE_SCALE,
+                output_price: 10 * tally_client::PRICE_SCALE,
+                model: [0; 32],
                 max_units: 10_000,
                 deadline: now + 86_400,
                 spend_cap_per_hour: 0,

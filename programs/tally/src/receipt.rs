@@ -129,7 +129,6 @@ impl UsageReceipt {
     }
 }
 
-
 /// Bytes of a packed batch before its receipts: the base `period_end`.
 const PACKED_BASE_LEN: usize = 8;
 
@@ -140,7 +139,8 @@ const PACKED_BASE_LEN: usize = 8;
 /// 45 bytes instead of 64, so a v0 transaction holds 20 or more.
 pub fn pack_receipts(receipts: &[SettleReceipt]) -> Vec<u8> {
     let base = receipts.iter().map(|r| r.period_end).min().unwrap_or(0);
-    let mut out = Vec::with_capacity(PACKED_BASE_LEN.saturating_add(receipts.len().saturating_mul(48)));
+    let mut out =
+        Vec::with_capacity(PACKED_BASE_LEN.saturating_add(receipts.len().saturating_mul(48)));
     out.extend_from_slice(&base.to_le_bytes());
     for r in receipts {
         let offset = u64::try_from(i128::from(r.period_end).saturating_sub(i128::from(base)))
@@ -211,20 +211,19 @@ impl<'a> PackedReceipts<'a> {
     /// LEB128, at most 10 bytes, no bits beyond 64.
     fn varint(&mut self) -> Result<u64> {
         let mut value = 0u64;
-        for (i, byte) in self.rest.iter().take(10).enumerate() {
-            let shift = u32::try_from(i).unwrap_or(u32::MAX).saturating_mul(7);
-            let bits = u64::from(byte & 0x7f);
-            let shifted = bits.checked_shl(shift).unwrap_or(0);
-            // The 10th byte may only carry the top bit of a u64.
+        let mut shift = 0u32;
+        for (i, &byte) in self.rest.iter().enumerate() {
+            // The 10th byte (shift 63) may only carry the top bit of a u64.
             require!(
-                shifted.checked_shr(shift) == Some(bits),
+                shift < 63 || (shift == 63 && byte <= 1),
                 TallyError::MalformedReceipts
             );
-            value |= shifted;
-            if byte & 0x80 == 0 {
-                self.rest = self.rest.get(i.saturating_add(1)..).unwrap_or_default();
+            value |= u64::from(byte & 0x7f).wrapping_shl(shift);
+            if byte < 0x80 {
+                self.rest = self.rest.get(i.wrapping_add(1)..).unwrap_or_default();
                 return Ok(value);
             }
+            shift = shift.wrapping_add(7);
         }
         err!(TallyError::MalformedReceipts)
     }

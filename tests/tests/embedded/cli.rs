@@ -130,11 +130,37 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     let mint = world.mint.mint;
     let op = operator.authority.pubkey();
 
-    let opened = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --price 10 --units 100000 --id 7 --spend-cap 500000")).unwrap();
+    // $2.50 / 1M input and $10 / 1M output tokens: 100,000 tokens escrowed at the
+    // output price.
+    let opened = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --input-price 2500000 --output-price 10000000 --model llama-3-8b --units 100000 --id 7 --spend-cap 500000")).unwrap();
     let address = pda::job(&wallet.pubkey(), 7);
     assert_eq!(opened.json["address"], address.to_string());
     assert_eq!(world.env.token_balance(&client.tokens), 4_000_000);
-    assert_eq!(world.env.job(&address).spend_cap_per_hour, 500_000);
+    let stored = world.env.job(&address);
+    assert_eq!(stored.spend_cap_per_hour, 500_000);
+    assert_eq!(
+        (stored.input_price, stored.output_price),
+        (2_500_000, 10_000_000)
+    );
+    assert_eq!(stored.model, tally_client::model_hash("llama-3-8b"));
+    assert_eq!(
+        opened.json["model"],
+        tally_client::model_label(&tally_client::model_hash("llama-3-8b"))
+    );
+    assert!(
+        opened
+            .table
+            .contains("2500000 per 1M input tokens, 10000000 per 1M output tokens"),
+        "{}",
+        opened.table
+    );
+    // Units that are not tokens have one price.
+    let err = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --kind gpu-seconds --input-price 1000000 --output-price 5 --units 10 --id 9")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only token jobs have an output price"),
+        "{err}"
+    );
 
     run(&mut world, &wallet, &format!("job top-up {address} 250000")).unwrap();
     assert_eq!(world.env.job(&address).escrow_left, 1_250_000);
@@ -164,14 +190,16 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     let err = run(
         &mut world,
         &wallet,
-        &format!("job open --operator {op} --mint {mint} --price 10 --units 100000 --id 7"),
+        &format!("job open --operator {op} --mint {mint} --input-price 10 --units 100000 --id 7"),
     )
     .unwrap_err();
     assert!(err.to_string().contains("pick another --id"), "{err}");
     let err = run(
         &mut world,
         &wallet,
-        &format!("job open --operator {op} --mint {mint} --price 1000 --units 100000 --id 8"),
+        &format!(
+            "job open --operator {op} --mint {mint} --input-price 1000000000 --units 100000 --id 8"
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("insufficient funds"), "{err}");

@@ -41,7 +41,11 @@ fn client_opens_a_job_and_escrows_price_times_units() {
     assert_eq!(stored.operator, operator.address());
     assert_eq!(stored.mint, world.mint.mint);
     assert_eq!(stored.job_id, 7);
-    assert_eq!(stored.unit_price, 15);
+    assert_eq!(
+        (stored.input_price, stored.output_price),
+        (15_000_000, 15_000_000)
+    );
+    assert_eq!(stored.model, [0; 32]);
     assert_eq!(stored.deposited, 1_500_000);
     assert_eq!(stored.escrow_left, 1_500_000);
     assert_eq!(stored.spend_cap_per_hour, 500_000);
@@ -94,8 +98,8 @@ fn open_job_rejects_bad_input() {
     );
     // price × units overflows u64.
     let huge = JobSpec {
-        unit_price: u64::MAX / 2,
-        max_units: 3,
+        prices: Some((u64::MAX, 1)),
+        max_units: u64::MAX,
         ..JobSpec::default()
     };
     expect_error(

@@ -275,7 +275,9 @@ fn client_oracle_claim_flow_over_rpc() {
         OpenJobArgs {
             job_id: 1,
             unit_kind: 0,
-            unit_price: PRICE,
+            input_price: PRICE * tally_client::PRICE_SCALE,
+            output_price: PRICE * tally_client::PRICE_SCALE,
+            model: [0; 32],
             max_units: MAX_UNITS,
             deadline: now + 3_600,
             spend_cap_per_hour: 0,

@@ -1,6 +1,5 @@
 //! settle_relayed: receipts carrying Ed25519 oracle signatures, verified by the
 //! precompile, posted by anyone — and each attack on that path.
-use anchor_lang::solana_program::instruction::Instruction;
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::errors::TallyError;
@@ -8,7 +7,7 @@ use tally::events::ReceiptSettled;
 use tally_client::relay::{ed25519_verify, settle_relayed};
 use tally_client::{ix, OracleSetArgs, UpdateConfigArgs};
 use tally_tests::{
-    events, expect_error, expect_failure, expect_ok, sign_usage, JobHandle, JobSpec,
+    ed25519_over, events, expect_error, expect_failure, expect_ok, sign_usage, JobHandle, JobSpec,
     OperatorHandle, World,
 };
 
@@ -244,29 +243,4 @@ fn receipts_of_a_closed_job_cannot_settle_a_job_reopened_at_the_same_address() {
     let next = world.open_job(&client, &operator, 2, JobSpec::default());
     assert_ne!(next.address, job.address);
     assert_ne!(world.env.job(&next.address).nonce, old.receipt.job_nonce);
-}
-
-/// A self-contained Ed25519 instruction: `signer` over `message`.
-fn ed25519_over(message: &[u8], signer: &Keypair) -> Instruction {
-    let signature = <[u8; 64]>::from(signer.sign_message(message));
-    let key_at: u16 = 2 + 14;
-    let sig_at: u16 = key_at + 32;
-    let msg_at: u16 = sig_at + 64;
-    let len = u16::try_from(message.len()).unwrap();
-    let mut data = vec![1u8, 0];
-    for v in [sig_at, u16::MAX, key_at, u16::MAX, msg_at, len, u16::MAX] {
-        data.extend_from_slice(&v.to_le_bytes());
-    }
-    data.extend_from_slice(signer.pubkey().as_ref());
-    data.extend_from_slice(&signature);
-    data.extend_from_slice(message);
-    Instruction {
-        program_id: solana_sdk_ids_ed25519(),
-        accounts: vec![],
-        data,
-    }
-}
-
-fn solana_sdk_ids_ed25519() -> anchor_lang::prelude::Pubkey {
-    ed25519_verify(&[], &tally::ID).unwrap().program_id
 }

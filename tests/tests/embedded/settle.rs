@@ -6,7 +6,7 @@ use tally::events::ReceiptSettled;
 use tally::receipt::MAX_UNITS_PER_RECEIPT;
 use tally::state::{utc_day, JobStatus, Revenue};
 use tally_client::ix::{self, Attestation};
-use tally_client::{compute_payout, pda, OracleSetArgs, UpdateConfigArgs};
+use tally_client::{compute_payout, pda, OracleSetArgs, Prices, UpdateConfigArgs, Usage};
 use tally_tests::{
     events, expect_error, expect_ok, AnchorErrorCode, JobHandle, JobSpec, OperatorHandle, World,
 };
@@ -35,7 +35,15 @@ fn a_receipt_pays_metered_units_into_earnings_and_fees() {
     let receipt = world.receipt(1, 1_234);
     let sent = expect_ok(world.settle(&operator, &[(job.address, receipt)]));
 
-    let expected = compute_payout(10, 1_234, 1_000_000, 250).unwrap();
+    let flat = Prices {
+        input: 10_000_000,
+        output: 10_000_000,
+    };
+    let used = Usage {
+        units: 1_234,
+        output: 0,
+    };
+    let expected = compute_payout(flat, Usage::default(), used, 1_000_000, 250).unwrap();
     assert_eq!(expected.gross, 12_340);
     assert_eq!(expected.fee, 308, "fee rounds down: 12,340 × 2.5% = 308.5");
     let stored = world.env.job(&job.address);

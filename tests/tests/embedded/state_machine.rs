@@ -325,6 +325,7 @@ impl Machine {
                     deadline_in_secs: deadline_in,
                     spend_cap_per_hour: cap,
                     unit_kind: 0,
+                    ..JobSpec::default()
                 };
                 let id = self.next_job_id;
                 self.next_job_id += 1;

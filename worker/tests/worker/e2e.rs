@@ -368,7 +368,9 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
                 OpenJobArgs {
                     job_id: id,
                     unit_kind: 0,
-                    unit_price: PRICE,
+                    input_price: PRICE * tally_client::PRICE_SCALE,
+                    output_price: PRICE * tally_client::PRICE_SCALE,
+                    model: [0; 32],
                     max_units: MAX_UNITS,
                     deadline: now + 3_600,
                     spend_cap_per_hour: 0,

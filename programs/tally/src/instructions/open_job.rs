@@ -89,10 +89,7 @@ impl OpenJob<'_> {
             TallyError::DeadlineInPast
         );
         let deposit = deposit_for(prices, args.max_units)?;
-        require!(
-            args.max_units > 0 && deposit > 0,
-            TallyError::ZeroAmount
-        );
+        require!(args.max_units > 0 && deposit > 0, TallyError::ZeroAmount);
         let ids = &mut accounts.client_jobs;
         if ids.client == Pubkey::default() {
             ids.client = accounts.client.key();

@@ -75,7 +75,10 @@ impl UpgradeAccount<'_> {
                 .checked_mul(PRICE_SCALE)
                 .ok_or(TallyError::AmountOverflow)?;
             let tokens = data.get(kind_at) == Some(&(UnitKind::Tokens as u8));
-            for (at, value) in [(price_at, price), (output_at, if tokens { price } else { 0 })] {
+            for (at, value) in [
+                (price_at, price),
+                (output_at, if tokens { price } else { 0 }),
+            ] {
                 data.get_mut(at..at.saturating_add(8))
                     .ok_or(TallyError::AccountUpToDate)?
                     .copy_from_slice(&value.to_le_bytes());

@@ -306,7 +306,10 @@ mod tests {
     fn layout_sizes_of_both_versions() {
         assert_eq!(Job::V1_ACCOUNT_SIZE, 304);
         assert_eq!(Job::ACCOUNT_SIZE, 352);
-        assert_eq!(std::mem::offset_of!(Job, output_price) + 8, Job::V1_ACCOUNT_SIZE);
+        assert_eq!(
+            std::mem::offset_of!(Job, output_price) + 8,
+            Job::V1_ACCOUNT_SIZE
+        );
         assert_eq!(Revenue::V1_ACCOUNT_SIZE, 85);
         assert_eq!(8 + Revenue::INIT_SPACE, 93);
     }
