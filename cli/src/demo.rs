@@ -588,6 +588,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     let gross: u64 = revenue.iter().map(|d| d.gross).sum();
     let fees: u64 = revenue.iter().map(|d| d.fees).sum();
     let units: u64 = revenue.iter().map(|d| d.units).sum();
+    let output_units: u64 = revenue.iter().map(|d| d.output_units).sum();
     let client_left = ops::token_balance(&chain, &client_tokens)?;
     let vault_left = ops::token_balance(&chain, &pda::vault_tokens(&mint.mint))?;
     let operator_tokens =
@@ -633,6 +634,9 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         "jobs": jobs.len() + 1,
         "requests": requests_served,
         "units": units,
+        "output_units": output_units,
+        "prices_per_million": { "input": PRICES.input, "output": PRICES.output },
+        "deposit_per_job": tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)?,
         "paid": gross,
         "refunded": refunded,
         "fees": fees,

@@ -457,6 +457,7 @@ pub fn revenue_table(days: &[ops::RevenueView]) -> String {
                 d.fees.to_string(),
                 d.operator_net.to_string(),
                 d.units.to_string(),
+                d.output_units.to_string(),
                 d.receipts.to_string(),
                 d.jobs_started.to_string(),
             ]
@@ -469,6 +470,7 @@ pub fn revenue_table(days: &[ops::RevenueView]) -> String {
             "fees",
             "operators",
             "units",
+            "output tokens",
             "receipts",
             "jobs started",
         ],

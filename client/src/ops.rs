@@ -850,6 +850,8 @@ pub struct RevenueView {
     pub fees: u64,
     pub operator_net: u64,
     pub units: u64,
+    /// Output tokens within `units`.
+    pub output_units: u64,
     pub receipts: u64,
     pub jobs_started: u64,
 }
@@ -860,7 +862,11 @@ pub fn revenue(chain: &impl Chain, mint: &Pubkey, days: u32) -> Result<Vec<Reven
     let today = tally::state::utc_day(chain.clock()?.unix_timestamp);
     let mut out = Vec::new();
     for day in today.saturating_sub(days.saturating_sub(1))..=today {
-        if let Some(r) = chain.anchor_account::<Revenue>(&pda::revenue(mint, day))? {
+        let account = chain.account(&pda::revenue(mint, day))?;
+        if let Some(r) = account
+            .filter(|a| a.owner == tally::ID)
+            .and_then(|a| decode_revenue(&a.data))
+        {
             out.push(RevenueView {
                 day,
                 date: civil_date(day),
@@ -868,12 +874,24 @@ pub fn revenue(chain: &impl Chain, mint: &Pubkey, days: u32) -> Result<Vec<Reven
                 fees: r.fees,
                 operator_net: r.gross.saturating_sub(r.fees),
                 units: r.units,
+                output_units: r.output_units,
                 receipts: r.receipts,
                 jobs_started: r.jobs_started,
             });
         }
     }
     Ok(out)
+}
+
+/// Decodes a revenue day; one of the older layout (v1, before `upgrade_account`)
+/// reads with no output units.
+pub fn decode_revenue(data: &[u8]) -> Option<Revenue> {
+    use anchor_lang::AccountDeserialize;
+    let mut padded = data.to_vec();
+    if data.len() == Revenue::V1_ACCOUNT_SIZE {
+        padded.resize(8 + <Revenue as anchor_lang::Space>::INIT_SPACE, 0);
+    }
+    Revenue::try_deserialize(&mut padded.as_slice()).ok()
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01), proleptic Gregorian.

@@ -27,7 +27,7 @@
 //! 5. Tables: made per operator and mint as jobs appear, extended as they open (used
 //!    once the chain is past the slot they were extended in), deactivated when every
 //!    job in them has closed, and closed to reclaim their rent after the cool-down.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,6 +98,8 @@ pub enum UnbillableReason {
     AfterDeadline,
     /// The receipt's units cost more than the job's escrow has left.
     OverEscrow,
+    /// The upstream reported serving another model than the one the job pays for.
+    WrongModel,
 }
 
 impl UnbillableReason {
@@ -106,6 +108,7 @@ impl UnbillableReason {
         match self {
             Self::AfterDeadline => "after_deadline",
             Self::OverEscrow => "over_escrow",
+            Self::WrongModel => "wrong_model",
         }
     }
 }
@@ -285,6 +288,11 @@ fn status_name(job: &Job) -> &'static str {
         JobStatus::Expired => "expired",
         JobStatus::Open | JobStatus::Active => "open",
     }
+}
+
+/// Whether `job` pays for usage of `model` (a job bound to no model pays for any).
+pub fn pays_for_model(job: &Job, model: &str) -> bool {
+    job.model == [0; 32] || tally_client::model_hash(model) == job.model
 }
 
 fn kind_of(job: &Job) -> UnitKind {
@@ -821,12 +829,18 @@ impl Batcher {
         let mut lines = Vec::with_capacity(bill.len());
         let mut period_end = last.as_ref().map_or(0, |s| s.period_end);
         let mut late = Totals::default();
+        let mut foreign = Totals::default();
+        let mut foreign_models = BTreeSet::new();
         let (mut latest, mut oldest) = (0, i64::MAX);
         for waiting in bill {
             let record = &waiting.record;
             oldest = oldest.min(record.finished_at);
-            // Usage after the deadline is not billable: listed, not counted.
-            if record.finished_at <= job.deadline {
+            // Usage after the deadline, or of a model the job does not pay for, is
+            // not billable: listed, not counted.
+            if !pays_for_model(job, &record.model) {
+                foreign.add(record);
+                foreign_models.insert(record.model.as_str());
+            } else if record.finished_at <= job.deadline {
                 totals.add(record);
                 period_end = period_end.max(record.finished_at);
             } else {
@@ -834,6 +848,21 @@ impl Batcher {
                 latest = latest.max(record.finished_at);
             }
             lines.push(InvoiceLine::from(record));
+        }
+        if foreign.requests > 0 {
+            report.unbillable.push(Unbillable {
+                job: job_text.to_string(),
+                reason: UnbillableReason::WrongModel,
+                records: foreign.requests,
+                units: foreign.units(kind),
+                detail: format!(
+                    "job {job_text}: {} record(s), {} unit(s), served by model(s) {foreign_models:?} \
+                     that the job does not pay for: listed in the invoice, not billed (the \
+                     inference server answered with another model than the one requested)",
+                    foreign.requests,
+                    foreign.units(kind),
+                ),
+            });
         }
         if late.requests > 0 {
             report.unbillable.push(Unbillable {

@@ -120,6 +120,12 @@ pub enum ReportError {
         operator: String,
         job: String,
     },
+    #[error("job {job} pays for model sha256:{paid}, not `{model}`: report only usage of the model the job pays for")]
+    WrongModel {
+        job: String,
+        model: String,
+        paid: String,
+    },
     #[error("request {request_id} of job {job} is already recorded: it is counted once")]
     Duplicate { job: String, request_id: String },
     #[error(transparent)]
@@ -133,7 +139,7 @@ pub enum ReportError {
 impl ReportError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(_) | Self::WrongModel { .. } => StatusCode::BAD_REQUEST,
             Self::ClockSkew(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::UnknownKey { .. } | Self::MeteredElsewhere(_) => StatusCode::FORBIDDEN,
@@ -151,6 +157,7 @@ impl ReportError {
             Self::BadSignature(_) => "bad_signature",
             Self::UnknownKey { .. } => "unknown_key",
             Self::UnknownJob(_) => "unknown_job",
+            Self::WrongModel { .. } => "wrong_model",
             Self::Duplicate { .. } => "duplicate",
             Self::MeteredElsewhere(_) => "metered_elsewhere",
             Self::Busy => "busy",
@@ -241,6 +248,8 @@ pub struct JobSigners {
     /// The operator PDA.
     pub operator: Pubkey,
     pub node_keys: Vec<Pubkey>,
+    /// The job's model binding (sha256 of the model's name; zero: any model).
+    pub model: [u8; 32],
 }
 
 /// Where the oracle learns jobs, their operators and node keys (the chain).
@@ -281,6 +290,7 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
         Ok(Some(JobSigners {
             operator: job_state.operator,
             node_keys: operator.map(|o| o.node_keys).unwrap_or_default(),
+            model: job_state.model,
         }))
     }
 }
@@ -417,6 +427,15 @@ impl NodeReports {
                 key: node_key.to_string(),
                 operator: signers.operator.to_string(),
                 job: job.to_string(),
+            });
+        }
+        if signers.model != [0; 32]
+            && tally_client::model_hash(&report.record.model) != signers.model
+        {
+            return Err(ReportError::WrongModel {
+                job: job.to_string(),
+                model: report.record.model.clone(),
+                paid: tally_client::model_label(&signers.model),
             });
         }
         if let Some(meters) = &self.meters {

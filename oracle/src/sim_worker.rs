@@ -15,6 +15,7 @@
 //!
 //! Token counts: one token per whitespace-separated word (the tokenizer endpoints
 //! count the same way); `max_tokens` (default 16) completion tokens per choice.
+//! `GET /v1/models` lists the served model(s) as OpenAI's API does.
 //! `GET /metrics` exposes vLLM's token counters (`vllm:prompt_tokens_total`,
 //! `vllm:generation_tokens_total`, labelled by `model_name`) in Prometheus text.
 use std::convert::Infallible;
@@ -53,6 +54,10 @@ pub struct SimConfig {
     pub data_without_space: bool,
     /// Generated tokens are words with multibyte characters (`né0`, `né1`…).
     pub multibyte: bool,
+    /// Serves (and names in its answers) this model whatever the request asks for,
+    /// and lists only it at `GET /v1/models`; `None`: echoes the requested model and
+    /// lists `llama-3-8b`.
+    pub serves_model: Option<String>,
 }
 
 /// What the worker sent, for tests to compare with what clients received.
@@ -228,6 +233,13 @@ impl SimWorker {
             );
             return response;
         }
+        if req.method() == hyper::Method::GET && path == "/v1/models" {
+            let id = self.config.serves_model.as_deref().unwrap_or("llama-3-8b");
+            return json_body(
+                StatusCode::OK,
+                &json!({ "object": "list", "data": [{ "id": id, "object": "model", "owned_by": "tally-sim" }] }),
+            );
+        }
         let request_id_header = req
             .headers()
             .get("x-request-id")
@@ -261,11 +273,14 @@ impl SimWorker {
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prompt = prompt_tokens(&request);
-        let model = request
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("sim-model")
-            .to_string();
+        let model = match &self.config.serves_model {
+            Some(model) => model.clone(),
+            None => request
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("sim-model")
+                .to_string(),
+        };
         let created = 1_795_564_800 + n;
         let embeddings = path.ends_with("/embeddings");
         let completion = if embeddings {

@@ -358,6 +358,42 @@ impl Gateway {
         })
     }
 
+    /// The refusal of a request for a model `job` does not pay for, naming the job's
+    /// model: its name when the inference server lists it (`GET /v1/models`), else
+    /// its hash.
+    async fn wrong_model(&self, job_text: &str, job: &Job, asked: &str) -> Refusal {
+        let listed = self
+            .http
+            .get(format!("{}/v1/models", self.upstream))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok();
+        let listed = match listed {
+            Some(answer) => answer.json::<Value>().await.ok(),
+            None => None,
+        };
+        let name = listed
+            .as_ref()
+            .and_then(|v| v.get("data"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("id").and_then(Value::as_str))
+            .find(|id| tally_client::model_hash(id) == job.model)
+            .map(str::to_string);
+        let message = match name {
+            Some(name) => format!(
+                "job {job_text} pays for model `{name}`, not `{asked}`: send \"model\": \"{name}\" (a job pays for one model; open another job for another model)"
+            ),
+            None => format!(
+                "job {job_text} pays for the model whose name hashes to sha256:{}, which this gateway's inference server does not list, not `{asked}`: open a job for a model the operator serves (GET /v1/models)",
+                tally_client::model_label(&job.model)
+            ),
+        };
+        Refusal::new(StatusCode::BAD_REQUEST, "model_not_paid_for", message)
+    }
+
     /// Most units one request may bill, for a job of `kind`.
     /// Counts an answer that came without usage (`what`: a non-streamed answer, a
     /// stream) with the server's own tokenizer: the usage and how it was counted,
@@ -453,6 +489,11 @@ impl Gateway {
             .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
         let request = request::normalize(endpoint, &raw, self.settings.default_max_tokens)
             .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+        if let Some((_, job)) = &authorized.state {
+            if !crate::batcher::pays_for_model(job, &request.model) {
+                return Err(self.wrong_model(&authorized.job, job, &request.model).await);
+            }
+        }
         let reservation = match (&self.book, &authorized.state) {
             (Some(book), Some((address, job))) => {
                 let bound = self.max_usage(crate::job_view::unit_kind(job), &request);
@@ -613,6 +654,15 @@ impl Gateway {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        // Metered under the model the server says it served (what the client asked
+        // for when it does not say).
+        if let Some(served) = value
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(Value::as_str)
+        {
+            record.model = served.to_string();
+        }
         record.prompt_tokens = prompt;
         record.completion_tokens = completion;
         record.counted_by = counted_by.into();
@@ -733,6 +783,9 @@ impl Gateway {
         let billed = match counted {
             Some(((prompt, completion), counted_by)) => {
                 record.upstream_id = seen.id.clone().unwrap_or_default();
+                if let Some(served) = &seen.model {
+                    record.model = served.clone();
+                }
                 record.prompt_tokens = prompt;
                 record.completion_tokens = completion;
                 record.counted_by = counted_by.into();

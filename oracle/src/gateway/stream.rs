@@ -57,6 +57,8 @@ impl Stream for Source {
 /// any chunking.
 pub struct StreamUsage {
     pub id: Option<String>,
+    /// The model the server says it served (its events' `model`).
+    pub model: Option<String>,
     pub usage: Option<(u64, u64)>,
     pub done: bool,
     pub generated: BTreeMap<u64, String>,
@@ -71,6 +73,7 @@ impl Default for StreamUsage {
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         Self {
             id: None,
+            model: None,
             usage: None,
             done: false,
             generated: BTreeMap::new(),
@@ -134,6 +137,12 @@ impl StreamUsage {
                 self.done = true;
                 hold = true;
             } else if let Ok(value) = serde_json::from_str::<Value>(data) {
+                if self.model.is_none() {
+                    self.model = value
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                }
                 if self.id.is_none() {
                     self.id = value.get("id").and_then(Value::as_str).map(str::to_string);
                 }

@@ -1686,3 +1686,136 @@ async fn invoices_open_only_to_a_valid_key_of_their_job_and_every_answer_names_i
     assert_eq!(s.served_by_worker(), 1, "invoices never reach the server");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_bound_to_a_model_refuses_requests_for_another_one() {
+    let bound = JobSpec {
+        model: tally_client::model_hash("llama-3-8b"),
+        ..JobSpec::default()
+    };
+    let mut s = serve("billing-model", &[bound], Options::default()).await;
+    let job = s.job(0);
+    let key = s.key(&job);
+    // Another model: refused before the server sees it, the job's model named.
+    for stream in [false, true] {
+        let other = chat(5, stream).replace("llama-3-8b", "gpt-4o");
+        let answer = s.chat(&key, &other).await;
+        assert_refused(&answer, 400, "pays for model `llama-3-8b`, not `gpt-4o`");
+    }
+    assert_eq!(s.served_by_worker(), 0);
+    assert_eq!(s.refused("model_not_paid_for"), 2.0);
+    // Its own model is served and metered under it.
+    let answer = s.chat(&key, &chat(5, false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let records = s.records(&job);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].model, "llama-3-8b");
+    s.settled(&job, Served::units(&records)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_of_a_model_the_server_swapped_in_is_metered_under_it_and_not_billed() {
+    let bound = JobSpec {
+        model: tally_client::model_hash("llama-3-8b"),
+        ..JobSpec::default()
+    };
+    let mut s = serve(
+        "billing-swapped-model",
+        &[bound, JobSpec::default()],
+        Options {
+            sim: SimConfig {
+                serves_model: Some("llama-3-8b-q2".into()),
+                ..SimConfig::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let (bound, any) = (s.job(0), s.job(1));
+    for job in [bound, any] {
+        let key = s.key(&job);
+        for stream in [false, true] {
+            let answer = s.chat(&key, &chat(5, stream)).await;
+            assert_eq!(answer.status, 200, "{}", answer.text);
+        }
+    }
+    // Both are metered under the model the server says it served.
+    for job in [bound, any] {
+        let records = s.records(&job);
+        assert_eq!(records.len(), 2);
+        assert!(
+            records.iter().all(|r| r.model == "llama-3-8b-q2"),
+            "{records:?}"
+        );
+    }
+    // The unbound job pays for it; the bound one does not, and the operator hears why.
+    let paid = Served::units(&s.records(&any));
+    s.settled(&any, paid).await;
+    let unpaid = Served::units(&s.records(&bound));
+    for _ in 0..100 {
+        if s.metric(telemetry::UNBILLABLE_UNITS, "reason=\"wrong_model\"") >= unpaid as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.metric(telemetry::UNBILLABLE_UNITS, "reason=\"wrong_model\""),
+        unpaid as f64
+    );
+    s.stop().await;
+    let state = s.world.env.job(&bound);
+    assert_eq!((state.settled_units, state.settled_gross), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_report_for_another_model_than_the_job_pays_for_is_refused() {
+    let bound = JobSpec {
+        model: tally_client::model_hash("llama-3-8b"),
+        ..JobSpec::default()
+    };
+    let mut s = serve(
+        "billing-report-model",
+        &[bound],
+        Options {
+            node_reports: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let job = s.job(0);
+    let reports = s.reports.clone().unwrap();
+    let now = s.chain_now();
+    let report = |id: &str, model: &str| {
+        serde_json::to_string(
+            &NodeRecord {
+                job: job.to_string(),
+                request_id: id.into(),
+                model: model.into(),
+                prompt_tokens: 11,
+                completion_tokens: 22,
+                gpu_ms: 100,
+                started_at: now - 1,
+                finished_at: now,
+            }
+            .sign(&s.node)
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let (status, text) = post(&reports, &report("r-1", "llama-3-70b")).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not `llama-3-70b`"), "{text}");
+    assert_eq!(
+        s.metric(
+            telemetry::RECORDS_REJECTED,
+            "source=\"node-report\",reason=\"wrong_model\""
+        ),
+        1.0
+    );
+    let (status, text) = post(&reports, &report("r-2", "llama-3-8b")).await;
+    assert_eq!(status, 201, "{text}");
+    s.settled(&job, 33).await;
+    s.stop().await;
+    assert_eq!(s.world.env.job(&job).settled_units, 33);
+}

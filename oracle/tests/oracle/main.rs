@@ -110,6 +110,132 @@ fn expected_units(records: &[UsageRecord], job: &JobHandle) -> u64 {
 }
 
 #[test]
+fn input_and_output_tokens_settle_at_their_own_prices_to_the_base_unit() {
+    // $0.15 / 1M input and $0.60 / 1M output tokens.
+    let prices = tally_client::Prices {
+        input: 150_000,
+        output: 600_000,
+    };
+    let spec = JobSpec {
+        prices: Some((prices.input, prices.output)),
+        max_units: 10_000_000,
+        ..JobSpec::default()
+    };
+    let mut s = setup_with("prices", &[spec, spec]);
+    let b = batcher(&s);
+    let now = s.world.env.now();
+    let mut records = Vec::new();
+    for round in 0..3u64 {
+        for i in 0..25u64 {
+            let mut r = record(&s.jobs[(i % 2) as usize], round * 100 + i, now);
+            // Long prompts, short answers, odd counts: fractions of a base unit each.
+            r.prompt_tokens = 1_000 + i * 37;
+            r.completion_tokens = 50 + i * 13;
+            b.store.record(&r).unwrap();
+            records.push(r);
+        }
+        let report = b.run_round(&mut *s.world.env).unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        s.world.env.advance(1);
+    }
+    for job in &s.jobs {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r.job == job.address.to_string())
+            .collect();
+        let usage = tally_client::Usage {
+            units: mine
+                .iter()
+                .map(|r| r.prompt_tokens + r.completion_tokens)
+                .sum(),
+            output: mine.iter().map(|r| r.completion_tokens).sum(),
+        };
+        let state = s.world.env.job(&job.address);
+        assert_eq!(
+            (state.settled_units, state.settled_output),
+            (usage.units, usage.output)
+        );
+        let owed = tally_client::amount_owed(prices, usage).unwrap();
+        assert_eq!(
+            u128::from(state.settled_gross),
+            owed,
+            "paid = owed, to the base unit"
+        );
+    }
+}
+
+#[test]
+fn a_schema_3_store_gains_the_output_columns_and_its_pending_receipt_lands() {
+    let mut s = setup("schema3", 1);
+    let job = s.jobs[0];
+    let path = s.dir.join("oracle.db");
+    let now = s.world.env.now();
+    let mut units = 0;
+    {
+        let b = batcher(&s);
+        for i in 0..4 {
+            let r = record(&job, i, now);
+            units += r.prompt_tokens + r.completion_tokens;
+            b.store.record(&r).unwrap();
+        }
+        // The previous oracle wrote its receipt ahead and crashed before sending it.
+        let mut flaky = Flaky {
+            inner: &mut s.world.env.chain,
+            drop_next: true,
+            lose_next_answer: false,
+        };
+        assert_eq!(b.run_round(&mut flaky).unwrap().failed, 1);
+    }
+    // What the previous oracle's store looked like: schema 3, no output columns.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "ALTER TABLE submissions DROP COLUMN cumulative_output;
+         ALTER TABLE submissions DROP COLUMN metered_output;
+         UPDATE tally_schema SET version = 3;",
+    )
+    .unwrap();
+    drop(db);
+
+    let b = batcher(&s);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT MAX(version) FROM tally_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, tally_oracle::store::SCHEMA_VERSION);
+    let pending = b.store.pending_submissions().unwrap();
+    assert_eq!(
+        (
+            pending.len(),
+            pending[0].cumulative_units,
+            pending[0].cumulative_output
+        ),
+        (1, units, 0),
+        "its receipt as the previous oracle wrote it: no output counter"
+    );
+    s.world.env.advance(1);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!((report.confirmed, report.failed), (1, 0), "{report:?}");
+    let state = s.world.env.job(&job.address);
+    assert_eq!((state.settled_units, state.settled_output), (units, 0));
+    // Later usage carries its output tokens from there; at equal prices it pays the same.
+    let r = record(&job, 10, s.world.env.now());
+    b.store.record(&r).unwrap();
+    s.world.env.advance(1);
+    assert_eq!(b.run_round(&mut *s.world.env).unwrap().confirmed, 1);
+    let state = s.world.env.job(&job.address);
+    let total = units + r.prompt_tokens + r.completion_tokens;
+    assert_eq!(
+        (state.settled_units, state.settled_output),
+        (total, r.completion_tokens)
+    );
+    assert_eq!(
+        state.settled_gross,
+        total * 10,
+        "10 a token, input or output"
+    );
+}
+
+#[test]
 fn records_are_committed_once_and_settle_as_cumulative_receipts() {
     let mut s = setup("once", 3);
     let b = batcher(&s);
@@ -918,7 +1044,7 @@ fn a_receipt_past_the_settlement_window_is_written_off_not_retried_forever() {
 }
 
 #[test]
-fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_and_closes() {
+fn many_jobs_settle_20_receipts_per_transaction_through_tables_the_oracle_makes_and_closes() {
     let jobs = 40;
     let mut s = setup("tables", jobs);
     let oracle = s.world.oracles[0].pubkey();
@@ -938,10 +1064,10 @@ fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_
     assert_eq!((report.confirmed, report.failed), (jobs, 0), "{report:?}");
     assert_eq!(report.tables.created, 1, "{report:?}");
     assert!(
-        report.receipts_per_transaction.iter().max() >= Some(&16),
-        "a full transaction carries at least 16 receipts: {report:?}"
+        report.receipts_per_transaction.iter().max() >= Some(&20),
+        "a full transaction carries at least 20 receipts: {report:?}"
     );
-    assert_eq!(report.receipts_per_transaction.len(), 3, "{report:?}");
+    assert_eq!(report.receipts_per_transaction.len(), 2, "{report:?}");
     let tables = b.store.lookup_tables().unwrap();
     assert_eq!(tables.len(), 1);
 
@@ -955,7 +1081,7 @@ fn many_jobs_settle_16_receipts_per_transaction_through_tables_the_oracle_makes_
     let report = b.run_round(&mut *s.world.env).unwrap();
     assert_eq!(
         (report.confirmed, report.transactions),
-        (jobs, 3),
+        (jobs, 2),
         "{report:?}"
     );
     assert_eq!(report.tables, TableWork::default(), "{report:?}");

@@ -70,6 +70,8 @@ fn v1_jobs_and_revenue_days_upgrade_in_place_and_pay_as_before() {
     );
     let read = ops::job(&*world.env, &gpu.address).unwrap();
     assert_eq!((read.input_price, read.output_price), (7_000_000, 0));
+    let days = ops::revenue(&*world.env, &world.mint.mint, 1).unwrap();
+    assert_eq!((days[0].units, days[0].output_units), (1_010, 0));
 
     // The program refuses to settle them until they are upgraded.
     let outdated = ops::outdated_accounts(&*world.env).unwrap();
