@@ -517,7 +517,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         .sum();
     // What the jobs owe at their prices, input and output tokens apart, each job's
     // total rounded once (the payout rule).
-    let mut per_job: std::collections::BTreeMap<&str, Usage> = Default::default();
+    let mut per_job: std::collections::BTreeMap<&str, Usage> = std::collections::BTreeMap::new();
     for r in &records {
         let usage = per_job.entry(r.job.as_str()).or_default();
         usage.units += r.prompt_tokens + r.completion_tokens;

@@ -48,7 +48,11 @@ pub fn model_label(model: &[u8; 32]) -> String {
     if *model == [0; 32] {
         "any".to_string()
     } else {
-        model.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write as _;
+        model.iter().fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
     }
 }
 pub use anchor_lang::solana_program::instruction::{AccountMeta, Instruction};

@@ -1752,16 +1752,16 @@ async fn usage_of_a_model_the_server_swapped_in_is_metered_under_it_and_not_bill
     // The unbound job pays for it; the bound one does not, and the operator hears why.
     let paid = Served::units(&s.records(&any));
     s.settled(&any, paid).await;
-    let unpaid = Served::units(&s.records(&bound));
+    let unpaid = f64::from(u32::try_from(Served::units(&s.records(&bound))).unwrap());
     for _ in 0..100 {
-        if s.metric(telemetry::UNBILLABLE_UNITS, "reason=\"wrong_model\"") >= unpaid as f64 {
+        if s.metric(telemetry::UNBILLABLE_UNITS, "reason=\"wrong_model\"") >= unpaid {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         s.metric(telemetry::UNBILLABLE_UNITS, "reason=\"wrong_model\""),
-        unpaid as f64
+        unpaid
     );
     s.stop().await;
     let state = s.world.env.job(&bound);

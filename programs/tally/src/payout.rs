@@ -147,6 +147,7 @@ pub fn deposit_for(prices: Prices, max_units: u64) -> Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -155,10 +155,10 @@ pub fn pack_receipts(receipts: &[SettleReceipt]) -> Vec<u8> {
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
+        out.push(u8::try_from(value & 0x7f).unwrap_or(0) | 0x80);
         value = value.checked_shr(7).unwrap_or(0);
     }
-    out.push(value as u8);
+    out.push(u8::try_from(value).unwrap_or(u8::MAX));
 }
 
 /// Reads [`pack_receipts`] bytes back, one receipt at a time.
@@ -230,6 +230,7 @@ impl<'a> PackedReceipts<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -72,8 +72,8 @@ fn input_and_output_tokens_are_priced_apart_on_both_paths() {
         &[&oracle],
     );
     let sent = expect_ok(world.settle_relayed(&operator, &relayer, &[signed]));
-    let relayed: Vec<ReceiptSettled> = events(&sent.logs);
-    assert_eq!(relayed[0].gross, 900_000);
+    let from_relay: Vec<ReceiptSettled> = events(&sent.logs);
+    assert_eq!(from_relay[0].gross, 900_000);
 
     // Odd amounts, one receipt at a time on one job and at once on the other: the
     // floors telescope, each job pays amount_owed(final usage) exactly.

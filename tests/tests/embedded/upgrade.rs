@@ -100,7 +100,7 @@ fn v1_jobs_and_revenue_days_upgrade_in_place_and_pay_as_before() {
         world.env.lamports(&admin.pubkey()) < lamports_before,
         "the admin paid the rent"
     );
-    assert!(ops::outdated_accounts(&*world.env).unwrap().is_empty());
+    assert_eq!(ops::outdated_accounts(&*world.env).unwrap(), Vec::new());
     let again = migrate::migrate(&mut *world.env, &admin, &deployment).unwrap();
     assert!(!again.changed(), "{again:?}");
 
