@@ -4,9 +4,9 @@
 use solana_message::Message;
 use solana_signer::Signer;
 use solana_transaction::Transaction;
-use tally_client::{ix, OperatorArgs, UpdateConfigArgs};
+use tally_client::{ix, OperatorArgs, Pubkey, SettleReceipt, UpdateConfigArgs};
 
-use crate::{expect_ok, JobSpec, Sent, World};
+use crate::{expect_ok, JobHandle, JobSpec, Sent, World};
 
 /// The packet limit a transaction must fit in (the validator's RPC enforces it;
 /// LiteSVM does not, so it is checked here).
@@ -206,14 +206,18 @@ pub struct SettleCapacity {
     pub cu_per_receipt: u64,
     /// Fee lamports of the transaction divided by its receipts.
     pub fee_lamports_per_receipt: u64,
+    /// Bytes one receipt takes in the instruction data (packed; the relayed path's
+    /// signed message), its account reference not included.
+    pub receipt_data_bytes: usize,
 }
 
 impl SettleCapacity {
     /// Figures of a transaction of `n` receipts (`full`), given one of a single
     /// receipt (`single`) for the marginal cost.
-    fn from_runs(n: usize, single: &Sent, full: &Sent) -> Self {
+    fn from_runs(n: usize, single: &Sent, full: &Sent, receipt_data_bytes: usize) -> Self {
         let count = n as u64;
         Self {
+            receipt_data_bytes,
             receipts_per_tx: n,
             tx_bytes: full.size,
             cu: full.cu,
@@ -227,33 +231,47 @@ impl SettleCapacity {
 /// Fills a v0 settle transaction whose accounts resolve through an address lookup
 /// table (created by the real lookup-table program) until the next receipt would
 /// exceed [`MAX_TX_BYTES`]; checks every receipt settled.
+/// A token job priced like inference ($0.15 / $0.60 per 1M tokens in a 6-decimal
+/// mint), escrowed for 50M tokens.
+fn realistic_job() -> JobSpec {
+    JobSpec {
+        prices: Some((150_000, 600_000)),
+        max_units: 50_000_000,
+        ..JobSpec::default()
+    }
+}
+
+/// Receipt `seq` of each of `jobs` as a round of the oracle writes it: a few million
+/// tokens in (a quarter of them output), one period end: the packed counters take
+/// their real size.
+fn realistic_receipts(world: &World, jobs: &[JobHandle], seq: u64) -> Vec<(Pubkey, SettleReceipt)> {
+    jobs.iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let units = seq * 1_400_000 + i as u64 * 7_919;
+            (j.address, world.receipt_split(seq, units, units / 4))
+        })
+        .collect()
+}
+
+/// Packed bytes per receipt of `receipts` (without the batch's 8-byte base time).
+fn packed_bytes(receipts: &[(Pubkey, SettleReceipt)]) -> usize {
+    let packed = tally_client::pack_receipts(&receipts.iter().map(|(_, r)| *r).collect::<Vec<_>>());
+    (packed.len() - 8) / receipts.len().max(1)
+}
+
 pub fn alt_capacity() -> SettleCapacity {
     let mut world = World::builder().build();
     let operator = world.operator();
     let client = world.client(1_000_000_000);
-    // Realistic token jobs priced like inference ($0.15 / $0.60 per 1M in a 6-decimal
-    // mint), each a few million tokens in: the packed counters take their real size.
-    let spec = JobSpec {
-        prices: Some((150_000, 600_000)),
-        max_units: 50_000_000,
-        ..JobSpec::default()
-    };
     let jobs: Vec<_> = (0..32)
-        .map(|id| world.open_job(&client, &operator, id, spec))
+        .map(|id| world.open_job(&client, &operator, id, realistic_job()))
         .collect();
     world.env.advance(60);
     let addresses: Vec<_> = jobs.iter().map(|j| j.address).collect();
     let table = world.settlement_table(&operator, &addresses);
-    let receipts_for = |world: &World, n: usize, seq: u64| -> Vec<_> {
-        jobs[..n]
-            .iter()
-            .enumerate()
-            .map(|(i, j)| {
-                let units = seq * 1_400_000 + i as u64 * 7_919;
-                (j.address, world.receipt_split(seq, units, units / 4))
-            })
-            .collect()
-    };
+    let receipts_for =
+        |world: &World, n: usize, seq: u64| realistic_receipts(world, &jobs[..n], seq);
     let size_of = |world: &World, n: usize| {
         crate::tx_wire_size_versioned(&world.settle_v0_tx(
             &operator,
@@ -282,7 +300,7 @@ pub fn alt_capacity() -> SettleCapacity {
             "every receipt settled"
         );
     }
-    SettleCapacity::from_runs(n, &single, &full)
+    SettleCapacity::from_runs(n, &single, &full, packed_bytes(&receipts))
 }
 
 /// Fills relayed settlements (one Ed25519 instruction + `settle_relayed`, a relayer
@@ -322,7 +340,9 @@ pub fn relayed_capacity() -> SettleCapacity {
         "the measured transaction fits: {} bytes",
         full.size
     );
-    SettleCapacity::from_runs(n, &single, &full)
+    // Each receipt: its signed message plus one signature, key and offsets entry.
+    let per_receipt = tally::receipt::RECEIPT_MESSAGE_LEN + 64 + 32 + 14;
+    SettleCapacity::from_runs(n, &single, &full, per_receipt)
 }
 
 /// Fills legacy settle transactions (one oracle signature, its oracle paying the fee)
@@ -332,7 +352,7 @@ pub fn settle_capacity() -> SettleCapacity {
     let operator = world.operator();
     let client = world.client(1_000_000_000);
     let jobs: Vec<_> = (0..32)
-        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .map(|id| world.open_job(&client, &operator, id, realistic_job()))
         .collect();
     world.env.advance(60);
     let attestation = world.attestation();
@@ -341,10 +361,7 @@ pub fn settle_capacity() -> SettleCapacity {
     }
     let oracle = world.oracles[0].insecure_clone();
     let size_of = |world: &World, n: usize| {
-        let receipts: Vec<_> = jobs[..n]
-            .iter()
-            .map(|j| (j.address, world.receipt(1, 10)))
-            .collect();
+        let receipts = realistic_receipts(world, &jobs[1..=n], 1);
         let settle = ix::settle(
             &attestation,
             operator.authority.pubkey(),
@@ -362,16 +379,13 @@ pub fn settle_capacity() -> SettleCapacity {
     while n < jobs.len() && size_of(&world, n + 1) <= MAX_TX_BYTES {
         n += 1;
     }
-    let single = expect_ok(world.settle(&operator, &[(jobs[0].address, world.receipt(1, 10))]));
-    let receipts: Vec<_> = jobs[1..=n]
-        .iter()
-        .map(|j| (j.address, world.receipt(1, 10)))
-        .collect();
+    let single = expect_ok(world.settle(&operator, &realistic_receipts(&world, &jobs[..1], 1)));
+    let receipts = realistic_receipts(&world, &jobs[1..=n], 1);
     let full = expect_ok(world.settle(&operator, &receipts));
     assert!(
         full.size <= MAX_TX_BYTES,
         "the measured transaction fits: {} bytes",
         full.size
     );
-    SettleCapacity::from_runs(n, &single, &full)
+    SettleCapacity::from_runs(n, &single, &full, packed_bytes(&receipts))
 }

@@ -12,7 +12,7 @@ use tally_tests::bench::{
 /// Peers' published figures, for context.
 const HELIUM_CLAIMS_PER_TX: u64 = 5;
 const NOSANA_JOBS_PER_TX: u64 = 1;
-const GOAL_RECEIPTS_PER_TX: u64 = 16;
+const GOAL_RECEIPTS_PER_TX: u64 = 20;
 const GOAL_CU_PER_RECEIPT: u64 = 3_000;
 
 fn settlement_table(md: &mut String, title: &str, c: &SettleCapacity) {
@@ -40,12 +40,17 @@ fn settlement_table(md: &mut String, title: &str, c: &SettleCapacity) {
         "| fee lamports per receipt | {} | | |",
         c.fee_lamports_per_receipt
     );
+    let _ = writeln!(
+        md,
+        "| receipt bytes in the instruction (+ its account reference) | {} | | |",
+        c.receipt_data_bytes
+    );
 }
 
 fn capacity_json(c: &SettleCapacity) -> String {
     format!(
-        "{{\"receipts_per_tx\": {}, \"tx_bytes\": {}, \"cu\": {}, \"cu_per_receipt\": {}, \"cu_per_extra_receipt\": {}, \"fee_lamports_per_receipt\": {}}}",
-        c.receipts_per_tx, c.tx_bytes, c.cu, c.cu_per_receipt, c.cu_per_extra_receipt, c.fee_lamports_per_receipt
+        "{{\"receipts_per_tx\": {}, \"tx_bytes\": {}, \"cu\": {}, \"cu_per_receipt\": {}, \"cu_per_extra_receipt\": {}, \"fee_lamports_per_receipt\": {}, \"receipt_data_bytes\": {}}}",
+        c.receipts_per_tx, c.tx_bytes, c.cu, c.cu_per_receipt, c.cu_per_extra_receipt, c.fee_lamports_per_receipt, c.receipt_data_bytes
     )
 }
 
