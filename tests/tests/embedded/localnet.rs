@@ -36,7 +36,11 @@ use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
 use tally_tests::validator::LocalValidator;
 
-const PRICE: u64 = 20;
+/// Per million input and output tokens: output 4× input, as inference APIs price.
+const PRICES: tally_client::Prices = tally_client::Prices {
+    input: 20_000_000,
+    output: 80_000_000,
+};
 const MAX_UNITS: u64 = 100_000;
 const FEE_BPS: u16 = 250;
 /// A short challenge window, waited in real time.
@@ -250,7 +254,7 @@ fn client_oracle_claim_flow_over_rpc() {
     );
     let client_tokens =
         ops::ensure_token_account(&mut chain, &client, &client.pubkey(), mint).unwrap();
-    let funded = PRICE * MAX_UNITS;
+    let funded = tally_client::deposit_for(PRICES, MAX_UNITS).unwrap();
     chain
         .send(
             &[spl_token_2022::instruction::mint_to(
@@ -275,9 +279,9 @@ fn client_oracle_claim_flow_over_rpc() {
         OpenJobArgs {
             job_id: 1,
             unit_kind: 0,
-            input_price: PRICE * tally_client::PRICE_SCALE,
-            output_price: PRICE * tally_client::PRICE_SCALE,
-            model: [0; 32],
+            input_price: PRICES.input,
+            output_price: PRICES.output,
+            model: tally_client::model_hash("llama-3-8b"),
             max_units: MAX_UNITS,
             deadline: now + 3_600,
             spend_cap_per_hour: 0,
@@ -348,8 +352,32 @@ fn client_oracle_claim_flow_over_rpc() {
     )
     .with_invoices_dir(dir.join("invoices"));
     assert_eq!(batcher.store.record_count().unwrap(), REQUESTS);
+    // One answer the server says came from another model than the job pays for:
+    // listed, never billed.
+    batcher
+        .store
+        .record(&tally_oracle::store::UsageRecord {
+            job: job_address.to_string(),
+            request_id: "swapped-model".into(),
+            model: "llama-3-70b".into(),
+            prompt_tokens: 1_000,
+            completion_tokens: 1_000,
+            finished_at: chain.clock().unwrap().unix_timestamp,
+            source: "gateway".into(),
+            ..tally_oracle::store::UsageRecord::default()
+        })
+        .unwrap();
     let round = batcher.run_round(&mut chain).unwrap();
     assert_eq!((round.confirmed, round.failed), (1, 0), "{round:?}");
+    assert_eq!(
+        round
+            .unbillable
+            .iter()
+            .map(|u| (u.reason.label(), u.units))
+            .collect::<Vec<_>>(),
+        [("wrong_model", 2_000)],
+        "{round:?}"
+    );
     let settle_signature = chain.recent_signatures(&oracle.pubkey(), 1).unwrap()[0];
     let settled_tx = chain.transaction_details(settle_signature).unwrap();
     eprintln!(
@@ -361,16 +389,27 @@ fn client_oracle_claim_flow_over_rpc() {
         0,
         "nothing new"
     );
-    let units: u64 = batcher
+    let billed: Vec<_> = batcher
         .store
         .all_records()
         .unwrap()
-        .iter()
-        .map(|r| r.prompt_tokens + r.completion_tokens)
-        .sum();
+        .into_iter()
+        .filter(|r| r.model == "llama-3-8b")
+        .collect();
+    let usage = tally_client::Usage {
+        units: billed
+            .iter()
+            .map(|r| r.prompt_tokens + r.completion_tokens)
+            .sum(),
+        output: billed.iter().map(|r| r.completion_tokens).sum(),
+    };
     let state = ops::job(&chain, &job_address).unwrap();
-    assert_eq!(state.settled_units, units);
-    let gross = units * PRICE;
+    assert_eq!(
+        (state.settled_units, state.settled_output),
+        (usage.units, usage.output)
+    );
+    // Program and oracle agree to the base unit: input and output at their prices.
+    let gross = u64::try_from(tally_client::amount_owed(PRICES, usage).unwrap()).unwrap();
     let fee = gross * u64::from(FEE_BPS) / 10_000;
     assert_eq!(
         (state.settled_gross, state.escrow_left),
@@ -481,7 +520,14 @@ fn client_oracle_claim_flow_over_rpc() {
     assert_eq!(earnings.total_claimed, gross - fee);
     let revenue = ops::revenue(&chain, &mint.mint, 2).unwrap();
     assert_eq!(revenue.iter().map(|d| d.gross).sum::<u64>(), gross);
-    assert_eq!(revenue.iter().map(|d| d.units).sum::<u64>(), units);
+    assert_eq!(
+        (
+            revenue.iter().map(|d| d.units).sum::<u64>(),
+            revenue.iter().map(|d| d.output_units).sum::<u64>()
+        ),
+        (usage.units, usage.output)
+    );
+    let units = usage.units;
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
         "localnet: {REQUESTS} requests, {units} tokens, paid {gross} (fee {fee}), refunded {}, flow done in {:.1} s",
