@@ -154,7 +154,12 @@ listen = "127.0.0.1:${base + 31}"
     return page;
   }
   const messageOf = async (page, kind) => {
-    await page.waitForSelector(`#message[data-kind="${kind}"]`, { timeout: 60000 });
+    try {
+      await page.waitForSelector(`#message[data-kind="${kind}"]`, { timeout: 60000 });
+    } catch (e) {
+      const shown = await page.textContent("#message").catch(() => "");
+      throw new Error(`no "${kind}" message; the page shows: ${shown}\n${e.message}`);
+    }
     return page.textContent("#message");
   };
   const raw = async (page, sel) => (await page.getAttribute(sel, "data-raw")) ?? "";
@@ -163,15 +168,31 @@ listen = "127.0.0.1:${base + 31}"
   const pay = await walletPage(client, "#/pay");
   await pay.waitForSelector("#operator option[data-authority]", { state: "attached" });
   assert.equal(await pay.getAttribute("#operator option", "data-authority"), operator.publicKey.toBase58());
-  await pay.fill("[data-testid=price]", "10");
+  // Prices are base units per 1M units (10 lamports a token, input and output); the
+  // deposit is the budget at the higher price, rounded down. The job pays for the model
+  // the node reports below ("e2e-model"): sha256 of its name.
+  const PRICE_SCALE = 1_000_000n;
+  const depositFor = (input, output, units) => (units * (input > output ? input : output)) / PRICE_SCALE;
+  const sha256 = (s) => crypto.createHash("sha256").update(s, "utf8").digest();
+  const MODEL = "e2e-model";
+  const inputPrice = 10_000_000n, outputPrice = 10_000_000n;
+  assert.equal(await pay.inputValue("[data-testid=input-price]"), String(inputPrice));
+  assert.equal(await pay.inputValue("[data-testid=output-price]"), String(outputPrice));
+  assert.equal(await pay.inputValue("[data-testid=model]"), "");
   await pay.fill("[data-testid=units]", "100000");
+  await pay.fill("[data-testid=model]", MODEL);
+  await waitFor("the deposit preview", async () => (await raw(pay, "[data-testid=deposit]")) === String(depositFor(inputPrice, outputPrice, 100000n)), 10000);
   await pay.click("[data-testid=open-job]");
   const opened = await messageOf(pay, "ok");
   const jobAddress = new PublicKey(opened.match(/Job (\w+) opened/)[1]);
   let job = await program.account.job.fetch(jobAddress);
   assert.equal(job.client.toBase58(), client.publicKey.toBase58());
   assert.equal(job.deposited.toString(), "1000000");
-  step(`job ${jobAddress.toBase58()} opened and funded from the browser wallet (1,000,000 lamports of wSOL)`);
+  assert.equal(job.inputPrice.toString(), String(inputPrice));
+  assert.equal(job.outputPrice.toString(), String(outputPrice));
+  assert.equal(job.unitKind, 0);
+  assert.equal(Buffer.from(job.model).toString("hex"), sha256(MODEL).toString("hex"));
+  step(`job ${jobAddress.toBase58()} opened and funded from the browser wallet (1,000,000 lamports of wSOL), bound to ${MODEL}`);
 
   // 5. Usage: signed node reports to the oracle, which settles them on chain.
   const seed = node.secretKey.slice(0, 32);
@@ -190,12 +211,15 @@ listen = "127.0.0.1:${base + 31}"
   await report("req-1", 120, 80);
   await report("req-2", 300, 100);
   await report("req-3", 50, 50);
-  const units = 700n;
+  const units = 700n, outputUnits = 230n;
   job = await waitFor("the oracle to settle 700 units", async () => {
     const j = await program.account.job.fetch(jobAddress);
     return BigInt(j.settledUnits.toString()) === units ? j : null;
   }, 60000, 500);
-  step(`oracle settled ${units} units: gross ${job.settledGross}, escrow left ${job.escrowLeft}, ${job.receipts} receipt(s)`);
+  assert.equal(job.settledOutput.toString(), String(outputUnits));
+  // The payout rule: input tokens at the input price plus output tokens at the output price, per 1M, rounded down.
+  assert.equal(job.settledGross.toString(), String(((units - outputUnits) * inputPrice + outputUnits * outputPrice) / PRICE_SCALE));
+  step(`oracle settled ${units} units (${outputUnits} output): gross ${job.settledGross}, escrow left ${job.escrowLeft}, ${job.receipts} receipt(s)`);
 
   // The Pay page shows what the chain holds.
   const card = `[data-job="${jobAddress.toBase58()}"]`;
@@ -207,7 +231,17 @@ listen = "127.0.0.1:${base + 31}"
   assert.equal(await raw(pay, `${card} [data-testid=invoice-hash]`), invoiceHash);
   await pay.waitForSelector(`${card} [data-testid=receipt][data-invoice-hash="${invoiceHash}"]`, { timeout: 20000 });
   assert.notEqual(await raw(pay, `${card} [data-testid=runs-out]`), "");
-  step("pay page: units, spend, escrow left, receipts and invoice hash match the chain");
+  assert.equal(await pay.getAttribute(`${card} [data-testid=units-used]`, "data-output"), String(outputUnits));
+  assert.match(await pay.textContent(`${card} [data-testid=units-used]`), /470 input \+ 230 output/);
+  assert.equal(await pay.getAttribute(`${card} [data-testid=price]`, "data-input-price"), String(inputPrice));
+  assert.equal(await pay.getAttribute(`${card} [data-testid=price]`, "data-output-price"), String(outputPrice));
+  assert.match(await pay.textContent(`${card} [data-testid=price]`), /0\.01 SOL per 1M input tokens, 0\.01 SOL per 1M output tokens/);
+  assert.equal(await raw(pay, `${card} [data-testid=model]`), sha256(MODEL).toString("hex"));
+  await waitFor("every receipt in the table", async () => (await pay.locator(`${card} [data-testid=receipt]`).count()) === job.receipts, 20000);
+  const receiptRows = await pay.$$eval(`${card} [data-testid=receipt]`, (rows) => rows.map((r) => [r.dataset.units, r.dataset.outputUnits]));
+  assert.equal(receiptRows.reduce((s, [u]) => s + BigInt(u), 0n), units);
+  assert.equal(receiptRows.reduce((s, [, o]) => s + BigInt(o), 0n), outputUnits);
+  step("pay page: prices, model, units (output part), spend, escrow left, receipts (output tokens) and invoice hash match the chain");
 
   // Top up from the page.
   await pay.fill(`${card} [data-testid=top-up-amount]`, "0.0005");
@@ -228,10 +262,28 @@ listen = "127.0.0.1:${base + 31}"
   await pay.screenshot({ path: path.join(ARTIFACTS, "pay-rejected.png") });
   step("rejected signature: clear message, nothing sent");
 
-  // Open a second job and cancel it before any usage: full refund, account closed.
+  // The output price applies to tokens only: another unit kind disables it (0), tokens bring it back.
   await pay.fill("[data-testid=units]", "2000");
+  await pay.fill("[data-testid=input-price]", "5000000");
+  await pay.fill("[data-testid=output-price]", "20000000");
+  await pay.fill("[data-testid=model]", "");
+  await waitFor("the deposit at the higher (output) price", async () => (await raw(pay, "[data-testid=deposit]")) === String(depositFor(5_000_000n, 20_000_000n, 2000n)), 10000);
+  await pay.selectOption("[data-testid=unit-kind]", "1");
+  assert.equal(await pay.isDisabled("[data-testid=output-price]"), true);
+  assert.equal(await pay.inputValue("[data-testid=output-price]"), "0");
+  await waitFor("the deposit at the input price", async () => (await raw(pay, "[data-testid=deposit]")) === String(depositFor(5_000_000n, 0n, 2000n)), 10000);
+  await pay.selectOption("[data-testid=unit-kind]", "0");
+  assert.equal(await pay.isDisabled("[data-testid=output-price]"), false);
+  assert.equal(await pay.inputValue("[data-testid=output-price]"), "20000000");
+
+  // Open a second job (unbound, output dearer than input) and cancel it before any usage: full refund, account closed.
   await pay.click("[data-testid=open-job]");
   const second = new PublicKey((await messageOf(pay, "ok")).match(/Job (\w+) opened/)[1]);
+  const secondJob = await program.account.job.fetch(second);
+  assert.equal(secondJob.deposited.toString(), String(depositFor(5_000_000n, 20_000_000n, 2000n)));
+  assert.equal(secondJob.outputPrice.toString(), "20000000");
+  assert.ok(secondJob.model.every((b) => b === 0));
+  await pay.waitForSelector(`[data-job="${second.toBase58()}"] [data-testid=model][data-raw="any"]`);
   await pay.waitForSelector(`[data-job="${second.toBase58()}"] [data-testid=cancel]:not([disabled])`);
   await pay.click(`[data-job="${second.toBase58()}"] [data-testid=cancel]`);
   assert.match(await messageOf(pay, "ok"), /cancelled/);
@@ -243,6 +295,7 @@ listen = "127.0.0.1:${base + 31}"
   const opJob = `[data-testid=operator-job][data-job="${jobAddress.toBase58()}"]`;
   await op.waitForSelector(opJob, { timeout: 20000 });
   assert.equal(await raw(op, `${opJob} [data-testid=job-gross]`), job.settledGross.toString());
+  assert.equal(await op.getAttribute(`${opJob} [data-testid=job-units]`, "data-output"), String(outputUnits));
   const net = BigInt(job.settledGross.toString()) - BigInt(job.fees.toString());
   assert.equal(await raw(op, `${opJob} [data-testid=job-net]`), String(net));
   await op.waitForSelector("[data-testid=claim]:not([disabled])", { timeout: 30000 });
@@ -266,6 +319,8 @@ listen = "127.0.0.1:${base + 31}"
   assert.equal(await raw(pay, `${row} [data-testid=rev-gross]`), rev.gross.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-fees]`), rev.fees.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-units]`), rev.units.toString());
+  assert.equal(await raw(pay, `${row} [data-testid=rev-output]`), rev.outputUnits.toString());
+  assert.equal(rev.outputUnits.toString(), String(outputUnits));
   assert.equal(await raw(pay, `${row} [data-testid=rev-receipts]`), rev.receipts.toString());
   assert.equal(rev.gross.toString(), job.settledGross.toString());
   assert.equal(await pay.locator("[data-testid=chart-gross] svg a.bar").count(), 1);
@@ -276,7 +331,7 @@ listen = "127.0.0.1:${base + 31}"
   const href = await pay.getAttribute("[data-testid=revenue-tx] a", "href");
   assert.match(href, /explorer\.solana\.com\/tx\/\w+\?cluster=custom&customUrl=/);
   await pay.screenshot({ path: path.join(ARTIFACTS, "revenue.png"), fullPage: true });
-  step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units}, receipts ${rev.receipts}; ${txRows} transaction(s) reconcile`);
+  step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units} (${rev.outputUnits} output), receipts ${rev.receipts}; ${txRows} transaction(s) reconcile`);
 
   // 8. Clear messages: insufficient funds (an empty wallet), and a cluster that is not there.
   const poor = await walletPage(broke, "#/pay");

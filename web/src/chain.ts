@@ -39,6 +39,7 @@ export const earningsPda = (operator: PublicKey, mint: PublicKey) =>
   pda([enc.encode("earnings"), operator.toBytes(), mint.toBytes()]);
 export const jobPda = (client: PublicKey, jobId: bigint) => pda([enc.encode("job"), client.toBytes(), u64le(jobId)]);
 export const revenuePda = (mint: PublicKey, day: number) => pda([enc.encode("revenue"), mint.toBytes(), u32le(day)]);
+export const clientJobsPda = (client: PublicKey) => pda([enc.encode("client_jobs"), client.toBytes()]);
 export const ata = (owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) =>
   PublicKey.findProgramAddressSync([owner.toBytes(), tokenProgram.toBytes(), mint.toBytes()], ATA_PROGRAM)[0];
 
@@ -47,10 +48,35 @@ export const utcDay = (unixSecs: number) => Math.floor(unixSecs / 86400);
 export const dayLabel = (day: number) => new Date(day * 86400 * 1000).toISOString().slice(0, 10);
 
 export const UNIT_KINDS = ["tokens", "GPU-seconds", "requests", "frames"];
+/** Unit kind 0: the only kind with an output (completion) price and output counter. */
+export const TOKENS = 0;
 export const JOB_STATUS = ["open", "active", "completed", "cancelled", "expired"];
 
 export const big = (v: BN | number | bigint): bigint => (typeof v === "bigint" ? v : BigInt(v.toString()));
 export const hex = (bytes: number[] | Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+/** Prices are in base units per million units (programs/tally/src/payout.rs, PRICE_SCALE). */
+export const PRICE_SCALE = 1_000_000n;
+
+/** What `open_job` escrows (payout::deposit_for): every unit at the higher price, rounded down. */
+export const depositFor = (inputPrice: bigint, outputPrice: bigint, maxUnits: bigint) =>
+  (maxUnits * (inputPrice > outputPrice ? inputPrice : outputPrice)) / PRICE_SCALE;
+
+/** What cumulative usage costs (payout::amount_owed): input and output tokens at their prices, rounded down. */
+export const amountOwed = (inputPrice: bigint, outputPrice: bigint, units: bigint, output: bigint) =>
+  ((units - output) * inputPrice + output * outputPrice) / PRICE_SCALE;
+
+/** A job's model binding: sha256 of the model's name (UTF-8); no name = 32 zero bytes (any model). */
+export async function modelHash(name: string): Promise<Uint8Array> {
+  if (!name) return new Uint8Array(32);
+  if (!globalThis.crypto?.subtle) {
+    throw new UserError("Binding a job to a model hashes its name with WebCrypto, which needs a secure context: open the app over https or on localhost.", "input");
+  }
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", enc.encode(name)));
+}
+
+/** How a model binding reads (as tally_client::model_label): "any" when unbound, else the hash in hex. */
+export const modelLabel = (model: number[] | Uint8Array) => (Array.from(model).every((b) => b === 0) ? "any" : hex(model));
 
 export interface Signer {
   publicKey: PublicKey;
@@ -166,6 +192,25 @@ export class Chain {
 
   acc(name: string) {
     return (this.program.account as any)[name];
+  }
+
+  /**
+   * The accounts of one type in the current layout, and how many are in an older,
+   * shorter one (a layout-v1 job or revenue day that `tally admin migrate` or the
+   * oracle has not upgraded yet): those do not decode, so they are counted, not listed.
+   */
+  async accounts(name: string, filters: any[] = []): Promise<{ list: any[]; outdated: number }> {
+    const coder = this.program.coder.accounts;
+    const size: number = this.acc(name).size;
+    const every = await this.connection.getProgramAccounts(PROGRAM_ID, {
+      commitment: "confirmed",
+      filters: [{ memcmp: coder.memcmp(name) }, ...filters],
+    });
+    const current = every.filter((a) => a.account.data.length === size);
+    return {
+      list: current.map((a) => ({ publicKey: a.pubkey, account: coder.decode(name, a.account.data) })),
+      outdated: every.length - current.length,
+    };
   }
 
   /** Builds, simulates (before asking the wallet), signs in the wallet, sends and confirms. */

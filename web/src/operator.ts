@@ -1,7 +1,8 @@
 import { PublicKey } from "@solana/web3.js";
 import type { Page } from "./main";
 import {
-  ata, big, createAtaIdempotent, duration, formatAmount, JOB_STATUS, operatorPda, UserError, vaultPda, vaultTokensPda,
+  ata, big, createAtaIdempotent, duration, formatAmount, JOB_STATUS, operatorPda, TOKENS, UserError, vaultPda,
+  vaultTokensPda,
 } from "./chain";
 import { $, act, esc, short, showError } from "./ui";
 
@@ -88,7 +89,7 @@ export const operatorPage: Page = (root, ctx) => {
       });
     }
 
-    const jobs: any[] = await chain.acc("job").all([{ memcmp: { offset: 40, bytes: operator.toBase58() } }]);
+    const { list: jobs, outdated } = await chain.accounts("job", [{ memcmp: { offset: 40, bytes: operator.toBase58() } }]);
     const jobRows: string[] = [];
     for (const j of jobs.sort((a, b) => Number(big(b.account.openedAt) - big(a.account.openedAt)))) {
       const a = j.account;
@@ -103,7 +104,8 @@ export const operatorPage: Page = (root, ctx) => {
       jobRows.push(`<tr data-testid="operator-job" data-job="${j.publicKey.toBase58()}">
         <td class="mono"><a href="${chain.explorer(j.publicKey.toBase58(), "address")}" target="_blank">${short(j.publicKey.toBase58(), 6)}</a></td>
         <td>${esc(JOB_STATUS[a.status] ?? a.status)}</td>
-        <td data-testid="job-units" data-raw="${big(a.settledUnits)}">${big(a.settledUnits).toLocaleString()}</td>
+        <td data-testid="job-units" data-raw="${big(a.settledUnits)}" data-output="${big(a.settledOutput)}">${big(a.settledUnits).toLocaleString()}${
+          a.unitKind === TOKENS ? ` <span class="muted">(${big(a.settledOutput).toLocaleString()} output)</span>` : ""}</td>
         <td data-testid="job-gross" data-raw="${big(a.settledGross)}">${amt(big(a.settledGross))}</td>
         <td data-testid="job-fees" data-raw="${big(a.fees)}">${amt(big(a.fees))}</td>
         <td data-testid="job-net" data-raw="${net}">${amt(net)}</td>
@@ -111,9 +113,10 @@ export const operatorPage: Page = (root, ctx) => {
         <td data-testid="job-in-window" data-raw="${inWindow}">${amt(inWindow)}</td>
         <td>${amt(disputed)}</td></tr>`);
     }
-    $("#op-jobs", root).innerHTML = jobRows.length
+    $("#op-jobs", root).innerHTML = (jobRows.length
       ? `<table><tr><th>job</th><th>status</th><th>units</th><th>gross</th><th>fees</th><th>net earned</th><th>matured</th><th>in window</th><th>disputed</th></tr>${jobRows.join("")}</table>`
-      : `<p class="muted">No open jobs with this operator (closed jobs leave the chain; their totals stay in the earnings above).</p>`;
+      : `<p class="muted">No open jobs with this operator (closed jobs leave the chain; their totals stay in the earnings above).</p>`) +
+      (outdated ? `<p class="muted">${outdated} more job(s) in the old layout: they show once upgraded (tally admin migrate, or the oracle before it settles them).</p>` : "");
   };
   const loop = async () => {
     try {

@@ -2,8 +2,9 @@ import { BN } from "@anchor-lang/core";
 import { PublicKey, SystemProgram, type TransactionInstruction } from "@solana/web3.js";
 import type { Ctx, Page } from "./main";
 import {
-  ata, big, Chain, configPda, createAtaIdempotent, duration, formatAmount, hex, JOB_STATUS, jobPda, parseAmount,
-  syncNative, UNIT_KINDS, UserError, vaultPda, vaultTokensPda, WSOL, type MintInfo, type Signer,
+  ata, big, Chain, clientJobsPda, configPda, createAtaIdempotent, depositFor, duration, formatAmount, hex, JOB_STATUS,
+  jobPda, modelHash, modelLabel, parseAmount, syncNative, TOKENS, UNIT_KINDS, UserError, vaultPda, vaultTokensPda, WSOL,
+  type MintInfo, type Signer,
 } from "./chain";
 import { $, act, esc, short, showError } from "./ui";
 
@@ -28,19 +29,38 @@ async function fundingIxs(chain: Chain, owner: PublicKey, mint: MintInfo, amount
   return ixs;
 }
 
+/** Units of a kind, for prices per million of them ("input tokens" for tokens). */
+export const perMillion = (kind: number) => (kind === TOKENS ? "input tokens" : (UNIT_KINDS[kind] ?? "units"));
+
 export async function openJob(
   chain: Chain, signer: Signer,
-  o: { operator: PublicKey; mint: PublicKey; unitKind: number; price: bigint; units: bigint; deadline: number; cap: bigint },
+  o: {
+    operator: PublicKey; mint: PublicKey; unitKind: number; inputPrice: bigint; outputPrice: bigint; model: Uint8Array;
+    units: bigint; deadline: number; cap: bigint;
+  },
 ) {
+  if (o.outputPrice > 0n && o.unitKind !== TOKENS) {
+    throw new UserError(`An output price applies to tokens only: set it to 0 for ${UNIT_KINDS[o.unitKind] ?? "this unit kind"}.`, "input");
+  }
+  const deposit = depositFor(o.inputPrice, o.outputPrice, o.units);
+  if (deposit <= 0n) {
+    throw new UserError("The deposit would be 0: the budget at the higher price must come to at least one base unit (prices are per 1M units).", "input");
+  }
   const mint = await chain.mintInfo(o.mint);
   const client = signer.publicKey;
-  const jobId = BigInt(Date.now());
+  // Job ids only go up per client (ClientJobs): at least its next_job_id, else now in ms.
+  const clientJobs = clientJobsPda(client);
+  const ids = await chain.acc("clientJobs").fetchNullable(clientJobs);
+  const now = BigInt(Date.now());
+  const jobId = ids && big(ids.nextJobId) > now ? big(ids.nextJobId) : now;
   const job = jobPda(client, jobId);
   const ix = await chain.program.methods
     .openJob({
       jobId: new BN(jobId.toString()),
       unitKind: o.unitKind,
-      unitPrice: new BN(o.price.toString()),
+      inputPrice: new BN(o.inputPrice.toString()),
+      outputPrice: new BN(o.outputPrice.toString()),
+      model: Array.from(o.model),
       maxUnits: new BN(o.units.toString()),
       deadline: new BN(o.deadline),
       spendCapPerHour: new BN(o.cap.toString()),
@@ -48,10 +68,10 @@ export async function openJob(
     .accountsPartial({
       client, config: configPda(), operator: o.operator, mint: o.mint, vault: vaultPda(o.mint),
       vaultTokens: vaultTokensPda(o.mint), clientTokens: ata(client, o.mint, mint.tokenProgram), job,
-      tokenProgram: mint.tokenProgram, systemProgram: SystemProgram.programId,
+      tokenProgram: mint.tokenProgram, systemProgram: SystemProgram.programId, clientJobs,
     })
     .instruction();
-  const sig = await chain.send(signer, [...(await fundingIxs(chain, client, mint, o.price * o.units)), ix]);
+  const sig = await chain.send(signer, [...(await fundingIxs(chain, client, mint, deposit)), ix]);
   return { job, sig };
 }
 
@@ -68,8 +88,10 @@ export const payPage: Page = (root, ctx) => {
       <form id="open-form" class="grid">
         <label>Operator <select id="operator" data-testid="operator"></select></label>
         <label>Mint <select id="mint" data-testid="mint"></select></label>
-        <label>Unit <select id="unit-kind">${UNIT_KINDS.map((k, i) => `<option value="${i}">${k}</option>`).join("")}</select></label>
-        <label>Price per unit (base units) <input id="price" data-testid="price" value="10" inputmode="numeric"></label>
+        <label>Unit <select id="unit-kind" data-testid="unit-kind">${UNIT_KINDS.map((k, i) => `<option value="${i}">${k}</option>`).join("")}</select></label>
+        <label>Input price (base units per 1M) <input id="input-price" data-testid="input-price" value="10000000" inputmode="numeric"></label>
+        <label>Output price (base units per 1M) <input id="output-price" data-testid="output-price" value="10000000" inputmode="numeric"></label>
+        <label>Model (optional; empty = any) <input id="model" data-testid="model" placeholder="e.g. SmolLM2-135M-Instruct" autocomplete="off"></label>
         <label>Budget (units) <input id="units" data-testid="units" value="100000" inputmode="numeric"></label>
         <label>Runs for (hours) <input id="hours" value="24" inputmode="decimal"></label>
         <label>Spend cap per hour (base units, 0 = none) <input id="cap" value="0" inputmode="numeric"></label>
@@ -79,20 +101,39 @@ export const payPage: Page = (root, ctx) => {
     </section>
     <section>
       <h2>Your jobs</h2>
+      <p id="jobs-outdated" class="muted" data-testid="jobs-outdated"></p>
       <div id="jobs" data-testid="jobs"><p class="muted">${ctx.session ? "Loading…" : "Connect a wallet to see and open your jobs."}</p></div>
     </section>`;
 
   const mints = new Map<string, MintInfo>();
+  const kind = () => Number($<HTMLSelectElement>("#unit-kind", root).value);
   const updateDeposit = async () => {
     const mint = mints.get($<HTMLSelectElement>("#mint", root).value);
+    const out = $<HTMLOutputElement>("#deposit", root);
     try {
-      const d = BigInt($<HTMLInputElement>("#price", root).value) * BigInt($<HTMLInputElement>("#units", root).value);
-      $("#deposit", root).textContent = mint ? `${formatAmount(d, mint.decimals)} ${mint.symbol}` : String(d);
+      const value = (id: string) => BigInt($<HTMLInputElement>(id, root).value.trim());
+      const d = depositFor(value("#input-price"), kind() === TOKENS ? value("#output-price") : 0n, value("#units"));
+      out.dataset.raw = String(d);
+      out.textContent = (mint ? `${formatAmount(d, mint.decimals)} ${mint.symbol}` : String(d)) + (d > 0n ? "" : " (raise a price or the budget)");
     } catch {
-      $("#deposit", root).textContent = "—";
+      out.dataset.raw = "";
+      out.textContent = "—";
     }
   };
-  ["#price", "#units", "#mint"].forEach((s) => $(s, root).addEventListener("input", updateDeposit));
+  // The output price applies to tokens only: 0 and disabled for other kinds (its value comes back for tokens).
+  const outputPrice = $<HTMLInputElement>("#output-price", root);
+  $("#unit-kind", root).addEventListener("change", () => {
+    const tokens = kind() === TOKENS;
+    if (!tokens && !outputPrice.disabled) {
+      outputPrice.dataset.tokensValue = outputPrice.value;
+      outputPrice.value = "0";
+    } else if (tokens && outputPrice.disabled) {
+      outputPrice.value = outputPrice.dataset.tokensValue ?? "0";
+    }
+    outputPrice.disabled = !tokens;
+    void updateDeposit();
+  });
+  ["#input-price", "#output-price", "#units", "#mint"].forEach((s) => $(s, root).addEventListener("input", updateDeposit));
 
   (async () => {
     const [operators, vaults] = await Promise.all([chain.acc("operator").all(), chain.acc("vault").all()]);
@@ -125,10 +166,12 @@ export const payPage: Page = (root, ctx) => {
         return BigInt(v);
       };
       const hours = Number($<HTMLInputElement>("#hours", root).value);
+      const unitKind = kind();
       const { job, sig } = await openJob(chain, ctx.session, {
-        operator: new PublicKey(operator), mint: new PublicKey(mint),
-        unitKind: Number($<HTMLSelectElement>("#unit-kind", root).value),
-        price: num("#price"), units: num("#units"), cap: num("#cap"),
+        operator: new PublicKey(operator), mint: new PublicKey(mint), unitKind,
+        inputPrice: num("#input-price"), outputPrice: unitKind === TOKENS ? num("#output-price") : 0n,
+        model: await modelHash($<HTMLInputElement>("#model", root).value.trim()),
+        units: num("#units"), cap: num("#cap"),
         // The deadline is in the chain's time, as the program reads it.
         deadline: Math.floor((await chain.chainTime()) + hours * 3600),
       });
@@ -144,11 +187,14 @@ export const payPage: Page = (root, ctx) => {
   const refresh = async () => {
     if (!ctx.session) return;
     const client = ctx.session.publicKey;
-    const jobs: any[] = await chain.acc("job").all([{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
+    const { list: jobs, outdated } = await chain.accounts("job", [{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
     const now = await chain.chainTime();
     jobs.sort((a, b) => Number(big(b.account.jobId) - big(a.account.jobId)));
     const list = $("#jobs", root);
     if (!jobs.length && !cards.size) list.innerHTML = `<p class="muted">No open jobs for ${client.toBase58()}.</p>`;
+    $("#jobs-outdated", root).textContent = outdated
+      ? `${outdated} more job(s) in the old layout (one price per unit): they show once upgraded (tally admin migrate, or the oracle before it settles them).`
+      : "";
     const seen = new Set<string>();
     for (const j of jobs) {
       const key = j.publicKey.toBase58();
@@ -244,7 +290,9 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
 async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, job: any, now: number) {
   const mint = await chain.mintInfo(job.mint);
   const amt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
-  const units = big(job.settledUnits), gross = big(job.settledGross), escrow = big(job.escrowLeft);
+  const units = big(job.settledUnits), output = big(job.settledOutput), gross = big(job.settledGross), escrow = big(job.escrowLeft);
+  const tokens = job.unitKind === TOKENS, kind = UNIT_KINDS[job.unitKind] ?? "units";
+  const inputPrice = big(job.inputPrice), outputPrice = big(job.outputPrice), model = modelLabel(job.model);
   const opened = Number(big(job.openedAt)), lastEnd = Number(big(job.lastPeriodEnd)), deadline = Number(big(job.deadline));
   // Spend rate over the metered time so far; the escrow lasts escrow / rate at that rate.
   const elapsed = Math.max(1, lastEnd - opened);
@@ -253,12 +301,18 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
   const status = JOB_STATUS[job.status] ?? String(job.status);
   card.dataset.status = status;
   $(".state-line", card).textContent = status;
-  const stat = (id: string, label: string, raw: bigint | number | string, shown: string) =>
-    `<div><dt>${label}</dt><dd data-testid="${id}" data-raw="${raw}">${esc(shown)}</dd></div>`;
+  const stat = (id: string, label: string, raw: bigint | number | string, shown: string, attrs = "") =>
+    `<div><dt>${label}</dt><dd data-testid="${id}" data-raw="${raw}"${attrs}>${esc(shown)}</dd></div>`;
   $("dl.stats", card).innerHTML = [
     stat("operator", "Operator account", job.operator.toBase58(), short(job.operator.toBase58(), 6)),
-    stat("price", "Price", big(job.unitPrice), `${amt(big(job.unitPrice))} / ${UNIT_KINDS[job.unitKind] ?? "unit"}`),
-    stat("units-used", "Units used", units, `${units.toLocaleString()} of ${big(job.maxUnits).toLocaleString()}`),
+    stat("price", "Price", inputPrice,
+      `${amt(inputPrice)} per 1M ${perMillion(job.unitKind)}` + (tokens ? `, ${amt(outputPrice)} per 1M output tokens` : ""),
+      ` data-input-price="${inputPrice}" data-output-price="${outputPrice}"`),
+    stat("model", "Model", model, model === "any" ? "any" : `sha256 ${short(model, 8)}`, ` title="${model === "any" ? "any model" : `sha256 of the model's name: ${model}`}"`),
+    stat("units-used", tokens ? "Tokens used" : "Units used", units,
+      `${units.toLocaleString()} of ${big(job.maxUnits).toLocaleString()} ${kind}` +
+        (tokens ? ` (${(units - output).toLocaleString()} input + ${output.toLocaleString()} output)` : ""),
+      ` data-output="${output}"`),
     stat("spend", "Spend", gross, amt(gross)),
     stat("escrow-left", "Escrow left", escrow, amt(escrow)),
     stat("deposited", "Deposited", big(job.deposited), amt(big(job.deposited))),
@@ -279,11 +333,13 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
   if (rows.length >= job.receipts) card.dataset.receiptsFor = `${job.receipts}`;
   if (!rows.length) return;
   $(".receipts", card).className = "receipts";
-  $(".receipts", card).innerHTML = `<table data-testid="receipts"><tr><th>seq</th><th>cumulative units</th><th>units</th><th>gross</th><th>fee</th><th>escrow left</th><th>invoice hash</th><th>transaction</th></tr>
+  const outputOf = (d: any) => big(field(d, "output_units") ?? 0);
+  $(".receipts", card).innerHTML = `<table data-testid="receipts"><tr><th>seq</th><th>cumulative units</th><th>units</th><th>output tokens</th><th>gross</th><th>fee</th><th>escrow left</th><th>invoice hash</th><th>transaction</th></tr>
     ${rows
       .map(
-        ({ t, d }) => `<tr data-testid="receipt" data-seq="${field(d, "seq")}" data-invoice-hash="${hex(field(d, "invoice_hash"))}">
+        ({ t, d }) => `<tr data-testid="receipt" data-seq="${field(d, "seq")}" data-invoice-hash="${hex(field(d, "invoice_hash"))}" data-units="${big(field(d, "units"))}" data-output-units="${outputOf(d)}">
         <td>${field(d, "seq")}</td><td>${big(field(d, "cumulative_units")).toLocaleString()}</td><td>${big(field(d, "units")).toLocaleString()}</td>
+        <td>${tokens ? outputOf(d).toLocaleString() : "—"}</td>
         <td>${amt(big(field(d, "gross")))}</td><td>${amt(big(field(d, "fee")))}</td><td>${amt(big(field(d, "escrow_left")))}</td>
         <td class="mono" title="${hex(field(d, "invoice_hash"))}">${hex(field(d, "invoice_hash"))}</td>
         <td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 6)}</a></td></tr>`,

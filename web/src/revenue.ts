@@ -10,6 +10,8 @@ interface Day {
   gross: bigint;
   fees: bigint;
   units: bigint;
+  /** Output (completion) tokens within `units`. */
+  outputUnits: bigint;
   receipts: bigint;
   jobsStarted: bigint;
 }
@@ -52,7 +54,7 @@ export const revenuePage: Page = (root, ctx) => {
       settlement transactions behind it; their ReceiptSettled events are summed beside the account's figure.</p>
       <label>Mint <select id="rev-mint" data-testid="rev-mint"></select></label>
       <div id="rev-charts" class="charts" data-testid="charts"></div></section>
-    <section><h2>Per day</h2><div id="rev-table" data-testid="revenue-table">Loading…</div></section>
+    <section><h2>Per day</h2><p id="rev-outdated" class="muted"></p><div id="rev-table" data-testid="revenue-table">Loading…</div></section>
     <section id="rev-day" data-testid="revenue-day"><p class="muted">Pick a day (a bar or a figure) to list its transactions.</p></section>`;
 
   let byMint = new Map<string, { info: MintInfo; days: Day[] }>();
@@ -71,14 +73,14 @@ export const revenuePage: Page = (root, ctx) => {
     ).join("");
     const cell = (d: Day, k: string, v: bigint, money: boolean) =>
       `<td><a href="#/revenue" data-day="${d.day}" data-testid="rev-${k}" data-raw="${v}">${esc(fmt(money)(v))}</a></td>`;
-    const total = (k: "gross" | "fees" | "units" | "receipts" | "jobsStarted") => days.reduce((s, d) => s + d[k], 0n);
-    $("#rev-table", root).innerHTML = `<table><tr><th>day (UTC)</th><th>revenue</th><th>fees</th><th>operators' net</th><th>units</th><th>receipts</th><th>jobs started</th><th>account</th></tr>
+    const total = (k: "gross" | "fees" | "units" | "outputUnits" | "receipts" | "jobsStarted") => days.reduce((s, d) => s + d[k], 0n);
+    $("#rev-table", root).innerHTML = `<table><tr><th>day (UTC)</th><th>revenue</th><th>fees</th><th>operators' net</th><th>units</th><th>of which output tokens</th><th>receipts</th><th>jobs started</th><th>account</th></tr>
       ${[...days].reverse().map((d) => `<tr data-testid="revenue-row" data-day="${d.day}"><td>${dayLabel(d.day)}</td>
         ${cell(d, "gross", d.gross, true)}${cell(d, "fees", d.fees, true)}${cell(d, "net", d.gross - d.fees, true)}
-        ${cell(d, "units", d.units, false)}${cell(d, "receipts", d.receipts, false)}${cell(d, "jobs", d.jobsStarted, false)}
+        ${cell(d, "units", d.units, false)}${cell(d, "output", d.outputUnits, false)}${cell(d, "receipts", d.receipts, false)}${cell(d, "jobs", d.jobsStarted, false)}
         <td class="mono"><a href="${chain.explorer(d.address.toBase58(), "address")}" target="_blank" rel="noopener">${short(d.address.toBase58())}</a></td></tr>`).join("")}
       <tr><th>total</th><th>${fmt(true)(total("gross"))}</th><th>${fmt(true)(total("fees"))}</th><th>${fmt(true)(total("gross") - total("fees"))}</th>
-      <th>${total("units").toLocaleString()}</th><th>${total("receipts").toLocaleString()}</th><th>${total("jobsStarted").toLocaleString()}</th><th></th></tr></table>`;
+      <th>${total("units").toLocaleString()}</th><th>${total("outputUnits").toLocaleString()}</th><th>${total("receipts").toLocaleString()}</th><th>${total("jobsStarted").toLocaleString()}</th><th></th></tr></table>`;
     root.querySelectorAll<HTMLElement>("[data-day]").forEach((a) => {
       a.onclick = (e) => {
         e.preventDefault();
@@ -88,7 +90,10 @@ export const revenuePage: Page = (root, ctx) => {
   };
 
   const load = async () => {
-    const all: any[] = await chain.acc("revenue").all();
+    const { list: all, outdated } = await chain.accounts("revenue");
+    $("#rev-outdated", root).textContent = outdated
+      ? `${outdated} more day(s) in the old layout (no output counter) are left out until upgraded (tally admin migrate, or the oracle's next settlement that day).`
+      : "";
     const next = new Map<string, { info: MintInfo; days: Day[] }>();
     for (const r of all) {
       const info = await chain.mintInfo(r.account.mint);
@@ -96,7 +101,7 @@ export const revenuePage: Page = (root, ctx) => {
       if (!next.has(key)) next.set(key, { info, days: [] });
       next.get(key)!.days.push({
         day: r.account.day, address: r.publicKey, gross: big(r.account.gross), fees: big(r.account.fees),
-        units: big(r.account.units), receipts: big(r.account.receipts), jobsStarted: big(r.account.jobsStarted),
+        units: big(r.account.units), outputUnits: big(r.account.outputUnits), receipts: big(r.account.receipts), jobsStarted: big(r.account.jobsStarted),
       });
     }
     next.forEach((e) => e.days.sort((a, b) => a.day - b.day));
@@ -120,29 +125,30 @@ async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day
   const address = revenuePda(info.mint, day.day);
   const txs: TxEvents[] = await chain.history(address, 1000);
   const fmt = (v: bigint) => `${formatAmount(v, info.decimals)} ${info.symbol}`;
-  const sums = { gross: 0n, fees: 0n, units: 0n, receipts: 0n };
+  const sums = { gross: 0n, fees: 0n, units: 0n, output: 0n, receipts: 0n };
   const rows = txs
     .map((t) => {
       const ev = t.events.filter((e) => isReceipt(e.name));
-      const s = { gross: 0n, fees: 0n, units: 0n, receipts: 0n };
+      const s = { gross: 0n, fees: 0n, units: 0n, output: 0n, receipts: 0n };
       for (const e of ev) {
         const units = big(field(e.data, "units")), gross = big(field(e.data, "gross"));
         s.gross += gross;
         s.fees += big(field(e.data, "fee"));
         s.units += units;
+        s.output += big(field(e.data, "output_units") ?? 0);
         if (units > 0n || gross > 0n) s.receipts += 1n;
       }
       (Object.keys(sums) as (keyof typeof sums)[]).forEach((k) => (sums[k] += s[k]));
       const other = t.events.filter((e) => !isReceipt(e.name)).map((e) => e.name);
       return `<tr data-testid="revenue-tx" data-signature="${t.signature}"><td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 8)}</a></td>
         <td>${t.blockTime ? new Date(t.blockTime * 1000).toISOString().slice(11, 19) : ""}</td>
-        <td>${fmt(s.gross)}</td><td>${fmt(s.fees)}</td><td>${s.units.toLocaleString()}</td><td>${s.receipts}</td><td>${esc(other.join(", "))}</td></tr>`;
+        <td>${fmt(s.gross)}</td><td>${fmt(s.fees)}</td><td>${s.units.toLocaleString()}</td><td>${s.output.toLocaleString()}</td><td>${s.receipts}</td><td>${esc(other.join(", "))}</td></tr>`;
     })
     .join("");
-  const match = sums.gross === day.gross && sums.fees === day.fees && sums.units === day.units && sums.receipts === day.receipts;
+  const match = sums.gross === day.gross && sums.fees === day.fees && sums.units === day.units && sums.output === day.outputUnits && sums.receipts === day.receipts;
   box.innerHTML = `<h2>${dayLabel(day.day)}: ${txs.length} transactions</h2>
     <p data-testid="reconciled" data-match="${match}">${match ? "✓ The events of these transactions add up to the Revenue account's figures." : "The events listed do not add up to the account's figures (history may be truncated by the RPC node)."}</p>
-    <table><tr><th>transaction</th><th>time (UTC)</th><th>revenue</th><th>fees</th><th>units</th><th>receipts</th><th>other events</th></tr>${rows}
-    <tr><th>sum of events</th><th></th><th>${fmt(sums.gross)}</th><th>${fmt(sums.fees)}</th><th>${sums.units.toLocaleString()}</th><th>${sums.receipts}</th><th></th></tr>
-    <tr><th>Revenue account</th><th></th><th>${fmt(day.gross)}</th><th>${fmt(day.fees)}</th><th>${day.units.toLocaleString()}</th><th>${day.receipts}</th><th></th></tr></table>`;
+    <table><tr><th>transaction</th><th>time (UTC)</th><th>revenue</th><th>fees</th><th>units</th><th>output tokens</th><th>receipts</th><th>other events</th></tr>${rows}
+    <tr><th>sum of events</th><th></th><th>${fmt(sums.gross)}</th><th>${fmt(sums.fees)}</th><th>${sums.units.toLocaleString()}</th><th>${sums.output.toLocaleString()}</th><th>${sums.receipts}</th><th></th></tr>
+    <tr><th>Revenue account</th><th></th><th>${fmt(day.gross)}</th><th>${fmt(day.fees)}</th><th>${day.units.toLocaleString()}</th><th>${day.outputUnits.toLocaleString()}</th><th>${day.receipts}</th><th></th></tr></table>`;
 }
