@@ -623,7 +623,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        eprintln!("{}", tally_client::cli::revenue_table(&revenue));
+        eprintln!("{}", crate::output::revenue_table(&revenue));
         eprintln!();
         for (what, ok) in &checks {
             eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });
