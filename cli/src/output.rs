@@ -67,33 +67,35 @@ pub(crate) fn key_value(pairs: &[(&str, String)]) -> String {
 }
 
 /// A job's prices in words: base units of its mint per million units.
-fn price_text(job: &ops::JobView) -> String {
-    if job.unit_kind == "tokens" {
+fn price_text(view: &ops::JobView) -> String {
+    let job = &view.job;
+    if view.is_tokens() {
         format!(
             "{} per 1M input tokens, {} per 1M output tokens",
             job.input_price, job.output_price
         )
     } else {
-        format!("{} per 1M {}", job.input_price, job.unit_kind)
+        format!("{} per 1M {}", job.input_price, view.unit_kind_label())
     }
 }
 
-pub(crate) fn job_table(job: &ops::JobView) -> String {
+pub(crate) fn job_table(view: &ops::JobView) -> String {
+    let job = &view.job;
     key_value(&[
-        ("job", job.address.clone()),
+        ("job", view.address.to_string()),
         ("id", job.job_id.to_string()),
-        ("status", job.status.clone()),
-        ("client", job.client.clone()),
-        ("operator", job.operator.clone()),
-        ("mint", job.mint.clone()),
-        ("unit", job.unit_kind.clone()),
-        ("price", price_text(job)),
-        ("model", job.model.clone()),
+        ("status", view.status_label().to_string()),
+        ("client", job.client.to_string()),
+        ("operator", job.operator.to_string()),
+        ("mint", job.mint.to_string()),
+        ("unit", view.unit_kind_label().to_string()),
+        ("price", price_text(view)),
+        ("model", tally_client::model_label(&job.model)),
         ("deposited", job.deposited.to_string()),
         ("escrow left", job.escrow_left.to_string()),
         (
             "settled units",
-            if job.unit_kind == "tokens" {
+            if view.is_tokens() {
                 format!("{} ({} output)", job.settled_units, job.settled_output)
             } else {
                 job.settled_units.to_string()

@@ -104,14 +104,14 @@ pub(super) fn execute<C: Chain>(
             let jobs = ops::jobs(chain, client, operator.as_ref())?;
             let rows: Vec<Vec<String>> = jobs
                 .iter()
-                .map(|j| {
+                .map(|v| {
                     vec![
-                        j.address.clone(),
-                        j.job_id.to_string(),
-                        j.status.clone(),
-                        j.escrow_left.to_string(),
-                        j.settled_units.to_string(),
-                        j.settled_gross.to_string(),
+                        v.address.to_string(),
+                        v.job.job_id.to_string(),
+                        v.status_label().to_string(),
+                        v.job.escrow_left.to_string(),
+                        v.job.settled_units.to_string(),
+                        v.job.settled_gross.to_string(),
                     ]
                 })
                 .collect();

@@ -283,8 +283,6 @@ async fn a_job_key_signed_by_the_client_spends_its_new_job_with_no_config_edit_o
         )
         .unwrap()
         .address
-        .parse()
-        .unwrap()
     };
     // (The world's solvency check counts every job.)
     s.world.jobs.push(JobHandle {

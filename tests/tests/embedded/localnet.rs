@@ -288,8 +288,8 @@ fn client_oracle_claim_flow_over_rpc() {
         },
     )
     .unwrap();
-    let job_address: Pubkey = job.address.parse().unwrap();
-    assert_eq!(job.deposited, funded);
+    let job_address: Pubkey = job.address;
+    assert_eq!(job.job.deposited, funded);
     assert_eq!(ops::token_balance(&chain, &client_tokens).unwrap(), 0);
 
     // The client's requests go through the oracle gateway to a GPU worker; the
@@ -311,7 +311,7 @@ fn client_oracle_claim_flow_over_rpc() {
         tokio::spawn(Arc::clone(&worker).serve(upstream));
         let gateway = Gateway::new(GatewayConfig {
             upstream: upstream_url,
-            api_keys: HashMap::from([("client-key".to_string(), job.address.clone())]),
+            api_keys: HashMap::from([("client-key".to_string(), job.address.to_string())]),
             store_path: store_path.clone(),
             clock: Arc::clone(&clock),
         })
