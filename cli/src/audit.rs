@@ -5,7 +5,9 @@ use std::path::Path;
 use anchor_lang::prelude::Pubkey;
 use serde_json::json;
 use tally_client::chain::{ChainError, RpcChain};
-use tally_client::cli::{read_keypair, OutputFormat};
+use tally_client::config::read_keypair;
+
+use crate::args::OutputFormat;
 use tally_client::ops;
 use tally_oracle::audit::{self, Audit};
 

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anchor_lang::prelude::Pubkey;
 use anchor_spl::token_2022::spl_token_2022;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -395,7 +394,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
                 spend_cap_per_hour: 0,
             },
         )?;
-        jobs.push(view.address.parse::<Pubkey>().map_err(other)?);
+        jobs.push(view.address);
     }
     let stalled = jobs.pop().ok_or_else(|| other("no stalled job"))?;
     step(
@@ -623,7 +622,7 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        eprintln!("{}", tally_client::cli::revenue_table(&revenue));
+        eprintln!("{}", crate::output::revenue_table(&revenue));
         eprintln!();
         for (what, ok) in &checks {
             eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });

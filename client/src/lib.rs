@@ -24,7 +24,7 @@ pub use tally::ID as PROGRAM_ID;
 
 pub mod alt;
 pub mod chain;
-pub mod cli;
+pub mod config;
 pub mod deploy;
 pub mod event_log;
 pub mod ix;

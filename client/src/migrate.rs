@@ -52,7 +52,7 @@ impl Release {
             ))
         })?;
         let keypair = match keypair {
-            Some(path) if path.exists() => Some(crate::cli::read_keypair(path)?),
+            Some(path) if path.exists() => Some(crate::config::read_keypair(path)?),
             _ => None,
         };
         Ok(Self {
@@ -531,7 +531,7 @@ fn resolve_key(text: &str, base: &Path, admin: &Pubkey) -> Result<Pubkey> {
     }
     let path = base.join(text);
     if path.exists() {
-        return Ok(crate::cli::read_keypair(&path)?.pubkey());
+        return Ok(crate::config::read_keypair(&path)?.pubkey());
     }
     Err(other(format!(
         "`{text}` is neither `admin`, a public key, nor a keypair file (looked for {})",

@@ -227,82 +227,86 @@ pub fn register_operator(
     chain.send(&[instruction], authority, &[])
 }
 
-/// A job as the CLI shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// A job and its address, as the operations return it: the program's own type.
+/// Rendering does the formatting (the CLI's tables; this type's JSON, with keys in
+/// base58 and the status, unit kind and model binding as words).
+#[derive(Clone, Copy, Debug)]
 pub struct JobView {
-    pub address: String,
-    pub job_id: u64,
-    pub client: String,
-    pub operator: String,
-    pub mint: String,
-    pub status: String,
-    pub unit_kind: String,
-    /// Per million input tokens (or units), base units of the mint.
-    pub input_price: u64,
-    /// Per million output tokens (0 unless the units are tokens).
-    pub output_price: u64,
-    /// The model binding: `any`, or sha256 of the model's name in hex.
-    pub model: String,
-    pub max_units: u64,
-    pub deposited: u64,
-    pub escrow_left: u64,
-    pub settled_units: u64,
-    /// Output tokens within `settled_units`.
-    pub settled_output: u64,
-    pub settled_gross: u64,
-    pub fees: u64,
-    pub receipts: u32,
-    pub last_seq: u64,
-    pub deadline: i64,
-    pub spend_cap_per_hour: u64,
-    pub disputed_amount: u64,
+    pub address: Pubkey,
+    pub job: Job,
 }
 
 impl JobView {
     pub fn new(address: &Pubkey, job: &Job) -> Self {
-        let status = if job.disputed_amount > 0 {
-            "disputed"
-        } else {
-            match job.status() {
-                JobStatus::Open => "open",
-                JobStatus::Active => "active",
-                // Ended, kept while its share can still be disputed (`job close`).
-                JobStatus::Completed => "completed",
-                JobStatus::Cancelled => "cancelled",
-                JobStatus::Expired => "expired",
-            }
-        };
-        let unit_kind = match UnitKind::from_u8(job.unit_kind) {
+        Self {
+            address: *address,
+            job: *job,
+        }
+    }
+
+    /// `open`, `active`, `completed`, `cancelled`, `expired`, or `disputed` while a
+    /// dispute is open.
+    pub fn status_label(&self) -> &'static str {
+        if self.job.disputed_amount > 0 {
+            return "disputed";
+        }
+        match self.job.status() {
+            JobStatus::Open => "open",
+            JobStatus::Active => "active",
+            // Ended, kept while its share can still be disputed (`job close`).
+            JobStatus::Completed => "completed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Expired => "expired",
+        }
+    }
+
+    /// `tokens`, `gpu-seconds`, `requests`, `frames`.
+    pub fn unit_kind_label(&self) -> &'static str {
+        match UnitKind::from_u8(self.job.unit_kind) {
             Some(UnitKind::Tokens) => "tokens",
             Some(UnitKind::GpuSeconds) => "gpu-seconds",
             Some(UnitKind::Requests) => "requests",
             Some(UnitKind::Frames) => "frames",
             None => "unknown",
-        };
-        Self {
-            address: address.to_string(),
-            job_id: job.job_id,
-            client: job.client.to_string(),
-            operator: job.operator.to_string(),
-            mint: job.mint.to_string(),
-            status: status.to_string(),
-            unit_kind: unit_kind.to_string(),
-            input_price: job.input_price,
-            output_price: job.output_price,
-            model: crate::model_label(&job.model),
-            max_units: job.max_units,
-            deposited: job.deposited,
-            escrow_left: job.escrow_left,
-            settled_units: job.settled_units,
-            settled_output: job.settled_output,
-            settled_gross: job.settled_gross,
-            fees: job.fees,
-            receipts: job.receipts,
-            last_seq: job.last_seq,
-            deadline: job.deadline,
-            spend_cap_per_hour: job.spend_cap_per_hour,
-            disputed_amount: job.disputed_amount,
         }
+    }
+
+    pub fn is_tokens(&self) -> bool {
+        self.job.unit_kind == UnitKind::Tokens as u8
+    }
+}
+
+impl Serialize for JobView {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let j = &self.job;
+        serde_json::json!({
+            "address": self.address.to_string(),
+            "job_id": j.job_id,
+            "client": j.client.to_string(),
+            "operator": j.operator.to_string(),
+            "mint": j.mint.to_string(),
+            "status": self.status_label(),
+            "unit_kind": self.unit_kind_label(),
+            "input_price": j.input_price,
+            "output_price": j.output_price,
+            "model": crate::model_label(&j.model),
+            "max_units": j.max_units,
+            "deposited": j.deposited,
+            "escrow_left": j.escrow_left,
+            "settled_units": j.settled_units,
+            "settled_output": j.settled_output,
+            "settled_gross": j.settled_gross,
+            "fees": j.fees,
+            "receipts": j.receipts,
+            "last_seq": j.last_seq,
+            "deadline": j.deadline,
+            "spend_cap_per_hour": j.spend_cap_per_hour,
+            "disputed_amount": j.disputed_amount,
+        })
+        .serialize(serializer)
     }
 }
 
@@ -424,7 +428,7 @@ pub fn jobs(
             decode_job(&account.data).map(|job| JobView::new(&address, &job))
         })
         .collect();
-    out.sort_by(|a, b| (&a.client, a.job_id).cmp(&(&b.client, b.job_id)));
+    out.sort_by_key(|v| (v.job.client, v.job.job_id));
     Ok(out)
 }
 

@@ -210,7 +210,7 @@ impl LocalValidator {
     /// Uses a validator started elsewhere: its RPC URL and a funded wallet file
     /// (the program must already be there).
     pub fn attach(rpc_url: &str, wallet: &Path) -> Result<Self, String> {
-        let payer = tally_client::cli::read_keypair(wallet).map_err(|e| e.to_string())?;
+        let payer = tally_client::config::read_keypair(wallet).map_err(|e| e.to_string())?;
         let validator = Self {
             rpc_url: rpc_url.to_string(),
             payer,

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use solana_signer::Signer;
 use tally_client::chain::{Chain, RpcChain};
-use tally_client::cli::{
-    default_solana_config_path, read_keypair, read_solana_config, resolve_url,
-};
+use tally_client::config::{read_keypair, resolve, Resolved};
 use tally_oracle::config::OracleConfig;
 use tally_oracle::daemon::Daemon;
 use tally_oracle::OracleError;
@@ -62,33 +60,23 @@ fn invalid(message: String) -> OracleError {
 
 fn run(args: Args) -> Result<(), OracleError> {
     let mut config = OracleConfig::load(args.config.as_deref())?;
-    let solana = match default_solana_config_path() {
-        Some(path) => read_solana_config(&path)?,
-        None => tally_client::cli::SolanaCliConfig::default(),
-    };
     if args.url.is_some() {
         config.url.clone_from(&args.url);
     }
     if args.keypair.is_some() {
         config.keypair.clone_from(&args.keypair);
     }
-    let url = resolve_url(
-        config
-            .url
-            .as_deref()
-            .or(solana.json_rpc_url.as_deref())
-            .unwrap_or("localhost"),
-    );
-    let keypair_path = config
-        .keypair
-        .clone()
-        .or_else(|| solana.keypair_path.clone().map(PathBuf::from))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/solana/id.json"))
-        })
-        .ok_or_else(|| {
-            invalid("no keypair: set `keypair` in the config or pass --keypair".into())
-        })?;
+    // As the Solana CLI resolves them: this config (or the flags), else the Solana
+    // CLI config, else localhost and ~/.config/solana/id.json.
+    let Resolved {
+        url,
+        keypair: keypair_path,
+    } = resolve(
+        config.url.as_deref(),
+        config.keypair.as_deref(),
+        None,
+        "localhost",
+    )?;
     if args.print_config {
         let mut shown = config.redacted();
         shown.url = Some(url);

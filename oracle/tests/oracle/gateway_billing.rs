@@ -283,8 +283,6 @@ async fn a_job_key_signed_by_the_client_spends_its_new_job_with_no_config_edit_o
         )
         .unwrap()
         .address
-        .parse()
-        .unwrap()
     };
     // (The world's solvency check counts every job.)
     s.world.jobs.push(JobHandle {
@@ -294,21 +292,21 @@ async fn a_job_key_signed_by_the_client_spends_its_new_job_with_no_config_edit_o
         client_tokens: s.client.tokens,
         mint: s.world.mint,
     });
-    let line = format!("tally --output json job key {job} --expires-in 1h --limit 50000");
-    let cli =
-        <tally_client::cli::Cli as clap::Parser>::try_parse_from(line.split_whitespace()).unwrap();
-    let output = tally_client::cli::execute(
-        &cli.command,
-        &mut *s.chain.lock().unwrap(),
+    // A key as `tally job key JOB --expires-in 1h --limit 50000` makes it (the
+    // command itself: the cli crate's tests).
+    let made = ops::job_key(
+        &*s.chain.lock().unwrap(),
         &s.client.wallet,
+        &job,
+        3_600,
+        Some(50_000),
     )
     .unwrap();
-    let key = output.json["key"].as_str().unwrap().to_string();
-    assert_eq!(output.json["spend_limit"], 50_000);
+    let key = made.key.clone();
+    assert_eq!(made.spend_limit, Some(50_000));
     // Another wallet cannot make keys for the job.
     let stranger = Keypair::new();
-    let err = tally_client::cli::execute(&cli.command, &mut *s.chain.lock().unwrap(), &stranger)
-        .unwrap_err();
+    let err = ops::job_key(&*s.chain.lock().unwrap(), &stranger, &job, 3_600, None).unwrap_err();
     assert!(err.to_string().contains("was opened by"), "{err}");
 
     let answer = s.chat(&key, &chat(9, false)).await;

@@ -5,8 +5,9 @@ use clap::Parser;
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::state::{Config, Operator};
+use tally_cli::{execute, Cli, Output};
 use tally_client::chain::ChainError;
-use tally_client::cli::{execute, resolve_url, Cli, Output};
+use tally_client::config::resolve_url;
 use tally_client::pda;
 use tally_tests::{expect_ok, JobSpec, TestEnv, World};
 
@@ -17,7 +18,11 @@ fn run(world: &mut World, signer: &Keypair, line: &str) -> Result<Output, ChainE
 fn run_env(env: &mut TestEnv, signer: &Keypair, line: &str) -> Result<Output, ChainError> {
     let args = std::iter::once("tally").chain(line.split_whitespace());
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
-    execute(&cli.command, &mut **env, signer)
+    execute(
+        cli.chain_command().expect("a chain command"),
+        &mut **env,
+        signer,
+    )
 }
 
 #[test]
@@ -315,4 +320,29 @@ fn cluster_monikers_follow_the_solana_cli() {
     assert_eq!(resolve_url("devnet"), "https://api.devnet.solana.com");
     assert_eq!(resolve_url("m"), "https://api.mainnet-beta.solana.com");
     assert_eq!(resolve_url("http://10.0.0.1:8899"), "http://10.0.0.1:8899");
+}
+
+#[test]
+fn a_client_makes_a_job_key_and_a_stranger_cannot() {
+    let mut world = World::builder().build();
+    let operator = world.operator();
+    let client = world.client(5_000_000);
+    let job = world.open_job(&client, &operator, 1, JobSpec::default());
+    let wallet = client.wallet.insecure_clone();
+    let line = format!(
+        "--output json job key {} --expires-in 1h --limit 50000",
+        job.address
+    );
+    let made = run(&mut world, &wallet, &line).unwrap();
+    let key = made.json["key"].as_str().unwrap();
+    assert!(key.starts_with("tally_k1_"), "{key}");
+    assert_eq!(made.json["spend_limit"], 50_000);
+    let claims = tally_client::job_key::JobKey::parse(key).unwrap().claims;
+    assert_eq!(
+        (claims.job, claims.expires_at - world.env.now()),
+        (job.address, 3_600)
+    );
+    let stranger = world.env.wallet(1_000_000_000);
+    let err = run(&mut world, &stranger, &line).unwrap_err();
+    assert!(err.to_string().contains("was opened by"), "{err}");
 }

@@ -288,8 +288,8 @@ fn client_oracle_claim_flow_over_rpc() {
         },
     )
     .unwrap();
-    let job_address: Pubkey = job.address.parse().unwrap();
-    assert_eq!(job.deposited, funded);
+    let job_address: Pubkey = job.address;
+    assert_eq!(job.job.deposited, funded);
     assert_eq!(ops::token_balance(&chain, &client_tokens).unwrap(), 0);
 
     // The client's requests go through the oracle gateway to a GPU worker; the
@@ -311,7 +311,7 @@ fn client_oracle_claim_flow_over_rpc() {
         tokio::spawn(Arc::clone(&worker).serve(upstream));
         let gateway = Gateway::new(GatewayConfig {
             upstream: upstream_url,
-            api_keys: HashMap::from([("client-key".to_string(), job.address.clone())]),
+            api_keys: HashMap::from([("client-key".to_string(), job.address.to_string())]),
             store_path: store_path.clone(),
             clock: Arc::clone(&clock),
         })
@@ -556,13 +556,12 @@ fn migrations_deploy_through_the_loader_and_rerun_changes_nothing() {
     let line = ["tally", "admin", "migrate", manifest.to_str().unwrap()];
 
     // Dry run: the plan, nothing sent.
-    let dry =
-        tally_client::cli::Cli::try_parse_from(line.iter().copied().chain(["--dry-run"])).unwrap();
+    let dry = tally_cli::Cli::try_parse_from(line.iter().copied().chain(["--dry-run"])).unwrap();
     let mut counting = Counting {
         inner: &mut chain,
         sent: 0,
     };
-    let planned = tally_client::cli::execute(&dry.command, &mut counting, &admin).unwrap();
+    let planned = tally_cli::execute(dry.chain_command().unwrap(), &mut counting, &admin).unwrap();
     assert_eq!(counting.sent, 0);
     assert_eq!(
         planned.json["steps"].as_array().unwrap().len(),
@@ -571,9 +570,9 @@ fn migrations_deploy_through_the_loader_and_rerun_changes_nothing() {
         planned.table
     );
 
-    let cli = tally_client::cli::Cli::try_parse_from(line).unwrap();
+    let cli = tally_cli::Cli::try_parse_from(line).unwrap();
     let start = Instant::now();
-    let out = tally_client::cli::execute(&cli.command, &mut chain, &admin)
+    let out = tally_cli::execute(cli.chain_command().unwrap(), &mut chain, &admin)
         .unwrap_or_else(|e| panic!("migrate failed: {e}"));
     let sent = out.json["transactions"].as_u64().unwrap();
     eprintln!(
@@ -607,7 +606,7 @@ fn migrations_deploy_through_the_loader_and_rerun_changes_nothing() {
         inner: &mut chain,
         sent: 0,
     };
-    let again = tally_client::cli::execute(&cli.command, &mut counting, &admin).unwrap();
+    let again = tally_cli::execute(cli.chain_command().unwrap(), &mut counting, &admin).unwrap();
     assert_eq!(counting.sent, 0, "{}", again.table);
     assert_eq!(again.json["changed"], false);
     assert!(

@@ -377,7 +377,7 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
                 },
             )
             .unwrap();
-            view.address.parse().unwrap()
+            view.address
         })
         .collect();
     assert_eq!(ops::token_balance(chain, &client_tokens).unwrap(), 0);

@@ -1,0 +1,107 @@
+//! `tally operator …`: register, update, earnings, claim.
+use solana_keypair::Keypair;
+use solana_signer::Signer;
+use tally_client::chain::{Chain, ChainError};
+use tally_client::ops;
+
+use crate::args::{OperatorCommand, OperatorFields};
+use tally_client::{OperatorArgs, Pubkey};
+
+use crate::output::{table, Output};
+
+fn operator_args(fields: &OperatorFields, signer: &Keypair) -> OperatorArgs {
+    OperatorArgs {
+        payout_owner: fields.payout.unwrap_or_else(|| signer.pubkey()),
+        node_keys: fields.node_keys.clone(),
+    }
+}
+
+pub(super) fn execute<C: Chain>(
+    command: &OperatorCommand,
+    chain: &mut C,
+    signer: &Keypair,
+) -> Result<Output, ChainError> {
+    match command {
+        OperatorCommand::Register(fields) | OperatorCommand::Update(fields) => {
+            let update = matches!(command, OperatorCommand::Update(_));
+            let args = operator_args(fields, signer);
+            ops::register_operator(chain, signer, args.clone(), update)?;
+            let verb = if update { "updated" } else { "registered" };
+            Ok(Output::message(
+                format!(
+                    "operator {} {verb}: payouts to {}, {} node key(s)",
+                    tally_client::pda::operator(&signer.pubkey()),
+                    args.payout_owner,
+                    args.node_keys.len()
+                ),
+                serde_json::json!({
+                    "operator": tally_client::pda::operator(&signer.pubkey()).to_string(),
+                    "payout_owner": args.payout_owner.to_string(),
+                }),
+            ))
+        }
+        OperatorCommand::Claim => {
+            let mut claimed = Vec::new();
+            for e in ops::earnings(chain, &signer.pubkey())? {
+                if e.claimable == 0 {
+                    continue;
+                }
+                let mint: Pubkey = e
+                    .mint
+                    .parse()
+                    .map_err(|_| ChainError::Other(format!("bad mint {}", e.mint)))?;
+                let amount = ops::claim(chain, signer, &mint)?;
+                claimed.push(serde_json::json!({ "mint": e.mint, "amount": amount }));
+            }
+            let text = if claimed.is_empty() {
+                "nothing to claim yet: earnings mature after the challenge window".to_string()
+            } else {
+                claimed
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "claimed {} in {}",
+                            c["amount"],
+                            c["mint"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Output::message(text, serde_json::Value::Array(claimed)))
+        }
+        OperatorCommand::Earnings { operator } => {
+            let authority = operator.unwrap_or_else(|| signer.pubkey());
+            let views = ops::earnings(chain, &authority)?;
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.mint.clone(),
+                        e.claimable.to_string(),
+                        e.pending.to_string(),
+                        e.frozen.to_string(),
+                        e.total_earned.to_string(),
+                        e.total_claimed.to_string(),
+                    ]
+                })
+                .collect();
+            let text = if rows.is_empty() {
+                format!("no earnings yet for {authority}")
+            } else {
+                table(
+                    &[
+                        "mint",
+                        "claimable",
+                        "in window",
+                        "disputed",
+                        "earned",
+                        "claimed",
+                    ],
+                    &rows,
+                )
+            };
+            Ok(Output::of(&views, text))
+        }
+    }
+}
