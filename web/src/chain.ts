@@ -1,9 +1,11 @@
+// The cluster: its connection, the Anchor client of the program (from the IDL), sending
+// transactions through a wallet and explaining their failures, events, mint info, and
+// amount formatting. What Tally's accounts, addresses and transactions are: tally.ts.
 import { AnchorError, AnchorProvider, BN, EventParser, Program, type Idl } from "@anchor-lang/core";
 import {
   Connection,
   PublicKey,
   SYSVAR_CLOCK_PUBKEY,
-  SystemProgram,
   TransactionInstruction,
   TransactionMessage,
   VersionedTransaction,
@@ -13,70 +15,10 @@ import idlJson from "../../idl/tally.json";
 export const idl = idlJson as unknown as Idl;
 export const PROGRAM_ID = new PublicKey((idlJson as any).address);
 export const WSOL = new PublicKey("So11111111111111111111111111111111111111112");
-export const TOKEN_PROGRAM = new PublicKey("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA");
-export const ATA_PROGRAM = new PublicKey("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL");
 export const DEFAULT_CLUSTER = "http://127.0.0.1:8899";
-
-const enc = new TextEncoder();
-const pda = (seeds: (Uint8Array | Buffer)[]) => PublicKey.findProgramAddressSync(seeds, PROGRAM_ID)[0];
-const u64le = (v: bigint) => {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, v, true);
-  return b;
-};
-const u32le = (v: number) => {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-};
-
-// Seeds: programs/tally/src/state/seeds.rs.
-export const configPda = () => pda([enc.encode("config")]);
-export const vaultPda = (mint: PublicKey) => pda([enc.encode("vault"), mint.toBytes()]);
-export const vaultTokensPda = (mint: PublicKey) => pda([enc.encode("vault_tokens"), mint.toBytes()]);
-export const operatorPda = (authority: PublicKey) => pda([enc.encode("operator"), authority.toBytes()]);
-export const earningsPda = (operator: PublicKey, mint: PublicKey) =>
-  pda([enc.encode("earnings"), operator.toBytes(), mint.toBytes()]);
-export const jobPda = (client: PublicKey, jobId: bigint) => pda([enc.encode("job"), client.toBytes(), u64le(jobId)]);
-export const revenuePda = (mint: PublicKey, day: number) => pda([enc.encode("revenue"), mint.toBytes(), u32le(day)]);
-export const clientJobsPda = (client: PublicKey) => pda([enc.encode("client_jobs"), client.toBytes()]);
-export const ata = (owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) =>
-  PublicKey.findProgramAddressSync([owner.toBytes(), tokenProgram.toBytes(), mint.toBytes()], ATA_PROGRAM)[0];
-
-/** Days since the Unix epoch (UTC), the Revenue account's key. */
-export const utcDay = (unixSecs: number) => Math.floor(unixSecs / 86400);
-export const dayLabel = (day: number) => new Date(day * 86400 * 1000).toISOString().slice(0, 10);
-
-export const UNIT_KINDS = ["tokens", "GPU-seconds", "requests", "frames"];
-/** Unit kind 0: the only kind with an output (completion) price and output counter. */
-export const TOKENS = 0;
-export const JOB_STATUS = ["open", "active", "completed", "cancelled", "expired"];
 
 export const big = (v: BN | number | bigint): bigint => (typeof v === "bigint" ? v : BigInt(v.toString()));
 export const hex = (bytes: number[] | Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-
-/** Prices are in base units per million units (programs/tally/src/payout.rs, PRICE_SCALE). */
-export const PRICE_SCALE = 1_000_000n;
-
-/** What `open_job` escrows (payout::deposit_for): every unit at the higher price, rounded down. */
-export const depositFor = (inputPrice: bigint, outputPrice: bigint, maxUnits: bigint) =>
-  (maxUnits * (inputPrice > outputPrice ? inputPrice : outputPrice)) / PRICE_SCALE;
-
-/** What cumulative usage costs (payout::amount_owed): input and output tokens at their prices, rounded down. */
-export const amountOwed = (inputPrice: bigint, outputPrice: bigint, units: bigint, output: bigint) =>
-  ((units - output) * inputPrice + output * outputPrice) / PRICE_SCALE;
-
-/** A job's model binding: sha256 of the model's name (UTF-8); no name = 32 zero bytes (any model). */
-export async function modelHash(name: string): Promise<Uint8Array> {
-  if (!name) return new Uint8Array(32);
-  if (!globalThis.crypto?.subtle) {
-    throw new UserError("Binding a job to a model hashes its name with WebCrypto, which needs a secure context: open the app over https or on localhost.", "input");
-  }
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", enc.encode(name)));
-}
-
-/** How a model binding reads (as tally_client::model_label): "any" when unbound, else the hash in hex. */
-export const modelLabel = (model: number[] | Uint8Array) => (Array.from(model).every((b) => b === 0) ? "any" : hex(model));
 
 export interface Signer {
   publicKey: PublicKey;
@@ -127,7 +69,10 @@ export class Chain {
     return this.clusterName === "custom" ? "solana:localnet" : `solana:${this.clusterName}`;
   }
 
-  /** Is this a cluster, with the program deployed and configured? Throws a UserError otherwise. */
+  /**
+   * Is this a cluster, with the program deployed? Throws a UserError otherwise.
+   * (tally.ts's checkCluster also wants it initialized.)
+   */
   async check(): Promise<string> {
     let genesis: string;
     try {
@@ -144,13 +89,6 @@ export class Chain {
       throw new UserError(
         `Wrong cluster: the Tally program ${PROGRAM_ID.toBase58()} is not deployed on ${this.url} (${this.clusterName}, genesis ${genesis.slice(0, 8)}…). Pick the cluster it is deployed on, or deploy it: tally admin migrate.`,
         "program",
-      );
-    }
-    const config = await this.connection.getAccountInfo(configPda());
-    if (!config) {
-      throw new UserError(
-        `The Tally program is deployed on ${this.url} but not initialized (no config account): run tally admin migrate.`,
-        "config",
       );
     }
     return `${this.clusterName} · ${this.url}`;
@@ -330,30 +268,6 @@ export function explainWalletError(e: unknown): UserError {
     return new UserError(`Signature rejected in the wallet: nothing was sent. (${msg})`, "rejected");
   }
   return new UserError(`The wallet could not sign: ${msg}`, "wallet");
-}
-
-// Token helpers (SPL Token / Token-2022 share these instruction layouts).
-export function createAtaIdempotent(payer: PublicKey, owner: PublicKey, mint: PublicKey, tokenProgram: PublicKey) {
-  return new TransactionInstruction({
-    programId: ATA_PROGRAM,
-    keys: [
-      { pubkey: payer, isSigner: true, isWritable: true },
-      { pubkey: ata(owner, mint, tokenProgram), isSigner: false, isWritable: true },
-      { pubkey: owner, isSigner: false, isWritable: false },
-      { pubkey: mint, isSigner: false, isWritable: false },
-      { pubkey: SystemProgram.programId, isSigner: false, isWritable: false },
-      { pubkey: tokenProgram, isSigner: false, isWritable: false },
-    ],
-    data: Buffer.from([1]),
-  });
-}
-
-export function syncNative(account: PublicKey) {
-  return new TransactionInstruction({
-    programId: TOKEN_PROGRAM,
-    keys: [{ pubkey: account, isSigner: false, isWritable: true }],
-    data: Buffer.from([17]),
-  });
 }
 
 export function formatAmount(base: bigint, decimals: number): string {

@@ -1,19 +1,13 @@
 import "./polyfill";
 import "./style.css";
 import { Chain, DEFAULT_CLUSTER } from "./chain";
+import type { Ctx, Page } from "./page";
+import { checkCluster } from "./tally";
 import { Session, solanaWallets, onWalletsChanged } from "./wallet";
 import { $, esc, short, showError, showMessage } from "./ui";
 import { payPage } from "./pay";
 import { operatorPage } from "./operator";
 import { revenuePage } from "./revenue";
-
-export interface Ctx {
-  chain: Chain;
-  session: Session | null;
-  /** Set when the cluster checks out; pages show nothing chain-bound otherwise. */
-  ready: boolean;
-}
-export type Page = (root: HTMLElement, ctx: Ctx) => () => void;
 
 const pages: Record<string, Page> = { pay: payPage, operator: operatorPage, revenue: revenuePage };
 const params = new URLSearchParams(location.search);
@@ -44,7 +38,7 @@ async function useCluster(url: string) {
   status.textContent = `Checking ${url}…`;
   status.className = "";
   try {
-    status.textContent = `Connected: ${await ctx.chain.check()}`;
+    status.textContent = `Connected: ${await checkCluster(ctx.chain)}`;
     status.className = "ok";
     ctx.ready = true;
     showMessage("");

@@ -1,9 +1,7 @@
 import { PublicKey } from "@solana/web3.js";
-import type { Page } from "./main";
-import {
-  ata, big, createAtaIdempotent, duration, formatAmount, JOB_STATUS, operatorPda, TOKENS, UserError, vaultPda,
-  vaultTokensPda,
-} from "./chain";
+import type { Page } from "./page";
+import { big, duration, formatAmount, UserError } from "./chain";
+import { claim, fetchOperator, JOB_STATUS, operatorEarnings, operatorJobs, operatorPda, TOKENS } from "./tally";
 import { $, act, esc, short, showError } from "./ui";
 
 export const operatorPage: Page = (root, ctx) => {
@@ -29,7 +27,7 @@ export const operatorPage: Page = (root, ctx) => {
   let claiming = false;
   let timer: number | undefined;
   const refresh = async () => {
-    const op = await chain.acc("operator").fetchNullable(operator);
+    const op = await fetchOperator(chain, operator);
     if (!op) {
       $("#op-info", root).innerHTML = `${authority.toBase58()} is not a registered operator on this cluster: register with <code>tally operator register --payout &lt;OWNER&gt; --node-key &lt;KEY&gt;</code>.`;
       return;
@@ -39,7 +37,7 @@ export const operatorPage: Page = (root, ctx) => {
     $("#op-info", root).innerHTML = `account <a href="${chain.explorer(operator.toBase58(), "address")}" target="_blank">${operator.toBase58()}</a><br>
       payout owner ${op.payoutOwner.toBase58()} · node keys ${op.nodeKeys.map((k: PublicKey) => short(k.toBase58())).join(", ") || "none"} · jobs opened ${op.jobsOpened}`;
 
-    const earnings: any[] = await chain.acc("earnings").all([{ memcmp: { offset: 8, bytes: operator.toBase58() } }]);
+    const earnings = await operatorEarnings(chain, operator);
     const rows: string[] = [];
     for (const e of earnings) {
       const mint = await chain.mintInfo(e.account.mint);
@@ -69,18 +67,7 @@ export const operatorPage: Page = (root, ctx) => {
           claiming = true;
           void act(b, "Claiming…", async () => {
             if (!ctx.session) throw new UserError("Connect the operator wallet.", "wallet");
-            const mintKey = new PublicKey(b.dataset.mint!);
-            const mint = await chain.mintInfo(mintKey);
-            const payout = ata(op.payoutOwner, mintKey, mint.tokenProgram);
-            const ix = await chain.program.methods
-              .claim()
-              .accountsPartial({
-                authority, operator, mint: mintKey, vault: vaultPda(mintKey), vaultTokens: vaultTokensPda(mintKey),
-                earnings: earnings.find((e) => e.account.mint.equals(mintKey))!.publicKey,
-                payoutTokens: payout, tokenProgram: mint.tokenProgram,
-              })
-              .instruction();
-            const sig = await chain.send(ctx.session, [createAtaIdempotent(authority, op.payoutOwner, mintKey, mint.tokenProgram), ix]);
+            const { payout, sig } = await claim(chain, ctx.session, op.payoutOwner, new PublicKey(b.dataset.mint!));
             claiming = false;
             await refresh();
             return `Claimed to ${payout.toBase58()} (transaction ${sig}).`;
@@ -89,7 +76,7 @@ export const operatorPage: Page = (root, ctx) => {
       });
     }
 
-    const { list: jobs, outdated } = await chain.accounts("job", [{ memcmp: { offset: 40, bytes: operator.toBase58() } }]);
+    const { list: jobs, outdated } = await operatorJobs(chain, operator);
     const jobRows: string[] = [];
     for (const j of jobs.sort((a, b) => Number(big(b.account.openedAt) - big(a.account.openedAt)))) {
       const a = j.account;

@@ -1,79 +1,14 @@
-import { BN } from "@anchor-lang/core";
-import { PublicKey, SystemProgram, type TransactionInstruction } from "@solana/web3.js";
-import type { Ctx, Page } from "./main";
+import { PublicKey } from "@solana/web3.js";
+import type { Ctx, Page } from "./page";
+import { big, duration, formatAmount, hex, parseAmount, UserError, type Chain, type MintInfo } from "./chain";
 import {
-  ata, big, Chain, clientJobsPda, configPda, createAtaIdempotent, depositFor, duration, formatAmount, hex, JOB_STATUS,
-  jobPda, modelHash, modelLabel, parseAmount, syncNative, TOKENS, UNIT_KINDS, UserError, vaultPda, vaultTokensPda, WSOL,
-  type MintInfo, type Signer,
-} from "./chain";
+  acceptedMints, cancelJob, clientJobs, depositFor, field, JOB_STATUS, jobReceipts, modelHash, modelLabel, openJob,
+  operators, TOKENS, topUp, UNIT_KINDS,
+} from "./tally";
 import { $, act, esc, short, showError } from "./ui";
 
-/** The coder camel-cases IDL names ("receiptSettled"). */
-export const isReceipt = (name: string) => name.toLowerCase() === "receiptsettled";
-
-/** Reads an event field whichever casing the coder used. */
-export const field = (data: any, snake: string) =>
-  data[snake] ?? data[snake.replace(/_([a-z])/g, (_, c) => c.toUpperCase())];
-
-/** Wraps SOL into the payer's wSOL account when the mint is wrapped SOL (the client wraps it for the user). */
-async function fundingIxs(chain: Chain, owner: PublicKey, mint: MintInfo, amount: bigint): Promise<TransactionInstruction[]> {
-  const tokens = ata(owner, mint.mint, mint.tokenProgram);
-  const ixs = [createAtaIdempotent(owner, owner, mint.mint, mint.tokenProgram)];
-  if (mint.mint.equals(WSOL)) {
-    const have = await chain.tokenBalance(tokens);
-    if (amount > have) {
-      ixs.push(SystemProgram.transfer({ fromPubkey: owner, toPubkey: tokens, lamports: amount - have }));
-      ixs.push(syncNative(tokens));
-    }
-  }
-  return ixs;
-}
-
 /** Units of a kind, for prices per million of them ("input tokens" for tokens). */
-export const perMillion = (kind: number) => (kind === TOKENS ? "input tokens" : (UNIT_KINDS[kind] ?? "units"));
-
-export async function openJob(
-  chain: Chain, signer: Signer,
-  o: {
-    operator: PublicKey; mint: PublicKey; unitKind: number; inputPrice: bigint; outputPrice: bigint; model: Uint8Array;
-    units: bigint; deadline: number; cap: bigint;
-  },
-) {
-  if (o.outputPrice > 0n && o.unitKind !== TOKENS) {
-    throw new UserError(`An output price applies to tokens only: set it to 0 for ${UNIT_KINDS[o.unitKind] ?? "this unit kind"}.`, "input");
-  }
-  const deposit = depositFor(o.inputPrice, o.outputPrice, o.units);
-  if (deposit <= 0n) {
-    throw new UserError("The deposit would be 0: the budget at the higher price must come to at least one base unit (prices are per 1M units).", "input");
-  }
-  const mint = await chain.mintInfo(o.mint);
-  const client = signer.publicKey;
-  // Job ids only go up per client (ClientJobs): at least its next_job_id, else now in ms.
-  const clientJobs = clientJobsPda(client);
-  const ids = await chain.acc("clientJobs").fetchNullable(clientJobs);
-  const now = BigInt(Date.now());
-  const jobId = ids && big(ids.nextJobId) > now ? big(ids.nextJobId) : now;
-  const job = jobPda(client, jobId);
-  const ix = await chain.program.methods
-    .openJob({
-      jobId: new BN(jobId.toString()),
-      unitKind: o.unitKind,
-      inputPrice: new BN(o.inputPrice.toString()),
-      outputPrice: new BN(o.outputPrice.toString()),
-      model: Array.from(o.model),
-      maxUnits: new BN(o.units.toString()),
-      deadline: new BN(o.deadline),
-      spendCapPerHour: new BN(o.cap.toString()),
-    })
-    .accountsPartial({
-      client, config: configPda(), operator: o.operator, mint: o.mint, vault: vaultPda(o.mint),
-      vaultTokens: vaultTokensPda(o.mint), clientTokens: ata(client, o.mint, mint.tokenProgram), job,
-      tokenProgram: mint.tokenProgram, systemProgram: SystemProgram.programId, clientJobs,
-    })
-    .instruction();
-  const sig = await chain.send(signer, [...(await fundingIxs(chain, client, mint, deposit)), ix]);
-  return { job, sig };
-}
+const perMillion = (kind: number) => (kind === TOKENS ? "input tokens" : (UNIT_KINDS[kind] ?? "units"));
 
 export const payPage: Page = (root, ctx) => {
   if (!ctx.ready) {
@@ -136,16 +71,13 @@ export const payPage: Page = (root, ctx) => {
   ["#input-price", "#output-price", "#units", "#mint"].forEach((s) => $(s, root).addEventListener("input", updateDeposit));
 
   (async () => {
-    const [operators, vaults] = await Promise.all([chain.acc("operator").all(), chain.acc("vault").all()]);
-    $("#operator", root).innerHTML = operators.length
-      ? operators
-          .map((o: any) => `<option value="${o.publicKey.toBase58()}" data-authority="${o.account.authority.toBase58()}">${short(o.account.authority.toBase58(), 6)} (${o.account.nodeKeys.length} node keys)</option>`)
+    const [ops, accepted] = await Promise.all([operators(chain), acceptedMints(chain)]);
+    $("#operator", root).innerHTML = ops.length
+      ? ops
+          .map((o) => `<option value="${o.publicKey.toBase58()}" data-authority="${o.account.authority.toBase58()}">${short(o.account.authority.toBase58(), 6)} (${o.account.nodeKeys.length} node keys)</option>`)
           .join("")
       : `<option value="">no operator registered on this cluster</option>`;
-    for (const v of vaults) {
-      const info = await chain.mintInfo(v.account.mint);
-      mints.set(v.account.mint.toBase58(), info);
-    }
+    for (const info of accepted) mints.set(info.mint.toBase58(), info);
     $("#mint", root).innerHTML = [...mints.values()]
       .map((m) => `<option value="${m.mint.toBase58()}">${m.symbol} (${short(m.mint.toBase58())}, ${m.decimals} decimals)</option>`)
       .join("") || `<option value="">no mint accepted yet</option>`;
@@ -187,7 +119,7 @@ export const payPage: Page = (root, ctx) => {
   const refresh = async () => {
     if (!ctx.session) return;
     const client = ctx.session.publicKey;
-    const { list: jobs, outdated } = await chain.accounts("job", [{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
+    const { list: jobs, outdated } = await clientJobs(chain, client);
     const now = await chain.chainTime();
     jobs.sort((a, b) => Number(big(b.account.jobId) - big(a.account.jobId)));
     const list = $("#jobs", root);
@@ -256,31 +188,13 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
       const mint = await chain.mintInfo(job.mint);
       const amount = parseAmount($<HTMLInputElement>(".top-up-amount", card).value, mint.decimals);
       if (amount <= 0n) throw new UserError("Enter an amount to top up.", "input");
-      const s = signer();
-      const ix = await chain.program.methods
-        .topUp(new BN(amount.toString()))
-        .accountsPartial({
-          client: s.publicKey, config: configPda(), mint: job.mint, vault: vaultPda(job.mint),
-          vaultTokens: vaultTokensPda(job.mint), clientTokens: ata(s.publicKey, job.mint, mint.tokenProgram),
-          job: address, tokenProgram: mint.tokenProgram,
-        })
-        .instruction();
-      const sig = await chain.send(s, [...(await fundingIxs(chain, s.publicKey, mint, amount)), ix]);
+      const sig = await topUp(chain, signer(), address, job.mint, amount);
       await refresh();
       return `Topped up ${formatAmount(amount, mint.decimals)} ${mint.symbol} (transaction ${sig}).`;
     });
   $<HTMLButtonElement>(".cancel", card).onclick = (ev) =>
     act(ev.currentTarget as HTMLButtonElement, "Cancelling…", async () => {
-      const mint = await chain.mintInfo(job.mint);
-      const s = signer();
-      const ix = await chain.program.methods
-        .cancelJob()
-        .accountsPartial({
-          client: s.publicKey, mint: job.mint, vault: vaultPda(job.mint), vaultTokens: vaultTokensPda(job.mint),
-          clientTokens: ata(s.publicKey, job.mint, mint.tokenProgram), job: address, tokenProgram: mint.tokenProgram,
-        })
-        .instruction();
-      const sig = await chain.send(s, [ix]);
+      const sig = await cancelJob(chain, signer(), address, job.mint);
       await refresh();
       return `Job cancelled and refunded (transaction ${sig}).`;
     });
@@ -326,10 +240,7 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
   ($(".cancel", card) as HTMLButtonElement).disabled = job.status !== 0;
   // Receipts: the ReceiptSettled events of this job's transactions.
   if (card.dataset.receiptsFor === `${job.receipts}`) return;
-  const txs = await chain.history(address);
-  const rows = txs
-    .flatMap((t) => t.events.filter((e) => isReceipt(e.name) && field(e.data, "job").equals(address)).map((e) => ({ t, d: e.data })))
-    .sort((a, b) => Number(big(field(b.d, "seq")) - big(field(a.d, "seq"))));
+  const rows = await jobReceipts(chain, address);
   if (rows.length >= job.receipts) card.dataset.receiptsFor = `${job.receipts}`;
   if (!rows.length) return;
   $(".receipts", card).className = "receipts";

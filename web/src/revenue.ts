@@ -1,7 +1,7 @@
 import { PublicKey } from "@solana/web3.js";
-import type { Page } from "./main";
-import { big, dayLabel, formatAmount, revenuePda, type Chain, type MintInfo, type TxEvents } from "./chain";
-import { field, isReceipt } from "./pay";
+import type { Page } from "./page";
+import { big, formatAmount, type Chain, type MintInfo } from "./chain";
+import { dayLabel, isReceipt, revenueDayHistory, revenueDays, sumReceipts } from "./tally";
 import { $, esc, short, showError } from "./ui";
 
 interface Day {
@@ -90,7 +90,7 @@ export const revenuePage: Page = (root, ctx) => {
   };
 
   const load = async () => {
-    const { list: all, outdated } = await chain.accounts("revenue");
+    const { list: all, outdated } = await revenueDays(chain);
     $("#rev-outdated", root).textContent = outdated
       ? `${outdated} more day(s) in the old layout (no output counter) are left out until upgraded (tally admin migrate, or the oracle's next settlement that day).`
       : "";
@@ -122,22 +122,12 @@ export const revenuePage: Page = (root, ctx) => {
 async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day) {
   const box = $("#rev-day", root);
   box.innerHTML = `<h2>${dayLabel(day.day)}: transactions</h2><p>Loading…</p>`;
-  const address = revenuePda(info.mint, day.day);
-  const txs: TxEvents[] = await chain.history(address, 1000);
+  const txs = await revenueDayHistory(chain, info.mint, day.day);
   const fmt = (v: bigint) => `${formatAmount(v, info.decimals)} ${info.symbol}`;
   const sums = { gross: 0n, fees: 0n, units: 0n, output: 0n, receipts: 0n };
   const rows = txs
     .map((t) => {
-      const ev = t.events.filter((e) => isReceipt(e.name));
-      const s = { gross: 0n, fees: 0n, units: 0n, output: 0n, receipts: 0n };
-      for (const e of ev) {
-        const units = big(field(e.data, "units")), gross = big(field(e.data, "gross"));
-        s.gross += gross;
-        s.fees += big(field(e.data, "fee"));
-        s.units += units;
-        s.output += big(field(e.data, "output_units") ?? 0);
-        if (units > 0n || gross > 0n) s.receipts += 1n;
-      }
+      const s = sumReceipts(t.events);
       (Object.keys(sums) as (keyof typeof sums)[]).forEach((k) => (sums[k] += s[k]));
       const other = t.events.filter((e) => !isReceipt(e.name)).map((e) => e.name);
       return `<tr data-testid="revenue-tx" data-signature="${t.signature}"><td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 8)}</a></td>
