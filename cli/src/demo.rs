@@ -15,15 +15,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anchor_spl::token_2022::spl_token_2022;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
-use tally::state::utc_day;
+use tally_client::bootstrap::{self, Cast};
 use tally_client::chain::{Chain, ChainError, EmbeddedChain};
-use tally_client::ix::{self, Attestation, MintRef};
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, Prices, Usage};
+use tally_client::ix::MintRef;
+use tally_client::{ops, pda, OpenJobArgs, Prices, Pubkey, Usage};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewayConfig};
@@ -258,6 +257,31 @@ fn other(e: impl std::fmt::Display) -> ChainError {
 pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     // The model first: a missing model fails before anything else is set up.
     let upstream = Upstream::start(args)?;
+    let mut stage = set_up(args, &upstream, quiet)?;
+    let served = serve(args, &stage, &upstream, quiet)?;
+    let settled = settle(&mut stage, &served, quiet)?;
+    let ended = end_jobs(&mut stage, quiet)?;
+    reconcile(&stage, &upstream, &served, &settled, &ended, quiet)
+}
+
+/// The demo's deployment on the embedded chain, its jobs opened.
+struct Stage {
+    chain: EmbeddedChain,
+    cast: Cast,
+    mint: MintRef,
+    client_tokens: Pubkey,
+    /// What the client put in escrow, over every job.
+    funding: u64,
+    /// The jobs the gateway serves.
+    jobs: Vec<Pubkey>,
+    /// A job nobody uses: it expires.
+    stalled: Pubkey,
+}
+
+/// The embedded chain with the program, the deployment (the shared bootstrap:
+/// `tally_client::bootstrap`), and the client's jobs, priced like inference and
+/// bound to the model served.
+fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, ChainError> {
     let program = args
         .program
         .clone()
@@ -276,138 +300,73 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
             std::fs::metadata(&program).map_or(0, |m| m.len())
         ),
     );
-
-    // People.
-    let (treasury, arbiter, oracle, operator, client, mint_authority) = (
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-    );
-    for who in [
-        &deployer,
-        &oracle,
-        &operator,
-        &client,
-        &mint_authority,
-        &treasury,
-    ] {
-        chain.airdrop(&who.pubkey(), 100_000_000_000)?;
-    }
-
-    // A 6-decimal stablecoin, accepted by a fresh deployment.
-    let mint_key = Keypair::new();
-    let rent = chain.svm.minimum_balance_for_rent_exemption(82);
-    chain.send(
-        &[
-            anchor_lang::solana_program::system_instruction::create_account(
-                &mint_authority.pubkey(),
-                &mint_key.pubkey(),
-                rent,
-                82,
-                &anchor_spl::token::ID,
-            ),
-            spl_token_2022::instruction::initialize_mint2(
-                &anchor_spl::token::ID,
-                &mint_key.pubkey(),
-                &mint_authority.pubkey(),
-                None,
-                6,
-            )
-            .map_err(other)?,
-        ],
-        &mint_authority,
-        &[&mint_key],
-    )?;
-    let mint = MintRef {
-        mint: mint_key.pubkey(),
-        token_program: anchor_spl::token::ID,
-    };
-    ops::init(
-        &mut chain,
-        &deployer,
-        InitializeConfigArgs {
-            treasury: treasury.pubkey(),
-            arbiter: arbiter.pubkey(),
-            fee_bps: FEE_BPS,
-            challenge_window_secs: CHALLENGE_WINDOW,
-            expiry_grace_secs: GRACE,
-            dispute_timeout_secs: 86_400,
-            oracles: vec![oracle.pubkey()],
-            oracle_threshold: 1,
-        },
-    )?;
-    ops::add_mint(&mut chain, &deployer, &mint.mint)?;
-    ops::register_operator(
-        &mut chain,
-        &operator,
-        OperatorArgs {
-            payout_owner: operator.pubkey(),
-            node_keys: vec![],
-        },
-        false,
-    )?;
+    chain.airdrop(&deployer.pubkey(), 1_000_000_000_000)?;
+    let cast = Cast::new();
+    cast.fund(&mut chain, &deployer, 100_000_000_000)?;
+    let settings = cast.settings(FEE_BPS, CHALLENGE_WINDOW, GRACE);
+    let mint = bootstrap::configure(&mut chain, &deployer, &cast, settings)?;
     step(
         quiet,
         &format!(
             "deployment configured: fee {FEE_BPS} bps, oracle {}, operator {}",
-            oracle.pubkey(),
-            operator.pubkey()
+            cast.oracle.pubkey(),
+            cast.operator.pubkey()
         ),
     );
 
     // The client funds its wallet and opens jobs (one more that will stall).
-    let client_tokens = ops::ensure_token_account(&mut chain, &client, &client.pubkey(), mint)?;
     let funding =
         tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)? * (args.jobs + 1);
-    chain.send(
-        &[spl_token_2022::instruction::mint_to(
-            &mint.token_program,
-            &mint.mint,
-            &client_tokens,
-            &mint_authority.pubkey(),
-            &[],
-            funding,
-        )
-        .map_err(other)?],
-        &mint_authority,
-        &[],
-    )?;
-    let now = chain.clock()?.unix_timestamp;
-    let mut jobs = Vec::new();
-    for id in 0..=args.jobs {
-        let view = ops::open_job(
-            &mut chain,
-            &client,
-            &operator.pubkey(),
-            &mint.mint,
-            OpenJobArgs {
-                job_id: id,
-                unit_kind: 0,
-                input_price: PRICES.input,
-                output_price: PRICES.output,
-                model: tally_client::model_hash(&upstream.model()),
-                max_units: MAX_TOKENS_PER_JOB,
-                deadline: now + 3_600,
-                spend_cap_per_hour: 0,
-            },
-        )?;
-        jobs.push(view.address);
-    }
+    let terms = OpenJobArgs {
+        job_id: 0,
+        unit_kind: 0,
+        input_price: PRICES.input,
+        output_price: PRICES.output,
+        model: tally_client::model_hash(&upstream.model()),
+        max_units: MAX_TOKENS_PER_JOB,
+        deadline: chain.clock()?.unix_timestamp + 3_600,
+        spend_cap_per_hour: 0,
+    };
+    let (client_tokens, mut jobs) =
+        bootstrap::open_jobs(&mut chain, &cast, mint, funding, terms, 0..=args.jobs)?;
     let stalled = jobs.pop().ok_or_else(|| other("no stalled job"))?;
     step(
         quiet,
         &format!(
             "client {} escrowed {} in {} jobs",
-            client.pubkey(),
+            cast.client.pubkey(),
             funding,
             jobs.len() + 1
         ),
     );
+    Ok(Stage {
+        chain,
+        cast,
+        mint,
+        client_tokens,
+        funding,
+        jobs,
+        stalled,
+    })
+}
 
-    // The GPU worker and the oracle gateway, on loopback; one API key per job.
+/// What the gateway served.
+struct Served {
+    store_path: PathBuf,
+    invoices_dir: PathBuf,
+    clock: Arc<ChainClock>,
+    requests: u64,
+    last_completion: std::time::Instant,
+}
+
+/// The GPU worker and the oracle gateway on loopback, one API key per job; every job
+/// is sent `args.requests` requests, each metered into the oracle's store.
+fn serve(
+    args: &DemoArgs,
+    stage: &Stage,
+    upstream: &Upstream,
+    quiet: bool,
+) -> Result<Served, ChainError> {
     let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(other)?;
     let store_path = dir.join("oracle.db");
@@ -416,13 +375,14 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         .enable_all()
         .build()
         .map_err(other)?;
+    let jobs = &stage.jobs;
     let api_keys: HashMap<String, String> = jobs
         .iter()
         .enumerate()
         .map(|(i, j)| (format!("demo-key-{i}"), j.to_string()))
         .collect();
-    let clock = ChainClock::synced(&chain).map_err(other)?;
-    let (gateway_url, requests_served, last_completion) = runtime.block_on(async {
+    let clock = ChainClock::synced(&stage.chain).map_err(other)?;
+    let (gateway_url, requests, last_completion) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(other)?;
@@ -440,39 +400,8 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
             .map_err(other)?;
         let url = format!("http://{}", listener.local_addr().map_err(other)?);
         tokio::spawn(gateway.serve(listener));
-
-        let total = args.requests * jobs.len() as u64;
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(total)
-        };
-        bar.set_style(
-            ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?,
-        );
-        let http = reqwest::Client::new();
-        let mut served = 0u64;
-        let mut last_completion = std::time::Instant::now();
-        for r in 0..args.requests {
-            for key in 0..jobs.len() {
-                let (path, body) = upstream.request(r);
-                let response = http
-                    .post(format!("{url}{path}"))
-                    .bearer_auth(format!("demo-key-{key}"))
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(other)?;
-                if !response.status().is_success() {
-                    return Err(other(format!("the gateway answered {}", response.status())));
-                }
-                response.bytes().await.map_err(other)?;
-                last_completion = std::time::Instant::now();
-                served += 1;
-                bar.inc(1);
-            }
-        }
-        bar.finish_and_clear();
+        let (served, last_completion) =
+            send_requests(&url, args.requests, jobs.len(), upstream, quiet).await?;
         // Streams commit when they end: wait until every request is in the store.
         for _ in 0..200 {
             if Store::open(&store_path)
@@ -489,23 +418,84 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     step(
         quiet,
         &format!(
-            "{requests_served} requests served by {} through the gateway at {gateway_url}, each metered",
+            "{requests} requests served by {} through the gateway at {gateway_url}, each metered",
             upstream.describe()
         ),
     );
-
-    // The oracle settles cumulative receipts.
-    let batcher = Batcher::new(
-        Store::open(&store_path).map_err(other)?,
-        oracle.insecure_clone(),
+    Ok(Served {
+        store_path,
+        invoices_dir: dir.join("invoices"),
         clock,
+        requests,
+        last_completion,
+    })
+}
+
+/// `requests` rounds of one request per job key, with a progress bar; returns how
+/// many were answered and when the last one completed.
+async fn send_requests(
+    url: &str,
+    requests: u64,
+    jobs: usize,
+    upstream: &Upstream,
+    quiet: bool,
+) -> Result<(u64, std::time::Instant), ChainError> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(requests * jobs as u64)
+    };
+    bar.set_style(ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?);
+    let http = reqwest::Client::new();
+    let mut served = 0u64;
+    let mut last_completion = std::time::Instant::now();
+    for r in 0..requests {
+        for key in 0..jobs {
+            let (path, body) = upstream.request(r);
+            let response = http
+                .post(format!("{url}{path}"))
+                .bearer_auth(format!("demo-key-{key}"))
+                .body(body)
+                .send()
+                .await
+                .map_err(other)?;
+            if !response.status().is_success() {
+                return Err(other(format!("the gateway answered {}", response.status())));
+            }
+            response.bytes().await.map_err(other)?;
+            last_completion = std::time::Instant::now();
+            served += 1;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok((served, last_completion))
+}
+
+/// What the oracle settled, and what the metered usage owes.
+struct Settled {
+    /// Records in the store (every request metered).
+    records: u64,
+    metered_units: u64,
+    /// Each job's usage at its prices, input and output tokens apart, each job's
+    /// total rounded once (the payout rule).
+    owed: u128,
+    completion_to_settled_ms: f64,
+}
+
+/// The oracle's batcher settles cumulative receipts in one round.
+fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, ChainError> {
+    let batcher = Batcher::new(
+        Store::open(&served.store_path).map_err(other)?,
+        stage.cast.oracle.insecure_clone(),
+        Arc::clone(&served.clock),
     )
-    .with_invoices_dir(dir.join("invoices"));
-    chain.advance(5);
-    let report = batcher.run_round(&mut chain).map_err(other)?;
+    .with_invoices_dir(served.invoices_dir.clone());
+    stage.chain.advance(5);
+    let report = batcher.run_round(&mut stage.chain).map_err(other)?;
     // From the last request's completion to its usage confirmed on-chain (the oracle
     // runs its round as soon as the records are in; a deployment adds its interval).
-    let completion_to_settled_ms = last_completion.elapsed().as_secs_f64() * 1_000.0;
+    let completion_to_settled_ms = served.last_completion.elapsed().as_secs_f64() * 1_000.0;
     if report.failed > 0 {
         return Err(other(format!("settlement failed: {:?}", report.errors)));
     }
@@ -514,8 +504,6 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
         .iter()
         .map(|r| r.prompt_tokens + r.completion_tokens)
         .sum();
-    // What the jobs owe at their prices, input and output tokens apart, each job's
-    // total rounded once (the payout rule).
     let mut per_job: std::collections::BTreeMap<&str, Usage> = std::collections::BTreeMap::new();
     for r in &records {
         let usage = per_job.entry(r.job.as_str()).or_default();
@@ -533,90 +521,107 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
             report.confirmed
         ),
     );
+    Ok(Settled {
+        records: batcher.store.record_count().map_err(other)?,
+        metered_units,
+        owed,
+        completion_to_settled_ms,
+    })
+}
 
-    // Each job completes with its final receipt: the rest of its escrow goes back.
-    let day = utc_day(chain.clock()?.unix_timestamp);
-    let attestation = Attestation {
-        oracles: vec![oracle.pubkey()],
-        oracle_set_version: 1,
-        day,
-    };
+/// How the jobs ended.
+struct Ended {
+    refunded: u64,
+    claimed: u64,
+}
+
+/// Each served job completes with its final receipt (the rest of its escrow goes
+/// back); the operator claims once the challenge window has passed; the stalled job
+/// expires and anyone refunds it.
+fn end_jobs(stage: &mut Stage, quiet: bool) -> Result<Ended, ChainError> {
+    let Stage {
+        chain, cast, mint, ..
+    } = stage;
     let mut refunded = 0u64;
-    for job in &jobs {
-        let state = ops::job(&chain, job)?;
-        let receipt = ops::settled_receipt(&state);
-        refunded += state.escrow_left;
-        chain.send(
-            &[ix::complete_job(
-                &attestation,
-                operator.pubkey(),
-                mint,
-                *job,
-                client.pubkey(),
-                client_tokens,
-                receipt,
-            )],
-            &oracle,
-            &[],
+    for job in &stage.jobs {
+        let (refund, _) = bootstrap::complete_settled(
+            chain,
+            &cast.oracle,
+            &cast.operator.pubkey(),
+            *mint,
+            stage.client_tokens,
+            job,
         )?;
+        refunded += refund;
     }
     step(
         quiet,
         &format!(
             "{} jobs completed; {refunded} refunded to the client",
-            jobs.len()
+            stage.jobs.len()
         ),
     );
-
-    // The operator claims once the challenge window has passed.
     chain.advance(2 * i64::from(CHALLENGE_WINDOW) + 1);
-    let claimed = ops::claim(&mut chain, &operator, &mint.mint)?;
+    let claimed = ops::claim(chain, &cast.operator, &mint.mint)?;
     step(quiet, &format!("operator claimed {claimed}"));
-
-    // The stalled job expires and anyone refunds it.
     chain.advance(3_600 + i64::from(GRACE) + 1);
-    let expired_refund = ops::expire_job(&mut chain, &treasury, &stalled)?;
+    let expired_refund = ops::expire_job(chain, &cast.treasury, &stage.stalled)?;
     refunded += expired_refund;
     step(
         quiet,
-        &format!("stalled job {stalled} expired: {expired_refund} refunded"),
+        &format!(
+            "stalled job {} expired: {expired_refund} refunded",
+            stage.stalled
+        ),
     );
+    Ok(Ended { refunded, claimed })
+}
 
-    // Revenue and reconciliation.
-    let revenue = ops::revenue(&chain, &mint.mint, 2)?;
+/// The revenue ledger and every balance checked against what was metered; the JSON
+/// summary.
+fn reconcile(
+    stage: &Stage,
+    upstream: &Upstream,
+    served: &Served,
+    settled: &Settled,
+    ended: &Ended,
+    quiet: bool,
+) -> Result<Value, ChainError> {
+    let (chain, mint) = (&stage.chain, stage.mint);
+    let revenue = ops::revenue(chain, &mint.mint, 2)?;
     let gross: u64 = revenue.iter().map(|d| d.gross).sum();
     let fees: u64 = revenue.iter().map(|d| d.fees).sum();
     let units: u64 = revenue.iter().map(|d| d.units).sum();
     let output_units: u64 = revenue.iter().map(|d| d.output_units).sum();
-    let client_left = ops::token_balance(&chain, &client_tokens)?;
-    let vault_left = ops::token_balance(&chain, &pda::vault_tokens(&mint.mint))?;
-    let operator_tokens =
-        pda::associated_token(&operator.pubkey(), &mint.mint, &mint.token_program);
-    let operator_balance = ops::token_balance(&chain, &operator_tokens)?;
-    let checks = [
+    let client_left = ops::token_balance(chain, &stage.client_tokens)?;
+    let vault_left = ops::token_balance(chain, &pda::vault_tokens(&mint.mint))?;
+    let operator = stage.cast.operator.pubkey();
+    let operator_tokens = pda::associated_token(&operator, &mint.mint, &mint.token_program);
+    let operator_balance = ops::token_balance(chain, &operator_tokens)?;
+    let (funding, claimed) = (stage.funding, ended.claimed);
+    let mut checks = vec![
+        ("every request metered", settled.records == served.requests),
         (
-            "every request metered",
-            batcher.store.record_count().map_err(other)? == requests_served,
+            "on-chain units = metered units",
+            units == settled.metered_units,
         ),
-        ("on-chain units = metered units", units == metered_units),
         (
             "paid = metered input and output tokens × their prices",
-            u128::from(gross) == owed,
+            u128::from(gross) == settled.owed,
         ),
         (
             "operator claimed = paid − fees",
             claimed == gross - fees && operator_balance == claimed,
         ),
         ("client = funded − paid", client_left == funding - gross),
-        ("refunds = escrow − paid", refunded == funding - gross),
+        ("refunds = escrow − paid", ended.refunded == funding - gross),
         ("vault holds only unwithdrawn fees", vault_left == fees),
     ];
-    let mut checks = checks.to_vec();
-    if let Some(served) = upstream.served_tokens() {
+    if let Some(tokens) = upstream.served_tokens() {
         // The model's own counter (its /metrics) agrees with the oracle's metering.
         checks.push((
             "tokens the model served = metered units",
-            served == metered_units,
+            tokens == settled.metered_units,
         ));
     }
     let reconciled = checks.iter().all(|(_, ok)| *ok);
@@ -630,17 +635,17 @@ pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
     }
     Ok(json!({
         "model": upstream.model(),
-        "jobs": jobs.len() + 1,
-        "requests": requests_served,
+        "jobs": stage.jobs.len() + 1,
+        "requests": served.requests,
         "units": units,
         "output_units": output_units,
         "prices_per_million": { "input": PRICES.input, "output": PRICES.output },
         "deposit_per_job": tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)?,
         "paid": gross,
-        "refunded": refunded,
+        "refunded": ended.refunded,
         "fees": fees,
         "claimed": claimed,
         "reconciled": reconciled,
-        "completion_to_settled_ms": (completion_to_settled_ms * 100.0).round() / 100.0,
+        "completion_to_settled_ms": (settled.completion_to_settled_ms * 100.0).round() / 100.0,
     }))
 }

@@ -100,40 +100,6 @@ fn cu(confirmed: &Confirmed) -> String {
     )
 }
 
-/// A 6-decimal SPL Token mint created on the validator, `authority` minting.
-fn create_mint(chain: &mut RpcChain, payer: &Keypair, authority: &Pubkey) -> MintRef {
-    let mint = Keypair::new();
-    let space = spl_token_2022::state::Mint::LEN;
-    let rent = chain.minimum_balance_for_rent_exemption(space).unwrap();
-    chain
-        .send(
-            &[
-                anchor_lang::solana_program::system_instruction::create_account(
-                    &payer.pubkey(),
-                    &mint.pubkey(),
-                    rent,
-                    space as u64,
-                    &anchor_spl::token::ID,
-                ),
-                spl_token_2022::instruction::initialize_mint2(
-                    &anchor_spl::token::ID,
-                    &mint.pubkey(),
-                    authority,
-                    None,
-                    6,
-                )
-                .unwrap(),
-            ],
-            payer,
-            &[&mint],
-        )
-        .unwrap();
-    MintRef {
-        mint: mint.pubkey(),
-        token_program: anchor_spl::token::ID,
-    }
-}
-
 /// Client → oracle → claim on a real validator: the deployment configured by the
 /// migration (a second run sends nothing), an operator registered, a client's job
 /// served through the oracle gateway, settled by the oracle's batcher over RPC,
@@ -174,7 +140,9 @@ fn client_oracle_claim_flow_over_rpc() {
         })
         .collect();
     chain.send(&transfers, &admin, &[]).unwrap();
-    let mint = create_mint(&mut chain, &admin, &mint_authority.pubkey());
+    let mint =
+        tally_client::bootstrap::create_mint(&mut chain, &admin, &mint_authority.pubkey(), 6)
+            .unwrap();
 
     // The migration configures the deployment: the program is preloaded, so it only
     // creates the config and accepts the mint; a second run changes nothing.
@@ -417,27 +385,15 @@ fn client_oracle_claim_flow_over_rpc() {
     );
 
     // The job completes with its final receipt: the rest goes back to the client.
-    let config = ops::config(&chain).unwrap();
-    let attestation = Attestation {
-        oracles: vec![oracle.pubkey()],
-        oracle_set_version: config.oracle_set_version,
-        day: utc_day(chain.clock().unwrap().unix_timestamp),
-    };
-    let completed = chain
-        .send(
-            &[ix::complete_job(
-                &attestation,
-                operator.pubkey(),
-                mint,
-                job_address,
-                client.pubkey(),
-                client_tokens,
-                ops::settled_receipt(&state),
-            )],
-            &oracle,
-            &[],
-        )
-        .unwrap();
+    let (_, completed) = tally_client::bootstrap::complete_settled(
+        &mut chain,
+        &oracle,
+        &operator.pubkey(),
+        mint,
+        client_tokens,
+        &job_address,
+    )
+    .unwrap();
     eprintln!("localnet: complete_job {}", cu(&completed));
     // Ended and refunded. The account stays while its client may still dispute; with
     // a 1 s window on a real validator the share may have matured before this

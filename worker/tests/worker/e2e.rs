@@ -20,19 +20,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anchor_lang::prelude::Pubkey;
-use anchor_lang::solana_program::instruction::Instruction;
-use anchor_lang::solana_program::program_pack::Pack;
-use anchor_lang::solana_program::system_instruction;
-use anchor_spl::token_2022::spl_token_2022;
 use serde_json::{json, Value};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::state::utc_day;
+use tally_client::bootstrap::{self, Cast};
 use tally_client::chain::{Chain, EmbeddedChain};
-use tally_client::ix::{self, Attestation, MintRef};
 use tally_client::job_key::JobKeyClaims;
-use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
+use tally_client::{ops, pda, OpenJobArgs};
 use tally_oracle::batcher::{BatchSettings, Batcher};
 use tally_oracle::clock::ChainClock;
 use tally_oracle::gateway::{Gateway, GatewaySettings};
@@ -268,118 +263,32 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
     let t0 = Instant::now();
     let mut held = shared.lock().unwrap();
     let chain: &mut C = &mut held;
-    let (oracle, operator, client, mint_authority, treasury) = (
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-        Keypair::new(),
-    );
-    let transfers: Vec<Instruction> = [&oracle, &operator, &client, &mint_authority]
-        .iter()
-        .map(|k| system_instruction::transfer(&admin.pubkey(), &k.pubkey(), 5_000_000_000))
-        .collect();
-    chain.send(&transfers, admin, &[]).unwrap();
-
-    // A deployment: config, a 6-decimal stablecoin, an operator.
-    let mint_key = Keypair::new();
-    let space = spl_token_2022::state::Mint::LEN;
-    let rent = chain.minimum_balance_for_rent_exemption(space).unwrap();
-    chain
-        .send(
-            &[
-                system_instruction::create_account(
-                    &admin.pubkey(),
-                    &mint_key.pubkey(),
-                    rent,
-                    space as u64,
-                    &anchor_spl::token::ID,
-                ),
-                spl_token_2022::instruction::initialize_mint2(
-                    &anchor_spl::token::ID,
-                    &mint_key.pubkey(),
-                    &mint_authority.pubkey(),
-                    None,
-                    6,
-                )
-                .unwrap(),
-            ],
-            admin,
-            &[&mint_key],
-        )
-        .unwrap();
-    let mint = MintRef {
-        mint: mint_key.pubkey(),
-        token_program: anchor_spl::token::ID,
-    };
-    ops::init(
-        chain,
-        admin,
-        InitializeConfigArgs {
-            treasury: treasury.pubkey(),
-            arbiter: admin.pubkey(),
-            fee_bps: FEE_BPS,
-            challenge_window_secs: challenge_window,
-            expiry_grace_secs: 600,
-            dispute_timeout_secs: 86_400,
-            oracles: vec![oracle.pubkey()],
-            oracle_threshold: 1,
-        },
-    )
-    .unwrap();
-    ops::add_mint(chain, admin, &mint.mint).unwrap();
-    ops::register_operator(
-        chain,
-        &operator,
-        OperatorArgs {
-            payout_owner: operator.pubkey(),
-            node_keys: vec![],
-        },
-        false,
-    )
-    .unwrap();
-
-    // The client funds its wallet and escrows two jobs.
-    let client_tokens = ops::ensure_token_account(chain, &client, &client.pubkey(), mint).unwrap();
+    // A deployment (the shared bootstrap): config, a 6-decimal stablecoin, an
+    // operator; the client funds its wallet and escrows two jobs.
+    let cast = Cast::new();
+    cast.fund(chain, admin, 5_000_000_000).unwrap();
+    let settings = cast.settings(FEE_BPS, challenge_window, 600);
+    let mint = bootstrap::configure(chain, admin, &cast, settings).unwrap();
     let funded = PRICE * MAX_UNITS * JOBS as u64;
-    chain
-        .send(
-            &[spl_token_2022::instruction::mint_to(
-                &mint.token_program,
-                &mint.mint,
-                &client_tokens,
-                &mint_authority.pubkey(),
-                &[],
-                funded,
-            )
-            .unwrap()],
-            &mint_authority,
-            &[],
-        )
-        .unwrap();
+    let terms = OpenJobArgs {
+        job_id: 0,
+        unit_kind: 0,
+        input_price: PRICE * tally_client::PRICE_SCALE,
+        output_price: PRICE * tally_client::PRICE_SCALE,
+        model: [0; 32],
+        max_units: MAX_UNITS,
+        deadline: chain.clock().unwrap().unix_timestamp + 3_600,
+        spend_cap_per_hour: 0,
+    };
+    let (client_tokens, jobs) =
+        bootstrap::open_jobs(chain, &cast, mint, funded, terms, 0..JOBS as u64).unwrap();
     let now = chain.clock().unwrap().unix_timestamp;
-    let jobs: Vec<Pubkey> = (0..JOBS as u64)
-        .map(|id| {
-            let view = ops::open_job(
-                chain,
-                &client,
-                &operator.pubkey(),
-                &mint.mint,
-                OpenJobArgs {
-                    job_id: id,
-                    unit_kind: 0,
-                    input_price: PRICE * tally_client::PRICE_SCALE,
-                    output_price: PRICE * tally_client::PRICE_SCALE,
-                    model: [0; 32],
-                    max_units: MAX_UNITS,
-                    deadline: now + 3_600,
-                    spend_cap_per_hour: 0,
-                },
-            )
-            .unwrap();
-            view.address
-        })
-        .collect();
+    let Cast {
+        oracle,
+        operator,
+        client,
+        ..
+    } = cast;
     assert_eq!(ops::token_balance(chain, &client_tokens).unwrap(), 0);
     // The client's wallet signs a job key per job: what its applications (here, also
     // OpenAI's Python client) use as the API key.
@@ -816,28 +725,8 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
     assert_eq!(invoiced, tokens);
 
     // The jobs complete with their final receipts: the rest goes back to the client.
-    let config = ops::config(chain).unwrap();
-    let attestation = Attestation {
-        oracles: vec![oracle.pubkey()],
-        oracle_set_version: config.oracle_set_version,
-        day,
-    };
     for job in &jobs {
-        let state = ops::job(chain, job).unwrap();
-        chain
-            .send(
-                &[ix::complete_job(
-                    &attestation,
-                    operator.pubkey(),
-                    mint,
-                    *job,
-                    client.pubkey(),
-                    client_tokens,
-                    ops::settled_receipt(&state),
-                )],
-                &oracle,
-                &[],
-            )
+        bootstrap::complete_settled(chain, &oracle, &operator.pubkey(), mint, client_tokens, job)
             .unwrap();
         // Completed and refunded. While its share is in the challenge window the
         // account stays (its client may still dispute it) and is closed below.
