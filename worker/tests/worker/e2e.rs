@@ -265,10 +265,10 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
     let chain: &mut C = &mut held;
     // A deployment (the shared bootstrap): config, a 6-decimal stablecoin, an
     // operator; the client funds its wallet and escrows two jobs.
-    let cast = Cast::new();
-    cast.fund(chain, admin, 5_000_000_000).unwrap();
-    let settings = cast.settings(FEE_BPS, challenge_window, 600);
-    let mint = bootstrap::configure(chain, admin, &cast, settings).unwrap();
+    let people = Cast::new();
+    people.fund(chain, admin, 5_000_000_000).unwrap();
+    let settings = people.settings(FEE_BPS, challenge_window, 600);
+    let mint = bootstrap::configure(chain, admin, &people, settings).unwrap();
     let funded = PRICE * MAX_UNITS * JOBS as u64;
     let terms = OpenJobArgs {
         job_id: 0,
@@ -281,14 +281,14 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
         spend_cap_per_hour: 0,
     };
     let (client_tokens, jobs) =
-        bootstrap::open_jobs(chain, &cast, mint, funded, terms, 0..JOBS as u64).unwrap();
+        bootstrap::open_jobs(chain, &people, mint, funded, terms, 0..JOBS as u64).unwrap();
     let now = chain.clock().unwrap().unix_timestamp;
     let Cast {
         oracle,
         operator,
         client,
         ..
-    } = cast;
+    } = people;
     assert_eq!(ops::token_balance(chain, &client_tokens).unwrap(), 0);
     // The client's wallet signs a job key per job: what its applications (here, also
     // OpenAI's Python client) use as the API key.
