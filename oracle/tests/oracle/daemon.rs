@@ -544,12 +544,12 @@ api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
     )
     .unwrap();
     let gateway = config.gateway.unwrap();
-    let settings = gateway.settings().unwrap();
-    assert_eq!(settings.limits.max_body_bytes, 2048);
-    assert_eq!(settings.limits.header_read_timeout, Duration::from_secs(2));
-    assert_eq!(settings.limits.drain, Duration::from_secs(5));
+    let limits = gateway.limits();
+    assert_eq!(limits.max_body_bytes, 2048);
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(limits.drain, Duration::from_secs(5));
     assert_eq!(
-        settings.tokenize,
+        gateway.tokenize,
         tally_oracle::gateway::tokenize::TokenizeMode::Path("/extras/tokenize".into())
     );
     assert!(gateway.operator_pda().unwrap().is_some());
