@@ -25,7 +25,7 @@ use tally_client::ix::MintRef;
 use tally_client::{ops, pda, OpenJobArgs, Prices, Pubkey, Usage};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
 
@@ -388,12 +388,11 @@ fn serve(
             .map_err(other)?;
         let upstream_url = format!("http://{}", listener.local_addr().map_err(other)?);
         upstream.serve(listener);
-        let gateway = Gateway::new(GatewayConfig {
-            upstream: upstream_url,
-            api_keys: api_keys.clone(),
-            store_path: store_path.clone(),
-            clock: Arc::clone(&clock),
-        })
+        let gateway = Gateway::new(
+            GatewaySettings::new(upstream_url).with_api_keys(api_keys.clone()),
+            &store_path,
+            Arc::clone(&clock),
+        )
         .map_err(other)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anchor_lang::prelude::Pubkey;
 use anchor_lang::AccountDeserialize;
+use serde::{Deserialize, Serialize};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::state::{utc_day, Job, JobStatus, Operator, UnitKind};
@@ -193,33 +194,71 @@ pub const TABLE_JOBS: usize = alt::TABLE_CAPACITY - 4;
 /// How often tables are checked for being done (every job in them closed).
 pub const TABLE_HOUSEKEEPING: Duration = Duration::from_secs(60);
 
-/// How the batcher settles: the daemon's `[batch]` settings.
-#[derive(Clone, Debug)]
+/// The `[batch]` section: when and how receipts are sent. Every key has a default
+/// ([`BatchSettings::default`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
-    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`); `None`: the store
-    /// keeps them only.
-    pub invoices_dir: Option<PathBuf>,
-    /// The most receipts one transaction carries (the 1,232-byte limit decides
-    /// below that: 16 through a lookup table).
+    /// A round runs at least this often, seconds (at least 0.01)…
+    pub interval_secs: f64,
+    /// …and as soon as this many new records are waiting.
+    pub max_records: u64,
+    /// The most receipts one settle transaction carries; below it the 1,232-byte
+    /// packet limit decides (16 per v0 transaction through a lookup table).
     pub max_receipts_per_tx: usize,
-    /// The most records one invoice lists; more wait for the next receipt.
+    /// The most records one invoice lists; a job with more waiting gets the next
+    /// receipt in the next round (which then follows at once).
     pub max_invoice_records: usize,
-    /// A failing job retries after 0.5 s, doubling up to this.
-    pub max_backoff: Duration,
-    /// Settle through lookup tables this daemon creates and manages (v0
-    /// transactions); off: v0 transactions with every account inline.
+    /// Settle through address lookup tables the daemon creates (per operator and
+    /// mint, extended as jobs open, closed when their jobs are done; the oracle pays
+    /// their rent and gets it back). Off: v0 transactions with every account inline.
     pub lookup_tables: bool,
+    /// A job whose receipt failed retries after 0.5 s, doubling up to this many
+    /// seconds (at least 0.5); a round that could not run at all (store or chain
+    /// down) backs off the same way.
+    pub max_backoff_secs: f64,
+    /// Priority fee, micro-lamports per compute unit (0: none).
+    pub priority_fee_micro_lamports: u64,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
-            invoices_dir: None,
+            interval_secs: 10.0,
+            max_records: 1_000,
             max_receipts_per_tx: 32,
             max_invoice_records: 20_000,
-            max_backoff: Duration::from_secs(60),
             lookup_tables: true,
+            max_backoff_secs: 60.0,
+            priority_fee_micro_lamports: 0,
         }
+    }
+}
+
+impl BatchSettings {
+    /// The longest time between rounds.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_secs.max(0.01))
+    }
+
+    /// The longest backoff of a failing job (or of rounds that cannot run).
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_secs_f64(self.max_backoff_secs.max(0.5))
+    }
+
+    /// Checks what serde cannot: the counts are at least 1.
+    pub fn validate(&self) -> Result<(), OracleError> {
+        if self.max_receipts_per_tx == 0 {
+            return Err(OracleError::Invalid(
+                "batch.max_receipts_per_tx must be at least 1".into(),
+            ));
+        }
+        if self.max_invoice_records == 0 {
+            return Err(OracleError::Invalid(
+                "batch.max_invoice_records must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +270,9 @@ pub struct Batcher {
     /// The clock the sources stamp records with: synced to the chain's each round.
     clock: Arc<ChainClock>,
     settings: BatchSettings,
+    /// Where invoices are exported (`<job>/<nonce>/<seq>.json`); `None`: the store
+    /// keeps them only.
+    invoices_dir: Option<PathBuf>,
     state: Mutex<State>,
 }
 
@@ -328,6 +370,7 @@ impl Batcher {
             oracle,
             clock,
             settings: BatchSettings::default(),
+            invoices_dir: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -342,7 +385,7 @@ impl Batcher {
     /// Exporting invoices under `dir`.
     #[must_use]
     pub fn with_invoices_dir(mut self, dir: PathBuf) -> Self {
-        self.settings.invoices_dir = Some(dir);
+        self.invoices_dir = Some(dir);
         self
     }
 
@@ -629,7 +672,7 @@ impl Batcher {
                 report.more_waiting = true;
             }
             let (new, bytes) = self.prepare(job_text, &job, &bill, &mut report)?;
-            if let Some(dir) = &self.settings.invoices_dir {
+            if let Some(dir) = &self.invoices_dir {
                 exports.push((
                     export_path(dir, job_text, job.nonce, new.submission.seq),
                     bytes,
@@ -792,7 +835,7 @@ impl Batcher {
             }
         }
         let mut invoices = Vec::new();
-        if let Some(dir) = &self.settings.invoices_dir {
+        if let Some(dir) = &self.invoices_dir {
             for s in &submissions {
                 let path = dir.join(job_text).join(format!("{}.json", s.seq));
                 if let Ok(bytes) = std::fs::read(&path) {
@@ -1005,7 +1048,7 @@ impl Batcher {
         entry.delay = if entry.delay.is_zero() {
             Duration::from_millis(500)
         } else {
-            (entry.delay * 2).min(self.settings.max_backoff)
+            (entry.delay * 2).min(self.settings.max_backoff())
         };
         entry.until = Instant::now() + entry.delay;
     }

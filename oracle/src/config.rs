@@ -4,19 +4,30 @@
 //! `TALLY_ORACLE_GATEWAY__API_KEYS='{ "sk-1" = "<job>" }'`). A value is read as TOML
 //! when it parses as one (numbers, booleans, inline tables), else as a string.
 //!
+//! Each section is read straight into the settings type of the module it configures
+//! — `[batch]` [`BatchSettings`], `[admin]` [`AdminSettings`], `[gateway]`
+//! [`GatewaySettings`], `[node_reports]` [`NodeReportSettings`], `[metrics]`
+//! [`ScrapeSettings`] — with its defaults; this module composes them, applies the
+//! environment and checks what serde cannot. `oracle/tally-oracle.example.toml`
+//! lists every key with its default (a test parses it).
+//!
 //! API keys are secrets: [`OracleConfig::redacted`] is what gets logged or printed.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::batcher::BatchSettings;
+use crate::daemon::AdminSettings;
+use crate::gateway::GatewaySettings;
+use crate::node_report::NodeReportSettings;
+use crate::scrape::ScrapeSettings;
 use crate::OracleError;
 
 /// The prefix of overriding environment variables.
 pub const ENV_PREFIX: &str = "TALLY_ORACLE_";
 
-/// Everything `tally-oracle` reads.
+/// Everything `tally-oracle` reads: the top-level keys, and one section per part of
+/// the daemon, each read by the settings type of the module it configures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OracleConfig {
@@ -37,16 +48,21 @@ pub struct OracleConfig {
     /// export.
     #[serde(default = "default_invoices")]
     pub invoices_dir: PathBuf,
+    /// `[batch]`: when and how receipts are sent.
     #[serde(default)]
-    pub batch: BatchConfig,
+    pub batch: BatchSettings,
+    /// `[admin]`: `/metrics`, `/health` and `/invoices`.
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub admin: AdminSettings,
+    /// `[gateway]`: the OpenAI-compatible gateway.
     #[serde(default)]
-    pub gateway: Option<GatewaySection>,
+    pub gateway: Option<GatewaySettings>,
+    /// `[node_reports]`: signed reports from GPU workers.
     #[serde(default)]
-    pub node_reports: Option<NodeReportsSection>,
+    pub node_reports: Option<NodeReportSettings>,
+    /// `[metrics]`: the cross-check against the inference server's own counters.
     #[serde(default)]
-    pub metrics: Option<MetricsSection>,
+    pub metrics: Option<ScrapeSettings>,
 }
 
 fn default_store() -> String {
@@ -55,252 +71,6 @@ fn default_store() -> String {
 
 fn default_invoices() -> PathBuf {
     PathBuf::from("invoices")
-}
-
-/// When and how receipts are sent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchConfig {
-    /// A round runs at least this often…
-    pub interval_secs: f64,
-    /// …and as soon as this many new records are waiting.
-    pub max_records: u64,
-    /// The most receipts one settle transaction carries; below it the 1,232-byte
-    /// packet limit decides (16 per v0 transaction through a lookup table).
-    pub max_receipts_per_tx: usize,
-    /// The most records one invoice lists; a job with more waiting gets the next
-    /// receipt in the next round (which then follows at once).
-    pub max_invoice_records: usize,
-    /// Settle through address lookup tables the daemon creates (per operator and
-    /// mint, extended as jobs open, closed when their jobs are done; the oracle pays
-    /// their rent and gets it back). Off: v0 transactions with every account inline.
-    pub lookup_tables: bool,
-    /// A job whose receipt failed retries after 0.5 s, doubling up to this; a round
-    /// that could not run at all (store or chain down) backs off the same way.
-    pub max_backoff_secs: f64,
-    /// Priority fee, micro-lamports per compute unit (0: none).
-    pub priority_fee_micro_lamports: u64,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            interval_secs: 10.0,
-            max_records: 1_000,
-            max_receipts_per_tx: 32,
-            max_invoice_records: 20_000,
-            lookup_tables: true,
-            max_backoff_secs: 60.0,
-            priority_fee_micro_lamports: 0,
-        }
-    }
-}
-
-impl BatchConfig {
-    /// The batcher's settings, exporting invoices under `invoices_dir`.
-    /// An empty `invoices_dir` exports nothing (the store keeps every invoice).
-    pub fn settings(&self, invoices_dir: &Path) -> crate::batcher::BatchSettings {
-        crate::batcher::BatchSettings {
-            invoices_dir: Some(invoices_dir.to_path_buf()).filter(|d| !d.as_os_str().is_empty()),
-            max_receipts_per_tx: self.max_receipts_per_tx,
-            max_invoice_records: self.max_invoice_records,
-            max_backoff: self.max_backoff(),
-            lookup_tables: self.lookup_tables,
-        }
-    }
-
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.interval_secs.max(0.01))
-    }
-
-    pub fn max_backoff(&self) -> Duration {
-        Duration::from_secs_f64(self.max_backoff_secs.max(0.5))
-    }
-}
-
-/// `/metrics` and `/health`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub listen: String,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9464".into(),
-        }
-    }
-}
-
-/// The OpenAI-compatible gateway.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewaySection {
-    pub listen: String,
-    /// The inference server, e.g. `http://127.0.0.1:8000`.
-    pub upstream: String,
-    /// The operator this gateway serves (its authority, the wallet that registered
-    /// it). Job keys are taken only for this operator's jobs: others' usage would pay
-    /// someone else. Without it, only static `api_keys` are taken.
-    #[serde(default)]
-    pub operator: Option<String>,
-    /// Optional static API key → job address, for operators who issue their own keys.
-    /// Secret. Clients normally bring job keys signed by their wallet instead
-    /// (`tally job key <JOB>`), which need no entry here.
-    #[serde(default)]
-    pub api_keys: BTreeMap<String, String>,
-    /// Largest request body, bytes (bigger: 413).
-    #[serde(default = "default_gateway_body")]
-    pub max_body_bytes: usize,
-    /// A connection must send each request's head within this time (slowloris).
-    #[serde(default = "default_header_timeout")]
-    pub header_read_timeout_secs: f64,
-    /// A request's body must arrive within this time (else 408).
-    #[serde(default = "default_body_timeout")]
-    pub body_read_timeout_secs: f64,
-    /// Connections served at once; more wait in the listen backlog.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// On stop, how long requests and streams in flight may take to finish (each is
-    /// billed when it does).
-    #[serde(default = "default_drain")]
-    pub drain_secs: f64,
-    /// `max_tokens` given to chat requests that set none, so their cost is bounded.
-    #[serde(default = "default_max_tokens")]
-    pub default_max_tokens: u64,
-    /// Longest an upstream answer may take.
-    #[serde(default = "default_upstream_timeout")]
-    pub upstream_timeout_secs: f64,
-    /// Counting tokens for answers the upstream sends without usage: `auto` (its
-    /// `/tokenize`, else `/extras/tokenize`), `off`, or a path on the upstream.
-    #[serde(default = "default_tokenize")]
-    pub tokenize: String,
-    /// How often a served job's view is refreshed from the chain and the store.
-    #[serde(default = "default_view_refresh")]
-    pub view_refresh_secs: f64,
-}
-
-fn default_gateway_body() -> usize {
-    4 * 1024 * 1024
-}
-
-fn default_header_timeout() -> f64 {
-    30.0
-}
-
-fn default_body_timeout() -> f64 {
-    60.0
-}
-
-fn default_max_connections() -> usize {
-    1_024
-}
-
-fn default_drain() -> f64 {
-    30.0
-}
-
-fn default_max_tokens() -> u64 {
-    4_096
-}
-
-fn default_upstream_timeout() -> f64 {
-    600.0
-}
-
-fn default_tokenize() -> String {
-    "auto".into()
-}
-
-fn default_view_refresh() -> f64 {
-    2.0
-}
-
-fn secs(value: f64, least: f64) -> Duration {
-    Duration::from_secs_f64(if value.is_finite() {
-        value.max(least)
-    } else {
-        least
-    })
-}
-
-impl GatewaySection {
-    /// The gateway's settings from this section.
-    pub fn settings(&self) -> Result<crate::gateway::GatewaySettings, OracleError> {
-        Ok(crate::gateway::GatewaySettings {
-            limits: crate::http::Limits {
-                max_body_bytes: self.max_body_bytes.max(1024),
-                header_read_timeout: secs(self.header_read_timeout_secs, 0.1),
-                body_read_timeout: secs(self.body_read_timeout_secs, 0.1),
-                max_connections: self.max_connections.max(1),
-                drain: secs(self.drain_secs, 0.0),
-            },
-            default_max_tokens: self.default_max_tokens.max(1),
-            upstream_timeout: secs(self.upstream_timeout_secs, 1.0),
-            tokenize: crate::gateway::tokenize::TokenizeMode::parse(&self.tokenize)
-                .map_err(invalid)?,
-            ..crate::gateway::GatewaySettings::default()
-        })
-    }
-
-    /// The operator PDA this gateway serves, if configured.
-    pub fn operator_pda(&self) -> Result<Option<anchor_lang::prelude::Pubkey>, OracleError> {
-        self.operator
-            .as_deref()
-            .map(|text| {
-                text.parse::<anchor_lang::prelude::Pubkey>()
-                    .map(|authority| tally_client::pda::operator(&authority))
-                    .map_err(|_| {
-                        invalid(format!(
-                            "gateway.operator `{text}` is not a public key: write the operator's authority (its wallet)"
-                        ))
-                    })
-            })
-            .transpose()
-    }
-
-    pub fn view_refresh(&self) -> Duration {
-        secs(self.view_refresh_secs, 0.05)
-    }
-}
-
-/// Signed node reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeReportsSection {
-    pub listen: String,
-}
-
-/// The metrics cross-check.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// The inference server's Prometheus endpoint.
-    pub url: String,
-    #[serde(default = "default_scrape_interval")]
-    pub interval_secs: f64,
-    /// Counters summed as tokens served (default: vLLM's).
-    #[serde(default = "default_counters")]
-    pub counters: Vec<String>,
-    /// Drift, as a fraction of upstream tokens, above which a warning is logged.
-    #[serde(default = "default_tolerance")]
-    pub tolerance: f64,
-}
-
-fn default_scrape_interval() -> f64 {
-    15.0
-}
-
-fn default_counters() -> Vec<String> {
-    crate::scrape::VLLM_TOKEN_COUNTERS
-        .iter()
-        .map(|c| (*c).to_string())
-        .collect()
-}
-
-fn default_tolerance() -> f64 {
-    0.01
 }
 
 fn invalid(message: String) -> OracleError {
@@ -381,28 +151,15 @@ impl OracleConfig {
             ));
         }
         if let Some(gateway) = &self.gateway {
-            gateway.settings()?;
-            gateway.operator_pda()?;
-            for (key, job) in &gateway.api_keys {
-                if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
-                    let shown: String = key.chars().take(4).collect();
-                    return Err(invalid(format!(
-                        "gateway.api_keys: the key {shown}… names `{job}`, which is not a job address"
-                    )));
-                }
-            }
+            gateway.validate()?;
         }
-        if self.batch.max_receipts_per_tx == 0 {
-            return Err(invalid(
-                "batch.max_receipts_per_tx must be at least 1".into(),
-            ));
-        }
-        if self.batch.max_invoice_records == 0 {
-            return Err(invalid(
-                "batch.max_invoice_records must be at least 1".into(),
-            ));
-        }
-        Ok(())
+        self.batch.validate()
+    }
+
+    /// Where invoices are exported; `None` when `invoices_dir` is empty (the store
+    /// keeps every invoice).
+    pub fn invoices_export(&self) -> Option<&Path> {
+        Some(self.invoices_dir.as_path()).filter(|d| !d.as_os_str().is_empty())
     }
 
     /// The config with secrets replaced, for logs and `--print-config`.
@@ -410,14 +167,7 @@ impl OracleConfig {
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.store = crate::store::redact_location(&self.store);
-        if let Some(gateway) = &mut copy.gateway {
-            gateway.api_keys = gateway
-                .api_keys
-                .values()
-                .enumerate()
-                .map(|(i, job)| (format!("<secret {}>", i + 1), job.clone()))
-                .collect();
-        }
+        copy.gateway = self.gateway.as_ref().map(GatewaySettings::redacted);
         copy
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use solana_keypair::Keypair;
 use tally_client::chain::Chain;
@@ -25,7 +26,7 @@ use crate::http::{json_response, stopped, Body, Shutdown};
 use crate::job_view::{JobBook, ViewConfig};
 use crate::meter::SourceStore;
 use crate::node_report::{JobDirectory, NodeReports};
-use crate::scrape::{MetricsScrape, ScrapeConfig};
+use crate::scrape::MetricsScrape;
 use crate::sink::Sink;
 use crate::source::{GatewaySource, NodeReportSource, Source};
 use crate::store::Store;
@@ -35,6 +36,22 @@ use crate::OracleError;
 /// Rounds the final flush tries before giving up (what is left stays in the store
 /// and is settled by the next start).
 pub const FLUSH_ATTEMPTS: u32 = 5;
+
+/// The `[admin]` section: where `/metrics`, `/health` and `/invoices/…` are served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address to listen on (default `127.0.0.1:9464`).
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
 
 /// A running daemon.
 pub struct Daemon {
@@ -121,37 +138,31 @@ impl Daemon {
         let (stop, shutdown) = watch::channel(false);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         let mut gateway_addr = None;
-        if let Some(section) = &config.gateway {
-            let listener = bind(&section.listen, "gateway").await?;
+        if let Some(settings) = &config.gateway {
+            let listener = bind(&settings.listen, "gateway").await?;
             gateway_addr = Some(local(&listener)?);
             let book = JobBook::new(
                 Arc::clone(&directory),
                 Arc::clone(&sources_store),
                 Arc::clone(&sink.clock),
                 ViewConfig {
-                    refresh: section.view_refresh(),
-                    operator: section.operator_pda()?,
+                    refresh: settings.view_refresh(),
+                    operator: settings.operator_pda()?,
                     new_job_lookups_per_sec: 20,
                     source: crate::gateway::SOURCE,
                 },
             );
-            if section.operator.is_none() {
+            if settings.operator.is_none() {
                 tracing::warn!(
                     "gateway.operator is not set: job keys are refused, only static api_keys are taken"
                 );
             }
-            let gateway = Gateway::build(
-                section.upstream.clone(),
-                section.api_keys.clone().into_iter().collect(),
-                Arc::clone(&sink),
-                section.settings()?,
-                Some(book),
-            );
+            let gateway = Gateway::build(settings.clone(), Arc::clone(&sink), Some(book));
             sources.push(Box::new(GatewaySource { gateway, listener }));
         }
         let mut node_reports_addr = None;
-        if let Some(section) = &config.node_reports {
-            let listener = bind(&section.listen, "node reports").await?;
+        if let Some(settings) = &config.node_reports {
+            let listener = bind(&settings.listen, "node reports").await?;
             node_reports_addr = Some(local(&listener)?);
             let reports = NodeReports::new(
                 Arc::clone(&sink),
@@ -160,14 +171,9 @@ impl Daemon {
             );
             sources.push(Box::new(NodeReportSource { reports, listener }));
         }
-        if let Some(section) = &config.metrics {
+        if let Some(settings) = &config.metrics {
             sources.push(Box::new(MetricsScrape::new(
-                ScrapeConfig {
-                    url: section.url.clone(),
-                    interval: Duration::from_secs_f64(section.interval_secs.max(0.05)),
-                    counters: section.counters.clone(),
-                    tolerance: section.tolerance,
-                },
+                settings.clone(),
                 Arc::clone(&telemetry),
             )));
         }
@@ -199,8 +205,11 @@ impl Daemon {
             }
         });
 
-        let batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
-            .with_settings(config.batch.settings(&config.invoices_dir));
+        let mut batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
+            .with_settings(config.batch.clone());
+        if let Some(dir) = config.invoices_export() {
+            batcher = batcher.with_invoices_dir(dir.to_path_buf());
+        }
         let settle = Settle {
             batcher: Some(batcher),
             chain,

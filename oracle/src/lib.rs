@@ -14,6 +14,9 @@
 //!   in the chain's time.
 //! - The [`daemon`] (`tally-oracle`): [`config`], [`telemetry`] (/metrics, /health),
 //!   graceful stop.
+//! - `sim_worker`, with the `sim-worker` feature only: a simulated GPU worker (an
+//!   OpenAI-compatible server) for `tally demo`, tests and `tally-oracle-bench`; the
+//!   daemon is built without it.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod audit;
@@ -28,6 +31,7 @@ pub mod job_view;
 pub mod meter;
 pub mod node_report;
 pub mod scrape;
+#[cfg(feature = "sim-worker")]
 pub mod sim_worker;
 pub mod sink;
 pub mod source;

@@ -40,6 +40,14 @@ pub const MAX_TEXT: usize = 128;
 /// How far in the future a report's `finished_at` may be (node clocks drift).
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
+/// The `[node_reports]` section: where signed reports are taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReportSettings {
+    /// Where the daemon serves `POST /v1/reports`, e.g. `127.0.0.1:8081`.
+    pub listen: String,
+}
+
 /// What a worker reports about one completed request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

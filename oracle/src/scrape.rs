@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::http::{stopped, Shutdown};
 use crate::telemetry::{self, parse_prometheus, Telemetry};
 
@@ -14,16 +16,54 @@ use crate::telemetry::{self, parse_prometheus, Telemetry};
 pub const VLLM_TOKEN_COUNTERS: [&str; 2] =
     ["vllm:prompt_tokens_total", "vllm:generation_tokens_total"];
 
-/// What the scraper compares.
-#[derive(Clone, Debug)]
-pub struct ScrapeConfig {
-    /// The inference server's metrics URL, e.g. `http://127.0.0.1:8000/metrics`.
+/// The `[metrics]` section: what the scraper compares. Only `url` is required;
+/// [`ScrapeSettings::new`] gives every other key its default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeSettings {
+    /// The inference server's Prometheus endpoint, e.g. `http://127.0.0.1:8000/metrics`.
     pub url: String,
-    pub interval: Duration,
-    /// Counters whose sum is tokens served.
+    /// Seconds between scrapes (at least 0.05).
+    #[serde(default = "default_interval")]
+    pub interval_secs: f64,
+    /// Counters whose sum is tokens served (default: vLLM's).
+    #[serde(default = "default_counters")]
     pub counters: Vec<String>,
-    /// Drift (as a fraction of upstream tokens) above which a warning is logged.
+    /// Drift, as a fraction of upstream tokens, above which a warning is logged.
+    #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+}
+
+fn default_interval() -> f64 {
+    15.0
+}
+
+fn default_counters() -> Vec<String> {
+    VLLM_TOKEN_COUNTERS
+        .iter()
+        .map(|c| (*c).to_string())
+        .collect()
+}
+
+fn default_tolerance() -> f64 {
+    0.01
+}
+
+impl ScrapeSettings {
+    /// Scraping `url`, every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            interval_secs: default_interval(),
+            counters: default_counters(),
+            tolerance: default_tolerance(),
+        }
+    }
+
+    /// Time between scrapes.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_secs.max(0.05))
+    }
 }
 
 /// One comparison.
@@ -44,16 +84,16 @@ impl Drift {
 
 /// Scrapes the upstream and compares it with the gateway's metering.
 pub struct MetricsScrape {
-    config: ScrapeConfig,
+    settings: ScrapeSettings,
     telemetry: Arc<Telemetry>,
     http: reqwest::Client,
     baseline: Option<(f64, f64)>,
 }
 
 impl MetricsScrape {
-    pub fn new(config: ScrapeConfig, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(settings: ScrapeSettings, telemetry: Arc<Telemetry>) -> Self {
         Self {
-            config,
+            settings,
             telemetry,
             http: reqwest::Client::new(),
             baseline: None,
@@ -74,24 +114,29 @@ impl MetricsScrape {
         let metered = self.metered();
         let text = self
             .http
-            .get(&self.config.url)
+            .get(&self.settings.url)
             .timeout(Duration::from_secs(5))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("cannot scrape {}: {e}", self.config.url))?
+            .map_err(|e| format!("cannot scrape {}: {e}", self.settings.url))?
             .text()
             .await
-            .map_err(|e| format!("cannot read {}: {e}", self.config.url))?;
+            .map_err(|e| format!("cannot read {}: {e}", self.settings.url))?;
         let totals = parse_prometheus(&text);
-        if !self.config.counters.iter().any(|c| totals.contains_key(c)) {
+        if !self
+            .settings
+            .counters
+            .iter()
+            .any(|c| totals.contains_key(c))
+        {
             return Err(format!(
                 "{} exposes none of {:?}: name the server's token counters in [metrics] counters",
-                self.config.url, self.config.counters
+                self.settings.url, self.settings.counters
             ));
         }
         let upstream: f64 = self
-            .config
+            .settings
             .counters
             .iter()
             .filter_map(|c| totals.get(c))
@@ -106,7 +151,7 @@ impl MetricsScrape {
             .set(telemetry::UPSTREAM_TOKENS, "", drift.upstream);
         self.telemetry
             .set(telemetry::DRIFT_TOKENS, "", drift.tokens());
-        if drift.tokens().abs() > self.config.tolerance * drift.upstream.max(1.0) {
+        if drift.tokens().abs() > self.settings.tolerance * drift.upstream.max(1.0) {
             tracing::warn!(
                 upstream = drift.upstream,
                 metered = drift.metered,
@@ -125,7 +170,7 @@ impl MetricsScrape {
                 tracing::warn!("{e}");
             }
             tokio::select! {
-                () = tokio::time::sleep(self.config.interval) => {}
+                () = tokio::time::sleep(self.settings.interval()) => {}
                 () = stopped(&mut shutdown) => return,
             }
         }

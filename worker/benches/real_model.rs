@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use solana_signer::Signer;
 use tally_oracle::batcher::{BatchSettings, Batcher};
 use tally_oracle::clock::ChainClock;
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::store::Store;
 use tally_tests::{JobSpec, World};
 use tally_worker::model::Tokenized;
@@ -205,12 +205,12 @@ fn chat(world: &World, job: &tally_tests::JobHandle, work: &std::path::Path) -> 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(Arc::clone(&worker).serve(listener));
-        let gateway = Gateway::new(GatewayConfig {
-            upstream: upstream.clone(),
-            api_keys: HashMap::from([("chat-key".to_string(), job.address.to_string())]),
-            store_path: work.join("chat.db"),
+        let gateway = Gateway::new(
+            GatewaySettings::new(upstream.clone())
+                .with_api_keys([("chat-key".to_string(), job.address.to_string())]),
+            &work.join("chat.db"),
             clock,
-        })
+        )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let through = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
@@ -362,12 +362,11 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(Arc::clone(&worker).serve(listener));
-        let gateway = Gateway::new(GatewayConfig {
-            upstream: upstream.clone(),
-            api_keys,
-            store_path: store_path.clone(),
-            clock: Arc::clone(&clock),
-        })
+        let gateway = Gateway::new(
+            GatewaySettings::new(upstream.clone()).with_api_keys(api_keys),
+            &store_path,
+            Arc::clone(&clock),
+        )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let through = format!("http://{}/v1/embeddings", listener.local_addr().unwrap());
@@ -453,11 +452,11 @@ fn main() {
         clock,
     )
     .with_settings(BatchSettings {
-        invoices_dir: Some(work.join("invoices")),
         max_receipts_per_tx: JOBS,
         lookup_tables: false,
         ..BatchSettings::default()
-    });
+    })
+    .with_invoices_dir(work.join("invoices"));
     let before = world.env.lamports(&oracle.pubkey());
     let round = batcher.run_round(&mut *world.env).unwrap();
     assert_eq!((round.confirmed, round.failed), (JOBS, 0), "{round:?}");

@@ -17,7 +17,6 @@
     clippy::cast_precision_loss
 )]
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +27,7 @@ use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally_client::job_key::JobKeyClaims;
 use tally_oracle::clock::ChainClock;
-use tally_oracle::gateway::{Gateway, GatewayConfig, GatewaySettings};
+use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::job_view::{JobBook, ViewConfig};
 use tally_oracle::meter::SourceStore;
 use tally_oracle::node_report::JobDirectory;
@@ -193,13 +192,7 @@ async fn gateway(dir: PathBuf) -> Result<[Path; 3], String> {
             source: tally_oracle::gateway::SOURCE,
         },
     );
-    let gateway = Gateway::build(
-        upstream_url.clone(),
-        HashMap::new(),
-        sink,
-        GatewaySettings::default(),
-        Some(book),
-    );
+    let gateway = Gateway::build(GatewaySettings::new(upstream_url.clone()), sink, Some(book));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -209,12 +202,12 @@ async fn gateway(dir: PathBuf) -> Result<[Path; 3], String> {
     );
     tokio::spawn(gateway.serve(listener));
     // The same gateway without the chain: a static key, no pre-authorization.
-    let plain = Gateway::new(GatewayConfig {
-        upstream: upstream_url.clone(),
-        api_keys: HashMap::from([("static".to_string(), address.to_string())]),
-        store_path: dir.join("plain.db"),
-        clock: ChainClock::new(),
-    })
+    let plain = Gateway::new(
+        GatewaySettings::new(upstream_url.clone())
+            .with_api_keys([("static".to_string(), address.to_string())]),
+        &dir.join("plain.db"),
+        ChainClock::new(),
+    )
     .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -20,8 +20,8 @@
 //! A gateway built without a chain ([`Gateway::new`], [`Gateway::with_sink`]) takes
 //! static keys only and does not pre-authorize: it is for tests, benchmarks and the
 //! demo. The daemon always builds it with the chain ([`Gateway::build`]).
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tally::state::{Job, UnitKind};
 use tokio_util::task::TaskTracker;
@@ -50,7 +51,8 @@ pub use request::usage_of;
 use request::{Endpoint, Normalized};
 use stream::Passage;
 pub use stream::StreamUsage;
-use tokenize::{TokenizeMode, Tokenizer};
+pub use tokenize::TokenizeMode;
+use tokenize::Tokenizer;
 
 /// Endpoints metered (POST).
 pub const METERED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -71,58 +73,211 @@ pub const INVOICES_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// The name gateway records carry.
 pub const SOURCE: &str = "gateway";
 
-/// What the gateway needs to run on its own, without a chain (tests, the demo, the
-/// bench): static keys only, no pre-authorization.
-pub struct GatewayConfig {
+/// A client that reads nothing for this long is treated as gone (its stream is still
+/// read to the end and billed).
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `[gateway]` section: where the gateway listens, the inference server it
+/// forwards to, whose jobs it takes, and how it treats requests. Only `listen` and
+/// `upstream` are required; [`GatewaySettings::new`] gives every other key its
+/// default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Where the daemon serves the gateway, e.g. `127.0.0.1:8080` (a gateway built
+    /// by hand is served on whatever listener it is given).
+    pub listen: String,
     /// Base URL of the inference server, e.g. `http://127.0.0.1:8000`.
     pub upstream: String,
-    /// API key → job address.
-    pub api_keys: HashMap<String, String>,
-    /// The store file (shared with the batcher through SQLite).
-    pub store_path: PathBuf,
-    /// The chain's clock, synced by the caller before the first request (records
-    /// are stamped with it) and given to the batcher, which keeps it synced.
-    pub clock: Arc<crate::clock::ChainClock>,
-}
-
-/// How the gateway treats requests, beyond its upstream and keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewaySettings {
-    pub limits: Limits,
-    /// `max_tokens` given to chat requests that set none (their cost must be bounded).
+    /// The operator this gateway serves (its authority, the wallet that registered
+    /// it). Job keys are taken only for this operator's jobs: others' usage would pay
+    /// someone else. Without it, only static `api_keys` are taken.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Optional static API key → job address, for operators who issue their own keys.
+    /// Secret. Clients normally bring job keys signed by their wallet instead
+    /// (`tally job key <JOB>`), which need no entry here.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, String>,
+    /// Largest request body, bytes (bigger: 413; at least 1 KiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A connection must send each request's head within this time (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: f64,
+    /// A request's body must arrive within this time (else 408).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: f64,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On stop, how long requests and streams in flight may take to finish (each is
+    /// billed when it does).
+    #[serde(default = "default_drain")]
+    pub drain_secs: f64,
+    /// `max_tokens` given to chat requests that set none, so their cost is bounded.
+    #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
     /// Longest an upstream answer may take, streamed or not.
-    pub upstream_timeout: Duration,
-    /// Counting tokens for answers without usage.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: f64,
+    /// Counting tokens for answers the upstream sends without usage: `auto` (its
+    /// `/tokenize`, else `/extras/tokenize`), `off`, or a path on the upstream.
+    #[serde(default)]
     pub tokenize: TokenizeMode,
-    /// A client that reads nothing for this long is treated as gone (its stream is
-    /// still read to the end and billed).
-    pub client_write_timeout: Duration,
+    /// How often a served job's view is refreshed from the chain and the store.
+    #[serde(default = "default_view_refresh")]
+    pub view_refresh_secs: f64,
 }
 
-impl Default for GatewaySettings {
-    fn default() -> Self {
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_header_read_timeout() -> f64 {
+    30.0
+}
+
+fn default_body_read_timeout() -> f64 {
+    60.0
+}
+
+fn default_max_connections() -> usize {
+    1_024
+}
+
+fn default_drain() -> f64 {
+    30.0
+}
+
+fn default_max_tokens() -> u64 {
+    4_096
+}
+
+fn default_upstream_timeout() -> f64 {
+    600.0
+}
+
+fn default_view_refresh() -> f64 {
+    2.0
+}
+
+/// `value` seconds, at least `least` (a value that is not finite: `least`).
+fn secs(value: f64, least: f64) -> Duration {
+    Duration::from_secs_f64(if value.is_finite() {
+        value.max(least)
+    } else {
+        least
+    })
+}
+
+impl GatewaySettings {
+    /// A gateway forwarding to `upstream`, every other setting at its default (no
+    /// operator, no static keys; `listen` is `127.0.0.1:0`).
+    pub fn new(upstream: impl Into<String>) -> Self {
         Self {
-            limits: Limits {
-                max_body_bytes: 4 * 1024 * 1024,
-                ..Limits::default()
-            },
-            default_max_tokens: 4_096,
-            upstream_timeout: Duration::from_secs(600),
-            tokenize: TokenizeMode::Auto,
-            client_write_timeout: Duration::from_secs(60),
+            listen: "127.0.0.1:0".into(),
+            upstream: upstream.into(),
+            operator: None,
+            api_keys: BTreeMap::new(),
+            max_body_bytes: default_max_body_bytes(),
+            header_read_timeout_secs: default_header_read_timeout(),
+            body_read_timeout_secs: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            drain_secs: default_drain(),
+            default_max_tokens: default_max_tokens(),
+            upstream_timeout_secs: default_upstream_timeout(),
+            tokenize: TokenizeMode::default(),
+            view_refresh_secs: default_view_refresh(),
+        }
+    }
+
+    /// With these static API keys (key → job address).
+    #[must_use]
+    pub fn with_api_keys(mut self, keys: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.api_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// What the gateway's listener accepts.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes.max(1024),
+            header_read_timeout: secs(self.header_read_timeout_secs, 0.1),
+            body_read_timeout: secs(self.body_read_timeout_secs, 0.1),
+            max_connections: self.max_connections.max(1),
+            drain: secs(self.drain_secs, 0.0),
+        }
+    }
+
+    /// `max_tokens` given to chat requests that set none (at least 1).
+    pub fn default_max_tokens(&self) -> u64 {
+        self.default_max_tokens.max(1)
+    }
+
+    /// Longest an upstream answer may take (at least 1 s).
+    pub fn upstream_timeout(&self) -> Duration {
+        secs(self.upstream_timeout_secs, 1.0)
+    }
+
+    /// How often a served job's view is refreshed (at least 50 ms).
+    pub fn view_refresh(&self) -> Duration {
+        secs(self.view_refresh_secs, 0.05)
+    }
+
+    /// The operator PDA this gateway serves, if configured.
+    pub fn operator_pda(&self) -> Result<Option<anchor_lang::prelude::Pubkey>, crate::OracleError> {
+        self.operator
+            .as_deref()
+            .map(|text| {
+                text.parse::<anchor_lang::prelude::Pubkey>()
+                    .map(|authority| tally_client::pda::operator(&authority))
+                    .map_err(|_| {
+                        crate::OracleError::Invalid(format!(
+                            "gateway.operator `{text}` is not a public key: write the operator's authority (its wallet)"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    /// Checks what serde cannot: the operator is a public key, and every static key
+    /// names a job address (the key itself is never shown).
+    pub fn validate(&self) -> Result<(), crate::OracleError> {
+        self.operator_pda()?;
+        for (key, job) in &self.api_keys {
+            if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
+                let shown: String = key.chars().take(4).collect();
+                return Err(crate::OracleError::Invalid(format!(
+                    "gateway.api_keys: the key {shown}… names `{job}`, which is not a job address"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings with the static keys replaced by `<secret N>`, for logs.
+    #[must_use]
+    pub fn redacted(&self) -> Self {
+        Self {
+            api_keys: self
+                .api_keys
+                .values()
+                .enumerate()
+                .map(|(i, job)| (format!("<secret {}>", i + 1), job.clone()))
+                .collect(),
+            ..self.clone()
         }
     }
 }
 
 /// The running gateway's state.
 pub struct Gateway {
-    upstream: String,
-    api_keys: HashMap<String, String>,
+    /// As given, the upstream without a trailing `/`.
+    settings: GatewaySettings,
     sink: Arc<Sink>,
     http: reqwest::Client,
     book: Option<Arc<JobBook>>,
-    settings: GatewaySettings,
     tokenizer: Tokenizer,
     tasks: TaskTracker,
     verified: auth::Verified,
@@ -182,50 +337,47 @@ fn error_event(message: &str) -> Bytes {
 }
 
 impl Gateway {
-    /// A gateway with a store of its own at `config.store_path` (no chain: static keys
-    /// only, no pre-authorization).
-    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, crate::OracleError> {
+    /// A gateway with a store of its own at `store_path`, stamping records with
+    /// `clock` (synced by the caller before the first request) — no chain: static
+    /// keys only, no pre-authorization.
+    pub fn new(
+        settings: GatewaySettings,
+        store_path: &Path,
+        clock: Arc<crate::clock::ChainClock>,
+    ) -> Result<Arc<Self>, crate::OracleError> {
         let sink = Sink::open(
-            &config.store_path.to_string_lossy(),
+            &store_path.to_string_lossy(),
             Arc::new(Telemetry::default()),
-            config.clock,
+            clock,
             u64::MAX,
         )?;
-        Ok(Self::with_sink(config.upstream, config.api_keys, sink))
+        Ok(Self::with_sink(settings, sink))
     }
 
     /// A gateway committing into `sink` (no chain: static keys only, no
     /// pre-authorization).
-    pub fn with_sink(
-        upstream: String,
-        api_keys: HashMap<String, String>,
-        sink: Arc<Sink>,
-    ) -> Arc<Self> {
-        Self::build(upstream, api_keys, sink, GatewaySettings::default(), None)
+    pub fn with_sink(settings: GatewaySettings, sink: Arc<Sink>) -> Arc<Self> {
+        Self::build(settings, sink, None)
     }
 
     /// A gateway committing into `sink`, checking job keys and pre-authorizing every
     /// request against `book` (the chain and the store), as the daemon runs it.
     pub fn build(
-        upstream: String,
-        api_keys: HashMap<String, String>,
+        mut settings: GatewaySettings,
         sink: Arc<Sink>,
-        settings: GatewaySettings,
         book: Option<Arc<JobBook>>,
     ) -> Arc<Self> {
-        let upstream = upstream.trim_end_matches('/').to_string();
+        settings.upstream = settings.upstream.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
-            .timeout(settings.upstream_timeout)
+            .timeout(settings.upstream_timeout())
             .build()
             .unwrap_or_default();
         Arc::new(Self {
             tokenizer: Tokenizer::new(
-                &upstream,
+                &settings.upstream,
                 settings.tokenize.clone(),
                 Duration::from_secs(30),
             ),
-            upstream,
-            api_keys,
             sink,
             http,
             book,
@@ -268,7 +420,7 @@ impl Gateway {
                 }
             });
         }
-        let (limits, tasks) = (self.settings.limits.clone(), self.tasks.clone());
+        let (limits, tasks) = (self.settings.limits(), self.tasks.clone());
         crate::http::serve(
             listener,
             move |req| Arc::clone(&self).handle(req),
@@ -286,10 +438,11 @@ impl Gateway {
     /// `text` without the upstream's address (internal URLs stay internal).
     fn scrub(&self, text: &str) -> String {
         let host = self
+            .settings
             .upstream
             .split_once("://")
-            .map_or(self.upstream.as_str(), |(_, host)| host);
-        text.replace(&self.upstream, "the inference server")
+            .map_or(self.settings.upstream.as_str(), |(_, host)| host);
+        text.replace(&self.settings.upstream, "the inference server")
             .replace(host, "the inference server")
     }
 
@@ -364,7 +517,7 @@ impl Gateway {
     async fn wrong_model(&self, job_text: &str, job: &Job, asked: &str) -> Refusal {
         let listed = self
             .http
-            .get(format!("{}/v1/models", self.upstream))
+            .get(format!("{}/v1/models", self.settings.upstream))
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -439,7 +592,7 @@ impl Gateway {
                 .saturating_add(request.max_completion_tokens),
             UnitKind::Requests | UnitKind::Frames => 1,
             // GPU time is the request's wall time, at most the upstream timeout.
-            UnitKind::GpuSeconds => self.settings.upstream_timeout.as_secs().saturating_add(1),
+            UnitKind::GpuSeconds => self.settings.upstream_timeout().as_secs().saturating_add(1),
         };
         let output = match kind {
             UnitKind::Tokens => request.max_completion_tokens,
@@ -481,13 +634,15 @@ impl Gateway {
             ));
         };
         // Who pays, before the body is read: strangers cannot make the gateway buffer.
-        let caller = auth::caller(req.headers(), |key| self.api_keys.get(key).cloned())?;
+        let caller = auth::caller(req.headers(), |key| {
+            self.settings.api_keys.get(key).cloned()
+        })?;
         let authorized = self.authorize(&caller).await?;
         let (parts, body) = req.into_parts();
-        let raw = crate::http::read_body(&parts.headers, body, &self.settings.limits)
+        let raw = crate::http::read_body(&parts.headers, body, &self.settings.limits())
             .await
             .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
-        let request = request::normalize(endpoint, &raw, self.settings.default_max_tokens)
+        let request = request::normalize(endpoint, &raw, self.settings.default_max_tokens())
             .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
         if let Some((_, job)) = &authorized.state {
             if !crate::batcher::pays_for_model(job, &request.model) {
@@ -526,7 +681,7 @@ impl Gateway {
         let started = Instant::now();
         let upstream = self
             .http
-            .post(format!("{}{path}", self.upstream))
+            .post(format!("{}{path}", self.settings.upstream))
             .header("content-type", "application/json")
             .header("x-request-id", &request_id)
             .body(request.body.to_string())
@@ -728,7 +883,7 @@ impl Gateway {
         reservation: Option<Reservation>,
         started: Instant,
     ) {
-        let write_timeout = self.settings.client_write_timeout;
+        let write_timeout = CLIENT_WRITE_TIMEOUT;
         let mut client = Some(tx);
         let send = |client: &mut Option<tokio::sync::mpsc::Sender<_>>, bytes: Bytes| {
             let sender = client.clone();
@@ -898,7 +1053,7 @@ impl Gateway {
                 "this gateway runs without the chain: it serves no invoices",
             ));
         };
-        let caller = auth::caller(headers, |key| self.api_keys.get(key).cloned())?;
+        let caller = auth::caller(headers, |key| self.settings.api_keys.get(key).cloned())?;
         if matches!(caller, Caller::Static { .. }) {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,

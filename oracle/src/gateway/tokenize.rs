@@ -10,12 +10,16 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Where the gateway counts tokens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the gateway counts tokens: the `[gateway]` section's `tokenize`, written
+/// `auto`, `off` (or empty), or a path on the upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum TokenizeMode {
     /// `/tokenize`, then `/extras/tokenize`: the first that answers.
+    #[default]
     Auto,
     /// This path on the upstream.
     Path(String),
@@ -33,6 +37,24 @@ impl TokenizeMode {
             other => Err(format!(
                 "gateway.tokenize = `{other}`: write auto, off, or the upstream's tokenizer path (/tokenize, /extras/tokenize)"
             )),
+        }
+    }
+}
+
+impl TryFrom<String> for TokenizeMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl From<TokenizeMode> for String {
+    fn from(mode: TokenizeMode) -> Self {
+        match mode {
+            TokenizeMode::Auto => "auto".into(),
+            TokenizeMode::Off => "off".into(),
+            TokenizeMode::Path(path) => path,
         }
     }
 }

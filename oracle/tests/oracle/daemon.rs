@@ -544,12 +544,12 @@ api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
     )
     .unwrap();
     let gateway = config.gateway.unwrap();
-    let settings = gateway.settings().unwrap();
-    assert_eq!(settings.limits.max_body_bytes, 2048);
-    assert_eq!(settings.limits.header_read_timeout, Duration::from_secs(2));
-    assert_eq!(settings.limits.drain, Duration::from_secs(5));
+    let limits = gateway.limits();
+    assert_eq!(limits.max_body_bytes, 2048);
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(limits.drain, Duration::from_secs(5));
     assert_eq!(
-        settings.tokenize,
+        gateway.tokenize,
         tally_oracle::gateway::tokenize::TokenizeMode::Path("/extras/tokenize".into())
     );
     assert!(gateway.operator_pda().unwrap().is_some());
@@ -563,6 +563,82 @@ api_keys = { "sk-live-123456" = "9dF2zMwvV5mCiEXKHmG38gZmPfBMTTDD3yfeYzn3W39Q" }
         )
         .unwrap_err();
         assert!(err.to_string().contains(says), "{err}");
+    }
+}
+
+/// `oracle/tally-oracle.example.toml` is the reference for operators: it must parse,
+/// hold every key the code reads, and show each at the code's default.
+#[test]
+fn the_example_config_parses_and_shows_every_key_at_its_default() {
+    use tally_oracle::batcher::BatchSettings;
+    use tally_oracle::daemon::AdminSettings;
+    use tally_oracle::gateway::GatewaySettings;
+    use tally_oracle::node_report::NodeReportSettings;
+    use tally_oracle::scrape::ScrapeSettings;
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tally-oracle.example.toml");
+    let config = OracleConfig::load(Some(&path)).unwrap();
+    assert_eq!(
+        (config.url.as_deref(), config.keypair.as_deref()),
+        (None, None)
+    );
+    assert_eq!(config.store, "tally-oracle.db");
+    assert_eq!(config.invoices_dir, Path::new("invoices"));
+    assert_eq!(config.batch, BatchSettings::default());
+    assert_eq!(config.batch.interval(), Duration::from_secs(10));
+    assert_eq!(config.admin, AdminSettings::default());
+    assert_eq!(config.admin.listen, "127.0.0.1:9464");
+    let gateway = config.gateway.as_ref().unwrap();
+    assert_eq!(
+        *gateway,
+        GatewaySettings {
+            listen: "127.0.0.1:8080".into(),
+            ..GatewaySettings::new("http://127.0.0.1:8000")
+        }
+    );
+    assert_eq!(
+        (gateway.operator.as_deref(), gateway.api_keys.len()),
+        (None, 0)
+    );
+    assert_eq!(gateway.limits().max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(gateway.upstream_timeout(), Duration::from_secs(600));
+    assert_eq!(
+        config.node_reports,
+        Some(NodeReportSettings {
+            listen: "127.0.0.1:8081".into()
+        })
+    );
+    assert_eq!(
+        config.metrics,
+        Some(ScrapeSettings::new("http://127.0.0.1:8000/metrics"))
+    );
+    assert_eq!(config.metrics.as_ref().unwrap().counters.len(), 2);
+
+    // What the file says is what serde does with the key left out: the same config
+    // from the required keys alone.
+    let required = "[gateway]\nlisten = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:8000\"\n\
+                    [node_reports]\nlisten = \"127.0.0.1:8081\"\n\
+                    [metrics]\nurl = \"http://127.0.0.1:8000/metrics\"\n";
+    assert_eq!(OracleConfig::parse(required, Vec::new()).unwrap(), config);
+
+    // Every key the code writes out is in the file (those unset by default are shown
+    // commented out), so a new setting cannot be left out of it.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: toml::Table = text.parse().unwrap();
+    let written: toml::Table = toml::to_string(&config).unwrap().parse().unwrap();
+    for (key, value) in &written {
+        assert!(file.contains_key(key), "the example lacks `{key}`");
+        if let (Some(section), Some(in_file)) = (value.as_table(), file[key].as_table()) {
+            for inner in section.keys() {
+                assert!(
+                    in_file.contains_key(inner),
+                    "the example lacks `{key}.{inner}`"
+                );
+            }
+        }
+    }
+    for unset in ["# url = ", "# keypair = ", "# operator = "] {
+        assert!(text.contains(unset), "the example lacks `{unset}…`");
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
 use tokio::net::TcpListener;
@@ -25,12 +25,11 @@ async fn start(name: &str) -> Running {
         ("key-a".to_string(), "JobA".to_string()),
         ("key-b".to_string(), "JobB".to_string()),
     ]);
-    let gateway = Gateway::new(GatewayConfig {
-        upstream: upstream.clone(),
-        api_keys,
-        store_path: store_path.clone(),
-        clock: tally_oracle::clock::ChainClock::new(),
-    })
+    let gateway = Gateway::new(
+        GatewaySettings::new(upstream.clone()).with_api_keys(api_keys),
+        &store_path,
+        tally_oracle::clock::ChainClock::new(),
+    )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

@@ -7,7 +7,6 @@
 //!
 //! scripts/test runs this module as its own step with --nocapture, so the figures it
 //! prints (start-up time, CU and fees per transaction) are in the output.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use tally_client::migrate::{self, Deployment, Release};
 use tally_client::{ops, pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::clock::ChainClock;
-use tally_oracle::gateway::{Gateway, GatewayConfig};
+use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::sim_worker::SimWorker;
 use tally_oracle::store::Store;
 use tally_tests::validator::LocalValidator;
@@ -275,12 +274,12 @@ fn client_oracle_claim_flow_over_rpc() {
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
         tokio::spawn(Arc::clone(&worker).serve(upstream));
-        let gateway = Gateway::new(GatewayConfig {
-            upstream: upstream_url,
-            api_keys: HashMap::from([("client-key".to_string(), job.address.to_string())]),
-            store_path: store_path.clone(),
-            clock: Arc::clone(&clock),
-        })
+        let gateway = Gateway::new(
+            GatewaySettings::new(upstream_url)
+                .with_api_keys([("client-key".to_string(), job.address.to_string())]),
+            &store_path,
+            Arc::clone(&clock),
+        )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -15,7 +15,7 @@
 //! The same flow runs on the embedded chain (LiteSVM + the SBF program) and on
 //! `solana-test-validator` (the SDK's RPC backend, real confirmations; skipped with
 //! `local-validator suite skipped: <reason>` where none exists).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use tally_oracle::gateway::{Gateway, GatewaySettings};
 use tally_oracle::invoice::Invoice;
 use tally_oracle::job_view::{JobBook, ViewConfig};
 use tally_oracle::meter::SourceStore;
-use tally_oracle::scrape::{MetricsScrape, ScrapeConfig, VLLM_TOKEN_COUNTERS};
+use tally_oracle::scrape::{MetricsScrape, ScrapeSettings};
 use tally_oracle::sink::Sink;
 use tally_oracle::store::{Store, COUNTED_BY_UPSTREAM};
 use tally_oracle::telemetry::Telemetry;
@@ -356,22 +356,13 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
                 source: tally_oracle::gateway::SOURCE,
             },
         );
-        let gateway = Gateway::build(
-            worker.url.clone(),
-            HashMap::new(),
-            sink,
-            GatewaySettings::default(),
-            Some(book),
-        );
+        let gateway = Gateway::build(GatewaySettings::new(worker.url.clone()), sink, Some(book));
+        // vLLM's counters (the default).
         let mut cross_check = MetricsScrape::new(
-            ScrapeConfig {
-                url: format!("{}/metrics", worker.url),
-                interval: Duration::from_secs(1),
-                counters: VLLM_TOKEN_COUNTERS
-                    .iter()
-                    .map(|c| (*c).to_string())
-                    .collect(),
+            ScrapeSettings {
+                interval_secs: 1.0,
                 tolerance: 0.0,
+                ..ScrapeSettings::new(format!("{}/metrics", worker.url))
             },
             telemetry,
         );
@@ -623,10 +614,10 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
         clock,
     )
     .with_settings(BatchSettings {
-        invoices_dir: Some(dir.join("invoices")),
         lookup_tables: false,
         ..BatchSettings::default()
-    });
+    })
+    .with_invoices_dir(dir.join("invoices"));
     let records = batcher.store.all_records().unwrap();
     assert_eq!(records.len(), expected.len());
     for record in &records {
