@@ -127,6 +127,29 @@ pub struct Unbillable {
     pub detail: String,
 }
 
+impl Unbillable {
+    /// Records of `job` listed in its invoice but not billed, `why`.
+    fn listed(
+        job: &str,
+        reason: UnbillableReason,
+        records: &Totals,
+        kind: UnitKind,
+        why: &str,
+    ) -> Self {
+        Self {
+            job: job.to_string(),
+            reason,
+            records: records.requests,
+            units: records.units(kind),
+            detail: format!(
+                "job {job}: {} record(s), {} unit(s), {why}",
+                records.requests,
+                records.units(kind)
+            ),
+        }
+    }
+}
+
 /// Why a receipt or records can never be billed: a terminal state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOffReason {
@@ -893,34 +916,30 @@ impl Batcher {
             lines.push(InvoiceLine::from(record));
         }
         if foreign.requests > 0 {
-            report.unbillable.push(Unbillable {
-                job: job_text.to_string(),
-                reason: UnbillableReason::WrongModel,
-                records: foreign.requests,
-                units: foreign.units(kind),
-                detail: format!(
-                    "job {job_text}: {} record(s), {} unit(s), served by model(s) {foreign_models:?} \
-                     that the job does not pay for: listed in the invoice, not billed (the \
-                     inference server answered with another model than the one requested)",
-                    foreign.requests,
-                    foreign.units(kind),
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::WrongModel,
+                &foreign,
+                kind,
+                &format!(
+                    "served by model(s) {foreign_models:?} that the job does not pay for: \
+                     listed in the invoice, not billed (the inference server answered with \
+                     another model than the one requested)"
                 ),
-            });
+            ));
         }
         if late.requests > 0 {
-            report.unbillable.push(Unbillable {
-                job: job_text.to_string(),
-                reason: UnbillableReason::AfterDeadline,
-                records: late.requests,
-                units: late.units(kind),
-                detail: format!(
-                    "job {job_text}: {} record(s), {} unit(s), finished after the job's deadline \
-                     {} (latest {latest}, chain time): listed in the invoice, not billed",
-                    late.requests,
-                    late.units(kind),
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::AfterDeadline,
+                &late,
+                kind,
+                &format!(
+                    "finished after the job's deadline {} (latest {latest}, chain time): \
+                     listed in the invoice, not billed",
                     job.deadline
                 ),
-            });
+            ));
         }
         let cumulative_units = totals.units(kind).max(job.settled_units);
         let cumulative_output = totals.output(kind).max(job.settled_output);

@@ -246,6 +246,26 @@ impl Served {
     }
 }
 
+/// A node report of request `id` (11 prompt and 22 completion tokens of `model`) for
+/// `job`, finished `now`, signed by `node`, as the worker posts it.
+fn signed_report(node: &SigningKey, job: &Pubkey, id: &str, model: &str, now: i64) -> String {
+    serde_json::to_string(
+        &NodeRecord {
+            job: job.to_string(),
+            request_id: id.into(),
+            model: model.into(),
+            prompt_tokens: 11,
+            completion_tokens: 22,
+            gpu_ms: 100,
+            started_at: now - 1,
+            finished_at: now,
+        }
+        .sign(node)
+        .unwrap(),
+    )
+    .unwrap()
+}
+
 fn assert_refused(answer: &Answer, status: u16, says: &str) {
     assert_eq!(answer.status, status, "{}", answer.text);
     assert!(
@@ -1164,23 +1184,7 @@ async fn one_meter_per_job_the_first_source_owns_it_and_the_other_is_refused() {
     let (a, b) = (s.job(0), s.job(1));
     let reports = s.reports.clone().unwrap();
     let now = s.chain_now();
-    let report = |job: &Pubkey, id: &str| {
-        serde_json::to_string(
-            &NodeRecord {
-                job: job.to_string(),
-                request_id: id.into(),
-                model: "llama-3-8b".into(),
-                prompt_tokens: 11,
-                completion_tokens: 22,
-                gpu_ms: 100,
-                started_at: now - 1,
-                finished_at: now,
-            }
-            .sign(&s.node)
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let report = |job: &Pubkey, id: &str| signed_report(&s.node, job, id, "llama-3-8b", now);
     // Job A: the gateway records it first; the worker's report of it is refused.
     assert_eq!(s.chat(&s.key(&a), &chat(5, false)).await.status, 200);
     let (status, text) = post(&reports, &report(&a, "r-1")).await;
@@ -1784,23 +1788,7 @@ async fn a_node_report_for_another_model_than_the_job_pays_for_is_refused() {
     let job = s.job(0);
     let reports = s.reports.clone().unwrap();
     let now = s.chain_now();
-    let report = |id: &str, model: &str| {
-        serde_json::to_string(
-            &NodeRecord {
-                job: job.to_string(),
-                request_id: id.into(),
-                model: model.into(),
-                prompt_tokens: 11,
-                completion_tokens: 22,
-                gpu_ms: 100,
-                started_at: now - 1,
-                finished_at: now,
-            }
-            .sign(&s.node)
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let report = |id: &str, model: &str| signed_report(&s.node, &job, id, model, now);
     let (status, text) = post(&reports, &report("r-1", "llama-3-70b")).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("not `llama-3-70b`"), "{text}");
