@@ -163,7 +163,23 @@ pub fn plan(
     let mut steps = Vec::new();
     let mut notes = Vec::new();
     let state = deploy::program_state(chain, &tally::ID)?;
-    let authority = match (&state, &deployment.release) {
+    let authority = plan_program(&state, admin, deployment, &mut steps, &mut notes)?;
+    plan_config(chain, &state, authority, admin, deployment, &mut steps)?;
+    plan_mints(chain, deployment, &mut steps)?;
+    plan_accounts(chain, &state, deployment, &mut steps, &mut notes)?;
+    Ok((steps, notes))
+}
+
+/// Deploy or upgrade the program as the release asks; returns its upgrade authority
+/// (the admin's, once a planned deploy has run).
+fn plan_program(
+    state: &ProgramState,
+    admin: &Pubkey,
+    deployment: &Deployment,
+    steps: &mut Vec<Step>,
+    notes: &mut Vec<String>,
+) -> Result<Option<Pubkey>> {
+    Ok(match (state, &deployment.release) {
         (ProgramState::Missing, None) => {
             return Err(other(format!(
                 "the Tally program {} is not deployed on this cluster and no program file was given to deploy",
@@ -227,9 +243,19 @@ pub fn plan(
             }
             *authority
         }
-    };
+    })
+}
 
-    let config = match &state {
+/// Create the config (signed by the upgrade authority), or update what differs.
+fn plan_config(
+    chain: &impl Chain,
+    state: &ProgramState,
+    authority: Option<Pubkey>,
+    admin: &Pubkey,
+    deployment: &Deployment,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    let config = match state {
         ProgramState::Missing => None,
         _ => chain.anchor_account::<Config>(&pda::config())?,
     };
@@ -255,7 +281,11 @@ pub fn plan(
             }
         }
     }
+    Ok(())
+}
 
+/// Accept each manifest mint that has no vault yet.
+fn plan_mints(chain: &impl Chain, deployment: &Deployment, steps: &mut Vec<Step>) -> Result<()> {
     let mut seen = Vec::new();
     for mint in &deployment.mints {
         if seen.contains(mint) {
@@ -267,7 +297,18 @@ pub fn plan(
             steps.push(Step::AddMint(*mint));
         }
     }
+    Ok(())
+}
 
+/// Upgrade accounts the previous layout wrote, once the program that converts them
+/// runs.
+fn plan_accounts(
+    chain: &impl Chain,
+    state: &ProgramState,
+    deployment: &Deployment,
+    steps: &mut Vec<Step>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     // Accounts the previous layout wrote: once the program that converts them runs.
     if !matches!(state, ProgramState::Missing) {
         let outdated = ops::outdated_accounts(chain)?;
@@ -287,7 +328,7 @@ pub fn plan(
             }
         }
     }
-    Ok((steps, notes))
+    Ok(())
 }
 
 fn describe_authority(authority: Option<&Pubkey>) -> String {
