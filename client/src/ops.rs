@@ -332,10 +332,7 @@ pub fn decode_job(data: &[u8]) -> Option<Job> {
         let mut padded = body.to_vec();
         padded.resize(std::mem::size_of::<Job>(), 0);
         let mut job = bytemuck::try_pod_read_unaligned::<Job>(&padded).ok()?;
-        job.input_price = job.input_price.checked_mul(crate::PRICE_SCALE)?;
-        if job.unit_kind == UnitKind::Tokens as u8 {
-            job.output_price = job.input_price;
-        }
+        job.convert_v1_prices().ok()?;
         return Some(job);
     }
     body.get(..std::mem::size_of::<Job>())

@@ -4,8 +4,7 @@ use anchor_lang::Discriminator;
 
 use crate::errors::TallyError;
 use crate::events::AccountUpgraded;
-use crate::payout::PRICE_SCALE;
-use crate::state::{Job, Revenue, UnitKind};
+use crate::state::{Job, Revenue};
 
 /// Brings one account written by an older program version up to date, in place:
 ///
@@ -61,28 +60,12 @@ impl UpgradeAccount<'_> {
         info.resize(new_len)?;
         if kind == "job" {
             let mut data = info.try_borrow_mut_data()?;
-            let field = |name_offset: usize| 8usize.saturating_add(name_offset);
-            let price_at = field(std::mem::offset_of!(Job, input_price));
-            let output_at = field(std::mem::offset_of!(Job, output_price));
-            let kind_at = field(std::mem::offset_of!(Job, unit_kind));
-            let read = |data: &[u8], at: usize| -> Result<u64> {
-                data.get(at..at.saturating_add(8))
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes)
-                    .ok_or_else(|| error!(TallyError::AccountUpToDate))
-            };
-            let price = read(&data, price_at)?
-                .checked_mul(PRICE_SCALE)
-                .ok_or(TallyError::AmountOverflow)?;
-            let tokens = data.get(kind_at) == Some(&(UnitKind::Tokens as u8));
-            for (at, value) in [
-                (price_at, price),
-                (output_at, if tokens { price } else { 0 }),
-            ] {
-                data.get_mut(at..at.saturating_add(8))
-                    .ok_or(TallyError::AccountUpToDate)?
-                    .copy_from_slice(&value.to_le_bytes());
-            }
+            let body = data
+                .get_mut(8..Job::ACCOUNT_SIZE)
+                .ok_or(TallyError::AccountUpToDate)?;
+            bytemuck::try_from_bytes_mut::<Job>(body)
+                .map_err(|_| error!(TallyError::AccountUpToDate))?
+                .convert_v1_prices()?;
         }
         emit!(AccountUpgraded {
             account: info.key(),

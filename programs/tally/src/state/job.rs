@@ -1,7 +1,7 @@
 use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
-use crate::payout::{compute_payout, Payout, Prices, Usage};
+use crate::payout::{compute_payout, Payout, Prices, Usage, PRICE_SCALE};
 use crate::receipt::{SettleReceipt, MAX_UNITS_PER_RECEIPT};
 use crate::state::{pending_total, take_matured, PendingEarnings};
 
@@ -154,6 +154,22 @@ impl Job {
     /// Size of a layout-v1 account (one price per unit, no model): everything up to
     /// `reserved`.
     pub const V1_ACCOUNT_SIZE: usize = Self::ACCOUNT_SIZE - 8 - 8 - 32;
+
+    /// Reads a layout-v1 job's price (per unit, over prompt and completion alike) as
+    /// v2's: per million units, and for tokens the same output price, so the job
+    /// pays exactly what it did; the fields v2 appends (zero) leave the model
+    /// unbound and the settled units counted as input. The one conversion:
+    /// `upgrade_account` writes it, the SDK reads v1 accounts through it.
+    pub fn convert_v1_prices(&mut self) -> Result<()> {
+        self.input_price = self
+            .input_price
+            .checked_mul(PRICE_SCALE)
+            .ok_or(TallyError::AmountOverflow)?;
+        if self.unit_kind == UnitKind::Tokens as u8 {
+            self.output_price = self.input_price;
+        }
+        Ok(())
+    }
 
     /// The job's prices.
     pub fn prices(&self) -> Prices {
