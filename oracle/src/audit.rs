@@ -340,13 +340,8 @@ pub fn audit(
         .map(|f| u64::try_from(f.excess_tokens).unwrap_or(0))
         .fold(0u64, u64::saturating_add);
     let excess_cost = if kind == UnitKind::Tokens {
-        // At the higher price: what the excess may have cost at most.
-        u64::try_from(
-            u128::from(excess_tokens)
-                .saturating_mul(u128::from(job.input_price.max(job.output_price)))
-                .div_ceil(u128::from(tally_client::PRICE_SCALE)),
-        )
-        .unwrap_or(u64::MAX)
+        // What the excess may have cost at most.
+        u64::try_from(crate::job_view::cost_at_top(job, excess_tokens)).unwrap_or(u64::MAX)
     } else {
         0
     };

@@ -581,13 +581,7 @@ impl JobBook {
         let cost = cost_of(job.prices(), bound);
         let max_units = bound.units;
         let top = job.input_price.max(job.output_price);
-        let at_top = |units: u64| {
-            let prices = Prices {
-                input: top,
-                output: top,
-            };
-            cost_of(prices, Usage { units, output: 0 })
-        };
+        let at_top = |units: u64| cost_at_top(&job, units);
         let unsettled_units = state.totals_since(state.base, None).units(kind);
         let committed = at_top(unsettled_units);
         let available = u128::from(job.escrow_left)
@@ -667,6 +661,17 @@ impl From<OracleError> for Refused {
     fn from(e: OracleError) -> Self {
         Self::Unavailable(e.to_string())
     }
+}
+
+/// The most `units` of `job` can cost: all at its higher price, rounded up (for
+/// usage whose split into input and output is not known).
+pub(crate) fn cost_at_top(job: &Job, units: u64) -> u128 {
+    let top = job.input_price.max(job.output_price);
+    let prices = Prices {
+        input: top,
+        output: top,
+    };
+    cost_of(prices, Usage { units, output: 0 })
 }
 
 /// What `usage` costs at `prices`, rounded up (a reservation never falls short of
