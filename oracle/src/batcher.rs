@@ -77,7 +77,8 @@ pub struct RoundReport {
     pub transactions: usize,
     /// Lookup tables created, extended (transactions), deactivated, closed.
     pub tables: TableWork,
-    /// Some job had more waiting records than one invoice takes: run again soon.
+    /// Some job had more waiting records than one invoice takes, or records behind
+    /// a receipt still pending: run again soon.
     pub more_waiting: bool,
     /// Receipts carried by each settle transaction sent (in the order sent).
     pub receipts_per_transaction: Vec<usize>,
@@ -607,9 +608,11 @@ impl Batcher {
         let mut exports = Vec::new();
         for job_text in &waiting {
             // A job whose receipt is pending or backing off waits: its records are
-            // not even read.
+            // not even read. Behind a pending receipt they are work left for the next
+            // round (a final flush must not stop while they wait).
             if let Some(job) = job_state(job_text) {
                 if pending_jobs.contains(&(job_text.clone(), job.nonce)) {
+                    report.more_waiting = true;
                     continue;
                 }
                 if backing_off(&state, job_text, job.nonce) {

@@ -237,6 +237,46 @@ fn a_schema_3_store_gains_the_output_columns_and_its_pending_receipt_lands() {
 }
 
 #[test]
+fn records_behind_a_pending_receipt_are_reported_as_work_left() {
+    let mut s = setup("behind-pending", 1);
+    let killed = batcher(&s);
+    let job = s.jobs[0];
+    let now = s.world.env.now();
+    killed.store.record(&record(&job, 1, now)).unwrap();
+    // The receipt is written, then the process dies before sending it: it is pending.
+    let mut flaky = Flaky {
+        inner: &mut s.world.env.chain,
+        drop_next: true,
+        lose_next_answer: false,
+    };
+    assert_eq!(killed.run_round(&mut flaky).unwrap().failed, 1);
+    killed.store.record(&record(&job, 2, now)).unwrap();
+    drop(killed);
+    let b = batcher(&s);
+    s.world.env.advance(60);
+    // The restarted oracle's round resends the pending receipt and leaves the new record for later:
+    // it must say so, or a final flush stops with the record unsettled.
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(report.confirmed, 1, "{report:?}");
+    assert!(report.more_waiting, "{report:?}");
+    s.world.env.advance(1);
+    let report = b.run_round(&mut *s.world.env).unwrap();
+    assert_eq!(
+        (report.confirmed, report.more_waiting),
+        (1, false),
+        "{report:?}"
+    );
+    let units = [1, 2]
+        .map(|i| {
+            let r = record(&job, i, now);
+            r.prompt_tokens + r.completion_tokens
+        })
+        .iter()
+        .sum::<u64>();
+    assert_eq!(s.world.env.job(&job.address).settled_units, units);
+}
+
+#[test]
 fn records_are_committed_once_and_settle_as_cumulative_receipts() {
     let mut s = setup("once", 3);
     let b = batcher(&s);
