@@ -4,10 +4,11 @@ use std::path::Path;
 
 use anchor_lang::prelude::Pubkey;
 use serde_json::json;
-use tally_client::chain::{ChainError, RpcChain};
+use tally_client::chain::RpcChain;
 use tally_client::config::read_keypair;
 
 use crate::args::OutputFormat;
+use crate::CliError;
 use tally_client::ops;
 use tally_oracle::audit::{self, Audit};
 
@@ -26,21 +27,16 @@ pub struct Args<'a> {
 const OWN_KEY_SECS: i64 = 600;
 const OWN_KEY_LIMIT: u64 = 1;
 
-fn failed(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Other(e.to_string())
-}
-
 /// The job key: given, read from a file, or signed now by the client's wallet.
-fn job_key(args: &Args<'_>, chain: &RpcChain) -> Result<String, ChainError> {
+fn job_key(args: &Args<'_>, chain: &RpcChain) -> Result<String, CliError> {
     match args.key {
         Some(key) if tally_client::job_key::JobKey::looks_like(key.trim()) => {
             Ok(key.trim().to_string())
         }
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                failed(format!(
-                    "--key is neither a job key (tally_k1_…) nor a readable file: {path}: {e}"
-                ))
+            let text = std::fs::read_to_string(path).map_err(|source| CliError::KeyFile {
+                path: path.to_string(),
+                source,
             })?;
             Ok(text.trim().to_string())
         }
@@ -52,36 +48,39 @@ fn job_key(args: &Args<'_>, chain: &RpcChain) -> Result<String, ChainError> {
 }
 
 /// Runs the audit; `Ok(true)` when it is clean.
-pub fn run(args: &Args<'_>, output: OutputFormat) -> Result<bool, ChainError> {
+pub fn run(args: &Args<'_>, output: OutputFormat) -> Result<bool, CliError> {
     let mut chain = RpcChain::new(args.url).with_priority_fee(args.priority_fee);
     let ledger = args
         .ledger
         .map(|path| {
             std::fs::read_to_string(path)
-                .map_err(|e| failed(format!("cannot read the ledger {}: {e}", path.display())))
-                .and_then(|text| audit::read_ledger(&text).map_err(failed))
+                .map_err(|source| CliError::Read {
+                    what: "ledger",
+                    path: path.to_path_buf(),
+                    source,
+                })
+                .and_then(|text| Ok(audit::read_ledger(&text)?))
         })
         .transpose()?;
     let key = job_key(args, &chain)?;
     if let Ok(parsed) = tally_client::job_key::JobKey::parse(&key) {
         if parsed.claims.job != *args.job {
-            return Err(failed(format!(
-                "the key is for job {}, not {}: make one for this job with `tally job key {}`",
-                parsed.claims.job, args.job, args.job
-            )));
+            return Err(CliError::KeyForOtherJob {
+                key_job: parsed.claims.job,
+                job: *args.job,
+            });
         }
     }
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(failed)?
+        .map_err(CliError::io("start the async runtime"))?
         .block_on(audit::fetch(
             &reqwest::Client::new(),
             args.gateway,
             &args.job.to_string(),
             &key,
-        ))
-        .map_err(failed)?;
+        ))?;
     // The chain is read after the invoices: a receipt landing in between makes the
     // newest invoice settled, never a settled one missing.
     let job = ops::job(&chain, args.job)?;
@@ -99,7 +98,8 @@ pub fn run(args: &Args<'_>, output: OutputFormat) -> Result<bool, ChainError> {
     };
     match output {
         OutputFormat::Json => {
-            let mut value = serde_json::to_value(&report).map_err(failed)?;
+            let mut value =
+                serde_json::to_value(&report).map_err(CliError::io("encode the report"))?;
             value["clean"] = json!(report.clean());
             if let Some(dispute) = &dispute {
                 value["dispute"] = dispute.clone();

@@ -21,6 +21,8 @@ use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally_client::bootstrap::{self, Cast};
 use tally_client::chain::{Chain, ChainError, EmbeddedChain};
+
+use crate::CliError;
 use tally_client::ix::MintRef;
 use tally_client::{ops, pda, OpenJobArgs, Prices, Pubkey, Usage};
 use tally_oracle::batcher::Batcher;
@@ -69,7 +71,7 @@ enum Upstream {
 }
 
 impl Upstream {
-    fn start(args: &DemoArgs) -> Result<Self, ChainError> {
+    fn start(args: &DemoArgs) -> Result<Self, CliError> {
         if !args.real_model {
             return Ok(Self::Simulated(Arc::new(SimWorker::default())));
         }
@@ -100,14 +102,12 @@ impl Upstream {
             tally_worker::Worker::load(&config)
                 .map(|worker| Self::Real(worker, !args.embeddings))
                 .map_err(|e| {
-                    other(format!(
-                        "--real-model: {e} (scripts/fetch-model fetches the models)"
-                    ))
+                    CliError::RealModel(format!("{e} (scripts/fetch-model fetches the models)"))
                 })
         }
         #[cfg(not(feature = "real-model"))]
-        Err(other(
-            "--real-model: this tally was built without the `real-model` feature; run scripts/demo --real-model (or cargo build -p tally-cli --features real-model)",
+        Err(CliError::RealModel(
+            "this tally was built without the `real-model` feature; run scripts/demo --real-model (or cargo build -p tally-cli --features real-model)".into(),
         ))
     }
 
@@ -249,12 +249,8 @@ fn step(quiet: bool, text: &str) {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Other(e.to_string())
-}
-
 /// Runs the demo; returns its JSON summary (printed as a table unless `json`).
-pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, ChainError> {
+pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, CliError> {
     // The model first: a missing model fails before anything else is set up.
     let upstream = Upstream::start(args)?;
     let mut stage = set_up(args, &upstream, quiet)?;
@@ -281,7 +277,7 @@ struct Stage {
 /// The embedded chain with the program, the deployment (the shared bootstrap:
 /// `tally_client::bootstrap`), and the client's jobs, priced like inference and
 /// bound to the model served.
-fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, ChainError> {
+fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, CliError> {
     let program = args
         .program
         .clone()
@@ -315,8 +311,9 @@ fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, Ch
     );
 
     // The client funds its wallet and opens jobs (one more that will stall).
-    let funding =
-        tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)? * (args.jobs + 1);
+    let funding = tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB)
+        .map_err(ChainError::from)?
+        * (args.jobs + 1);
     let terms = OpenJobArgs {
         job_id: 0,
         unit_kind: 0,
@@ -329,7 +326,7 @@ fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, Ch
     };
     let (client_tokens, mut jobs) =
         bootstrap::open_jobs(&mut chain, &cast, mint, funding, terms, 0..=args.jobs)?;
-    let stalled = jobs.pop().ok_or_else(|| other("no stalled job"))?;
+    let stalled = jobs.pop().expect("open_jobs opens args.jobs + 1 jobs");
     step(
         quiet,
         &format!(
@@ -366,53 +363,58 @@ fn serve(
     stage: &Stage,
     upstream: &Upstream,
     quiet: bool,
-) -> Result<Served, ChainError> {
+) -> Result<Served, CliError> {
     let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(other)?;
+    std::fs::create_dir_all(&dir).map_err(CliError::io("create the demo directory"))?;
     let store_path = dir.join("oracle.db");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(other)?;
+        .map_err(CliError::io("start the async runtime"))?;
     let jobs = &stage.jobs;
     let api_keys: HashMap<String, String> = jobs
         .iter()
         .enumerate()
         .map(|(i, j)| (format!("demo-key-{i}"), j.to_string()))
         .collect();
-    let clock = ChainClock::synced(&stage.chain).map_err(other)?;
+    let clock = ChainClock::synced(&stage.chain)?;
     let (gateway_url, requests, last_completion) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(other)?;
-        let upstream_url = format!("http://{}", listener.local_addr().map_err(other)?);
+            .map_err(CliError::io("listen on 127.0.0.1"))?;
+        let upstream_url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(CliError::io("listen on 127.0.0.1"))?
+        );
         upstream.serve(listener);
         let gateway = Gateway::new(
             GatewaySettings::new(upstream_url).with_api_keys(api_keys.clone()),
             &store_path,
             Arc::clone(&clock),
-        )
-        .map_err(other)?;
+        )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(other)?;
-        let url = format!("http://{}", listener.local_addr().map_err(other)?);
+            .map_err(CliError::io("listen on 127.0.0.1"))?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(CliError::io("listen on 127.0.0.1"))?
+        );
         tokio::spawn(gateway.serve(listener));
         let (served, last_completion) =
             send_requests(&url, args.requests, jobs.len(), upstream, quiet).await?;
         // Streams commit when they end: wait until every request is in the store.
         for _ in 0..200 {
-            if Store::open(&store_path)
-                .and_then(|s| s.record_count())
-                .map_err(other)?
-                >= served
-            {
+            if Store::open(&store_path).and_then(|s| s.record_count())? >= served {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Ok::<_, ChainError>((url, served, last_completion))
+        Ok::<_, CliError>((url, served, last_completion))
     })?;
     step(
         quiet,
@@ -438,13 +440,16 @@ async fn send_requests(
     jobs: usize,
     upstream: &Upstream,
     quiet: bool,
-) -> Result<(u64, std::time::Instant), ChainError> {
+) -> Result<(u64, std::time::Instant), CliError> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(requests * jobs as u64)
     };
-    bar.set_style(ProgressStyle::with_template("  requests {bar:30} {pos}/{len}").map_err(other)?);
+    bar.set_style(
+        ProgressStyle::with_template("  requests {bar:30} {pos}/{len}")
+            .map_err(CliError::io("draw a progress bar"))?,
+    );
     let http = reqwest::Client::new();
     let mut served = 0u64;
     let mut last_completion = std::time::Instant::now();
@@ -457,11 +462,14 @@ async fn send_requests(
                 .body(body)
                 .send()
                 .await
-                .map_err(other)?;
+                .map_err(CliError::io("reach the gateway"))?;
             if !response.status().is_success() {
-                return Err(other(format!("the gateway answered {}", response.status())));
+                return Err(CliError::Gateway(response.status()));
             }
-            response.bytes().await.map_err(other)?;
+            response
+                .bytes()
+                .await
+                .map_err(CliError::io("read the gateway's answer"))?;
             last_completion = std::time::Instant::now();
             served += 1;
             bar.inc(1);
@@ -483,22 +491,22 @@ struct Settled {
 }
 
 /// The oracle's batcher settles cumulative receipts in one round.
-fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, ChainError> {
+fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, CliError> {
     let batcher = Batcher::new(
-        Store::open(&served.store_path).map_err(other)?,
+        Store::open(&served.store_path)?,
         stage.cast.oracle.insecure_clone(),
         Arc::clone(&served.clock),
     )
     .with_invoices_dir(served.invoices_dir.clone());
     stage.chain.advance(5);
-    let report = batcher.run_round(&mut stage.chain).map_err(other)?;
+    let report = batcher.run_round(&mut stage.chain)?;
     // From the last request's completion to its usage confirmed on-chain (the oracle
     // runs its round as soon as the records are in; a deployment adds its interval).
     let completion_to_settled_ms = served.last_completion.elapsed().as_secs_f64() * 1_000.0;
     if report.failed > 0 {
-        return Err(other(format!("settlement failed: {:?}", report.errors)));
+        return Err(CliError::Settlement(report.errors));
     }
-    let records = batcher.store.all_records().map_err(other)?;
+    let records = batcher.store.all_records()?;
     let metered_units: u64 = records
         .iter()
         .map(|r| r.prompt_tokens + r.completion_tokens)
@@ -511,7 +519,7 @@ fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, Ch
     }
     let mut owed = 0u128;
     for usage in per_job.values() {
-        owed += tally_client::amount_owed(PRICES, *usage).map_err(other)?;
+        owed += tally_client::amount_owed(PRICES, *usage).map_err(ChainError::from)?;
     }
     step(
         quiet,
@@ -521,7 +529,7 @@ fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, Ch
         ),
     );
     Ok(Settled {
-        records: batcher.store.record_count().map_err(other)?,
+        records: batcher.store.record_count()?,
         metered_units,
         owed,
         completion_to_settled_ms,
@@ -537,7 +545,7 @@ struct Ended {
 /// Each served job completes with its final receipt (the rest of its escrow goes
 /// back); the operator claims once the challenge window has passed; the stalled job
 /// expires and anyone refunds it.
-fn end_jobs(stage: &mut Stage, quiet: bool) -> Result<Ended, ChainError> {
+fn end_jobs(stage: &mut Stage, quiet: bool) -> Result<Ended, CliError> {
     let Stage {
         chain, cast, mint, ..
     } = stage;
@@ -585,7 +593,7 @@ fn reconcile(
     settled: &Settled,
     ended: &Ended,
     quiet: bool,
-) -> Result<Value, ChainError> {
+) -> Result<Value, CliError> {
     let (chain, mint) = (&stage.chain, stage.mint);
     let revenue = ops::revenue(chain, &mint.mint, 2)?;
     let gross: u64 = revenue.iter().map(|d| d.gross).sum();
@@ -639,7 +647,7 @@ fn reconcile(
         "units": units,
         "output_units": output_units,
         "prices_per_million": { "input": PRICES.input, "output": PRICES.output },
-        "deposit_per_job": tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(other)?,
+        "deposit_per_job": tally_client::deposit_for(PRICES, MAX_TOKENS_PER_JOB).map_err(ChainError::from)?,
         "paid": gross,
         "refunded": ended.refunded,
         "fees": fees,

@@ -2,12 +2,12 @@
 //! oracle's store. (`tally invoice audit` is [`crate::audit`].)
 use std::path::Path;
 
-use tally_client::chain::{ChainError, RpcChain};
+use tally_client::chain::RpcChain;
 use tally_oracle::invoice::{verify_in_store, verify_with};
 use tally_oracle::store::Store;
-use tally_oracle::OracleError;
 
 use crate::args::OutputFormat;
+use crate::CliError;
 
 /// Verifies invoice `file` (linked to the chain through the invoices beside it or in
 /// `store`), or receipt `seq` (default: the latest) of `job` from `store`.
@@ -18,18 +18,14 @@ pub(crate) fn verify(
     job: Option<&str>,
     seq: Option<u64>,
     format: OutputFormat,
-) -> Result<bool, ChainError> {
+) -> Result<bool, CliError> {
     let chain = RpcChain::new(url);
-    let failed = |e: OracleError| ChainError::Other(e.to_string());
-    let store = store.map(Store::connect).transpose().map_err(failed)?;
+    let store = store.map(Store::connect).transpose()?;
     let verified = match (file, job, &store) {
         (Some(file), _, store) => verify_with(&chain, file, store.as_ref()),
         (None, Some(job), Some(store)) => verify_in_store(&chain, store, job, seq),
-        _ => Err(OracleError::Invalid(
-            "give an invoice FILE, or --store LOCATION --job ADDRESS [--seq N]".into(),
-        )),
-    }
-    .map_err(failed)?;
+        _ => return Err(CliError::NothingToVerify),
+    }?;
     match format {
         OutputFormat::Json => println!(
             "{}",

@@ -10,11 +10,13 @@ pub mod args;
 pub mod audit;
 mod command;
 pub mod demo;
+pub mod error;
 mod invoice;
 pub mod output;
 
 pub use args::{ChainCommand, Cli, Command, GlobalArgs, InvoiceCommand, OutputFormat};
 pub use command::execute;
+pub use error::CliError;
 pub use output::Output;
 
 /// The URL and keypair path `global` selects (after the Solana CLI config).
@@ -29,7 +31,7 @@ pub fn resolve_globals(global: &GlobalArgs) -> Result<Resolved, ChainError> {
 
 /// Runs a parsed command line; `Ok(false)` for a command that ran and found
 /// something wrong (an unreconciled demo, an audit with findings).
-pub fn run(cli: &Cli) -> Result<bool, ChainError> {
+pub fn run(cli: &Cli) -> Result<bool, CliError> {
     let format = cli.global.output;
     match &cli.command {
         Command::Demo(args) => run_demo(args, format),
@@ -76,7 +78,7 @@ pub fn run(cli: &Cli) -> Result<bool, ChainError> {
 }
 
 /// `tally demo`: its summary, and whether it reconciled.
-fn run_demo(args: &demo::DemoArgs, format: OutputFormat) -> Result<bool, ChainError> {
+fn run_demo(args: &demo::DemoArgs, format: OutputFormat) -> Result<bool, CliError> {
     let summary = demo::run(args, format == OutputFormat::Json)?;
     let reconciled = summary["reconciled"].as_bool().unwrap_or(false);
     match format {
@@ -87,7 +89,7 @@ fn run_demo(args: &demo::DemoArgs, format: OutputFormat) -> Result<bool, ChainEr
 }
 
 /// A chain command over RPC, signed by the resolved keypair.
-fn run_chain(command: &ChainCommand, global: &GlobalArgs) -> Result<bool, ChainError> {
+fn run_chain(command: &ChainCommand, global: &GlobalArgs) -> Result<bool, CliError> {
     let Resolved { url, keypair } = resolve_globals(global)?;
     // Reading the chain needs no signer: a read-only command runs without a keypair
     // file (a throwaway key stands in; such commands never use it).

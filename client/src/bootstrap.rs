@@ -99,7 +99,7 @@ pub fn create_mint(
         None,
         decimals,
     )
-    .map_err(|e| ChainError::Other(format!("cannot build initialize_mint2: {e}")))?;
+    .map_err(|e| ChainError::instruction("initialize_mint2", e))?;
     chain.send(
         &[
             system_instruction::create_account(
@@ -138,7 +138,7 @@ pub fn mint_tokens(
         &[],
         amount,
     )
-    .map_err(|e| ChainError::Other(format!("cannot build mint_to: {e}")))?;
+    .map_err(|e| ChainError::instruction("mint_to", e))?;
     chain.send(&[mint_to], authority, &[])?;
     Ok(tokens)
 }

@@ -15,69 +15,7 @@ use solana_transaction::versioned::VersionedTransaction;
 use solana_transaction::Transaction;
 use solana_transaction_error::TransactionError;
 
-/// What went wrong talking to a chain, in words a person can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    /// The cluster refused or failed the transaction.
-    #[error("transaction failed: {error}{}", describe_logs(logs))]
-    Transaction {
-        error: TransactionError,
-        /// Program logs, when the cluster returned them (preflight or execution).
-        logs: Vec<String>,
-    },
-    /// The RPC endpoint could not be reached or answered with an error.
-    #[error("RPC error from {url}: {message} (check --url and that the cluster is up)")]
-    Rpc { url: String, message: String },
-    /// Anything else (building or signing a transaction, a missing program file…).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl ChainError {
-    /// The custom program error code, for a failed instruction.
-    pub fn program_error_code(&self) -> Option<u32> {
-        match self {
-            ChainError::Transaction {
-                error:
-                    TransactionError::InstructionError(
-                        _,
-                        anchor_lang::solana_program::instruction::error::InstructionError::Custom(
-                            code,
-                        ),
-                    ),
-                ..
-            } => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// The Anchor error message the program logged, if any.
-    pub fn program_error_message(&self) -> Option<&str> {
-        match self {
-            ChainError::Transaction { logs, .. } => logs
-                .iter()
-                .find_map(|line| line.split_once("Error Message: "))
-                .map(|(_, m)| m.trim_end_matches('.')),
-            _ => None,
-        }
-    }
-}
-
-/// Summarizes program logs for an error message: the Anchor error line if there is
-/// one, else the first line that explains a failure, else the last line.
-fn describe_logs(logs: &[String]) -> String {
-    let anchor = logs.iter().find(|l| l.contains("Error Message:"));
-    let reason = || {
-        logs.iter().find(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("already in use") || l.contains("insufficient") || l.contains("error:")
-        })
-    };
-    match anchor.or_else(reason).or(logs.last()) {
-        Some(line) => format!("\n  program log: {line}"),
-        None => String::new(),
-    }
-}
+pub use crate::error::{ChainError, Missing, NotLanded};
 
 /// A confirmed transaction.
 #[derive(Debug, Clone)]
@@ -112,7 +50,7 @@ pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Parses the SlotHashes sysvar's data: its slots, newest first.
 pub fn slot_hashes_slots(data: &[u8]) -> Result<Vec<u64>, ChainError> {
-    let bad = || ChainError::Other("the SlotHashes sysvar does not decode".into());
+    let bad = || ChainError::decode("the SlotHashes sysvar", None, "");
     let len = data
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -152,9 +90,7 @@ pub trait Chain {
 
     /// The rent-exempt minimum balance of an account holding `data_len` bytes.
     fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
-        Err(ChainError::Other(format!(
-            "this chain cannot tell the rent-exempt balance of {data_len} bytes"
-        )))
+        Err(ChainError::RentUnknown { data_len })
     }
 
     /// Sends independent transactions, one per entry of `transactions`, each signed by
@@ -205,8 +141,7 @@ pub trait Chain {
         signers: &[&Keypair],
     ) -> Result<Confirmed, ChainError> {
         message.set_recent_blockhash(self.latest_blockhash()?);
-        let tx = VersionedTransaction::try_new(message, signers)
-            .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+        let tx = VersionedTransaction::try_new(message, signers)?;
         self.send_transaction(tx)
     }
 
@@ -244,7 +179,7 @@ pub trait Chain {
     fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
         let account = self
             .account(&solana_sdk_ids::sysvar::slot_hashes::ID)?
-            .ok_or_else(|| ChainError::Other("the cluster has no SlotHashes sysvar".into()))?;
+            .ok_or(Missing::Sysvar("SlotHashes"))?;
         let mut slots = slot_hashes_slots(&account.data)?;
         slots.truncate(count);
         Ok(slots)
@@ -260,10 +195,12 @@ pub trait Chain {
                 return Ok(now);
             }
             if started.elapsed() > SLOT_WAIT {
-                return Err(ChainError::Other(format!(
-                    "the cluster stayed at slot {now} for {} s waiting to pass slot {slot}: is it producing blocks?",
-                    SLOT_WAIT.as_secs()
-                )));
+                return Err(NotLanded::Stalled {
+                    now,
+                    slot,
+                    waited_secs: SLOT_WAIT.as_secs(),
+                }
+                .into());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -279,9 +216,8 @@ pub trait Chain {
     {
         self.account(address)?
             .map(|account| {
-                T::try_deserialize(&mut account.data.as_slice()).map_err(|e| {
-                    ChainError::Other(format!("account {address} does not decode: {e}"))
-                })
+                T::try_deserialize(&mut account.data.as_slice())
+                    .map_err(|e| ChainError::decode("account", Some(*address), e))
             })
             .transpose()
     }
@@ -306,8 +242,7 @@ pub fn sign_legacy(
     }
     let message = Message::new(&all, Some(&payer.pubkey()));
     let mut tx = Transaction::new_unsigned(message);
-    tx.try_sign(&keys, blockhash)
-        .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))?;
+    tx.try_sign(&keys, blockhash)?;
     Ok(tx)
 }
 
@@ -513,9 +448,11 @@ mod rpc {
                     .get_block_height_with_commitment(CommitmentConfig::confirmed());
                 if matches!(height, Ok(h) if h > last_valid_block_height) {
                     for (i, signature) in in_flight.drain(..) {
-                        outcomes[i] = Some(Err(ChainError::Other(format!(
-                            "transaction {signature} did not land before its blockhash expired (block height {last_valid_block_height}): send it again"
-                        ))));
+                        outcomes[i] = Some(Err(NotLanded::Expired {
+                            signature,
+                            last_valid_block_height,
+                        }
+                        .into()));
                     }
                     break;
                 }
@@ -539,12 +476,9 @@ mod rpc {
                 .map_err(|e| self.rpc_error(&e))?
                 .iter()
                 .map(|s| {
-                    s.signature.parse().map_err(|_| {
-                        ChainError::Other(format!(
-                            "the RPC returned a bad signature {}",
-                            s.signature
-                        ))
-                    })
+                    s.signature
+                        .parse()
+                        .map_err(|_| ChainError::decode("the signature", None, &s.signature))
                 })
                 .collect()
         }
@@ -641,9 +575,7 @@ mod rpc {
                 .map(|(key, ui)| {
                     ui.to_account()
                         .map(|account| (key, account))
-                        .ok_or_else(|| {
-                            ChainError::Other(format!("account {key} did not decode from base64"))
-                        })
+                        .ok_or_else(|| ChainError::decode("account", Some(key), "not base64"))
                 })
                 .collect()
         }
@@ -651,7 +583,7 @@ mod rpc {
         fn clock(&self) -> Result<Clock, ChainError> {
             let account = self
                 .account(&solana_sdk_ids::sysvar::clock::ID)?
-                .ok_or_else(|| ChainError::Other("the cluster has no clock sysvar".into()))?;
+                .ok_or(Missing::Sysvar("clock"))?;
             bincode_clock(&account.data)
         }
 
@@ -719,11 +651,12 @@ mod rpc {
             if pending.is_empty() {
                 Ok(transactions.len())
             } else {
-                Err(ChainError::Other(format!(
-                    "{} of {} transactions did not land after {SEND_ALL_ROUNDS} rounds of resending",
-                    pending.len(),
-                    transactions.len()
-                )))
+                Err(NotLanded::GaveUp {
+                    pending: pending.len(),
+                    total: transactions.len(),
+                    rounds: SEND_ALL_ROUNDS,
+                }
+                .into())
             }
         }
 
@@ -769,11 +702,7 @@ mod rpc {
             {
                 Ok(pair) => pair,
                 Err(e) => {
-                    let error = self.rpc_error(&e);
-                    return messages
-                        .iter()
-                        .map(|_| Err(ChainError::Other(error.to_string())))
-                        .collect();
+                    return messages.iter().map(|_| Err(self.rpc_error(&e))).collect();
                 }
             };
             // Send every one (preflight on: a receipt the program refuses comes back
@@ -782,7 +711,7 @@ mod rpc {
             for (i, mut message) in messages.into_iter().enumerate() {
                 message.set_recent_blockhash(blockhash);
                 let sent = VersionedTransaction::try_new(message, signers)
-                    .map_err(|e| ChainError::Other(format!("cannot sign the transaction: {e}")))
+                    .map_err(ChainError::from)
                     .and_then(|tx| {
                         self.client
                             .send_transaction_with_config(
@@ -805,11 +734,7 @@ mod rpc {
             self.track(in_flight, last_valid, &mut outcomes);
             outcomes
                 .into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| {
-                        Err(ChainError::Other("the transaction was not tracked".into()))
-                    })
-                })
+                .map(|o| o.unwrap_or_else(|| Err(NotLanded::Untracked.into())))
                 .collect()
         }
 
@@ -846,7 +771,7 @@ fn bincode_clock(data: &[u8]) -> Result<Clock, ChainError> {
     let field = |i: usize| -> Result<[u8; 8], ChainError> {
         data.get(i * 8..i * 8 + 8)
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| ChainError::Other("clock sysvar data is too short".into()))
+            .ok_or_else(|| ChainError::decode("the clock sysvar", None, "too short"))
     };
     Ok(Clock {
         slot: u64::from_le_bytes(field(0)?),
@@ -886,29 +811,39 @@ mod embedded {
         /// A fresh chain with the program at `program_so` deployed through the
         /// upgradeable loader, `upgrade_authority` as its upgrade authority.
         pub fn new(program_so: &Path, upgrade_authority: &Pubkey) -> Result<Self, ChainError> {
-            let bytes = std::fs::read(program_so).map_err(|e| {
-                ChainError::Other(format!(
-                    "cannot read the SBF program at {}: {e}. Build it first: scripts/build-program",
-                    program_so.display()
-                ))
+            let bytes = std::fs::read(program_so).map_err(|source| ChainError::File {
+                path: program_so.to_path_buf(),
+                source,
+                hint: crate::error::BUILD_THE_PROGRAM,
             })?;
             let mut svm = LiteSVM::new();
-            svm.add_program(tally::ID, &bytes).map_err(|e| {
-                ChainError::Other(format!("LiteSVM refused {}: {e:?}", program_so.display()))
-            })?;
+            svm.add_program(tally::ID, &bytes)
+                .map_err(|e| ChainError::Embedded {
+                    what: "load the program",
+                    reason: format!("{}: {e:?}", program_so.display()),
+                })?;
             let program_data = crate::pda::program_data();
             let mut account = svm.get_account(&program_data).ok_or_else(|| {
-                ChainError::Other("the program has no ProgramData account".into())
+                ChainError::from(Missing::ProgramData {
+                    program: tally::ID,
+                    program_data,
+                })
             })?;
             // UpgradeableLoaderState::ProgramData: u32 tag, u64 slot, Option<Pubkey>.
             if account.data.len() < 45 {
-                return Err(ChainError::Other("ProgramData account is too short".into()));
+                return Err(ChainError::decode(
+                    "the ProgramData account",
+                    Some(program_data),
+                    "too short",
+                ));
             }
             account.data[12] = 1;
             account.data[13..45].copy_from_slice(upgrade_authority.as_ref());
-            svm.set_account(program_data, account).map_err(|e| {
-                ChainError::Other(format!("cannot set the upgrade authority: {e:?}"))
-            })?;
+            svm.set_account(program_data, account)
+                .map_err(|e| ChainError::Embedded {
+                    what: "set the upgrade authority",
+                    reason: format!("{e:?}"),
+                })?;
             Ok(Self { svm })
         }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use solana_keypair::Keypair;
 
 use crate::chain::ChainError;
+use crate::error::{Invalid, KeypairError};
 
 /// Solana CLI settings this tool reuses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,10 +27,11 @@ pub fn read_solana_config(path: &Path) -> Result<SolanaCliConfig, ChainError> {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SolanaCliConfig::default()),
         Err(e) => {
-            return Err(ChainError::Other(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
+            return Err(ChainError::File {
+                path: path.to_path_buf(),
+                source: e,
+                hint: "",
+            })
         }
     };
     let mut config = SolanaCliConfig::default();
@@ -63,20 +65,16 @@ pub fn resolve_url(url: &str) -> String {
 
 /// Reads a Solana keypair file (a JSON array of 64 bytes).
 pub fn read_keypair(path: &Path) -> Result<Keypair, ChainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ChainError::Other(format!(
-            "cannot read keypair {}: {e}. Pass --keypair, or create one with `solana-keygen new`",
-            path.display()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|source| KeypairError::Unreadable {
+        path: path.to_path_buf(),
+        source,
     })?;
-    let bytes: Vec<u8> = serde_json::from_str(&text).map_err(|e| {
-        ChainError::Other(format!(
-            "{} is not a Solana keypair file: {e}",
-            path.display()
-        ))
-    })?;
-    Keypair::try_from(bytes.as_slice())
-        .map_err(|e| ChainError::Other(format!("{} is not a valid keypair: {e}", path.display())))
+    let not_keypair = |reason: String| KeypairError::NotKeypair {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes: Vec<u8> = serde_json::from_str(&text).map_err(|e| not_keypair(e.to_string()))?;
+    Ok(Keypair::try_from(bytes.as_slice()).map_err(|e| not_keypair(e.to_string()))?)
 }
 
 /// The cluster URL and keypair path to use.
@@ -112,7 +110,7 @@ pub fn resolve(
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/solana/id.json"))
         })
-        .ok_or_else(|| ChainError::Other("no keypair: pass --keypair".into()))?;
+        .ok_or(Invalid::NoKeypair)?;
     Ok(Resolved {
         url: resolve_url(&url),
         keypair,

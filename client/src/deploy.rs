@@ -9,6 +9,7 @@ use solana_keypair::Keypair;
 use solana_signer::Signer;
 
 use crate::chain::{sign_legacy, wire_size, Chain, ChainError, PACKET_DATA_SIZE};
+use crate::error::{DeployError, Missing};
 
 type Result<T> = std::result::Result<T, ChainError>;
 
@@ -50,10 +51,6 @@ impl ProgramState {
     }
 }
 
-fn other(message: impl Into<String>) -> ChainError {
-    ChainError::Other(message.into())
-}
-
 /// Reads what is deployed at `program_id`.
 pub fn program_state(chain: &impl Chain, program_id: &Pubkey) -> Result<ProgramState> {
     let Some(program) = chain.account(program_id)? else {
@@ -70,35 +67,36 @@ pub fn program_state(chain: &impl Chain, program_id: &Pubkey) -> Result<ProgramS
     if program.data.get(..4) != Some(&[2, 0, 0, 0][..])
         || program.data.get(4..36) != Some(program_data.as_ref())
     {
-        return Err(other(format!(
-            "{program_id} is an upgradeable-loader account but not a program (a buffer?)"
-        )));
+        return Err(ChainError::WrongAccount {
+            address: *program_id,
+            expected: "an upgradeable program (a buffer?)",
+            owner: Some(program.owner),
+        });
     }
     let data = chain
         .account(&program_data)?
-        .ok_or_else(|| {
-            other(format!(
-                "program {program_id} has no ProgramData account {program_data}"
-            ))
+        .ok_or(Missing::ProgramData {
+            program: *program_id,
+            program_data,
         })?
         .data;
     if data.len() < PROGRAM_DATA_METADATA || data[..4] != [3, 0, 0, 0] {
-        return Err(other(format!(
-            "{program_data} is not a ProgramData account"
-        )));
+        return Err(ChainError::WrongAccount {
+            address: program_data,
+            expected: "a ProgramData account",
+            owner: None,
+        });
     }
     let slot = u64::from_le_bytes(
         data[4..12]
             .try_into()
-            .map_err(|_| other("ProgramData slot"))?,
+            .map_err(|e| ChainError::decode("the ProgramData slot", Some(program_data), e))?,
     );
     let authority = match data[12] {
         0 => None,
-        _ => Some(Pubkey::new_from_array(
-            data[13..45]
-                .try_into()
-                .map_err(|_| other("ProgramData authority"))?,
-        )),
+        _ => Some(Pubkey::new_from_array(data[13..45].try_into().map_err(
+            |e| ChainError::decode("the ProgramData authority", Some(program_data), e),
+        )?)),
     };
     Ok(ProgramState::Upgradeable {
         authority,
@@ -134,9 +132,7 @@ pub fn deploy(
 ) -> Result<DeployReport> {
     let program_id = program.pubkey();
     if program_state(chain, &program_id)? != ProgramState::Missing {
-        return Err(other(format!(
-            "{program_id} already exists: upgrade it instead of deploying"
-        )));
+        return Err(DeployError::Exists(program_id).into());
     }
     let max_len = max_len.max(so.len());
     let (buffer, chunk, mut transactions) = write_buffer(chain, payer, authority, so)?;
@@ -150,7 +146,7 @@ pub fn deploy(
         program_lamports,
         max_len,
     )
-    .map_err(|e| other(format!("cannot build the deploy instruction: {e}")))?;
+    .map_err(|e| ChainError::instruction("the deploy instruction", e))?;
     let sent = chain.send(&instructions, payer, &[program, authority]);
     transactions += 1;
     if let Err(e) = sent {
@@ -183,34 +179,32 @@ pub fn upgrade(
             ..
         } => {
             if current != authority.pubkey() {
-                return Err(other(format!(
-                    "the upgrade authority of {program_id} is {current}, not {}",
-                    authority.pubkey()
-                )));
+                return Err(DeployError::WrongAuthority {
+                    program: *program_id,
+                    current,
+                    signer: authority.pubkey(),
+                }
+                .into());
             }
             if so.len() > max_len {
-                return Err(other(format!(
-                    "the new program is {} bytes but {program_id} has room for {max_len}: extend it first (`solana program extend`)",
-                    so.len()
-                )));
+                return Err(DeployError::TooLarge {
+                    program: *program_id,
+                    bytes: so.len(),
+                    room: max_len,
+                }
+                .into());
             }
         }
         ProgramState::Upgradeable {
             authority: None, ..
-        } => {
-            return Err(other(format!(
-                "{program_id} is immutable: it cannot be upgraded"
-            )))
-        }
-        ProgramState::Missing => {
-            return Err(other(format!(
-                "{program_id} is not deployed: deploy it first"
-            )))
-        }
+        } => return Err(DeployError::Immutable(*program_id).into()),
+        ProgramState::Missing => return Err(DeployError::NotDeployed(*program_id).into()),
         ProgramState::Other { owner, .. } => {
-            return Err(other(format!(
-                "{program_id} is owned by {owner}, not the upgradeable loader"
-            )))
+            return Err(ChainError::WrongAccount {
+                address: *program_id,
+                expected: "a program of the upgradeable loader",
+                owner: Some(owner),
+            })
         }
     }
     let (buffer, chunk, mut transactions) = write_buffer(chain, payer, authority, so)?;
@@ -246,7 +240,7 @@ pub fn write_chunk_size(chain: &impl Chain, payer: &Keypair, authority: &Keypair
     PACKET_DATA_SIZE
         .checked_sub(wire_size(&tx) + 1)
         .filter(|n| *n > 0)
-        .ok_or_else(|| other("a buffer write does not fit in a transaction"))
+        .ok_or_else(|| DeployError::NoRoomToWrite.into())
 }
 
 /// Creates a buffer (authority `authority`) and writes `so` into it; returns the
@@ -258,7 +252,7 @@ fn write_buffer(
     so: &[u8],
 ) -> Result<(Pubkey, usize, usize)> {
     if so.is_empty() {
-        return Err(other("the program file is empty"));
+        return Err(DeployError::EmptyProgram.into());
     }
     let buffer = Keypair::new();
     let lamports = chain
@@ -270,15 +264,14 @@ fn write_buffer(
         lamports,
         so.len(),
     )
-    .map_err(|e| other(format!("cannot build the buffer instructions: {e}")))?;
+    .map_err(|e| ChainError::instruction("the buffer instructions", e))?;
     chain.send(&create, payer, &[&buffer])?;
     let chunk = write_chunk_size(chain, payer, authority)?;
     let writes: Vec<Vec<Instruction>> = so
         .chunks(chunk)
         .enumerate()
         .map(|(i, bytes)| {
-            let offset = u32::try_from(i * chunk)
-                .map_err(|_| other("the program is larger than the loader allows"))?;
+            let offset = u32::try_from(i * chunk).map_err(|_| DeployError::BeyondLoader)?;
             Ok(vec![loader::write(
                 &buffer.pubkey(),
                 &authority.pubkey(),
@@ -303,10 +296,7 @@ fn write_buffer(
     let meta = UpgradeableLoaderState::size_of_buffer_metadata();
     if landed.get(meta..) != Some(so) {
         close_buffer(chain, payer, authority, &buffer.pubkey());
-        return Err(other(format!(
-            "the buffer {} does not hold the program after writing it",
-            buffer.pubkey()
-        )));
+        return Err(DeployError::BufferMismatch(buffer.pubkey()).into());
     }
     Ok((buffer.pubkey(), chunk, 1 + written))
 }

@@ -27,6 +27,7 @@ pub mod bootstrap;
 pub mod chain;
 pub mod config;
 pub mod deploy;
+pub mod error;
 pub mod event_log;
 pub mod ix;
 pub mod job_key;

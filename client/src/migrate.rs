@@ -18,13 +18,10 @@ use tally::state::Config;
 
 use crate::chain::{Chain, ChainError};
 use crate::deploy::{self, ProgramState};
+use crate::error::{DeployError, Invalid};
 use crate::{ix, ops, pda, InitializeConfigArgs, OracleSetArgs, UpdateConfigArgs};
 
 type Result<T> = std::result::Result<T, ChainError>;
-
-fn other(message: impl Into<String>) -> ChainError {
-    ChainError::Other(message.into())
-}
 
 /// The program build a deployment runs.
 #[derive(Debug)]
@@ -45,11 +42,10 @@ pub struct Release {
 impl Release {
     /// Reads the program at `so` and, if given and present, its keypair.
     pub fn read(so: &Path, keypair: Option<&Path>) -> Result<Self> {
-        let bytes = std::fs::read(so).map_err(|e| {
-            other(format!(
-                "cannot read the program {}: {e} (build it with scripts/build-program or anchor build)",
-                so.display()
-            ))
+        let bytes = std::fs::read(so).map_err(|source| ChainError::File {
+            path: so.to_path_buf(),
+            source,
+            hint: crate::error::BUILD_THE_PROGRAM,
         })?;
         let keypair = match keypair {
             Some(path) if path.exists() => Some(crate::config::read_keypair(path)?),
@@ -180,28 +176,18 @@ fn plan_program(
     notes: &mut Vec<String>,
 ) -> Result<Option<Pubkey>> {
     Ok(match (state, &deployment.release) {
-        (ProgramState::Missing, None) => {
-            return Err(other(format!(
-                "the Tally program {} is not deployed on this cluster and no program file was given to deploy",
-                tally::ID
-            )))
-        }
+        (ProgramState::Missing, None) => return Err(DeployError::NothingToDeploy(tally::ID).into()),
         (ProgramState::Missing, Some(release)) => {
             match &release.keypair {
                 Some(k) if k.pubkey() == tally::ID => {}
                 Some(k) => {
-                    return Err(other(format!(
-                        "the program keypair is for {}, but this build of Tally is {}",
-                        k.pubkey(),
-                        tally::ID
-                    )))
+                    return Err(DeployError::KeypairMismatch {
+                        keypair: k.pubkey(),
+                        program: tally::ID,
+                    }
+                    .into())
                 }
-                None => {
-                    return Err(other(format!(
-                        "deploying {} needs its program keypair (keys/tally-program-keypair.json for localnet)",
-                        tally::ID
-                    )))
-                }
+                None => return Err(DeployError::NoProgramKeypair(tally::ID).into()),
             }
             let max_len = release
                 .max_len
@@ -214,21 +200,23 @@ fn plan_program(
             Some(*admin)
         }
         (ProgramState::Other { owner, .. }, _) => {
-            return Err(other(format!(
-                "{} is owned by {owner}, not the upgradeable loader: Tally's config needs a program of the upgradeable loader whose upgrade authority signs initialize_config",
-                tally::ID
-            )))
+            return Err(DeployError::NotUpgradeable {
+                program: tally::ID,
+                owner: *owner,
+            }
+            .into())
         }
         (ProgramState::Upgradeable { authority, .. }, release) => {
             if let Some(release) = release {
                 if !state.runs(&release.so) {
                     if release.upgrade {
                         if *authority != Some(*admin) {
-                            return Err(other(format!(
-                                "upgrading {} needs its upgrade authority ({}); you are {admin}",
-                                tally::ID,
-                                describe_authority(authority.as_ref())
-                            )));
+                            return Err(DeployError::NotUpgradeAuthority {
+                                action: format!("upgrading {}", tally::ID),
+                                authority: *authority,
+                                signer: *admin,
+                            }
+                            .into());
                         }
                         steps.push(Step::Upgrade {
                             bytes: release.so.len(),
@@ -262,19 +250,22 @@ fn plan_config(
     match config {
         None => {
             if authority != Some(*admin) {
-                return Err(other(format!(
-                    "initialize_config must be signed by the program's upgrade authority ({}); you are {admin}",
-                    describe_authority(authority.as_ref())
-                )));
+                return Err(DeployError::NotUpgradeAuthority {
+                    action: "initialize_config".into(),
+                    authority,
+                    signer: *admin,
+                }
+                .into());
             }
             steps.push(Step::InitializeConfig(deployment.settings.clone()));
         }
         Some(config) => {
             if config.admin != *admin {
-                return Err(other(format!(
-                    "the config's admin is {}; you are {admin}: run the migration with the admin's keypair",
-                    config.admin
-                )));
+                return Err(DeployError::NotAdmin {
+                    admin: config.admin,
+                    signer: *admin,
+                }
+                .into());
             }
             if let Some((args, changes)) = config_changes(&config, &deployment.settings) {
                 steps.push(Step::UpdateConfig { args, changes });
@@ -329,17 +320,6 @@ fn plan_accounts(
         }
     }
     Ok(())
-}
-
-fn describe_authority(authority: Option<&Pubkey>) -> String {
-    authority.map_or_else(
-        || {
-            "none: the program is immutable (a validator preloads it so with --bpf-program; \
-             use --upgradeable-program <id> <so> <admin>, or [test] upgradeable = true in Anchor.toml)"
-                .to_string()
-        },
-        ToString::to_string,
-    )
 }
 
 /// The `update_config` that turns `config` into `want`, with the changes in words;
@@ -420,18 +400,18 @@ pub fn migrate(
                 let release = deployment
                     .release
                     .as_ref()
-                    .ok_or_else(|| other("no program to deploy"))?;
+                    .ok_or(DeployError::NoRelease("deploy"))?;
                 let program = release
                     .keypair
                     .as_ref()
-                    .ok_or_else(|| other("no program keypair to deploy with"))?;
+                    .ok_or(DeployError::NoProgramKeypair(tally::ID))?;
                 deploy::deploy(chain, admin, program, admin, &release.so, *max_len)?.transactions
             }
             Step::Upgrade { .. } => {
                 let release = deployment
                     .release
                     .as_ref()
-                    .ok_or_else(|| other("no program to upgrade to"))?;
+                    .ok_or(DeployError::NoRelease("upgrade"))?;
                 deploy::upgrade(chain, admin, &tally::ID, admin, &release.so)?.transactions
             }
             Step::InitializeConfig(args) => {
@@ -520,13 +500,17 @@ pub struct ManifestConfig {
 impl Manifest {
     /// Reads and parses a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| other(format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            other(format!(
-                "{} is not a migration manifest: {e}",
-                path.display()
-            ))
+        let text = std::fs::read_to_string(path).map_err(|source| ChainError::File {
+            path: path.to_path_buf(),
+            source,
+            hint: "",
+        })?;
+        toml::from_str(&text).map_err(|source| {
+            Invalid::Manifest {
+                path: path.to_path_buf(),
+                source,
+            }
+            .into()
         })
     }
 
@@ -574,10 +558,11 @@ fn resolve_key(text: &str, base: &Path, admin: &Pubkey) -> Result<Pubkey> {
     if path.exists() {
         return Ok(crate::config::read_keypair(&path)?.pubkey());
     }
-    Err(other(format!(
-        "`{text}` is neither `admin`, a public key, nor a keypair file (looked for {})",
-        path.display()
-    )))
+    Err(Invalid::Key {
+        text: text.to_string(),
+        path,
+    }
+    .into())
 }
 
 #[cfg(test)]

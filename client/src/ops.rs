@@ -10,6 +10,7 @@ use solana_signer::Signer;
 use tally::state::{Config, Earnings, Job, JobStatus, Operator, Revenue, UnitKind};
 
 use crate::chain::{Chain, ChainError, Confirmed, Memcmp};
+use crate::error::{Invalid, Missing, Refused};
 use crate::ix::{self, MintRef};
 use crate::{
     pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, OracleSetArgs, UpdateConfigArgs,
@@ -17,22 +18,16 @@ use crate::{
 
 type Result<T> = std::result::Result<T, ChainError>;
 
-fn other(message: impl Into<String>) -> ChainError {
-    ChainError::Other(message.into())
-}
-
 /// The mint at `mint` and its token program, checked to be a mint.
 pub fn mint_ref(chain: &impl Chain, mint: &Pubkey) -> Result<MintRef> {
-    let account = chain.account(mint)?.ok_or_else(|| {
-        other(format!(
-            "mint {mint} does not exist on this cluster (check --url)"
-        ))
-    })?;
+    let account = chain.account(mint)?.ok_or(Missing::Mint(*mint))?;
     let token_program = account.owner;
     if token_program != anchor_spl::token::ID && token_program != spl_token_2022::ID {
-        return Err(other(format!(
-            "{mint} is not a token mint (owned by {token_program})"
-        )));
+        return Err(ChainError::WrongAccount {
+            address: *mint,
+            expected: "a token mint",
+            owner: Some(token_program),
+        });
     }
     Ok(MintRef {
         mint: *mint,
@@ -44,16 +39,11 @@ pub fn mint_ref(chain: &impl Chain, mint: &Pubkey) -> Result<MintRef> {
 pub fn config(chain: &impl Chain) -> Result<Config> {
     match chain.account(&tally::ID)? {
         Some(program) if program.executable => {}
-        _ => {
-            return Err(other(format!(
-            "the Tally program {} is not deployed on this cluster: check --url, or deploy it first",
-            tally::ID
-        )))
-        }
+        _ => return Err(Missing::Program(tally::ID).into()),
     }
     chain
         .anchor_account::<Config>(&pda::config())?
-        .ok_or_else(|| other("Tally is deployed but not initialized: run `tally admin init`"))
+        .ok_or_else(|| Missing::Config.into())
 }
 
 /// Token balance of a token account (0 when it does not exist).
@@ -112,7 +102,7 @@ pub fn wrap_sol(chain: &mut impl Chain, owner: &Keypair, lamports: u64) -> Resul
         lamports,
     );
     let sync = anchor_spl::token::spl_token::instruction::sync_native(&token_program, &address)
-        .map_err(|e| other(format!("cannot build sync_native: {e}")))?;
+        .map_err(|e| ChainError::instruction("sync_native", e))?;
     chain.send(&[create, transfer, sync], owner, &[])?;
     Ok(address)
 }
@@ -167,7 +157,7 @@ pub fn change_oracles(
     match change {
         OracleChange::Add(key) => {
             if oracles.contains(key) {
-                return Err(other(format!("{key} is already an oracle")));
+                return Err(Refused::AlreadyOracle(*key).into());
             }
             oracles.push(*key);
         }
@@ -175,14 +165,14 @@ pub fn change_oracles(
             let before = oracles.len();
             oracles.retain(|k| k != key);
             if oracles.len() == before {
-                return Err(other(format!("{key} is not an oracle")));
+                return Err(Refused::NotOracle(*key).into());
             }
         }
         OracleChange::Rotate { old, new } => {
             let slot = oracles
                 .iter_mut()
                 .find(|k| *k == old)
-                .ok_or_else(|| other(format!("{old} is not an oracle")))?;
+                .ok_or(Refused::NotOracle(*old))?;
             *slot = *new;
         }
     }
@@ -209,22 +199,20 @@ pub fn register_operator(
         .account(&pda::operator(&authority.pubkey()))?
         .is_some();
     let instruction = match (update, exists) {
-        (false, true) => {
-            return Err(other(format!(
-                "operator {} is already registered: use `tally operator update`",
-                authority.pubkey()
-            )))
-        }
-        (true, false) => {
-            return Err(other(format!(
-                "{} is not a registered operator: run `tally operator register` first",
-                authority.pubkey()
-            )))
-        }
+        (false, true) => return Err(Refused::OperatorRegistered(authority.pubkey()).into()),
+        (true, false) => return Err(Refused::OperatorNotRegistered(authority.pubkey()).into()),
         (false, false) => ix::register_operator(authority.pubkey(), args),
         (true, true) => ix::update_operator(authority.pubkey(), args),
     };
     chain.send(&[instruction], authority, &[])
+}
+
+/// A key in JSON as people and the Solana tools write it: base58.
+fn base58<S: serde::Serializer>(
+    key: &Pubkey,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(key)
 }
 
 /// A job and its address, as the operations return it: the program's own type.
@@ -388,15 +376,16 @@ pub fn upgrade_accounts(
 
 /// The job at `address`.
 pub fn job(chain: &impl Chain, address: &Pubkey) -> Result<Job> {
-    let account = chain.account(address)?.ok_or_else(|| {
-        other(format!(
-            "job {address} does not exist: it was never opened, or it ended (completed, cancelled or expired) and was closed"
-        ))
-    })?;
+    let account = chain.account(address)?.ok_or(Missing::Job(*address))?;
+    let not_a_job = || ChainError::WrongAccount {
+        address: *address,
+        expected: "a Tally job",
+        owner: Some(account.owner),
+    };
     if account.owner != tally::ID {
-        return Err(other(format!("{address} is not a Tally job")));
+        return Err(not_a_job());
     }
-    decode_job(&account.data).ok_or_else(|| other(format!("{address} is not a Tally job")))
+    decode_job(&account.data).ok_or_else(not_a_job)
 }
 
 /// Jobs on the cluster, optionally only a client's and/or an operator's.
@@ -447,62 +436,53 @@ pub fn open_job(
 ) -> Result<JobView> {
     let config = config(chain)?;
     if config.paused {
-        return Err(other(
-            "Tally is paused: no new jobs can be opened right now (refunds and claims still work)",
-        ));
+        return Err(Refused::Paused.into());
     }
     let mint = mint_ref(chain, mint)?;
     if chain.account(&pda::vault(&mint.mint))?.is_none() {
-        return Err(other(format!(
-            "mint {} is not accepted by this deployment",
-            mint.mint
-        )));
+        return Err(Missing::Vault(mint.mint).into());
     }
     if chain.account(&pda::operator(operator_authority))?.is_none() {
-        return Err(other(format!(
-            "{operator_authority} is not a registered operator"
-        )));
+        return Err(Missing::Operator(*operator_authority).into());
     }
     let prices = crate::Prices {
         input: args.input_price,
         output: args.output_price,
     };
     if args.output_price > 0 && args.unit_kind != UnitKind::Tokens as u8 {
-        return Err(other(
-            "only token jobs have an output price: GPU-seconds, requests and frames have one price (leave --output-price out)",
-        ));
+        return Err(Invalid::OutputPriceWithoutTokens.into());
     }
-    let deposit = crate::deposit_for(prices, args.max_units)
-        .map_err(|_| other("price × max units overflows: lower one of them"))?;
+    let deposit =
+        crate::deposit_for(prices, args.max_units).map_err(|_| Invalid::DepositOverflow)?;
     if deposit == 0 {
-        return Err(other(format!(
-            "the job would escrow nothing: {} units at {} per million round down to 0; raise the price or the units",
-            args.max_units,
-            prices.input.max(prices.output)
-        )));
+        return Err(Invalid::ZeroDeposit {
+            units: args.max_units,
+            price: prices.input.max(prices.output),
+        }
+        .into());
     }
     let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
     let balance = token_balance(chain, &tokens)?;
     if balance < deposit {
-        return Err(other(format!(
-            "insufficient funds: the job escrows {deposit} ({} units at {} per million) but {tokens} holds {balance}",
-            args.max_units,
-            prices.input.max(prices.output)
-        )));
+        return Err(Refused::InsufficientFunds {
+            account: tokens,
+            mint: mint.mint,
+            holds: balance,
+            needs: deposit,
+        }
+        .into());
     }
     let address = pda::job(&client.pubkey(), args.job_id);
     if chain.account(&address)?.is_some() {
-        return Err(other(format!(
-            "you already have a job with id {}: pick another --id",
-            args.job_id
-        )));
+        return Err(Refused::JobIdTaken(args.job_id).into());
     }
     let next = next_job_id(chain, &client.pubkey())?;
     if args.job_id < next {
-        return Err(other(format!(
-            "job id {} was already used: a client's job ids only go up and are never reused; use --id {next} or higher (or leave --id out)",
-            args.job_id
-        )));
+        return Err(Refused::JobIdUsed {
+            id: args.job_id,
+            next,
+        }
+        .into());
     }
     chain.send(
         &[ix::open_job(
@@ -530,9 +510,13 @@ pub fn top_up(
     let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
     let balance = token_balance(chain, &tokens)?;
     if balance < amount {
-        return Err(other(format!(
-            "insufficient funds: {tokens} holds {balance}, less than {amount}"
-        )));
+        return Err(Refused::InsufficientFunds {
+            account: tokens,
+            mint: mint.mint,
+            holds: balance,
+            needs: amount,
+        }
+        .into());
     }
     chain.send(
         &[ix::top_up(
@@ -551,7 +535,8 @@ pub fn top_up(
 /// A job key as `tally job key` prints it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct JobKeyView {
-    pub job: String,
+    #[serde(serialize_with = "base58")]
+    pub job: Pubkey,
     /// The bearer token (`Authorization: Bearer <key>` at the operator's gateway).
     pub key: String,
     /// Its public name (what a revocation names).
@@ -574,19 +559,19 @@ pub fn job_key(
 ) -> Result<JobKeyView> {
     let current = job(chain, job_address)?;
     if current.client != client.pubkey() {
-        return Err(other(format!(
-            "job {job_address} was opened by {}, not by {}: sign its keys with that wallet (--keypair)",
-            current.client,
-            client.pubkey()
-        )));
+        return Err(Refused::NotTheClient {
+            job: *job_address,
+            client: current.client,
+            signer: client.pubkey(),
+            action: "sign its keys",
+        }
+        .into());
     }
     if expires_in_secs <= 0 {
-        return Err(other("a key must expire in the future"));
+        return Err(Invalid::KeyExpiry.into());
     }
     if spend_limit == Some(0) {
-        return Err(other(
-            "a spend limit of 0 spends nothing: leave --limit out for no limit",
-        ));
+        return Err(Invalid::ZeroSpendLimit.into());
     }
     let expires_at = chain
         .clock()?
@@ -600,7 +585,7 @@ pub fn job_key(
     }
     .sign(client);
     Ok(JobKeyView {
-        job: job_address.to_string(),
+        job: *job_address,
         key: key.encode(),
         key_id: key.id(),
         expires_at,
@@ -612,9 +597,7 @@ pub fn job_key(
 pub fn cancel_job(chain: &mut impl Chain, client: &Keypair, job_address: &Pubkey) -> Result<u64> {
     let current = job(chain, job_address)?;
     if current.last_seq > 0 {
-        return Err(other(
-            "this job already has metered usage: it cannot be cancelled; it completes or expires",
-        ));
+        return Err(Refused::HasUsage.into());
     }
     let mint = mint_ref(chain, &current.mint)?;
     let tokens = ensure_token_account(chain, client, &client.pubkey(), mint)?;
@@ -634,10 +617,12 @@ pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubke
     let now = chain.clock()?.unix_timestamp;
     let expires_at = current.settle_until(config.expiry_grace_secs);
     if now <= expires_at {
-        return Err(other(format!(
-            "job {job_address} has not expired: it can be expired after {expires_at} (in {} s)",
-            expires_at - now
-        )));
+        return Err(Refused::NotExpired {
+            job: *job_address,
+            expires_at,
+            now,
+        }
+        .into());
     }
     let mint = mint_ref(chain, &current.mint)?;
     let tokens = ensure_token_account(chain, cranker, &current.client, mint)?;
@@ -661,9 +646,7 @@ pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubke
 pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey) -> Result<()> {
     let current = job(chain, job_address)?;
     if !current.status().is_finished() {
-        return Err(other(format!(
-            "job {job_address} has not ended: complete, cancel or expire it first"
-        )));
+        return Err(Refused::NotEnded(*job_address).into());
     }
     let now = chain.clock()?.unix_timestamp;
     let until = current
@@ -674,15 +657,15 @@ pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey)
         .max()
         .unwrap_or(0);
     if current.disputed_amount > 0 {
-        return Err(other(format!(
-            "job {job_address} has an open dispute: it can be closed once the dispute is resolved"
-        )));
+        return Err(Refused::DisputeOpen(*job_address).into());
     }
     if until > now {
-        return Err(other(format!(
-            "job {job_address} can still be disputed by its client until {until} (in {} s): close it after that",
-            until - now
-        )));
+        return Err(Refused::StillDisputable {
+            job: *job_address,
+            until,
+            now,
+        }
+        .into());
     }
     chain.send(
         &[ix::close_job(closer.pubkey(), *job_address, current.client)],
@@ -695,7 +678,8 @@ pub fn close_job(chain: &mut impl Chain, closer: &Keypair, job_address: &Pubkey)
 /// What `dispute_job` froze.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Disputed {
-    pub job: String,
+    #[serde(serialize_with = "base58")]
+    pub job: Pubkey,
     /// The operator's unmatured share of the job, frozen until the arbiter splits it
     /// (or, after `deadline`, released to the operator by default).
     pub frozen: u64,
@@ -714,22 +698,24 @@ pub fn dispute_job(
 ) -> Result<Disputed> {
     let current = job(chain, job_address)?;
     if current.client != client.pubkey() {
-        return Err(other(format!(
-            "job {job_address} was opened by {}, not by {}: only its client can dispute it (--keypair)",
-            current.client,
-            client.pubkey()
-        )));
+        return Err(Refused::NotTheClient {
+            job: *job_address,
+            client: current.client,
+            signer: client.pubkey(),
+            action: "dispute it",
+        }
+        .into());
     }
     if current.disputed_amount > 0 {
-        return Err(other(format!(
-            "job {job_address} already has an open dispute: {} frozen until the arbiter resolves it (or until {})",
-            current.disputed_amount, current.dispute_deadline
-        )));
+        return Err(Refused::AlreadyDisputed {
+            job: *job_address,
+            frozen: current.disputed_amount,
+            deadline: current.dispute_deadline,
+        }
+        .into());
     }
     if current.settled_units == 0 {
-        return Err(other(format!(
-            "nothing was settled on job {job_address}: there is nothing to dispute"
-        )));
+        return Err(Refused::NothingSettled(*job_address).into());
     }
     let now = chain.clock()?.unix_timestamp;
     let open = current
@@ -738,9 +724,11 @@ pub fn dispute_job(
         .filter(|b| b.amount > 0 && b.matures_at > now)
         .count();
     if open == 0 {
-        return Err(other(format!(
-            "the challenge window of job {job_address} has closed: everything settled on it has matured to the operator (chain time {now}), so nothing can be disputed any more"
-        )));
+        return Err(Refused::WindowClosed {
+            job: *job_address,
+            now,
+        }
+        .into());
     }
     chain.send(
         &[ix::dispute_job(
@@ -754,7 +742,7 @@ pub fn dispute_job(
     )?;
     let after = job(chain, job_address)?;
     Ok(Disputed {
-        job: job_address.to_string(),
+        job: *job_address,
         frozen: after.disputed_amount,
         deadline: after.dispute_deadline,
     })
@@ -763,7 +751,8 @@ pub fn dispute_job(
 /// An operator's earnings in one mint.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct EarningsView {
-    pub mint: String,
+    #[serde(serialize_with = "base58")]
+    pub mint: Pubkey,
     /// Claimable now (matured, as of the cluster clock).
     pub claimable: u64,
     /// Still inside the challenge window.
@@ -792,12 +781,12 @@ pub fn earnings(chain: &impl Chain, operator_authority: &Pubkey) -> Result<Vec<E
             let mut e = <Earnings as anchor_lang::AccountDeserialize>::try_deserialize(
                 &mut account.data.as_slice(),
             )
-            .map_err(|err| other(format!("earnings {address} do not decode: {err}")))?;
-            e.mature(now).map_err(|err| other(err.to_string()))?;
+            .map_err(|err| ChainError::decode("the earnings", Some(address), err))?;
+            e.mature(now)?;
             Ok(EarningsView {
-                mint: e.mint.to_string(),
+                mint: e.mint,
                 claimable: e.claimable,
-                pending: e.unmatured().map_err(|err| other(err.to_string()))?,
+                pending: e.unmatured()?,
                 frozen: e.frozen,
                 total_earned: e.total_earned,
                 total_claimed: e.total_claimed,
@@ -812,24 +801,17 @@ pub fn claim(chain: &mut impl Chain, authority: &Keypair, mint: &Pubkey) -> Resu
     let mint = mint_ref(chain, mint)?;
     let operator: Operator = chain
         .anchor_account(&pda::operator(&authority.pubkey()))?
-        .ok_or_else(|| {
-            other(format!(
-                "{} is not a registered operator",
-                authority.pubkey()
-            ))
-        })?;
+        .ok_or(Missing::Operator(authority.pubkey()))?;
     let earnings_address = pda::earnings(&pda::operator(&authority.pubkey()), &mint.mint);
     let mut ledger: Earnings = chain
         .anchor_account(&earnings_address)?
-        .ok_or_else(|| other(format!("no earnings in mint {} yet", mint.mint)))?;
-    ledger
-        .mature(chain.clock()?.unix_timestamp)
-        .map_err(|e| other(e.to_string()))?;
+        .ok_or(Missing::Earnings(mint.mint))?;
+    ledger.mature(chain.clock()?.unix_timestamp)?;
     if ledger.claimable == 0 {
-        return Err(other(format!(
-            "nothing to claim yet: {} is still inside the challenge window",
-            ledger.unmatured().unwrap_or(0)
-        )));
+        return Err(Refused::NothingToClaim {
+            pending: ledger.unmatured().unwrap_or(0),
+        }
+        .into());
     }
     let payout = ensure_token_account(chain, authority, &operator.payout_owner, mint)?;
     chain.send(

@@ -5,7 +5,7 @@ use tally_client::chain::{Chain, ChainError};
 use tally_client::ops;
 
 use crate::args::{OperatorCommand, OperatorFields};
-use tally_client::{OperatorArgs, Pubkey};
+use tally_client::OperatorArgs;
 
 use crate::output::{table, Output};
 
@@ -46,12 +46,8 @@ pub(super) fn execute<C: Chain>(
                 if e.claimable == 0 {
                     continue;
                 }
-                let mint: Pubkey = e
-                    .mint
-                    .parse()
-                    .map_err(|_| ChainError::Other(format!("bad mint {}", e.mint)))?;
-                let amount = ops::claim(chain, signer, &mint)?;
-                claimed.push(serde_json::json!({ "mint": e.mint, "amount": amount }));
+                let amount = ops::claim(chain, signer, &e.mint)?;
+                claimed.push(serde_json::json!({ "mint": e.mint.to_string(), "amount": amount }));
             }
             let text = if claimed.is_empty() {
                 "nothing to claim yet: earnings mature after the challenge window".to_string()
@@ -77,7 +73,7 @@ pub(super) fn execute<C: Chain>(
                 .iter()
                 .map(|e| {
                     vec![
-                        e.mint.clone(),
+                        e.mint.to_string(),
                         e.claimable.to_string(),
                         e.pending.to_string(),
                         e.frozen.to_string(),

@@ -8,6 +8,7 @@ use tally::state::{Config, Operator};
 use tally_cli::{execute, Cli, Output};
 use tally_client::chain::ChainError;
 use tally_client::config::resolve_url;
+use tally_client::error::{Invalid, Missing, Refused};
 use tally_client::pda;
 use tally_tests::{expect_ok, JobSpec, TestEnv, World};
 
@@ -101,7 +102,10 @@ fn admin_commands_change_the_config() {
         (1, 1, 4)
     );
     let err = run(&mut world, &admin, &format!("admin oracle remove {b}")).unwrap_err();
-    assert!(err.to_string().contains("is not an oracle"), "{err}");
+    assert!(
+        matches!(err, ChainError::Refused(Refused::NotOracle(k)) if k == b),
+        "{err}"
+    );
 
     let shown = run(&mut world, &admin, "admin config show").unwrap();
     assert_eq!(shown.json["fee_bps"], 300);
@@ -162,8 +166,7 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     // Units that are not tokens have one price.
     let err = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --kind gpu-seconds --input-price 1000000 --output-price 5 --units 10 --id 9")).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("only token jobs have an output price"),
+        matches!(err, ChainError::Invalid(Invalid::OutputPriceWithoutTokens)),
         "{err}"
     );
 
@@ -198,6 +201,10 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
         &format!("job open --operator {op} --mint {mint} --input-price 10 --units 100000 --id 7"),
     )
     .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Refused(Refused::JobIdTaken(7))),
+        "{err}"
+    );
     assert!(err.to_string().contains("pick another --id"), "{err}");
     let err = run(
         &mut world,
@@ -207,6 +214,10 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
         ),
     )
     .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Refused(Refused::InsufficientFunds { holds, needs, .. }) if holds < needs),
+        "{err}"
+    );
     assert!(err.to_string().starts_with("insufficient funds"), "{err}");
 
     let cancelled = run(&mut world, &wallet, &format!("job cancel {address}")).unwrap();
@@ -214,7 +225,10 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     assert_eq!(world.env.token_balance(&client.tokens), 5_000_000);
     assert!(!world.env.exists(&address));
     let err = run(&mut world, &wallet, &format!("job status {address}")).unwrap_err();
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        matches!(err, ChainError::Missing(Missing::Job(a)) if a == address),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,6 +247,10 @@ fn anyone_expires_a_stalled_job_and_the_client_is_refunded() {
     );
     let cranker = world.env.wallet(1_000_000_000);
     let err = run(&mut world, &cranker, &format!("job expire {}", job.address)).unwrap_err();
+    assert!(
+        matches!(err, ChainError::Refused(Refused::NotExpired { expires_at, now, .. }) if now <= expires_at),
+        "{err}"
+    );
     assert!(err.to_string().contains("has not expired"), "{err}");
     world.env.advance(3_600 + 601);
     let out = run(&mut world, &cranker, &format!("job expire {}", job.address)).unwrap();
@@ -261,7 +279,10 @@ fn an_operator_registers_sees_earnings_and_claims_and_revenue_shows_the_day() {
         (payout, vec![node])
     );
     let err = run(&mut world, &authority, "operator register").unwrap_err();
-    assert!(err.to_string().contains("already registered"), "{err}");
+    assert!(
+        matches!(err, ChainError::Refused(Refused::OperatorRegistered(k)) if k == authority.pubkey()),
+        "{err}"
+    );
     world.operators.push(pda::operator(&authority.pubkey()));
 
     // The World fixture settles through its own operator handle.
@@ -344,5 +365,9 @@ fn a_client_makes_a_job_key_and_a_stranger_cannot() {
     );
     let stranger = world.env.wallet(1_000_000_000);
     let err = run(&mut world, &stranger, &line).unwrap_err();
+    assert!(
+        matches!(err, ChainError::Refused(Refused::NotTheClient { signer, .. }) if signer == stranger.pubkey()),
+        "{err}"
+    );
     assert!(err.to_string().contains("was opened by"), "{err}");
 }
