@@ -121,15 +121,19 @@ pub fn create_mint(
 }
 
 /// Mints `amount` of `mint` to `owner`'s associated token account (created first if
-/// missing, `owner` paying); returns that account.
+/// missing); `payer` pays, `authority` signs the mint. Returns that account.
 pub fn mint_tokens(
     chain: &mut impl Chain,
     mint: MintRef,
     authority: &Keypair,
-    owner: &Keypair,
+    payer: &Keypair,
+    owner: &Pubkey,
     amount: u64,
 ) -> Result<Pubkey> {
-    let tokens = ops::ensure_token_account(chain, owner, &owner.pubkey(), mint)?;
+    let tokens = ops::ensure_token_account(chain, payer, owner, mint)?;
+    if amount == 0 {
+        return Ok(tokens);
+    }
     let mint_to = spl_token_2022::instruction::mint_to(
         &mint.token_program,
         &mint.mint,
@@ -139,7 +143,7 @@ pub fn mint_tokens(
         amount,
     )
     .map_err(|e| ChainError::instruction("mint_to", e))?;
-    chain.send(&[mint_to], authority, &[])?;
+    chain.send(&[mint_to], payer, &[authority])?;
     Ok(tokens)
 }
 
@@ -153,8 +157,7 @@ pub fn configure(
     settings: InitializeConfigArgs,
 ) -> Result<MintRef> {
     let mint = create_mint(chain, admin, &cast.mint_authority.pubkey(), 6)?;
-    ops::init(chain, admin, settings)?;
-    ops::add_mint(chain, admin, &mint.mint)?;
+    initialize(chain, admin, settings, &[mint.mint])?;
     ops::register_operator(
         chain,
         &cast.operator,
@@ -165,6 +168,21 @@ pub fn configure(
         false,
     )?;
     Ok(mint)
+}
+
+/// Initializes the config (`admin` is the program's upgrade authority and pays) and
+/// accepts each of `mints`. Returns the `initialize_config` transaction.
+pub fn initialize(
+    chain: &mut impl Chain,
+    admin: &Keypair,
+    settings: InitializeConfigArgs,
+    mints: &[Pubkey],
+) -> Result<Confirmed> {
+    let initialized = ops::init(chain, admin, settings)?;
+    for mint in mints {
+        ops::add_mint(chain, admin, mint)?;
+    }
+    Ok(initialized)
 }
 
 /// The cast's client is funded with `funding` of `mint` and opens a job with the
@@ -178,7 +196,15 @@ pub fn open_jobs(
     terms: OpenJobArgs,
     ids: impl IntoIterator<Item = u64>,
 ) -> Result<(Pubkey, Vec<Pubkey>)> {
-    let tokens = mint_tokens(chain, mint, &cast.mint_authority, &cast.client, funding)?;
+    let client = &cast.client;
+    let tokens = mint_tokens(
+        chain,
+        mint,
+        &cast.mint_authority,
+        client,
+        &client.pubkey(),
+        funding,
+    )?;
     let mut jobs = Vec::new();
     for job_id in ids {
         let args = OpenJobArgs { job_id, ..terms };

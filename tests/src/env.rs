@@ -8,7 +8,6 @@ use anchor_lang::prelude::Pubkey;
 use anchor_lang::solana_program::instruction::Instruction;
 use anchor_lang::solana_program::program_pack::Pack;
 use anchor_lang::{AccountDeserialize, Discriminator};
-use anchor_spl::associated_token::spl_associated_token_account;
 use anchor_spl::token_2022::spl_token_2022;
 use solana_keypair::Keypair;
 use solana_message::Message;
@@ -17,7 +16,6 @@ use solana_transaction::Transaction;
 use tally::state::{Job, Revenue};
 use tally_client::chain::EmbeddedChain;
 use tally_client::ix::MintRef;
-use tally_client::pda;
 
 /// Which token program a mint lives under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,17 +219,13 @@ impl TestEnv {
 
     /// The associated token account of `owner` for `mint`, created if missing.
     pub fn token_account(&mut self, owner: &Pubkey, mint: MintRef) -> Pubkey {
-        let address = pda::associated_token(owner, &mint.mint, &mint.token_program);
-        if self.svm.get_account(&address).is_none() {
-            let ix = spl_associated_token_account::instruction::create_associated_token_account_idempotent(
-                &self.payer.pubkey(),
-                owner,
-                &mint.mint,
-                &mint.token_program,
-            );
-            expect_ok(self.send(&[ix], &[]));
-        }
-        address
+        let payer = self.payer.insecure_clone();
+        expect_chain(tally_client::ops::ensure_token_account(
+            &mut self.chain,
+            &payer,
+            owner,
+            mint,
+        ))
     }
 
     /// Mints `amount` to `destination`.

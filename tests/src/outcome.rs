@@ -105,6 +105,24 @@ pub fn expect_failure(result: TxResult) -> Failed {
 
 /// Unwraps a successful transaction, printing its logs otherwise.
 #[track_caller]
+/// The result of an SDK call (`ops`, `bootstrap`) that a fixture needs to succeed.
+pub fn expect_chain<T>(result: Result<T, tally_client::chain::ChainError>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Sent {
+    /// A transaction the SDK confirmed on the embedded chain (which reports its
+    /// compute units and fee), of wire size `size`.
+    pub fn landed(confirmed: tally_client::chain::Confirmed, size: usize) -> Self {
+        Self {
+            cu: confirmed.compute_units.unwrap_or_default(),
+            logs: confirmed.logs,
+            size,
+            fee: confirmed.fee.unwrap_or_default(),
+        }
+    }
+}
+
 pub fn expect_ok(result: TxResult) -> Sent {
     match result {
         Ok(sent) => sent,

@@ -1,13 +1,18 @@
 //! [`World`] / [`WorldBuilder`]: a deployed, configured Tally and the people in a
 //! story (operators, clients, jobs), with the solvency check after every transaction.
+//! The deployment is made by the SDK's chain-generic [`bootstrap`] (the same steps
+//! `tally demo`, the worker e2e and the local-validator tier take), with the
+//! deterministic keys of [`TestEnv`]; tests then send raw instructions to attack it.
 
 use crate::*;
 use anchor_lang::prelude::Pubkey;
 use anchor_lang::solana_program::instruction::Instruction;
 use solana_keypair::Keypair;
 use solana_signer::Signer;
+use solana_transaction::Transaction;
 use tally::state::{Config, Earnings, Vault};
 use tally_client::ix::{self, Attestation, MintRef};
+use tally_client::{bootstrap, ops};
 use tally_client::{pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, SettleReceipt};
 
 /// Deployment settings for a [`World`].
@@ -70,21 +75,22 @@ impl WorldBuilder {
             .collect();
         let mint_authority = env.keypair();
         let mint = env.create_mint(self.token, &mint_authority.pubkey());
-        let init = ix::initialize_config(
-            admin.pubkey(),
-            InitializeConfigArgs {
-                treasury: treasury.pubkey(),
-                arbiter: arbiter.pubkey(),
-                fee_bps: self.fee_bps,
-                challenge_window_secs: self.challenge_window_secs,
-                expiry_grace_secs: self.expiry_grace_secs,
-                dispute_timeout_secs: self.dispute_timeout_secs,
-                oracles: oracles.iter().map(Signer::pubkey).collect(),
-                oracle_threshold: self.threshold,
-            },
-        );
-        let init_sent = expect_ok(env.send(&[init], &[&admin]));
-        expect_ok(env.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin]));
+        let settings = InitializeConfigArgs {
+            treasury: treasury.pubkey(),
+            arbiter: arbiter.pubkey(),
+            fee_bps: self.fee_bps,
+            challenge_window_secs: self.challenge_window_secs,
+            expiry_grace_secs: self.expiry_grace_secs,
+            dispute_timeout_secs: self.dispute_timeout_secs,
+            oracles: oracles.iter().map(Signer::pubkey).collect(),
+            oracle_threshold: self.threshold,
+        };
+        let size = tx_wire_size(&Transaction::new_with_payer(
+            &[ix::initialize_config(admin.pubkey(), settings.clone())],
+            Some(&admin.pubkey()),
+        ));
+        let initialized = bootstrap::initialize(&mut *env, &admin, settings, &[mint.mint]);
+        let init_sent = Sent::landed(expect_chain(initialized), size);
         let world = World {
             env,
             admin,
@@ -223,16 +229,17 @@ impl World {
         let payout = self.env.keypair();
         let node_key = self.env.keypair();
         let payout_tokens = self.env.token_account(&payout.pubkey(), self.mint);
-        expect_ok(self.send(
-            &[ix::register_operator(
-                authority.pubkey(),
-                OperatorArgs {
-                    payout_owner: payout.pubkey(),
-                    node_keys: vec![node_key.pubkey()],
-                },
-            )],
-            &[&authority],
+        let args = OperatorArgs {
+            payout_owner: payout.pubkey(),
+            node_keys: vec![node_key.pubkey()],
+        };
+        expect_chain(ops::register_operator(
+            &mut *self.env,
+            &authority,
+            args,
+            false,
         ));
+        self.check_solvency();
         self.operators.push(pda::operator(&authority.pubkey()));
         OperatorHandle {
             authority,
@@ -245,9 +252,9 @@ impl World {
     /// and adds it to the solvency check. `world.mint` stays as it was.
     pub fn accept_mint(&mut self, kind: TokenKind) -> MintRef {
         let mint = self.env.create_mint(kind, &self.mint_authority.pubkey());
-        let admin = self.admin.insecure_clone();
-        expect_ok(self.send(&[ix::add_mint(admin.pubkey(), mint)], &[&admin]));
+        expect_chain(ops::add_mint(&mut *self.env, &self.admin, &mint.mint));
         self.mints.push(mint);
+        self.check_solvency();
         mint
     }
 
@@ -264,22 +271,22 @@ impl World {
     /// `owner`'s associated token account of `mint`, created if missing, with
     /// `amount` more tokens minted to it.
     pub fn fund(&mut self, owner: &Pubkey, mint: MintRef, amount: u64) -> Pubkey {
-        let account = self.env.token_account(owner, mint);
-        if amount > 0 {
-            let authority = self.mint_authority.insecure_clone();
-            self.env.mint_to(mint, &authority, &account, amount);
-        }
-        account
+        let payer = self.env.payer.insecure_clone();
+        let funded = bootstrap::mint_tokens(
+            &mut *self.env,
+            mint,
+            &self.mint_authority,
+            &payer,
+            owner,
+            amount,
+        );
+        expect_chain(funded)
     }
 
     /// A client wallet holding `tokens` of the mint.
     pub fn client(&mut self, tokens: u64) -> ClientHandle {
         let wallet = self.env.wallet(10_000_000_000);
-        let account = self.env.token_account(&wallet.pubkey(), self.mint);
-        if tokens > 0 {
-            let authority = self.mint_authority.insecure_clone();
-            self.env.mint_to(self.mint, &authority, &account, tokens);
-        }
+        let account = self.fund(&wallet.pubkey(), self.mint, tokens);
         ClientHandle {
             wallet,
             tokens: account,
