@@ -77,41 +77,7 @@ pub enum JobCommand {
     /// Prices are in the mint's base units per million units, as inference APIs quote
     /// them: $0.15 / 1M input and $0.60 / 1M output tokens in USDC (6 decimals) is
     /// `--input-price 150000 --output-price 600000`.
-    Open {
-        /// The operator's authority (its wallet)
-        #[arg(long)]
-        operator: Pubkey,
-        #[arg(long)]
-        mint: Pubkey,
-        /// Price per million input (prompt) tokens, or per million units of another
-        /// kind, in the mint's base units
-        #[arg(long)]
-        input_price: u64,
-        /// Price per million output (completion) tokens [default: the input price for
-        /// tokens; other kinds have no output price]
-        #[arg(long)]
-        output_price: Option<u64>,
-        /// The model the job pays for, as the inference server names it (the gateway
-        /// refuses requests for any other) [default: any model]
-        #[arg(long)]
-        model: Option<String>,
-        /// Units to escrow for (the deposit prices them all at the higher price)
-        #[arg(long)]
-        units: u64,
-        /// Job id: ids only go up and are never reused [default: the current Unix
-        /// time, or your next free id if higher]
-        #[arg(long)]
-        id: Option<u64>,
-        /// Seconds from now until usage stops being billable
-        #[arg(long, default_value_t = 86_400)]
-        deadline_in: i64,
-        /// What a unit is
-        #[arg(long, value_enum, default_value_t = UnitKindArg::Tokens)]
-        kind: UnitKindArg,
-        /// Most the job may be billed per hour (0 = no cap)
-        #[arg(long, default_value_t = 0)]
-        spend_cap: u64,
-    },
+    Open(OpenArgs),
     /// Add to a job's escrow
     TopUp { job: Pubkey, amount: u64 },
     /// Cancel a job with no usage yet: full refund
@@ -209,25 +175,7 @@ pub struct OperatorFields {
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Create the config (the program's upgrade authority signs)
-    Init {
-        #[arg(long)]
-        treasury: Pubkey,
-        #[arg(long)]
-        arbiter: Pubkey,
-        #[arg(long, default_value_t = 250)]
-        fee_bps: u16,
-        #[arg(long, default_value_t = 3_600)]
-        challenge_window: u32,
-        #[arg(long, default_value_t = 3_600)]
-        expiry_grace: u32,
-        #[arg(long, default_value_t = 604_800)]
-        dispute_timeout: u32,
-        /// Oracle key (repeat, at most 7)
-        #[arg(long = "oracle", required = true)]
-        oracles: Vec<Pubkey>,
-        #[arg(long, default_value_t = 1)]
-        threshold: u8,
-    },
+    Init(InitArgs),
     /// Change settings
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -383,4 +331,64 @@ impl ChainCommand {
             _ => false,
         }
     }
+}
+
+/// `job open`'s terms.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// The operator's authority (its wallet)
+    #[arg(long)]
+    pub operator: Pubkey,
+    #[arg(long)]
+    pub mint: Pubkey,
+    /// Price per million input (prompt) tokens, or per million units of another
+    /// kind, in the mint's base units
+    #[arg(long)]
+    pub input_price: u64,
+    /// Price per million output (completion) tokens [default: the input price for
+    /// tokens; other kinds have no output price]
+    #[arg(long)]
+    pub output_price: Option<u64>,
+    /// The model the job pays for, as the inference server names it (the gateway
+    /// refuses requests for any other) [default: any model]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Units to escrow for (the deposit prices them all at the higher price)
+    #[arg(long)]
+    pub units: u64,
+    /// Job id: ids only go up and are never reused [default: the current Unix
+    /// time, or your next free id if higher]
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Seconds from now until usage stops being billable
+    #[arg(long, default_value_t = 86_400)]
+    pub deadline_in: i64,
+    /// What a unit is
+    #[arg(long, value_enum, default_value_t = UnitKindArg::Tokens)]
+    pub kind: UnitKindArg,
+    /// Most the job may be billed per hour (0 = no cap)
+    #[arg(long, default_value_t = 0)]
+    pub spend_cap: u64,
+}
+
+/// `admin init`'s settings.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub treasury: Pubkey,
+    #[arg(long)]
+    pub arbiter: Pubkey,
+    #[arg(long, default_value_t = 250)]
+    pub fee_bps: u16,
+    #[arg(long, default_value_t = 3_600)]
+    pub challenge_window: u32,
+    #[arg(long, default_value_t = 3_600)]
+    pub expiry_grace: u32,
+    #[arg(long, default_value_t = 604_800)]
+    pub dispute_timeout: u32,
+    /// Oracle key (repeat, at most 7)
+    #[arg(long = "oracle", required = true)]
+    pub oracles: Vec<Pubkey>,
+    #[arg(long, default_value_t = 1)]
+    pub threshold: u8,
 }

@@ -157,31 +157,8 @@ fn print_table(report: &Audit, ledger: Option<&Path>, dispute: Option<&serde_jso
             report.lines
         ),
     }
-    for f in &report.findings {
-        let place = format!(
-            "invoice {}{}",
-            f.seq,
-            if f.settled { "" } else { " (not settled yet)" }
-        );
-        match (f.kind.as_str(), &f.received) {
-            ("counted_differently", Some(mine)) => println!(
-                "COUNTED DIFFERENTLY: {place}, request {}: billed {}, you received {} ({:+} tokens)",
-                f.request_id,
-                tokens(&f.billed),
-                tokens(mine),
-                f.excess_tokens
-            ),
-            ("billed_twice", _) => println!(
-                "BILLED TWICE: {place}, request {}: {} again",
-                f.request_id,
-                tokens(&f.billed)
-            ),
-            _ => println!(
-                "NEVER RECEIVED: {place}, request {}: billed {}, not in your ledger",
-                f.request_id,
-                tokens(&f.billed)
-            ),
-        }
+    for finding in &report.findings {
+        println!("{}", describe_finding(finding));
     }
     if !report.unbilled.is_empty() {
         println!(
@@ -196,17 +173,7 @@ fn print_table(report: &Audit, ledger: Option<&Path>, dispute: Option<&serde_jso
         );
     }
     if let Some(dispute) = dispute {
-        if dispute["filed"] == true {
-            println!(
-                "dispute: filed: {} base units frozen (the operator's share still in the challenge window) until the arbiter resolves it, or until {} (unix seconds) when it goes to the operator",
-                dispute["frozen"], dispute["deadline"]
-            );
-        } else {
-            println!(
-                "dispute: NOT filed: {}",
-                dispute["reason"].as_str().unwrap_or_default()
-            );
-        }
+        println!("{}", describe_dispute(dispute));
     }
     if report.clean() {
         println!("result: clean");
@@ -220,5 +187,48 @@ fn print_table(report: &Audit, ledger: Option<&Path>, dispute: Option<&serde_jso
                 ", and the invoices do not verify against the chain"
             }
         );
+    }
+}
+
+/// One finding, as the client reads it.
+fn describe_finding(f: &audit::Finding) -> String {
+    let place = format!(
+        "invoice {}{}",
+        f.seq,
+        if f.settled { "" } else { " (not settled yet)" }
+    );
+    match (f.kind.as_str(), &f.received) {
+        ("counted_differently", Some(mine)) => format!(
+            "COUNTED DIFFERENTLY: {place}, request {}: billed {}, you received {} ({:+} tokens)",
+            f.request_id,
+            tokens(&f.billed),
+            tokens(mine),
+            f.excess_tokens
+        ),
+        ("billed_twice", _) => format!(
+            "BILLED TWICE: {place}, request {}: {} again",
+            f.request_id,
+            tokens(&f.billed)
+        ),
+        _ => format!(
+            "NEVER RECEIVED: {place}, request {}: billed {}, not in your ledger",
+            f.request_id,
+            tokens(&f.billed)
+        ),
+    }
+}
+
+/// What `--dispute` did.
+fn describe_dispute(dispute: &serde_json::Value) -> String {
+    if dispute["filed"] == true {
+        format!(
+            "dispute: filed: {} base units frozen (the operator's share still in the challenge window) until the arbiter resolves it, or until {} (unix seconds) when it goes to the operator",
+            dispute["frozen"], dispute["deadline"]
+        )
+    } else {
+        format!(
+            "dispute: NOT filed: {}",
+            dispute["reason"].as_str().unwrap_or_default()
+        )
     }
 }

@@ -4,7 +4,7 @@ use solana_signer::Signer;
 use tally_client::chain::{Chain, ChainError};
 use tally_client::ops;
 
-use crate::args::{AdminCommand, ConfigCommand, MintCommand, OracleCommand};
+use crate::args::{AdminCommand, ConfigCommand, InitArgs, MintCommand, OracleCommand};
 use std::path::{Path, PathBuf};
 
 use tally_client::ops::OracleChange;
@@ -23,35 +23,7 @@ pub(super) fn execute<C: Chain>(
     signer: &Keypair,
 ) -> Result<Output, ChainError> {
     match command {
-        AdminCommand::Init {
-            treasury,
-            arbiter,
-            fee_bps,
-            challenge_window,
-            expiry_grace,
-            dispute_timeout,
-            oracles,
-            threshold,
-        } => {
-            ops::init(
-                chain,
-                signer,
-                InitializeConfigArgs {
-                    treasury: *treasury,
-                    arbiter: *arbiter,
-                    fee_bps: *fee_bps,
-                    challenge_window_secs: *challenge_window,
-                    expiry_grace_secs: *expiry_grace,
-                    dispute_timeout_secs: *dispute_timeout,
-                    oracles: oracles.clone(),
-                    oracle_threshold: *threshold,
-                },
-            )?;
-            Ok(done(format!(
-                "Tally initialized: config {}",
-                tally_client::pda::config()
-            )))
-        }
+        AdminCommand::Init(args) => init(args, chain, signer),
         AdminCommand::Config(ConfigCommand::Set {
             fee_bps,
             treasury,
@@ -100,6 +72,35 @@ pub(super) fn execute<C: Chain>(
             )))
         }
     }
+}
+
+/// `admin init`: the config, signed by the program's upgrade authority.
+fn init<C: Chain>(args: &InitArgs, chain: &mut C, signer: &Keypair) -> Result<Output, ChainError> {
+    let InitArgs {
+        treasury,
+        arbiter,
+        fee_bps,
+        challenge_window,
+        expiry_grace,
+        dispute_timeout,
+        oracles,
+        threshold,
+    } = args;
+    let settings = InitializeConfigArgs {
+        treasury: *treasury,
+        arbiter: *arbiter,
+        fee_bps: *fee_bps,
+        challenge_window_secs: *challenge_window,
+        expiry_grace_secs: *expiry_grace,
+        dispute_timeout_secs: *dispute_timeout,
+        oracles: oracles.clone(),
+        oracle_threshold: *threshold,
+    };
+    ops::init(chain, signer, settings)?;
+    Ok(done(format!(
+        "Tally initialized: config {}",
+        tally_client::pda::config()
+    )))
 }
 
 /// `admin config show`.
