@@ -1,6 +1,7 @@
 //! Measurements shared by the CU-ceiling test and `scripts/bench`: every instruction
 //! run once on the SBF program with deterministic fixtures, and the settlement
 //! capacity of one transaction.
+use solana_keypair::Keypair;
 use solana_message::Message;
 use solana_signer::Signer;
 use solana_transaction::Transaction;
@@ -261,7 +262,16 @@ fn packed_bytes(receipts: &[(Pubkey, SettleReceipt)]) -> usize {
 }
 
 pub fn alt_capacity() -> SettleCapacity {
-    let mut world = World::builder().build();
+    alt_capacity_in(World::builder().build())
+}
+
+/// [`alt_capacity`] with an `m`-of-`n` oracle set: `m` oracles sign each settle
+/// transaction (the leader paying).
+pub fn quorum_alt_capacity(n: usize, m: u8) -> SettleCapacity {
+    alt_capacity_in(World::builder().oracles(n, m).build())
+}
+
+fn alt_capacity_in(mut world: World) -> SettleCapacity {
     let operator = world.operator();
     let client = world.client(1_000_000_000);
     let jobs: Vec<_> = (0..32)
@@ -307,18 +317,29 @@ pub fn alt_capacity() -> SettleCapacity {
 /// paying) with receipts for distinct jobs, one oracle signature each, until the next
 /// one would exceed [`MAX_TX_BYTES`].
 pub fn relayed_capacity() -> SettleCapacity {
-    let mut world = World::builder().build();
+    relayed_capacity_in(World::builder().build())
+}
+
+/// [`relayed_capacity`] with an `m`-of-`n` oracle set: each receipt carries `m`
+/// oracle signatures.
+pub fn quorum_relayed_capacity(n: usize, m: u8) -> SettleCapacity {
+    relayed_capacity_in(World::builder().oracles(n, m).build())
+}
+
+fn relayed_capacity_in(mut world: World) -> SettleCapacity {
     let operator = world.operator();
     let client = world.client(1_000_000_000);
     let jobs: Vec<_> = (0..16)
         .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
         .collect();
     world.env.advance(60);
-    let oracle = world.oracles[0].insecure_clone();
+    let attestation = world.attestation();
+    let oracles = world.oracle_signers(&attestation);
+    let oracles: Vec<&Keypair> = oracles.iter().collect();
     let relayer = world.env.wallet(1_000_000_000);
     let signed: Vec<_> = jobs
         .iter()
-        .map(|j| world.sign_receipt(j, world.receipt(1, 10), &[&oracle]))
+        .map(|j| world.sign_receipt(j, world.receipt(1, 10), &oracles))
         .collect();
     let size_of = |world: &mut World, n: usize| {
         let ixs = world.relayed_ixs(&operator, &relayer, &signed[..n]);
@@ -340,8 +361,9 @@ pub fn relayed_capacity() -> SettleCapacity {
         "the measured transaction fits: {} bytes",
         full.size
     );
-    // Each receipt: its signed message plus one signature, key and offsets entry.
-    let per_receipt = tally::receipt::RECEIPT_MESSAGE_LEN + 64 + 32 + 14;
+    // Each receipt: its signed message plus, per oracle, a signature, key and
+    // offsets entry.
+    let per_receipt = tally::receipt::RECEIPT_MESSAGE_LEN + oracles.len() * (64 + 32 + 14);
     SettleCapacity::from_runs(n, &single, &full, per_receipt)
 }
 

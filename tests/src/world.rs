@@ -660,7 +660,7 @@ impl World {
         result
     }
 
-    /// The signed v0 settle transaction (the first oracle signs and pays).
+    /// The signed v0 settle transaction (the attesting oracles sign, the first pays).
     pub fn settle_v0_tx(
         &self,
         operator: &OperatorHandle,
@@ -674,15 +674,16 @@ impl World {
             self.mint.mint,
             receipts,
         );
-        let oracle = &self.oracles[0];
+        let signers = self.oracle_signers(&attestation);
         let message = tally_client::alt::v0_message(
-            &oracle.pubkey(),
+            &signers[0].pubkey(),
             &[ix],
             std::slice::from_ref(table),
             self.env.svm.latest_blockhash(),
         )
         .expect("v0 message compiles");
-        solana_transaction::versioned::VersionedTransaction::try_new(message, &[oracle])
-            .expect("oracle signs")
+        let signers: Vec<&Keypair> = signers.iter().collect();
+        solana_transaction::versioned::VersionedTransaction::try_new(message, &signers)
+            .expect("the oracles sign")
     }
 }

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use tally_tests::bench::{
-    alt_capacity, measure_instructions, relayed_capacity, settle_capacity, SettleCapacity,
-    MAX_TX_BYTES,
+    alt_capacity, measure_instructions, quorum_alt_capacity, quorum_relayed_capacity,
+    relayed_capacity, settle_capacity, SettleCapacity, MAX_TX_BYTES,
 };
 
 /// Peers' published figures, for context.
@@ -84,6 +84,9 @@ fn main() {
     let signer = settle_capacity();
     let relayed = relayed_capacity();
     let alt = alt_capacity();
+    // A 2-of-3 oracle set: two oracles attest each receipt (issue 20).
+    let quorum_alt = quorum_alt_capacity(3, 2);
+    let quorum_relayed = quorum_relayed_capacity(3, 2);
 
     let mut md = String::new();
     let _ = writeln!(md, "| program | measured |");
@@ -119,6 +122,16 @@ fn main() {
         "relayed, Ed25519 signatures, legacy transaction",
         &relayed,
     );
+    settlement_table(
+        &mut md,
+        "2-of-3 quorum, two oracles sign, v0 transaction + lookup table",
+        &quorum_alt,
+    );
+    settlement_table(
+        &mut md,
+        "2-of-3 quorum, relayed, two Ed25519 signatures per receipt",
+        &quorum_relayed,
+    );
     print!("{md}");
 
     let mut json = format!(
@@ -135,14 +148,19 @@ fn main() {
     }
     let _ = write!(
         json,
-        "\n  }},\n  \"receipts_per_tx\": {},\n  \"receipts_per_tx_alt\": {},\n  \"cu_per_receipt\": {},\n  \"fee_lamports_per_receipt\": {},\n  \"signer_path\": {},\n  \"signer_path_alt\": {},\n  \"relayed_path\": {}\n}}\n",
+        "\n  }},\n  \"receipts_per_tx\": {},\n  \"receipts_per_tx_alt\": {},\n  \"cu_per_receipt\": {},\n  \"fee_lamports_per_receipt\": {},\n  \"signer_path\": {},\n  \"signer_path_alt\": {},\n  \"relayed_path\": {},\n  \"quorum_receipts_per_tx\": {},\n  \"quorum_cu_per_receipt\": {},\n  \"quorum_fee_lamports_per_receipt\": {},\n  \"quorum_signer_path_alt\": {},\n  \"quorum_relayed_path\": {}\n}}\n",
         signer.receipts_per_tx,
         alt.receipts_per_tx,
         alt.cu_per_receipt,
         alt.fee_lamports_per_receipt,
         capacity_json(&signer),
         capacity_json(&alt),
-        capacity_json(&relayed)
+        capacity_json(&relayed),
+        quorum_alt.receipts_per_tx,
+        quorum_alt.cu_per_receipt,
+        quorum_alt.fee_lamports_per_receipt,
+        capacity_json(&quorum_alt),
+        capacity_json(&quorum_relayed)
     );
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let written = std::fs::create_dir_all(&dir)
