@@ -313,6 +313,15 @@ struct State {
     last_housekeeping: Option<Instant>,
 }
 
+impl State {
+    /// Whether the job (incarnation) backs off after a failure now.
+    fn backing_off(&self, job: &str, nonce: u64) -> bool {
+        self.backoff
+            .get(&(job.to_string(), nonce))
+            .is_some_and(|b| b.until > Instant::now())
+    }
+}
+
 struct Backoff {
     until: Instant,
     delay: Duration,
@@ -464,33 +473,68 @@ impl Batcher {
     /// One round: resume what is pending, settle new usage, tend the lookup tables.
     pub fn run_round(&self, chain: &mut impl Chain) -> Result<RoundReport, OracleError> {
         let mut report = RoundReport::default();
-        let clock = chain.clock()?;
-        // Records are stamped in the chain's time: keep the sources' clock on it.
-        self.clock.set_chain_time(clock.unix_timestamp);
-        let now = clock.unix_timestamp;
-        let config = ops::config(chain)?;
-        let grace = i64::from(config.expiry_grace_secs);
+        let time = self.read_time(chain)?;
         let mut state = lock(&self.state)?;
         let started = Instant::now();
 
         // 1. What needs work, and the jobs' states in one pass.
+        let mut work = self.read_work(chain, &mut report)?;
+        // 2. Resume pending submissions; 3. new usage. Decided, not yet written.
+        let mut round = RoundWrite::default();
+        let pending = std::mem::take(&mut work.pending);
+        let resumed =
+            Self::resume_pending(pending, &work.jobs, &time, &state, &mut round, &mut report);
+        let billed = self.bill_waiting(&work, &time, &state, &mut round, &mut report)?;
+        // Everything decided is written in one transaction, before anything is sent.
+        self.commit_round(&mut state, &round, &resumed.landed, &report)?;
+
+        // 4. Send (resumed receipts first, then the new ones).
+        let mut outgoing = resumed.outgoing;
+        outgoing.extend(billed.outgoing);
+        if !outgoing.is_empty() {
+            Self::resolve_operators(chain, &mut state, &mut outgoing)?;
+            self.send(chain, &mut state, outgoing, &time, &mut report)?;
+        }
+        // The exports, after the sends: the store holds the invoices already, so
+        // their syncs never delay a settlement.
+        export_invoices(billed.exports, &mut report);
+        // 5. Tables that are done.
+        self.tend_tables_when_due(chain, &mut state, &mut report)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
+        Ok(report)
+    }
+
+    /// The chain's clock and config for a round; the sources' clock is kept on it
+    /// (records are stamped in the chain's time).
+    fn read_time(&self, chain: &impl Chain) -> Result<RoundTime, OracleError> {
+        let clock = chain.clock()?;
+        self.clock.set_chain_time(clock.unix_timestamp);
+        let config = ops::config(chain)?;
+        Ok(RoundTime {
+            slot: clock.slot,
+            now: clock.unix_timestamp,
+            config,
+        })
+    }
+
+    /// Step 1: the pending submissions and the jobs with waiting records, and every
+    /// one of those jobs' states in one pass. Jobs of the previous layout are upgraded
+    /// and submissions migrated from schema 1 adopted on the way.
+    fn read_work(
+        &self,
+        chain: &mut impl Chain,
+        report: &mut RoundReport,
+    ) -> Result<Work, OracleError> {
         let pending = self.store.pending_submissions()?;
         let waiting = self.store.jobs_with_new_records()?;
         let legacy = self.store.legacy_jobs()?;
-        let mut addresses: Vec<Pubkey> = Vec::new();
-        let mut seen = HashSet::new();
-        for job in pending
-            .iter()
-            .map(|s| s.job.as_str())
-            .chain(waiting.iter().map(String::as_str))
-            .chain(legacy.iter().map(String::as_str))
-        {
-            if let Some(key) = parse_key(job) {
-                if seen.insert(key) {
-                    addresses.push(key);
-                }
-            }
-        }
+        let addresses = distinct_addresses(
+            pending
+                .iter()
+                .map(|s| s.job.as_str())
+                .chain(waiting.iter().map(String::as_str))
+                .chain(legacy.iter().map(String::as_str)),
+        );
         let read = chain.accounts(&addresses)?;
         // Jobs the previous program version wrote: brought up to date before they
         // settle (the program refuses to settle them until then).
@@ -503,208 +547,122 @@ impl Batcher {
             })
             .map(|(key, _)| *key)
             .collect();
-        self.upgrade_accounts(chain, &outdated, &mut report)?;
-        let jobs: HashMap<String, Option<Job>> = addresses
-            .iter()
-            .zip(&read.accounts)
-            .map(|(key, account)| (key.to_string(), job_of(account.as_ref())))
-            .collect();
-        let job_state = |job: &str| jobs.get(job).copied().flatten();
-
+        self.upgrade_accounts(chain, &outdated, report)?;
+        let jobs = JobStates(
+            addresses
+                .iter()
+                .zip(&read.accounts)
+                .map(|(key, account)| (key.to_string(), job_of(account.as_ref())))
+                .collect(),
+        );
         // Migrated submissions join the job open at their address.
         for job in &legacy {
-            self.adopt(job, job_state(job).as_ref(), &mut report)?;
+            self.adopt(job, jobs.get(job).as_ref(), report)?;
         }
         let pending = if legacy.is_empty() {
             pending
         } else {
             self.store.pending_submissions()?
         };
-        let pending_jobs: HashSet<(String, u64)> = pending
+        let pending_jobs = pending
             .iter()
             .map(|s| (s.job.clone(), s.job_nonce))
             .collect();
+        Ok(Work {
+            pending,
+            pending_jobs,
+            waiting,
+            jobs,
+        })
+    }
 
-        let backing_off = |state: &State, job: &str, nonce: u64| {
-            state
-                .backoff
-                .get(&(job.to_string(), nonce))
-                .is_some_and(|b| b.until > Instant::now())
-        };
-
-        // 2. Resume pending submissions.
-        let mut round = RoundWrite::default();
-        let mut outgoing: Vec<Outgoing> = Vec::new();
-        let mut landed: Vec<(String, u64, u64)> = Vec::new();
+    /// Step 2: what becomes of each pending submission ([`resume`]): written off,
+    /// found landed, or sent again.
+    fn resume_pending(
+        pending: Vec<Submission>,
+        jobs: &JobStates,
+        time: &RoundTime,
+        state: &State,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+    ) -> Resumed {
+        let mut resumed = Resumed::default();
         for submission in pending {
-            let (job_text, nonce, seq) =
-                (submission.job.clone(), submission.job_nonce, submission.seq);
-            let state_now = job_state(&job_text);
-            let gone = match state_now {
-                None => {
-                    let evidence = submission
-                        .oldest_finished_at
-                        .unwrap_or(submission.period_end);
-                    parse_key(&job_text).is_none()
-                        || evidence
-                            < now.saturating_sub(MISSING_JOB_GRACE_SECS + BIND_TOLERANCE_SECS)
+            match resume(&submission, jobs.get(&submission.job).as_ref(), time, state) {
+                Resume::WriteOff(reason, detail) => {
+                    Self::write_off_submission(round, report, &submission, reason, detail);
                 }
-                Some(j) => j.nonce > nonce,
-            };
-            if gone {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobClosed, format!(
-                    "job {job_text} (nonce {nonce}) is closed: its receipt {seq} ({} records) can never land",
-                    submission.records
-                ));
-                continue;
-            }
-            let Some(job) = state_now.filter(|j| j.nonce == nonce) else {
-                continue; // the RPC node is behind the job: asked again next round
-            };
-            if job.last_seq > seq
-                || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash)
-            {
-                landed.push((job_text, nonce, seq));
-                report.recovered += 1;
-                continue;
-            }
-            if job.last_seq == seq {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Superseded, format!(
-                    "job {job_text}: another receipt {seq} (invoice {}) settled instead of this oracle's ({})",
-                    hex(&job.invoice_hash), hex(&submission.invoice_hash)
-                ));
-                continue;
-            }
-            if job.status().is_finished() {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobEnded, format!(
-                    "job {job_text} has ended ({}) before its receipt {seq} ({} records) landed: the program settles nothing more for it",
-                    status_name(&job), submission.records
-                ));
-                continue;
-            }
-            if now > job.settle_until(config.expiry_grace_secs) {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Expired, format!(
-                    "job {job_text}: receipt {seq} was not settled before the deadline {} plus the {grace} s grace: the program refuses it now",
-                    job.deadline
-                ));
-                continue;
-            }
-            if backing_off(&state, &job_text, nonce) {
-                report.backing_off += 1;
-                continue;
-            }
-            if let Some(key) = parse_key(&job_text) {
-                outgoing.push(Outgoing {
+                Resume::Landed => {
+                    resumed
+                        .landed
+                        .push((submission.job, submission.job_nonce, submission.seq));
+                    report.recovered += 1;
+                }
+                Resume::Wait => {}
+                Resume::BackingOff => report.backing_off += 1,
+                Resume::Send {
+                    job,
+                    operator,
+                    mint,
+                } => resumed.outgoing.push(Outgoing {
                     submission,
-                    job: key,
-                    operator_authority: job.operator, // resolved below
-                    mint: job.mint,
-                });
+                    job,
+                    operator_authority: operator, // resolved before sending
+                    mint,
+                }),
             }
         }
+        resumed
+    }
 
-        // 3. New usage.
+    /// Step 3: for each job with waiting records (and no pending receipt), at most
+    /// `max_invoice_records` of them become its next receipt; records that can never
+    /// be billed are written off.
+    fn bill_waiting(
+        &self,
+        work: &Work,
+        time: &RoundTime,
+        state: &State,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+    ) -> Result<Billed, OracleError> {
         let cap = self.settings.max_invoice_records.max(1);
-        let mut exports = Vec::new();
-        for job_text in &waiting {
+        let mut billed = Billed::default();
+        let jobs = &work.jobs;
+        for job_text in &work.waiting {
             // A job whose receipt is pending or backing off waits: its records are
             // not even read. Behind a pending receipt they are work left for the next
             // round (a final flush must not stop while they wait).
-            if let Some(job) = job_state(job_text) {
-                if pending_jobs.contains(&(job_text.clone(), job.nonce)) {
+            if let Some(job) = jobs.get(job_text) {
+                if work.pending_jobs.contains(&(job_text.clone(), job.nonce)) {
                     report.more_waiting = true;
                     continue;
                 }
-                if backing_off(&state, job_text, job.nonce) {
+                if state.backing_off(job_text, job.nonce) {
                     report.backing_off += 1;
                     continue;
                 }
             }
             let records = self.store.waiting_records(job_text, cap)?;
-            let Some(job_key) = parse_key(job_text) else {
-                let all: Vec<&WaitingRecord> = records.iter().collect();
-                Self::write_off_records(
-                    &mut round,
-                    &mut report,
-                    job_text,
-                    None,
-                    &all,
-                    WriteOffReason::NoSuchJob,
-                    0,
-                    format!(
-                        "{job_text} is not an account address: its records can never be billed"
-                    ),
-                );
+            let (Some(job_key), Some(job)) = (parse_key(job_text), jobs.get(job_text)) else {
+                Self::write_off_jobless(round, report, job_text, &records, time.now);
                 continue;
             };
-            let Some(job) = job_state(job_text) else {
-                // No job: records wait out the grace (a lagging RPC node), then go:
-                // those bound to a job (a source read it) as closed, the rest as
-                // never having had one.
-                let old_enough = |r: &&WaitingRecord| {
-                    r.record.finished_at < now.saturating_sub(MISSING_JOB_GRACE_SECS)
-                };
-                let (closed, unbound_old): (Vec<&WaitingRecord>, Vec<&WaitingRecord>) = records
-                    .iter()
-                    .filter(old_enough)
-                    .partition(|r| r.record.job_nonce.is_some());
-                if !closed.is_empty() {
-                    Self::write_off_records(&mut round, &mut report, job_text, closed[0].record.job_nonce, &closed, WriteOffReason::JobClosed, 0,
-                        format!("job {job_text} is closed: {} record(s) metered for it can never be billed", closed.len()));
-                }
-                if !unbound_old.is_empty() {
-                    Self::write_off_records(&mut round, &mut report, job_text, None, &unbound_old, WriteOffReason::NoSuchJob, 0,
-                        format!("no job exists at {job_text}: {} record(s) older than {MISSING_JOB_GRACE_SECS} s can never be billed", unbound_old.len()));
-                }
+            let sorted = SortedRecords::of(&records, &job);
+            let Some(bill) = sorted.write_off_unbillable(round, report, job_text, &job) else {
                 continue;
             };
-            let kind = kind_of(&job);
-            let mut bill: Vec<&WaitingRecord> = Vec::new();
-            let mut old: Vec<&WaitingRecord> = Vec::new();
-            let mut before: Vec<&WaitingRecord> = Vec::new();
-            for r in &records {
-                match r.record.job_nonce {
-                    Some(n) if n == job.nonce => bill.push(r),
-                    Some(n) if n < job.nonce => old.push(r),
-                    Some(_) => {} // a job newer than the RPC node shows: next round
-                    None if r.record.finished_at
-                        >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
-                    {
-                        bill.push(r);
-                    }
-                    None => before.push(r),
-                }
-            }
-            if !old.is_empty() {
-                let units = units_of(&old, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, old[0].record.job_nonce, &old, WriteOffReason::JobClosed, units,
-                    format!("job {job_text}: {} record(s) ({units} units) of an earlier job at this address, closed before they were billed", old.len()));
-            }
-            if !before.is_empty() {
-                let units = units_of(&before, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
-                    format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
-            }
-            if bill.is_empty() {
-                continue;
-            }
-            if job.status().is_finished() {
-                let units = units_of(&bill, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, Some(job.nonce), &bill, WriteOffReason::JobEnded, units,
-                    format!("job {job_text} has ended ({}): {} record(s) ({units} units) metered after its last receipt can never be billed (the program settles nothing more for it)", status_name(&job), bill.len()));
-                continue;
-            }
             if records.len() >= cap {
                 report.more_waiting = true;
             }
-            let (new, bytes) = self.prepare(job_text, &job, &bill, &mut report)?;
+            let (new, bytes) = self.prepare(job_text, &job, &bill, report)?;
             if let Some(dir) = &self.invoices_dir {
-                exports.push((
+                billed.exports.push((
                     export_path(dir, job_text, job.nonce, new.submission.seq),
                     bytes,
                 ));
             }
-            outgoing.push(Outgoing {
+            billed.outgoing.push(Outgoing {
                 submission: new.submission.clone(),
                 job: job_key,
                 operator_authority: job.operator,
@@ -712,50 +670,100 @@ impl Batcher {
             });
             round.submissions.push(new);
         }
-        // Everything decided is written in one transaction, before anything is sent.
-        self.store.write_round(&round)?;
+        Ok(billed)
+    }
+
+    /// Waiting records of an address where no job is open (or that is not an
+    /// address at all).
+    fn write_off_jobless(
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        job_text: &str,
+        records: &[WaitingRecord],
+        now: i64,
+    ) {
+        if parse_key(job_text).is_none() {
+            let all: Vec<&WaitingRecord> = records.iter().collect();
+            Self::write_off_records(
+                round,
+                report,
+                job_text,
+                None,
+                &all,
+                WriteOffReason::NoSuchJob,
+                0,
+                format!("{job_text} is not an account address: its records can never be billed"),
+            );
+            return;
+        }
+        // No job: records wait out the grace (a lagging RPC node), then go: those
+        // bound to a job (a source read it) as closed, the rest as never having had
+        // one.
+        let old_enough =
+            |r: &&WaitingRecord| r.record.finished_at < now.saturating_sub(MISSING_JOB_GRACE_SECS);
+        let (closed, unbound_old): (Vec<&WaitingRecord>, Vec<&WaitingRecord>) = records
+            .iter()
+            .filter(old_enough)
+            .partition(|r| r.record.job_nonce.is_some());
+        if !closed.is_empty() {
+            Self::write_off_records(
+                round,
+                report,
+                job_text,
+                closed[0].record.job_nonce,
+                &closed,
+                WriteOffReason::JobClosed,
+                0,
+                format!(
+                    "job {job_text} is closed: {} record(s) metered for it can never be billed",
+                    closed.len()
+                ),
+            );
+        }
+        if !unbound_old.is_empty() {
+            Self::write_off_records(round, report, job_text, None, &unbound_old, WriteOffReason::NoSuchJob, 0,
+                format!("no job exists at {job_text}: {} record(s) older than {MISSING_JOB_GRACE_SECS} s can never be billed", unbound_old.len()));
+        }
+    }
+
+    /// Writes what a round decided in one transaction (before anything is sent),
+    /// confirms the receipts found landed, and forgets the backoffs of jobs whose
+    /// receipts were written off.
+    fn commit_round(
+        &self,
+        state: &mut State,
+        round: &RoundWrite,
+        landed: &[(String, u64, u64)],
+        report: &RoundReport,
+    ) -> Result<(), OracleError> {
+        self.store.write_round(round)?;
         if !landed.is_empty() {
-            self.store.confirm_all(&landed)?;
+            self.store.confirm_all(landed)?;
         }
         for off in &report.written_off {
             if let Some(nonce) = off.job_nonce {
                 state.backoff.remove(&(off.job.clone(), nonce));
             }
         }
+        Ok(())
+    }
 
-        // 4. Send.
-        if !outgoing.is_empty() {
-            Self::resolve_operators(chain, &mut state, &mut outgoing)?;
-            self.send(
-                chain,
-                &mut state,
-                outgoing,
-                &config,
-                clock.slot,
-                now,
-                &mut report,
-            )?;
-        }
-        // The exports, after the sends: the store holds the invoices already, so
-        // their syncs never delay a settlement.
-        for (path, bytes) in exports {
-            if let Err(e) = crate::invoice::export(&path, &bytes) {
-                report.errors.push(format!(
-                    "{e} (the store keeps the invoice; only the exported copy is missing)"
-                ));
-            }
-        }
-        // 5. Tables that are done.
+    /// Step 5: the table housekeeping, when its interval has passed.
+    fn tend_tables_when_due(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
         if self.settings.lookup_tables
             && state
                 .last_housekeeping
                 .is_none_or(|at| at.elapsed() >= TABLE_HOUSEKEEPING)
         {
             state.last_housekeeping = Some(Instant::now());
-            self.tend_tables(chain, &mut state, &mut report)?;
+            self.tend_tables(chain, state, report)?;
         }
-        tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
-        Ok(report)
+        Ok(())
     }
 
     /// Runs the table housekeeping now (deactivate tables whose jobs all closed,
@@ -1077,21 +1085,18 @@ impl Batcher {
 
     /// Sends every outgoing receipt: ledgers first where missing, lookup tables made
     /// and extended as needed, then all settle transactions at once.
-    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         chain: &mut impl Chain,
         state: &mut State,
         outgoing: Vec<Outgoing>,
-        config: &tally::state::Config,
-        slot: u64,
-        now: i64,
+        time: &RoundTime,
         report: &mut RoundReport,
     ) -> Result<(), OracleError> {
-        let day = utc_day(now);
+        let (slot, day) = (time.slot, utc_day(time.now));
         let attestation = Attestation {
             oracles: vec![self.oracle.pubkey()],
-            oracle_set_version: config.oracle_set_version,
+            oracle_set_version: time.config.oracle_set_version,
             day,
         };
         let mut groups: BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>> = BTreeMap::new();
@@ -1762,5 +1767,221 @@ struct ManagedView {
 impl ManagedView {
     fn usable_at(&self, slot: u64) -> Vec<Pubkey> {
         self.state.usable_at(slot).to_vec()
+    }
+}
+
+/// The chain's time and rules, as a round read them at its start.
+struct RoundTime {
+    slot: u64,
+    now: i64,
+    config: tally::state::Config,
+}
+
+/// The jobs' states a round read (`None`: no job of the program at the address).
+struct JobStates(HashMap<String, Option<Job>>);
+
+impl JobStates {
+    fn get(&self, job: &str) -> Option<Job> {
+        self.0.get(job).copied().flatten()
+    }
+}
+
+/// What a round has to work on (step 1).
+struct Work {
+    /// Submissions written but not confirmed.
+    pending: Vec<Submission>,
+    /// (job, nonce) of each pending submission.
+    pending_jobs: HashSet<(String, u64)>,
+    /// Jobs with records waiting for a submission.
+    waiting: Vec<String>,
+    jobs: JobStates,
+}
+
+/// What step 2 decided about the pending submissions (their write-offs go into the
+/// round's write).
+#[derive(Default)]
+struct Resumed {
+    /// Sent again.
+    outgoing: Vec<Outgoing>,
+    /// Found landed (their answer was lost): (job, nonce, seq) to confirm.
+    landed: Vec<(String, u64, u64)>,
+}
+
+/// What step 3 made of the waiting records (the new submissions go into the round's
+/// write).
+#[derive(Default)]
+struct Billed {
+    /// The new receipts, to send.
+    outgoing: Vec<Outgoing>,
+    /// Their invoices, to export once sent: (path, bytes).
+    exports: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// What a round does with a pending submission.
+enum Resume {
+    /// It can never land: written off, with why.
+    WriteOff(WriteOffReason, String),
+    /// It landed already (its answer was lost): confirmed.
+    Landed,
+    /// The RPC node is behind the job: asked again next round.
+    Wait,
+    /// Its job backs off after a failure.
+    BackingOff,
+    /// Sent again, to the job at `job` (of `operator`, paid in `mint`).
+    Send {
+        job: Pubkey,
+        operator: Pubkey,
+        mint: Pubkey,
+    },
+}
+
+/// Decides what becomes of pending `submission`, whose job (at its address) is `job`.
+fn resume(submission: &Submission, job: Option<&Job>, time: &RoundTime, state: &State) -> Resume {
+    let (job_text, nonce, seq) = (&submission.job, submission.job_nonce, submission.seq);
+    let gone = match job {
+        None => {
+            let evidence = submission
+                .oldest_finished_at
+                .unwrap_or(submission.period_end);
+            parse_key(job_text).is_none()
+                || evidence
+                    < time
+                        .now
+                        .saturating_sub(MISSING_JOB_GRACE_SECS + BIND_TOLERANCE_SECS)
+        }
+        Some(j) => j.nonce > nonce,
+    };
+    if gone {
+        return Resume::WriteOff(WriteOffReason::JobClosed, format!(
+            "job {job_text} (nonce {nonce}) is closed: its receipt {seq} ({} records) can never land",
+            submission.records
+        ));
+    }
+    let Some(job) = job.filter(|j| j.nonce == nonce) else {
+        return Resume::Wait;
+    };
+    if job.last_seq > seq || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash) {
+        return Resume::Landed;
+    }
+    if job.last_seq == seq {
+        return Resume::WriteOff(WriteOffReason::Superseded, format!(
+            "job {job_text}: another receipt {seq} (invoice {}) settled instead of this oracle's ({})",
+            hex(&job.invoice_hash), hex(&submission.invoice_hash)
+        ));
+    }
+    if job.status().is_finished() {
+        return Resume::WriteOff(WriteOffReason::JobEnded, format!(
+            "job {job_text} has ended ({}) before its receipt {seq} ({} records) landed: the program settles nothing more for it",
+            status_name(job), submission.records
+        ));
+    }
+    if time.now > job.settle_until(time.config.expiry_grace_secs) {
+        let grace = i64::from(time.config.expiry_grace_secs);
+        return Resume::WriteOff(WriteOffReason::Expired, format!(
+            "job {job_text}: receipt {seq} was not settled before the deadline {} plus the {grace} s grace: the program refuses it now",
+            job.deadline
+        ));
+    }
+    if state.backing_off(job_text, nonce) {
+        return Resume::BackingOff;
+    }
+    match parse_key(job_text) {
+        Some(key) => Resume::Send {
+            job: key,
+            operator: job.operator,
+            mint: job.mint,
+        },
+        None => Resume::Wait,
+    }
+}
+
+/// A job's waiting records, by the job incarnation they belong to.
+struct SortedRecords<'r> {
+    /// Of the job open now: to bill.
+    bill: Vec<&'r WaitingRecord>,
+    /// Bound to an earlier job at the address, closed before they were billed.
+    earlier_job: Vec<&'r WaitingRecord>,
+    /// Bound to no job, and finished before the one open now was opened.
+    before_open: Vec<&'r WaitingRecord>,
+}
+
+impl<'r> SortedRecords<'r> {
+    fn of(records: &'r [WaitingRecord], job: &Job) -> Self {
+        let mut sorted = Self {
+            bill: Vec::new(),
+            earlier_job: Vec::new(),
+            before_open: Vec::new(),
+        };
+        for r in records {
+            match r.record.job_nonce {
+                Some(n) if n == job.nonce => sorted.bill.push(r),
+                Some(n) if n < job.nonce => sorted.earlier_job.push(r),
+                Some(_) => {} // a job newer than the RPC node shows: next round
+                None if r.record.finished_at
+                    >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
+                {
+                    sorted.bill.push(r);
+                }
+                None => sorted.before_open.push(r),
+            }
+        }
+        sorted
+    }
+
+    /// Writes off the records that can never be billed (those of other jobs at the
+    /// address; all of them once the job has ended). The records to bill, if any.
+    fn write_off_unbillable(
+        self,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        job_text: &str,
+        job: &Job,
+    ) -> Option<Vec<&'r WaitingRecord>> {
+        let kind = kind_of(job);
+        let Self {
+            bill,
+            earlier_job: old,
+            before_open: before,
+        } = self;
+        if !old.is_empty() {
+            let units = units_of(&old, kind);
+            Batcher::write_off_records(round, report, job_text, old[0].record.job_nonce, &old, WriteOffReason::JobClosed, units,
+                format!("job {job_text}: {} record(s) ({units} units) of an earlier job at this address, closed before they were billed", old.len()));
+        }
+        if !before.is_empty() {
+            let units = units_of(&before, kind);
+            Batcher::write_off_records(round, report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
+                format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
+        }
+        if bill.is_empty() {
+            return None;
+        }
+        if job.status().is_finished() {
+            let units = units_of(&bill, kind);
+            Batcher::write_off_records(round, report, job_text, Some(job.nonce), &bill, WriteOffReason::JobEnded, units,
+                format!("job {job_text} has ended ({}): {} record(s) ({units} units) metered after its last receipt can never be billed (the program settles nothing more for it)", status_name(job), bill.len()));
+            return None;
+        }
+        Some(bill)
+    }
+}
+
+/// The distinct addresses among `jobs` (in order; those that are not addresses
+/// left out).
+fn distinct_addresses<'a>(jobs: impl Iterator<Item = &'a str>) -> Vec<Pubkey> {
+    let mut seen = HashSet::new();
+    jobs.filter_map(parse_key)
+        .filter(|key| seen.insert(*key))
+        .collect()
+}
+
+/// Exports the round's invoices; a failure is reported (the store keeps them).
+fn export_invoices(exports: Vec<(PathBuf, Vec<u8>)>, report: &mut RoundReport) {
+    for (path, bytes) in exports {
+        if let Err(e) = crate::invoice::export(&path, &bytes) {
+            report.errors.push(format!(
+                "{e} (the store keeps the invoice; only the exported copy is missing)"
+            ));
+        }
     }
 }
