@@ -891,7 +891,8 @@ impl Batcher {
     }
 
     /// The next receipt of `job` over the records `bill`: its invoice and the
-    /// write-ahead submission (written by the caller with the round).
+    /// write-ahead submission (written by the caller with the round). Usage it lists
+    /// but cannot bill is reported.
     fn prepare(
         &self,
         job_text: &str,
@@ -901,90 +902,18 @@ impl Batcher {
     ) -> Result<(NewSubmission, Vec<u8>), OracleError> {
         let last = self.store.last_submission(job_text, job.nonce)?;
         let kind = kind_of(job);
-        let mut totals = last.as_ref().map(|s| s.metered).unwrap_or_default();
-        let before = totals.units(kind);
-        let mut lines = Vec::with_capacity(bill.len());
-        let mut period_end = last.as_ref().map_or(0, |s| s.period_end);
-        let mut late = Totals::default();
-        let mut foreign = Totals::default();
-        let mut foreign_models = BTreeSet::new();
-        let (mut latest, mut oldest) = (0, i64::MAX);
-        for waiting in bill {
-            let record = &waiting.record;
-            oldest = oldest.min(record.finished_at);
-            // Usage after the deadline, or of a model the job does not pay for, is
-            // not billable: listed, not counted.
-            if !pays_for_model(job, &record.model) {
-                foreign.add(record);
-                foreign_models.insert(record.model.as_str());
-            } else if record.finished_at <= job.deadline {
-                totals.add(record);
-                period_end = period_end.max(record.finished_at);
-            } else {
-                late.add(record);
-                latest = latest.max(record.finished_at);
-            }
-            lines.push(InvoiceLine::from(record));
-        }
-        if foreign.requests > 0 {
-            report.unbillable.push(Unbillable::listed(
-                job_text,
-                UnbillableReason::WrongModel,
-                &foreign,
-                kind,
-                &format!(
-                    "served by model(s) {foreign_models:?} that the job does not pay for: \
-                     listed in the invoice, not billed (the inference server answered with \
-                     another model than the one requested)"
-                ),
-            ));
-        }
-        if late.requests > 0 {
-            report.unbillable.push(Unbillable::listed(
-                job_text,
-                UnbillableReason::AfterDeadline,
-                &late,
-                kind,
-                &format!(
-                    "finished after the job's deadline {} (latest {latest}, chain time): \
-                     listed in the invoice, not billed",
-                    job.deadline
-                ),
-            ));
-        }
-        let cumulative_units = totals.units(kind).max(job.settled_units);
-        let cumulative_output = totals.output(kind).max(job.settled_output);
-        let added = cumulative_units.saturating_sub(job.settled_units);
-        let due = tally_client::amount_owed(
-            job.prices(),
-            tally_client::Usage {
-                units: cumulative_units,
-                output: cumulative_output,
-            },
-        )
-        .ok()
-        .and_then(|owed| {
-            owed.checked_sub(tally_client::amount_owed(job.prices(), job.settled_usage()).ok()?)
-        })
-        .unwrap_or(0);
-        if due > u128::from(job.escrow_left) && added > 0 {
-            // The share of the new units the escrow cannot pay (for the report).
-            let unpaid = due.saturating_sub(u128::from(job.escrow_left));
-            let over = u64::try_from(unpaid.saturating_mul(u128::from(added)) / due.max(1))
-                .unwrap_or(added)
-                .max(1);
-            report.unbillable.push(Unbillable {
-                job: job_text.to_string(),
-                reason: UnbillableReason::OverEscrow,
-                records: bill.len() as u64,
-                units: over,
-                detail: format!(
-                    "job {job_text}: about {over} of the {added} new unit(s) exceed the escrow left \
-                     ({} base units; the new usage costs {due}): the client must top the job up \
-                     (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
-                    job.escrow_left,
-                ),
-            });
+        let listed = Listed::of(job, bill, last.as_ref());
+        listed.report_unbilled(job_text, job, kind, report);
+        let cumulative_units = listed.totals.units(kind).max(job.settled_units);
+        let cumulative_output = listed.totals.output(kind).max(job.settled_output);
+        if let Some(over) = over_escrow(
+            job_text,
+            job,
+            cumulative_units,
+            cumulative_output,
+            bill.len(),
+        ) {
+            report.unbillable.push(over);
         }
         let seq = last
             .as_ref()
@@ -998,10 +927,10 @@ impl Batcher {
             seq,
             previous_hash: hex(&last.as_ref().map_or([0; 32], |s| s.invoice_hash)),
             unit_kind: unit_kind_name(kind).to_string(),
-            units: cumulative_units.saturating_sub(before),
+            units: cumulative_units.saturating_sub(listed.units_before),
             cumulative_units,
-            period_end: period_end.min(job.deadline),
-            lines,
+            period_end: listed.period_end.min(job.deadline),
+            lines: listed.lines,
         };
         let bytes = invoice.to_bytes()?;
         let submission = Submission {
@@ -1012,9 +941,9 @@ impl Batcher {
             cumulative_output,
             invoice_hash: sha256(&bytes),
             period_end: invoice.period_end,
-            metered: totals,
+            metered: listed.totals,
             records: bill.len() as u64,
-            oldest_finished_at: (oldest != i64::MAX).then_some(oldest),
+            oldest_finished_at: (listed.oldest != i64::MAX).then_some(listed.oldest),
             state: SubmissionState::Pending,
         };
         Ok((
@@ -1984,4 +1913,137 @@ fn export_invoices(exports: Vec<(PathBuf, Vec<u8>)>, report: &mut RoundReport) {
             ));
         }
     }
+}
+
+/// The records of a new receipt as its invoice lists them: all of them, the
+/// billable ones counted into the running totals, the others set aside.
+struct Listed<'r> {
+    /// The running totals: the previous receipt's plus the billable records.
+    totals: Totals,
+    /// The units the previous receipt's totals came to.
+    units_before: u64,
+    lines: Vec<InvoiceLine>,
+    /// The latest billable record's end (or the previous receipt's).
+    period_end: i64,
+    /// Finished after the job's deadline: listed, not billed.
+    late: Totals,
+    /// The latest of those.
+    latest_late: i64,
+    /// Of a model the job does not pay for: listed, not billed.
+    foreign: Totals,
+    foreign_models: BTreeSet<&'r str>,
+    /// The earliest end of any record listed (`i64::MAX`: none).
+    oldest: i64,
+}
+
+impl<'r> Listed<'r> {
+    fn of(job: &Job, bill: &[&'r WaitingRecord], last: Option<&Submission>) -> Self {
+        let totals = last.map(|s| s.metered).unwrap_or_default();
+        let mut listed = Self {
+            totals,
+            units_before: totals.units(kind_of(job)),
+            lines: Vec::with_capacity(bill.len()),
+            period_end: last.map_or(0, |s| s.period_end),
+            late: Totals::default(),
+            latest_late: 0,
+            foreign: Totals::default(),
+            foreign_models: BTreeSet::new(),
+            oldest: i64::MAX,
+        };
+        for waiting in bill {
+            let record = &waiting.record;
+            listed.oldest = listed.oldest.min(record.finished_at);
+            // Usage after the deadline, or of a model the job does not pay for, is
+            // not billable: listed, not counted.
+            if !pays_for_model(job, &record.model) {
+                listed.foreign.add(record);
+                listed.foreign_models.insert(record.model.as_str());
+            } else if record.finished_at <= job.deadline {
+                listed.totals.add(record);
+                listed.period_end = listed.period_end.max(record.finished_at);
+            } else {
+                listed.late.add(record);
+                listed.latest_late = listed.latest_late.max(record.finished_at);
+            }
+            listed.lines.push(InvoiceLine::from(record));
+        }
+        listed
+    }
+
+    /// Reports the usage listed but not billed (another model's, or after the
+    /// deadline).
+    fn report_unbilled(&self, job_text: &str, job: &Job, kind: UnitKind, report: &mut RoundReport) {
+        if self.foreign.requests > 0 {
+            let foreign_models = &self.foreign_models;
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::WrongModel,
+                &self.foreign,
+                kind,
+                &format!(
+                    "served by model(s) {foreign_models:?} that the job does not pay for: \
+                     listed in the invoice, not billed (the inference server answered with \
+                     another model than the one requested)"
+                ),
+            ));
+        }
+        if self.late.requests > 0 {
+            let latest = self.latest_late;
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::AfterDeadline,
+                &self.late,
+                kind,
+                &format!(
+                    "finished after the job's deadline {} (latest {latest}, chain time): \
+                     listed in the invoice, not billed",
+                    job.deadline
+                ),
+            ));
+        }
+    }
+}
+
+/// The new units' share that `job`'s escrow cannot pay, if any, with what to do
+/// (reported; the program settles what the escrow covers).
+fn over_escrow(
+    job_text: &str,
+    job: &Job,
+    cumulative_units: u64,
+    cumulative_output: u64,
+    records: usize,
+) -> Option<Unbillable> {
+    let added = cumulative_units.saturating_sub(job.settled_units);
+    let due = tally_client::amount_owed(
+        job.prices(),
+        tally_client::Usage {
+            units: cumulative_units,
+            output: cumulative_output,
+        },
+    )
+    .ok()
+    .and_then(|owed| {
+        owed.checked_sub(tally_client::amount_owed(job.prices(), job.settled_usage()).ok()?)
+    })
+    .unwrap_or(0);
+    if due <= u128::from(job.escrow_left) || added == 0 {
+        return None;
+    }
+    // The share of the new units the escrow cannot pay (for the report).
+    let unpaid = due.saturating_sub(u128::from(job.escrow_left));
+    let over = u64::try_from(unpaid.saturating_mul(u128::from(added)) / due.max(1))
+        .unwrap_or(added)
+        .max(1);
+    Some(Unbillable {
+        job: job_text.to_string(),
+        reason: UnbillableReason::OverEscrow,
+        records: records as u64,
+        units: over,
+        detail: format!(
+            "job {job_text}: about {over} of the {added} new unit(s) exceed the escrow left \
+             ({} base units; the new usage costs {due}): the client must top the job up \
+             (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
+            job.escrow_left,
+        ),
+    })
 }
