@@ -1013,7 +1013,8 @@ impl Batcher {
     }
 
     /// Sends every outgoing receipt: ledgers first where missing, lookup tables made
-    /// and extended as needed, then all settle transactions at once.
+    /// and extended as needed, then all settle transactions at once (a transaction
+    /// the program refuses, again receipt by receipt).
     fn send(
         &self,
         chain: &mut impl Chain,
@@ -1023,11 +1024,6 @@ impl Batcher {
         report: &mut RoundReport,
     ) -> Result<(), OracleError> {
         let (slot, day) = (time.slot, utc_day(time.now));
-        let attestation = Attestation {
-            oracles: vec![self.oracle.pubkey()],
-            oracle_set_version: time.config.oracle_set_version,
-            day,
-        };
         let mut groups: BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>> = BTreeMap::new();
         for o in outgoing {
             groups
@@ -1041,72 +1037,43 @@ impl Batcher {
         } else {
             HashMap::new()
         };
-        let slot_now = chain.clock()?.slot;
-
-        // Pack each group into transactions up to the packet limit.
-        let preamble = chain.preamble();
-        let payer = self.oracle.pubkey();
-        let mut batches: Vec<(VersionedMessage, Vec<Outgoing>)> = Vec::new();
-        for ((operator_authority, mint), mut items) in groups {
-            let group_tables: Vec<AddressLookupTableAccount> = tables
-                .get(&(operator_authority, mint))
-                .map(|ts: &Vec<ManagedView>| {
-                    ts.iter()
-                        .map(|t| AddressLookupTableAccount {
-                            key: t.key,
-                            addresses: t.usable_at(slot_now),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Receipts whose jobs share a table go together.
-            let table_of = |job: &Pubkey| {
-                group_tables
-                    .iter()
-                    .position(|t| t.addresses.contains(job))
-                    .unwrap_or(usize::MAX)
-            };
-            items.sort_by_key(|o| table_of(&o.job));
-            let mut chunk: Vec<Outgoing> = Vec::new();
-            let mut chunk_message: Option<VersionedMessage> = None;
-            for item in items {
-                chunk.push(item);
-                let message = Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    operator_authority,
-                    mint,
-                    &chunk,
-                    &group_tables,
-                )?;
-                let fits = alt::v0_wire_size(&message) <= PACKET_DATA_SIZE
-                    && chunk.len() <= self.settings.max_receipts_per_tx.max(1);
-                if fits {
-                    chunk_message = Some(message);
-                    continue;
-                }
-                let Some(last) = chunk.pop() else { continue };
-                if let Some(message) = chunk_message.take() {
-                    batches.push((message, std::mem::take(&mut chunk)));
-                }
-                chunk.push(last);
-                chunk_message = Some(Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    operator_authority,
-                    mint,
-                    &chunk,
-                    &group_tables,
-                )?);
-            }
-            if let Some(message) = chunk_message {
-                batches.push((message, chunk));
-            }
+        let settling = Settling {
+            slot: chain.clock()?.slot,
+            preamble: chain.preamble(),
+            payer: self.oracle.pubkey(),
+            attestation: Attestation {
+                oracles: vec![self.oracle.pubkey()],
+                oracle_set_version: time.config.oracle_set_version,
+                day,
+            },
+            tables,
+            max_receipts: self.settings.max_receipts_per_tx.max(1),
+        };
+        let mut batches = Vec::new();
+        for (group, items) in groups {
+            batches.extend(settling.pack(group, items)?);
         }
+        let sent = self.send_batches(chain, state, batches, report);
+        let mut confirmed = sent.confirmed;
+        if !sent.alone.is_empty() {
+            confirmed.extend(self.send_alone(chain, state, &settling, sent.alone, report)?);
+        }
+        for (job, nonce, _) in &confirmed {
+            state.backoff.remove(&(job.clone(), *nonce));
+        }
+        report.confirmed += usize::try_from(self.store.confirm_all(&confirmed)?).unwrap_or(0);
+        Ok(())
+    }
 
-        // All at once; their confirmations tracked together.
+    /// Sends the packed settle transactions all at once, their confirmations tracked
+    /// together.
+    fn send_batches(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        batches: Vec<(VersionedMessage, Vec<Outgoing>)>,
+        report: &mut RoundReport,
+    ) -> Sent {
         let messages: Vec<VersionedMessage> = batches.iter().map(|(m, _)| m.clone()).collect();
         report.transactions += messages.len();
         report
@@ -1114,17 +1081,10 @@ impl Batcher {
             .extend(batches.iter().map(|(_, c)| c.len()));
         report.sent += batches.iter().map(|(_, c)| c.len()).sum::<usize>();
         let outcomes = chain.send_messages(messages, &[&self.oracle]);
-        let mut confirmed: Vec<(String, u64, u64)> = Vec::new();
-        let mut alone: Vec<(Outgoing, Pubkey, Pubkey)> = Vec::new();
+        let mut sent = Sent::default();
         for ((_, chunk), outcome) in batches.into_iter().zip(outcomes) {
             match outcome {
-                Ok(_) => confirmed.extend(chunk.iter().map(|o| {
-                    (
-                        o.submission.job.clone(),
-                        o.submission.job_nonce,
-                        o.submission.seq,
-                    )
-                })),
+                Ok(_) => sent.confirmed.extend(chunk.iter().map(Outgoing::receipt)),
                 // One receipt the program refuses (a job over its spend cap, say) must
                 // not hold back the others: each alone.
                 Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
@@ -1132,10 +1092,7 @@ impl Batcher {
                         "a transaction of {} receipts was refused ({e}): sending each alone",
                         chunk.len()
                     ));
-                    for o in chunk {
-                        let group = (o.operator_authority, o.mint);
-                        alone.push((o, group.0, group.1));
-                    }
+                    sent.alone.extend(chunk);
                 }
                 Err(e) => {
                     report.failed += chunk.len();
@@ -1149,98 +1106,39 @@ impl Batcher {
                 }
             }
         }
-        if !alone.is_empty() {
-            let mut messages = Vec::with_capacity(alone.len());
-            for (o, operator_authority, mint) in &alone {
-                let group_tables: Vec<AddressLookupTableAccount> = tables
-                    .get(&(*operator_authority, *mint))
-                    .map(|ts| {
-                        ts.iter()
-                            .map(|t| AddressLookupTableAccount {
-                                key: t.key,
-                                addresses: t.usable_at(slot_now),
-                            })
-                            .filter(|t| t.addresses.contains(&o.job))
-                            .take(1)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                messages.push(Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    *operator_authority,
-                    *mint,
-                    std::slice::from_ref(o),
-                    &group_tables,
-                )?);
-            }
-            report.transactions += messages.len();
-            let outcomes = chain.send_messages(messages, &[&self.oracle]);
-            for ((o, _, _), outcome) in alone.iter().zip(outcomes) {
-                match outcome {
-                    Ok(_) => confirmed.push((
-                        o.submission.job.clone(),
-                        o.submission.job_nonce,
-                        o.submission.seq,
-                    )),
-                    Err(e) => {
-                        report.failed += 1;
-                        report.errors.push(format!(
-                            "job {}: receipt {} refused (the job backs off): {e}",
-                            o.job, o.submission.seq
-                        ));
-                        self.backoff(state, &o.submission.job, o.submission.job_nonce);
-                    }
+        sent
+    }
+
+    /// Sends each of `alone` in a transaction of its own; the receipts confirmed.
+    fn send_alone(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        settling: &Settling,
+        alone: Vec<Outgoing>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<(String, u64, u64)>, OracleError> {
+        let messages = alone
+            .iter()
+            .map(|o| settling.alone(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        report.transactions += messages.len();
+        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let mut confirmed = Vec::new();
+        for (o, outcome) in alone.iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => confirmed.push(o.receipt()),
+                Err(e) => {
+                    report.failed += 1;
+                    report.errors.push(format!(
+                        "job {}: receipt {} refused (the job backs off): {e}",
+                        o.job, o.submission.seq
+                    ));
+                    self.backoff(state, &o.submission.job, o.submission.job_nonce);
                 }
             }
         }
-        for (job, nonce, _) in &confirmed {
-            state.backoff.remove(&(job.clone(), *nonce));
-        }
-        report.confirmed += usize::try_from(self.store.confirm_all(&confirmed)?).unwrap_or(0);
-        Ok(())
-    }
-
-    fn settle_message(
-        payer: &Pubkey,
-        preamble: &[anchor_lang::solana_program::instruction::Instruction],
-        attestation: &Attestation,
-        operator_authority: Pubkey,
-        mint: Pubkey,
-        chunk: &[Outgoing],
-        tables: &[AddressLookupTableAccount],
-    ) -> Result<VersionedMessage, OracleError> {
-        let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
-            .iter()
-            .map(|o| {
-                (
-                    o.job,
-                    SettleReceipt {
-                        seq: o.submission.seq,
-                        cumulative_units: o.submission.cumulative_units,
-                        cumulative_output: o.submission.cumulative_output,
-                        invoice_hash: o.submission.invoice_hash,
-                        period_end: o.submission.period_end,
-                    },
-                )
-            })
-            .collect();
-        let mut instructions = preamble.to_vec();
-        instructions.push(ix::settle(attestation, operator_authority, mint, &receipts));
-        // Only the tables this transaction uses: each costs bytes.
-        let used: Vec<AddressLookupTableAccount> = tables
-            .iter()
-            .filter(|t| chunk.iter().any(|o| t.addresses.contains(&o.job)))
-            .cloned()
-            .collect();
-        let used = if used.is_empty() {
-            tables.iter().take(1).cloned().collect()
-        } else {
-            used
-        };
-        alt::v0_message(payer, &instructions, &used, solana_hash::Hash::default())
-            .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+        Ok(confirmed)
     }
 
     /// Brings accounts of the previous layout (jobs, revenue days) up to date with
@@ -1428,59 +1326,43 @@ impl Batcher {
     ) -> Result<HashMap<(Pubkey, Pubkey), Vec<ManagedView>>, OracleError> {
         let me = self.oracle.pubkey();
         let tables = self.load_tables(chain, state, slot)?;
-        // Per table: addresses to add. New tables: (group, recent slot, addresses).
-        let mut extend: HashMap<Pubkey, Vec<Pubkey>> = HashMap::new();
-        let mut create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)> = Vec::new();
-        for ((op, mint), items) in groups {
-            let (op_text, mint_text) = (op.to_string(), mint.to_string());
-            let in_group = |t: &ManagedTable| {
-                t.row.operator == op_text
-                    && t.row.mint == mint_text
-                    && t.state.as_ref().is_some_and(LookupTableState::is_active)
-            };
-            let missing: Vec<Pubkey> = items
-                .iter()
-                .map(|o| o.job)
-                .filter(|job| {
-                    !tables
-                        .iter()
-                        .filter(|t| in_group(t))
-                        .any(|t| t.state.as_ref().is_some_and(|s| s.addresses.contains(job)))
-                })
-                .collect();
-            let mut missing = missing.into_iter().peekable();
-            for t in tables
-                .iter()
-                .filter(|t| in_group(t) && t.row.authority == me.to_string())
-            {
-                let room = alt::TABLE_CAPACITY
-                    .saturating_sub(t.state.as_ref().map_or(0, |s| s.addresses.len()));
-                let take: Vec<Pubkey> = missing.by_ref().take(room).collect();
-                if !take.is_empty() {
-                    extend.entry(t.key).or_default().extend(take);
-                }
-                if missing.peek().is_none() {
-                    break;
-                }
+        let plan = TablePlan::of(tables, groups, me, day);
+        let mut steps = self.create_tables(chain, tables, plan.create, report)?;
+        steps.extend(plan.extend.into_iter().map(|(key, addresses)| {
+            TableSteps {
+                key,
+                transactions: alt::extend_lookup_table(key, me, me, &addresses)
+                    .into_iter()
+                    .map(|i| vec![i])
+                    .collect(),
             }
-            let rest: Vec<Pubkey> = missing.collect();
-            for jobs in rest.chunks(TABLE_JOBS) {
-                let mut addresses = alt::settlement_addresses(op, mint, day, &[]);
-                addresses.retain(|a| *a != tally::ID); // a program id is never looked up
-                addresses.extend_from_slice(jobs);
-                create.push(((*op, *mint), addresses));
-            }
+        }));
+        self.send_table_waves(chain, &steps, report)?;
+        report.tables.extended = report.tables.extended.saturating_sub(report.tables.created);
+        let last_extended = self.read_back_tables(chain, tables, &steps)?;
+        if last_extended > 0 {
+            // Addresses added in a slot are usable from the next one.
+            chain.wait_past_slot(last_extended)?;
         }
-        // New tables are written ahead of their create transactions.
+        Ok(group_views(tables, groups))
+    }
+
+    /// Writes the planned tables ahead of their create transactions; the steps that
+    /// make each.
+    fn create_tables(
+        &self,
+        chain: &mut impl Chain,
+        tables: &mut Vec<ManagedTable>,
+        create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<TableSteps>, OracleError> {
+        let me = self.oracle.pubkey();
         let slots = if create.is_empty() {
             Vec::new()
         } else {
             chain.lookup_table_slots(create.len())?
         };
-        let mut steps: Vec<(
-            Pubkey,
-            Vec<Vec<anchor_lang::solana_program::instruction::Instruction>>,
-        )> = Vec::new();
+        let mut steps = Vec::new();
         for (((op, mint), addresses), recent_slot) in create.into_iter().zip(slots) {
             let (key, transactions) = alt::create_lookup_table(me, me, recent_slot, &addresses);
             let row = LookupTableRow {
@@ -1498,27 +1380,35 @@ impl Batcher {
                 state: None,
             });
             report.tables.created += 1;
-            steps.push((key, transactions));
+            steps.push(TableSteps { key, transactions });
         }
-        for (key, addresses) in extend {
-            let transactions = alt::extend_lookup_table(key, me, me, &addresses)
-                .into_iter()
-                .map(|i| vec![i])
-                .collect();
-            steps.push((key, transactions));
-        }
-        // Wave k sends step k of every table at once (a table's steps write it in turn).
+        Ok(steps)
+    }
+
+    /// Wave k sends step k of every table at once (a table's steps write it in
+    /// turn); a table whose step failed gets no more.
+    fn send_table_waves(
+        &self,
+        chain: &mut impl Chain,
+        steps: &[TableSteps],
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        let me = self.oracle.pubkey();
         let preamble = chain.preamble();
         let mut broken: HashSet<Pubkey> = HashSet::new();
-        let waves = steps.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let waves = steps
+            .iter()
+            .map(|s| s.transactions.len())
+            .max()
+            .unwrap_or(0);
         for wave in 0..waves {
             let mut keys = Vec::new();
             let mut messages = Vec::new();
-            for (key, transactions) in &steps {
-                let Some(instructions) = transactions.get(wave) else {
+            for step in steps {
+                let Some(instructions) = step.transactions.get(wave) else {
                     continue;
                 };
-                if broken.contains(key) {
+                if broken.contains(&step.key) {
                     continue;
                 }
                 let mut all = preamble.clone();
@@ -1528,7 +1418,7 @@ impl Batcher {
                         OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
                     })?,
                 );
-                keys.push(*key);
+                keys.push(step.key);
             }
             report.transactions += messages.len();
             report.tables.extended += messages.len();
@@ -1544,51 +1434,39 @@ impl Batcher {
                 }
             }
         }
-        report.tables.extended = report.tables.extended.saturating_sub(report.tables.created);
-        // Read back what changed; creating tables that exist now are active.
-        let changed: Vec<Pubkey> = steps.iter().map(|(k, _)| *k).collect();
+        Ok(())
+    }
+
+    /// Reads back the tables `steps` changed (creating ones that exist now are
+    /// active); the latest slot any of them was extended in (0: none).
+    fn read_back_tables(
+        &self,
+        chain: &impl Chain,
+        tables: &mut [ManagedTable],
+        steps: &[TableSteps],
+    ) -> Result<u64, OracleError> {
+        let changed: Vec<Pubkey> = steps.iter().map(|s| s.key).collect();
         let mut last_extended = 0u64;
-        if !changed.is_empty() {
-            let read = chain.accounts(&changed)?;
-            for (key, account) in changed.iter().zip(read.accounts) {
-                let decoded = account
-                    .as_ref()
-                    .and_then(|a| alt::decode_lookup_table(&a.data));
-                if let Some(t) = tables.iter_mut().find(|t| t.key == *key) {
-                    if decoded.is_some() && t.row.state == TableState::Creating {
-                        t.row.state = TableState::Active;
-                        self.store.save_lookup_table(&t.row)?;
-                    }
-                    if let Some(d) = &decoded {
-                        last_extended = last_extended.max(d.last_extended_slot);
-                    }
-                    t.state = decoded;
+        if changed.is_empty() {
+            return Ok(last_extended);
+        }
+        let read = chain.accounts(&changed)?;
+        for (key, account) in changed.iter().zip(read.accounts) {
+            let decoded = account
+                .as_ref()
+                .and_then(|a| alt::decode_lookup_table(&a.data));
+            if let Some(t) = tables.iter_mut().find(|t| t.key == *key) {
+                if decoded.is_some() && t.row.state == TableState::Creating {
+                    t.row.state = TableState::Active;
+                    self.store.save_lookup_table(&t.row)?;
                 }
+                if let Some(d) = &decoded {
+                    last_extended = last_extended.max(d.last_extended_slot);
+                }
+                t.state = decoded;
             }
         }
-        if last_extended > 0 {
-            // Addresses added in a slot are usable from the next one.
-            chain.wait_past_slot(last_extended)?;
-        }
-        let mut out: HashMap<(Pubkey, Pubkey), Vec<ManagedView>> = HashMap::new();
-        for (op, mint) in groups.keys() {
-            let (op_text, mint_text) = (op.to_string(), mint.to_string());
-            let views = tables
-                .iter()
-                .filter(|t| t.row.operator == op_text && t.row.mint == mint_text)
-                .filter_map(|t| {
-                    t.state
-                        .as_ref()
-                        .filter(|s| s.is_active())
-                        .map(|s| ManagedView {
-                            key: t.key,
-                            state: s.clone(),
-                        })
-                })
-                .collect();
-            out.insert((*op, *mint), views);
-        }
-        Ok(out)
+        Ok(last_extended)
     }
 
     /// Deactivates managed tables whose jobs have all closed, and closes deactivated
@@ -2046,4 +1924,250 @@ fn over_escrow(
             job.escrow_left,
         ),
     })
+}
+
+impl Outgoing {
+    /// (job, nonce, seq): the receipt, as the store confirms it.
+    fn receipt(&self) -> (String, u64, u64) {
+        (
+            self.submission.job.clone(),
+            self.submission.job_nonce,
+            self.submission.seq,
+        )
+    }
+}
+
+/// What sending the packed transactions came to.
+#[derive(Default)]
+struct Sent {
+    /// (job, nonce, seq) of the receipts confirmed.
+    confirmed: Vec<(String, u64, u64)>,
+    /// Receipts of transactions the program refused: to send each alone.
+    alone: Vec<Outgoing>,
+}
+
+/// What a round's settle transactions are built from.
+struct Settling {
+    payer: Pubkey,
+    preamble: Vec<anchor_lang::solana_program::instruction::Instruction>,
+    attestation: Attestation,
+    /// Each group's (operator authority, mint) active tables…
+    tables: HashMap<(Pubkey, Pubkey), Vec<ManagedView>>,
+    /// …with the addresses usable in this slot.
+    slot: u64,
+    max_receipts: usize,
+}
+
+impl Settling {
+    /// The group's tables, as a transaction sent now may use them.
+    fn group_tables(&self, group: (Pubkey, Pubkey)) -> Vec<AddressLookupTableAccount> {
+        self.tables
+            .get(&group)
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| AddressLookupTableAccount {
+                        key: t.key,
+                        addresses: t.usable_at(self.slot),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Packs a group's receipts into transactions up to the packet limit (and
+    /// `max_receipts`), receipts whose jobs share a table together.
+    fn pack(
+        &self,
+        group: (Pubkey, Pubkey),
+        mut items: Vec<Outgoing>,
+    ) -> Result<Vec<(VersionedMessage, Vec<Outgoing>)>, OracleError> {
+        let group_tables = self.group_tables(group);
+        let table_of = |job: &Pubkey| {
+            group_tables
+                .iter()
+                .position(|t| t.addresses.contains(job))
+                .unwrap_or(usize::MAX)
+        };
+        items.sort_by_key(|o| table_of(&o.job));
+        let mut batches = Vec::new();
+        let mut chunk: Vec<Outgoing> = Vec::new();
+        let mut chunk_message: Option<VersionedMessage> = None;
+        for item in items {
+            chunk.push(item);
+            let message = self.message(group, &chunk, &group_tables)?;
+            let fits =
+                alt::v0_wire_size(&message) <= PACKET_DATA_SIZE && chunk.len() <= self.max_receipts;
+            if fits {
+                chunk_message = Some(message);
+                continue;
+            }
+            let Some(last) = chunk.pop() else { continue };
+            if let Some(message) = chunk_message.take() {
+                batches.push((message, std::mem::take(&mut chunk)));
+            }
+            chunk.push(last);
+            chunk_message = Some(self.message(group, &chunk, &group_tables)?);
+        }
+        if let Some(message) = chunk_message {
+            batches.push((message, chunk));
+        }
+        Ok(batches)
+    }
+
+    /// The transaction settling `o` alone (through the one table holding its job).
+    fn alone(&self, o: &Outgoing) -> Result<VersionedMessage, OracleError> {
+        let group = (o.operator_authority, o.mint);
+        let table: Vec<AddressLookupTableAccount> = self
+            .group_tables(group)
+            .into_iter()
+            .filter(|t| t.addresses.contains(&o.job))
+            .take(1)
+            .collect();
+        self.message(group, std::slice::from_ref(o), &table)
+    }
+
+    /// The settle transaction of `chunk` (receipts of one group), through the
+    /// tables of `tables` it uses.
+    fn message(
+        &self,
+        (operator_authority, mint): (Pubkey, Pubkey),
+        chunk: &[Outgoing],
+        tables: &[AddressLookupTableAccount],
+    ) -> Result<VersionedMessage, OracleError> {
+        let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
+            .iter()
+            .map(|o| {
+                (
+                    o.job,
+                    SettleReceipt {
+                        seq: o.submission.seq,
+                        cumulative_units: o.submission.cumulative_units,
+                        cumulative_output: o.submission.cumulative_output,
+                        invoice_hash: o.submission.invoice_hash,
+                        period_end: o.submission.period_end,
+                    },
+                )
+            })
+            .collect();
+        let mut instructions = self.preamble.clone();
+        instructions.push(ix::settle(
+            &self.attestation,
+            operator_authority,
+            mint,
+            &receipts,
+        ));
+        // Only the tables this transaction uses: each costs bytes.
+        let used: Vec<AddressLookupTableAccount> = tables
+            .iter()
+            .filter(|t| chunk.iter().any(|o| t.addresses.contains(&o.job)))
+            .cloned()
+            .collect();
+        let used = if used.is_empty() {
+            tables.iter().take(1).cloned().collect()
+        } else {
+            used
+        };
+        alt::v0_message(
+            &self.payer,
+            &instructions,
+            &used,
+            solana_hash::Hash::default(),
+        )
+        .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+    }
+}
+
+/// The transactions that make or extend one lookup table, in turn.
+struct TableSteps {
+    key: Pubkey,
+    transactions: Vec<Vec<anchor_lang::solana_program::instruction::Instruction>>,
+}
+
+/// Where the jobs of a round's groups go that no active table of theirs holds yet.
+struct TablePlan {
+    /// Per table of ours with room: the addresses to add.
+    extend: HashMap<Pubkey, Vec<Pubkey>>,
+    /// New tables: (group, addresses).
+    create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)>,
+}
+
+impl TablePlan {
+    fn of(
+        tables: &[ManagedTable],
+        groups: &BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>>,
+        me: Pubkey,
+        day: u32,
+    ) -> Self {
+        let mut plan = Self {
+            extend: HashMap::new(),
+            create: Vec::new(),
+        };
+        for ((op, mint), items) in groups {
+            let (op_text, mint_text) = (op.to_string(), mint.to_string());
+            let in_group = |t: &ManagedTable| {
+                t.row.operator == op_text
+                    && t.row.mint == mint_text
+                    && t.state.as_ref().is_some_and(LookupTableState::is_active)
+            };
+            let missing: Vec<Pubkey> = items
+                .iter()
+                .map(|o| o.job)
+                .filter(|job| {
+                    !tables
+                        .iter()
+                        .filter(|t| in_group(t))
+                        .any(|t| t.state.as_ref().is_some_and(|s| s.addresses.contains(job)))
+                })
+                .collect();
+            let mut missing = missing.into_iter().peekable();
+            for t in tables
+                .iter()
+                .filter(|t| in_group(t) && t.row.authority == me.to_string())
+            {
+                let room = alt::TABLE_CAPACITY
+                    .saturating_sub(t.state.as_ref().map_or(0, |s| s.addresses.len()));
+                let take: Vec<Pubkey> = missing.by_ref().take(room).collect();
+                if !take.is_empty() {
+                    plan.extend.entry(t.key).or_default().extend(take);
+                }
+                if missing.peek().is_none() {
+                    break;
+                }
+            }
+            let rest: Vec<Pubkey> = missing.collect();
+            for jobs in rest.chunks(TABLE_JOBS) {
+                let mut addresses = alt::settlement_addresses(op, mint, day, &[]);
+                addresses.retain(|a| *a != tally::ID); // a program id is never looked up
+                addresses.extend_from_slice(jobs);
+                plan.create.push(((*op, *mint), addresses));
+            }
+        }
+        plan
+    }
+}
+
+/// Each group's active tables.
+fn group_views(
+    tables: &[ManagedTable],
+    groups: &BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>>,
+) -> HashMap<(Pubkey, Pubkey), Vec<ManagedView>> {
+    let mut out = HashMap::new();
+    for (op, mint) in groups.keys() {
+        let (op_text, mint_text) = (op.to_string(), mint.to_string());
+        let views = tables
+            .iter()
+            .filter(|t| t.row.operator == op_text && t.row.mint == mint_text)
+            .filter_map(|t| {
+                t.state
+                    .as_ref()
+                    .filter(|s| s.is_active())
+                    .map(|s| ManagedView {
+                        key: t.key,
+                        state: s.clone(),
+                    })
+            })
+            .collect();
+        out.insert((*op, *mint), views);
+    }
+    out
 }
