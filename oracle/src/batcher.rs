@@ -1480,33 +1480,7 @@ impl Batcher {
         let me = self.oracle.pubkey();
         let slot = chain.clock()?.slot;
         let tables = self.load_tables(chain, state, slot)?;
-        let ours: Vec<usize> = (0..tables.len())
-            .filter(|&i| tables[i].row.authority == me.to_string())
-            .collect();
-        // Which of our active tables still hold a job that may settle (one that ended
-        // stays on chain while disputable, but settles nothing more)?
-        let mut deactivate = Vec::new();
-        let mut close = Vec::new();
-        for &i in &ours {
-            let t = &tables[i];
-            match (&t.row.state, &t.state) {
-                (TableState::Active, Some(s)) if s.is_active() => {
-                    let read = chain.accounts(&s.addresses)?;
-                    let open_job = s.addresses.iter().zip(&read.accounts).any(|(_, a)| {
-                        job_of(a.as_ref()).is_some_and(|j| !j.status().is_finished())
-                    });
-                    if !open_job {
-                        deactivate.push(i);
-                    }
-                }
-                (TableState::Deactivated(at), _)
-                    if slot > at.saturating_add(alt::DEACTIVATION_COOLDOWN_SLOTS) =>
-                {
-                    close.push(i);
-                }
-                _ => {}
-            }
-        }
+        let chores = TableChores::of(chain, tables, me, slot)?;
         let preamble = chain.preamble();
         let message = |ix: anchor_lang::solana_program::instruction::Instruction| {
             let mut all = preamble.clone();
@@ -1515,11 +1489,13 @@ impl Batcher {
                 OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
             })
         };
-        let messages = deactivate
+        let messages = chores
+            .deactivate
             .iter()
             .map(|&i| message(alt::deactivate_lookup_table(tables[i].key, me)))
             .chain(
-                close
+                chores
+                    .close
                     .iter()
                     .map(|&i| message(alt::close_lookup_table(tables[i].key, me, me))),
             )
@@ -1531,10 +1507,7 @@ impl Batcher {
         let outcomes = chain.send_messages(messages, &[&self.oracle]);
         let now_slot = chain.clock()?.slot;
         for (k, outcome) in outcomes.into_iter().enumerate() {
-            let (i, closing) = match deactivate.get(k) {
-                Some(&i) => (i, false),
-                None => (close[k - deactivate.len()], true),
-            };
+            let (i, closing) = chores.nth(k);
             let t = &mut tables[i];
             match outcome {
                 Ok(_) if closing => {
@@ -2170,4 +2143,59 @@ fn group_views(
         out.insert((*op, *mint), views);
     }
     out
+}
+
+/// Which of our tables are done with (indices into the managed tables).
+struct TableChores {
+    /// Active, and no job in them may settle any more (one that ended stays on
+    /// chain while disputable, but settles nothing more).
+    deactivate: Vec<usize>,
+    /// Deactivated, and past the cool-down: closed for their rent.
+    close: Vec<usize>,
+}
+
+impl TableChores {
+    fn of(
+        chain: &impl Chain,
+        tables: &[ManagedTable],
+        me: Pubkey,
+        slot: u64,
+    ) -> Result<Self, OracleError> {
+        let mut chores = Self {
+            deactivate: Vec::new(),
+            close: Vec::new(),
+        };
+        for (i, t) in tables.iter().enumerate() {
+            if t.row.authority != me.to_string() {
+                continue;
+            }
+            match (&t.row.state, &t.state) {
+                (TableState::Active, Some(s)) if s.is_active() => {
+                    let read = chain.accounts(&s.addresses)?;
+                    let open_job = s.addresses.iter().zip(&read.accounts).any(|(_, a)| {
+                        job_of(a.as_ref()).is_some_and(|j| !j.status().is_finished())
+                    });
+                    if !open_job {
+                        chores.deactivate.push(i);
+                    }
+                }
+                (TableState::Deactivated(at), _)
+                    if slot > at.saturating_add(alt::DEACTIVATION_COOLDOWN_SLOTS) =>
+                {
+                    chores.close.push(i);
+                }
+                _ => {}
+            }
+        }
+        Ok(chores)
+    }
+
+    /// The table of the `k`th transaction (deactivations, then closes), and whether
+    /// it closes it.
+    fn nth(&self, k: usize) -> (usize, bool) {
+        match self.deactivate.get(k) {
+            Some(&i) => (i, false),
+            None => (self.close[k - self.deactivate.len()], true),
+        }
+    }
 }
