@@ -1046,6 +1046,16 @@ impl Gateway {
         query: Option<&str>,
         headers: &hyper::HeaderMap,
     ) -> Result<Response<Body>, Refusal> {
+        let job_invoices = self.invoice_shelf(headers).await?;
+        match rest.strip_prefix('/').filter(|s| !s.is_empty()) {
+            Some(seq) => job_invoices.one(seq).await,
+            None => job_invoices.page(PageQuery::parse(query)?).await,
+        }
+    }
+
+    /// The invoices of the caller's job, if the caller may read them: a job key
+    /// signed by the job's client, for a job the chain shows.
+    async fn invoice_shelf(&self, headers: &hyper::HeaderMap) -> Result<InvoiceShelf, Refusal> {
         let Some(book) = &self.book else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -1069,69 +1079,73 @@ impl Gateway {
                 "the job could not be read from the chain",
             ));
         };
-        let unavailable = |e: crate::OracleError| {
+        Ok(InvoiceShelf {
+            store: Arc::clone(book.store()),
+            job: authorized.job,
+            nonce: job.nonce,
+        })
+    }
+}
+
+/// A `Stream` over an mpsc receiver.
+fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The invoices of one job incarnation, as the gateway serves them to its client.
+struct InvoiceShelf {
+    store: Arc<crate::meter::SourceStore>,
+    job: String,
+    nonce: u64,
+}
+
+fn unavailable(e: crate::OracleError) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+impl InvoiceShelf {
+    /// Invoice `seq` (`<seq>` or `<seq>.json`): its bytes as stored.
+    async fn one(&self, seq: &str) -> Result<Response<Body>, Refusal> {
+        let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
             Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
             )
-        };
-        let store = book.store();
-        if let Some(seq) = rest.strip_prefix('/').filter(|s| !s.is_empty()) {
-            let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
-                )
-            })?;
-            let found = store
-                .invoices(&authorized.job, job.nonce, seq.saturating_sub(1), 1)
-                .await
-                .map_err(unavailable)?;
-            return match found.into_iter().next() {
-                Some((at, bytes)) if at == seq => Ok(Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/json")
-                    .body(full(bytes))
-                    .map_err(|e| {
-                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                    })?),
-                _ => Err(Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("job {} has no invoice {seq} (yet)", authorized.job),
-                )),
-            };
+        })?;
+        let found = self
+            .store
+            .invoices(&self.job, self.nonce, seq.saturating_sub(1), 1)
+            .await
+            .map_err(unavailable)?;
+        match found.into_iter().next() {
+            Some((at, bytes)) if at == seq => Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(full(bytes))
+                .map_err(|e| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?),
+            _ => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("job {} has no invoice {seq} (yet)", self.job),
+            )),
         }
-        let (mut after, mut limit) = (0, INVOICES_PAGE_MAX);
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = value.parse::<u64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("`{name}` must be a number (got `{value}`)"),
-                )
-            })?;
-            match name {
-                "after" => after = number,
-                "limit" => limit = number.clamp(1, INVOICES_PAGE_MAX),
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("unknown parameter `{name}`: use after=<seq> and limit=<n>"),
-                    ))
-                }
-            }
-        }
-        let found = store
-            .invoices(&authorized.job, job.nonce, after, limit)
+    }
+
+    /// A page of invoices after `query.after`, at most `query.limit` of them and
+    /// [`INVOICES_PAGE_BYTES`] (at least one), with where the next page starts.
+    async fn page(&self, query: PageQuery) -> Result<Response<Body>, Refusal> {
+        let found = self
+            .store
+            .invoices(&self.job, self.nonce, query.after, query.limit)
             .await
             .map_err(unavailable)?;
         let (fetched, mut invoices, mut bytes_in_page) = (found.len(), Vec::new(), 0usize);
@@ -1157,13 +1171,13 @@ impl Gateway {
             last = Some(seq);
         }
         // More may follow: the page was cut short by its size, or came back full.
-        let more = invoices.len() < fetched || fetched as u64 == limit;
+        let more = invoices.len() < fetched || fetched as u64 == query.limit;
         let next_after = last.filter(|_| more);
         Ok(json_response(
             StatusCode::OK,
             &json!({
-                "job": authorized.job,
-                "job_nonce": job.nonce,
+                "job": self.job,
+                "job_nonce": self.nonce,
                 "invoices": invoices,
                 "next_after": next_after,
             }),
@@ -1171,9 +1185,43 @@ impl Gateway {
     }
 }
 
-/// A `Stream` over an mpsc receiver.
-fn receiver_stream<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// `after=<seq>&limit=<n>` of an invoice page.
+struct PageQuery {
+    after: u64,
+    limit: u64,
+}
+
+impl PageQuery {
+    fn parse(query: Option<&str>) -> Result<Self, Refusal> {
+        let mut page = Self {
+            after: 0,
+            limit: INVOICES_PAGE_MAX,
+        };
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`{name}` must be a number (got `{value}`)"),
+                )
+            })?;
+            match name {
+                "after" => page.after = number,
+                "limit" => page.limit = number.clamp(1, INVOICES_PAGE_MAX),
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("unknown parameter `{name}`: use after=<seq> and limit=<n>"),
+                    ))
+                }
+            }
+        }
+        Ok(page)
+    }
 }
