@@ -883,100 +883,24 @@ impl Gateway {
         reservation: Option<Reservation>,
         started: Instant,
     ) {
-        let write_timeout = CLIENT_WRITE_TIMEOUT;
-        let mut client = Some(tx);
-        let send = |client: &mut Option<tokio::sync::mpsc::Sender<_>>, bytes: Bytes| {
-            let sender = client.clone();
-            async move {
-                let Some(sender) = sender else { return false };
-                matches!(
-                    tokio::time::timeout(write_timeout, sender.send(Ok(Frame::data(bytes)))).await,
-                    Ok(Ok(()))
-                )
-            }
-        };
-        let mut seen = StreamUsage::default();
-        let mut held = Vec::new();
-        let mut cut = None;
-        let mut body = upstream.bytes_stream();
-        loop {
-            let passages = match body.next().await {
-                Some(Ok(chunk)) => seen.feed(&chunk),
-                Some(Err(e)) => {
-                    cut = Some(e.without_url().to_string());
-                    break;
-                }
-                None => break,
-            };
-            for passage in passages {
-                match passage {
-                    Passage::Forward(bytes) => {
-                        // A client that went away still ordered the work the server
-                        // goes on doing: read on to the end, and bill it.
-                        if client.is_some() && !send(&mut client, bytes).await {
-                            client = None;
-                        }
-                    }
-                    Passage::Hold(bytes) => held.push(bytes),
-                }
-            }
-        }
-        for passage in seen.finish() {
-            match passage {
-                Passage::Forward(bytes) | Passage::Hold(bytes) => held.push(bytes),
-            }
-        }
-        if let Some(e) = &seen.broken {
-            cut.get_or_insert_with(|| format!("unreadable events: {e}"));
-        }
-        let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
-        if counted.is_none() && self.tokenizer.enabled() {
-            counted = self
-                .count_with_tokenizer(&request, seen.generated.values(), "a stream")
-                .await;
-        }
-        let billed = match counted {
-            Some(((prompt, completion), counted_by)) => {
-                record.upstream_id = seen.id.clone().unwrap_or_default();
-                if let Some(served) = &seen.model {
-                    record.model = served.clone();
-                }
-                record.prompt_tokens = prompt;
-                record.completion_tokens = completion;
-                record.counted_by = counted_by.into();
-                record.gpu_ms = millis_since(started);
-                record.finished_at = self.sink.clock.now();
-                match self.commit(record.clone()).await {
-                    Ok(record) => {
-                        if let Some(reservation) = reservation {
-                            reservation.commit(&record);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("its record could not be committed: {e}")),
-                }
-            }
-            None => Err(
-                "the inference server sent no usage and it could not be counted (gateway.tokenize)"
-                    .to_string(),
-            ),
-        };
+        let mut client = StreamClient(Some(tx));
+        let relayed = relay(upstream, &mut client).await;
+        let billed = self
+            .bill_stream(&request, &mut record, reservation, started, &relayed.seen)
+            .await;
         match billed {
             Ok(()) => {
-                for bytes in held {
-                    if client.is_none() || !send(&mut client, bytes).await {
-                        client = None;
+                for bytes in relayed.held {
+                    if !client.send(bytes).await {
                         break;
                     }
                 }
-                if let Some(reason) = cut {
-                    let _ = send(
-                        &mut client,
-                        error_event(&self.scrub(&format!(
+                if let Some(reason) = relayed.cut {
+                    client
+                        .send(error_event(&self.scrub(&format!(
                             "the inference server's stream was cut short ({reason}); what was sent is billed"
-                        ))),
-                    )
-                    .await;
+                        ))))
+                        .await;
                 }
             }
             Err(reason) => {
@@ -986,14 +910,54 @@ impl Gateway {
                 );
                 self.telemetry()
                     .usage_missing("unbilled", &detail, self.sink.clock.now());
-                let _ = send(
-                    &mut client,
-                    error_event(
+                client
+                    .send(error_event(
                         "the answer could not be metered, so it ends here; the operator is alerted",
-                    ),
-                )
-                .await;
+                    ))
+                    .await;
             }
+        }
+    }
+
+    /// Commits a stream's record with the usage it reported (or, failing that, as
+    /// counted), and settles its reservation. Err: why it could not be billed.
+    async fn bill_stream(
+        self: &Arc<Self>,
+        request: &Normalized,
+        record: &mut UsageRecord,
+        reservation: Option<Reservation>,
+        started: Instant,
+        seen: &StreamUsage,
+    ) -> Result<(), String> {
+        let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
+        if counted.is_none() && self.tokenizer.enabled() {
+            counted = self
+                .count_with_tokenizer(request, seen.generated.values(), "a stream")
+                .await;
+        }
+        let Some(((prompt, completion), counted_by)) = counted else {
+            return Err(
+                "the inference server sent no usage and it could not be counted (gateway.tokenize)"
+                    .to_string(),
+            );
+        };
+        record.upstream_id = seen.id.clone().unwrap_or_default();
+        if let Some(served) = &seen.model {
+            record.model.clone_from(served);
+        }
+        record.prompt_tokens = prompt;
+        record.completion_tokens = completion;
+        record.counted_by = counted_by.into();
+        record.gpu_ms = millis_since(started);
+        record.finished_at = self.sink.clock.now();
+        match self.commit(record.clone()).await {
+            Ok(record) => {
+                if let Some(reservation) = reservation {
+                    reservation.commit(&record);
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("its record could not be committed: {e}")),
         }
     }
 
@@ -1224,4 +1188,73 @@ impl PageQuery {
         }
         Ok(page)
     }
+}
+
+/// The client end of a metered stream. Gone once a write failed or timed out: the
+/// stream is still read to its end, and billed (a client that went away still
+/// ordered the work the server goes on doing).
+struct StreamClient(Option<tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>>);
+
+impl StreamClient {
+    /// Sends `bytes`; false (and gone from then on) when the client is gone or did
+    /// not take them within [`CLIENT_WRITE_TIMEOUT`].
+    async fn send(&mut self, bytes: Bytes) -> bool {
+        let Some(sender) = &self.0 else {
+            return false;
+        };
+        let sent = matches!(
+            tokio::time::timeout(CLIENT_WRITE_TIMEOUT, sender.send(Ok(Frame::data(bytes)))).await,
+            Ok(Ok(()))
+        );
+        if !sent {
+            self.0 = None;
+        }
+        sent
+    }
+}
+
+/// An upstream stream read to its end.
+struct Relayed {
+    /// What its events said (usage, model, text generated).
+    seen: StreamUsage,
+    /// Events held back until the stream is billed (its usage, its end).
+    held: Vec<Bytes>,
+    /// Why it ended early, if it did.
+    cut: Option<String>,
+}
+
+/// Reads `upstream` to its end, forwarding its events to `client` as they come
+/// except those held back until the stream is billed.
+async fn relay(upstream: reqwest::Response, client: &mut StreamClient) -> Relayed {
+    let mut seen = StreamUsage::default();
+    let mut held = Vec::new();
+    let mut cut = None;
+    let mut body = upstream.bytes_stream();
+    loop {
+        let passages = match body.next().await {
+            Some(Ok(chunk)) => seen.feed(&chunk),
+            Some(Err(e)) => {
+                cut = Some(e.without_url().to_string());
+                break;
+            }
+            None => break,
+        };
+        for passage in passages {
+            match passage {
+                Passage::Forward(bytes) => {
+                    client.send(bytes).await;
+                }
+                Passage::Hold(bytes) => held.push(bytes),
+            }
+        }
+    }
+    for passage in seen.finish() {
+        match passage {
+            Passage::Forward(bytes) | Passage::Hold(bytes) => held.push(bytes),
+        }
+    }
+    if let Some(e) = &seen.broken {
+        cut.get_or_insert_with(|| format!("unreadable events: {e}"));
+    }
+    Relayed { seen, held, cut }
 }
