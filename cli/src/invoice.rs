@@ -25,9 +25,11 @@ pub(crate) fn verify(
     let verified = match (file, job, &store) {
         (Some(file), _, store) => verify_with(&chain, file, store.as_ref()),
         (None, Some(job), Some(store)) => verify_in_store(&chain, store, job, seq),
-        _ => Err(OracleError::Invalid(
-            "give an invoice FILE, or --store LOCATION --job ADDRESS [--seq N]".into(),
-        )),
+        _ => {
+            return Err(ChainError::Other(
+                "give an invoice FILE, or --store LOCATION --job ADDRESS [--seq N]".into(),
+            ))
+        }
     }
     .map_err(failed)?;
     match format {

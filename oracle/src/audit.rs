@@ -23,6 +23,54 @@ use crate::invoice::{hex, sha256, Invoice, InvoiceLine};
 use crate::units::Totals;
 use crate::OracleError;
 
+/// Why the audit could not read the client's ledger or get the job's invoices.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A ledger line is not JSON of the expected shape (`line`: 1-based).
+    #[error("ledger line {line}: {source} (each line is {{\"request_id\", \"model\", \"prompt_tokens\", \"completion_tokens\"}})")]
+    Ledger {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The gateway could not be reached.
+    #[error("the gateway at {gateway} did not answer: {source}")]
+    Unreachable {
+        gateway: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The gateway answered something that is not JSON.
+    #[error(
+        "the gateway at {gateway} answered {status} with something that is not JSON: {source}"
+    )]
+    NotJson {
+        gateway: String,
+        status: reqwest::StatusCode,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The gateway refused (the key is not the client's, the job is unknown…).
+    #[error("the gateway refused to serve the invoices ({status}): {message}")]
+    Refused {
+        status: reqwest::StatusCode,
+        message: String,
+    },
+    /// The key is for another job than the one audited.
+    #[error(
+        "the gateway served the invoices of job {served}, not of {asked}: is the key for this job?"
+    )]
+    OtherJob { served: String, asked: String },
+    /// A page's invoice lacks its seq or text.
+    #[error(
+        "the gateway's invoice page is malformed (each invoice has a seq and the invoice's text)"
+    )]
+    MalformedPage,
+    /// Invoices came out of order.
+    #[error("the gateway served invoice {seq} out of order")]
+    OutOfOrder { seq: u64 },
+}
+
 /// One answer as the client recorded it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerLine {
@@ -39,11 +87,12 @@ pub fn read_ledger(text: &str) -> Result<Vec<LedgerLine>, OracleError> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| {
-                OracleError::Invalid(format!(
-                    "ledger line {}: {e} (each line is {{\"request_id\", \"model\", \"prompt_tokens\", \"completion_tokens\"}})",
-                    i + 1
-                ))
+            serde_json::from_str(line).map_err(|source| {
+                AuditError::Ledger {
+                    line: i + 1,
+                    source,
+                }
+                .into()
             })
         })
         .collect()
@@ -71,41 +120,41 @@ pub async fn fetch(
             .bearer_auth(key)
             .send()
             .await
-            .map_err(|e| {
-                OracleError::Invalid(format!("the gateway at {gateway} did not answer: {e}"))
+            .map_err(|source| AuditError::Unreachable {
+                gateway: gateway.to_string(),
+                source,
             })?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| {
-            OracleError::Invalid(format!(
-                "the gateway at {gateway} answered {status} with something that is not JSON: {e}"
-            ))
-        })?;
+        let body: serde_json::Value =
+            response
+                .json()
+                .await
+                .map_err(|source| AuditError::NotJson {
+                    gateway: gateway.to_string(),
+                    status,
+                    source,
+                })?;
         if !status.is_success() {
             let message = body["error"]["message"]
                 .as_str()
                 .unwrap_or("no message")
                 .to_string();
-            return Err(OracleError::Invalid(format!(
-                "the gateway refused to serve the invoices ({status}): {message}"
-            )));
+            return Err(AuditError::Refused { status, message }.into());
         }
         if body["job"].as_str() != Some(job) {
-            return Err(OracleError::Invalid(format!(
-                "the gateway served the invoices of job {}, not of {job}: is the key for this job?",
-                body["job"]
-            )));
+            return Err(AuditError::OtherJob {
+                served: body["job"].to_string(),
+                asked: job.to_string(),
+            }
+            .into());
         }
         let page = body["invoices"].as_array().cloned().unwrap_or_default();
         for item in &page {
             let (Some(seq), Some(text)) = (item["seq"].as_u64(), item["invoice"].as_str()) else {
-                return Err(OracleError::Invalid(
-                    "the gateway's invoice page is malformed (each invoice has a seq and the invoice's text)".into(),
-                ));
+                return Err(AuditError::MalformedPage.into());
             };
             if out.last().is_some_and(|(last, _)| *last >= seq) {
-                return Err(OracleError::Invalid(format!(
-                    "the gateway served invoice {seq} out of order"
-                )));
+                return Err(AuditError::OutOfOrder { seq }.into());
             }
             out.push((seq, text.as_bytes().to_vec()));
         }

@@ -44,6 +44,7 @@ use tally_client::ix::{self, Attestation};
 use tally_client::{ops, pda, SettleReceipt};
 
 use crate::clock::ChainClock;
+use crate::config::ConfigError;
 use crate::invoice::{export_path, hex, sha256, Invoice, InvoiceLine, INVOICE_VERSION};
 use crate::store::{
     LookupTableRow, NewSubmission, RecordWriteOff, RoundWrite, Store, Submission, SubmissionState,
@@ -273,14 +274,18 @@ impl BatchSettings {
     /// Checks what serde cannot: the counts are at least 1.
     pub fn validate(&self) -> Result<(), OracleError> {
         if self.max_receipts_per_tx == 0 {
-            return Err(OracleError::Invalid(
-                "batch.max_receipts_per_tx must be at least 1".into(),
-            ));
+            return Err(ConfigError::Setting {
+                key: "batch.max_receipts_per_tx",
+                reason: "must be at least 1".into(),
+            }
+            .into());
         }
         if self.max_invoice_records == 0 {
-            return Err(OracleError::Invalid(
-                "batch.max_invoice_records must be at least 1".into(),
-            ));
+            return Err(ConfigError::Setting {
+                key: "batch.max_invoice_records",
+                reason: "must be at least 1".into(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -384,7 +389,7 @@ fn units_of(records: &[&WaitingRecord], kind: UnitKind) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, OracleError> {
     m.lock()
-        .map_err(|_| OracleError::Invalid("the batcher's state is poisoned".into()))
+        .map_err(OracleError::poisoned("the batcher's state"))
 }
 
 /// Decodes a job account if it is one of the program's.
@@ -774,7 +779,9 @@ impl Batcher {
         state.last_housekeeping = Some(Instant::now());
         self.tend_tables(chain, &mut state, &mut report)?;
         if let Some(error) = report.errors.first() {
-            return Err(OracleError::Invalid(error.clone()));
+            return Err(OracleError::TableUpkeep {
+                report: error.clone(),
+            });
         }
         Ok(report.tables)
     }
@@ -974,8 +981,10 @@ impl Batcher {
             for (key, account) in unknown.iter().zip(read.accounts) {
                 if let Some(account) = account {
                     let operator = Operator::try_deserialize(&mut account.data.as_slice())
-                        .map_err(|e| {
-                            OracleError::Invalid(format!("operator {key} does not decode: {e}"))
+                        .map_err(|e| OracleError::Decode {
+                            what: "operator",
+                            address: *key,
+                            reason: e.to_string(),
                         })?;
                     state.operators.insert(*key, operator.authority);
                 }
@@ -986,11 +995,9 @@ impl Batcher {
                 .operators
                 .get(&o.operator_authority)
                 .copied()
-                .ok_or_else(|| {
-                    OracleError::Invalid(format!(
-                        "operator {} of job {} does not exist",
-                        o.operator_authority, o.job
-                    ))
+                .ok_or_else(|| OracleError::NoOperator {
+                    operator: o.operator_authority,
+                    job: o.job,
                 })?;
         }
         Ok(())
@@ -1161,7 +1168,10 @@ impl Batcher {
                 let mut instructions = preamble.clone();
                 instructions.extend(chunk.iter().map(|a| ix::upgrade_account(payer, *a)));
                 alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default()).map_err(
-                    |e| OracleError::Invalid(format!("cannot compile upgrade_account: {e}")),
+                    |source| OracleError::Compile {
+                        what: "upgrade_account",
+                        source,
+                    },
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1239,8 +1249,12 @@ impl Batcher {
             .map(|(op, mint)| {
                 let mut instructions = preamble.clone();
                 instructions.push(ix::open_ledgers(payer, *op, *mint, day));
-                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default())
-                    .map_err(|e| OracleError::Invalid(format!("cannot compile open_ledgers: {e}")))
+                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default()).map_err(
+                    |source| OracleError::Compile {
+                        what: "open_ledgers",
+                        source,
+                    },
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         report.transactions += messages.len();
@@ -1305,10 +1319,7 @@ impl Batcher {
             }
             state.tables = Some(tables);
         }
-        state
-            .tables
-            .as_mut()
-            .ok_or_else(|| OracleError::Invalid("lookup tables not loaded".into()))
+        state.tables.as_mut().ok_or(OracleError::TablesNotLoaded)
     }
 
     /// Puts every job of `groups` into an active table of its group (creating and
@@ -1415,7 +1426,10 @@ impl Batcher {
                 all.extend_from_slice(instructions);
                 messages.push(
                     alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
-                        OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+                        OracleError::Compile {
+                            what: "a table transaction",
+                            source: e,
+                        }
                     })?,
                 );
                 keys.push(step.key);
@@ -1486,7 +1500,10 @@ impl Batcher {
             let mut all = preamble.clone();
             all.push(ix);
             alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
-                OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+                OracleError::Compile {
+                    what: "a table transaction",
+                    source: e,
+                }
             })
         };
         let messages = chores
@@ -2046,7 +2063,10 @@ impl Settling {
             &used,
             solana_hash::Hash::default(),
         )
-        .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+        .map_err(|source| OracleError::Compile {
+            what: "a settle transaction",
+            source,
+        })
     }
 }
 

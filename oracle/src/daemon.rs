@@ -64,16 +64,20 @@ pub struct Daemon {
     task: JoinHandle<Result<(), OracleError>>,
 }
 
-async fn bind(address: &str, what: &str) -> Result<TcpListener, OracleError> {
-    TcpListener::bind(address).await.map_err(|e| {
-        OracleError::Invalid(format!("cannot listen on {address} for the {what}: {e}"))
-    })
+async fn bind(address: &str, what: &'static str) -> Result<TcpListener, OracleError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| OracleError::Listen {
+            address: address.to_string(),
+            what,
+            source,
+        })
 }
 
-fn local(listener: &TcpListener) -> Result<SocketAddr, OracleError> {
+fn local(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, OracleError> {
     listener
         .local_addr()
-        .map_err(|e| OracleError::Invalid(e.to_string()))
+        .map_err(|source| OracleError::LocalAddress { what, source })
 }
 
 impl Daemon {
@@ -156,9 +160,10 @@ impl Daemon {
 
     /// Waits until the daemon has stopped (after [`Daemon::stopper`] fired).
     pub async fn wait(self) -> Result<(), OracleError> {
-        self.task
-            .await
-            .map_err(|e| OracleError::Invalid(format!("the daemon task failed: {e}")))?
+        self.task.await.map_err(|source| OracleError::Task {
+            task: "the daemon task".into(),
+            source,
+        })?
     }
 }
 
@@ -252,7 +257,7 @@ async fn invoice_response(path: &str, reader: Arc<Mutex<Store>>) -> Response<Bod
     let found = tokio::task::spawn_blocking(move || {
         reader
             .lock()
-            .map_err(|_| OracleError::Store("the store lock is poisoned".into()))?
+            .map_err(OracleError::poisoned("the store lock"))?
             .invoice(&job, nonce, seq)
     })
     .await;
@@ -387,9 +392,9 @@ impl<C: Chain + Send + 'static> Settle<C> {
                     }
                     batcher.run_round(&mut *chain).map(Some)
                 }
-                (Ok(true), Err(_)) => {
-                    Err(OracleError::Invalid("the chain lock is poisoned".into()))
-                }
+                (Ok(true), Err(_)) => Err(OracleError::Poisoned {
+                    what: "the chain lock",
+                }),
             };
             let unsettled = batcher.store.unsettled();
             Ran {
@@ -525,7 +530,10 @@ async fn run<C: Chain + Send + 'static>(
                 }
                 Err(e) => {
                     tracing::error!("source {name} panicked: {e}");
-                    first_error.get_or_insert(OracleError::Invalid(e.to_string()));
+                    first_error.get_or_insert(OracleError::Task {
+                        task: format!("source {name}"),
+                        source: e,
+                    });
                 }
             }
         }
@@ -572,7 +580,7 @@ impl Stores {
         tokio::task::spawn_blocking(move || {
             let chain = chain
                 .lock()
-                .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
+                .map_err(OracleError::poisoned("the chain lock"))?;
             clock.sync(&*chain)?;
             drop(chain);
             if !crate::store::is_postgres(&location) {
@@ -580,8 +588,10 @@ impl Stores {
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                 {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        OracleError::Store(format!("cannot create {}: {e}", parent.display()))
+                    std::fs::create_dir_all(parent).map_err(|e| OracleError::Open {
+                        action: "create the store's folder",
+                        location: parent.display().to_string(),
+                        source: e.into(),
                     })?;
                 }
             }
@@ -593,7 +603,10 @@ impl Stores {
             })
         })
         .await
-        .map_err(|e| OracleError::Store(e.to_string()))?
+        .map_err(|source| OracleError::Task {
+            task: "opening the store".into(),
+            source,
+        })?
     }
 }
 
@@ -618,7 +631,7 @@ impl Bound {
         };
         if let Some(settings) = &config.gateway {
             let listener = bind(&settings.listen, "gateway").await?;
-            bound.gateway = Some(local(&listener)?);
+            bound.gateway = Some(local(&listener, "gateway")?);
             let gateway = gateway(settings, directory, stores)?;
             bound
                 .sources
@@ -626,7 +639,7 @@ impl Bound {
         }
         if let Some(settings) = &config.node_reports {
             let listener = bind(&settings.listen, "node reports").await?;
-            bound.node_reports = Some(local(&listener)?);
+            bound.node_reports = Some(local(&listener, "node reports")?);
             let reports = NodeReports::new(
                 Arc::clone(&stores.sink),
                 Arc::clone(directory),
@@ -684,7 +697,7 @@ async fn serve_admin(
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), OracleError> {
     let admin_listener = bind(&settings.listen, "/metrics and /health").await?;
-    let admin = local(&admin_listener)?;
+    let admin = local(&admin_listener, "/metrics and /health")?;
     let reader = Arc::new(Mutex::new(reader));
     let (telemetry, clock) = (Arc::clone(telemetry), Arc::clone(&sink.clock));
     let task = tokio::spawn(async move {

@@ -233,9 +233,13 @@ impl GatewaySettings {
                 text.parse::<anchor_lang::prelude::Pubkey>()
                     .map(|authority| tally_client::pda::operator(&authority))
                     .map_err(|_| {
-                        crate::OracleError::Invalid(format!(
-                            "gateway.operator `{text}` is not a public key: write the operator's authority (its wallet)"
-                        ))
+                        crate::config::ConfigError::Setting {
+                            key: "gateway.operator",
+                            reason: format!(
+                                "`{text}` is not a public key: write the operator's authority (its wallet)"
+                            ),
+                        }
+                        .into()
                     })
             })
             .transpose()
@@ -248,9 +252,11 @@ impl GatewaySettings {
         for (key, job) in &self.api_keys {
             if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
                 let shown: String = key.chars().take(4).collect();
-                return Err(crate::OracleError::Invalid(format!(
-                    "gateway.api_keys: the key {shown}… names `{job}`, which is not a job address"
-                )));
+                return Err(crate::config::ConfigError::Setting {
+                    key: "gateway.api_keys",
+                    reason: format!("the key {shown}… names `{job}`, which is not a job address"),
+                }
+                .into());
             }
         }
         Ok(())
