@@ -44,6 +44,7 @@ use tally_client::ix::{self, Attestation};
 use tally_client::{ops, pda, SettleReceipt};
 
 use crate::clock::ChainClock;
+use crate::config::ConfigError;
 use crate::invoice::{export_path, hex, sha256, Invoice, InvoiceLine, INVOICE_VERSION};
 use crate::store::{
     LookupTableRow, NewSubmission, RecordWriteOff, RoundWrite, Store, Submission, SubmissionState,
@@ -273,14 +274,18 @@ impl BatchSettings {
     /// Checks what serde cannot: the counts are at least 1.
     pub fn validate(&self) -> Result<(), OracleError> {
         if self.max_receipts_per_tx == 0 {
-            return Err(OracleError::Invalid(
-                "batch.max_receipts_per_tx must be at least 1".into(),
-            ));
+            return Err(ConfigError::Setting {
+                key: "batch.max_receipts_per_tx",
+                reason: "must be at least 1".into(),
+            }
+            .into());
         }
         if self.max_invoice_records == 0 {
-            return Err(OracleError::Invalid(
-                "batch.max_invoice_records must be at least 1".into(),
-            ));
+            return Err(ConfigError::Setting {
+                key: "batch.max_invoice_records",
+                reason: "must be at least 1".into(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -311,6 +316,15 @@ struct State {
     /// Managed lookup tables, loaded from the store on the first round.
     tables: Option<Vec<ManagedTable>>,
     last_housekeeping: Option<Instant>,
+}
+
+impl State {
+    /// Whether the job (incarnation) backs off after a failure now.
+    fn backing_off(&self, job: &str, nonce: u64) -> bool {
+        self.backoff
+            .get(&(job.to_string(), nonce))
+            .is_some_and(|b| b.until > Instant::now())
+    }
 }
 
 struct Backoff {
@@ -375,7 +389,7 @@ fn units_of(records: &[&WaitingRecord], kind: UnitKind) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, OracleError> {
     m.lock()
-        .map_err(|_| OracleError::Invalid("the batcher's state is poisoned".into()))
+        .map_err(OracleError::poisoned("the batcher's state"))
 }
 
 /// Decodes a job account if it is one of the program's.
@@ -464,33 +478,68 @@ impl Batcher {
     /// One round: resume what is pending, settle new usage, tend the lookup tables.
     pub fn run_round(&self, chain: &mut impl Chain) -> Result<RoundReport, OracleError> {
         let mut report = RoundReport::default();
-        let clock = chain.clock()?;
-        // Records are stamped in the chain's time: keep the sources' clock on it.
-        self.clock.set_chain_time(clock.unix_timestamp);
-        let now = clock.unix_timestamp;
-        let config = ops::config(chain)?;
-        let grace = i64::from(config.expiry_grace_secs);
+        let time = self.read_time(chain)?;
         let mut state = lock(&self.state)?;
         let started = Instant::now();
 
         // 1. What needs work, and the jobs' states in one pass.
+        let mut work = self.read_work(chain, &mut report)?;
+        // 2. Resume pending submissions; 3. new usage. Decided, not yet written.
+        let mut round = RoundWrite::default();
+        let pending = std::mem::take(&mut work.pending);
+        let resumed =
+            Self::resume_pending(pending, &work.jobs, &time, &state, &mut round, &mut report);
+        let billed = self.bill_waiting(&work, &time, &state, &mut round, &mut report)?;
+        // Everything decided is written in one transaction, before anything is sent.
+        self.commit_round(&mut state, &round, &resumed.landed, &report)?;
+
+        // 4. Send (resumed receipts first, then the new ones).
+        let mut outgoing = resumed.outgoing;
+        outgoing.extend(billed.outgoing);
+        if !outgoing.is_empty() {
+            Self::resolve_operators(chain, &mut state, &mut outgoing)?;
+            self.send(chain, &mut state, outgoing, &time, &mut report)?;
+        }
+        // The exports, after the sends: the store holds the invoices already, so
+        // their syncs never delay a settlement.
+        export_invoices(billed.exports, &mut report);
+        // 5. Tables that are done.
+        self.tend_tables_when_due(chain, &mut state, &mut report)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
+        Ok(report)
+    }
+
+    /// The chain's clock and config for a round; the sources' clock is kept on it
+    /// (records are stamped in the chain's time).
+    fn read_time(&self, chain: &impl Chain) -> Result<RoundTime, OracleError> {
+        let clock = chain.clock()?;
+        self.clock.set_chain_time(clock.unix_timestamp);
+        let config = ops::config(chain)?;
+        Ok(RoundTime {
+            slot: clock.slot,
+            now: clock.unix_timestamp,
+            config,
+        })
+    }
+
+    /// Step 1: the pending submissions and the jobs with waiting records, and every
+    /// one of those jobs' states in one pass. Jobs of the previous layout are upgraded
+    /// and submissions migrated from schema 1 adopted on the way.
+    fn read_work(
+        &self,
+        chain: &mut impl Chain,
+        report: &mut RoundReport,
+    ) -> Result<Work, OracleError> {
         let pending = self.store.pending_submissions()?;
         let waiting = self.store.jobs_with_new_records()?;
         let legacy = self.store.legacy_jobs()?;
-        let mut addresses: Vec<Pubkey> = Vec::new();
-        let mut seen = HashSet::new();
-        for job in pending
-            .iter()
-            .map(|s| s.job.as_str())
-            .chain(waiting.iter().map(String::as_str))
-            .chain(legacy.iter().map(String::as_str))
-        {
-            if let Some(key) = parse_key(job) {
-                if seen.insert(key) {
-                    addresses.push(key);
-                }
-            }
-        }
+        let addresses = distinct_addresses(
+            pending
+                .iter()
+                .map(|s| s.job.as_str())
+                .chain(waiting.iter().map(String::as_str))
+                .chain(legacy.iter().map(String::as_str)),
+        );
         let read = chain.accounts(&addresses)?;
         // Jobs the previous program version wrote: brought up to date before they
         // settle (the program refuses to settle them until then).
@@ -503,208 +552,122 @@ impl Batcher {
             })
             .map(|(key, _)| *key)
             .collect();
-        self.upgrade_accounts(chain, &outdated, &mut report)?;
-        let jobs: HashMap<String, Option<Job>> = addresses
-            .iter()
-            .zip(&read.accounts)
-            .map(|(key, account)| (key.to_string(), job_of(account.as_ref())))
-            .collect();
-        let job_state = |job: &str| jobs.get(job).copied().flatten();
-
+        self.upgrade_accounts(chain, &outdated, report)?;
+        let jobs = JobStates(
+            addresses
+                .iter()
+                .zip(&read.accounts)
+                .map(|(key, account)| (key.to_string(), job_of(account.as_ref())))
+                .collect(),
+        );
         // Migrated submissions join the job open at their address.
         for job in &legacy {
-            self.adopt(job, job_state(job).as_ref(), &mut report)?;
+            self.adopt(job, jobs.get(job).as_ref(), report)?;
         }
         let pending = if legacy.is_empty() {
             pending
         } else {
             self.store.pending_submissions()?
         };
-        let pending_jobs: HashSet<(String, u64)> = pending
+        let pending_jobs = pending
             .iter()
             .map(|s| (s.job.clone(), s.job_nonce))
             .collect();
+        Ok(Work {
+            pending,
+            pending_jobs,
+            waiting,
+            jobs,
+        })
+    }
 
-        let backing_off = |state: &State, job: &str, nonce: u64| {
-            state
-                .backoff
-                .get(&(job.to_string(), nonce))
-                .is_some_and(|b| b.until > Instant::now())
-        };
-
-        // 2. Resume pending submissions.
-        let mut round = RoundWrite::default();
-        let mut outgoing: Vec<Outgoing> = Vec::new();
-        let mut landed: Vec<(String, u64, u64)> = Vec::new();
+    /// Step 2: what becomes of each pending submission ([`resume`]): written off,
+    /// found landed, or sent again.
+    fn resume_pending(
+        pending: Vec<Submission>,
+        jobs: &JobStates,
+        time: &RoundTime,
+        state: &State,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+    ) -> Resumed {
+        let mut resumed = Resumed::default();
         for submission in pending {
-            let (job_text, nonce, seq) =
-                (submission.job.clone(), submission.job_nonce, submission.seq);
-            let state_now = job_state(&job_text);
-            let gone = match state_now {
-                None => {
-                    let evidence = submission
-                        .oldest_finished_at
-                        .unwrap_or(submission.period_end);
-                    parse_key(&job_text).is_none()
-                        || evidence
-                            < now.saturating_sub(MISSING_JOB_GRACE_SECS + BIND_TOLERANCE_SECS)
+            match resume(&submission, jobs.get(&submission.job).as_ref(), time, state) {
+                Resume::WriteOff(reason, detail) => {
+                    Self::write_off_submission(round, report, &submission, reason, detail);
                 }
-                Some(j) => j.nonce > nonce,
-            };
-            if gone {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobClosed, format!(
-                    "job {job_text} (nonce {nonce}) is closed: its receipt {seq} ({} records) can never land",
-                    submission.records
-                ));
-                continue;
-            }
-            let Some(job) = state_now.filter(|j| j.nonce == nonce) else {
-                continue; // the RPC node is behind the job: asked again next round
-            };
-            if job.last_seq > seq
-                || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash)
-            {
-                landed.push((job_text, nonce, seq));
-                report.recovered += 1;
-                continue;
-            }
-            if job.last_seq == seq {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Superseded, format!(
-                    "job {job_text}: another receipt {seq} (invoice {}) settled instead of this oracle's ({})",
-                    hex(&job.invoice_hash), hex(&submission.invoice_hash)
-                ));
-                continue;
-            }
-            if job.status().is_finished() {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::JobEnded, format!(
-                    "job {job_text} has ended ({}) before its receipt {seq} ({} records) landed: the program settles nothing more for it",
-                    status_name(&job), submission.records
-                ));
-                continue;
-            }
-            if now > job.settle_until(config.expiry_grace_secs) {
-                Self::write_off_submission(&mut round, &mut report, &submission, WriteOffReason::Expired, format!(
-                    "job {job_text}: receipt {seq} was not settled before the deadline {} plus the {grace} s grace: the program refuses it now",
-                    job.deadline
-                ));
-                continue;
-            }
-            if backing_off(&state, &job_text, nonce) {
-                report.backing_off += 1;
-                continue;
-            }
-            if let Some(key) = parse_key(&job_text) {
-                outgoing.push(Outgoing {
+                Resume::Landed => {
+                    resumed
+                        .landed
+                        .push((submission.job, submission.job_nonce, submission.seq));
+                    report.recovered += 1;
+                }
+                Resume::Wait => {}
+                Resume::BackingOff => report.backing_off += 1,
+                Resume::Send {
+                    job,
+                    operator,
+                    mint,
+                } => resumed.outgoing.push(Outgoing {
                     submission,
-                    job: key,
-                    operator_authority: job.operator, // resolved below
-                    mint: job.mint,
-                });
+                    job,
+                    operator_authority: operator, // resolved before sending
+                    mint,
+                }),
             }
         }
+        resumed
+    }
 
-        // 3. New usage.
+    /// Step 3: for each job with waiting records (and no pending receipt), at most
+    /// `max_invoice_records` of them become its next receipt; records that can never
+    /// be billed are written off.
+    fn bill_waiting(
+        &self,
+        work: &Work,
+        time: &RoundTime,
+        state: &State,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+    ) -> Result<Billed, OracleError> {
         let cap = self.settings.max_invoice_records.max(1);
-        let mut exports = Vec::new();
-        for job_text in &waiting {
+        let mut billed = Billed::default();
+        let jobs = &work.jobs;
+        for job_text in &work.waiting {
             // A job whose receipt is pending or backing off waits: its records are
             // not even read. Behind a pending receipt they are work left for the next
             // round (a final flush must not stop while they wait).
-            if let Some(job) = job_state(job_text) {
-                if pending_jobs.contains(&(job_text.clone(), job.nonce)) {
+            if let Some(job) = jobs.get(job_text) {
+                if work.pending_jobs.contains(&(job_text.clone(), job.nonce)) {
                     report.more_waiting = true;
                     continue;
                 }
-                if backing_off(&state, job_text, job.nonce) {
+                if state.backing_off(job_text, job.nonce) {
                     report.backing_off += 1;
                     continue;
                 }
             }
             let records = self.store.waiting_records(job_text, cap)?;
-            let Some(job_key) = parse_key(job_text) else {
-                let all: Vec<&WaitingRecord> = records.iter().collect();
-                Self::write_off_records(
-                    &mut round,
-                    &mut report,
-                    job_text,
-                    None,
-                    &all,
-                    WriteOffReason::NoSuchJob,
-                    0,
-                    format!(
-                        "{job_text} is not an account address: its records can never be billed"
-                    ),
-                );
+            let (Some(job_key), Some(job)) = (parse_key(job_text), jobs.get(job_text)) else {
+                Self::write_off_jobless(round, report, job_text, &records, time.now);
                 continue;
             };
-            let Some(job) = job_state(job_text) else {
-                // No job: records wait out the grace (a lagging RPC node), then go:
-                // those bound to a job (a source read it) as closed, the rest as
-                // never having had one.
-                let old_enough = |r: &&WaitingRecord| {
-                    r.record.finished_at < now.saturating_sub(MISSING_JOB_GRACE_SECS)
-                };
-                let (closed, unbound_old): (Vec<&WaitingRecord>, Vec<&WaitingRecord>) = records
-                    .iter()
-                    .filter(old_enough)
-                    .partition(|r| r.record.job_nonce.is_some());
-                if !closed.is_empty() {
-                    Self::write_off_records(&mut round, &mut report, job_text, closed[0].record.job_nonce, &closed, WriteOffReason::JobClosed, 0,
-                        format!("job {job_text} is closed: {} record(s) metered for it can never be billed", closed.len()));
-                }
-                if !unbound_old.is_empty() {
-                    Self::write_off_records(&mut round, &mut report, job_text, None, &unbound_old, WriteOffReason::NoSuchJob, 0,
-                        format!("no job exists at {job_text}: {} record(s) older than {MISSING_JOB_GRACE_SECS} s can never be billed", unbound_old.len()));
-                }
+            let sorted = SortedRecords::of(&records, &job);
+            let Some(bill) = sorted.write_off_unbillable(round, report, job_text, &job) else {
                 continue;
             };
-            let kind = kind_of(&job);
-            let mut bill: Vec<&WaitingRecord> = Vec::new();
-            let mut old: Vec<&WaitingRecord> = Vec::new();
-            let mut before: Vec<&WaitingRecord> = Vec::new();
-            for r in &records {
-                match r.record.job_nonce {
-                    Some(n) if n == job.nonce => bill.push(r),
-                    Some(n) if n < job.nonce => old.push(r),
-                    Some(_) => {} // a job newer than the RPC node shows: next round
-                    None if r.record.finished_at
-                        >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
-                    {
-                        bill.push(r);
-                    }
-                    None => before.push(r),
-                }
-            }
-            if !old.is_empty() {
-                let units = units_of(&old, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, old[0].record.job_nonce, &old, WriteOffReason::JobClosed, units,
-                    format!("job {job_text}: {} record(s) ({units} units) of an earlier job at this address, closed before they were billed", old.len()));
-            }
-            if !before.is_empty() {
-                let units = units_of(&before, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
-                    format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
-            }
-            if bill.is_empty() {
-                continue;
-            }
-            if job.status().is_finished() {
-                let units = units_of(&bill, kind);
-                Self::write_off_records(&mut round, &mut report, job_text, Some(job.nonce), &bill, WriteOffReason::JobEnded, units,
-                    format!("job {job_text} has ended ({}): {} record(s) ({units} units) metered after its last receipt can never be billed (the program settles nothing more for it)", status_name(&job), bill.len()));
-                continue;
-            }
             if records.len() >= cap {
                 report.more_waiting = true;
             }
-            let (new, bytes) = self.prepare(job_text, &job, &bill, &mut report)?;
+            let (new, bytes) = self.prepare(job_text, &job, &bill, report)?;
             if let Some(dir) = &self.invoices_dir {
-                exports.push((
+                billed.exports.push((
                     export_path(dir, job_text, job.nonce, new.submission.seq),
                     bytes,
                 ));
             }
-            outgoing.push(Outgoing {
+            billed.outgoing.push(Outgoing {
                 submission: new.submission.clone(),
                 job: job_key,
                 operator_authority: job.operator,
@@ -712,50 +675,100 @@ impl Batcher {
             });
             round.submissions.push(new);
         }
-        // Everything decided is written in one transaction, before anything is sent.
-        self.store.write_round(&round)?;
+        Ok(billed)
+    }
+
+    /// Waiting records of an address where no job is open (or that is not an
+    /// address at all).
+    fn write_off_jobless(
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        job_text: &str,
+        records: &[WaitingRecord],
+        now: i64,
+    ) {
+        if parse_key(job_text).is_none() {
+            let all: Vec<&WaitingRecord> = records.iter().collect();
+            Self::write_off_records(
+                round,
+                report,
+                job_text,
+                None,
+                &all,
+                WriteOffReason::NoSuchJob,
+                0,
+                format!("{job_text} is not an account address: its records can never be billed"),
+            );
+            return;
+        }
+        // No job: records wait out the grace (a lagging RPC node), then go: those
+        // bound to a job (a source read it) as closed, the rest as never having had
+        // one.
+        let old_enough =
+            |r: &&WaitingRecord| r.record.finished_at < now.saturating_sub(MISSING_JOB_GRACE_SECS);
+        let (closed, unbound_old): (Vec<&WaitingRecord>, Vec<&WaitingRecord>) = records
+            .iter()
+            .filter(old_enough)
+            .partition(|r| r.record.job_nonce.is_some());
+        if !closed.is_empty() {
+            Self::write_off_records(
+                round,
+                report,
+                job_text,
+                closed[0].record.job_nonce,
+                &closed,
+                WriteOffReason::JobClosed,
+                0,
+                format!(
+                    "job {job_text} is closed: {} record(s) metered for it can never be billed",
+                    closed.len()
+                ),
+            );
+        }
+        if !unbound_old.is_empty() {
+            Self::write_off_records(round, report, job_text, None, &unbound_old, WriteOffReason::NoSuchJob, 0,
+                format!("no job exists at {job_text}: {} record(s) older than {MISSING_JOB_GRACE_SECS} s can never be billed", unbound_old.len()));
+        }
+    }
+
+    /// Writes what a round decided in one transaction (before anything is sent),
+    /// confirms the receipts found landed, and forgets the backoffs of jobs whose
+    /// receipts were written off.
+    fn commit_round(
+        &self,
+        state: &mut State,
+        round: &RoundWrite,
+        landed: &[(String, u64, u64)],
+        report: &RoundReport,
+    ) -> Result<(), OracleError> {
+        self.store.write_round(round)?;
         if !landed.is_empty() {
-            self.store.confirm_all(&landed)?;
+            self.store.confirm_all(landed)?;
         }
         for off in &report.written_off {
             if let Some(nonce) = off.job_nonce {
                 state.backoff.remove(&(off.job.clone(), nonce));
             }
         }
+        Ok(())
+    }
 
-        // 4. Send.
-        if !outgoing.is_empty() {
-            Self::resolve_operators(chain, &mut state, &mut outgoing)?;
-            self.send(
-                chain,
-                &mut state,
-                outgoing,
-                &config,
-                clock.slot,
-                now,
-                &mut report,
-            )?;
-        }
-        // The exports, after the sends: the store holds the invoices already, so
-        // their syncs never delay a settlement.
-        for (path, bytes) in exports {
-            if let Err(e) = crate::invoice::export(&path, &bytes) {
-                report.errors.push(format!(
-                    "{e} (the store keeps the invoice; only the exported copy is missing)"
-                ));
-            }
-        }
-        // 5. Tables that are done.
+    /// Step 5: the table housekeeping, when its interval has passed.
+    fn tend_tables_when_due(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
         if self.settings.lookup_tables
             && state
                 .last_housekeeping
                 .is_none_or(|at| at.elapsed() >= TABLE_HOUSEKEEPING)
         {
             state.last_housekeeping = Some(Instant::now());
-            self.tend_tables(chain, &mut state, &mut report)?;
+            self.tend_tables(chain, state, report)?;
         }
-        tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
-        Ok(report)
+        Ok(())
     }
 
     /// Runs the table housekeeping now (deactivate tables whose jobs all closed,
@@ -766,7 +779,9 @@ impl Batcher {
         state.last_housekeeping = Some(Instant::now());
         self.tend_tables(chain, &mut state, &mut report)?;
         if let Some(error) = report.errors.first() {
-            return Err(OracleError::Invalid(error.clone()));
+            return Err(OracleError::TableUpkeep {
+                report: error.clone(),
+            });
         }
         Ok(report.tables)
     }
@@ -883,7 +898,8 @@ impl Batcher {
     }
 
     /// The next receipt of `job` over the records `bill`: its invoice and the
-    /// write-ahead submission (written by the caller with the round).
+    /// write-ahead submission (written by the caller with the round). Usage it lists
+    /// but cannot bill is reported.
     fn prepare(
         &self,
         job_text: &str,
@@ -893,90 +909,18 @@ impl Batcher {
     ) -> Result<(NewSubmission, Vec<u8>), OracleError> {
         let last = self.store.last_submission(job_text, job.nonce)?;
         let kind = kind_of(job);
-        let mut totals = last.as_ref().map(|s| s.metered).unwrap_or_default();
-        let before = totals.units(kind);
-        let mut lines = Vec::with_capacity(bill.len());
-        let mut period_end = last.as_ref().map_or(0, |s| s.period_end);
-        let mut late = Totals::default();
-        let mut foreign = Totals::default();
-        let mut foreign_models = BTreeSet::new();
-        let (mut latest, mut oldest) = (0, i64::MAX);
-        for waiting in bill {
-            let record = &waiting.record;
-            oldest = oldest.min(record.finished_at);
-            // Usage after the deadline, or of a model the job does not pay for, is
-            // not billable: listed, not counted.
-            if !pays_for_model(job, &record.model) {
-                foreign.add(record);
-                foreign_models.insert(record.model.as_str());
-            } else if record.finished_at <= job.deadline {
-                totals.add(record);
-                period_end = period_end.max(record.finished_at);
-            } else {
-                late.add(record);
-                latest = latest.max(record.finished_at);
-            }
-            lines.push(InvoiceLine::from(record));
-        }
-        if foreign.requests > 0 {
-            report.unbillable.push(Unbillable::listed(
-                job_text,
-                UnbillableReason::WrongModel,
-                &foreign,
-                kind,
-                &format!(
-                    "served by model(s) {foreign_models:?} that the job does not pay for: \
-                     listed in the invoice, not billed (the inference server answered with \
-                     another model than the one requested)"
-                ),
-            ));
-        }
-        if late.requests > 0 {
-            report.unbillable.push(Unbillable::listed(
-                job_text,
-                UnbillableReason::AfterDeadline,
-                &late,
-                kind,
-                &format!(
-                    "finished after the job's deadline {} (latest {latest}, chain time): \
-                     listed in the invoice, not billed",
-                    job.deadline
-                ),
-            ));
-        }
-        let cumulative_units = totals.units(kind).max(job.settled_units);
-        let cumulative_output = totals.output(kind).max(job.settled_output);
-        let added = cumulative_units.saturating_sub(job.settled_units);
-        let due = tally_client::amount_owed(
-            job.prices(),
-            tally_client::Usage {
-                units: cumulative_units,
-                output: cumulative_output,
-            },
-        )
-        .ok()
-        .and_then(|owed| {
-            owed.checked_sub(tally_client::amount_owed(job.prices(), job.settled_usage()).ok()?)
-        })
-        .unwrap_or(0);
-        if due > u128::from(job.escrow_left) && added > 0 {
-            // The share of the new units the escrow cannot pay (for the report).
-            let unpaid = due.saturating_sub(u128::from(job.escrow_left));
-            let over = u64::try_from(unpaid.saturating_mul(u128::from(added)) / due.max(1))
-                .unwrap_or(added)
-                .max(1);
-            report.unbillable.push(Unbillable {
-                job: job_text.to_string(),
-                reason: UnbillableReason::OverEscrow,
-                records: bill.len() as u64,
-                units: over,
-                detail: format!(
-                    "job {job_text}: about {over} of the {added} new unit(s) exceed the escrow left \
-                     ({} base units; the new usage costs {due}): the client must top the job up \
-                     (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
-                    job.escrow_left,
-                ),
-            });
+        let listed = Listed::of(job, bill, last.as_ref());
+        listed.report_unbilled(job_text, job, kind, report);
+        let cumulative_units = listed.totals.units(kind).max(job.settled_units);
+        let cumulative_output = listed.totals.output(kind).max(job.settled_output);
+        if let Some(over) = over_escrow(
+            job_text,
+            job,
+            cumulative_units,
+            cumulative_output,
+            bill.len(),
+        ) {
+            report.unbillable.push(over);
         }
         let seq = last
             .as_ref()
@@ -990,10 +934,10 @@ impl Batcher {
             seq,
             previous_hash: hex(&last.as_ref().map_or([0; 32], |s| s.invoice_hash)),
             unit_kind: unit_kind_name(kind).to_string(),
-            units: cumulative_units.saturating_sub(before),
+            units: cumulative_units.saturating_sub(listed.units_before),
             cumulative_units,
-            period_end: period_end.min(job.deadline),
-            lines,
+            period_end: listed.period_end.min(job.deadline),
+            lines: listed.lines,
         };
         let bytes = invoice.to_bytes()?;
         let submission = Submission {
@@ -1004,9 +948,9 @@ impl Batcher {
             cumulative_output,
             invoice_hash: sha256(&bytes),
             period_end: invoice.period_end,
-            metered: totals,
+            metered: listed.totals,
             records: bill.len() as u64,
-            oldest_finished_at: (oldest != i64::MAX).then_some(oldest),
+            oldest_finished_at: (listed.oldest != i64::MAX).then_some(listed.oldest),
             state: SubmissionState::Pending,
         };
         Ok((
@@ -1037,8 +981,10 @@ impl Batcher {
             for (key, account) in unknown.iter().zip(read.accounts) {
                 if let Some(account) = account {
                     let operator = Operator::try_deserialize(&mut account.data.as_slice())
-                        .map_err(|e| {
-                            OracleError::Invalid(format!("operator {key} does not decode: {e}"))
+                        .map_err(|e| OracleError::Decode {
+                            what: "operator",
+                            address: *key,
+                            reason: e.to_string(),
                         })?;
                     state.operators.insert(*key, operator.authority);
                 }
@@ -1049,11 +995,9 @@ impl Batcher {
                 .operators
                 .get(&o.operator_authority)
                 .copied()
-                .ok_or_else(|| {
-                    OracleError::Invalid(format!(
-                        "operator {} of job {} does not exist",
-                        o.operator_authority, o.job
-                    ))
+                .ok_or_else(|| OracleError::NoOperator {
+                    operator: o.operator_authority,
+                    job: o.job,
                 })?;
         }
         Ok(())
@@ -1076,24 +1020,17 @@ impl Batcher {
     }
 
     /// Sends every outgoing receipt: ledgers first where missing, lookup tables made
-    /// and extended as needed, then all settle transactions at once.
-    #[allow(clippy::too_many_arguments)]
+    /// and extended as needed, then all settle transactions at once (a transaction
+    /// the program refuses, again receipt by receipt).
     fn send(
         &self,
         chain: &mut impl Chain,
         state: &mut State,
         outgoing: Vec<Outgoing>,
-        config: &tally::state::Config,
-        slot: u64,
-        now: i64,
+        time: &RoundTime,
         report: &mut RoundReport,
     ) -> Result<(), OracleError> {
-        let day = utc_day(now);
-        let attestation = Attestation {
-            oracles: vec![self.oracle.pubkey()],
-            oracle_set_version: config.oracle_set_version,
-            day,
-        };
+        let (slot, day) = (time.slot, utc_day(time.now));
         let mut groups: BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>> = BTreeMap::new();
         for o in outgoing {
             groups
@@ -1107,72 +1044,43 @@ impl Batcher {
         } else {
             HashMap::new()
         };
-        let slot_now = chain.clock()?.slot;
-
-        // Pack each group into transactions up to the packet limit.
-        let preamble = chain.preamble();
-        let payer = self.oracle.pubkey();
-        let mut batches: Vec<(VersionedMessage, Vec<Outgoing>)> = Vec::new();
-        for ((operator_authority, mint), mut items) in groups {
-            let group_tables: Vec<AddressLookupTableAccount> = tables
-                .get(&(operator_authority, mint))
-                .map(|ts: &Vec<ManagedView>| {
-                    ts.iter()
-                        .map(|t| AddressLookupTableAccount {
-                            key: t.key,
-                            addresses: t.usable_at(slot_now),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Receipts whose jobs share a table go together.
-            let table_of = |job: &Pubkey| {
-                group_tables
-                    .iter()
-                    .position(|t| t.addresses.contains(job))
-                    .unwrap_or(usize::MAX)
-            };
-            items.sort_by_key(|o| table_of(&o.job));
-            let mut chunk: Vec<Outgoing> = Vec::new();
-            let mut chunk_message: Option<VersionedMessage> = None;
-            for item in items {
-                chunk.push(item);
-                let message = Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    operator_authority,
-                    mint,
-                    &chunk,
-                    &group_tables,
-                )?;
-                let fits = alt::v0_wire_size(&message) <= PACKET_DATA_SIZE
-                    && chunk.len() <= self.settings.max_receipts_per_tx.max(1);
-                if fits {
-                    chunk_message = Some(message);
-                    continue;
-                }
-                let Some(last) = chunk.pop() else { continue };
-                if let Some(message) = chunk_message.take() {
-                    batches.push((message, std::mem::take(&mut chunk)));
-                }
-                chunk.push(last);
-                chunk_message = Some(Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    operator_authority,
-                    mint,
-                    &chunk,
-                    &group_tables,
-                )?);
-            }
-            if let Some(message) = chunk_message {
-                batches.push((message, chunk));
-            }
+        let settling = Settling {
+            slot: chain.clock()?.slot,
+            preamble: chain.preamble(),
+            payer: self.oracle.pubkey(),
+            attestation: Attestation {
+                oracles: vec![self.oracle.pubkey()],
+                oracle_set_version: time.config.oracle_set_version,
+                day,
+            },
+            tables,
+            max_receipts: self.settings.max_receipts_per_tx.max(1),
+        };
+        let mut batches = Vec::new();
+        for (group, items) in groups {
+            batches.extend(settling.pack(group, items)?);
         }
+        let sent = self.send_batches(chain, state, batches, report);
+        let mut confirmed = sent.confirmed;
+        if !sent.alone.is_empty() {
+            confirmed.extend(self.send_alone(chain, state, &settling, sent.alone, report)?);
+        }
+        for (job, nonce, _) in &confirmed {
+            state.backoff.remove(&(job.clone(), *nonce));
+        }
+        report.confirmed += usize::try_from(self.store.confirm_all(&confirmed)?).unwrap_or(0);
+        Ok(())
+    }
 
-        // All at once; their confirmations tracked together.
+    /// Sends the packed settle transactions all at once, their confirmations tracked
+    /// together.
+    fn send_batches(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        batches: Vec<(VersionedMessage, Vec<Outgoing>)>,
+        report: &mut RoundReport,
+    ) -> Sent {
         let messages: Vec<VersionedMessage> = batches.iter().map(|(m, _)| m.clone()).collect();
         report.transactions += messages.len();
         report
@@ -1180,17 +1088,10 @@ impl Batcher {
             .extend(batches.iter().map(|(_, c)| c.len()));
         report.sent += batches.iter().map(|(_, c)| c.len()).sum::<usize>();
         let outcomes = chain.send_messages(messages, &[&self.oracle]);
-        let mut confirmed: Vec<(String, u64, u64)> = Vec::new();
-        let mut alone: Vec<(Outgoing, Pubkey, Pubkey)> = Vec::new();
+        let mut sent = Sent::default();
         for ((_, chunk), outcome) in batches.into_iter().zip(outcomes) {
             match outcome {
-                Ok(_) => confirmed.extend(chunk.iter().map(|o| {
-                    (
-                        o.submission.job.clone(),
-                        o.submission.job_nonce,
-                        o.submission.seq,
-                    )
-                })),
+                Ok(_) => sent.confirmed.extend(chunk.iter().map(Outgoing::receipt)),
                 // One receipt the program refuses (a job over its spend cap, say) must
                 // not hold back the others: each alone.
                 Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
@@ -1198,10 +1099,7 @@ impl Batcher {
                         "a transaction of {} receipts was refused ({e}): sending each alone",
                         chunk.len()
                     ));
-                    for o in chunk {
-                        let group = (o.operator_authority, o.mint);
-                        alone.push((o, group.0, group.1));
-                    }
+                    sent.alone.extend(chunk);
                 }
                 Err(e) => {
                     report.failed += chunk.len();
@@ -1215,98 +1113,39 @@ impl Batcher {
                 }
             }
         }
-        if !alone.is_empty() {
-            let mut messages = Vec::with_capacity(alone.len());
-            for (o, operator_authority, mint) in &alone {
-                let group_tables: Vec<AddressLookupTableAccount> = tables
-                    .get(&(*operator_authority, *mint))
-                    .map(|ts| {
-                        ts.iter()
-                            .map(|t| AddressLookupTableAccount {
-                                key: t.key,
-                                addresses: t.usable_at(slot_now),
-                            })
-                            .filter(|t| t.addresses.contains(&o.job))
-                            .take(1)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                messages.push(Self::settle_message(
-                    &payer,
-                    &preamble,
-                    &attestation,
-                    *operator_authority,
-                    *mint,
-                    std::slice::from_ref(o),
-                    &group_tables,
-                )?);
-            }
-            report.transactions += messages.len();
-            let outcomes = chain.send_messages(messages, &[&self.oracle]);
-            for ((o, _, _), outcome) in alone.iter().zip(outcomes) {
-                match outcome {
-                    Ok(_) => confirmed.push((
-                        o.submission.job.clone(),
-                        o.submission.job_nonce,
-                        o.submission.seq,
-                    )),
-                    Err(e) => {
-                        report.failed += 1;
-                        report.errors.push(format!(
-                            "job {}: receipt {} refused (the job backs off): {e}",
-                            o.job, o.submission.seq
-                        ));
-                        self.backoff(state, &o.submission.job, o.submission.job_nonce);
-                    }
+        sent
+    }
+
+    /// Sends each of `alone` in a transaction of its own; the receipts confirmed.
+    fn send_alone(
+        &self,
+        chain: &mut impl Chain,
+        state: &mut State,
+        settling: &Settling,
+        alone: Vec<Outgoing>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<(String, u64, u64)>, OracleError> {
+        let messages = alone
+            .iter()
+            .map(|o| settling.alone(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        report.transactions += messages.len();
+        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let mut confirmed = Vec::new();
+        for (o, outcome) in alone.iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => confirmed.push(o.receipt()),
+                Err(e) => {
+                    report.failed += 1;
+                    report.errors.push(format!(
+                        "job {}: receipt {} refused (the job backs off): {e}",
+                        o.job, o.submission.seq
+                    ));
+                    self.backoff(state, &o.submission.job, o.submission.job_nonce);
                 }
             }
         }
-        for (job, nonce, _) in &confirmed {
-            state.backoff.remove(&(job.clone(), *nonce));
-        }
-        report.confirmed += usize::try_from(self.store.confirm_all(&confirmed)?).unwrap_or(0);
-        Ok(())
-    }
-
-    fn settle_message(
-        payer: &Pubkey,
-        preamble: &[anchor_lang::solana_program::instruction::Instruction],
-        attestation: &Attestation,
-        operator_authority: Pubkey,
-        mint: Pubkey,
-        chunk: &[Outgoing],
-        tables: &[AddressLookupTableAccount],
-    ) -> Result<VersionedMessage, OracleError> {
-        let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
-            .iter()
-            .map(|o| {
-                (
-                    o.job,
-                    SettleReceipt {
-                        seq: o.submission.seq,
-                        cumulative_units: o.submission.cumulative_units,
-                        cumulative_output: o.submission.cumulative_output,
-                        invoice_hash: o.submission.invoice_hash,
-                        period_end: o.submission.period_end,
-                    },
-                )
-            })
-            .collect();
-        let mut instructions = preamble.to_vec();
-        instructions.push(ix::settle(attestation, operator_authority, mint, &receipts));
-        // Only the tables this transaction uses: each costs bytes.
-        let used: Vec<AddressLookupTableAccount> = tables
-            .iter()
-            .filter(|t| chunk.iter().any(|o| t.addresses.contains(&o.job)))
-            .cloned()
-            .collect();
-        let used = if used.is_empty() {
-            tables.iter().take(1).cloned().collect()
-        } else {
-            used
-        };
-        alt::v0_message(payer, &instructions, &used, solana_hash::Hash::default())
-            .map_err(|e| OracleError::Invalid(format!("cannot compile a settle transaction: {e}")))
+        Ok(confirmed)
     }
 
     /// Brings accounts of the previous layout (jobs, revenue days) up to date with
@@ -1329,7 +1168,10 @@ impl Batcher {
                 let mut instructions = preamble.clone();
                 instructions.extend(chunk.iter().map(|a| ix::upgrade_account(payer, *a)));
                 alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default()).map_err(
-                    |e| OracleError::Invalid(format!("cannot compile upgrade_account: {e}")),
+                    |source| OracleError::Compile {
+                        what: "upgrade_account",
+                        source,
+                    },
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1407,8 +1249,12 @@ impl Batcher {
             .map(|(op, mint)| {
                 let mut instructions = preamble.clone();
                 instructions.push(ix::open_ledgers(payer, *op, *mint, day));
-                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default())
-                    .map_err(|e| OracleError::Invalid(format!("cannot compile open_ledgers: {e}")))
+                alt::v0_message(&payer, &instructions, &[], solana_hash::Hash::default()).map_err(
+                    |source| OracleError::Compile {
+                        what: "open_ledgers",
+                        source,
+                    },
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         report.transactions += messages.len();
@@ -1473,10 +1319,7 @@ impl Batcher {
             }
             state.tables = Some(tables);
         }
-        state
-            .tables
-            .as_mut()
-            .ok_or_else(|| OracleError::Invalid("lookup tables not loaded".into()))
+        state.tables.as_mut().ok_or(OracleError::TablesNotLoaded)
     }
 
     /// Puts every job of `groups` into an active table of its group (creating and
@@ -1494,59 +1337,43 @@ impl Batcher {
     ) -> Result<HashMap<(Pubkey, Pubkey), Vec<ManagedView>>, OracleError> {
         let me = self.oracle.pubkey();
         let tables = self.load_tables(chain, state, slot)?;
-        // Per table: addresses to add. New tables: (group, recent slot, addresses).
-        let mut extend: HashMap<Pubkey, Vec<Pubkey>> = HashMap::new();
-        let mut create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)> = Vec::new();
-        for ((op, mint), items) in groups {
-            let (op_text, mint_text) = (op.to_string(), mint.to_string());
-            let in_group = |t: &ManagedTable| {
-                t.row.operator == op_text
-                    && t.row.mint == mint_text
-                    && t.state.as_ref().is_some_and(LookupTableState::is_active)
-            };
-            let missing: Vec<Pubkey> = items
-                .iter()
-                .map(|o| o.job)
-                .filter(|job| {
-                    !tables
-                        .iter()
-                        .filter(|t| in_group(t))
-                        .any(|t| t.state.as_ref().is_some_and(|s| s.addresses.contains(job)))
-                })
-                .collect();
-            let mut missing = missing.into_iter().peekable();
-            for t in tables
-                .iter()
-                .filter(|t| in_group(t) && t.row.authority == me.to_string())
-            {
-                let room = alt::TABLE_CAPACITY
-                    .saturating_sub(t.state.as_ref().map_or(0, |s| s.addresses.len()));
-                let take: Vec<Pubkey> = missing.by_ref().take(room).collect();
-                if !take.is_empty() {
-                    extend.entry(t.key).or_default().extend(take);
-                }
-                if missing.peek().is_none() {
-                    break;
-                }
+        let plan = TablePlan::of(tables, groups, me, day);
+        let mut steps = self.create_tables(chain, tables, plan.create, report)?;
+        steps.extend(plan.extend.into_iter().map(|(key, addresses)| {
+            TableSteps {
+                key,
+                transactions: alt::extend_lookup_table(key, me, me, &addresses)
+                    .into_iter()
+                    .map(|i| vec![i])
+                    .collect(),
             }
-            let rest: Vec<Pubkey> = missing.collect();
-            for jobs in rest.chunks(TABLE_JOBS) {
-                let mut addresses = alt::settlement_addresses(op, mint, day, &[]);
-                addresses.retain(|a| *a != tally::ID); // a program id is never looked up
-                addresses.extend_from_slice(jobs);
-                create.push(((*op, *mint), addresses));
-            }
+        }));
+        self.send_table_waves(chain, &steps, report)?;
+        report.tables.extended = report.tables.extended.saturating_sub(report.tables.created);
+        let last_extended = self.read_back_tables(chain, tables, &steps)?;
+        if last_extended > 0 {
+            // Addresses added in a slot are usable from the next one.
+            chain.wait_past_slot(last_extended)?;
         }
-        // New tables are written ahead of their create transactions.
+        Ok(group_views(tables, groups))
+    }
+
+    /// Writes the planned tables ahead of their create transactions; the steps that
+    /// make each.
+    fn create_tables(
+        &self,
+        chain: &mut impl Chain,
+        tables: &mut Vec<ManagedTable>,
+        create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<TableSteps>, OracleError> {
+        let me = self.oracle.pubkey();
         let slots = if create.is_empty() {
             Vec::new()
         } else {
             chain.lookup_table_slots(create.len())?
         };
-        let mut steps: Vec<(
-            Pubkey,
-            Vec<Vec<anchor_lang::solana_program::instruction::Instruction>>,
-        )> = Vec::new();
+        let mut steps = Vec::new();
         for (((op, mint), addresses), recent_slot) in create.into_iter().zip(slots) {
             let (key, transactions) = alt::create_lookup_table(me, me, recent_slot, &addresses);
             let row = LookupTableRow {
@@ -1564,37 +1391,48 @@ impl Batcher {
                 state: None,
             });
             report.tables.created += 1;
-            steps.push((key, transactions));
+            steps.push(TableSteps { key, transactions });
         }
-        for (key, addresses) in extend {
-            let transactions = alt::extend_lookup_table(key, me, me, &addresses)
-                .into_iter()
-                .map(|i| vec![i])
-                .collect();
-            steps.push((key, transactions));
-        }
-        // Wave k sends step k of every table at once (a table's steps write it in turn).
+        Ok(steps)
+    }
+
+    /// Wave k sends step k of every table at once (a table's steps write it in
+    /// turn); a table whose step failed gets no more.
+    fn send_table_waves(
+        &self,
+        chain: &mut impl Chain,
+        steps: &[TableSteps],
+        report: &mut RoundReport,
+    ) -> Result<(), OracleError> {
+        let me = self.oracle.pubkey();
         let preamble = chain.preamble();
         let mut broken: HashSet<Pubkey> = HashSet::new();
-        let waves = steps.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let waves = steps
+            .iter()
+            .map(|s| s.transactions.len())
+            .max()
+            .unwrap_or(0);
         for wave in 0..waves {
             let mut keys = Vec::new();
             let mut messages = Vec::new();
-            for (key, transactions) in &steps {
-                let Some(instructions) = transactions.get(wave) else {
+            for step in steps {
+                let Some(instructions) = step.transactions.get(wave) else {
                     continue;
                 };
-                if broken.contains(key) {
+                if broken.contains(&step.key) {
                     continue;
                 }
                 let mut all = preamble.clone();
                 all.extend_from_slice(instructions);
                 messages.push(
                     alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
-                        OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+                        OracleError::Compile {
+                            what: "a table transaction",
+                            source: e,
+                        }
                     })?,
                 );
-                keys.push(*key);
+                keys.push(step.key);
             }
             report.transactions += messages.len();
             report.tables.extended += messages.len();
@@ -1610,51 +1448,39 @@ impl Batcher {
                 }
             }
         }
-        report.tables.extended = report.tables.extended.saturating_sub(report.tables.created);
-        // Read back what changed; creating tables that exist now are active.
-        let changed: Vec<Pubkey> = steps.iter().map(|(k, _)| *k).collect();
+        Ok(())
+    }
+
+    /// Reads back the tables `steps` changed (creating ones that exist now are
+    /// active); the latest slot any of them was extended in (0: none).
+    fn read_back_tables(
+        &self,
+        chain: &impl Chain,
+        tables: &mut [ManagedTable],
+        steps: &[TableSteps],
+    ) -> Result<u64, OracleError> {
+        let changed: Vec<Pubkey> = steps.iter().map(|s| s.key).collect();
         let mut last_extended = 0u64;
-        if !changed.is_empty() {
-            let read = chain.accounts(&changed)?;
-            for (key, account) in changed.iter().zip(read.accounts) {
-                let decoded = account
-                    .as_ref()
-                    .and_then(|a| alt::decode_lookup_table(&a.data));
-                if let Some(t) = tables.iter_mut().find(|t| t.key == *key) {
-                    if decoded.is_some() && t.row.state == TableState::Creating {
-                        t.row.state = TableState::Active;
-                        self.store.save_lookup_table(&t.row)?;
-                    }
-                    if let Some(d) = &decoded {
-                        last_extended = last_extended.max(d.last_extended_slot);
-                    }
-                    t.state = decoded;
+        if changed.is_empty() {
+            return Ok(last_extended);
+        }
+        let read = chain.accounts(&changed)?;
+        for (key, account) in changed.iter().zip(read.accounts) {
+            let decoded = account
+                .as_ref()
+                .and_then(|a| alt::decode_lookup_table(&a.data));
+            if let Some(t) = tables.iter_mut().find(|t| t.key == *key) {
+                if decoded.is_some() && t.row.state == TableState::Creating {
+                    t.row.state = TableState::Active;
+                    self.store.save_lookup_table(&t.row)?;
                 }
+                if let Some(d) = &decoded {
+                    last_extended = last_extended.max(d.last_extended_slot);
+                }
+                t.state = decoded;
             }
         }
-        if last_extended > 0 {
-            // Addresses added in a slot are usable from the next one.
-            chain.wait_past_slot(last_extended)?;
-        }
-        let mut out: HashMap<(Pubkey, Pubkey), Vec<ManagedView>> = HashMap::new();
-        for (op, mint) in groups.keys() {
-            let (op_text, mint_text) = (op.to_string(), mint.to_string());
-            let views = tables
-                .iter()
-                .filter(|t| t.row.operator == op_text && t.row.mint == mint_text)
-                .filter_map(|t| {
-                    t.state
-                        .as_ref()
-                        .filter(|s| s.is_active())
-                        .map(|s| ManagedView {
-                            key: t.key,
-                            state: s.clone(),
-                        })
-                })
-                .collect();
-            out.insert((*op, *mint), views);
-        }
-        Ok(out)
+        Ok(last_extended)
     }
 
     /// Deactivates managed tables whose jobs have all closed, and closes deactivated
@@ -1668,46 +1494,25 @@ impl Batcher {
         let me = self.oracle.pubkey();
         let slot = chain.clock()?.slot;
         let tables = self.load_tables(chain, state, slot)?;
-        let ours: Vec<usize> = (0..tables.len())
-            .filter(|&i| tables[i].row.authority == me.to_string())
-            .collect();
-        // Which of our active tables still hold a job that may settle (one that ended
-        // stays on chain while disputable, but settles nothing more)?
-        let mut deactivate = Vec::new();
-        let mut close = Vec::new();
-        for &i in &ours {
-            let t = &tables[i];
-            match (&t.row.state, &t.state) {
-                (TableState::Active, Some(s)) if s.is_active() => {
-                    let read = chain.accounts(&s.addresses)?;
-                    let open_job = s.addresses.iter().zip(&read.accounts).any(|(_, a)| {
-                        job_of(a.as_ref()).is_some_and(|j| !j.status().is_finished())
-                    });
-                    if !open_job {
-                        deactivate.push(i);
-                    }
-                }
-                (TableState::Deactivated(at), _)
-                    if slot > at.saturating_add(alt::DEACTIVATION_COOLDOWN_SLOTS) =>
-                {
-                    close.push(i);
-                }
-                _ => {}
-            }
-        }
+        let chores = TableChores::of(chain, tables, me, slot)?;
         let preamble = chain.preamble();
         let message = |ix: anchor_lang::solana_program::instruction::Instruction| {
             let mut all = preamble.clone();
             all.push(ix);
             alt::v0_message(&me, &all, &[], solana_hash::Hash::default()).map_err(|e| {
-                OracleError::Invalid(format!("cannot compile a table transaction: {e}"))
+                OracleError::Compile {
+                    what: "a table transaction",
+                    source: e,
+                }
             })
         };
-        let messages = deactivate
+        let messages = chores
+            .deactivate
             .iter()
             .map(|&i| message(alt::deactivate_lookup_table(tables[i].key, me)))
             .chain(
-                close
+                chores
+                    .close
                     .iter()
                     .map(|&i| message(alt::close_lookup_table(tables[i].key, me, me))),
             )
@@ -1719,10 +1524,7 @@ impl Batcher {
         let outcomes = chain.send_messages(messages, &[&self.oracle]);
         let now_slot = chain.clock()?.slot;
         for (k, outcome) in outcomes.into_iter().enumerate() {
-            let (i, closing) = match deactivate.get(k) {
-                Some(&i) => (i, false),
-                None => (close[k - deactivate.len()], true),
-            };
+            let (i, closing) = chores.nth(k);
             let t = &mut tables[i];
             match outcome {
                 Ok(_) if closing => {
@@ -1762,5 +1564,658 @@ struct ManagedView {
 impl ManagedView {
     fn usable_at(&self, slot: u64) -> Vec<Pubkey> {
         self.state.usable_at(slot).to_vec()
+    }
+}
+
+/// The chain's time and rules, as a round read them at its start.
+struct RoundTime {
+    slot: u64,
+    now: i64,
+    config: tally::state::Config,
+}
+
+/// The jobs' states a round read (`None`: no job of the program at the address).
+struct JobStates(HashMap<String, Option<Job>>);
+
+impl JobStates {
+    fn get(&self, job: &str) -> Option<Job> {
+        self.0.get(job).copied().flatten()
+    }
+}
+
+/// What a round has to work on (step 1).
+struct Work {
+    /// Submissions written but not confirmed.
+    pending: Vec<Submission>,
+    /// (job, nonce) of each pending submission.
+    pending_jobs: HashSet<(String, u64)>,
+    /// Jobs with records waiting for a submission.
+    waiting: Vec<String>,
+    jobs: JobStates,
+}
+
+/// What step 2 decided about the pending submissions (their write-offs go into the
+/// round's write).
+#[derive(Default)]
+struct Resumed {
+    /// Sent again.
+    outgoing: Vec<Outgoing>,
+    /// Found landed (their answer was lost): (job, nonce, seq) to confirm.
+    landed: Vec<(String, u64, u64)>,
+}
+
+/// What step 3 made of the waiting records (the new submissions go into the round's
+/// write).
+#[derive(Default)]
+struct Billed {
+    /// The new receipts, to send.
+    outgoing: Vec<Outgoing>,
+    /// Their invoices, to export once sent: (path, bytes).
+    exports: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// What a round does with a pending submission.
+enum Resume {
+    /// It can never land: written off, with why.
+    WriteOff(WriteOffReason, String),
+    /// It landed already (its answer was lost): confirmed.
+    Landed,
+    /// The RPC node is behind the job: asked again next round.
+    Wait,
+    /// Its job backs off after a failure.
+    BackingOff,
+    /// Sent again, to the job at `job` (of `operator`, paid in `mint`).
+    Send {
+        job: Pubkey,
+        operator: Pubkey,
+        mint: Pubkey,
+    },
+}
+
+/// Decides what becomes of pending `submission`, whose job (at its address) is `job`.
+fn resume(submission: &Submission, job: Option<&Job>, time: &RoundTime, state: &State) -> Resume {
+    let (job_text, nonce, seq) = (&submission.job, submission.job_nonce, submission.seq);
+    let gone = match job {
+        None => {
+            let evidence = submission
+                .oldest_finished_at
+                .unwrap_or(submission.period_end);
+            parse_key(job_text).is_none()
+                || evidence
+                    < time
+                        .now
+                        .saturating_sub(MISSING_JOB_GRACE_SECS + BIND_TOLERANCE_SECS)
+        }
+        Some(j) => j.nonce > nonce,
+    };
+    if gone {
+        return Resume::WriteOff(WriteOffReason::JobClosed, format!(
+            "job {job_text} (nonce {nonce}) is closed: its receipt {seq} ({} records) can never land",
+            submission.records
+        ));
+    }
+    let Some(job) = job.filter(|j| j.nonce == nonce) else {
+        return Resume::Wait;
+    };
+    if job.last_seq > seq || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash) {
+        return Resume::Landed;
+    }
+    if job.last_seq == seq {
+        return Resume::WriteOff(WriteOffReason::Superseded, format!(
+            "job {job_text}: another receipt {seq} (invoice {}) settled instead of this oracle's ({})",
+            hex(&job.invoice_hash), hex(&submission.invoice_hash)
+        ));
+    }
+    if job.status().is_finished() {
+        return Resume::WriteOff(WriteOffReason::JobEnded, format!(
+            "job {job_text} has ended ({}) before its receipt {seq} ({} records) landed: the program settles nothing more for it",
+            status_name(job), submission.records
+        ));
+    }
+    if time.now > job.settle_until(time.config.expiry_grace_secs) {
+        let grace = i64::from(time.config.expiry_grace_secs);
+        return Resume::WriteOff(WriteOffReason::Expired, format!(
+            "job {job_text}: receipt {seq} was not settled before the deadline {} plus the {grace} s grace: the program refuses it now",
+            job.deadline
+        ));
+    }
+    if state.backing_off(job_text, nonce) {
+        return Resume::BackingOff;
+    }
+    match parse_key(job_text) {
+        Some(key) => Resume::Send {
+            job: key,
+            operator: job.operator,
+            mint: job.mint,
+        },
+        None => Resume::Wait,
+    }
+}
+
+/// A job's waiting records, by the job incarnation they belong to.
+struct SortedRecords<'r> {
+    /// Of the job open now: to bill.
+    bill: Vec<&'r WaitingRecord>,
+    /// Bound to an earlier job at the address, closed before they were billed.
+    earlier_job: Vec<&'r WaitingRecord>,
+    /// Bound to no job, and finished before the one open now was opened.
+    before_open: Vec<&'r WaitingRecord>,
+}
+
+impl<'r> SortedRecords<'r> {
+    fn of(records: &'r [WaitingRecord], job: &Job) -> Self {
+        let mut sorted = Self {
+            bill: Vec::new(),
+            earlier_job: Vec::new(),
+            before_open: Vec::new(),
+        };
+        for r in records {
+            match r.record.job_nonce {
+                Some(n) if n == job.nonce => sorted.bill.push(r),
+                Some(n) if n < job.nonce => sorted.earlier_job.push(r),
+                Some(_) => {} // a job newer than the RPC node shows: next round
+                None if r.record.finished_at
+                    >= job.opened_at.saturating_sub(BIND_TOLERANCE_SECS) =>
+                {
+                    sorted.bill.push(r);
+                }
+                None => sorted.before_open.push(r),
+            }
+        }
+        sorted
+    }
+
+    /// Writes off the records that can never be billed (those of other jobs at the
+    /// address; all of them once the job has ended). The records to bill, if any.
+    fn write_off_unbillable(
+        self,
+        round: &mut RoundWrite,
+        report: &mut RoundReport,
+        job_text: &str,
+        job: &Job,
+    ) -> Option<Vec<&'r WaitingRecord>> {
+        let kind = kind_of(job);
+        let Self {
+            bill,
+            earlier_job: old,
+            before_open: before,
+        } = self;
+        if !old.is_empty() {
+            let units = units_of(&old, kind);
+            Batcher::write_off_records(round, report, job_text, old[0].record.job_nonce, &old, WriteOffReason::JobClosed, units,
+                format!("job {job_text}: {} record(s) ({units} units) of an earlier job at this address, closed before they were billed", old.len()));
+        }
+        if !before.is_empty() {
+            let units = units_of(&before, kind);
+            Batcher::write_off_records(round, report, job_text, None, &before, WriteOffReason::BeforeJobOpened, units,
+                format!("job {job_text} (opened at {}): {} record(s) ({units} units) finished before it opened: usage of an earlier job at this address, which is closed", job.opened_at, before.len()));
+        }
+        if bill.is_empty() {
+            return None;
+        }
+        if job.status().is_finished() {
+            let units = units_of(&bill, kind);
+            Batcher::write_off_records(round, report, job_text, Some(job.nonce), &bill, WriteOffReason::JobEnded, units,
+                format!("job {job_text} has ended ({}): {} record(s) ({units} units) metered after its last receipt can never be billed (the program settles nothing more for it)", status_name(job), bill.len()));
+            return None;
+        }
+        Some(bill)
+    }
+}
+
+/// The distinct addresses among `jobs` (in order; those that are not addresses
+/// left out).
+fn distinct_addresses<'a>(jobs: impl Iterator<Item = &'a str>) -> Vec<Pubkey> {
+    let mut seen = HashSet::new();
+    jobs.filter_map(parse_key)
+        .filter(|key| seen.insert(*key))
+        .collect()
+}
+
+/// Exports the round's invoices; a failure is reported (the store keeps them).
+fn export_invoices(exports: Vec<(PathBuf, Vec<u8>)>, report: &mut RoundReport) {
+    for (path, bytes) in exports {
+        if let Err(e) = crate::invoice::export(&path, &bytes) {
+            report.errors.push(format!(
+                "{e} (the store keeps the invoice; only the exported copy is missing)"
+            ));
+        }
+    }
+}
+
+/// The records of a new receipt as its invoice lists them: all of them, the
+/// billable ones counted into the running totals, the others set aside.
+struct Listed<'r> {
+    /// The running totals: the previous receipt's plus the billable records.
+    totals: Totals,
+    /// The units the previous receipt's totals came to.
+    units_before: u64,
+    lines: Vec<InvoiceLine>,
+    /// The latest billable record's end (or the previous receipt's).
+    period_end: i64,
+    /// Finished after the job's deadline: listed, not billed.
+    late: Totals,
+    /// The latest of those.
+    latest_late: i64,
+    /// Of a model the job does not pay for: listed, not billed.
+    foreign: Totals,
+    foreign_models: BTreeSet<&'r str>,
+    /// The earliest end of any record listed (`i64::MAX`: none).
+    oldest: i64,
+}
+
+impl<'r> Listed<'r> {
+    fn of(job: &Job, bill: &[&'r WaitingRecord], last: Option<&Submission>) -> Self {
+        let totals = last.map(|s| s.metered).unwrap_or_default();
+        let mut listed = Self {
+            totals,
+            units_before: totals.units(kind_of(job)),
+            lines: Vec::with_capacity(bill.len()),
+            period_end: last.map_or(0, |s| s.period_end),
+            late: Totals::default(),
+            latest_late: 0,
+            foreign: Totals::default(),
+            foreign_models: BTreeSet::new(),
+            oldest: i64::MAX,
+        };
+        for waiting in bill {
+            let record = &waiting.record;
+            listed.oldest = listed.oldest.min(record.finished_at);
+            // Usage after the deadline, or of a model the job does not pay for, is
+            // not billable: listed, not counted.
+            if !pays_for_model(job, &record.model) {
+                listed.foreign.add(record);
+                listed.foreign_models.insert(record.model.as_str());
+            } else if record.finished_at <= job.deadline {
+                listed.totals.add(record);
+                listed.period_end = listed.period_end.max(record.finished_at);
+            } else {
+                listed.late.add(record);
+                listed.latest_late = listed.latest_late.max(record.finished_at);
+            }
+            listed.lines.push(InvoiceLine::from(record));
+        }
+        listed
+    }
+
+    /// Reports the usage listed but not billed (another model's, or after the
+    /// deadline).
+    fn report_unbilled(&self, job_text: &str, job: &Job, kind: UnitKind, report: &mut RoundReport) {
+        if self.foreign.requests > 0 {
+            let foreign_models = &self.foreign_models;
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::WrongModel,
+                &self.foreign,
+                kind,
+                &format!(
+                    "served by model(s) {foreign_models:?} that the job does not pay for: \
+                     listed in the invoice, not billed (the inference server answered with \
+                     another model than the one requested)"
+                ),
+            ));
+        }
+        if self.late.requests > 0 {
+            let latest = self.latest_late;
+            report.unbillable.push(Unbillable::listed(
+                job_text,
+                UnbillableReason::AfterDeadline,
+                &self.late,
+                kind,
+                &format!(
+                    "finished after the job's deadline {} (latest {latest}, chain time): \
+                     listed in the invoice, not billed",
+                    job.deadline
+                ),
+            ));
+        }
+    }
+}
+
+/// The new units' share that `job`'s escrow cannot pay, if any, with what to do
+/// (reported; the program settles what the escrow covers).
+fn over_escrow(
+    job_text: &str,
+    job: &Job,
+    cumulative_units: u64,
+    cumulative_output: u64,
+    records: usize,
+) -> Option<Unbillable> {
+    let added = cumulative_units.saturating_sub(job.settled_units);
+    let due = tally_client::amount_owed(
+        job.prices(),
+        tally_client::Usage {
+            units: cumulative_units,
+            output: cumulative_output,
+        },
+    )
+    .ok()
+    .and_then(|owed| {
+        owed.checked_sub(tally_client::amount_owed(job.prices(), job.settled_usage()).ok()?)
+    })
+    .unwrap_or(0);
+    if due <= u128::from(job.escrow_left) || added == 0 {
+        return None;
+    }
+    // The share of the new units the escrow cannot pay (for the report).
+    let unpaid = due.saturating_sub(u128::from(job.escrow_left));
+    let over = u64::try_from(unpaid.saturating_mul(u128::from(added)) / due.max(1))
+        .unwrap_or(added)
+        .max(1);
+    Some(Unbillable {
+        job: job_text.to_string(),
+        reason: UnbillableReason::OverEscrow,
+        records: records as u64,
+        units: over,
+        detail: format!(
+            "job {job_text}: about {over} of the {added} new unit(s) exceed the escrow left \
+             ({} base units; the new usage costs {due}): the client must top the job up \
+             (`tally job top-up {job_text} <AMOUNT>`) for them to be paid",
+            job.escrow_left,
+        ),
+    })
+}
+
+impl Outgoing {
+    /// (job, nonce, seq): the receipt, as the store confirms it.
+    fn receipt(&self) -> (String, u64, u64) {
+        (
+            self.submission.job.clone(),
+            self.submission.job_nonce,
+            self.submission.seq,
+        )
+    }
+}
+
+/// What sending the packed transactions came to.
+#[derive(Default)]
+struct Sent {
+    /// (job, nonce, seq) of the receipts confirmed.
+    confirmed: Vec<(String, u64, u64)>,
+    /// Receipts of transactions the program refused: to send each alone.
+    alone: Vec<Outgoing>,
+}
+
+/// What a round's settle transactions are built from.
+struct Settling {
+    payer: Pubkey,
+    preamble: Vec<anchor_lang::solana_program::instruction::Instruction>,
+    attestation: Attestation,
+    /// Each group's (operator authority, mint) active tables…
+    tables: HashMap<(Pubkey, Pubkey), Vec<ManagedView>>,
+    /// …with the addresses usable in this slot.
+    slot: u64,
+    max_receipts: usize,
+}
+
+impl Settling {
+    /// The group's tables, as a transaction sent now may use them.
+    fn group_tables(&self, group: (Pubkey, Pubkey)) -> Vec<AddressLookupTableAccount> {
+        self.tables
+            .get(&group)
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| AddressLookupTableAccount {
+                        key: t.key,
+                        addresses: t.usable_at(self.slot),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Packs a group's receipts into transactions up to the packet limit (and
+    /// `max_receipts`), receipts whose jobs share a table together.
+    fn pack(
+        &self,
+        group: (Pubkey, Pubkey),
+        mut items: Vec<Outgoing>,
+    ) -> Result<Vec<(VersionedMessage, Vec<Outgoing>)>, OracleError> {
+        let group_tables = self.group_tables(group);
+        let table_of = |job: &Pubkey| {
+            group_tables
+                .iter()
+                .position(|t| t.addresses.contains(job))
+                .unwrap_or(usize::MAX)
+        };
+        items.sort_by_key(|o| table_of(&o.job));
+        let mut batches = Vec::new();
+        let mut chunk: Vec<Outgoing> = Vec::new();
+        let mut chunk_message: Option<VersionedMessage> = None;
+        for item in items {
+            chunk.push(item);
+            let message = self.message(group, &chunk, &group_tables)?;
+            let fits =
+                alt::v0_wire_size(&message) <= PACKET_DATA_SIZE && chunk.len() <= self.max_receipts;
+            if fits {
+                chunk_message = Some(message);
+                continue;
+            }
+            let Some(last) = chunk.pop() else { continue };
+            if let Some(message) = chunk_message.take() {
+                batches.push((message, std::mem::take(&mut chunk)));
+            }
+            chunk.push(last);
+            chunk_message = Some(self.message(group, &chunk, &group_tables)?);
+        }
+        if let Some(message) = chunk_message {
+            batches.push((message, chunk));
+        }
+        Ok(batches)
+    }
+
+    /// The transaction settling `o` alone (through the one table holding its job).
+    fn alone(&self, o: &Outgoing) -> Result<VersionedMessage, OracleError> {
+        let group = (o.operator_authority, o.mint);
+        let table: Vec<AddressLookupTableAccount> = self
+            .group_tables(group)
+            .into_iter()
+            .filter(|t| t.addresses.contains(&o.job))
+            .take(1)
+            .collect();
+        self.message(group, std::slice::from_ref(o), &table)
+    }
+
+    /// The settle transaction of `chunk` (receipts of one group), through the
+    /// tables of `tables` it uses.
+    fn message(
+        &self,
+        (operator_authority, mint): (Pubkey, Pubkey),
+        chunk: &[Outgoing],
+        tables: &[AddressLookupTableAccount],
+    ) -> Result<VersionedMessage, OracleError> {
+        let receipts: Vec<(Pubkey, SettleReceipt)> = chunk
+            .iter()
+            .map(|o| {
+                (
+                    o.job,
+                    SettleReceipt {
+                        seq: o.submission.seq,
+                        cumulative_units: o.submission.cumulative_units,
+                        cumulative_output: o.submission.cumulative_output,
+                        invoice_hash: o.submission.invoice_hash,
+                        period_end: o.submission.period_end,
+                    },
+                )
+            })
+            .collect();
+        let mut instructions = self.preamble.clone();
+        instructions.push(ix::settle(
+            &self.attestation,
+            operator_authority,
+            mint,
+            &receipts,
+        ));
+        // Only the tables this transaction uses: each costs bytes.
+        let used: Vec<AddressLookupTableAccount> = tables
+            .iter()
+            .filter(|t| chunk.iter().any(|o| t.addresses.contains(&o.job)))
+            .cloned()
+            .collect();
+        let used = if used.is_empty() {
+            tables.iter().take(1).cloned().collect()
+        } else {
+            used
+        };
+        alt::v0_message(
+            &self.payer,
+            &instructions,
+            &used,
+            solana_hash::Hash::default(),
+        )
+        .map_err(|source| OracleError::Compile {
+            what: "a settle transaction",
+            source,
+        })
+    }
+}
+
+/// The transactions that make or extend one lookup table, in turn.
+struct TableSteps {
+    key: Pubkey,
+    transactions: Vec<Vec<anchor_lang::solana_program::instruction::Instruction>>,
+}
+
+/// Where the jobs of a round's groups go that no active table of theirs holds yet.
+struct TablePlan {
+    /// Per table of ours with room: the addresses to add.
+    extend: HashMap<Pubkey, Vec<Pubkey>>,
+    /// New tables: (group, addresses).
+    create: Vec<((Pubkey, Pubkey), Vec<Pubkey>)>,
+}
+
+impl TablePlan {
+    fn of(
+        tables: &[ManagedTable],
+        groups: &BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>>,
+        me: Pubkey,
+        day: u32,
+    ) -> Self {
+        let mut plan = Self {
+            extend: HashMap::new(),
+            create: Vec::new(),
+        };
+        for ((op, mint), items) in groups {
+            let (op_text, mint_text) = (op.to_string(), mint.to_string());
+            let in_group = |t: &ManagedTable| {
+                t.row.operator == op_text
+                    && t.row.mint == mint_text
+                    && t.state.as_ref().is_some_and(LookupTableState::is_active)
+            };
+            let missing: Vec<Pubkey> = items
+                .iter()
+                .map(|o| o.job)
+                .filter(|job| {
+                    !tables
+                        .iter()
+                        .filter(|t| in_group(t))
+                        .any(|t| t.state.as_ref().is_some_and(|s| s.addresses.contains(job)))
+                })
+                .collect();
+            let mut missing = missing.into_iter().peekable();
+            for t in tables
+                .iter()
+                .filter(|t| in_group(t) && t.row.authority == me.to_string())
+            {
+                let room = alt::TABLE_CAPACITY
+                    .saturating_sub(t.state.as_ref().map_or(0, |s| s.addresses.len()));
+                let take: Vec<Pubkey> = missing.by_ref().take(room).collect();
+                if !take.is_empty() {
+                    plan.extend.entry(t.key).or_default().extend(take);
+                }
+                if missing.peek().is_none() {
+                    break;
+                }
+            }
+            let rest: Vec<Pubkey> = missing.collect();
+            for jobs in rest.chunks(TABLE_JOBS) {
+                let mut addresses = alt::settlement_addresses(op, mint, day, &[]);
+                addresses.retain(|a| *a != tally::ID); // a program id is never looked up
+                addresses.extend_from_slice(jobs);
+                plan.create.push(((*op, *mint), addresses));
+            }
+        }
+        plan
+    }
+}
+
+/// Each group's active tables.
+fn group_views(
+    tables: &[ManagedTable],
+    groups: &BTreeMap<(Pubkey, Pubkey), Vec<Outgoing>>,
+) -> HashMap<(Pubkey, Pubkey), Vec<ManagedView>> {
+    let mut out = HashMap::new();
+    for (op, mint) in groups.keys() {
+        let (op_text, mint_text) = (op.to_string(), mint.to_string());
+        let views = tables
+            .iter()
+            .filter(|t| t.row.operator == op_text && t.row.mint == mint_text)
+            .filter_map(|t| {
+                t.state
+                    .as_ref()
+                    .filter(|s| s.is_active())
+                    .map(|s| ManagedView {
+                        key: t.key,
+                        state: s.clone(),
+                    })
+            })
+            .collect();
+        out.insert((*op, *mint), views);
+    }
+    out
+}
+
+/// Which of our tables are done with (indices into the managed tables).
+struct TableChores {
+    /// Active, and no job in them may settle any more (one that ended stays on
+    /// chain while disputable, but settles nothing more).
+    deactivate: Vec<usize>,
+    /// Deactivated, and past the cool-down: closed for their rent.
+    close: Vec<usize>,
+}
+
+impl TableChores {
+    fn of(
+        chain: &impl Chain,
+        tables: &[ManagedTable],
+        me: Pubkey,
+        slot: u64,
+    ) -> Result<Self, OracleError> {
+        let mut chores = Self {
+            deactivate: Vec::new(),
+            close: Vec::new(),
+        };
+        for (i, t) in tables.iter().enumerate() {
+            if t.row.authority != me.to_string() {
+                continue;
+            }
+            match (&t.row.state, &t.state) {
+                (TableState::Active, Some(s)) if s.is_active() => {
+                    let read = chain.accounts(&s.addresses)?;
+                    let open_job = s.addresses.iter().zip(&read.accounts).any(|(_, a)| {
+                        job_of(a.as_ref()).is_some_and(|j| !j.status().is_finished())
+                    });
+                    if !open_job {
+                        chores.deactivate.push(i);
+                    }
+                }
+                (TableState::Deactivated(at), _)
+                    if slot > at.saturating_add(alt::DEACTIVATION_COOLDOWN_SLOTS) =>
+                {
+                    chores.close.push(i);
+                }
+                _ => {}
+            }
+        }
+        Ok(chores)
+    }
+
+    /// The table of the `k`th transaction (deactivations, then closes), and whether
+    /// it closes it.
+    fn nth(&self, k: usize) -> (usize, bool) {
+        match self.deactivate.get(k) {
+            Some(&i) => (i, false),
+            None => (self.close[k - self.deactivate.len()], true),
+        }
     }
 }

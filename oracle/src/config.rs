@@ -73,8 +73,32 @@ fn default_invoices() -> PathBuf {
     PathBuf::from("invoices")
 }
 
-fn invalid(message: String) -> OracleError {
-    OracleError::Invalid(message)
+/// What is wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config {}: {source}", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file (with the environment's overrides) is not TOML.
+    #[error("the config is not valid TOML: {0}")]
+    NotToml(#[source] toml::de::Error),
+    /// A section or key is unknown, or a value of the wrong type.
+    #[error("the config is wrong: {0}")]
+    Wrong(#[source] toml::de::Error),
+    /// Neither a gateway nor node reports are configured.
+    #[error("no source is configured: add a [gateway] (listen, upstream, operator) or a [node_reports] (listen) section")]
+    NoSource,
+    /// Setting `key` (e.g. `batch.max_receipts_per_tx`) has a value serde takes but
+    /// the oracle cannot use.
+    #[error("{key}: {reason}")]
+    Setting { key: &'static str, reason: String },
+    /// The configuration does not print as TOML.
+    #[error("the config does not print as TOML: {0}")]
+    Print(#[source] toml::ser::Error),
 }
 
 /// Sets `path` (lower-cased segments) in `table` to `value`, creating tables.
@@ -113,9 +137,7 @@ impl OracleConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, OracleError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e| invalid(format!("the config is not valid TOML: {e}")))?;
+        let mut table: toml::Table = text.parse().map_err(ConfigError::NotToml)?;
         for (key, raw) in env {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -126,9 +148,7 @@ impl OracleConfig {
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
             set_path(&mut table, &path, env_value(&raw));
         }
-        let config: Self = table
-            .try_into()
-            .map_err(|e| invalid(format!("the config is wrong: {e}")))?;
+        let config: Self = table.try_into().map_err(ConfigError::Wrong)?;
         config.validate()?;
         Ok(config)
     }
@@ -137,8 +157,12 @@ impl OracleConfig {
     /// environment.
     pub fn load(path: Option<&Path>) -> Result<Self, OracleError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("cannot read the config {}: {e}", path.display())))?,
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
             None => String::new(),
         };
         Self::parse(&text, std::env::vars())
@@ -146,9 +170,7 @@ impl OracleConfig {
 
     fn validate(&self) -> Result<(), OracleError> {
         if self.gateway.is_none() && self.node_reports.is_none() {
-            return Err(invalid(
-                "no source is configured: add a [gateway] (listen, upstream, operator) or a [node_reports] (listen) section".into(),
-            ));
+            return Err(ConfigError::NoSource.into());
         }
         if let Some(gateway) = &self.gateway {
             gateway.validate()?;

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, RoundReport};
 use crate::clock::ChainClock;
 use crate::config::OracleConfig;
 use crate::gateway::Gateway;
@@ -64,16 +64,20 @@ pub struct Daemon {
     task: JoinHandle<Result<(), OracleError>>,
 }
 
-async fn bind(address: &str, what: &str) -> Result<TcpListener, OracleError> {
-    TcpListener::bind(address).await.map_err(|e| {
-        OracleError::Invalid(format!("cannot listen on {address} for the {what}: {e}"))
-    })
+async fn bind(address: &str, what: &'static str) -> Result<TcpListener, OracleError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| OracleError::Listen {
+            address: address.to_string(),
+            what,
+            source,
+        })
 }
 
-fn local(listener: &TcpListener) -> Result<SocketAddr, OracleError> {
+fn local(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, OracleError> {
     listener
         .local_addr()
-        .map_err(|e| OracleError::Invalid(e.to_string()))
+        .map_err(|source| OracleError::LocalAddress { what, source })
 }
 
 impl Daemon {
@@ -97,129 +101,27 @@ impl Daemon {
         oracle: Keypair,
     ) -> Result<Self, OracleError> {
         let telemetry = Arc::new(Telemetry::default());
-        // Records are stamped in the chain's time from the first one on; the batcher
-        // keeps the clock synced each round. Stores are opened on a blocking thread
-        // (PostgreSQL's client blocks; so does RPC).
-        let clock = ChainClock::new();
-        let (sink, store, sources_store, reader) = {
-            let (location, telemetry, max, clock, chain) = (
-                config.store.clone(),
-                Arc::clone(&telemetry),
-                config.batch.max_records,
-                Arc::clone(&clock),
-                Arc::clone(&chain),
-            );
-            tokio::task::spawn_blocking(move || {
-                let chain = chain
-                    .lock()
-                    .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
-                clock.sync(&*chain)?;
-                drop(chain);
-                if !crate::store::is_postgres(&location) {
-                    if let Some(parent) = std::path::Path::new(&location)
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                    {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            OracleError::Store(format!("cannot create {}: {e}", parent.display()))
-                        })?;
-                    }
-                }
-                Ok::<_, OracleError>((
-                    Sink::open(&location, telemetry, Arc::clone(&clock), max)?,
-                    Store::connect(&location)?,
-                    SourceStore::open(&location, clock)?,
-                    Store::connect(&location)?,
-                ))
-            })
-            .await
-            .map_err(|e| OracleError::Store(e.to_string()))??
-        };
+        let stores = Stores::open(config, &chain, &telemetry).await?;
         let (stop, shutdown) = watch::channel(false);
-        let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        let mut gateway_addr = None;
-        if let Some(settings) = &config.gateway {
-            let listener = bind(&settings.listen, "gateway").await?;
-            gateway_addr = Some(local(&listener)?);
-            let book = JobBook::new(
-                Arc::clone(&directory),
-                Arc::clone(&sources_store),
-                Arc::clone(&sink.clock),
-                ViewConfig {
-                    refresh: settings.view_refresh(),
-                    operator: settings.operator_pda()?,
-                    new_job_lookups_per_sec: 20,
-                    source: crate::gateway::SOURCE,
-                },
-            );
-            if settings.operator.is_none() {
-                tracing::warn!(
-                    "gateway.operator is not set: job keys are refused, only static api_keys are taken"
-                );
-            }
-            let gateway = Gateway::build(settings.clone(), Arc::clone(&sink), Some(book));
-            sources.push(Box::new(GatewaySource { gateway, listener }));
-        }
-        let mut node_reports_addr = None;
-        if let Some(settings) = &config.node_reports {
-            let listener = bind(&settings.listen, "node reports").await?;
-            node_reports_addr = Some(local(&listener)?);
-            let reports = NodeReports::new(
-                Arc::clone(&sink),
-                Arc::clone(&directory),
-                Some(Arc::clone(&sources_store)),
-            );
-            sources.push(Box::new(NodeReportSource { reports, listener }));
-        }
-        if let Some(settings) = &config.metrics {
-            sources.push(Box::new(MetricsScrape::new(
-                settings.clone(),
-                Arc::clone(&telemetry),
-            )));
-        }
-        let admin_listener = bind(&config.admin.listen, "/metrics and /health").await?;
-        let admin = local(&admin_listener)?;
-        let reader = Arc::new(Mutex::new(reader));
-        let admin_shutdown = shutdown.clone();
-        let admin_task = tokio::spawn({
-            let (telemetry, clock) = (Arc::clone(&telemetry), Arc::clone(&sink.clock));
-            async move {
-                crate::http::serve(
-                    admin_listener,
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (telemetry, reader, now) =
-                            (Arc::clone(&telemetry), Arc::clone(&reader), clock.now());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            if let Some(rest) = path.strip_prefix("/invoices/") {
-                                return invoice_response(rest, reader).await;
-                            }
-                            admin_response(&path, &telemetry, now)
-                        }
-                    },
-                    admin_shutdown,
-                    &crate::http::Limits::default(),
-                    None,
-                )
-                .await
-            }
-        });
-
-        let mut batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
-            .with_settings(config.batch.clone());
-        if let Some(dir) = config.invoices_export() {
-            batcher = batcher.with_invoices_dir(dir.to_path_buf());
-        }
-        let settle = Settle {
-            batcher: Some(batcher),
+        let sources = Bound::bind(config, &directory, &stores, &telemetry).await?;
+        let (admin, admin_task) = serve_admin(
+            &config.admin,
+            &telemetry,
+            &stores.sink,
+            stores.reader,
+            shutdown.clone(),
+        )
+        .await?;
+        let settle = Settle::new(
+            config,
+            stores.store,
+            oracle,
             chain,
-            sink: Arc::clone(&sink),
-            telemetry: Arc::clone(&telemetry),
-            interval: config.batch.interval(),
-            max_backoff: config.batch.max_backoff(),
-            leader: false,
-        };
-        let running: Vec<(&'static str, JoinHandle<Result<(), OracleError>>)> = sources
+            &stores.sink,
+            &telemetry,
+        );
+        let running = sources
+            .sources
             .into_iter()
             .map(|source| {
                 let name = source.name();
@@ -237,8 +139,8 @@ impl Daemon {
         tracing::info!(%admin, "tally-oracle running");
         Ok(Self {
             admin,
-            gateway: gateway_addr,
-            node_reports: node_reports_addr,
+            gateway: sources.gateway,
+            node_reports: sources.node_reports,
             telemetry,
             stop,
             task,
@@ -258,9 +160,10 @@ impl Daemon {
 
     /// Waits until the daemon has stopped (after [`Daemon::stopper`] fired).
     pub async fn wait(self) -> Result<(), OracleError> {
-        self.task
-            .await
-            .map_err(|e| OracleError::Invalid(format!("the daemon task failed: {e}")))?
+        self.task.await.map_err(|source| OracleError::Task {
+            task: "the daemon task".into(),
+            source,
+        })?
     }
 }
 
@@ -354,7 +257,7 @@ async fn invoice_response(path: &str, reader: Arc<Mutex<Store>>) -> Response<Bod
     let found = tokio::task::spawn_blocking(move || {
         reader
             .lock()
-            .map_err(|_| OracleError::Store("the store lock is poisoned".into()))?
+            .map_err(OracleError::poisoned("the store lock"))?
             .invoice(&job, nonce, seq)
     })
     .await;
@@ -403,69 +306,49 @@ struct Outcome {
 }
 
 impl<C: Chain + Send + 'static> Settle<C> {
+    /// The loop's state for `config`, with a batcher settling `store`.
+    fn new(
+        config: &OracleConfig,
+        store: Store,
+        oracle: Keypair,
+        chain: Arc<Mutex<C>>,
+        sink: &Arc<Sink>,
+        telemetry: &Arc<Telemetry>,
+    ) -> Self {
+        let mut batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
+            .with_settings(config.batch.clone());
+        if let Some(dir) = config.invoices_export() {
+            batcher = batcher.with_invoices_dir(dir.to_path_buf());
+        }
+        Self {
+            batcher: Some(batcher),
+            chain,
+            sink: Arc::clone(sink),
+            telemetry: Arc::clone(telemetry),
+            interval: config.batch.interval(),
+            max_backoff: config.batch.max_backoff(),
+            leader: false,
+        }
+    }
+
     /// One round on a blocking thread.
     async fn round(&mut self) -> Outcome {
         let Some(batcher) = self.batcher.take() else {
             return Outcome::default();
         };
         self.sink.taken();
-        let chain = Arc::clone(&self.chain);
         let started = std::time::Instant::now();
-        let was_leader = self.leader;
-        let joined = tokio::task::spawn_blocking(move || {
-            // Leadership is checked afresh every round: a lock session lost to a
-            // restart or a cut network gives it up until it is won again.
-            let result = match (batcher.store.try_lead(), chain.lock()) {
-                (Ok(false), _) => Ok(None),
-                (Err(e), _) => Err(e),
-                (Ok(true), Ok(mut chain)) => {
-                    if !was_leader {
-                        // Another replica may have made tables while it led.
-                        batcher.reset();
-                    }
-                    batcher.run_round(&mut *chain).map(Some)
-                }
-                (Ok(true), Err(_)) => {
-                    Err(OracleError::Invalid("the chain lock is poisoned".into()))
-                }
-            };
-            let unsettled = batcher.store.unsettled();
-            (batcher, result, unsettled)
-        })
-        .await;
-        let Ok((batcher, result, unsettled)) = joined else {
+        let Ok(ran) = Self::run_blocking(Arc::clone(&self.chain), self.leader, batcher).await
+        else {
             self.telemetry
                 .round_failed("the settlement round panicked".into());
             return Outcome::default();
         };
-        #[allow(clippy::cast_precision_loss)]
-        {
-            self.telemetry.set(
-                telemetry::JOBS_BACKING_OFF,
-                "",
-                batcher.jobs_backing_off() as f64,
-            );
-            self.telemetry
-                .set(telemetry::LOOKUP_TABLES, "", batcher.active_tables() as f64);
-            self.telemetry.set(
-                telemetry::ROUND_SECONDS,
-                "",
-                started.elapsed().as_secs_f64(),
-            );
-        }
-        let backing_off = batcher.jobs_backing_off();
-        self.batcher = Some(batcher);
-        if let Ok((count, oldest)) = unsettled {
-            #[allow(clippy::cast_precision_loss)]
-            {
-                self.telemetry
-                    .set(telemetry::UNSETTLED_RECORDS, "", count as f64);
-                let lag = oldest.map_or(0, |t| self.sink.clock.now().saturating_sub(t).max(0));
-                self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
-            }
-        }
-        self.leader = matches!(result, Ok(Some(_)));
-        match result {
+        self.record_gauges(&ran, started);
+        let backing_off = ran.batcher.jobs_backing_off();
+        self.batcher = Some(ran.batcher);
+        self.leader = matches!(ran.result, Ok(Some(_)));
+        match ran.result {
             Ok(None) => {
                 self.telemetry.follower_round(self.sink.clock.now());
                 Outcome {
@@ -474,29 +357,7 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 }
             }
             Ok(Some(report)) => {
-                #[allow(clippy::cast_precision_loss)]
-                self.telemetry
-                    .set(telemetry::CLOCK_OFFSET, "", self.sink.clock.offset() as f64);
-                self.telemetry.round(&report, self.sink.clock.now());
-                for unbillable in &report.unbillable {
-                    tracing::warn!("{}", unbillable.detail);
-                }
-                for off in &report.written_off {
-                    tracing::warn!(reason = off.reason.label(), "written off: {}", off.detail);
-                }
-                if report.sent > 0 || report.recovered > 0 {
-                    tracing::info!(
-                        sent = report.sent,
-                        confirmed = report.confirmed,
-                        recovered = report.recovered,
-                        failed = report.failed,
-                        transactions = report.transactions,
-                        "settlement round"
-                    );
-                }
-                for error in &report.errors {
-                    tracing::warn!("{error}");
-                }
+                self.record_round(&report);
                 Outcome {
                     ran: true,
                     failed: report.failed,
@@ -509,6 +370,90 @@ impl<C: Chain + Send + 'static> Settle<C> {
                 self.telemetry.round_failed(e.to_string());
                 Outcome::default()
             }
+        }
+    }
+
+    /// Runs the round on a blocking thread, if this replica leads (checked afresh
+    /// every round: a lock session lost to a restart or a cut network gives it up
+    /// until it is won again). Err: the thread panicked.
+    async fn run_blocking(
+        chain: Arc<Mutex<C>>,
+        was_leader: bool,
+        batcher: Batcher,
+    ) -> Result<Ran, tokio::task::JoinError> {
+        tokio::task::spawn_blocking(move || {
+            let result = match (batcher.store.try_lead(), chain.lock()) {
+                (Ok(false), _) => Ok(None),
+                (Err(e), _) => Err(e),
+                (Ok(true), Ok(mut chain)) => {
+                    if !was_leader {
+                        // Another replica may have made tables while it led.
+                        batcher.reset();
+                    }
+                    batcher.run_round(&mut *chain).map(Some)
+                }
+                (Ok(true), Err(_)) => Err(OracleError::Poisoned {
+                    what: "the chain lock",
+                }),
+            };
+            let unsettled = batcher.store.unsettled();
+            Ran {
+                batcher,
+                result,
+                unsettled,
+            }
+        })
+        .await
+    }
+
+    /// The gauges every round sets, leader or not.
+    #[allow(clippy::cast_precision_loss)]
+    fn record_gauges(&self, ran: &Ran, started: std::time::Instant) {
+        let batcher = &ran.batcher;
+        self.telemetry.set(
+            telemetry::JOBS_BACKING_OFF,
+            "",
+            batcher.jobs_backing_off() as f64,
+        );
+        self.telemetry
+            .set(telemetry::LOOKUP_TABLES, "", batcher.active_tables() as f64);
+        self.telemetry.set(
+            telemetry::ROUND_SECONDS,
+            "",
+            started.elapsed().as_secs_f64(),
+        );
+        if let Ok((count, oldest)) = ran.unsettled {
+            self.telemetry
+                .set(telemetry::UNSETTLED_RECORDS, "", count as f64);
+            let lag = oldest.map_or(0, |t| self.sink.clock.now().saturating_sub(t).max(0));
+            self.telemetry.set(telemetry::LAG_SECONDS, "", lag as f64);
+        }
+    }
+
+    /// A leader's round in the metrics and the log.
+    fn record_round(&self, report: &RoundReport) {
+        #[allow(clippy::cast_precision_loss)]
+        self.telemetry
+            .set(telemetry::CLOCK_OFFSET, "", self.sink.clock.offset() as f64);
+        self.telemetry.round(report, self.sink.clock.now());
+        for unbillable in &report.unbillable {
+            tracing::warn!("{}", unbillable.detail);
+        }
+        for off in &report.written_off {
+            tracing::warn!(reason = off.reason.label(), "written off: {}", off.detail);
+        }
+        if report.sent > 0 || report.recovered > 0 {
+            tracing::info!(
+                sent = report.sent,
+                confirmed = report.confirmed,
+                recovered = report.recovered,
+                failed = report.failed,
+                transactions = report.transactions,
+                "settlement round"
+            );
+        }
+        for error in &report.errors {
+            tracing::warn!("{error}");
         }
     }
 
@@ -585,7 +530,10 @@ async fn run<C: Chain + Send + 'static>(
                 }
                 Err(e) => {
                     tracing::error!("source {name} panicked: {e}");
-                    first_error.get_or_insert(OracleError::Invalid(e.to_string()));
+                    first_error.get_or_insert(OracleError::Task {
+                        task: format!("source {name}"),
+                        source: e,
+                    });
                 }
             }
         }
@@ -598,4 +546,188 @@ async fn run<C: Chain + Send + 'static>(
     let _ = admin.await;
     tracing::info!("tally-oracle stopped");
     source_error.map_or(Ok(()), Err)
+}
+
+/// The daemon's connections to its store.
+struct Stores {
+    /// Where the sources commit records.
+    sink: Arc<Sink>,
+    /// The batcher's.
+    store: Store,
+    /// The sources' (job claims, key revocations, invoices for callers).
+    sources_store: Arc<SourceStore>,
+    /// Serves `/invoices/…`.
+    reader: Store,
+}
+
+impl Stores {
+    /// Syncs the clock with the chain (records are stamped in the chain's time from
+    /// the first one on; the batcher keeps it synced each round) and opens the
+    /// store's connections — on a blocking thread (PostgreSQL's client blocks; so
+    /// does RPC).
+    async fn open<C: Chain + Send + 'static>(
+        config: &OracleConfig,
+        chain: &Arc<Mutex<C>>,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<Self, OracleError> {
+        let clock = ChainClock::new();
+        let (location, telemetry, max, chain) = (
+            config.store.clone(),
+            Arc::clone(telemetry),
+            config.batch.max_records,
+            Arc::clone(chain),
+        );
+        tokio::task::spawn_blocking(move || {
+            let chain = chain
+                .lock()
+                .map_err(OracleError::poisoned("the chain lock"))?;
+            clock.sync(&*chain)?;
+            drop(chain);
+            if !crate::store::is_postgres(&location) {
+                if let Some(parent) = std::path::Path::new(&location)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| OracleError::Open {
+                        action: "create the store's folder",
+                        location: parent.display().to_string(),
+                        source: e.into(),
+                    })?;
+                }
+            }
+            Ok::<_, OracleError>(Self {
+                sink: Sink::open(&location, telemetry, Arc::clone(&clock), max)?,
+                store: Store::connect(&location)?,
+                sources_store: SourceStore::open(&location, clock)?,
+                reader: Store::connect(&location)?,
+            })
+        })
+        .await
+        .map_err(|source| OracleError::Task {
+            task: "opening the store".into(),
+            source,
+        })?
+    }
+}
+
+/// The configured sources, their listeners bound (not yet running).
+struct Bound {
+    sources: Vec<Box<dyn Source>>,
+    gateway: Option<SocketAddr>,
+    node_reports: Option<SocketAddr>,
+}
+
+impl Bound {
+    async fn bind(
+        config: &OracleConfig,
+        directory: &Arc<dyn JobDirectory>,
+        stores: &Stores,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<Self, OracleError> {
+        let mut bound = Self {
+            sources: Vec::new(),
+            gateway: None,
+            node_reports: None,
+        };
+        if let Some(settings) = &config.gateway {
+            let listener = bind(&settings.listen, "gateway").await?;
+            bound.gateway = Some(local(&listener, "gateway")?);
+            let gateway = gateway(settings, directory, stores)?;
+            bound
+                .sources
+                .push(Box::new(GatewaySource { gateway, listener }));
+        }
+        if let Some(settings) = &config.node_reports {
+            let listener = bind(&settings.listen, "node reports").await?;
+            bound.node_reports = Some(local(&listener, "node reports")?);
+            let reports = NodeReports::new(
+                Arc::clone(&stores.sink),
+                Arc::clone(directory),
+                Some(Arc::clone(&stores.sources_store)),
+            );
+            bound
+                .sources
+                .push(Box::new(NodeReportSource { reports, listener }));
+        }
+        if let Some(settings) = &config.metrics {
+            bound.sources.push(Box::new(MetricsScrape::new(
+                settings.clone(),
+                Arc::clone(telemetry),
+            )));
+        }
+        Ok(bound)
+    }
+}
+
+/// The gateway, pre-authorizing against the jobs' views.
+fn gateway(
+    settings: &crate::gateway::GatewaySettings,
+    directory: &Arc<dyn JobDirectory>,
+    stores: &Stores,
+) -> Result<Arc<Gateway>, OracleError> {
+    let book = JobBook::new(
+        Arc::clone(directory),
+        Arc::clone(&stores.sources_store),
+        Arc::clone(&stores.sink.clock),
+        ViewConfig {
+            refresh: settings.view_refresh(),
+            operator: settings.operator_pda()?,
+            new_job_lookups_per_sec: 20,
+            source: crate::gateway::SOURCE,
+        },
+    );
+    if settings.operator.is_none() {
+        tracing::warn!(
+            "gateway.operator is not set: job keys are refused, only static api_keys are taken"
+        );
+    }
+    Ok(Gateway::build(
+        settings.clone(),
+        Arc::clone(&stores.sink),
+        Some(book),
+    ))
+}
+
+/// Binds the admin listener and serves `/metrics`, `/health` and `/invoices/…` on it.
+async fn serve_admin(
+    settings: &AdminSettings,
+    telemetry: &Arc<Telemetry>,
+    sink: &Sink,
+    reader: Store,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), OracleError> {
+    let admin_listener = bind(&settings.listen, "/metrics and /health").await?;
+    let admin = local(&admin_listener, "/metrics and /health")?;
+    let reader = Arc::new(Mutex::new(reader));
+    let (telemetry, clock) = (Arc::clone(telemetry), Arc::clone(&sink.clock));
+    let task = tokio::spawn(async move {
+        crate::http::serve(
+            admin_listener,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let (telemetry, reader, now) =
+                    (Arc::clone(&telemetry), Arc::clone(&reader), clock.now());
+                async move {
+                    let path = req.uri().path().to_string();
+                    if let Some(rest) = path.strip_prefix("/invoices/") {
+                        return invoice_response(rest, reader).await;
+                    }
+                    admin_response(&path, &telemetry, now)
+                }
+            },
+            shutdown,
+            &crate::http::Limits::default(),
+            None,
+        )
+        .await
+    });
+    Ok((admin, task))
+}
+
+/// What a round on the blocking thread hands back.
+struct Ran {
+    batcher: Batcher,
+    /// `None`: another replica leads; this one did not settle.
+    result: Result<Option<RoundReport>, OracleError>,
+    /// The store's unsettled records: (count, oldest's end).
+    unsettled: Result<(u64, Option<i64>), OracleError>,
 }

@@ -99,17 +99,16 @@ pub fn export_path(dir: &Path, job: &str, nonce: u64, seq: u64) -> PathBuf {
 impl Invoice {
     /// The canonical bytes (the struct serialized as compact JSON, fields in order).
     pub fn to_bytes(&self) -> Result<Vec<u8>, OracleError> {
-        serde_json::to_vec(self)
-            .map_err(|e| OracleError::Invalid(format!("invoice does not serialize: {e}")))
+        serde_json::to_vec(self).map_err(OracleError::InvoiceEncode)
     }
 }
 
 /// Writes invoice `bytes` to `path`: a temporary file, synced, renamed into place, the
 /// folder synced — a crash leaves the old file or the whole new one, never half.
 pub fn export(path: &Path, bytes: &[u8]) -> Result<(), OracleError> {
-    let fail = |e: std::io::Error| OracleError::Invoice {
+    let fail = |source: std::io::Error| OracleError::InvoiceFile {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     };
     let folder = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(folder).map_err(fail)?;
@@ -132,6 +131,45 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Why an invoice is not proven to be what the chain paid for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    /// It names another program.
+    #[error("the invoice is for program {program}, not {expected}")]
+    OtherProgram { program: String, expected: String },
+    /// Its job (or the one asked about) is not an address.
+    #[error("{job} is not a job address")]
+    NotAJob { job: String },
+    /// The job it names was closed and another opened at its address.
+    #[error("the invoice is for the job opened at {job} in slot {nonce}; the job there now was opened in slot {current}: that job was closed, and its invoices cannot be checked against the chain any more")]
+    JobReopened {
+        job: String,
+        nonce: u64,
+        current: u64,
+    },
+    /// The invoice linking it to the chain's is not at hand.
+    #[error("the chain has settled up to receipt {settled}; invoice {wanted} is needed to link this one to it (export it, or verify against the store: --store)")]
+    MissingLink { settled: u64, wanted: u64 },
+    /// The store holds no such invoice.
+    #[error("the store holds no invoice {seq} of job {job} (opened in slot {nonce}): is this the store of the oracle that settled it?")]
+    NotInStore { job: String, nonce: u64, seq: u64 },
+    /// A later invoice does not name this one's hash.
+    #[error("invoice {following} does not follow invoice {seq}: the invoices were altered")]
+    Altered { seq: u64, following: u64 },
+    /// The chain has not settled it yet.
+    #[error("invoice {seq} is not settled yet: the chain is at receipt {settled}")]
+    NotSettled { seq: u64, settled: u64 },
+    /// The chain of invoices ends elsewhere than the job's on-chain hash and units.
+    #[error("does NOT match the chain: job {job} paid for invoice hash {paid_hash} at {paid_units} units; the invoices give {hash} at {units}")]
+    Mismatch {
+        job: String,
+        paid_hash: String,
+        paid_units: u64,
+        hash: String,
+        units: u64,
+    },
+}
+
 /// What [`verify`] proved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verified {
@@ -145,9 +183,9 @@ pub struct Verified {
 }
 
 fn parse(bytes: &[u8], what: &str) -> Result<Invoice, OracleError> {
-    serde_json::from_slice(bytes).map_err(|e| OracleError::Invoice {
-        path: what.to_string(),
-        reason: format!("not a Tally invoice: {e}"),
+    serde_json::from_slice(bytes).map_err(|source| OracleError::NotAnInvoice {
+        what: what.to_string(),
+        source,
     })
 }
 
@@ -163,23 +201,24 @@ pub fn verify_bytes(
 ) -> Result<Verified, OracleError> {
     let invoice = parse(bytes, what)?;
     if invoice.program != tally::ID.to_string() {
-        return Err(OracleError::Invalid(format!(
-            "the invoice is for program {}, not {}",
-            invoice.program,
-            tally::ID
-        )));
+        return Err(Unverified::OtherProgram {
+            program: invoice.program,
+            expected: tally::ID.to_string(),
+        }
+        .into());
     }
-    let job_key = invoice
-        .job
-        .parse()
-        .map_err(|_| OracleError::Invalid(format!("{} is not a job address", invoice.job)))?;
+    let job_key = invoice.job.parse().map_err(|_| Unverified::NotAJob {
+        job: invoice.job.clone(),
+    })?;
     let job = tally_client::ops::job(chain, &job_key)?;
     if let Some(nonce) = invoice.job_nonce {
         if nonce != job.nonce {
-            return Err(OracleError::Invalid(format!(
-                "the invoice is for the job opened at {} in slot {nonce}; the job there now was opened in slot {}: that job was closed, and its invoices cannot be checked against the chain any more",
-                invoice.job, job.nonce
-            )));
+            return Err(Unverified::JobReopened {
+                job: invoice.job,
+                nonce,
+                current: job.nonce,
+            }
+            .into());
         }
     }
     let nonce = invoice.job_nonce.unwrap_or(job.nonce);
@@ -187,18 +226,17 @@ pub fn verify_bytes(
         (sha256(bytes), invoice.seq, invoice.cumulative_units);
     while seq < job.last_seq {
         let wanted = seq.saturating_add(1);
-        let next_bytes = next(nonce, wanted)?.ok_or_else(|| {
-            OracleError::Invalid(format!(
-                "the chain has settled up to receipt {}; invoice {wanted} is needed to link this one to it (export it, or verify against the store: --store)",
-                job.last_seq
-            ))
+        let next_bytes = next(nonce, wanted)?.ok_or(Unverified::MissingLink {
+            settled: job.last_seq,
+            wanted,
         })?;
         let following = parse(&next_bytes, &format!("invoice {wanted}"))?;
         if following.previous_hash != hex(&hash) {
-            return Err(OracleError::Invalid(format!(
-                "invoice {} does not follow invoice {seq}: the invoices were altered",
-                following.seq
-            )));
+            return Err(Unverified::Altered {
+                seq,
+                following: following.seq,
+            }
+            .into());
         }
         (hash, seq, cumulative) = (
             sha256(&next_bytes),
@@ -207,19 +245,21 @@ pub fn verify_bytes(
         );
     }
     if seq > job.last_seq {
-        return Err(OracleError::Invalid(format!(
-            "invoice {seq} is not settled yet: the chain is at receipt {}",
-            job.last_seq
-        )));
+        return Err(Unverified::NotSettled {
+            seq,
+            settled: job.last_seq,
+        }
+        .into());
     }
     if hash != job.invoice_hash || cumulative != job.settled_units {
-        return Err(OracleError::Invalid(format!(
-            "does NOT match the chain: job {} paid for invoice hash {} at {} units; the invoices give {} at {cumulative}",
-            invoice.job,
-            hex(&job.invoice_hash),
-            job.settled_units,
-            hex(&hash)
-        )));
+        return Err(Unverified::Mismatch {
+            job: invoice.job,
+            paid_hash: hex(&job.invoice_hash),
+            paid_units: job.settled_units,
+            hash: hex(&hash),
+            units: cumulative,
+        }
+        .into());
     }
     Ok(Verified {
         job: invoice.job,
@@ -246,9 +286,9 @@ pub fn verify_with(
     path: &Path,
     store: Option<&Store>,
 ) -> Result<Verified, OracleError> {
-    let bytes = std::fs::read(path).map_err(|e| OracleError::Invoice {
+    let bytes = std::fs::read(path).map_err(|source| OracleError::InvoiceFile {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     })?;
     let job = parse(&bytes, &path.display().to_string())?.job;
     let dir = path
@@ -271,17 +311,18 @@ pub fn verify_in_store(
     job: &str,
     seq: Option<u64>,
 ) -> Result<Verified, OracleError> {
-    let key = job
-        .parse()
-        .map_err(|_| OracleError::Invalid(format!("{job} is not a job address")))?;
+    let key = job.parse().map_err(|_| Unverified::NotAJob {
+        job: job.to_string(),
+    })?;
     let state = tally_client::ops::job(chain, &key)?;
     let seq = seq.unwrap_or(state.last_seq);
-    let bytes = store.invoice(job, state.nonce, seq)?.ok_or_else(|| {
-        OracleError::Invalid(format!(
-            "the store holds no invoice {seq} of job {job} (opened in slot {}): is this the store of the oracle that settled it?",
-            state.nonce
-        ))
-    })?;
+    let bytes = store
+        .invoice(job, state.nonce, seq)?
+        .ok_or_else(|| Unverified::NotInStore {
+            job: job.to_string(),
+            nonce: state.nonce,
+            seq,
+        })?;
     verify_bytes(
         chain,
         &bytes,

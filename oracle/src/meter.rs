@@ -39,7 +39,9 @@ pub struct MeteredElsewhere {
 }
 
 fn lock_error() -> OracleError {
-    OracleError::Store("the source store's lock is poisoned".into())
+    OracleError::Poisoned {
+        what: "the source store's lock",
+    }
 }
 
 impl SourceStore {
@@ -65,7 +67,10 @@ impl SourceStore {
             work(&store)
         })
         .await
-        .map_err(|e| OracleError::Store(format!("a store task failed: {e}")))?
+        .map_err(|source| OracleError::Task {
+            task: "a store task".into(),
+            source,
+        })?
     }
 
     /// Claims `job` for `source` (see the module doc). `Ok(Err(_))`: another source

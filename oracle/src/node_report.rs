@@ -273,7 +273,7 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
     fn job(&self, job: &Pubkey) -> Result<Option<Job>, OracleError> {
         let chain = self
             .lock()
-            .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
+            .map_err(OracleError::poisoned("the chain lock"))?;
         let Some(account) = chain.account(job)? else {
             return Ok(None);
         };
@@ -293,7 +293,7 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
         }
         let chain = self
             .lock()
-            .map_err(|_| OracleError::Invalid("the chain lock is poisoned".into()))?;
+            .map_err(OracleError::poisoned("the chain lock"))?;
         let operator: Option<Operator> = chain.anchor_account(&job_state.operator)?;
         Ok(Some(JobSigners {
             operator: job_state.operator,

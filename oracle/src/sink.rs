@@ -19,14 +19,18 @@ use crate::OracleError;
 /// Most records one transaction commits.
 pub const MAX_GROUP: usize = 2_048;
 
+/// The writer's answer to one record: shared by every record of a group that
+/// failed together.
+type Answer = Result<Recorded, Arc<OracleError>>;
+
 /// How a caller waits for its answer.
 enum Reply {
-    Blocking(mpsc::SyncSender<Result<Recorded, String>>),
-    Async(tokio::sync::oneshot::Sender<Result<Recorded, String>>),
+    Blocking(mpsc::SyncSender<Answer>),
+    Async(tokio::sync::oneshot::Sender<Answer>),
 }
 
 impl Reply {
-    fn send(self, result: Result<Recorded, String>) {
+    fn send(self, result: Answer) {
         // A caller that stopped waiting (its request was dropped) needs no answer:
         // what was committed stays committed.
         match self {
@@ -86,7 +90,10 @@ impl Sink {
             std::thread::Builder::new()
                 .name("tally-ingest".into())
                 .spawn(move || write_groups(&store, &jobs, &telemetry, &shared))
-                .map_err(|e| OracleError::Store(format!("cannot start the ingest writer: {e}")))?;
+                .map_err(|e| OracleError::Setup {
+                    what: "start the ingest writer",
+                    source: e.into(),
+                })?;
         }
         Ok(Arc::new(Self {
             queue,
@@ -102,7 +109,9 @@ impl Sink {
                 record: record.clone(),
                 reply,
             })
-            .map_err(|_| OracleError::Store("the ingest writer has stopped".into()))
+            .map_err(|_| OracleError::IngestStopped {
+                state: "has stopped",
+            })
     }
 
     /// Commits `record` durably: the caller may acknowledge once this returns Ok.
@@ -112,8 +121,10 @@ impl Sink {
         let (tx, rx) = mpsc::sync_channel(1);
         self.enqueue(record, Reply::Blocking(tx))?;
         rx.recv()
-            .map_err(|_| OracleError::Store("the ingest writer stopped before answering".into()))?
-            .map_err(OracleError::Store)
+            .map_err(|_| OracleError::IngestStopped {
+                state: "stopped before answering",
+            })?
+            .map_err(|source| OracleError::Ingest { source })
     }
 
     /// [`Sink::commit`] for async callers: waits without holding a thread.
@@ -121,8 +132,10 @@ impl Sink {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(record, Reply::Async(tx))?;
         rx.await
-            .map_err(|_| OracleError::Store("the ingest writer stopped before answering".into()))?
-            .map_err(OracleError::Store)
+            .map_err(|_| OracleError::IngestStopped {
+                state: "stopped before answering",
+            })?
+            .map_err(|source| OracleError::Ingest { source })
     }
 
     /// Counts a refused report.
@@ -165,11 +178,11 @@ fn write_groups(store: &Store, jobs: &mpsc::Receiver<Job>, telemetry: &Telemetry
                     job.reply.send(Ok(recorded));
                 }
             }
-            Err(OracleError::Invalid(reason)) if group.len() > 1 => {
+            Err(reason @ OracleError::OutOfRange { .. }) if group.len() > 1 => {
                 // One record out of range fails the whole group: commit each alone so
                 // only that one is refused.
                 for job in group {
-                    let outcome = store.record(&job.record).map_err(|e| e.to_string());
+                    let outcome = store.record(&job.record).map_err(Arc::new);
                     if let Ok(recorded) = outcome {
                         telemetry.inc(telemetry::STORE_COMMITS, "", 1);
                         count(telemetry, shared, &job.record, recorded);
@@ -179,10 +192,10 @@ fn write_groups(store: &Store, jobs: &mpsc::Receiver<Job>, telemetry: &Telemetry
                 tracing::warn!("a record was refused by the store: {reason}");
             }
             Err(e) => {
-                let message = e.to_string();
-                tracing::error!("committing {} record(s) failed: {message}", group.len());
+                tracing::error!("committing {} record(s) failed: {e}", group.len());
+                let e = Arc::new(e);
                 for job in group {
-                    job.reply.send(Err(message.clone()));
+                    job.reply.send(Err(Arc::clone(&e)));
                 }
             }
         }

@@ -24,8 +24,11 @@ pub trait Source: Send + 'static {
     fn run(self: Box<Self>, shutdown: Shutdown) -> Running;
 }
 
-fn io_error(source: &str, e: std::io::Error) -> OracleError {
-    OracleError::Invalid(format!("the {source} server failed: {e}"))
+fn io_error(source_name: &'static str, source: std::io::Error) -> OracleError {
+    OracleError::Serve {
+        source_name,
+        source,
+    }
 }
 
 /// The OpenAI-compatible gateway on its listener.

@@ -278,12 +278,8 @@ pub const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections in a replica's pool.
 pub const PG_POOL_SIZE: usize = 8;
 
-fn db_error(e: rusqlite::Error) -> OracleError {
-    OracleError::Store(e.to_string())
-}
-
 fn to_i64(v: u64) -> Result<i64, OracleError> {
-    i64::try_from(v).map_err(|_| OracleError::Invalid(format!("{v} is out of range")))
+    i64::try_from(v).map_err(|_| OracleError::OutOfRange { value: v })
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -673,23 +669,28 @@ impl Store {
     /// Opens (creating or migrating if needed) the SQLite store at `path`, with full
     /// durability: write-ahead logging and a sync on every commit.
     pub fn open(path: &Path) -> Result<Self, OracleError> {
-        let db = Connection::open(path).map_err(|e| {
-            OracleError::Store(format!("cannot open the store {}: {e}", path.display()))
+        let location = || path.display().to_string();
+        let db = Connection::open(path).map_err(|e| OracleError::Open {
+            action: "open the store",
+            location: location(),
+            source: e.into(),
         })?;
-        db.busy_timeout(Duration::from_secs(10)).map_err(db_error)?;
+        db.busy_timeout(Duration::from_secs(10))
+            .map_err(OracleError::sqlite("open"))?;
         db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(db_error)?;
-        let version = sqlite_migrate(&db).map_err(|e| {
-            OracleError::Store(format!(
-                "cannot create or upgrade the store {} to schema version {SCHEMA_VERSION}: {e}",
-                path.display()
-            ))
+            .map_err(OracleError::sqlite("open"))?;
+        let version = sqlite_migrate(&db).map_err(|e| OracleError::Migrate {
+            location: location(),
+            supported: SCHEMA_VERSION,
+            detail: e.to_string(),
+            source: e.into(),
         })?;
         if version > SCHEMA_VERSION {
-            return Err(OracleError::Store(format!(
-                "the store {} has schema version {version}, newer than this oracle's {SCHEMA_VERSION}: run a newer tally-oracle",
-                path.display()
-            )));
+            return Err(OracleError::Schema {
+                location: location(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
         }
         Ok(Self {
             db: Backend::Sqlite(db),
@@ -728,7 +729,7 @@ impl Store {
     pub fn record(&self, r: &UsageRecord) -> Result<Recorded, OracleError> {
         self.record_batch(std::slice::from_ref(r))?
             .pop()
-            .ok_or_else(|| OracleError::Store("the store answered nothing".into()))
+            .ok_or(OracleError::NoAnswer { op: "record" })
     }
 
     /// Commits `records` in one transaction (one sync); what each one was. A record
@@ -741,12 +742,12 @@ impl Store {
         match &self.db {
             Backend::Sqlite(db) => {
                 let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("record_batch"))?;
                 let mut out = Vec::with_capacity(records.len());
                 {
                     let mut insert = tx
                         .prepare_cached(&sqlite_sql(sql::INSERT_RECORD))
-                        .map_err(db_error)?;
+                        .map_err(OracleError::sqlite("record_batch"))?;
                     for (r, v) in records.iter().zip(&values) {
                         let n = insert
                             .execute(params![
@@ -763,7 +764,7 @@ impl Store {
                                 r.counted_by,
                                 r.key_id
                             ])
-                            .map_err(db_error)?;
+                            .map_err(OracleError::sqlite("record_batch"))?;
                         out.push(if n == 1 {
                             Recorded::New
                         } else {
@@ -771,7 +772,7 @@ impl Store {
                         });
                     }
                 }
-                tx.commit().map_err(db_error)?;
+                tx.commit().map_err(OracleError::sqlite("record_batch"))?;
                 Ok(out)
             }
             Backend::Postgres(pg) => pg.record_batch(records, &values),
@@ -781,7 +782,7 @@ impl Store {
     /// Jobs with records waiting for a submission.
     pub fn jobs_with_new_records(&self) -> Result<Vec<String>, OracleError> {
         match &self.db {
-            Backend::Sqlite(db) => sqlite_strings(db, sql::JOBS_WAITING),
+            Backend::Sqlite(db) => sqlite_strings(db, "jobs_with_new_records", sql::JOBS_WAITING),
             Backend::Postgres(pg) => pg.strings(sql::JOBS_WAITING),
         }
     }
@@ -797,11 +798,12 @@ impl Store {
             Backend::Sqlite(db) => {
                 let mut stmt = db
                     .prepare_cached(&sqlite_sql(sql::WAITING_OF_JOB))
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("waiting_records"))?;
                 let rows = stmt
                     .query_map(params![job, limit], sqlite_record)
-                    .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("waiting_records"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("waiting_records"))
             }
             Backend::Postgres(pg) => pg.waiting_records(job, limit),
         }
@@ -817,13 +819,15 @@ impl Store {
             format!("SELECT {RECORD_COLUMNS} FROM records WHERE job = $1 AND id > $2 ORDER BY id");
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
+                let mut stmt = db
+                    .prepare(&sqlite_sql(&query))
+                    .map_err(OracleError::sqlite("records_after"))?;
                 let rows = stmt
                     .query_map(params![job, after], sqlite_record)
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("records_after"))?;
                 rows.map(|r| r.map(|w| (w.id, w.record)))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(db_error)
+                    .map_err(OracleError::sqlite("records_after"))
             }
             Backend::Postgres(pg) => pg.records_after(&query, job, after),
         }
@@ -847,14 +851,14 @@ impl Store {
         };
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(&query).map_err(db_error)?;
+                let mut stmt = db.prepare(&query).map_err(OracleError::sqlite("billing"))?;
                 let rows = stmt
                     .query_map([], |row| {
                         let w = sqlite_record(row)?;
                         let seq: Option<i64> = row.get(13)?;
                         Ok((w.record, seq))
                     })
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("billing"))?;
                 rows.map(|r| {
                     r.map(|(record, seq)| {
                         let b = billing(record.job_nonce, seq);
@@ -862,7 +866,7 @@ impl Store {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(db_error)
+                .map_err(OracleError::sqlite("billing"))
             }
             Backend::Postgres(pg) => Ok(pg
                 .billing(&query)?
@@ -889,13 +893,16 @@ impl Store {
         );
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
+                let mut stmt = db
+                    .prepare(&sqlite_sql(&query))
+                    .map_err(OracleError::sqlite("submitted_records"))?;
                 let rows = stmt
                     .query_map(params![job, nonce], |row| {
                         Ok((to_u64(row.get(13)?), sqlite_record(row)?.record))
                     })
-                    .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("submitted_records"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("submitted_records"))
             }
             Backend::Postgres(pg) => pg.submitted_records(&query, job, nonce),
         }
@@ -911,10 +918,10 @@ impl Store {
         match &self.db {
             Backend::Sqlite(db) => db
                 .prepare_cached(&sqlite_sql(sql::LAST_SUBMISSION))
-                .map_err(db_error)?
+                .map_err(OracleError::sqlite("last_submission"))?
                 .query_row(params![job, nonce], sqlite_submission)
                 .optional()
-                .map_err(db_error),
+                .map_err(OracleError::sqlite("last_submission")),
             Backend::Postgres(pg) => pg.last_submission(job, nonce),
         }
     }
@@ -926,11 +933,14 @@ impl Store {
         );
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(&sqlite_sql(&query)).map_err(db_error)?;
+                let mut stmt = db
+                    .prepare(&sqlite_sql(&query))
+                    .map_err(OracleError::sqlite("submissions_of"))?;
                 let rows = stmt
                     .query_map(params![job], sqlite_submission)
-                    .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("submissions_of"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("submissions_of"))
             }
             Backend::Postgres(pg) => pg.submissions(&query, Some(job)),
         }
@@ -940,9 +950,14 @@ impl Store {
     pub fn pending_submissions(&self) -> Result<Vec<Submission>, OracleError> {
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare_cached(sql::PENDING).map_err(db_error)?;
-                let rows = stmt.query_map([], sqlite_submission).map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                let mut stmt = db
+                    .prepare_cached(sql::PENDING)
+                    .map_err(OracleError::sqlite("pending_submissions"))?;
+                let rows = stmt
+                    .query_map([], sqlite_submission)
+                    .map_err(OracleError::sqlite("pending_submissions"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("pending_submissions"))
             }
             Backend::Postgres(pg) => pg.submissions(sql::PENDING, None),
         }
@@ -951,7 +966,7 @@ impl Store {
     /// Jobs whose submissions were migrated from schema version 1 and not adopted yet.
     pub fn legacy_jobs(&self) -> Result<Vec<String>, OracleError> {
         match &self.db {
-            Backend::Sqlite(db) => sqlite_strings(db, sql::LEGACY_JOBS),
+            Backend::Sqlite(db) => sqlite_strings(db, "legacy_jobs", sql::LEGACY_JOBS),
             Backend::Postgres(pg) => pg.strings(sql::LEGACY_JOBS),
         }
     }
@@ -980,33 +995,33 @@ impl Store {
         match &self.db {
             Backend::Sqlite(db) => {
                 let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("adopt_legacy"))?;
                 tx.execute(
                     "UPDATE submissions SET metered_tokens = ?3, metered_requests = ?4, metered_gpu_ms = ?5
                      WHERE job = ?1 AND job_nonce = -1
                        AND seq = (SELECT MAX(seq) FROM submissions WHERE job = ?1 AND job_nonce = -1)",
                     params![job, Option::<i64>::None, totals[0], totals[1], totals[2]],
                 )
-                .map_err(db_error)?;
+                .map_err(OracleError::sqlite("adopt_legacy"))?;
                 tx.execute(
                     "UPDATE submissions SET job_nonce = ?2 WHERE job = ?1 AND job_nonce = -1",
                     params![job, nonce],
                 )
-                .map_err(db_error)?;
+                .map_err(OracleError::sqlite("adopt_legacy"))?;
                 tx.execute(
                     "UPDATE records SET job_nonce = ?2 WHERE job = ?1 AND job_nonce IS NULL AND submission_seq > 0",
                     params![job, nonce],
                 )
-                .map_err(db_error)?;
+                .map_err(OracleError::sqlite("adopt_legacy"))?;
                 for (seq, bytes) in &invoices {
                     tx.execute(
                         "INSERT INTO invoices (job, job_nonce, seq, bytes) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (job, job_nonce, seq) DO NOTHING",
                         params![job, nonce, seq, bytes],
                     )
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("adopt_legacy"))?;
                 }
-                tx.commit().map_err(db_error)
+                tx.commit().map_err(OracleError::sqlite("adopt_legacy"))
             }
             Backend::Postgres(pg) => pg.adopt_legacy(job, nonce, totals, &invoices),
         }
@@ -1049,19 +1064,20 @@ impl Store {
         match &self.db {
             Backend::Sqlite(db) => {
                 let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("confirm_all"))?;
                 let mut n = 0u64;
                 {
                     let mut confirm = tx
                         .prepare_cached(&sqlite_sql(sql::CONFIRM))
-                        .map_err(db_error)?;
+                        .map_err(OracleError::sqlite("confirm_all"))?;
                     for (job, nonce, seq) in &rows {
                         n += confirm
                             .execute(params![job, nonce, seq])
-                            .map_err(db_error)? as u64;
+                            .map_err(OracleError::sqlite("confirm_all"))?
+                            as u64;
                     }
                 }
-                tx.commit().map_err(db_error)?;
+                tx.commit().map_err(OracleError::sqlite("confirm_all"))?;
                 Ok(n)
             }
             Backend::Postgres(pg) => pg.confirm_all(&rows),
@@ -1084,7 +1100,7 @@ impl Store {
                     db.query_row(query, [], |row| {
                         Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
                     })
-                    .map_err(db_error)
+                    .map_err(OracleError::sqlite("unsettled"))
                 };
                 (pair(sql::UNSETTLED_WAITING)?, pair(sql::UNSETTLED_PENDING)?)
             }
@@ -1105,7 +1121,7 @@ impl Store {
                     row.get::<_, i64>(0)
                 })
                 .map(to_u64)
-                .map_err(db_error),
+                .map_err(OracleError::sqlite("record_count")),
             Backend::Postgres(pg) => pg.count("SELECT COUNT(*) FROM records"),
         }
     }
@@ -1121,10 +1137,10 @@ impl Store {
         match &self.db {
             Backend::Sqlite(db) => db
                 .prepare_cached(&sqlite_sql(sql::INVOICE))
-                .map_err(db_error)?
+                .map_err(OracleError::sqlite("invoice"))?
                 .query_row(params![job, nonce, seq], |row| row.get::<_, Vec<u8>>(0))
                 .optional()
-                .map_err(db_error),
+                .map_err(OracleError::sqlite("invoice")),
             Backend::Postgres(pg) => pg.invoice(job, nonce, seq),
         }
     }
@@ -1143,13 +1159,14 @@ impl Store {
             Backend::Sqlite(db) => {
                 let mut stmt = db
                     .prepare_cached(&sqlite_sql(sql::INVOICES_AFTER))
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("invoices_after"))?;
                 let rows = stmt
                     .query_map(params![job, nonce, after, limit], |row| {
                         Ok((to_u64(row.get::<_, i64>(0)?), row.get::<_, Vec<u8>>(1)?))
                     })
-                    .map_err(db_error)?;
-                rows.collect::<Result<_, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("invoices_after"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(OracleError::sqlite("invoices_after"))
             }
             Backend::Postgres(pg) => pg.invoices_after(job, nonce, after, limit),
         }
@@ -1160,7 +1177,9 @@ impl Store {
         let query = "SELECT job, job_nonce, seq, reason, records, units FROM write_offs";
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(query).map_err(db_error)?;
+                let mut stmt = db
+                    .prepare(query)
+                    .map_err(OracleError::sqlite("write_offs"))?;
                 let rows = stmt
                     .query_map([], |row| {
                         Ok(WriteOff {
@@ -1172,8 +1191,9 @@ impl Store {
                             units: to_u64(row.get(5)?),
                         })
                     })
-                    .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("write_offs"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("write_offs"))
             }
             Backend::Postgres(pg) => pg.write_offs(query),
         }
@@ -1186,7 +1206,9 @@ impl Store {
                      FROM lookup_tables WHERE state <> 3 ORDER BY address";
         match &self.db {
             Backend::Sqlite(db) => {
-                let mut stmt = db.prepare(query).map_err(db_error)?;
+                let mut stmt = db
+                    .prepare(query)
+                    .map_err(OracleError::sqlite("lookup_tables"))?;
                 let rows = stmt
                     .query_map([], |row| {
                         Ok(LookupTableRow {
@@ -1198,8 +1220,9 @@ impl Store {
                             state: table_state_from_sql(row.get(5)?, row.get(6)?),
                         })
                     })
-                    .map_err(db_error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+                    .map_err(OracleError::sqlite("lookup_tables"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite("lookup_tables"))
             }
             Backend::Postgres(pg) => pg.lookup_tables(query),
         }
@@ -1228,7 +1251,7 @@ impl Store {
                     ],
                 )
                 .map(|_| ())
-                .map_err(db_error),
+                .map_err(OracleError::sqlite("save_lookup_table")),
             Backend::Postgres(pg) => pg.save_lookup_table(query, table, recent, state, slot),
         }
     }
@@ -1261,7 +1284,7 @@ impl Store {
                     let query = sqlite_sql(query);
                     let mut stmt = db
                         .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
-                        .map_err(db_error)?;
+                        .map_err(OracleError::sqlite("query_plans"))?;
                     let n = stmt.parameter_count();
                     let args: Vec<rusqlite::types::Value> =
                         (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
@@ -1269,10 +1292,10 @@ impl Store {
                         .query_map(rusqlite::params_from_iter(args), |row| {
                             row.get::<_, String>(3)
                         })
-                        .map_err(db_error)?;
+                        .map_err(OracleError::sqlite("query_plans"))?;
                     let plan = rows
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(db_error)?
+                        .map_err(OracleError::sqlite("query_plans"))?
                         .join("\n");
                     Ok(QueryPlan {
                         name,
@@ -1353,10 +1376,10 @@ impl Store {
             Backend::Sqlite(db) => {
                 db.prepare_cached(&sqlite_sql(sql::CLAIM_METER))
                     .and_then(|mut s| s.execute(params![job, source, now]))
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("claim_meter"))?;
                 db.prepare_cached(&sqlite_sql(sql::METER_OF))
                     .and_then(|mut s| s.query_row(params![job], |row| row.get::<_, String>(0)))
-                    .map_err(db_error)
+                    .map_err(OracleError::sqlite("claim_meter"))
             }
             Backend::Postgres(pg) => pg.claim_meter(job, source, now),
         }
@@ -1366,10 +1389,11 @@ impl Store {
     /// whether it was not revoked before.
     pub fn revoke_key(&self, key_id: &str, job: &str, now: i64) -> Result<bool, OracleError> {
         let inserted = match &self.db {
-            Backend::Sqlite(db) => db
-                .prepare_cached(&sqlite_sql(sql::REVOKE_KEY))
-                .and_then(|mut s| s.execute(params![key_id, job, now]))
-                .map_err(db_error)? as u64,
+            Backend::Sqlite(db) => {
+                db.prepare_cached(&sqlite_sql(sql::REVOKE_KEY))
+                    .and_then(|mut s| s.execute(params![key_id, job, now]))
+                    .map_err(OracleError::sqlite("revoke_key"))? as u64
+            }
             Backend::Postgres(pg) => pg.revoke_key(key_id, job, now)?,
         };
         Ok(inserted == 1)
@@ -1378,7 +1402,7 @@ impl Store {
     /// Every revoked job key id.
     pub fn revoked_keys(&self) -> Result<Vec<String>, OracleError> {
         match &self.db {
-            Backend::Sqlite(db) => sqlite_strings(db, sql::REVOKED_KEYS),
+            Backend::Sqlite(db) => sqlite_strings(db, "revoked_keys", sql::REVOKED_KEYS),
             Backend::Postgres(pg) => pg.strings(sql::REVOKED_KEYS),
         }
     }
@@ -1392,7 +1416,7 @@ impl Store {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })
                 })
-                .map_err(db_error)?,
+                .map_err(OracleError::sqlite("usage_row"))?,
             Backend::Postgres(pg) => pg.usage_row(query, key, until)?,
         };
         Ok(totals_of(row))
@@ -1435,7 +1459,7 @@ impl Store {
                             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                         })
                     })
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("unsettled_usage"))?;
                 let rows: Vec<PendingRow> = db
                     .prepare_cached(&sqlite_sql(sql::PENDING_USAGE))
                     .and_then(|mut s| {
@@ -1448,7 +1472,7 @@ impl Store {
                         })?
                         .collect::<Result<Vec<_>, _>>()
                     })
-                    .map_err(db_error)?;
+                    .map_err(OracleError::sqlite("unsettled_usage"))?;
                 let mut pending = Totals::default();
                 for (n, first, latest) in pending_groups(&rows, nonce) {
                     let settled = db
@@ -1459,7 +1483,7 @@ impl Store {
                             })
                             .optional()
                         })
-                        .map_err(db_error)?
+                        .map_err(OracleError::sqlite("unsettled_usage"))?
                         .map(running)
                         .unwrap_or_default();
                     pending.merge(&minus(latest, settled));
@@ -1474,12 +1498,17 @@ impl Store {
     }
 }
 
-fn sqlite_strings(db: &Connection, query: &str) -> Result<Vec<String>, OracleError> {
-    let mut stmt = db.prepare_cached(query).map_err(db_error)?;
+fn sqlite_strings(
+    db: &Connection,
+    op: &'static str,
+    query: &str,
+) -> Result<Vec<String>, OracleError> {
+    let mut stmt = db.prepare_cached(query).map_err(OracleError::sqlite(op))?;
     let rows = stmt
         .query_map([], |row| row.get::<_, String>(0))
-        .map_err(db_error)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        .map_err(OracleError::sqlite(op))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(OracleError::sqlite(op))
 }
 
 /// Creates the schema, or upgrades a version-1 or version-2 store in place, in one
@@ -1579,10 +1608,7 @@ impl PreparedRound {
             .map(|n| {
                 let s = &n.submission;
                 if s.job_nonce == LEGACY_NONCE {
-                    return Err(OracleError::Invalid(format!(
-                        "a new submission of job {} needs its job nonce",
-                        s.job
-                    )));
+                    return Err(OracleError::NoJobNonce { job: s.job.clone() });
                 }
                 Ok(PreparedSubmission {
                     job: s.job.clone(),
@@ -1652,25 +1678,41 @@ const WRITE_OFF_SUBMISSION: &str = "UPDATE submissions SET state = 2, reason = $
 const LOG_WRITE_OFF: &str = "INSERT INTO write_offs (job, job_nonce, seq, reason, records, units)
     VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// Another batcher wrote `what` first.
 fn conflict(what: String) -> OracleError {
-    OracleError::Store(format!(
-        "{what}: another batcher changed it first; nothing of this round was written (it is redone next round)"
-    ))
+    OracleError::Conflict {
+        what,
+        detail: None,
+        source: None,
+    }
+}
+
+/// Another batcher wrote `what` first: the store refused it with `detail` (`source`).
+fn conflict_because(
+    what: String,
+    detail: String,
+    source: impl Into<crate::BoxError>,
+) -> OracleError {
+    OracleError::Conflict {
+        what,
+        detail: Some(detail),
+        source: Some(source.into()),
+    }
 }
 
 fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), OracleError> {
     let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
-        .map_err(db_error)?;
+        .map_err(OracleError::sqlite("write_round"))?;
     {
         let mut insert = tx
             .prepare_cached(&sqlite_sql(INSERT_SUBMISSION))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         let mut invoice = tx
             .prepare_cached(&sqlite_sql(INSERT_INVOICE))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         let mut attach = tx
             .prepare_cached(&sqlite_sql(sql::ATTACH))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         for s in &round.submissions {
             let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
                 s.values;
@@ -1690,14 +1732,20 @@ fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), Orac
                     output,
                     metered_output
                 ])
-                .map_err(|e| conflict(format!("submission {} of job {}: {e}", s.seq, s.job)))?;
+                .map_err(|e| {
+                    conflict_because(
+                        format!("submission {} of job {}", s.seq, s.job),
+                        e.to_string(),
+                        e,
+                    )
+                })?;
             invoice
                 .execute(params![s.job, s.nonce, s.seq, s.invoice])
-                .map_err(db_error)?;
+                .map_err(OracleError::sqlite("write_round"))?;
             for id in &s.record_ids {
                 if attach
                     .execute(params![s.nonce, s.seq, id])
-                    .map_err(db_error)?
+                    .map_err(OracleError::sqlite("write_round"))?
                     != 1
                 {
                     return Err(conflict(format!("record {id} of job {}", s.job)));
@@ -1706,27 +1754,31 @@ fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), Orac
         }
         let mut off = tx
             .prepare_cached(&sqlite_sql(WRITE_OFF_RECORD))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         let mut log = tx
             .prepare_cached(&sqlite_sql(LOG_WRITE_OFF))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         for (job, nonce, ids, reason, units) in &round.record_write_offs {
             for id in ids {
-                if off.execute(params![nonce, id]).map_err(db_error)? != 1 {
+                if off
+                    .execute(params![nonce, id])
+                    .map_err(OracleError::sqlite("write_round"))?
+                    != 1
+                {
                     return Err(conflict(format!("record {id} of job {job}")));
                 }
             }
             let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
             log.execute(params![job, nonce, Option::<i64>::None, reason, n, units])
-                .map_err(db_error)?;
+                .map_err(OracleError::sqlite("write_round"))?;
         }
         let mut off = tx
             .prepare_cached(&sqlite_sql(WRITE_OFF_SUBMISSION))
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         for (job, nonce, seq, reason) in &round.submission_write_offs {
             if off
                 .execute(params![job, nonce, seq, reason])
-                .map_err(db_error)?
+                .map_err(OracleError::sqlite("write_round"))?
                 != 1
             {
                 return Err(conflict(format!("submission {seq} of job {job}")));
@@ -1741,13 +1793,13 @@ fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), Orac
                     params![job, nonce, seq],
                     |row| row.get::<_, i64>(0)
                 )
-                .map_err(db_error)?,
+                .map_err(OracleError::sqlite("write_round"))?,
                 0i64
             ])
-            .map_err(db_error)?;
+            .map_err(OracleError::sqlite("write_round"))?;
         }
     }
-    tx.commit().map_err(db_error)
+    tx.commit().map_err(OracleError::sqlite("write_round"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1823,8 +1875,16 @@ impl From<tokio_postgres::Error> for PgFail {
         if pg_transient(&e) {
             PgFail::Transient(pg_detail(&e))
         } else {
-            PgFail::Fatal(OracleError::Store(format!("postgres: {}", pg_detail(&e))))
+            PgFail::Fatal(postgres(e))
         }
+    }
+}
+
+/// A PostgreSQL failure, with its detail.
+fn postgres(e: tokio_postgres::Error) -> OracleError {
+    OracleError::Postgres {
+        detail: pg_detail(&e),
+        source: e,
     }
 }
 
@@ -1843,12 +1903,11 @@ impl From<OracleError> for PgFail {
 type PgResult<T> = Result<T, PgFail>;
 
 fn pg_config(location: &str) -> Result<tokio_postgres::Config, OracleError> {
-    let mut config: tokio_postgres::Config = location.parse().map_err(|e| {
-        OracleError::Store(format!(
-            "{} is not a PostgreSQL URL: {e}",
-            redact_location(location)
-        ))
-    })?;
+    let mut config: tokio_postgres::Config =
+        location.parse().map_err(|e| OracleError::NotPostgresUrl {
+            location: redact_location(location),
+            source: e,
+        })?;
     // A peer that vanished (power loss, a cut network) is noticed in ~25 s, not hours.
     config
         .keepalives(true)
@@ -1873,7 +1932,10 @@ impl Pg {
             .thread_name("tally-store-pg")
             .enable_all()
             .build()
-            .map_err(|e| OracleError::Store(format!("cannot start the PostgreSQL driver: {e}")))?;
+            .map_err(|e| OracleError::Setup {
+                what: "start the PostgreSQL driver",
+                source: e.into(),
+            })?;
         let manager = Manager::from_config(
             config.clone(),
             tokio_postgres::NoTls,
@@ -1890,7 +1952,10 @@ impl Pg {
                 .create_timeout(Some(Duration::from_secs(5)))
                 .recycle_timeout(Some(Duration::from_secs(5)))
                 .build()
-                .map_err(|e| OracleError::Store(format!("cannot build the PostgreSQL pool: {e}")))?
+                .map_err(|e| OracleError::Setup {
+                    what: "build the PostgreSQL pool",
+                    source: e.into(),
+                })?
         };
         let pg = Self {
             runtime: Some(runtime),
@@ -1902,16 +1967,19 @@ impl Pg {
         // The first connection must work: a wrong URL or password is an error now,
         // not 20 s of retries.
         pg.block_on(async {
-            let mut client = pg.pool.get().await.map_err(|e| {
-                OracleError::Store(format!("cannot connect to {}: {e}", pg.location))
+            let mut client = pg.pool.get().await.map_err(|e| OracleError::Open {
+                action: "connect to",
+                location: pg.location.clone(),
+                source: e.into(),
             })?;
-            pg_migrate(&mut client).await.map_err(|e| {
-                OracleError::Store(format!(
-                    "cannot create or upgrade the store at {} to schema version {SCHEMA_VERSION}: {}",
-                    pg.location,
-                    pg_detail(&e)
-                ))
-            })
+            pg_migrate(&mut client)
+                .await
+                .map_err(|e| OracleError::Migrate {
+                    location: format!("at {}", pg.location),
+                    supported: SCHEMA_VERSION,
+                    detail: pg_detail(&e),
+                    source: e.into(),
+                })
         })?;
         Ok(pg)
     }
@@ -1922,13 +1990,13 @@ impl Pg {
     ) -> Result<T, OracleError> {
         match &self.runtime {
             Some(runtime) => runtime.block_on(f),
-            None => Err(OracleError::Store("the PostgreSQL store is closing".into())),
+            None => Err(OracleError::Closing),
         }
     }
 
     /// Runs `op` on a pooled connection, retrying lost connections with backoff for
     /// up to [`PG_RETRY_FOR`].
-    fn with_retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, OracleError>
+    fn with_retry<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, OracleError>
     where
         F: Fn(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = PgResult<T>>,
@@ -1946,13 +2014,16 @@ impl Pg {
                     Err(PgFail::Fatal(e)) => return Err(e),
                     Err(PgFail::Transient(reason)) => {
                         if started.elapsed() >= PG_RETRY_FOR {
-                            return Err(OracleError::Store(format!(
-                                "{what}: PostgreSQL at {} is unavailable ({reason}); retried for {} s — check the server",
-                                self.location,
-                                PG_RETRY_FOR.as_secs()
-                            )));
+                            return Err(OracleError::Unavailable {
+                                op: what,
+                                location: self.location.clone(),
+                                reason,
+                                retried_secs: PG_RETRY_FOR.as_secs(),
+                            });
                         }
-                        tracing::warn!("{what}: PostgreSQL connection lost ({reason}): retrying in {wait:?}");
+                        tracing::warn!(
+                            "{what}: PostgreSQL connection lost ({reason}): retrying in {wait:?}"
+                        );
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(Duration::from_secs(2));
                     }
@@ -1965,7 +2036,7 @@ impl Pg {
         let mut guard = self
             .lock
             .lock()
-            .map_err(|_| OracleError::Store("the settlement lock state is poisoned".into()))?;
+            .map_err(OracleError::poisoned("the settlement lock state"))?;
         self.block_on(async {
             // A session that stopped answering has lost the lock (the server ends a
             // session whose peer is gone, and releases its locks).
@@ -2000,11 +2071,12 @@ impl Pg {
                     Ok(held) => session.held = held,
                     Err(e) => {
                         *guard = None;
-                        return Err(OracleError::Store(format!(
-                            "cannot ask for the settlement lock on {}: {}",
-                            self.location,
-                            pg_detail(&e)
-                        )));
+                        return Err(OracleError::LockSession {
+                            step: "ask for the settlement lock on",
+                            location: self.location.clone(),
+                            detail: pg_detail(&e),
+                            source: e,
+                        });
                     }
                 }
             }
@@ -2015,17 +2087,11 @@ impl Pg {
     /// A dedicated connection for the settlement lock, its server-side keepalives
     /// set so a vanished leader's session (and lock) ends in seconds.
     async fn lock_session(&self) -> Result<LockSession, OracleError> {
-        let (client, connection) =
-            self.config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| {
-                    OracleError::Store(format!(
-                        "cannot open the settlement lock session to {}: {}",
-                        self.location,
-                        pg_detail(&e)
-                    ))
-                })?;
+        let (client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| self.lock_session_error("open the settlement lock session to", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("settlement lock session ended: {e}");
@@ -2037,12 +2103,14 @@ impl Pg {
                  SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000",
             )
             .await
-            .map_err(|e| OracleError::Store(format!("postgres: {}", pg_detail(&e))))?;
+            .map_err(|e| {
+                self.lock_session_error("set the keepalives of the settlement lock session to", e)
+            })?;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
             .and_then(|row| row.try_get(0))
-            .map_err(|e| OracleError::Store(format!("postgres: {}", pg_detail(&e))))?;
+            .map_err(|e| self.lock_session_error("read the settlement lock session's pid on", e))?;
         Ok(LockSession {
             client,
             pid,
@@ -2050,18 +2118,24 @@ impl Pg {
         })
     }
 
+    fn lock_session_error(&self, step: &'static str, e: tokio_postgres::Error) -> OracleError {
+        OracleError::LockSession {
+            step,
+            location: self.location.clone(),
+            detail: pg_detail(&e),
+            source: e,
+        }
+    }
+
     /// The lock session's server pid, if it holds the settlement lock.
     fn leader_pid(&self) -> Result<i32, OracleError> {
         let guard = self
             .lock
             .lock()
-            .map_err(|_| OracleError::Store("the settlement lock state is poisoned".into()))?;
+            .map_err(OracleError::poisoned("the settlement lock state"))?;
         match guard.as_ref() {
             Some(session) if session.held => Ok(session.pid),
-            _ => Err(OracleError::Store(
-                "this replica does not hold the settlement lock: it must not write settlements"
-                    .into(),
-            )),
+            _ => Err(OracleError::NotLeader),
         }
     }
 
@@ -2371,12 +2445,11 @@ impl Pg {
                     )
                     .await
                     .map_err(|e| {
-                        PgFail::Fatal(conflict(format!(
-                            "submission {} of job {}: {}",
-                            s.seq,
-                            s.job,
-                            pg_detail(&e)
-                        )))
+                        PgFail::Fatal(conflict_because(
+                            format!("submission {} of job {}", s.seq, s.job),
+                            pg_detail(&e),
+                            e,
+                        ))
                     })?;
                     tx.execute(&invoice, &[&s.job, &s.nonce, &s.seq, &s.invoice])
                         .await?;
@@ -2434,10 +2507,10 @@ impl Pg {
             };
             run.await.map_err(|e| match e {
                 PgFail::Fatal(e) => e,
-                PgFail::Transient(reason) => OracleError::Store(format!(
-                    "writing a settlement round to {}: {reason} (nothing is sent; the round is redone)",
-                    self.location
-                )),
+                PgFail::Transient(reason) => OracleError::RoundNotWritten {
+                    location: self.location.clone(),
+                    reason,
+                },
             })
         })
     }
@@ -2589,10 +2662,7 @@ async fn fence(tx: &tokio_postgres::Transaction<'_>, pid: i32) -> PgResult<()> {
         .await?
         .try_get(0)?;
     if held == 0 {
-        return Err(PgFail::Fatal(OracleError::Store(
-            "this replica lost the settlement lock: it writes no settlement until it leads again"
-                .into(),
-        )));
+        return Err(PgFail::Fatal(OracleError::LeadLost));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use clap::Parser;
 use solana_signer::Signer;
 use tally_client::chain::{Chain, RpcChain};
 use tally_client::config::{read_keypair, resolve, Resolved};
-use tally_oracle::config::OracleConfig;
+use tally_oracle::config::{ConfigError, OracleConfig};
 use tally_oracle::daemon::Daemon;
 use tally_oracle::OracleError;
 
@@ -54,10 +54,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn invalid(message: String) -> OracleError {
-    OracleError::Invalid(message)
-}
-
 fn run(args: Args) -> Result<(), OracleError> {
     let mut config = OracleConfig::load(args.config.as_deref())?;
     if args.url.is_some() {
@@ -81,7 +77,7 @@ fn run(args: Args) -> Result<(), OracleError> {
         let mut shown = config.redacted();
         shown.url = Some(url);
         shown.keypair = Some(keypair_path);
-        let text = toml::to_string_pretty(&shown).map_err(|e| invalid(e.to_string()))?;
+        let text = toml::to_string_pretty(&shown).map_err(ConfigError::Print)?;
         print!("{text}");
         return Ok(());
     }
@@ -95,11 +91,10 @@ fn run(args: Args) -> Result<(), OracleError> {
     let chain = RpcChain::new(&url).with_priority_fee(config.batch.priority_fee_micro_lamports);
     let deployment = tally_client::ops::config(&chain)?;
     if !deployment.oracles.contains(&oracle.pubkey()) {
-        return Err(invalid(format!(
-            "{} is not in the deployment's oracle set on {url}: the admin adds it with `tally admin oracle add {}`",
-            oracle.pubkey(),
-            oracle.pubkey()
-        )));
+        return Err(OracleError::NotAnOracle {
+            oracle: oracle.pubkey(),
+            url,
+        });
     }
     if deployment.oracle_threshold > 1 {
         tracing::warn!(
@@ -111,7 +106,10 @@ fn run(args: Args) -> Result<(), OracleError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| invalid(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| OracleError::Setup {
+            what: "start the runtime",
+            source: e.into(),
+        })?;
     runtime.block_on(async move {
         // Lookups of node keys get their own connection: they never wait behind a
         // settlement's confirmation.

@@ -233,9 +233,13 @@ impl GatewaySettings {
                 text.parse::<anchor_lang::prelude::Pubkey>()
                     .map(|authority| tally_client::pda::operator(&authority))
                     .map_err(|_| {
-                        crate::OracleError::Invalid(format!(
-                            "gateway.operator `{text}` is not a public key: write the operator's authority (its wallet)"
-                        ))
+                        crate::config::ConfigError::Setting {
+                            key: "gateway.operator",
+                            reason: format!(
+                                "`{text}` is not a public key: write the operator's authority (its wallet)"
+                            ),
+                        }
+                        .into()
                     })
             })
             .transpose()
@@ -248,9 +252,11 @@ impl GatewaySettings {
         for (key, job) in &self.api_keys {
             if job.parse::<anchor_lang::prelude::Pubkey>().is_err() {
                 let shown: String = key.chars().take(4).collect();
-                return Err(crate::OracleError::Invalid(format!(
-                    "gateway.api_keys: the key {shown}… names `{job}`, which is not a job address"
-                )));
+                return Err(crate::config::ConfigError::Setting {
+                    key: "gateway.api_keys",
+                    reason: format!("the key {shown}… names `{job}`, which is not a job address"),
+                }
+                .into());
             }
         }
         Ok(())
@@ -883,100 +889,24 @@ impl Gateway {
         reservation: Option<Reservation>,
         started: Instant,
     ) {
-        let write_timeout = CLIENT_WRITE_TIMEOUT;
-        let mut client = Some(tx);
-        let send = |client: &mut Option<tokio::sync::mpsc::Sender<_>>, bytes: Bytes| {
-            let sender = client.clone();
-            async move {
-                let Some(sender) = sender else { return false };
-                matches!(
-                    tokio::time::timeout(write_timeout, sender.send(Ok(Frame::data(bytes)))).await,
-                    Ok(Ok(()))
-                )
-            }
-        };
-        let mut seen = StreamUsage::default();
-        let mut held = Vec::new();
-        let mut cut = None;
-        let mut body = upstream.bytes_stream();
-        loop {
-            let passages = match body.next().await {
-                Some(Ok(chunk)) => seen.feed(&chunk),
-                Some(Err(e)) => {
-                    cut = Some(e.without_url().to_string());
-                    break;
-                }
-                None => break,
-            };
-            for passage in passages {
-                match passage {
-                    Passage::Forward(bytes) => {
-                        // A client that went away still ordered the work the server
-                        // goes on doing: read on to the end, and bill it.
-                        if client.is_some() && !send(&mut client, bytes).await {
-                            client = None;
-                        }
-                    }
-                    Passage::Hold(bytes) => held.push(bytes),
-                }
-            }
-        }
-        for passage in seen.finish() {
-            match passage {
-                Passage::Forward(bytes) | Passage::Hold(bytes) => held.push(bytes),
-            }
-        }
-        if let Some(e) = &seen.broken {
-            cut.get_or_insert_with(|| format!("unreadable events: {e}"));
-        }
-        let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
-        if counted.is_none() && self.tokenizer.enabled() {
-            counted = self
-                .count_with_tokenizer(&request, seen.generated.values(), "a stream")
-                .await;
-        }
-        let billed = match counted {
-            Some(((prompt, completion), counted_by)) => {
-                record.upstream_id = seen.id.clone().unwrap_or_default();
-                if let Some(served) = &seen.model {
-                    record.model = served.clone();
-                }
-                record.prompt_tokens = prompt;
-                record.completion_tokens = completion;
-                record.counted_by = counted_by.into();
-                record.gpu_ms = millis_since(started);
-                record.finished_at = self.sink.clock.now();
-                match self.commit(record.clone()).await {
-                    Ok(record) => {
-                        if let Some(reservation) = reservation {
-                            reservation.commit(&record);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("its record could not be committed: {e}")),
-                }
-            }
-            None => Err(
-                "the inference server sent no usage and it could not be counted (gateway.tokenize)"
-                    .to_string(),
-            ),
-        };
+        let mut client = StreamClient(Some(tx));
+        let relayed = relay(upstream, &mut client).await;
+        let billed = self
+            .bill_stream(&request, &mut record, reservation, started, &relayed.seen)
+            .await;
         match billed {
             Ok(()) => {
-                for bytes in held {
-                    if client.is_none() || !send(&mut client, bytes).await {
-                        client = None;
+                for bytes in relayed.held {
+                    if !client.send(bytes).await {
                         break;
                     }
                 }
-                if let Some(reason) = cut {
-                    let _ = send(
-                        &mut client,
-                        error_event(&self.scrub(&format!(
+                if let Some(reason) = relayed.cut {
+                    client
+                        .send(error_event(&self.scrub(&format!(
                             "the inference server's stream was cut short ({reason}); what was sent is billed"
-                        ))),
-                    )
-                    .await;
+                        ))))
+                        .await;
                 }
             }
             Err(reason) => {
@@ -986,14 +916,54 @@ impl Gateway {
                 );
                 self.telemetry()
                     .usage_missing("unbilled", &detail, self.sink.clock.now());
-                let _ = send(
-                    &mut client,
-                    error_event(
+                client
+                    .send(error_event(
                         "the answer could not be metered, so it ends here; the operator is alerted",
-                    ),
-                )
-                .await;
+                    ))
+                    .await;
             }
+        }
+    }
+
+    /// Commits a stream's record with the usage it reported (or, failing that, as
+    /// counted), and settles its reservation. Err: why it could not be billed.
+    async fn bill_stream(
+        self: &Arc<Self>,
+        request: &Normalized,
+        record: &mut UsageRecord,
+        reservation: Option<Reservation>,
+        started: Instant,
+        seen: &StreamUsage,
+    ) -> Result<(), String> {
+        let mut counted = seen.usage.map(|usage| (usage, COUNTED_BY_UPSTREAM));
+        if counted.is_none() && self.tokenizer.enabled() {
+            counted = self
+                .count_with_tokenizer(request, seen.generated.values(), "a stream")
+                .await;
+        }
+        let Some(((prompt, completion), counted_by)) = counted else {
+            return Err(
+                "the inference server sent no usage and it could not be counted (gateway.tokenize)"
+                    .to_string(),
+            );
+        };
+        record.upstream_id = seen.id.clone().unwrap_or_default();
+        if let Some(served) = &seen.model {
+            record.model.clone_from(served);
+        }
+        record.prompt_tokens = prompt;
+        record.completion_tokens = completion;
+        record.counted_by = counted_by.into();
+        record.gpu_ms = millis_since(started);
+        record.finished_at = self.sink.clock.now();
+        match self.commit(record.clone()).await {
+            Ok(record) => {
+                if let Some(reservation) = reservation {
+                    reservation.commit(&record);
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("its record could not be committed: {e}")),
         }
     }
 
@@ -1046,6 +1016,16 @@ impl Gateway {
         query: Option<&str>,
         headers: &hyper::HeaderMap,
     ) -> Result<Response<Body>, Refusal> {
+        let job_invoices = self.invoice_shelf(headers).await?;
+        match rest.strip_prefix('/').filter(|s| !s.is_empty()) {
+            Some(seq) => job_invoices.one(seq).await,
+            None => job_invoices.page(PageQuery::parse(query)?).await,
+        }
+    }
+
+    /// The invoices of the caller's job, if the caller may read them: a job key
+    /// signed by the job's client, for a job the chain shows.
+    async fn invoice_shelf(&self, headers: &hyper::HeaderMap) -> Result<InvoiceShelf, Refusal> {
         let Some(book) = &self.book else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -1069,69 +1049,73 @@ impl Gateway {
                 "the job could not be read from the chain",
             ));
         };
-        let unavailable = |e: crate::OracleError| {
+        Ok(InvoiceShelf {
+            store: Arc::clone(book.store()),
+            job: authorized.job,
+            nonce: job.nonce,
+        })
+    }
+}
+
+/// A `Stream` over an mpsc receiver.
+fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The invoices of one job incarnation, as the gateway serves them to its client.
+struct InvoiceShelf {
+    store: Arc<crate::meter::SourceStore>,
+    job: String,
+    nonce: u64,
+}
+
+fn unavailable(e: crate::OracleError) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
+impl InvoiceShelf {
+    /// Invoice `seq` (`<seq>` or `<seq>.json`): its bytes as stored.
+    async fn one(&self, seq: &str) -> Result<Response<Body>, Refusal> {
+        let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
             Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
             )
-        };
-        let store = book.store();
-        if let Some(seq) = rest.strip_prefix('/').filter(|s| !s.is_empty()) {
-            let seq = seq.trim_end_matches(".json").parse::<u64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("invoices are numbered: {INVOICES_PATH}/<seq>"),
-                )
-            })?;
-            let found = store
-                .invoices(&authorized.job, job.nonce, seq.saturating_sub(1), 1)
-                .await
-                .map_err(unavailable)?;
-            return match found.into_iter().next() {
-                Some((at, bytes)) if at == seq => Ok(Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/json")
-                    .body(full(bytes))
-                    .map_err(|e| {
-                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                    })?),
-                _ => Err(Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("job {} has no invoice {seq} (yet)", authorized.job),
-                )),
-            };
+        })?;
+        let found = self
+            .store
+            .invoices(&self.job, self.nonce, seq.saturating_sub(1), 1)
+            .await
+            .map_err(unavailable)?;
+        match found.into_iter().next() {
+            Some((at, bytes)) if at == seq => Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(full(bytes))
+                .map_err(|e| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?),
+            _ => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("job {} has no invoice {seq} (yet)", self.job),
+            )),
         }
-        let (mut after, mut limit) = (0, INVOICES_PAGE_MAX);
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = value.parse::<u64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("`{name}` must be a number (got `{value}`)"),
-                )
-            })?;
-            match name {
-                "after" => after = number,
-                "limit" => limit = number.clamp(1, INVOICES_PAGE_MAX),
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("unknown parameter `{name}`: use after=<seq> and limit=<n>"),
-                    ))
-                }
-            }
-        }
-        let found = store
-            .invoices(&authorized.job, job.nonce, after, limit)
+    }
+
+    /// A page of invoices after `query.after`, at most `query.limit` of them and
+    /// [`INVOICES_PAGE_BYTES`] (at least one), with where the next page starts.
+    async fn page(&self, query: PageQuery) -> Result<Response<Body>, Refusal> {
+        let found = self
+            .store
+            .invoices(&self.job, self.nonce, query.after, query.limit)
             .await
             .map_err(unavailable)?;
         let (fetched, mut invoices, mut bytes_in_page) = (found.len(), Vec::new(), 0usize);
@@ -1157,13 +1141,13 @@ impl Gateway {
             last = Some(seq);
         }
         // More may follow: the page was cut short by its size, or came back full.
-        let more = invoices.len() < fetched || fetched as u64 == limit;
+        let more = invoices.len() < fetched || fetched as u64 == query.limit;
         let next_after = last.filter(|_| more);
         Ok(json_response(
             StatusCode::OK,
             &json!({
-                "job": authorized.job,
-                "job_nonce": job.nonce,
+                "job": self.job,
+                "job_nonce": self.nonce,
                 "invoices": invoices,
                 "next_after": next_after,
             }),
@@ -1171,9 +1155,112 @@ impl Gateway {
     }
 }
 
-/// A `Stream` over an mpsc receiver.
-fn receiver_stream<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// `after=<seq>&limit=<n>` of an invoice page.
+struct PageQuery {
+    after: u64,
+    limit: u64,
+}
+
+impl PageQuery {
+    fn parse(query: Option<&str>) -> Result<Self, Refusal> {
+        let mut page = Self {
+            after: 0,
+            limit: INVOICES_PAGE_MAX,
+        };
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`{name}` must be a number (got `{value}`)"),
+                )
+            })?;
+            match name {
+                "after" => page.after = number,
+                "limit" => page.limit = number.clamp(1, INVOICES_PAGE_MAX),
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("unknown parameter `{name}`: use after=<seq> and limit=<n>"),
+                    ))
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// The client end of a metered stream. Gone once a write failed or timed out: the
+/// stream is still read to its end, and billed (a client that went away still
+/// ordered the work the server goes on doing).
+struct StreamClient(Option<tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>>);
+
+impl StreamClient {
+    /// Sends `bytes`; false (and gone from then on) when the client is gone or did
+    /// not take them within [`CLIENT_WRITE_TIMEOUT`].
+    async fn send(&mut self, bytes: Bytes) -> bool {
+        let Some(sender) = &self.0 else {
+            return false;
+        };
+        let sent = matches!(
+            tokio::time::timeout(CLIENT_WRITE_TIMEOUT, sender.send(Ok(Frame::data(bytes)))).await,
+            Ok(Ok(()))
+        );
+        if !sent {
+            self.0 = None;
+        }
+        sent
+    }
+}
+
+/// An upstream stream read to its end.
+struct Relayed {
+    /// What its events said (usage, model, text generated).
+    seen: StreamUsage,
+    /// Events held back until the stream is billed (its usage, its end).
+    held: Vec<Bytes>,
+    /// Why it ended early, if it did.
+    cut: Option<String>,
+}
+
+/// Reads `upstream` to its end, forwarding its events to `client` as they come
+/// except those held back until the stream is billed.
+async fn relay(upstream: reqwest::Response, client: &mut StreamClient) -> Relayed {
+    let mut seen = StreamUsage::default();
+    let mut held = Vec::new();
+    let mut cut = None;
+    let mut body = upstream.bytes_stream();
+    loop {
+        let passages = match body.next().await {
+            Some(Ok(chunk)) => seen.feed(&chunk),
+            Some(Err(e)) => {
+                cut = Some(e.without_url().to_string());
+                break;
+            }
+            None => break,
+        };
+        for passage in passages {
+            match passage {
+                Passage::Forward(bytes) => {
+                    client.send(bytes).await;
+                }
+                Passage::Hold(bytes) => held.push(bytes),
+            }
+        }
+    }
+    for passage in seen.finish() {
+        match passage {
+            Passage::Forward(bytes) | Passage::Hold(bytes) => held.push(bytes),
+        }
+    }
+    if let Some(e) = &seen.broken {
+        cut.get_or_insert_with(|| format!("unreadable events: {e}"));
+    }
+    Relayed { seen, held, cut }
 }
