@@ -223,6 +223,83 @@ pub trait Chain {
     }
 }
 
+/// A chain shared between threads: every call takes the lock for itself alone, so
+/// one thread (an oracle's settlement round) never holds it while another (the same
+/// oracle answering a quorum peer) waits to read. Clones share the chain.
+pub struct Shared<C>(pub std::sync::Arc<std::sync::Mutex<C>>);
+
+impl<C> Clone for Shared<C> {
+    fn clone(&self) -> Self {
+        Self(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<C> Shared<C> {
+    pub fn new(chain: C) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(chain)))
+    }
+
+    /// The chain, locked (a poisoned lock is taken over: chain state lives in the
+    /// cluster, not in the guard).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, C> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<C: Chain> Chain for Shared<C> {
+    fn account(&self, address: &Pubkey) -> Result<Option<Account>, ChainError> {
+        self.lock().account(address)
+    }
+    fn program_accounts(
+        &self,
+        data_len: usize,
+        filters: &[Memcmp],
+    ) -> Result<Vec<(Pubkey, Account)>, ChainError> {
+        self.lock().program_accounts(data_len, filters)
+    }
+    fn clock(&self) -> Result<Clock, ChainError> {
+        self.lock().clock()
+    }
+    fn latest_blockhash(&self) -> Result<Hash, ChainError> {
+        self.lock().latest_blockhash()
+    }
+    fn send_transaction(&mut self, tx: VersionedTransaction) -> Result<Confirmed, ChainError> {
+        self.lock().send_transaction(tx)
+    }
+    fn minimum_balance_for_rent_exemption(&self, data_len: usize) -> Result<u64, ChainError> {
+        self.lock().minimum_balance_for_rent_exemption(data_len)
+    }
+    fn send_all(
+        &mut self,
+        transactions: &[Vec<Instruction>],
+        payer: &Keypair,
+        signers: &[&Keypair],
+    ) -> Result<usize, ChainError> {
+        self.lock().send_all(transactions, payer, signers)
+    }
+    fn preamble(&self) -> Vec<Instruction> {
+        self.lock().preamble()
+    }
+    fn accounts(&self, addresses: &[Pubkey]) -> Result<AccountsAt, ChainError> {
+        self.lock().accounts(addresses)
+    }
+    fn send_messages(
+        &mut self,
+        messages: Vec<VersionedMessage>,
+        signers: &[&Keypair],
+    ) -> Vec<Result<Confirmed, ChainError>> {
+        self.lock().send_messages(messages, signers)
+    }
+    fn lookup_table_slots(&mut self, count: usize) -> Result<Vec<u64>, ChainError> {
+        self.lock().lookup_table_slots(count)
+    }
+    fn wait_past_slot(&mut self, slot: u64) -> Result<u64, ChainError> {
+        self.lock().wait_past_slot(slot)
+    }
+}
+
 /// A legacy transaction of `preamble` + `instructions`, paid by `payer` and signed by
 /// it and `signers` (each once) on `blockhash`.
 pub fn sign_legacy(

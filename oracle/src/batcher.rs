@@ -39,7 +39,7 @@ use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally::state::{utc_day, Job, JobStatus, Operator, UnitKind};
 use tally_client::alt::{self, AddressLookupTableAccount, LookupTableState, VersionedMessage};
-use tally_client::chain::{Chain, PACKET_DATA_SIZE};
+use tally_client::chain::{Chain, Confirmed, PACKET_DATA_SIZE};
 use tally_client::ix::{self, Attestation};
 use tally_client::{ops, pda, SettleReceipt};
 
@@ -83,6 +83,9 @@ pub struct RoundReport {
     pub more_waiting: bool,
     /// Receipts carried by each settle transaction sent (in the order sent).
     pub receipts_per_transaction: Vec<usize>,
+    /// In a quorum, the oracle that leads this term when it is another one: this
+    /// oracle settled nothing (its peers do, with its co-signature).
+    pub not_leading: Option<Pubkey>,
 }
 
 /// Lookup-table transactions of a round.
@@ -302,6 +305,9 @@ pub struct Batcher {
     /// Where invoices are exported (`<job>/<nonce>/<seq>.json`); `None`: the store
     /// keeps them only.
     invoices_dir: Option<PathBuf>,
+    /// The other oracles of an m-of-n set: settlements are co-signed, and this oracle
+    /// settles only in its leadership terms. `None`: it attests alone.
+    quorum: Option<crate::quorum::Quorum>,
     state: Mutex<State>,
 }
 
@@ -375,7 +381,7 @@ pub fn pays_for_model(job: &Job, model: &str) -> bool {
     job.model == [0; 32] || tally_client::model_hash(model) == job.model
 }
 
-fn kind_of(job: &Job) -> UnitKind {
+pub(crate) fn kind_of(job: &Job) -> UnitKind {
     UnitKind::from_u8(job.unit_kind).unwrap_or(UnitKind::Requests)
 }
 
@@ -409,6 +415,7 @@ impl Batcher {
             clock,
             settings: BatchSettings::default(),
             invoices_dir: None,
+            quorum: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -424,6 +431,13 @@ impl Batcher {
     #[must_use]
     pub fn with_invoices_dir(mut self, dir: PathBuf) -> Self {
         self.invoices_dir = Some(dir);
+        self
+    }
+
+    /// As one oracle of an m-of-n quorum with these peers.
+    #[must_use]
+    pub fn with_quorum(mut self, quorum: crate::quorum::Quorum) -> Self {
+        self.quorum = Some(quorum);
         self
     }
 
@@ -479,6 +493,10 @@ impl Batcher {
     pub fn run_round(&self, chain: &mut impl Chain) -> Result<RoundReport, OracleError> {
         let mut report = RoundReport::default();
         let time = self.read_time(chain)?;
+        if let Some(leader) = self.leader_elsewhere(&time) {
+            report.not_leading = Some(leader);
+            return Ok(report);
+        }
         let mut state = lock(&self.state)?;
         let started = Instant::now();
 
@@ -507,6 +525,13 @@ impl Batcher {
         self.tend_tables_when_due(chain, &mut state, &mut report)?;
         tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
         Ok(report)
+    }
+
+    /// In a quorum, the oracle leading this term, when it is not this one.
+    fn leader_elsewhere(&self, time: &RoundTime) -> Option<Pubkey> {
+        let quorum = self.quorum.as_ref()?;
+        let leader = quorum.leader(&time.config.oracles, time.now)?;
+        (leader != self.oracle.pubkey()).then_some(leader)
     }
 
     /// The chain's clock and config for a round; the sources' clock is kept on it
@@ -1049,7 +1074,7 @@ impl Batcher {
             preamble: chain.preamble(),
             payer: self.oracle.pubkey(),
             attestation: Attestation {
-                oracles: vec![self.oracle.pubkey()],
+                oracles: self.attesting_oracles(&time.config),
                 oracle_set_version: time.config.oracle_set_version,
                 day,
             },
@@ -1060,7 +1085,7 @@ impl Batcher {
         for (group, items) in groups {
             batches.extend(settling.pack(group, items)?);
         }
-        let sent = self.send_batches(chain, state, batches, report);
+        let sent = self.send_batches(chain, state, &settling, batches, report);
         let mut confirmed = sent.confirmed;
         if !sent.alone.is_empty() {
             confirmed.extend(self.send_alone(chain, state, &settling, sent.alone, report)?);
@@ -1078,23 +1103,23 @@ impl Batcher {
         &self,
         chain: &mut impl Chain,
         state: &mut State,
+        settling: &Settling,
         batches: Vec<(VersionedMessage, Vec<Outgoing>)>,
         report: &mut RoundReport,
     ) -> Sent {
-        let messages: Vec<VersionedMessage> = batches.iter().map(|(m, _)| m.clone()).collect();
-        report.transactions += messages.len();
+        report.transactions += batches.len();
         report
             .receipts_per_transaction
             .extend(batches.iter().map(|(_, c)| c.len()));
         report.sent += batches.iter().map(|(_, c)| c.len()).sum::<usize>();
-        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let outcomes = self.send_settlements(chain, settling, &batches);
         let mut sent = Sent::default();
         for ((_, chunk), outcome) in batches.into_iter().zip(outcomes) {
             match outcome {
                 Ok(_) => sent.confirmed.extend(chunk.iter().map(Outgoing::receipt)),
                 // One receipt the program refuses (a job over its spend cap, say) must
                 // not hold back the others: each alone.
-                Err(e) if chunk.len() > 1 && e.program_error_code().is_some() => {
+                Err(e) if chunk.len() > 1 && e.refused() => {
                     report.errors.push(format!(
                         "a transaction of {} receipts was refused ({e}): sending each alone",
                         chunk.len()
@@ -1125,12 +1150,13 @@ impl Batcher {
         alone: Vec<Outgoing>,
         report: &mut RoundReport,
     ) -> Result<Vec<(String, u64, u64)>, OracleError> {
-        let messages = alone
-            .iter()
-            .map(|o| settling.alone(o))
-            .collect::<Result<Vec<_>, _>>()?;
-        report.transactions += messages.len();
-        let outcomes = chain.send_messages(messages, &[&self.oracle]);
+        let batches = alone
+            .into_iter()
+            .map(|o| Ok((settling.alone(&o)?, vec![o])))
+            .collect::<Result<Vec<_>, OracleError>>()?;
+        report.transactions += batches.len();
+        let outcomes = self.send_settlements(chain, settling, &batches);
+        let alone: Vec<Outgoing> = batches.into_iter().flat_map(|(_, o)| o).collect();
         let mut confirmed = Vec::new();
         for (o, outcome) in alone.iter().zip(outcomes) {
             match outcome {
@@ -1146,6 +1172,87 @@ impl Batcher {
             }
         }
         Ok(confirmed)
+    }
+
+    /// Who attests this oracle's settlements: itself, and in a quorum as many peers as
+    /// the set's threshold needs (the first ones asked; the packing counts their
+    /// signatures).
+    fn attesting_oracles(&self, config: &tally::state::Config) -> Vec<Pubkey> {
+        let mut oracles = vec![self.oracle.pubkey()];
+        if let Some(quorum) = &self.quorum {
+            let needed = usize::from(config.oracle_threshold).saturating_sub(1);
+            oracles.extend(quorum.peers().keys().into_iter().take(needed));
+        }
+        oracles
+    }
+
+    /// Sends settle transactions: signed by this oracle alone, or, in a quorum with a
+    /// threshold above one, each co-signed by peers that check it against their own
+    /// records first.
+    fn send_settlements(
+        &self,
+        chain: &mut impl Chain,
+        settling: &Settling,
+        batches: &[(VersionedMessage, Vec<Outgoing>)],
+    ) -> Vec<Result<Confirmed, SendError>> {
+        let Some(quorum) = self
+            .quorum
+            .as_ref()
+            .filter(|_| settling.attestation.oracles.len() > 1)
+        else {
+            let messages = batches.iter().map(|(m, _)| m.clone()).collect();
+            return chain
+                .send_messages(messages, &[&self.oracle])
+                .into_iter()
+                .map(|o| o.map_err(SendError::Chain))
+                .collect();
+        };
+        batches
+            .iter()
+            .map(|(_, chunk)| self.send_cosigned(chain, quorum, settling, chunk))
+            .collect()
+    }
+
+    /// One settlement co-signed by the quorum, then sent.
+    fn send_cosigned(
+        &self,
+        chain: &mut impl Chain,
+        quorum: &crate::quorum::Quorum,
+        settling: &Settling,
+        chunk: &[Outgoing],
+    ) -> Result<Confirmed, SendError> {
+        let invoices = chunk
+            .iter()
+            .map(|o| {
+                let s = &o.submission;
+                self.store
+                    .invoice(&s.job, s.job_nonce, s.seq)?
+                    .ok_or_else(|| OracleError::Decode {
+                        what: "the store's invoice of a pending receipt",
+                        address: o.job,
+                        reason: format!("receipt {} has no invoice in the store", s.seq),
+                    })
+            })
+            .collect::<Result<Vec<_>, OracleError>>()
+            .map_err(SendError::Oracle)?;
+        let blockhash = chain.latest_blockhash().map_err(SendError::Chain)?;
+        let group = chunk
+            .first()
+            .map(|o| (o.operator_authority, o.mint))
+            .unwrap_or_default();
+        let tables = settling.group_tables(group);
+        let cosigned = crate::quorum::cosign(
+            &self.oracle,
+            quorum.peers(),
+            settling.attestation.oracles.len(),
+            blockhash,
+            &invoices,
+            |oracles| settling.message_for(oracles, group, chunk, &tables),
+        )
+        .map_err(SendError::Quorum)?;
+        chain
+            .send_transaction(cosigned.transaction)
+            .map_err(SendError::Chain)
     }
 
     /// Brings accounts of the previous layout (jobs, revenue days) up to date with
@@ -1936,6 +2043,45 @@ struct Sent {
     alone: Vec<Outgoing>,
 }
 
+/// Why a settle transaction did not land.
+#[derive(Debug)]
+enum SendError {
+    Chain(tally_client::chain::ChainError),
+    /// The quorum did not co-sign: each peer's reason.
+    Quorum(Vec<crate::quorum::PeerError>),
+    Oracle(OracleError),
+}
+
+impl SendError {
+    /// The program, or a co-signer, refused it (as opposed to a network failure): a
+    /// batch refused so is split, each receipt sent alone.
+    fn refused(&self) -> bool {
+        match self {
+            SendError::Chain(e) => e.program_error_code().is_some(),
+            SendError::Quorum(peers) => peers
+                .iter()
+                .any(|p| matches!(p, crate::quorum::PeerError::Refused { .. })),
+            SendError::Oracle(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Chain(e) => write!(f, "{e}"),
+            SendError::Oracle(e) => write!(f, "{e}"),
+            SendError::Quorum(peers) => {
+                write!(f, "the quorum did not co-sign")?;
+                for p in peers {
+                    write!(f, "; {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What a round's settle transactions are built from.
 struct Settling {
     payer: Pubkey,
@@ -2014,6 +2160,28 @@ impl Settling {
             .take(1)
             .collect();
         self.message(group, std::slice::from_ref(o), &table)
+    }
+
+    /// [`Settling::message`] attested by `oracles` (the first pays).
+    fn message_for(
+        &self,
+        oracles: &[Pubkey],
+        group: (Pubkey, Pubkey),
+        chunk: &[Outgoing],
+        tables: &[AddressLookupTableAccount],
+    ) -> Result<VersionedMessage, OracleError> {
+        let settling = Settling {
+            payer: oracles.first().copied().unwrap_or(self.payer),
+            preamble: self.preamble.clone(),
+            attestation: Attestation {
+                oracles: oracles.to_vec(),
+                ..self.attestation.clone()
+            },
+            tables: HashMap::new(),
+            slot: self.slot,
+            max_receipts: self.max_receipts,
+        };
+        settling.message(group, chunk, tables)
     }
 
     /// The settle transaction of `chunk` (receipts of one group), through the

@@ -63,6 +63,9 @@ pub struct OracleConfig {
     /// `[metrics]`: the cross-check against the inference server's own counters.
     #[serde(default)]
     pub metrics: Option<ScrapeSettings>,
+    /// `[quorum]`: the other oracles of an m-of-n set, which co-sign settlements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<crate::quorum::QuorumSettings>,
 }
 
 fn default_store() -> String {

@@ -104,11 +104,21 @@ impl Daemon {
         let stores = Stores::open(config, &chain, &telemetry).await?;
         let (stop, shutdown) = watch::channel(false);
         let sources = Bound::bind(config, &directory, &stores, &telemetry).await?;
+        let quorum = config
+            .quorum
+            .as_ref()
+            .map(crate::quorum::Quorum::new)
+            .transpose()?;
+        let cosigner = match &quorum {
+            Some(_) => Some(Arc::new(cosigner(config, &oracle, &chain).await?)),
+            None => None,
+        };
         let (admin, admin_task) = serve_admin(
             &config.admin,
             &telemetry,
             &stores.sink,
             stores.reader,
+            cosigner,
             shutdown.clone(),
         )
         .await?;
@@ -116,6 +126,7 @@ impl Daemon {
             config,
             stores.store,
             oracle,
+            quorum,
             chain,
             &stores.sink,
             &telemetry,
@@ -311,12 +322,16 @@ impl<C: Chain + Send + 'static> Settle<C> {
         config: &OracleConfig,
         store: Store,
         oracle: Keypair,
+        quorum: Option<crate::quorum::Quorum>,
         chain: Arc<Mutex<C>>,
         sink: &Arc<Sink>,
         telemetry: &Arc<Telemetry>,
     ) -> Self {
         let mut batcher = Batcher::new(store, oracle, Arc::clone(&sink.clock))
             .with_settings(config.batch.clone());
+        if let Some(quorum) = quorum {
+            batcher = batcher.with_quorum(quorum);
+        }
         if let Some(dir) = config.invoices_export() {
             batcher = batcher.with_invoices_dir(dir.to_path_buf());
         }
@@ -694,6 +709,7 @@ async fn serve_admin(
     telemetry: &Arc<Telemetry>,
     sink: &Sink,
     reader: Store,
+    cosigner: Option<Arc<crate::quorum::Cosigner>>,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), OracleError> {
     let admin_listener = bind(&settings.listen, "/metrics and /health").await?;
@@ -706,10 +722,15 @@ async fn serve_admin(
             move |req: hyper::Request<hyper::body::Incoming>| {
                 let (telemetry, reader, now) =
                     (Arc::clone(&telemetry), Arc::clone(&reader), clock.now());
+                let cosigner = cosigner.clone();
                 async move {
                     let path = req.uri().path().to_string();
                     if let Some(rest) = path.strip_prefix("/invoices/") {
                         return invoice_response(rest, reader).await;
+                    }
+                    if let (crate::quorum::COSIGN_PATH, Some(cosigner)) = (path.as_str(), cosigner)
+                    {
+                        return crate::quorum::handle(req, cosigner).await;
                     }
                     admin_response(&path, &telemetry, now)
                 }
@@ -721,6 +742,28 @@ async fn serve_admin(
         .await
     });
     Ok((admin, task))
+}
+
+/// This oracle's co-signer (a quorum member): its own store connection, and the
+/// chain it reads jobs, the config and lookup tables from.
+async fn cosigner<C: Chain + Send + 'static>(
+    config: &OracleConfig,
+    oracle: &Keypair,
+    chain: &Arc<Mutex<C>>,
+) -> Result<crate::quorum::Cosigner, OracleError> {
+    let location = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::connect(&location))
+        .await
+        .map_err(|source| OracleError::Task {
+            task: "opening the co-signer's store".into(),
+            source,
+        })??;
+    let view: Arc<dyn crate::quorum::QuorumView> = Arc::clone(chain) as _;
+    Ok(crate::quorum::Cosigner::new(
+        oracle.insecure_clone(),
+        Arc::new(Mutex::new(store)),
+        view,
+    ))
 }
 
 /// What a round on the blocking thread hands back.

@@ -30,6 +30,7 @@ pub mod invoice;
 pub mod job_view;
 pub mod meter;
 pub mod node_report;
+pub mod quorum;
 pub mod scrape;
 #[cfg(feature = "sim-worker")]
 pub mod sim_worker;

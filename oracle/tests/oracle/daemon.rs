@@ -637,7 +637,14 @@ fn the_example_config_parses_and_shows_every_key_at_its_default() {
             }
         }
     }
-    for unset in ["# url = ", "# keypair = ", "# operator = "] {
+    for unset in [
+        "# url = ",
+        "# keypair = ",
+        "# operator = ",
+        "# [quorum]",
+        "# peers = ",
+        "# term_secs = 30",
+    ] {
         assert!(text.contains(unset), "the example lacks `{unset}…`");
     }
 }

@@ -16,6 +16,7 @@ mod gateway;
 mod gateway_billing;
 mod migration;
 mod postgres;
+mod quorum;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-oracle-{name}-{}", std::process::id()));

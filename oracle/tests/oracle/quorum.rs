@@ -1,0 +1,283 @@
+//! A 2-of-3 oracle quorum on the embedded chain (issue 20): three oracles, each with
+//! its own store holding the same signed evidence, co-signing over real HTTP. The
+//! leader's batcher settles only what a second oracle's own records bear out.
+use std::sync::{Arc, Mutex};
+
+use tally_client::chain::{Chain, EmbeddedChain, Shared};
+use tally_oracle::batcher::Batcher;
+use tally_oracle::http::Shutdown;
+use tally_oracle::quorum::{self, Cosigner, PeerSettings, Quorum, QuorumSettings, QuorumView};
+use tally_oracle::store::{Billing, Store, UsageRecord};
+use tally_tests::solana_keypair::Keypair;
+use tally_tests::solana_signer::Signer;
+use tally_tests::{JobHandle, JobSpec, TestEnv, World};
+
+use super::{record, temp_dir};
+
+/// A co-signing oracle: its store and its HTTP server (stopped by `stop`).
+struct Peer {
+    oracle: Keypair,
+    store: Arc<Mutex<Store>>,
+    url: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+struct Quorum3 {
+    chain: Shared<EmbeddedChain>,
+    jobs: Vec<JobHandle>,
+    leader: Batcher,
+    peers: Vec<Peer>,
+    dir: std::path::PathBuf,
+}
+
+impl Quorum3 {
+    /// Every oracle's store gets `r` (workers post each report to every oracle).
+    fn report(&self, r: &UsageRecord) {
+        self.leader.store.record(r).unwrap();
+        for peer in &self.peers {
+            peer.store.lock().unwrap().record(r).unwrap();
+        }
+    }
+
+    /// One settlement round of the leader, on a blocking thread (it waits for its
+    /// peers' answers).
+    fn round(&self) -> tally_oracle::batcher::RoundReport {
+        let (leader, mut chain) = (&self.leader, self.chain.clone());
+        tokio::task::block_in_place(|| leader.run_round(&mut chain)).unwrap()
+    }
+
+    fn settled(&self, job: &JobHandle) -> (u64, u64) {
+        let job = self.chain.lock().job_state(&job.address);
+        (job.settled_units, job.last_seq)
+    }
+
+    /// Starts (again) peer `i`'s server on its port.
+    async fn start_peer(&mut self, i: usize) {
+        let url = self.peers[i].url.clone();
+        let address = url.trim_start_matches("http://").to_string();
+        let cosigner = Arc::new(Cosigner::new(
+            self.peers[i].oracle.insecure_clone(),
+            Arc::clone(&self.peers[i].store),
+            Arc::clone(&self.chain.0) as Arc<dyn QuorumView>,
+        ));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        serve(&address, cosigner, shutdown).await;
+        self.peers[i].stop = stop;
+    }
+
+    fn stop_peer(&self, i: usize) {
+        let _ = self.peers[i].stop.send(true);
+    }
+}
+
+async fn serve(address: &str, cosigner: Arc<Cosigner>, shutdown: Shutdown) {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    tokio::spawn(async move {
+        tally_oracle::http::serve(
+            listener,
+            move |req| quorum::handle(req, Arc::clone(&cosigner)),
+            shutdown,
+            &tally_oracle::http::Limits::default(),
+            None,
+        )
+        .await
+    });
+}
+
+trait JobState {
+    fn job_state(&self, address: &tally_client::Pubkey) -> tally::state::Job;
+}
+
+impl JobState for EmbeddedChain {
+    fn job_state(&self, address: &tally_client::Pubkey) -> tally::state::Job {
+        tally_client::ops::job(self, address).unwrap()
+    }
+}
+
+/// A 2-of-3 deployment with two jobs; oracle 0 leads (one long term), 1 and 2 co-sign.
+async fn quorum3(name: &str) -> Quorum3 {
+    let mut world = World::builder()
+        .oracles(3, 2)
+        .fee_bps(100)
+        .challenge_window(0)
+        .build();
+    let operator = world.operator();
+    let client = world.client(100_000_000);
+    let jobs = (0..2)
+        .map(|id| world.open_job(&client, &operator, id, JobSpec::default()))
+        .collect();
+    world.env.advance(60);
+    let oracles: Vec<Keypair> = world.oracles.iter().map(Keypair::insecure_clone).collect();
+    // The chain moves out of the world: the leader's rounds and the peers' reads
+    // share it, each call taking the lock alone.
+    let standin = EmbeddedChain::new(&TestEnv::program_path(), &oracles[0].pubkey()).unwrap();
+    let chain = Shared::new(std::mem::replace(&mut world.env.chain, standin));
+    let dir = temp_dir(name);
+    let mut peers = Vec::new();
+    for (i, oracle) in oracles.iter().enumerate().skip(1) {
+        let port = super::free_port();
+        peers.push(Peer {
+            oracle: oracle.insecure_clone(),
+            store: Arc::new(Mutex::new(
+                Store::open(&dir.join(format!("oracle-{i}.db"))).unwrap(),
+            )),
+            url: format!("http://127.0.0.1:{port}"),
+            stop: tokio::sync::watch::channel(false).0,
+        });
+    }
+    let settings = QuorumSettings {
+        peers: peers
+            .iter()
+            .map(|p| PeerSettings {
+                key: p.oracle.pubkey().to_string(),
+                url: p.url.clone(),
+            })
+            .collect(),
+        // One term longer than the test: oracle 0 leads throughout.
+        term_secs: 1 << 40,
+    };
+    let leader = Batcher::new(
+        Store::open(&dir.join("oracle-0.db")).unwrap(),
+        oracles[0].insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    )
+    .with_quorum(Quorum::new(&settings).unwrap());
+    let mut q = Quorum3 {
+        chain,
+        jobs,
+        leader,
+        peers,
+        dir,
+    };
+    for i in 0..2 {
+        q.start_peer(i).await;
+    }
+    q
+}
+
+fn units(records: &[UsageRecord]) -> u64 {
+    records
+        .iter()
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_of_three_settle_what_two_stores_hold_and_survive_one_down() {
+    let mut q = quorum3("quorum-honest").await;
+    let now = q.chain.clock().unwrap().unix_timestamp;
+    let first: Vec<UsageRecord> = (0..6).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &first {
+        q.report(r);
+    }
+
+    // All honest: settled once, with the first peer's signature.
+    let report = q.round();
+    assert_eq!((report.failed, report.confirmed), (0, 1), "{report:?}");
+    assert_eq!(q.settled(&q.jobs[0]), (units(&first), 1));
+    // The co-signer bound those records to the receipt in its own store.
+    let billing = q.peers[0].store.lock().unwrap().billing().unwrap();
+    assert!(billing.iter().all(|(_, b)| !matches!(b, Billing::Waiting)));
+    // A round with nothing new sends nothing.
+    assert_eq!(q.round().sent, 0);
+
+    // The first peer down: the second co-signs.
+    q.stop_peer(0);
+    let second: Vec<UsageRecord> = (10..14).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &second {
+        q.report(r);
+    }
+    let report = q.round();
+    assert_eq!((report.failed, report.confirmed), (0, 1), "{report:?}");
+    assert_eq!(q.settled(&q.jobs[0]), (units(&first) + units(&second), 2));
+    let cosigned = q.peers[1]
+        .store
+        .lock()
+        .unwrap()
+        .submissions_of(&q.jobs[0].address.to_string())
+        .unwrap();
+    assert_eq!(
+        cosigned.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        vec![2],
+        "the second peer co-signed receipt 2 only"
+    );
+
+    // Both peers down: nothing settles, nothing is lost…
+    q.stop_peer(1);
+    let third: Vec<UsageRecord> = (20..23).map(|i| record(&q.jobs[1], i, now)).collect();
+    for r in &third {
+        q.report(r);
+    }
+    let report = q.round();
+    assert_eq!((report.failed, report.confirmed), (1, 0), "{report:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("did not answer")),
+        "{report:?}"
+    );
+    assert_eq!(q.settled(&q.jobs[1]), (0, 0));
+    // …and it settles once one returns (after the job's backoff).
+    q.start_peer(1).await;
+    let mut settled = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        q.round();
+        if q.settled(&q.jobs[1]) == (units(&third), 1) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "settled once a peer returned: {:?}",
+        q.settled(&q.jobs[1])
+    );
+    let _ = std::fs::remove_dir_all(&q.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_invents_or_inflates_usage_gets_no_signature() {
+    let q = quorum3("quorum-liar").await;
+    let now = q.chain.clock().unwrap().unix_timestamp;
+    let honest: Vec<UsageRecord> = (0..4).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &honest {
+        q.report(r);
+    }
+    // The leader's store holds a request nobody reported to the others.
+    let invented = record(&q.jobs[0], 99, now);
+    q.leader.store.record(&invented).unwrap();
+    let report = q.round();
+    assert_eq!(report.confirmed, 0, "{report:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("unseen_record")),
+        "{report:?}"
+    );
+    assert_eq!(q.settled(&q.jobs[0]), (0, 0), "nothing settles");
+
+    // On the other job, the leader's count of a request is larger than the one the
+    // node signed and the peers hold.
+    let mut inflated = record(&q.jobs[1], 7, now);
+    for peer in &q.peers {
+        peer.store.lock().unwrap().record(&inflated).unwrap();
+    }
+    inflated.completion_tokens += 1_000;
+    q.leader.store.record(&inflated).unwrap();
+    let report = q.round();
+    assert_eq!(report.confirmed, 0, "{report:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("record_differs")),
+        "{report:?}"
+    );
+    assert_eq!(q.settled(&q.jobs[1]), (0, 0), "nothing settles");
+    let _ = std::fs::remove_dir_all(&q.dir);
+}
+
+#[test]
+fn leadership_rotates_through_the_set_in_terms_of_chain_time() {
+    let set: Vec<_> = (0..3).map(|_| tally_client::Pubkey::new_unique()).collect();
+    assert_eq!(quorum::leader(&set, 0, 30), Some(set[0]));
+    assert_eq!(quorum::leader(&set, 29, 30), Some(set[0]));
+    assert_eq!(quorum::leader(&set, 30, 30), Some(set[1]));
+    assert_eq!(quorum::leader(&set, 60, 30), Some(set[2]));
+    assert_eq!(quorum::leader(&set, 90, 30), Some(set[0]));
+    assert_eq!(quorum::leader(&[], 90, 30), None);
+}
