@@ -500,8 +500,12 @@ impl Batcher {
         let mut state = lock(&self.state)?;
         let started = Instant::now();
 
-        // 1. What needs work, and the jobs' states in one pass.
+        // 1. What needs work, and the jobs' states in one pass; in a quorum, receipts
+        // that landed without this oracle adopted first.
         let mut work = self.read_work(chain, &mut report)?;
+        if self.catch_up(&work, &mut report) > 0 {
+            work = self.read_work(chain, &mut report)?;
+        }
         // 2. Resume pending submissions; 3. new usage. Decided, not yet written.
         let mut round = RoundWrite::default();
         let pending = std::mem::take(&mut work.pending);
@@ -525,6 +529,26 @@ impl Batcher {
         self.tend_tables_when_due(chain, &mut state, &mut report)?;
         tracing::debug!(elapsed = ?started.elapsed(), "settlement round");
         Ok(report)
+    }
+
+    /// In a quorum: adopts, for each job of the round, the receipts that landed while
+    /// another oracle led (fetched from peers, checked against the chain). Returns how
+    /// many; a job that cannot catch up is reported (its new receipt would be refused).
+    fn catch_up(&self, work: &Work, report: &mut RoundReport) -> usize {
+        let Some(quorum) = &self.quorum else {
+            return 0;
+        };
+        let mut adopted = 0;
+        for (job, state) in &work.jobs.0 {
+            let (Some(key), Some(state)) = (parse_key(job), state) else {
+                continue;
+            };
+            match crate::quorum::catch_up(&self.store, quorum.peers(), &key, state) {
+                Ok(n) => adopted += n,
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        adopted
     }
 
     /// In a quorum, the oracle leading this term, when it is not this one.

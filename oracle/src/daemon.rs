@@ -110,7 +110,7 @@ impl Daemon {
             .map(crate::quorum::Quorum::new)
             .transpose()?;
         let cosigner = match &quorum {
-            Some(_) => Some(Arc::new(cosigner(config, &oracle, &chain).await?)),
+            Some(quorum) => Some(Arc::new(cosigner(config, &oracle, quorum, &chain).await?)),
             None => None,
         };
         let (admin, admin_task) = serve_admin(
@@ -250,7 +250,7 @@ fn admin_response(path: &str, telemetry: &Telemetry, now: i64) -> Response<Body>
 
 /// `GET /invoices/<job>/<nonce>/<seq>`: the invoice's bytes from the store (whichever
 /// replica made them), exactly as hashed on chain.
-async fn invoice_response(path: &str, reader: Arc<Mutex<Store>>) -> Response<Body> {
+pub async fn invoice_response(path: &str, reader: Arc<Mutex<Store>>) -> Response<Body> {
     let parts: Vec<&str> = path.trim_end_matches(".json").split('/').collect();
     let [job, nonce, seq] = parts.as_slice() else {
         return crate::http::error_response(
@@ -749,6 +749,7 @@ async fn serve_admin(
 async fn cosigner<C: Chain + Send + 'static>(
     config: &OracleConfig,
     oracle: &Keypair,
+    quorum: &crate::quorum::Quorum,
     chain: &Arc<Mutex<C>>,
 ) -> Result<crate::quorum::Cosigner, OracleError> {
     let location = config.store.clone();
@@ -763,6 +764,7 @@ async fn cosigner<C: Chain + Send + 'static>(
         oracle.insecure_clone(),
         Arc::new(Mutex::new(store)),
         view,
+        quorum.peers().clone(),
     ))
 }
 

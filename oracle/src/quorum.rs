@@ -137,6 +137,10 @@ pub enum Refusal {
     },
     #[error("job {job}: receipt {seq} was co-signed here before with another invoice")]
     Conflicting { job: Pubkey, seq: u64 },
+    #[error(
+        "job {job}: this oracle cannot catch up with the receipts that landed without it: {reason}"
+    )]
+    Behind { job: Pubkey, reason: String },
     #[error("this oracle cannot check the proposal now: {0}")]
     Unavailable(String),
 }
@@ -158,6 +162,7 @@ impl Refusal {
             Refusal::Differs { .. } => "record_differs",
             Refusal::Inflated { .. } => "inflated",
             Refusal::Conflicting { .. } => "conflicting",
+            Refusal::Behind { .. } => "behind",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -332,14 +337,22 @@ pub struct Cosigner {
     oracle: Keypair,
     store: Arc<Mutex<Store>>,
     view: Arc<dyn QuorumView>,
+    /// Where receipts this oracle did not sign are fetched from, to catch up.
+    peers: Peers,
 }
 
 impl Cosigner {
-    pub fn new(oracle: Keypair, store: Arc<Mutex<Store>>, view: Arc<dyn QuorumView>) -> Self {
+    pub fn new(
+        oracle: Keypair,
+        store: Arc<Mutex<Store>>,
+        view: Arc<dyn QuorumView>,
+        peers: Peers,
+    ) -> Self {
         Self {
             oracle,
             store,
             view,
+            peers,
         }
     }
 
@@ -412,6 +425,12 @@ impl Cosigner {
             .store
             .lock()
             .map_err(|_| Refusal::Unavailable("the store lock is poisoned".into()))?;
+        // Receipts that landed without this oracle are adopted first: their records
+        // are billed, whoever co-signed them.
+        catch_up(&store, &self.peers, job, &state).map_err(|e| Refusal::Behind {
+            job: *job,
+            reason: e.to_string(),
+        })?;
         let earlier = store
             .submissions_of(&job_text)?
             .into_iter()
@@ -428,6 +447,10 @@ impl Cosigner {
             .into_iter()
             .map(|w| (w.record.request_id.clone(), w))
             .collect();
+        let before = store
+            .last_submission(&job_text, state.nonce)?
+            .map(|s| s.metered)
+            .unwrap_or_default();
         drop(store);
         let (record_ids, added, oldest) = supported(job, &state, &invoice.lines, &waiting)?;
         let kind = kind_of(&state);
@@ -454,7 +477,11 @@ impl Cosigner {
                 cumulative_output: receipt.cumulative_output,
                 invoice_hash: receipt.invoice_hash,
                 period_end: receipt.period_end,
-                metered: added,
+                metered: {
+                    let mut running = before;
+                    running.merge(&added);
+                    running
+                },
                 records: record_ids.len() as u64,
                 oldest_finished_at: oldest,
                 state: SubmissionState::Pending,
@@ -548,6 +575,176 @@ fn supported(
         }
     }
     Ok((ids, added, oldest))
+}
+
+/// Why this oracle's store could not be brought up to the chain for a job.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("no peer served invoice {seq} of job {job}: {reasons}")]
+    Unavailable {
+        job: Pubkey,
+        seq: u64,
+        reasons: String,
+    },
+    #[error("job {job}: the invoices peers serve do not chain to the invoice hash on chain (at receipt {seq})")]
+    Broken { job: Pubkey, seq: u64 },
+    #[error("job {job}: this oracle's receipt {seq} is not the one that landed (its store diverged from the quorum's)")]
+    Diverged { job: Pubkey, seq: u64 },
+    #[error(transparent)]
+    Oracle(#[from] OracleError),
+}
+
+/// Brings this oracle's store up to the chain for `job`: each receipt that landed
+/// without it (the leader and another peer signed) is fetched from a peer, checked
+/// against the chain (the invoices link, by their previous hashes, from this
+/// oracle's last receipt to the invoice hash on chain), and adopted: its records are
+/// bound to it, the ones this oracle never received recorded from its lines, so a
+/// late report of them is a duplicate and nothing is billed twice. Returns how many
+/// receipts were adopted.
+pub fn catch_up(
+    store: &Store,
+    peers: &Peers,
+    job: &Pubkey,
+    state: &Job,
+) -> Result<usize, CatchUpError> {
+    let job_text = job.to_string();
+    let last = store.last_submission(&job_text, state.nonce)?;
+    let have = last.as_ref().map_or(0, |s| s.seq);
+    if have >= state.last_seq {
+        return Ok(0);
+    }
+    let fetched = fetch_landed(peers, job, state, have)?;
+    // The first fetched invoice follows this oracle's last receipt.
+    let mut previous = last.as_ref().map_or([0; 32], |s| s.invoice_hash);
+    for (seq, bytes, invoice) in &fetched {
+        if invoice.previous_hash != hex(&previous) {
+            return Err(if *seq == have + 1 {
+                CatchUpError::Diverged {
+                    job: *job,
+                    seq: have,
+                }
+            } else {
+                CatchUpError::Broken {
+                    job: *job,
+                    seq: *seq,
+                }
+            });
+        }
+        previous = sha256(bytes);
+    }
+    if previous != state.invoice_hash {
+        return Err(CatchUpError::Broken {
+            job: *job,
+            seq: state.last_seq,
+        });
+    }
+    let mut metered = last.map(|s| s.metered).unwrap_or_default();
+    for (seq, bytes, invoice) in fetched {
+        adopt(store, job, state, seq, &bytes, &invoice, &mut metered)?;
+    }
+    Ok(usize::try_from(state.last_seq - have).unwrap_or(usize::MAX))
+}
+
+/// Invoices `have + 1 ..= state.last_seq` of the job's incarnation, from whichever
+/// peer serves each.
+fn fetch_landed(
+    peers: &Peers,
+    job: &Pubkey,
+    state: &Job,
+    have: u64,
+) -> Result<Vec<(u64, Vec<u8>, Invoice)>, CatchUpError> {
+    let mut fetched = Vec::new();
+    for seq in have + 1..=state.last_seq {
+        let bytes = block_on(peers.invoice(job, state.nonce, seq))?.map_err(|reasons| {
+            CatchUpError::Unavailable {
+                job: *job,
+                seq,
+                reasons,
+            }
+        })?;
+        let invoice: Invoice =
+            serde_json::from_slice(&bytes).map_err(|_| CatchUpError::Broken { job: *job, seq })?;
+        if invoice.seq != seq || invoice.job_nonce != Some(state.nonce) {
+            return Err(CatchUpError::Broken { job: *job, seq });
+        }
+        fetched.push((seq, bytes, invoice));
+    }
+    Ok(fetched)
+}
+
+/// Writes a landed receipt into this oracle's store, its records bound to it.
+fn adopt(
+    store: &Store,
+    job: &Pubkey,
+    state: &Job,
+    seq: u64,
+    bytes: &[u8],
+    invoice: &Invoice,
+    metered: &mut Totals,
+) -> Result<(), OracleError> {
+    let job_text = job.to_string();
+    for line in &invoice.lines {
+        store.record(&record_of(&job_text, state.nonce, line))?;
+    }
+    let waiting: HashMap<String, i64> = store
+        .waiting_records(&job_text, usize::MAX)?
+        .into_iter()
+        .map(|w| (w.record.request_id, w.id))
+        .collect();
+    let mut record_ids = Vec::with_capacity(invoice.lines.len());
+    let mut oldest: Option<i64> = None;
+    for line in &invoice.lines {
+        if let Some(id) = waiting.get(&line.request_id) {
+            record_ids.push(*id);
+        }
+        oldest = Some(oldest.map_or(line.finished_at, |o| o.min(line.finished_at)));
+        let record = record_of(&job_text, state.nonce, line);
+        if pays_for_model(state, &record.model) && record.finished_at <= state.deadline {
+            metered.add(&record);
+        }
+    }
+    store.write_submission(&NewSubmission {
+        submission: Submission {
+            job: job_text.clone(),
+            job_nonce: state.nonce,
+            seq,
+            cumulative_units: invoice.cumulative_units,
+            // Invoices carry no output counter: the chain's for the receipt that
+            // landed last, the records' running total before it.
+            cumulative_output: if seq == state.last_seq {
+                state.settled_output
+            } else {
+                metered.output(kind_of(state))
+            },
+            invoice_hash: sha256(bytes),
+            period_end: invoice.period_end,
+            metered: *metered,
+            records: invoice.lines.len() as u64,
+            oldest_finished_at: oldest,
+            state: SubmissionState::Pending,
+        },
+        invoice: bytes.to_vec(),
+        record_ids,
+    })?;
+    store.confirm(&job_text, state.nonce, seq)
+}
+
+/// The usage record an invoice line stands for.
+fn record_of(job: &str, nonce: u64, line: &InvoiceLine) -> crate::store::UsageRecord {
+    crate::store::UsageRecord {
+        job: job.to_string(),
+        job_nonce: Some(nonce),
+        request_id: line.request_id.clone(),
+        model: line.model.clone(),
+        prompt_tokens: line.prompt_tokens,
+        completion_tokens: line.completion_tokens,
+        gpu_ms: line.gpu_ms,
+        finished_at: line.finished_at,
+        source: line.source.clone(),
+        upstream_id: line.upstream_id.clone(),
+        counted_by: line.counted_by.clone(),
+        key_id: line.key_id.clone(),
+    }
 }
 
 /// Answers a request for [`COSIGN_PATH`] on the admin listener: a proposal, POSTed.
@@ -735,6 +932,28 @@ impl Peers {
     /// The peers' keys, in the order they are asked.
     pub fn keys(&self) -> Vec<Pubkey> {
         self.peers.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// Receipt `seq`'s invoice of the job's incarnation `nonce`, from the first peer
+    /// that serves it (`GET /invoices/<job>/<nonce>/<seq>`); else every peer's reason.
+    pub async fn invoice(&self, job: &Pubkey, nonce: u64, seq: u64) -> Result<Vec<u8>, String> {
+        let mut reasons = Vec::new();
+        for (key, url) in &self.peers {
+            let got = self
+                .http
+                .get(format!("{url}/invoices/{job}/{nonce}/{seq}"))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status);
+            match got {
+                Ok(response) => match response.bytes().await {
+                    Ok(bytes) => return Ok(bytes.to_vec()),
+                    Err(e) => reasons.push(format!("{key}: {e}")),
+                },
+                Err(e) => reasons.push(format!("{key}: {e}")),
+            }
+        }
+        Err(reasons.join("; "))
     }
 
     /// Asks `peer` to co-sign `proposal`; checks the signature it returns.

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use tally_client::chain::{Chain, EmbeddedChain, Shared};
 use tally_oracle::batcher::Batcher;
 use tally_oracle::http::Shutdown;
-use tally_oracle::quorum::{self, Cosigner, PeerSettings, Quorum, QuorumSettings, QuorumView};
+use tally_oracle::quorum::{
+    self, Cosigner, PeerSettings, Peers, Quorum, QuorumSettings, QuorumView,
+};
 use tally_oracle::store::{Billing, Store, UsageRecord};
 use tally_tests::solana_keypair::Keypair;
 use tally_tests::solana_signer::Signer;
@@ -17,6 +19,7 @@ use super::{record, temp_dir};
 /// A co-signing oracle: its store and its HTTP server (stopped by `stop`).
 struct Peer {
     oracle: Keypair,
+    path: std::path::PathBuf,
     store: Arc<Mutex<Store>>,
     url: String,
     stop: tokio::sync::watch::Sender<bool>,
@@ -26,6 +29,9 @@ struct Quorum3 {
     chain: Shared<EmbeddedChain>,
     jobs: Vec<JobHandle>,
     leader: Batcher,
+    leader_key: tally_client::Pubkey,
+    /// The leader's admin listener (its invoices, for peers catching up).
+    leader_url: String,
     peers: Vec<Peer>,
     dir: std::path::PathBuf,
 }
@@ -55,13 +61,31 @@ impl Quorum3 {
     async fn start_peer(&mut self, i: usize) {
         let url = self.peers[i].url.clone();
         let address = url.trim_start_matches("http://").to_string();
+        // Its peers (to catch up from): the leader and the other co-signer.
+        let other = &self.peers[1 - i];
+        let peers = Peers::new(&QuorumSettings {
+            peers: vec![
+                PeerSettings {
+                    key: self.leader_key.to_string(),
+                    url: self.leader_url.clone(),
+                },
+                PeerSettings {
+                    key: other.oracle.pubkey().to_string(),
+                    url: other.url.clone(),
+                },
+            ],
+            term_secs: 30,
+        })
+        .unwrap();
         let cosigner = Arc::new(Cosigner::new(
             self.peers[i].oracle.insecure_clone(),
             Arc::clone(&self.peers[i].store),
             Arc::clone(&self.chain.0) as Arc<dyn QuorumView>,
+            peers,
         ));
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        serve(&address, cosigner, shutdown).await;
+        let reader = Arc::new(Mutex::new(Store::open(&self.peers[i].path).unwrap()));
+        serve(&address, cosigner, reader, shutdown).await;
         self.peers[i].stop = stop;
     }
 
@@ -70,12 +94,27 @@ impl Quorum3 {
     }
 }
 
-async fn serve(address: &str, cosigner: Arc<Cosigner>, shutdown: Shutdown) {
+/// A peer's admin listener: proposals, and its invoices (as the daemon serves them).
+async fn serve(
+    address: &str,
+    cosigner: Arc<Cosigner>,
+    reader: Arc<Mutex<Store>>,
+    shutdown: Shutdown,
+) {
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     tokio::spawn(async move {
         tally_oracle::http::serve(
             listener,
-            move |req| quorum::handle(req, Arc::clone(&cosigner)),
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let (cosigner, reader) = (Arc::clone(&cosigner), Arc::clone(&reader));
+                async move {
+                    let path = req.uri().path().to_string();
+                    match path.strip_prefix("/invoices/") {
+                        Some(rest) => tally_oracle::daemon::invoice_response(rest, reader).await,
+                        None => quorum::handle(req, cosigner).await,
+                    }
+                }
+            },
             shutdown,
             &tally_oracle::http::Limits::default(),
             None,
@@ -116,11 +155,11 @@ async fn quorum3(name: &str) -> Quorum3 {
     let mut peers = Vec::new();
     for (i, oracle) in oracles.iter().enumerate().skip(1) {
         let port = super::free_port();
+        let path = dir.join(format!("oracle-{i}.db"));
         peers.push(Peer {
             oracle: oracle.insecure_clone(),
-            store: Arc::new(Mutex::new(
-                Store::open(&dir.join(format!("oracle-{i}.db"))).unwrap(),
-            )),
+            store: Arc::new(Mutex::new(Store::open(&path).unwrap())),
+            path,
             url: format!("http://127.0.0.1:{port}"),
             stop: tokio::sync::watch::channel(false).0,
         });
@@ -136,16 +175,33 @@ async fn quorum3(name: &str) -> Quorum3 {
         // One term longer than the test: oracle 0 leads throughout.
         term_secs: 1 << 40,
     };
+    let leader_path = dir.join("oracle-0.db");
     let leader = Batcher::new(
-        Store::open(&dir.join("oracle-0.db")).unwrap(),
+        Store::open(&leader_path).unwrap(),
         oracles[0].insecure_clone(),
         tally_oracle::clock::ChainClock::new(),
     )
     .with_quorum(Quorum::new(&settings).unwrap());
+    let leader_url = format!("http://127.0.0.1:{}", super::free_port());
+    let leader_cosigner = Arc::new(Cosigner::new(
+        oracles[0].insecure_clone(),
+        Arc::new(Mutex::new(Store::open(&leader_path).unwrap())),
+        Arc::clone(&chain.0) as Arc<dyn QuorumView>,
+        Peers::new(&settings).unwrap(),
+    ));
+    serve(
+        leader_url.trim_start_matches("http://"),
+        leader_cosigner,
+        Arc::new(Mutex::new(Store::open(&leader_path).unwrap())),
+        tally_oracle::http::never(),
+    )
+    .await;
     let mut q = Quorum3 {
         chain,
         jobs,
         leader,
+        leader_key: oracles[0].pubkey(),
+        leader_url,
         peers,
         dir,
     };
@@ -198,8 +254,8 @@ async fn two_of_three_settle_what_two_stores_hold_and_survive_one_down() {
         .unwrap();
     assert_eq!(
         cosigned.iter().map(|s| s.seq).collect::<Vec<_>>(),
-        vec![2],
-        "the second peer co-signed receipt 2 only"
+        vec![1, 2],
+        "the second peer adopted receipt 1 (landed without it), then co-signed 2"
     );
 
     // Both peers down: nothing settles, nothing is lost…
@@ -230,6 +286,65 @@ async fn two_of_three_settle_what_two_stores_hold_and_survive_one_down() {
         settled,
         "settled once a peer returned: {:?}",
         q.settled(&q.jobs[1])
+    );
+
+    // The first peer returns, behind: receipt 2 of job 0 landed without it. Asked to
+    // co-sign receipt 3, it first adopts receipt 2 (from the other peer, checked
+    // against the chain), then signs.
+    q.start_peer(0).await;
+    let fourth: Vec<UsageRecord> = (30..33).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &fourth {
+        q.report(r);
+    }
+    let report = q.round();
+    assert_eq!((report.failed, report.confirmed), (0, 1), "{report:?}");
+    let all = units(&first) + units(&second) + units(&fourth);
+    assert_eq!(q.settled(&q.jobs[0]), (all, 3));
+    let seqs: Vec<u64> = q.peers[0]
+        .store
+        .lock()
+        .unwrap()
+        .submissions_of(&q.jobs[0].address.to_string())
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3],
+        "the first peer caught up with receipt 2"
+    );
+
+    // Leadership moves to the first peer's oracle. Job 1 settled while it was down:
+    // as leader it adopts that receipt, then bills only what is new.
+    let now_secs = u64::try_from(now).unwrap();
+    let new_leader = Batcher::new(
+        Store::open(&q.peers[0].path).unwrap(),
+        q.peers[0].oracle.insecure_clone(),
+        tally_oracle::clock::ChainClock::new(),
+    )
+    .with_quorum(
+        Quorum::new(&QuorumSettings {
+            peers: vec![PeerSettings {
+                key: q.peers[1].oracle.pubkey().to_string(),
+                url: q.peers[1].url.clone(),
+            }],
+            // now / term = 1: the set's second oracle leads this term.
+            term_secs: now_secs,
+        })
+        .unwrap(),
+    );
+    let fifth: Vec<UsageRecord> = (40..42).map(|i| record(&q.jobs[1], i, now)).collect();
+    for r in &fifth {
+        q.report(r);
+    }
+    let mut chain = q.chain.clone();
+    let report = tokio::task::block_in_place(|| new_leader.run_round(&mut chain)).unwrap();
+    assert_eq!((report.failed, report.confirmed), (0, 1), "{report:?}");
+    assert_eq!(
+        q.settled(&q.jobs[1]),
+        (units(&third) + units(&fifth), 2),
+        "the requests of receipt 1 are not billed twice"
     );
     let _ = std::fs::remove_dir_all(&q.dir);
 }
