@@ -396,3 +396,165 @@ fn leadership_rotates_through_the_set_in_terms_of_chain_time() {
     assert_eq!(quorum::leader(&set, 90, 30), Some(set[0]));
     assert_eq!(quorum::leader(&[], 90, 30), None);
 }
+
+/// The daemons' leadership term, seconds of chain time.
+const TERM: i64 = 100;
+
+/// Three `tally-oracle` daemons in process, each with its own store and `[quorum]`
+/// config, node reports posted to every one over HTTP, leadership rotating with the
+/// chain's clock: settled once while all run, and still settled, by the two left,
+/// once the leader of the moment stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader() {
+    use ed25519_dalek::SigningKey;
+    use tally_oracle::config::OracleConfig;
+    use tally_oracle::daemon::Daemon;
+    use tally_oracle::node_report::NodeRecord;
+
+    let mut world = World::builder()
+        .oracles(3, 2)
+        .fee_bps(100)
+        .challenge_window(0)
+        .build();
+    let operator = world.operator();
+    let node = SigningKey::from_bytes(&[7; 32]);
+    let args = tally_client::OperatorArgs {
+        payout_owner: operator.payout_owner,
+        node_keys: vec![tally_client::Pubkey::from(node.verifying_key().to_bytes())],
+    };
+    tally_tests::expect_ok(world.send(
+        &[tally_client::ix::update_operator(
+            operator.authority.pubkey(),
+            args,
+        )],
+        &[&operator.authority],
+    ));
+    let client = world.client(100_000_000);
+    let job = world.open_job(&client, &operator, 0, JobSpec::default());
+    world.env.advance(60);
+    let oracles: Vec<Keypair> = world.oracles.iter().map(Keypair::insecure_clone).collect();
+    let standin = EmbeddedChain::new(&TestEnv::program_path(), &oracles[0].pubkey()).unwrap();
+    let chain = Shared::new(std::mem::replace(&mut world.env.chain, standin));
+    let dir = temp_dir("quorum-daemons");
+    let ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+
+    let mut daemons = Vec::new();
+    for (i, oracle) in oracles.iter().enumerate() {
+        let peers: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| {
+                format!(
+                    "{{ key = \"{}\", url = \"http://127.0.0.1:{}\" }}",
+                    oracles[j].pubkey(),
+                    ports[j]
+                )
+            })
+            .collect();
+        let config = OracleConfig::parse(
+            &format!(
+                "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n[node_reports]\nlisten = \"127.0.0.1:0\"\n\
+                 [quorum]\npeers = [{}]\nterm_secs = {TERM}\n",
+                dir.join(format!("oracle-{i}.db")).display(),
+                ports[i],
+                peers.join(", ")
+            ),
+            Vec::new(),
+        )
+        .unwrap();
+        let own = Arc::new(Mutex::new(chain.clone()));
+        daemons.push(Some(
+            Daemon::start(&config, own, oracle.insecure_clone())
+                .await
+                .unwrap(),
+        ));
+    }
+    let now = chain.clock().unwrap().unix_timestamp;
+    let post_everywhere = |daemons: &[Option<Daemon>], i: u64| {
+        let report = NodeRecord {
+            job: job.address.to_string(),
+            request_id: format!("node-req-{i}"),
+            model: "llama-3-8b".into(),
+            prompt_tokens: 10 + i % 5,
+            completion_tokens: 30 + i % 9,
+            gpu_ms: 200,
+            started_at: now - 1,
+            finished_at: now,
+        };
+        let units = report.prompt_tokens + report.completion_tokens;
+        let body = serde_json::to_string(&report.sign(&node).unwrap()).unwrap();
+        let urls: Vec<String> = daemons
+            .iter()
+            .flatten()
+            .map(|d| format!("http://{}/v1/reports", d.node_reports.unwrap()))
+            .collect();
+        (units, body, urls)
+    };
+    let settled = |chain: &Shared<EmbeddedChain>| chain.lock().job_state(&job.address);
+    let wait_for = |units: u64| {
+        let chain = chain.clone();
+        async move {
+            for _ in 0..100 {
+                if settled(&chain).settled_units == units {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+
+    let mut expected = 0;
+    for i in 0..6 {
+        let (units, body, urls) = post_everywhere(&daemons, i);
+        expected += units;
+        for url in urls {
+            let (status, text) = super::daemon::post(&url, &body).await;
+            assert_eq!(status, 201, "{text}");
+        }
+    }
+    assert!(
+        wait_for(expected).await,
+        "settled: {:?}",
+        settled(&chain).settled_units
+    );
+    assert_eq!(settled(&chain).last_seq, 1, "settled once");
+
+    // The leader of the moment stops; the clock moves on to a term whose leader runs.
+    let leader = quorum::leader(&chain.config_oracles(), now, TERM as u64).unwrap();
+    let stopped = oracles.iter().position(|o| o.pubkey() == leader).unwrap();
+    daemons[stopped].take().unwrap().stop().await.unwrap();
+    let mut later = now + TERM;
+    while quorum::leader(&chain.config_oracles(), later, TERM as u64) == Some(leader) {
+        later += TERM;
+    }
+    chain.lock().set_time(later);
+    for i in 10..14 {
+        let (units, body, urls) = post_everywhere(&daemons, i);
+        expected += units;
+        for url in urls {
+            let (status, text) = super::daemon::post(&url, &body).await;
+            assert_eq!(status, 201, "{text}");
+        }
+    }
+    assert!(
+        wait_for(expected).await,
+        "settled: {:?}",
+        settled(&chain).settled_units
+    );
+    assert_eq!(settled(&chain).last_seq, 2);
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+trait ConfigOracles {
+    fn config_oracles(&self) -> Vec<tally_client::Pubkey>;
+}
+
+impl ConfigOracles for Shared<EmbeddedChain> {
+    fn config_oracles(&self) -> Vec<tally_client::Pubkey> {
+        tally_client::ops::config(self).unwrap().oracles
+    }
+}
