@@ -1097,6 +1097,7 @@ impl Batcher {
             slot: chain.clock()?.slot,
             preamble: chain.preamble(),
             payer: self.oracle.pubkey(),
+            members: time.config.oracles.clone(),
             attestation: Attestation {
                 oracles: self.attesting_oracles(&time.config),
                 oracle_set_version: time.config.oracle_set_version,
@@ -1205,7 +1206,7 @@ impl Batcher {
         let mut oracles = vec![self.oracle.pubkey()];
         if let Some(quorum) = &self.quorum {
             let needed = usize::from(config.oracle_threshold).saturating_sub(1);
-            oracles.extend(quorum.peers().keys().into_iter().take(needed));
+            oracles.extend(quorum.peers().members(&config.oracles).take(needed));
         }
         oracles
     }
@@ -1267,7 +1268,7 @@ impl Batcher {
         let tables = settling.group_tables(group);
         let cosigned = crate::quorum::cosign(
             &self.oracle,
-            quorum.peers(),
+            &quorum.peers().of_set(&settling.members),
             settling.attestation.oracles.len(),
             blockhash,
             &invoices,
@@ -2109,6 +2110,8 @@ impl std::fmt::Display for SendError {
 /// What a round's settle transactions are built from.
 struct Settling {
     payer: Pubkey,
+    /// The on-chain oracle set (peers outside it are never asked to co-sign).
+    members: Vec<Pubkey>,
     preamble: Vec<anchor_lang::solana_program::instruction::Instruction>,
     attestation: Attestation,
     /// Each group's (operator authority, mint) active tables…
@@ -2196,6 +2199,7 @@ impl Settling {
     ) -> Result<VersionedMessage, OracleError> {
         let settling = Settling {
             payer: oracles.first().copied().unwrap_or(self.payer),
+            members: self.members.clone(),
             preamble: self.preamble.clone(),
             attestation: Attestation {
                 oracles: oracles.to_vec(),

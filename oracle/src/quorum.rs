@@ -372,6 +372,9 @@ impl Cosigner {
         if !settlement.signers.contains(&me) {
             return Err(Refusal::NotAsked(me));
         }
+        if !config.oracles.contains(&me) {
+            return Err(Refusal::NotAMember(me));
+        }
         if settlement.oracle_set_version != config.oracle_set_version {
             return Err(Refusal::StaleOracleSet {
                 proposed: settlement.oracle_set_version,
@@ -932,6 +935,29 @@ impl Peers {
     /// The peers' keys, in the order they are asked.
     pub fn keys(&self) -> Vec<Pubkey> {
         self.peers.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// The peers in the oracle set `members`, in order: one rotated out of the set
+    /// (its co-signature would not count) is not asked.
+    pub fn members<'a>(&'a self, members: &'a [Pubkey]) -> impl Iterator<Item = Pubkey> + 'a {
+        self.peers
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| members.contains(k))
+    }
+
+    /// These peers less those outside the oracle set `members`.
+    #[must_use]
+    pub fn of_set(&self, members: &[Pubkey]) -> Self {
+        Self {
+            peers: self
+                .peers
+                .iter()
+                .filter(|(k, _)| members.contains(k))
+                .cloned()
+                .collect(),
+            http: self.http.clone(),
+        }
     }
 
     /// Receipt `seq`'s invoice of the job's incarnation `nonce`, from the first peer

@@ -27,6 +27,8 @@ struct Peer {
 
 struct Quorum3 {
     chain: Shared<EmbeddedChain>,
+    /// The deployment's admin (changes the oracle set).
+    admin: Keypair,
     jobs: Vec<JobHandle>,
     leader: Batcher,
     leader_key: tally_client::Pubkey,
@@ -198,6 +200,7 @@ async fn quorum3(name: &str) -> Quorum3 {
     .await;
     let mut q = Quorum3 {
         chain,
+        admin: world.admin.insecure_clone(),
         jobs,
         leader,
         leader_key: oracles[0].pubkey(),
@@ -557,4 +560,76 @@ impl ConfigOracles for Shared<EmbeddedChain> {
     fn config_oracles(&self) -> Vec<tally_client::Pubkey> {
         tally_client::ops::config(self).unwrap().oracles
     }
+}
+
+/// Rotating an oracle out while the daemons run: the rotated-out peer is not asked any
+/// more, and a receipt left pending under the old set version is signed again under
+/// the new one and lands once, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_out_oracle_is_not_asked_and_pending_receipts_are_signed_again() {
+    let mut q = quorum3("quorum-rotate").await;
+    let now = q.chain.clock().unwrap().unix_timestamp;
+    // Both peers down: the receipt is written ahead and left pending.
+    q.stop_peer(0);
+    q.stop_peer(1);
+    let records: Vec<UsageRecord> = (0..5).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &records {
+        q.report(r);
+    }
+    let report = q.round();
+    assert_eq!((report.failed, report.confirmed), (1, 0), "{report:?}");
+    let version = tally_client::ops::config(&q.chain)
+        .unwrap()
+        .oracle_set_version;
+
+    // The second peer's key is rotated out for a new one (whose daemon is not
+    // configured anywhere yet).
+    let replacement = Keypair::new();
+    let change = tally_client::ops::OracleChange::Rotate {
+        old: q.peers[1].oracle.pubkey(),
+        new: replacement.pubkey(),
+    };
+    let mut chain = q.chain.clone();
+    tally_client::ops::change_oracles(&mut chain, &q.admin, &change, None).unwrap();
+    let config = tally_client::ops::config(&q.chain).unwrap();
+    assert_eq!(config.oracle_set_version, version + 1);
+
+    // Only the rotated-out peer is back: it is not asked, nothing settles.
+    q.start_peer(1).await;
+    let mut report = q.round();
+    for _ in 0..40 {
+        if report.sent > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        report = q.round();
+    }
+    assert_eq!(report.confirmed, 0, "{report:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("did not co-sign")),
+        "{report:?}"
+    );
+    assert_eq!(q.settled(&q.jobs[0]), (0, 0));
+    let asked = q.peers[1]
+        .store
+        .lock()
+        .unwrap()
+        .submissions_of(&q.jobs[0].address.to_string())
+        .unwrap();
+    assert!(asked.is_empty(), "the rotated-out oracle signed nothing");
+
+    // The first peer returns: the pending receipt is signed under the new version
+    // and lands once.
+    q.start_peer(0).await;
+    let mut settled = (0, 0);
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        q.round();
+        settled = q.settled(&q.jobs[0]);
+        if settled.1 > 0 {
+            break;
+        }
+    }
+    assert_eq!(settled, (units(&records), 1), "settled once, nothing lost");
+    let _ = std::fs::remove_dir_all(&q.dir);
 }
