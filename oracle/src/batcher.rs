@@ -83,6 +83,9 @@ pub struct RoundReport {
     pub more_waiting: bool,
     /// Receipts carried by each settle transaction sent (in the order sent).
     pub receipts_per_transaction: Vec<usize>,
+    /// In a quorum, the peers that refused or left unanswered this oracle's proposals
+    /// this round: (peer, reason label).
+    pub peer_refusals: Vec<(Pubkey, String)>,
     /// In a quorum, the oracle that leads this term when it is another one: this
     /// oracle settled nothing (its peers do, with its co-signature).
     pub not_leading: Option<Pubkey>,
@@ -1145,6 +1148,7 @@ impl Batcher {
                 // One receipt the program refuses (a job over its spend cap, say) must
                 // not hold back the others: each alone.
                 Err(e) if chunk.len() > 1 && e.refused() => {
+                    e.note_refusals(report);
                     report.errors.push(format!(
                         "a transaction of {} receipts was refused ({e}): sending each alone",
                         chunk.len()
@@ -1152,6 +1156,7 @@ impl Batcher {
                     sent.alone.extend(chunk);
                 }
                 Err(e) => {
+                    e.note_refusals(report);
                     report.failed += chunk.len();
                     report.errors.push(format!(
                         "{} receipt(s) not settled (their jobs back off): {e}",
@@ -1187,6 +1192,7 @@ impl Batcher {
             match outcome {
                 Ok(_) => confirmed.push(o.receipt()),
                 Err(e) => {
+                    e.note_refusals(report);
                     report.failed += 1;
                     report.errors.push(format!(
                         "job {}: receipt {} refused (the job backs off): {e}",
@@ -2078,6 +2084,16 @@ enum SendError {
 }
 
 impl SendError {
+    /// Counts the peers' refusals in `report`.
+    fn note_refusals(&self, report: &mut RoundReport) {
+        if let SendError::Quorum(peers) = self {
+            for p in peers {
+                let (peer, label) = p.peer_and_label();
+                report.peer_refusals.push((peer, label.to_string()));
+            }
+        }
+    }
+
     /// The program, or a co-signer, refused it (as opposed to a network failure): a
     /// batch refused so is split, each receipt sent alone.
     fn refused(&self) -> bool {

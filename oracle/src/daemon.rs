@@ -110,7 +110,9 @@ impl Daemon {
             .map(crate::quorum::Quorum::new)
             .transpose()?;
         let cosigner = match &quorum {
-            Some(quorum) => Some(Arc::new(cosigner(config, &oracle, quorum, &chain).await?)),
+            Some(quorum) => Some(Arc::new(
+                cosigner(config, &oracle, quorum, &chain, &telemetry).await?,
+            )),
             None => None,
         };
         let (admin, admin_task) = serve_admin(
@@ -470,6 +472,13 @@ impl<C: Chain + Send + 'static> Settle<C> {
         for error in &report.errors {
             tracing::warn!("{error}");
         }
+        for (peer, reason) in &report.peer_refusals {
+            self.telemetry.inc(
+                telemetry::QUORUM_PEER_REFUSALS,
+                &format!("peer=\"{peer}\",reason=\"{reason}\""),
+                1,
+            );
+        }
     }
 
     /// Rounds on the interval, early when a batch is full or work is left over,
@@ -751,6 +760,7 @@ async fn cosigner<C: Chain + Send + 'static>(
     oracle: &Keypair,
     quorum: &crate::quorum::Quorum,
     chain: &Arc<Mutex<C>>,
+    telemetry: &Arc<Telemetry>,
 ) -> Result<crate::quorum::Cosigner, OracleError> {
     let location = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::connect(&location))
@@ -765,7 +775,8 @@ async fn cosigner<C: Chain + Send + 'static>(
         Arc::new(Mutex::new(store)),
         view,
         quorum.peers().clone(),
-    ))
+    )
+    .with_telemetry(Arc::clone(telemetry)))
 }
 
 /// What a round on the blocking thread hands back.

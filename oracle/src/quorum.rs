@@ -334,6 +334,8 @@ fn resolved_keys(
 
 /// An oracle of the set answering leaders' proposals.
 pub struct Cosigner {
+    /// Counts what it signs and refuses, when set.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     oracle: Keypair,
     store: Arc<Mutex<Store>>,
     view: Arc<dyn QuorumView>,
@@ -349,10 +351,32 @@ impl Cosigner {
         peers: Peers,
     ) -> Self {
         Self {
+            telemetry: None,
             oracle,
             store,
             view,
             peers,
+        }
+    }
+
+    /// Counting its answers in `telemetry`.
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    fn count(&self, refusal: Option<&Refusal>) {
+        let Some(telemetry) = &self.telemetry else {
+            return;
+        };
+        match refusal {
+            None => telemetry.inc(crate::telemetry::QUORUM_COSIGNED, "", 1),
+            Some(r) => telemetry.inc(
+                crate::telemetry::QUORUM_REFUSED,
+                &format!("reason=\"{}\"", r.label()),
+                1,
+            ),
         }
     }
 
@@ -780,7 +804,12 @@ pub async fn cosign_response(cosigner: Arc<Cosigner>, body: Bytes) -> Response<B
             return answer(refusal.status(), refused(&oracle, &refusal));
         }
     };
-    let reviewed = tokio::task::spawn_blocking(move || cosigner.review(&proposal)).await;
+    let reviewed = tokio::task::spawn_blocking(move || {
+        let reviewed = cosigner.review(&proposal);
+        cosigner.count(reviewed.as_ref().err());
+        reviewed
+    })
+    .await;
     match reviewed {
         Ok(Ok(signature)) => answer(
             StatusCode::OK,
@@ -896,6 +925,17 @@ pub enum PeerError {
     Unreachable { peer: Pubkey, reason: String },
     #[error("{peer} answered with a signature that does not verify")]
     BadSignature { peer: Pubkey },
+}
+
+impl PeerError {
+    /// The peer, and a metrics label for what happened.
+    pub fn peer_and_label(&self) -> (Pubkey, &str) {
+        match self {
+            PeerError::Refused { peer, label, .. } => (*peer, label.as_str()),
+            PeerError::Unreachable { peer, .. } => (*peer, "unreachable"),
+            PeerError::BadSignature { peer } => (*peer, "bad_signature"),
+        }
+    }
 }
 
 /// The leader's side: asks peers to co-sign.

@@ -65,13 +65,21 @@ pub const USAGE_MISSING: &str = "tally_oracle_usage_missing_total";
 /// Requests the gateway refused (label `reason`).
 pub const GATEWAY_REFUSED: &str = "tally_oracle_gateway_refused_total";
 
+/// Proposals this oracle co-signed.
+pub const QUORUM_COSIGNED: &str = "tally_oracle_quorum_cosigned_total";
+/// Proposals this oracle refused to co-sign (label `reason`).
+pub const QUORUM_REFUSED: &str = "tally_oracle_quorum_refused_total";
+/// This oracle's proposals its peers refused or left unanswered (labels `peer`,
+/// `reason`).
+pub const QUORUM_PEER_REFUSALS: &str = "tally_oracle_quorum_peer_refusals_total";
+
 /// How many recent warnings `/health` keeps.
 pub const HEALTH_WARNINGS: usize = 20;
 /// How long `/health` stays degraded after an answer that could not be billed.
 pub const UNMETERED_DEGRADES_SECS: i64 = 900;
 
 /// Every metric the oracle exposes.
-pub const METRICS: [(&str, Kind, &str); 29] = [
+pub const METRICS: [(&str, Kind, &str); 32] = [
     (
         RECORDS_IN,
         Kind::Counter,
@@ -208,6 +216,21 @@ pub const METRICS: [(&str, Kind, &str); 29] = [
         STORE_COMMITTED_RECORDS,
         Kind::Counter,
         "Usage records those transactions carried.",
+    ),
+    (
+        QUORUM_COSIGNED,
+        Kind::Counter,
+        "Settlement proposals this oracle co-signed (quorum).",
+    ),
+    (
+        QUORUM_REFUSED,
+        Kind::Counter,
+        "Settlement proposals this oracle refused to co-sign, by reason (quorum).",
+    ),
+    (
+        QUORUM_PEER_REFUSALS,
+        Kind::Counter,
+        "This oracle's proposals that a peer refused or did not answer, by peer and reason (quorum).",
     ),
 ];
 

@@ -455,7 +455,7 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
             .collect();
         let config = OracleConfig::parse(
             &format!(
-                "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\n\
+                "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n\
                  [admin]\nlisten = \"127.0.0.1:{}\"\n[node_reports]\nlisten = \"127.0.0.1:0\"\n\
                  [quorum]\npeers = [{}]\nterm_secs = {TERM}\n",
                 dir.join(format!("oracle-{i}.db")).display(),
@@ -523,9 +523,38 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     );
     assert_eq!(settled(&chain).last_seq, 1, "settled once");
 
-    // The leader of the moment stops; the clock moves on to a term whose leader runs.
+    // A report only the leader received (the worker failed to post it to the
+    // others): its peers refuse the receipt, and both sides count why.
     let leader = quorum::leader(&chain.config_oracles(), now, TERM as u64).unwrap();
     let stopped = oracles.iter().position(|o| o.pubkey() == leader).unwrap();
+    let (_, body, _) = post_everywhere(&daemons, 5_000);
+    let to_leader = format!(
+        "http://{}/v1/reports",
+        daemons[stopped].as_ref().unwrap().node_reports.unwrap()
+    );
+    let (status, text) = super::daemon::post(&to_leader, &body).await;
+    assert_eq!(status, 201, "{text}");
+    let metrics_of = |i: usize| format!("http://{}/metrics", daemons[i].as_ref().unwrap().admin);
+    let refused_here = "tally_oracle_quorum_peer_refusals_total{peer=";
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = super::daemon::get(&metrics_of(stopped)).await.1;
+        if seen.contains(refused_here) && seen.contains("reason=\"unseen_record\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains(refused_here), "{seen}");
+    let peer = (stopped + 1) % 3;
+    let theirs = super::daemon::get(&metrics_of(peer)).await.1;
+    assert!(
+        theirs.contains("tally_oracle_quorum_refused_total{reason=\"unseen_record\"}")
+            && theirs.contains("tally_oracle_quorum_cosigned_total"),
+        "{theirs}"
+    );
+    assert_eq!(settled(&chain).last_seq, 1, "nothing more settled");
+
+    // The leader of the moment stops; the clock moves on to a term whose leader runs.
     daemons[stopped].take().unwrap().stop().await.unwrap();
     let mut later = now + TERM;
     while quorum::leader(&chain.config_oracles(), later, TERM as u64) == Some(leader) {
