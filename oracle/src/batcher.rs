@@ -514,7 +514,14 @@ impl Batcher {
         let pending = std::mem::take(&mut work.pending);
         let resumed =
             Self::resume_pending(pending, &work.jobs, &time, &state, &mut round, &mut report);
-        let billed = self.bill_waiting(&work, &time, &state, &mut round, &mut report)?;
+        // In a quorum, no new receipt in the last stretch of this oracle's term:
+        // what it sends lands before the next leader bills (resends go on).
+        let billed = if self.quorum.as_ref().is_none_or(|q| q.bills_at(time.now)) {
+            self.bill_waiting(&work, &time, &state, &mut round, &mut report)?
+        } else {
+            report.more_waiting = true;
+            Billed::default()
+        };
         // Everything decided is written in one transaction, before anything is sent.
         self.commit_round(&mut state, &round, &resumed.landed, &report)?;
 

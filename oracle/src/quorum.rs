@@ -910,6 +910,15 @@ impl Quorum {
     pub fn leader(&self, oracles: &[Pubkey], now: i64) -> Option<Pubkey> {
         leader(oracles, now, self.term_secs)
     }
+
+    /// Whether the leader bills new receipts at `now`: not in the last fifth of its
+    /// term, so that what it sends lands (and the next leader adopts it) before the
+    /// next leader bills the same job. Resending what is pending goes on regardless.
+    pub fn bills_at(&self, now: i64) -> bool {
+        let term = self.term_secs.max(1);
+        let into = u64::try_from(now).unwrap_or(0) % term;
+        into < term - term / 5
+    }
 }
 
 /// Why a peer gave no signature.

@@ -398,6 +398,15 @@ fn leadership_rotates_through_the_set_in_terms_of_chain_time() {
     assert_eq!(quorum::leader(&set, 60, 30), Some(set[2]));
     assert_eq!(quorum::leader(&set, 90, 30), Some(set[0]));
     assert_eq!(quorum::leader(&[], 90, 30), None);
+
+    // In the last fifth of its term a leader resends but bills nothing new.
+    let q = Quorum::new(&QuorumSettings {
+        peers: Vec::new(),
+        term_secs: 30,
+    })
+    .unwrap();
+    assert!(q.bills_at(60) && q.bills_at(83));
+    assert!(!q.bills_at(84) && !q.bills_at(89));
 }
 
 /// The daemons' leadership term, seconds of chain time.
@@ -472,7 +481,9 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
                 .unwrap(),
         ));
     }
-    let now = chain.clock().unwrap().unix_timestamp;
+    // The clock at the start of a term (a leader bills in the first four fifths).
+    let now = (chain.clock().unwrap().unix_timestamp / TERM + 1) * TERM + 1;
+    chain.lock().set_time(now);
     let post_everywhere = |daemons: &[Option<Daemon>], i: u64| {
         let report = NodeRecord {
             job: job.address.to_string(),
