@@ -1288,6 +1288,10 @@ impl Batcher {
             |oracles| settling.message_for(oracles, group, chunk, &tables),
         )
         .map_err(SendError::Quorum)?;
+        for o in chunk {
+            let s = &o.submission;
+            quorum.signed().mark(&s.job, s.job_nonce, s.seq);
+        }
         chain
             .send_transaction(cosigned.transaction)
             .map_err(SendError::Chain)

@@ -100,6 +100,21 @@ impl Daemon {
         directory: Arc<dyn JobDirectory>,
         oracle: Keypair,
     ) -> Result<Self, OracleError> {
+        let view: Arc<dyn crate::quorum::QuorumView> = Arc::clone(&chain) as _;
+        Self::start_with_views(config, chain, directory, view, oracle).await
+    }
+
+    /// Like [`Daemon::start_with_directory`], a quorum member's co-signer reading
+    /// the chain through `quorum_view`: a connection of its own, so that answering a
+    /// peer never waits for this oracle's own settlement round (two leaders at a term
+    /// boundary would otherwise each wait for the other).
+    pub async fn start_with_views<C: Chain + Send + 'static>(
+        config: &OracleConfig,
+        chain: Arc<Mutex<C>>,
+        directory: Arc<dyn JobDirectory>,
+        quorum_view: Arc<dyn crate::quorum::QuorumView>,
+        oracle: Keypair,
+    ) -> Result<Self, OracleError> {
         let telemetry = Arc::new(Telemetry::default());
         let stores = Stores::open(config, &chain, &telemetry).await?;
         let (stop, shutdown) = watch::channel(false);
@@ -109,9 +124,18 @@ impl Daemon {
             .as_ref()
             .map(crate::quorum::Quorum::new)
             .transpose()?;
+        if quorum.is_some() && crate::store::is_postgres(&config.store) {
+            return Err(crate::config::ConfigError::Setting {
+                key: "quorum",
+                reason: "a quorum member keeps a SQLite store of its own (store = \"<file>\"); \
+                         PostgreSQL replicas behind one quorum member are not supported yet"
+                    .into(),
+            }
+            .into());
+        }
         let cosigner = match &quorum {
             Some(quorum) => Some(Arc::new(
-                cosigner(config, &oracle, quorum, &chain, &telemetry).await?,
+                cosigner(config, &oracle, quorum, quorum_view, &telemetry).await?,
             )),
             None => None,
         };
@@ -755,11 +779,11 @@ async fn serve_admin(
 
 /// This oracle's co-signer (a quorum member): its own store connection, and the
 /// chain it reads jobs, the config and lookup tables from.
-async fn cosigner<C: Chain + Send + 'static>(
+async fn cosigner(
     config: &OracleConfig,
     oracle: &Keypair,
     quorum: &crate::quorum::Quorum,
-    chain: &Arc<Mutex<C>>,
+    view: Arc<dyn crate::quorum::QuorumView>,
     telemetry: &Arc<Telemetry>,
 ) -> Result<crate::quorum::Cosigner, OracleError> {
     let location = config.store.clone();
@@ -769,13 +793,13 @@ async fn cosigner<C: Chain + Send + 'static>(
             task: "opening the co-signer's store".into(),
             source,
         })??;
-    let view: Arc<dyn crate::quorum::QuorumView> = Arc::clone(chain) as _;
     Ok(crate::quorum::Cosigner::new(
         oracle.insecure_clone(),
         Arc::new(Mutex::new(store)),
         view,
         quorum.peers().clone(),
     )
+    .with_signed(quorum.signed().clone())
     .with_telemetry(Arc::clone(telemetry)))
 }
 

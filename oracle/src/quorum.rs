@@ -341,6 +341,8 @@ pub struct Cosigner {
     view: Arc<dyn QuorumView>,
     /// Where receipts this oracle did not sign are fetched from, to catch up.
     peers: Peers,
+    /// What this oracle signed lately (shared with its batcher).
+    signed: Signed,
 }
 
 impl Cosigner {
@@ -356,7 +358,15 @@ impl Cosigner {
             store,
             view,
             peers,
+            signed: Signed::default(),
         }
+    }
+
+    /// Sharing `signed` with this oracle's batcher.
+    #[must_use]
+    pub fn with_signed(mut self, signed: Signed) -> Self {
+        self.signed = signed;
+        self
     }
 
     /// Counting its answers in `telemetry`.
@@ -417,6 +427,15 @@ impl Cosigner {
         for submission in &accepted {
             store.write_submission(submission)?;
         }
+        for (job, receipt) in &settlement.receipts {
+            if let Some(nonce) = invoices
+                .get(&receipt.invoice_hash)
+                .and_then(|b| serde_json::from_slice::<Invoice>(b).ok())
+                .and_then(|i| i.job_nonce)
+            {
+                self.signed.mark(&job.to_string(), nonce, receipt.seq);
+            }
+        }
         Ok(self.oracle.sign_message(&proposal.message.serialize()))
     }
 
@@ -463,11 +482,21 @@ impl Cosigner {
             .into_iter()
             .find(|s| s.job_nonce == state.nonce && s.seq == seq);
         if let Some(earlier) = earlier {
-            return if earlier.invoice_hash == receipt.invoice_hash {
-                Ok(None)
-            } else {
-                Err(Refusal::Conflicting { job: *job, seq })
-            };
+            if earlier.invoice_hash == receipt.invoice_hash {
+                return Ok(None);
+            }
+            // Another receipt holds this seq here. While a signature of it may still
+            // land, refuse; after that it never will (its seq is still free on
+            // chain): give it up for this one.
+            if !earlier.is_pending() || self.signed.fresh(&job_text, state.nonce, seq) {
+                return Err(Refusal::Conflicting { job: *job, seq });
+            }
+            let mine: Vec<Submission> = store
+                .submissions_of(&job_text)?
+                .into_iter()
+                .filter(|s| s.job_nonce == state.nonce)
+                .collect();
+            release_from(&store, &job_text, state.nonce, seq, &mine)?;
         }
         let waiting: HashMap<String, crate::store::WaitingRecord> = store
             .waiting_records(&job_text, usize::MAX)?
@@ -621,13 +650,17 @@ pub enum CatchUpError {
     Oracle(#[from] OracleError),
 }
 
-/// Brings this oracle's store up to the chain for `job`: each receipt that landed
-/// without it (the leader and another peer signed) is fetched from a peer, checked
-/// against the chain (the invoices link, by their previous hashes, from this
-/// oracle's last receipt to the invoice hash on chain), and adopted: its records are
-/// bound to it, the ones this oracle never received recorded from its lines, so a
-/// late report of them is a duplicate and nothing is billed twice. Returns how many
-/// receipts were adopted.
+/// Brings this oracle's store up to the chain for `job`. Receipts `k` between its
+/// last confirmed one and the chain's last seq are fetched from peers and checked
+/// against the chain (they link, by their previous hashes, from its last confirmed
+/// receipt to the invoice hash on chain); then for each: the same receipt pending
+/// here is confirmed; another one pending here lost its seq and is released (its
+/// records wait again), with every pending receipt after it; the landed one is
+/// adopted: its records are bound to it, the ones this oracle never received
+/// recorded from its lines, so a late report of them is a duplicate and nothing is
+/// billed twice. The chain settles each seq once, so this is only bookkeeping: it
+/// makes this oracle's store agree with what was paid. Returns how many receipts
+/// were adopted.
 pub fn catch_up(
     store: &Store,
     peers: &Peers,
@@ -635,14 +668,22 @@ pub fn catch_up(
     state: &Job,
 ) -> Result<usize, CatchUpError> {
     let job_text = job.to_string();
-    let last = store.last_submission(&job_text, state.nonce)?;
-    let have = last.as_ref().map_or(0, |s| s.seq);
-    if have >= state.last_seq {
+    let mine: Vec<Submission> = store
+        .submissions_of(&job_text)?
+        .into_iter()
+        .filter(|s| s.job_nonce == state.nonce)
+        .collect();
+    let confirmed = mine
+        .iter()
+        .filter(|s| s.state == SubmissionState::Confirmed)
+        .max_by_key(|s| s.seq);
+    let have = confirmed.map_or(0, |s| s.seq);
+    if have >= state.last_seq || in_line(&mine, have, state) {
         return Ok(0);
     }
     let fetched = fetch_landed(peers, job, state, have)?;
-    // The first fetched invoice follows this oracle's last receipt.
-    let mut previous = last.as_ref().map_or([0; 32], |s| s.invoice_hash);
+    // The first fetched invoice follows this oracle's last confirmed receipt.
+    let mut previous = confirmed.map_or([0; 32], |s| s.invoice_hash);
     for (seq, bytes, invoice) in &fetched {
         if invoice.previous_hash != hex(&previous) {
             return Err(if *seq == have + 1 {
@@ -665,11 +706,54 @@ pub fn catch_up(
             seq: state.last_seq,
         });
     }
-    let mut metered = last.map(|s| s.metered).unwrap_or_default();
+    let mut metered = confirmed.map(|s| s.metered).unwrap_or_default();
+    let mut adopted = 0;
     for (seq, bytes, invoice) in fetched {
+        let hash = sha256(&bytes);
+        match mine.iter().find(|s| s.seq == seq) {
+            Some(same) if same.invoice_hash == hash => {
+                store.confirm(&job_text, state.nonce, seq)?;
+                metered = same.metered;
+                continue;
+            }
+            Some(_) => release_from(store, &job_text, state.nonce, seq, &mine)?,
+            None => {}
+        }
         adopt(store, job, state, seq, &bytes, &invoice, &mut metered)?;
+        adopted += 1;
     }
-    Ok(usize::try_from(state.last_seq - have).unwrap_or(usize::MAX))
+    Ok(adopted)
+}
+
+/// Whether this oracle's own pending receipts from `have + 1` up to the chain's last
+/// seq are the ones that landed (the last of them carries the chain's invoice hash;
+/// each was built on the one before): the batcher confirms them itself.
+fn in_line(mine: &[Submission], have: u64, state: &Job) -> bool {
+    (have + 1..=state.last_seq).all(|k| mine.iter().any(|s| s.seq == k))
+        && mine
+            .iter()
+            .any(|s| s.seq == state.last_seq && s.invoice_hash == state.invoice_hash)
+}
+
+/// Releases this oracle's pending receipt `seq` of the job and every pending one
+/// after it (built on it): their records wait again.
+fn release_from(
+    store: &Store,
+    job: &str,
+    nonce: u64,
+    seq: u64,
+    mine: &[Submission],
+) -> Result<(), OracleError> {
+    for s in mine.iter().filter(|s| s.seq >= seq && s.is_pending()) {
+        if store.release(job, nonce, s.seq)? {
+            tracing::warn!(
+                job,
+                seq = s.seq,
+                "this oracle's pending receipt lost its seq to another oracle's: released, its records wait again"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Invoices `have + 1 ..= state.last_seq` of the job's incarnation, from whichever
@@ -863,6 +947,16 @@ pub struct QuorumSettings {
     /// settle in theirs.
     #[serde(default = "default_term_secs")]
     pub term_secs: u64,
+    /// How long a settlement signature may still land (longer than the cluster's
+    /// blockhash validity, ~60–90 s): a pending receipt no oracle signed for longer is
+    /// given up for another proposal of its seq. Shorter only makes stores redo more
+    /// bookkeeping; the chain settles each seq once whatever it is.
+    #[serde(default = "default_signature_secs")]
+    pub signature_secs: u64,
+}
+
+fn default_signature_secs() -> u64 {
+    120
 }
 
 fn default_term_secs() -> u64 {
@@ -887,11 +981,58 @@ pub fn leader(oracles: &[Pubkey], now: i64, term_secs: u64) -> Option<Pubkey> {
     oracles.get(index).copied()
 }
 
+/// A receipt: (job, nonce, seq).
+type ReceiptId = (String, u64, u64);
+
+/// When this oracle last signed each receipt (job, nonce, seq), as leader or
+/// co-signer; shared by its batcher and its co-signer. A pending receipt no one here
+/// signed for `lifetime` (longer than a blockhash lasts) can no longer land as
+/// signed, so a co-signer may give it up for another; receipts signed before this
+/// process started count as old.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    at: Arc<Mutex<HashMap<ReceiptId, std::time::Instant>>>,
+    lifetime: std::time::Duration,
+}
+
+impl Default for Signed {
+    fn default() -> Self {
+        Self::new(std::time::Duration::from_secs(default_signature_secs()))
+    }
+}
+
+impl Signed {
+    pub fn new(lifetime: std::time::Duration) -> Self {
+        Self {
+            at: Arc::default(),
+            lifetime,
+        }
+    }
+
+    pub fn mark(&self, job: &str, nonce: u64, seq: u64) {
+        if let Ok(mut signed) = self.at.lock() {
+            let now = std::time::Instant::now();
+            signed.retain(|_, at| now.duration_since(*at) < self.lifetime);
+            signed.insert((job.to_string(), nonce, seq), now);
+        }
+    }
+
+    /// Whether a signature of the receipt may still be in flight.
+    pub fn fresh(&self, job: &str, nonce: u64, seq: u64) -> bool {
+        self.at.lock().is_ok_and(|signed| {
+            signed
+                .get(&(job.to_string(), nonce, seq))
+                .is_some_and(|at| at.elapsed() < self.lifetime)
+        })
+    }
+}
+
 /// This oracle's place in a quorum: its peers, and the leadership terms.
 #[derive(Clone, Debug)]
 pub struct Quorum {
     peers: Peers,
     term_secs: u64,
+    signed: Signed,
 }
 
 impl Quorum {
@@ -899,11 +1040,17 @@ impl Quorum {
         Ok(Self {
             peers: Peers::new(settings)?,
             term_secs: settings.term_secs,
+            signed: Signed::new(std::time::Duration::from_secs(settings.signature_secs)),
         })
     }
 
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// What this oracle signed lately (its co-signer shares it).
+    pub fn signed(&self) -> &Signed {
+        &self.signed
     }
 
     /// Who leads at `now` among `oracles` (the on-chain set).

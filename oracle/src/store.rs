@@ -546,6 +546,14 @@ mod sql {
         WHERE id = $3 AND submission_seq IS NULL";
     pub const CONFIRM: &str =
         "UPDATE submissions SET state = 1 WHERE job = $1 AND job_nonce = $2 AND seq = $3 AND state = 0";
+    /// A pending submission given up (quorum: another receipt took its seq, or it
+    /// can no longer land): its records wait again, it and its invoice are gone.
+    pub const RELEASE_RECORDS: &str =
+        "UPDATE records SET submission_seq = NULL WHERE job = $1 AND job_nonce = $2 AND submission_seq = $3";
+    pub const RELEASE_INVOICE: &str =
+        "DELETE FROM invoices WHERE job = $1 AND job_nonce = $2 AND seq = $3";
+    pub const RELEASE_SUBMISSION: &str =
+        "DELETE FROM submissions WHERE job = $1 AND job_nonce = $2 AND seq = $3 AND state = 0";
     pub const INVOICE: &str =
         "SELECT bytes FROM invoices WHERE job = $1 AND job_nonce = $2 AND seq = $3";
     /// A job incarnation's invoices after receipt `$3`, in order (the gateway serves
@@ -1081,6 +1089,35 @@ impl Store {
                 Ok(n)
             }
             Backend::Postgres(pg) => pg.confirm_all(&rows),
+        }
+    }
+
+    /// Gives up a *pending* submission (in a quorum: another oracle's receipt took its
+    /// seq, or it can no longer land and a peer's is taken instead): its records wait
+    /// again and it is gone, in one transaction. Returns whether there was one.
+    pub fn release(&self, job: &str, job_nonce: u64, seq: u64) -> Result<bool, OracleError> {
+        let (nonce, seq) = (nonce_to_sql(job_nonce)?, to_i64(seq)?);
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let fail = OracleError::sqlite("release");
+                let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
+                    .map_err(&fail)?;
+                let released = tx
+                    .execute(
+                        &sqlite_sql(sql::RELEASE_SUBMISSION),
+                        params![job, nonce, seq],
+                    )
+                    .map_err(&fail)?;
+                if released > 0 {
+                    tx.execute(&sqlite_sql(sql::RELEASE_RECORDS), params![job, nonce, seq])
+                        .map_err(&fail)?;
+                    tx.execute(&sqlite_sql(sql::RELEASE_INVOICE), params![job, nonce, seq])
+                        .map_err(&fail)?;
+                }
+                tx.commit().map_err(&fail)?;
+                Ok(released > 0)
+            }
+            Backend::Postgres(pg) => pg.release(job, nonce, seq),
         }
     }
 
@@ -2531,6 +2568,29 @@ impl Pg {
                 .sum();
             tx.commit().await?;
             Ok(n)
+        })
+    }
+
+    fn release(&self, job: &str, nonce: i64, seq: i64) -> Result<bool, OracleError> {
+        let pid = self.leader_pid()?;
+        let job = job.to_string();
+        self.with_retry("releasing a submission", |mut client| {
+            let job = job.clone();
+            async move {
+                let tx = client.transaction().await?;
+                fence(&tx, pid).await?;
+                let released = tx
+                    .execute(sql::RELEASE_SUBMISSION, &[&job, &nonce, &seq])
+                    .await?;
+                if released > 0 {
+                    tx.execute(sql::RELEASE_RECORDS, &[&job, &nonce, &seq])
+                        .await?;
+                    tx.execute(sql::RELEASE_INVOICE, &[&job, &nonce, &seq])
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(released > 0)
+            }
         })
     }
 

@@ -96,7 +96,7 @@ fn run(args: Args) -> Result<(), OracleError> {
             url,
         });
     }
-    if deployment.oracle_threshold > 1 {
+    if deployment.oracle_threshold > 1 && config.quorum.is_none() {
         tracing::warn!(
             threshold = deployment.oracle_threshold,
             "the oracle set needs several signatures per settlement; this daemon signs alone, so its settlements will be refused"
@@ -114,9 +114,16 @@ fn run(args: Args) -> Result<(), OracleError> {
         // Lookups of node keys get their own connection: they never wait behind a
         // settlement's confirmation.
         let directory = Arc::new(Mutex::new(RpcChain::new(&url)));
-        let daemon =
-            Daemon::start_with_directory(&config, Arc::new(Mutex::new(chain)), directory, oracle)
-                .await?;
+        // …and so do a quorum member's answers to its peers: never behind its own round.
+        let quorum_view = Arc::new(Mutex::new(RpcChain::new(&url)));
+        let daemon = Daemon::start_with_views(
+            &config,
+            Arc::new(Mutex::new(chain)),
+            directory,
+            quorum_view,
+            oracle,
+        )
+        .await?;
         if let Some(gateway) = daemon.gateway {
             tracing::info!(%gateway, "gateway listening");
         }

@@ -453,3 +453,264 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     );
     println!("settled on-chain: {expected:?} tokens per job = reported, across {kills} kills");
 }
+
+/// Reports of the quorum crash test.
+const QUORUM_REPORTS: u64 = 300;
+/// Its leadership term: short, so leadership moves many times in a run.
+const QUORUM_TERM_SECS: u64 = 4;
+
+/// The crash test for a 2-of-3 quorum: three real `tally-oracle` processes, each with
+/// its own store, on solana-test-validator; every signed report posted to all three;
+/// one of them (often the leader of the moment, mid-round) killed with SIGKILL at
+/// random points and restarted, while leadership rotates every few seconds. Then the
+/// chain must hold exactly the units reported — none lost, none doubled — and every
+/// store one record per report.
+#[test]
+fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
+    let Some(validator) =
+        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
+    else {
+        return;
+    };
+    let seed: u64 = std::env::var("TALLY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos(),
+            ) | 1
+        });
+    println!("quorum crash test seed: {seed} (replay with TALLY_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = super::temp_dir("quorum-crash");
+    let mut chain = validator.chain();
+
+    // A 2-of-3 deployment, one operator with a node key, a client with JOBS jobs.
+    let oracles: Vec<Keypair> = (0..3).map(|_| wallet(&validator, 10)).collect();
+    let admin = &validator.payer;
+    let mut deployment =
+        tally_tests::validator::test_deployment(&admin.pubkey(), &oracles[0].pubkey());
+    deployment.settings.oracles = oracles.iter().map(Signer::pubkey).collect();
+    deployment.settings.oracle_threshold = 2;
+    migrate(&mut chain, admin, &deployment).unwrap();
+    let operator = wallet(&validator, 2);
+    let node = SigningKey::from_bytes(&[43; 32]);
+    ops::register_operator(
+        &mut chain,
+        &operator,
+        OperatorArgs {
+            payout_owner: operator.pubkey(),
+            node_keys: vec![Pubkey::from(node.verifying_key().to_bytes())],
+        },
+        false,
+    )
+    .unwrap();
+    let client = wallet(&validator, 5);
+    ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
+    let now = chain.clock().unwrap().unix_timestamp;
+    let jobs: Vec<Pubkey> = (0..JOBS)
+        .map(|job_id| {
+            ops::open_job(
+                &mut chain,
+                &client,
+                &operator.pubkey(),
+                &ops::NATIVE_MINT,
+                OpenJobArgs {
+                    job_id,
+                    unit_kind: 0,
+                    input_price: tally_client::PRICE_SCALE,
+                    output_price: tally_client::PRICE_SCALE,
+                    model: [0; 32],
+                    max_units: 100_000_000,
+                    deadline: now + 86_400,
+                    spend_cap_per_hour: 0,
+                },
+            )
+            .unwrap()
+            .address
+        })
+        .collect();
+
+    // Each oracle's config: fixed ports (restarts keep them), its peers' admin URLs.
+    let admin_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+    let report_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+    let configs: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| {
+            let keypair_path = dir.join(format!("oracle-{i}.json"));
+            write_keypair(&keypair_path, &oracles[i]);
+            let peers: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    format!(
+                        "{{ key = \"{}\", url = \"http://127.0.0.1:{}\" }}",
+                        oracles[j].pubkey(),
+                        admin_ports[j]
+                    )
+                })
+                .collect();
+            let config = dir.join(format!("oracle-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "url = \"{}\"\nkeypair = \"{}\"\nstore = \"{}\"\ninvoices_dir = \"\"\n\
+                     [batch]\ninterval_secs = 0.25\nmax_records = 100\nmax_backoff_secs = 2\n\
+                     [admin]\nlisten = \"127.0.0.1:{}\"\n\
+                     [node_reports]\nlisten = \"127.0.0.1:{}\"\n\
+                     [quorum]\npeers = [{}]\nterm_secs = {QUORUM_TERM_SECS}\nsignature_secs = 10\n",
+                    validator.rpc_url,
+                    keypair_path.display(),
+                    dir.join(format!("oracle-{i}.db")).display(),
+                    admin_ports[i],
+                    report_ports[i],
+                    peers.join(", ")
+                ),
+            )
+            .unwrap();
+            config
+        })
+        .collect();
+    let logs: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| dir.join(format!("oracle-{i}.log")))
+        .collect();
+
+    // The worker: every report to every oracle, each retried until that one answers.
+    let bodies: Vec<(usize, u64, String)> = (0..QUORUM_REPORTS)
+        .map(|i| {
+            let job = usize::try_from(i % JOBS).unwrap();
+            let record = NodeRecord {
+                job: jobs[job].to_string(),
+                request_id: format!("q-req-{i}"),
+                model: "llama-3-8b".into(),
+                prompt_tokens: 5 + i % 13,
+                completion_tokens: 20 + i % 29,
+                gpu_ms: 100,
+                started_at: now - 1,
+                finished_at: now,
+            };
+            let tokens = record.prompt_tokens + record.completion_tokens;
+            (
+                job,
+                tokens,
+                serde_json::to_string(&record.sign(&node).unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<u64> = (0..JOBS)
+        .map(|j| {
+            bodies
+                .iter()
+                .filter(|(job, _, _)| *job as u64 == j)
+                .map(|(_, t, _)| t)
+                .sum()
+        })
+        .collect();
+    let urls: Vec<String> = report_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/v1/reports"))
+        .collect();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            for (_, _, body) in &bodies {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                for url in &urls {
+                    loop {
+                        let sent = http
+                            .post(url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match sent.map(|r| r.status().as_u16()) {
+                            Ok(201 | 409) => break,
+                            Ok(status) => panic!("an oracle refused a valid report: {status}"),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                }
+            }
+        });
+    });
+
+    // The killer: SIGKILL one oracle at random points until the worker is done.
+    let mut processes: Vec<Child> = (0..3)
+        .map(|i| spawn_oracle(&configs[i], &logs[i]))
+        .collect();
+    let mut kills = 0u32;
+    let started = Instant::now();
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(rng.between(300, 1_500)));
+        if worker.is_finished() {
+            break;
+        }
+        let victim = usize::try_from(rng.between(0, 3)).unwrap();
+        processes[victim].kill().unwrap(); // SIGKILL
+        processes[victim].wait().unwrap();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(rng.between(0, 600)));
+        processes[victim] = spawn_oracle(&configs[victim], &logs[victim]);
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the worker never finished; logs in {}",
+            dir.display()
+        );
+    }
+    worker.join().unwrap();
+    assert!(kills >= 3, "only {kills} kills: the run was too short");
+
+    // All three up: the quorum settles everything, leadership moving on.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let settled = |chain: &tally_client::chain::RpcChain| -> Vec<u64> {
+        jobs.iter()
+            .map(|j| ops::job(chain, j).unwrap().settled_units)
+            .collect()
+    };
+    while settled(&chain) != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for process in &processes {
+        let status = Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    for (i, mut process) in processes.into_iter().enumerate() {
+        let exit = process.wait().unwrap();
+        assert!(
+            exit.success(),
+            "oracle {i} exited {exit}; log: {}",
+            logs[i].display()
+        );
+    }
+    assert_eq!(
+        settled(&chain),
+        expected,
+        "settled on-chain vs reported (seed {seed}; logs in {})",
+        dir.display()
+    );
+    for i in 0..3 {
+        let store = Store::open(&dir.join(format!("oracle-{i}.db"))).unwrap();
+        let records: usize = jobs
+            .iter()
+            .map(|job| store.records_after(&job.to_string(), 0).unwrap().len())
+            .sum();
+        assert_eq!(
+            records as u64, QUORUM_REPORTS,
+            "oracle {i}: one record per report"
+        );
+    }
+    println!(
+        "quorum: {QUORUM_REPORTS} reports to 3 oracles, {kills} kills, settled {expected:?} = reported"
+    );
+}

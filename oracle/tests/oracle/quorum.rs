@@ -77,6 +77,7 @@ impl Quorum3 {
                 },
             ],
             term_secs: 30,
+            signature_secs: 120,
         })
         .unwrap();
         let cosigner = Arc::new(Cosigner::new(
@@ -176,6 +177,7 @@ async fn quorum3(name: &str) -> Quorum3 {
             .collect(),
         // One term longer than the test: oracle 0 leads throughout.
         term_secs: 1 << 40,
+        signature_secs: 120,
     };
     let leader_path = dir.join("oracle-0.db");
     let leader = Batcher::new(
@@ -334,6 +336,7 @@ async fn two_of_three_settle_what_two_stores_hold_and_survive_one_down() {
             }],
             // now / term = 1: the set's second oracle leads this term.
             term_secs: now_secs,
+            signature_secs: 120,
         })
         .unwrap(),
     );
@@ -403,6 +406,7 @@ fn leadership_rotates_through_the_set_in_terms_of_chain_time() {
     let q = Quorum::new(&QuorumSettings {
         peers: Vec::new(),
         term_secs: 30,
+        signature_secs: 120,
     })
     .unwrap();
     assert!(q.bills_at(60) && q.bills_at(83));
@@ -474,9 +478,13 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
             Vec::new(),
         )
         .unwrap();
+        // Each daemon's own connections: its rounds, its lookups and its answers to
+        // peers lock the chain for one call at a time.
         let own = Arc::new(Mutex::new(chain.clone()));
+        let directory = Arc::new(Mutex::new(chain.clone()));
+        let view = Arc::new(Mutex::new(chain.clone()));
         daemons.push(Some(
-            Daemon::start(&config, own, oracle.insecure_clone())
+            Daemon::start_with_views(&config, own, directory, view, oracle.insecure_clone())
                 .await
                 .unwrap(),
         ));
