@@ -22,10 +22,10 @@ use anchor_lang::prelude::Pubkey;
 use ed25519_dalek::SigningKey;
 use solana_keypair::Keypair;
 use tally_client::chain::Chain;
+use tally_client::chain::RpcChain;
 use tally_client::job_key::JobKeyClaims;
 use tally_client::migrate::migrate;
 use tally_client::{ops, OpenJobArgs, OperatorArgs};
-use tally_oracle::node_report::NodeRecord;
 use tally_oracle::sim_worker::{SimConfig, SimWorker};
 use tally_oracle::store::{Billing, Store};
 use tally_tests::solana_signer::Signer;
@@ -83,14 +83,14 @@ fn wallet(validator: &LocalValidator, sol: u64) -> Keypair {
     keypair
 }
 
-#[test]
-fn kill_9_at_random_points_loses_and_doubles_nothing() {
-    let Some(validator) =
-        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
-    else {
-        return;
-    };
-    let seed: u64 = std::env::var("TALLY_CRASH_SEED")
+/// The crash tests run one at a time: each starts its own validator and oracle
+/// processes, and two at once on a 2-core machine slow every confirmation past what
+/// the tests measure.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The kill schedule's seed: `TALLY_CRASH_SEED`, else the clock's (printed).
+fn seed(what: &str) -> u64 {
+    let seed = std::env::var("TALLY_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -101,26 +101,19 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
                     .subsec_nanos(),
             ) | 1
         });
-    println!("crash test seed: {seed} (replay with TALLY_CRASH_SEED={seed})");
-    let mut rng = Rng(seed);
-    let dir = super::temp_dir("crash");
-    let mut chain = validator.chain();
+    println!("{what} seed: {seed} (replay with TALLY_CRASH_SEED={seed})");
+    seed
+}
 
-    // A deployment with this oracle, wrapped SOL accepted, one operator with a node
-    // key, a client with JOBS open jobs.
-    let oracle = wallet(&validator, 10);
-    let admin = &validator.payer;
-    let report = migrate(
-        &mut chain,
-        admin,
-        &tally_tests::validator::test_deployment(&admin.pubkey(), &oracle.pubkey()),
-    )
-    .unwrap();
-    assert!(report.changed());
-    let operator = wallet(&validator, 2);
-    let node = SigningKey::from_bytes(&[42; 32]);
+/// An operator (its wallet funded) with `node` as its node key.
+fn operator_with_node(
+    validator: &LocalValidator,
+    chain: &mut RpcChain,
+    node: &SigningKey,
+) -> Keypair {
+    let operator = wallet(validator, 2);
     ops::register_operator(
-        &mut chain,
+        chain,
         &operator,
         OperatorArgs {
             payout_owner: operator.pubkey(),
@@ -129,15 +122,23 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
         false,
     )
     .unwrap();
-    let client = wallet(&validator, 5);
-    ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
+    operator
+}
+
+/// Token jobs `ids` of `client` with `operator`, in wrapped SOL at 1 lamport a token.
+fn open_sol_jobs(
+    chain: &mut RpcChain,
+    client: &Keypair,
+    operator: &Pubkey,
+    ids: impl IntoIterator<Item = u64>,
+) -> Vec<Pubkey> {
     let now = chain.clock().unwrap().unix_timestamp;
-    let jobs: Vec<Pubkey> = (0..JOBS)
+    ids.into_iter()
         .map(|job_id| {
             ops::open_job(
-                &mut chain,
-                &client,
-                &operator.pubkey(),
+                chain,
+                client,
+                operator,
                 &ops::NATIVE_MINT,
                 OpenJobArgs {
                     job_id,
@@ -153,40 +154,99 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
             .unwrap()
             .address
         })
-        .collect();
+        .collect()
+}
 
-    // Jobs the client spends through the gateway, each with a key its wallet signs.
-    let gateway_jobs: Vec<(Pubkey, String)> = (0..GATEWAY_JOBS)
+/// `count` signed reports spread over `jobs`: (job index, tokens, body) each, and the
+/// tokens each job should settle.
+fn report_bodies(
+    jobs: &[Pubkey],
+    node: &SigningKey,
+    now: i64,
+    prefix: &str,
+    count: u64,
+) -> (Vec<(usize, u64, String)>, Vec<u64>) {
+    let mut expected = vec![0; jobs.len()];
+    let bodies = (0..count)
         .map(|i| {
-            let job: Pubkey = ops::open_job(
-                &mut chain,
-                &client,
-                &operator.pubkey(),
-                &ops::NATIVE_MINT,
-                OpenJobArgs {
-                    job_id: 100 + i,
-                    unit_kind: 0,
-                    input_price: tally_client::PRICE_SCALE,
-                    output_price: tally_client::PRICE_SCALE,
-                    model: [0; 32],
-                    max_units: 100_000_000,
-                    deadline: now + 86_400,
-                    spend_cap_per_hour: 0,
-                },
-            )
-            .unwrap()
-            .address;
-            let key = JobKeyClaims {
-                job,
-                job_nonce: ops::job(&chain, &job).unwrap().nonce,
-                expires_at: now + 86_400,
-                spend_limit: None,
-            }
-            .sign(&client)
-            .encode();
-            (job, key)
+            let job = usize::try_from(i).unwrap() % jobs.len();
+            let (tokens, body) =
+                super::signed_report_body(&jobs[job], format!("{prefix}-{i}"), i, now, node);
+            expected[job] += tokens;
+            (job, tokens, body)
         })
         .collect();
+    (bodies, expected)
+}
+
+/// The `peers = [...]` of oracle `me`'s `[quorum]`: every other oracle's key and
+/// admin URL.
+pub(super) fn peers_toml(keys: &[Pubkey], admin_ports: &[u16], me: usize) -> String {
+    let peers: Vec<String> = (0..keys.len())
+        .filter(|j| *j != me)
+        .map(|j| {
+            format!(
+                "{{ key = \"{}\", url = \"http://127.0.0.1:{}\" }}",
+                keys[j], admin_ports[j]
+            )
+        })
+        .collect();
+    format!("[{}]", peers.join(", "))
+}
+
+#[test]
+fn kill_9_at_random_points_loses_and_doubles_nothing() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(validator) =
+        LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
+    else {
+        return;
+    };
+    let seed = seed("crash test");
+    let mut rng = Rng(seed);
+    let dir = super::temp_dir("crash");
+    let mut chain = validator.chain();
+
+    // A deployment with this oracle, wrapped SOL accepted, one operator with a node
+    // key, a client with JOBS open jobs.
+    let oracle = wallet(&validator, 10);
+    let admin = &validator.payer;
+    let report = migrate(
+        &mut chain,
+        admin,
+        &tally_tests::validator::test_deployment(&admin.pubkey(), &oracle.pubkey()),
+    )
+    .unwrap();
+    assert!(report.changed());
+    let node = SigningKey::from_bytes(&[42; 32]);
+    let operator = operator_with_node(&validator, &mut chain, &node);
+    let client = wallet(&validator, 5);
+    ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
+    let now = chain.clock().unwrap().unix_timestamp;
+    let jobs = open_sol_jobs(&mut chain, &client, &operator.pubkey(), 0..JOBS);
+
+    // Jobs the client spends through the gateway, each with a key its wallet signs.
+    let gateway_jobs: Vec<(Pubkey, String)> = open_sol_jobs(
+        &mut chain,
+        &client,
+        &operator.pubkey(),
+        100..100 + GATEWAY_JOBS,
+    )
+    .into_iter()
+    .map(|job| {
+        let key = JobKeyClaims {
+            job,
+            job_nonce: ops::job(&chain, &job).unwrap().nonce,
+            expires_at: now + 86_400,
+            spend_limit: None,
+        }
+        .sign(&client)
+        .encode();
+        (job, key)
+    })
+    .collect();
     // The inference server: vLLM-like, a few milliseconds per streamed token, so kills
     // land inside streams.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,33 +280,7 @@ fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let url = format!("http://127.0.0.1:{reports_port}/v1/reports");
 
     // The worker: every report, retried until the oracle answers it.
-    let bodies: Vec<(usize, u64, String)> = (0..REPORTS)
-        .map(|i| {
-            let job = usize::try_from(i % JOBS).unwrap();
-            let record = NodeRecord {
-                job: jobs[job].to_string(),
-                request_id: format!("req-{i}"),
-                model: "llama-3-8b".into(),
-                prompt_tokens: 5 + i % 13,
-                completion_tokens: 20 + i % 29,
-                gpu_ms: 100,
-                started_at: now - 1,
-                finished_at: now,
-            };
-            let tokens = record.prompt_tokens + record.completion_tokens;
-            let signed = record.sign(&node).unwrap();
-            (job, tokens, serde_json::to_string(&signed).unwrap())
-        })
-        .collect();
-    let expected: Vec<u64> = (0..JOBS)
-        .map(|j| {
-            bodies
-                .iter()
-                .filter(|(job, _, _)| *job as u64 == j)
-                .map(|(_, t, _)| t)
-                .sum()
-        })
-        .collect();
+    let (bodies, expected) = report_bodies(&jobs, &node, now, "req", REPORTS);
     let worker = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -467,23 +501,15 @@ const QUORUM_TERM_SECS: u64 = 4;
 /// store one record per report.
 #[test]
 fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(validator) =
         LocalValidator::start_private_or_skip(Some(&LocalValidator::default_program()))
     else {
         return;
     };
-    let seed: u64 = std::env::var("TALLY_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            u64::from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .subsec_nanos(),
-            ) | 1
-        });
-    println!("quorum crash test seed: {seed} (replay with TALLY_CRASH_SEED={seed})");
+    let seed = seed("quorum crash test");
     let mut rng = Rng(seed);
     let dir = super::temp_dir("quorum-crash");
     let mut chain = validator.chain();
@@ -496,43 +522,12 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
     deployment.settings.oracles = oracles.iter().map(Signer::pubkey).collect();
     deployment.settings.oracle_threshold = 2;
     migrate(&mut chain, admin, &deployment).unwrap();
-    let operator = wallet(&validator, 2);
     let node = SigningKey::from_bytes(&[43; 32]);
-    ops::register_operator(
-        &mut chain,
-        &operator,
-        OperatorArgs {
-            payout_owner: operator.pubkey(),
-            node_keys: vec![Pubkey::from(node.verifying_key().to_bytes())],
-        },
-        false,
-    )
-    .unwrap();
+    let operator = operator_with_node(&validator, &mut chain, &node);
     let client = wallet(&validator, 5);
     ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
     let now = chain.clock().unwrap().unix_timestamp;
-    let jobs: Vec<Pubkey> = (0..JOBS)
-        .map(|job_id| {
-            ops::open_job(
-                &mut chain,
-                &client,
-                &operator.pubkey(),
-                &ops::NATIVE_MINT,
-                OpenJobArgs {
-                    job_id,
-                    unit_kind: 0,
-                    input_price: tally_client::PRICE_SCALE,
-                    output_price: tally_client::PRICE_SCALE,
-                    model: [0; 32],
-                    max_units: 100_000_000,
-                    deadline: now + 86_400,
-                    spend_cap_per_hour: 0,
-                },
-            )
-            .unwrap()
-            .address
-        })
-        .collect();
+    let jobs = open_sol_jobs(&mut chain, &client, &operator.pubkey(), 0..JOBS);
 
     // Each oracle's config: fixed ports (restarts keep them), its peers' admin URLs.
     let admin_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
@@ -541,16 +536,7 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
         .map(|i| {
             let keypair_path = dir.join(format!("oracle-{i}.json"));
             write_keypair(&keypair_path, &oracles[i]);
-            let peers: Vec<String> = (0..3)
-                .filter(|j| *j != i)
-                .map(|j| {
-                    format!(
-                        "{{ key = \"{}\", url = \"http://127.0.0.1:{}\" }}",
-                        oracles[j].pubkey(),
-                        admin_ports[j]
-                    )
-                })
-                .collect();
+            let keys: Vec<Pubkey> = oracles.iter().map(Signer::pubkey).collect();
             let config = dir.join(format!("oracle-{i}.toml"));
             std::fs::write(
                 &config,
@@ -559,13 +545,13 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
                      [batch]\ninterval_secs = 0.25\nmax_records = 100\nmax_backoff_secs = 2\n\
                      [admin]\nlisten = \"127.0.0.1:{}\"\n\
                      [node_reports]\nlisten = \"127.0.0.1:{}\"\n\
-                     [quorum]\npeers = [{}]\nterm_secs = {QUORUM_TERM_SECS}\nsignature_secs = 10\n",
+                     [quorum]\npeers = {}\nterm_secs = {QUORUM_TERM_SECS}\nsignature_secs = 10\n",
                     validator.rpc_url,
                     keypair_path.display(),
                     dir.join(format!("oracle-{i}.db")).display(),
                     admin_ports[i],
                     report_ports[i],
-                    peers.join(", ")
+                    peers_toml(&keys, &admin_ports, i)
                 ),
             )
             .unwrap();
@@ -577,36 +563,7 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
         .collect();
 
     // The worker: every report to every oracle, each retried until that one answers.
-    let bodies: Vec<(usize, u64, String)> = (0..QUORUM_REPORTS)
-        .map(|i| {
-            let job = usize::try_from(i % JOBS).unwrap();
-            let record = NodeRecord {
-                job: jobs[job].to_string(),
-                request_id: format!("q-req-{i}"),
-                model: "llama-3-8b".into(),
-                prompt_tokens: 5 + i % 13,
-                completion_tokens: 20 + i % 29,
-                gpu_ms: 100,
-                started_at: now - 1,
-                finished_at: now,
-            };
-            let tokens = record.prompt_tokens + record.completion_tokens;
-            (
-                job,
-                tokens,
-                serde_json::to_string(&record.sign(&node).unwrap()).unwrap(),
-            )
-        })
-        .collect();
-    let expected: Vec<u64> = (0..JOBS)
-        .map(|j| {
-            bodies
-                .iter()
-                .filter(|(job, _, _)| *job as u64 == j)
-                .map(|(_, t, _)| t)
-                .sum()
-        })
-        .collect();
+    let (bodies, expected) = report_bodies(&jobs, &node, now, "q-req", QUORUM_REPORTS);
     let urls: Vec<String> = report_ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/v1/reports"))

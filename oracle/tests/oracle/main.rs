@@ -49,6 +49,32 @@ fn record(job: &JobHandle, i: u64, finished_at: i64) -> UsageRecord {
     }
 }
 
+/// A node report of request `request_id` (its counts vary with `i`), signed by
+/// `node`, finished at `now`: its tokens and its JSON body.
+fn signed_report_body(
+    job: &tally_client::Pubkey,
+    request_id: String,
+    i: u64,
+    now: i64,
+    node: &ed25519_dalek::SigningKey,
+) -> (u64, String) {
+    let record = tally_oracle::node_report::NodeRecord {
+        job: job.to_string(),
+        request_id,
+        model: "llama-3-8b".into(),
+        prompt_tokens: 5 + i % 13,
+        completion_tokens: 20 + i % 29,
+        gpu_ms: 100,
+        started_at: now - 1,
+        finished_at: now,
+    };
+    let tokens = record.prompt_tokens + record.completion_tokens;
+    (
+        tokens,
+        serde_json::to_string(&record.sign(node).unwrap()).unwrap(),
+    )
+}
+
 struct Setup {
     world: World,
     operator: OperatorHandle,

@@ -413,6 +413,15 @@ fn leadership_rotates_through_the_set_in_terms_of_chain_time() {
     assert!(!q.bills_at(84) && !q.bills_at(89));
 }
 
+/// Posts a signed report to every running daemon (a worker reports to each oracle).
+async fn post_to_all(daemons: &[Option<tally_oracle::daemon::Daemon>], body: &str) {
+    for daemon in daemons.iter().flatten() {
+        let url = format!("http://{}/v1/reports", daemon.node_reports.unwrap());
+        let (status, text) = super::daemon::post(&url, body).await;
+        assert_eq!(status, 201, "{text}");
+    }
+}
+
 /// The daemons' leadership term, seconds of chain time.
 const TERM: i64 = 100;
 
@@ -425,7 +434,6 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     use ed25519_dalek::SigningKey;
     use tally_oracle::config::OracleConfig;
     use tally_oracle::daemon::Daemon;
-    use tally_oracle::node_report::NodeRecord;
 
     let mut world = World::builder()
         .oracles(3, 2)
@@ -456,24 +464,15 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
 
     let mut daemons = Vec::new();
     for (i, oracle) in oracles.iter().enumerate() {
-        let peers: Vec<String> = (0..3)
-            .filter(|j| *j != i)
-            .map(|j| {
-                format!(
-                    "{{ key = \"{}\", url = \"http://127.0.0.1:{}\" }}",
-                    oracles[j].pubkey(),
-                    ports[j]
-                )
-            })
-            .collect();
+        let keys: Vec<tally_client::Pubkey> = oracles.iter().map(Signer::pubkey).collect();
         let config = OracleConfig::parse(
             &format!(
                 "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n\
                  [admin]\nlisten = \"127.0.0.1:{}\"\n[node_reports]\nlisten = \"127.0.0.1:0\"\n\
-                 [quorum]\npeers = [{}]\nterm_secs = {TERM}\n",
+                 [quorum]\npeers = {}\nterm_secs = {TERM}\n",
                 dir.join(format!("oracle-{i}.db")).display(),
                 ports[i],
-                peers.join(", ")
+                super::crash::peers_toml(&keys, &ports, i)
             ),
             Vec::new(),
         )
@@ -492,26 +491,9 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     // The clock at the start of a term (a leader bills in the first four fifths).
     let now = (chain.clock().unwrap().unix_timestamp / TERM + 1) * TERM + 1;
     chain.lock().set_time(now);
-    let post_everywhere = |daemons: &[Option<Daemon>], i: u64| {
-        let report = NodeRecord {
-            job: job.address.to_string(),
-            request_id: format!("node-req-{i}"),
-            model: "llama-3-8b".into(),
-            prompt_tokens: 10 + i % 5,
-            completion_tokens: 30 + i % 9,
-            gpu_ms: 200,
-            started_at: now - 1,
-            finished_at: now,
-        };
-        let units = report.prompt_tokens + report.completion_tokens;
-        let body = serde_json::to_string(&report.sign(&node).unwrap()).unwrap();
-        let urls: Vec<String> = daemons
-            .iter()
-            .flatten()
-            .map(|d| format!("http://{}/v1/reports", d.node_reports.unwrap()))
-            .collect();
-        (units, body, urls)
-    };
+    // Report `i` signed by the node: its units and its body.
+    let report =
+        |i: u64| super::signed_report_body(&job.address, format!("node-req-{i}"), i, now, &node);
     let settled = |chain: &Shared<EmbeddedChain>| chain.lock().job_state(&job.address);
     let wait_for = |units: u64| {
         let chain = chain.clone();
@@ -528,12 +510,9 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
 
     let mut expected = 0;
     for i in 0..6 {
-        let (units, body, urls) = post_everywhere(&daemons, i);
+        let (units, body) = report(i);
         expected += units;
-        for url in urls {
-            let (status, text) = super::daemon::post(&url, &body).await;
-            assert_eq!(status, 201, "{text}");
-        }
+        post_to_all(&daemons, &body).await;
     }
     assert!(
         wait_for(expected).await,
@@ -546,7 +525,7 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     // others): its peers refuse the receipt, and both sides count why.
     let leader = quorum::leader(&chain.config_oracles(), now, TERM as u64).unwrap();
     let stopped = oracles.iter().position(|o| o.pubkey() == leader).unwrap();
-    let (_, body, _) = post_everywhere(&daemons, 5_000);
+    let (_, body) = report(5_000);
     let to_leader = format!(
         "http://{}/v1/reports",
         daemons[stopped].as_ref().unwrap().node_reports.unwrap()
@@ -581,12 +560,9 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     }
     chain.lock().set_time(later);
     for i in 10..14 {
-        let (units, body, urls) = post_everywhere(&daemons, i);
+        let (units, body) = report(i);
         expected += units;
-        for url in urls {
-            let (status, text) = super::daemon::post(&url, &body).await;
-            assert_eq!(status, 201, "{text}");
-        }
+        post_to_all(&daemons, &body).await;
     }
     assert!(
         wait_for(expected).await,
