@@ -147,98 +147,140 @@ fn pick_device(choice: DeviceChoice) -> Result<Device, ModelError> {
     }
 }
 
+/// `config.json`: a Hugging Face BERT config.
+fn read_config(dir: &Path) -> Result<Config, ModelError> {
+    let config_path = dir.join("config.json");
+    let config_json = read_json(&config_path)?;
+    if let Some(kind) = config_json.get("model_type").and_then(Value::as_str) {
+        if kind != "bert" {
+            return Err(load_error(
+                &config_path,
+                format!("model_type {kind:?}: this worker runs BERT-family encoders (model_type \"bert\")"),
+            ));
+        }
+    }
+    serde_json::from_value(config_json)
+        .map_err(|e| load_error(&config_path, format!("not a BERT config: {e}")))
+}
+
+/// `model.safetensors`, as a BERT model on `device`.
+fn load_weights(dir: &Path, config: &Config, device: &Device) -> Result<BertModel, ModelError> {
+    let weights_path = dir.join("model.safetensors");
+    let weights = std::fs::read(&weights_path).map_err(|e| load_error(&weights_path, e))?;
+    let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device)
+        .map_err(|e| load_error(&weights_path, e))?;
+    BertModel::load(vb, config).map_err(|e| load_error(&weights_path, e))
+}
+
+/// sentence-transformers' own settings, where the directory has them.
+struct SentenceSettings {
+    max_tokens: usize,
+    pooling: Pooling,
+    normalize: bool,
+}
+
+impl SentenceSettings {
+    /// Reads them from `dir`; inputs are at most `max_positions` tokens whatever
+    /// `max_seq_length` says.
+    fn read(dir: &Path, max_positions: usize) -> Result<Self, ModelError> {
+        Ok(Self {
+            max_tokens: max_seq_length(dir)?.unwrap_or(512).min(max_positions),
+            pooling: pooling(dir)?,
+            normalize: normalizes(dir)?,
+        })
+    }
+}
+
+/// `sentence_bert_config.json`'s `max_seq_length`.
+fn max_seq_length(dir: &Path) -> Result<Option<usize>, ModelError> {
+    Ok(match dir.join("sentence_bert_config.json") {
+        p if p.is_file() => read_json(&p)?
+            .get("max_seq_length")
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    })
+}
+
+/// `1_Pooling/config.json`'s mode: mean (also without the file) or CLS.
+fn pooling(dir: &Path) -> Result<Pooling, ModelError> {
+    match dir.join("1_Pooling/config.json") {
+        p if p.is_file() => {
+            let pooling = read_json(&p)?;
+            let on = |key: &str| pooling.get(key).and_then(Value::as_bool) == Some(true);
+            if on("pooling_mode_mean_tokens") {
+                Ok(Pooling::Mean)
+            } else if on("pooling_mode_cls_token") {
+                Ok(Pooling::Cls)
+            } else {
+                Err(load_error(
+                    &p,
+                    "only mean and CLS pooling are supported (pooling_mode_mean_tokens or pooling_mode_cls_token)",
+                ))
+            }
+        }
+        _ => Ok(Pooling::Mean),
+    }
+}
+
+/// Whether `modules.json` ends the pipeline with a `Normalize` module.
+fn normalizes(dir: &Path) -> Result<bool, ModelError> {
+    Ok(match dir.join("modules.json") {
+        p if p.is_file() => read_json(&p)?.as_array().is_some_and(|modules| {
+            modules.iter().any(|m| {
+                m.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.ends_with("Normalize"))
+            })
+        }),
+        // Without sentence-transformers' modules: normalized, as most are used.
+        _ => true,
+    })
+}
+
+/// `tokenizer.json`, set up to pad nothing and (with `truncate`) to cut inputs at
+/// `max_tokens`.
+fn load_tokenizer(dir: &Path, max_tokens: usize, truncate: bool) -> Result<Tokenizer, ModelError> {
+    let tokenizer_path = dir.join("tokenizer.json");
+    let mut tokenizer =
+        Tokenizer::from_file(&tokenizer_path).map_err(|e| load_error(&tokenizer_path, e))?;
+    // tokenizer.json files often carry padding and a truncation length of their
+    // own (all-MiniLM-L6-v2's pads every input to 128): padding is done here per
+    // batch and never counted; truncation, if any, is to the model's maximum.
+    tokenizer.with_padding(None);
+    let truncation = truncate.then_some(TruncationParams {
+        direction: TruncationDirection::Right,
+        max_length: max_tokens,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+    });
+    tokenizer
+        .with_truncation(truncation)
+        .map_err(|e| load_error(&tokenizer_path, e))?;
+    Ok(tokenizer)
+}
+
 impl Embedder {
     /// Loads the model in `dir` (see the module docs for the files it reads).
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self, ModelError> {
         if let Some(reason) = missing_files(dir) {
             return Err(ModelError::Missing(reason));
         }
-        let config_path = dir.join("config.json");
-        let config_json = read_json(&config_path)?;
-        if let Some(kind) = config_json.get("model_type").and_then(Value::as_str) {
-            if kind != "bert" {
-                return Err(load_error(
-                    &config_path,
-                    format!("model_type {kind:?}: this worker runs BERT-family encoders (model_type \"bert\")"),
-                ));
-            }
-        }
-        let config: Config = serde_json::from_value(config_json)
-            .map_err(|e| load_error(&config_path, format!("not a BERT config: {e}")))?;
+        let config = read_config(dir)?;
         let device = pick_device(options.device)?;
-
-        let weights_path = dir.join("model.safetensors");
-        let weights = std::fs::read(&weights_path).map_err(|e| load_error(&weights_path, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| load_error(&weights_path, e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| load_error(&weights_path, e))?;
-
-        // sentence-transformers' own settings, where the directory has them.
-        let max_tokens = match dir.join("sentence_bert_config.json") {
-            p if p.is_file() => read_json(&p)?
-                .get("max_seq_length")
-                .and_then(Value::as_u64)
-                .and_then(|n| usize::try_from(n).ok()),
-            _ => None,
-        }
-        .unwrap_or(512)
-        .min(config.max_position_embeddings);
-        let pooling = match dir.join("1_Pooling/config.json") {
-            p if p.is_file() => {
-                let pooling = read_json(&p)?;
-                let on = |key: &str| pooling.get(key).and_then(Value::as_bool) == Some(true);
-                if on("pooling_mode_mean_tokens") {
-                    Pooling::Mean
-                } else if on("pooling_mode_cls_token") {
-                    Pooling::Cls
-                } else {
-                    return Err(load_error(
-                        &p,
-                        "only mean and CLS pooling are supported (pooling_mode_mean_tokens or pooling_mode_cls_token)",
-                    ));
-                }
-            }
-            _ => Pooling::Mean,
-        };
-        let normalize = match dir.join("modules.json") {
-            p if p.is_file() => read_json(&p)?.as_array().is_some_and(|modules| {
-                modules.iter().any(|m| {
-                    m.get("type")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| t.ends_with("Normalize"))
-                })
-            }),
-            // Without sentence-transformers' modules: normalized, as most are used.
-            _ => true,
-        };
-
-        let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| load_error(&tokenizer_path, e))?;
-        // tokenizer.json files often carry padding and a truncation length of their
-        // own (all-MiniLM-L6-v2's pads every input to 128): padding is done here per
-        // batch and never counted; truncation, if any, is to the model's maximum.
-        tokenizer.with_padding(None);
-        let truncation = options.truncate.then_some(TruncationParams {
-            direction: TruncationDirection::Right,
-            max_length: max_tokens,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-        });
-        tokenizer
-            .with_truncation(truncation)
-            .map_err(|e| load_error(&tokenizer_path, e))?;
+        let model = load_weights(dir, &config, &device)?;
+        let settings = SentenceSettings::read(dir, config.max_position_embeddings)?;
+        let tokenizer = load_tokenizer(dir, settings.max_tokens, options.truncate)?;
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .unwrap_or(u32::try_from(config.pad_token_id).unwrap_or(0));
-
         Ok(Self {
             model,
             tokenizer,
             device,
-            pooling,
-            normalize,
-            max_tokens,
+            pooling: settings.pooling,
+            normalize: settings.normalize,
+            max_tokens: settings.max_tokens,
             dimensions: config.hidden_size,
             pad_id,
             truncate: options.truncate,

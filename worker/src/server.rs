@@ -42,8 +42,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chat::api::{self, Endpoint, ResponseHead};
-use crate::chat::engine::{self, Event, Generation};
+use crate::chat::api::{self, Endpoint, GenerationRequest, ResponseHead};
+use crate::chat::engine::{self, Event, Generation, Outcome};
 use crate::chat::ChatModel;
 use crate::model::{DeviceChoice, Embedder, ModelError, ModelOptions, Tokenized};
 
@@ -159,6 +159,31 @@ struct ChatService {
     queue: mpsc::Sender<Generation>,
 }
 
+impl ChatService {
+    /// Queues `request` for the generation thread; what it generates comes back on
+    /// the receiver (dropping it abandons the generation).
+    #[allow(clippy::result_large_err)] // the error is the response to send
+    async fn enqueue(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, Response<Body>> {
+        let (events, heard) = mpsc::unbounded_channel();
+        let generation = Generation {
+            prompt: request.prompt,
+            limits: request.limits,
+            sampling: request.sampling,
+            events,
+        };
+        if self.queue.send(generation).await.is_err() {
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the generation thread has stopped: restart the worker",
+            ));
+        }
+        Ok(heard)
+    }
+}
+
 /// The running worker: its models, their threads, and the counters.
 pub struct Worker {
     embeddings: Option<EmbeddingService>,
@@ -216,6 +241,131 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 
 fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// A non-streamed answer: waits for the generation to end (dropping `heard`, when
+/// the client leaves, abandons it).
+async fn whole_answer(
+    response_head: &ResponseHead,
+    mut heard: mpsc::UnboundedReceiver<Event>,
+) -> Response<Body> {
+    loop {
+        match heard.recv().await {
+            Some(Event::Text(_)) => {}
+            Some(Event::Done(outcome)) => {
+                return json_response(
+                    StatusCode::OK,
+                    &response_head.answer(
+                        &outcome.text,
+                        outcome.finish,
+                        outcome.prompt_tokens,
+                        outcome.completion_tokens,
+                    ),
+                )
+            }
+            Some(Event::Failed(e)) => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("generation failed: {e}"),
+                )
+            }
+            None => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the generation thread stopped mid-request: restart the worker",
+                )
+            }
+        }
+    }
+}
+
+/// A streamed answer: server-sent events as they are generated; a client that
+/// leaves closes the channel, which abandons the generation.
+fn event_stream(
+    response_head: ResponseHead,
+    heard: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(send_events(response_head, heard, include_usage, tx));
+    let mut response = Response::new(BoxBody::new(ChannelBody(rx)));
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// Feeds `tx` the stream's chunks: (chat) the role, the text as it comes, then the
+/// finish, (with `include_usage`) the usage and `[DONE]`; or, when generation fails,
+/// the error (and no `[DONE]`). Stops when the client leaves.
+async fn send_events(
+    response_head: ResponseHead,
+    mut heard: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let chat_role = response_head.endpoint == Endpoint::Chat;
+    if chat_role
+        && tx
+            .send(sse(&response_head.chunk(
+                Some(""),
+                true,
+                None,
+                include_usage,
+            )))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    while let Some(event) = heard.recv().await {
+        let chunk = match event {
+            Event::Text(text) => sse(&response_head.chunk(Some(&text), false, None, include_usage)),
+            Event::Done(outcome) => {
+                let _ = tx
+                    .send(last_chunks(&response_head, &outcome, include_usage))
+                    .await;
+                return;
+            }
+            Event::Failed(e) => {
+                // No [DONE]: the stream ends with the error.
+                let _ = tx
+                    .send(sse(&error_body(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("generation failed: {e}"),
+                    )))
+                    .await;
+                return;
+            }
+        };
+        if tx.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The end of a stream, sent as one piece: the finish chunk, the usage chunk (with
+/// `include_usage`), `[DONE]`.
+fn last_chunks(response_head: &ResponseHead, outcome: &Outcome, include_usage: bool) -> Bytes {
+    let mut tail = Vec::from(sse(&response_head.chunk(
+        None,
+        false,
+        Some(outcome.finish),
+        include_usage,
+    )));
+    if include_usage {
+        tail.extend_from_slice(&sse(
+            &response_head.usage_chunk(outcome.prompt_tokens, outcome.completion_tokens)
+        ));
+    }
+    tail.extend_from_slice(b"data: [DONE]\n\n");
+    Bytes::from(tail)
 }
 
 #[allow(clippy::result_large_err)] // the error is the response to send
@@ -310,6 +460,20 @@ fn thread_error(path: &std::path::Path, e: &std::io::Error) -> ModelError {
         path: path.display().to_string(),
         reason: format!("cannot start the model's thread: {e}"),
     }
+}
+
+/// Whether requests to `path` are metered (and counted in `/metrics`): the
+/// embeddings and completions APIs.
+fn is_metered(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/embeddings"
+            | "/embeddings"
+            | "/v1/chat/completions"
+            | "/chat/completions"
+            | "/v1/completions"
+            | "/completions"
+    )
 }
 
 /// The label value for a model name in Prometheus text.
@@ -493,16 +657,14 @@ impl Worker {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let metered = matches!(
-            path.as_str(),
-            "/v1/embeddings"
-                | "/embeddings"
-                | "/v1/chat/completions"
-                | "/chat/completions"
-                | "/v1/completions"
-                | "/completions"
-        );
-        let response = match (req.method(), path.as_str()) {
+        let response = self.route(req, &path).await;
+        self.count(&path, response.status());
+        response
+    }
+
+    /// The answer to `req` for `path`: the endpoint's, or why there is none.
+    async fn route(&self, req: Request<Incoming>, path: &str) -> Response<Body> {
+        match (req.method(), path) {
             (&Method::POST, "/v1/embeddings" | "/embeddings") if self.embeddings.is_some() => {
                 self.embeddings(req).await
             }
@@ -529,7 +691,16 @@ impl Worker {
                 );
                 response
             }
-            (&Method::POST, _) if metered || path == "/tokenize" || path == "/detokenize" => {
+            (method, _) => self.not_routed(method, path),
+        }
+    }
+
+    /// Why nothing here answers `method` on `path`: the model it needs is not served,
+    /// the method is not the path's, or the path is unknown.
+    fn not_routed(&self, method: &Method, path: &str) -> Response<Body> {
+        let model_api = is_metered(path) || path == "/tokenize" || path == "/detokenize";
+        match (method, path) {
+            (&Method::POST, _) if model_api => {
                 let what = if path.ends_with("embeddings") {
                     "no embedding model (start it with --model-dir)"
                 } else {
@@ -545,11 +716,11 @@ impl Worker {
             }
             (_, "/v1/models" | "/health" | "/metrics") => error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{} is not allowed on {path}", req.method()),
+                &format!("{method} is not allowed on {path}"),
             ),
-            (_, _) if metered || path == "/tokenize" || path == "/detokenize" => error_response(
+            (_, _) if model_api => error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{} is not allowed on {path}: POST it", req.method()),
+                &format!("{method} is not allowed on {path}: POST it"),
             ),
             _ => error_response(
                 StatusCode::NOT_FOUND,
@@ -558,23 +729,26 @@ impl Worker {
                     self.routes()
                 ),
             ),
-        };
-        // Requests for a model this worker serves; one it does not serve is no
-        // request of its (a 404 like any unknown path).
+        }
+    }
+
+    /// Counts a metered request (success or error) for a model this worker serves;
+    /// one for a model it does not serve is no request of its (a 404 like any
+    /// unknown path).
+    fn count(&self, path: &str, status: StatusCode) {
         let served = if path.ends_with("embeddings") {
             self.embeddings.is_some()
         } else {
             self.chat.is_some()
         };
-        if metered && served {
-            let counter = if response.status().is_success() {
+        if is_metered(path) && served {
+            let counter = if status.is_success() {
                 &self.stats.requests
             } else {
                 &self.stats.request_errors
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        response
     }
 
     fn model_names(&self) -> Vec<&str> {
@@ -625,117 +799,17 @@ impl Worker {
             Ok(request) => request,
             Err((status, message)) => return error_response(status, &message),
         };
-        let (events, mut heard) = mpsc::unbounded_channel();
-        let generation = Generation {
-            prompt: request.prompt,
-            limits: request.limits,
-            sampling: request.sampling,
-            events,
+        let (stream, include_usage) = (request.stream, request.include_usage);
+        let heard = match chat.enqueue(request).await {
+            Ok(heard) => heard,
+            Err(response) => return response,
         };
-        if chat.queue.send(generation).await.is_err() {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the generation thread has stopped: restart the worker",
-            );
-        }
         let response_head = ResponseHead::new(endpoint, &chat.name);
-        if !request.stream {
-            // Dropping `heard` (the client left) abandons the generation.
-            loop {
-                match heard.recv().await {
-                    Some(Event::Text(_)) => {}
-                    Some(Event::Done(outcome)) => {
-                        return json_response(
-                            StatusCode::OK,
-                            &response_head.answer(
-                                &outcome.text,
-                                outcome.finish,
-                                outcome.prompt_tokens,
-                                outcome.completion_tokens,
-                            ),
-                        )
-                    }
-                    Some(Event::Failed(e)) => {
-                        return error_response(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            &format!("generation failed: {e}"),
-                        )
-                    }
-                    None => {
-                        return error_response(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "the generation thread stopped mid-request: restart the worker",
-                        )
-                    }
-                }
-            }
+        if stream {
+            event_stream(response_head, heard, include_usage)
+        } else {
+            whole_answer(&response_head, heard).await
         }
-        // A stream: events as they are generated; a client that leaves closes the
-        // channel, which abandons the generation.
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let include_usage = request.include_usage;
-        tokio::spawn(async move {
-            let chat_role = endpoint == Endpoint::Chat;
-            if chat_role
-                && tx
-                    .send(sse(&response_head.chunk(
-                        Some(""),
-                        true,
-                        None,
-                        include_usage,
-                    )))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            while let Some(event) = heard.recv().await {
-                let chunk = match event {
-                    Event::Text(text) => {
-                        sse(&response_head.chunk(Some(&text), false, None, include_usage))
-                    }
-                    Event::Done(outcome) => {
-                        let mut tail = Vec::from(sse(&response_head.chunk(
-                            None,
-                            false,
-                            Some(outcome.finish),
-                            include_usage,
-                        )));
-                        if include_usage {
-                            tail.extend_from_slice(&sse(&response_head
-                                .usage_chunk(outcome.prompt_tokens, outcome.completion_tokens)));
-                        }
-                        tail.extend_from_slice(b"data: [DONE]\n\n");
-                        let _ = tx.send(Bytes::from(tail)).await;
-                        return;
-                    }
-                    Event::Failed(e) => {
-                        // No [DONE]: the stream ends with the error.
-                        let _ = tx
-                            .send(sse(&error_body(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                &format!("generation failed: {e}"),
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut response = Response::new(BoxBody::new(ChannelBody(rx)));
-        let headers = response.headers_mut();
-        headers.insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(
-            hyper::header::CACHE_CONTROL,
-            hyper::header::HeaderValue::from_static("no-cache"),
-        );
-        response
     }
 
     /// `/tokenize`: vLLM's (`prompt` or `messages`) and llama.cpp's (`content`).

@@ -133,32 +133,64 @@ pub fn messages_for_template(value: Option<&Value>) -> Result<Vec<Value>, Refusa
 }
 
 /// Parses an OpenAI chat or text completion request for `model`, served as `served`.
+///
+/// The checks run in this order, and the first that fails is the answer.
 pub fn parse(
     body: &[u8],
     endpoint: Endpoint,
     model: &ChatModel,
     served: &str,
 ) -> Result<GenerationRequest, Refusal> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the request body is not JSON: {e}")))?;
-    let Some(object) = value.as_object() else {
-        return Err(bad("the request body must be a JSON object"));
+    let object = request_object(body)?;
+    check_model_name(&object, served)?;
+    let mut stop = stop_strings(&object)?;
+    let prompt = match endpoint {
+        Endpoint::Chat => chat_prompt(&object, model)?,
+        Endpoint::Completion => completion_prompt(&object, model)?,
     };
-    if let Some(m) = object.get("model").filter(|m| !m.is_null()) {
-        match m.as_str() {
-            Some(m) if m == served || m.is_empty() => {}
-            Some(m) => {
-                return Err((
-                    StatusCode::NOT_FOUND,
-                    format!(
-                    "The model `{m}` does not exist: this worker serves `{served}` for completions"
-                ),
-                ))
-            }
-            None => return Err(bad("`model` must be a string")),
-        }
+    stop.extend(prompt.stop);
+    let max_tokens = max_tokens(&object, prompt.tokens.len(), model.context())?;
+    check_unsupported(&object)?;
+    let sampling = sampling(&object)?;
+    let streaming = streaming(&object)?;
+    Ok(GenerationRequest {
+        endpoint,
+        prompt: prompt.tokens,
+        limits: Limits { max_tokens, stop },
+        sampling,
+        stream: streaming.stream,
+        include_usage: streaming.include_usage,
+    })
+}
+
+/// The body as a JSON object.
+fn request_object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad("the request body must be a JSON object")),
+        Err(e) => Err(bad(format!("the request body is not JSON: {e}"))),
     }
-    let tokenizer = model.tokenizer();
+}
+
+/// `model`, when given, names the model served (or is empty).
+fn check_model_name(object: &Map<String, Value>, served: &str) -> Result<(), Refusal> {
+    let Some(m) = object.get("model").filter(|m| !m.is_null()) else {
+        return Ok(());
+    };
+    match m.as_str() {
+        Some(m) if m == served || m.is_empty() => Ok(()),
+        Some(m) => Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "The model `{m}` does not exist: this worker serves `{served}` for completions"
+            ),
+        )),
+        None => Err(bad("`model` must be a string")),
+    }
+}
+
+/// `stop`: a string or up to [`MAX_STOP`] strings; empty ones are dropped.
+fn stop_strings(object: &Map<String, Value>) -> Result<Vec<String>, Refusal> {
     let mut stop: Vec<String> = match object.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -179,55 +211,80 @@ pub fn parse(
         Some(_) => return Err(bad("`stop` must be a string or an array of strings")),
     };
     stop.retain(|s| !s.is_empty());
+    Ok(stop)
+}
 
-    let prompt = match endpoint {
-        Endpoint::Chat => {
-            let messages = messages_for_template(object.get("messages"))?;
-            let Some(template) = model.template() else {
-                return Err(bad("this model's GGUF has no chat template (tokenizer.chat_template): use /v1/completions with a prompt"));
-            };
-            let tools = object.get("tools").filter(|t| !t.is_null());
-            let text = template.render(&messages, tools, true).map_err(bad)?;
-            // llama.cpp's chat handler stops on the EOS token's text too.
-            if let Some(eos) = model.eos_text() {
-                stop.push(eos.to_string());
-            }
-            tokenizer.encode(&text, false).map_err(bad)?
-        }
-        Endpoint::Completion => match object.get("prompt") {
-            Some(Value::String(s)) if s.is_empty() => return Err(bad("`prompt` is empty")),
-            Some(Value::String(s)) => tokenizer.encode(s, true).map_err(bad)?,
-            Some(Value::Array(items)) => match items.as_slice() {
-                [Value::String(s)] if !s.is_empty() => tokenizer.encode(s, true).map_err(bad)?,
-                [] => return Err(bad("`prompt` is empty")),
-                items if items.iter().all(Value::is_u64) => {
-                    let vocab = tokenizer.vocab_size() as u64;
-                    items
-                        .iter()
-                        .map(|t| match t.as_u64() {
-                            Some(t) if t < vocab => Ok(u32::try_from(t).unwrap_or(0)),
-                            _ => Err(bad(format!("`prompt` token {t} is not in the vocabulary (0..{vocab})"))),
-                        })
-                        .collect::<Result<_, _>>()?
-                }
-                _ => {
-                    return Err(bad(
-                        "`prompt` must be a string, one string in an array, or an array of token ids: one prompt per request",
-                    ))
-                }
-            },
-            None | Some(Value::Null) => return Err(bad("`prompt` is required")),
-            Some(_) => return Err(bad("`prompt` must be a string or an array of token ids")),
-        },
+/// The prompt's tokens, and a stop string the endpoint adds to the request's.
+struct Prompt {
+    tokens: Vec<u32>,
+    stop: Option<String>,
+}
+
+/// Chat: `messages` (and `tools`) through the model's chat template.
+fn chat_prompt(object: &Map<String, Value>, model: &ChatModel) -> Result<Prompt, Refusal> {
+    let messages = messages_for_template(object.get("messages"))?;
+    let Some(template) = model.template() else {
+        return Err(bad("this model's GGUF has no chat template (tokenizer.chat_template): use /v1/completions with a prompt"));
     };
-    let context = model.context();
-    if prompt.len() >= context {
+    let tools = object.get("tools").filter(|t| !t.is_null());
+    let text = template.render(&messages, tools, true).map_err(bad)?;
+    Ok(Prompt {
+        tokens: model.tokenizer().encode(&text, false).map_err(bad)?,
+        // llama.cpp's chat handler stops on the EOS token's text too.
+        stop: model.eos_text().map(str::to_string),
+    })
+}
+
+/// Text completion: `prompt` as a string, one string in an array, or token ids.
+fn completion_prompt(object: &Map<String, Value>, model: &ChatModel) -> Result<Prompt, Refusal> {
+    let tokenizer = model.tokenizer();
+    let tokens = match object.get("prompt") {
+        Some(Value::String(s)) if s.is_empty() => return Err(bad("`prompt` is empty")),
+        Some(Value::String(s)) => tokenizer.encode(s, true).map_err(bad)?,
+        Some(Value::Array(items)) => match items.as_slice() {
+            [Value::String(s)] if !s.is_empty() => tokenizer.encode(s, true).map_err(bad)?,
+            [] => return Err(bad("`prompt` is empty")),
+            items if items.iter().all(Value::is_u64) => {
+                token_ids(items, tokenizer.vocab_size() as u64)?
+            }
+            _ => {
+                return Err(bad(
+                    "`prompt` must be a string, one string in an array, or an array of token ids: one prompt per request",
+                ))
+            }
+        },
+        None | Some(Value::Null) => return Err(bad("`prompt` is required")),
+        Some(_) => return Err(bad("`prompt` must be a string or an array of token ids")),
+    };
+    Ok(Prompt { tokens, stop: None })
+}
+
+/// A prompt given as token ids, each below `vocab`.
+fn token_ids(items: &[Value], vocab: u64) -> Result<Vec<u32>, Refusal> {
+    items
+        .iter()
+        .map(|t| match t.as_u64() {
+            Some(t) if t < vocab => Ok(u32::try_from(t).unwrap_or(0)),
+            _ => Err(bad(format!(
+                "`prompt` token {t} is not in the vocabulary (0..{vocab})"
+            ))),
+        })
+        .collect()
+}
+
+/// The completion's token limit: `max_completion_tokens` (or `max_tokens`), at most
+/// the room the prompt leaves in the context; all of that room when neither is given.
+fn max_tokens(
+    object: &Map<String, Value>,
+    prompt_tokens: usize,
+    context: usize,
+) -> Result<usize, Refusal> {
+    if prompt_tokens >= context {
         return Err(bad(format!(
-            "This model's maximum context length is {context} tokens. However, your prompt is {} tokens: shorten it",
-            prompt.len()
+            "This model's maximum context length is {context} tokens. However, your prompt is {prompt_tokens} tokens: shorten it"
         )));
     }
-    let room = context - prompt.len();
+    let room = context - prompt_tokens;
     let requested = match (
         object.get("max_completion_tokens"),
         object.get("max_tokens"),
@@ -236,14 +293,18 @@ pub fn parse(
         (_, Some(v)) if !v.is_null() => Some(("max_tokens", v)),
         _ => None,
     };
-    let max_tokens = match requested {
-        None => room,
+    match requested {
+        None => Ok(room),
         Some((key, v)) => match v.as_u64() {
-            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX).min(room),
-            _ => return Err(bad(format!("`{key}` must be a positive integer"))),
+            Some(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(room)),
+            _ => Err(bad(format!("`{key}` must be a positive integer"))),
         },
-    };
+    }
+}
 
+/// Refuses what this worker does not do: `n` above 1, `logprobs`, `echo`, `suffix`,
+/// a `response_format` other than text.
+fn check_unsupported(object: &Map<String, Value>) -> Result<(), Refusal> {
     match object.get("n") {
         None | Some(Value::Null) => {}
         Some(n) if n.as_u64() == Some(1) => {}
@@ -272,37 +333,66 @@ pub fn parse(
             ));
         }
     }
+    Ok(())
+}
 
-    let seed = match object.get("seed") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .or_else(|| v.as_i64().map(i64::cast_unsigned))
-                .ok_or_else(|| bad("`seed` must be an integer"))?,
-        ),
-    };
-    #[allow(clippy::cast_possible_truncation)]
-    let sampling = Sampling {
+/// The sampling parameters, OpenAI's and llama.cpp's (`repeat_penalty`).
+#[allow(clippy::cast_possible_truncation)]
+fn sampling(object: &Map<String, Value>) -> Result<Sampling, Refusal> {
+    let seed = seed(object)?;
+    Ok(Sampling {
         temperature: number(object, "temperature", 0.0, 2.0)?.unwrap_or(1.0),
-        top_p: match number(object, "top_p", 0.0, 1.0)? {
-            Some(p) if p <= 0.0 => return Err(bad("`top_p` must be above 0 (at most 1)")),
-            Some(p) => p,
-            None => 1.0,
-        },
+        top_p: top_p(object)?,
         seed,
         frequency_penalty: number(object, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
         presence_penalty: number(object, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
-        repeat_penalty: match (
-            number(object, "repeat_penalty", 0.0, 10.0)?,
-            number(object, "repetition_penalty", 0.0, 10.0)?,
-        ) {
-            (Some(p), _) | (None, Some(p)) if p > 0.0 => p as f32,
-            // llama.cpp's OpenAI server (llama-cpp-python) applies 1.1 unless told
-            // otherwise; its answers are the reference this worker agrees with.
-            (None, None) => DEFAULT_REPEAT_PENALTY,
-            _ => return Err(bad("`repeat_penalty` must be above 0")),
-        },
-    };
+        repeat_penalty: repeat_penalty(object)?,
+    })
+}
+
+/// `seed`: any integer (a negative one as its two's complement).
+fn seed(object: &Map<String, Value>) -> Result<Option<u64>, Refusal> {
+    match object.get("seed") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(i64::cast_unsigned))
+                .ok_or_else(|| bad("`seed` must be an integer"))?,
+        )),
+    }
+}
+
+/// `top_p`: above 0, at most 1 (1 unless given).
+fn top_p(object: &Map<String, Value>) -> Result<f64, Refusal> {
+    match number(object, "top_p", 0.0, 1.0)? {
+        Some(p) if p <= 0.0 => Err(bad("`top_p` must be above 0 (at most 1)")),
+        Some(p) => Ok(p),
+        None => Ok(1.0),
+    }
+}
+
+/// `repeat_penalty` (or vLLM's `repetition_penalty`): above 0, at most 10.
+#[allow(clippy::cast_possible_truncation)]
+fn repeat_penalty(object: &Map<String, Value>) -> Result<f32, Refusal> {
+    match (
+        number(object, "repeat_penalty", 0.0, 10.0)?,
+        number(object, "repetition_penalty", 0.0, 10.0)?,
+    ) {
+        (Some(p), _) | (None, Some(p)) if p > 0.0 => Ok(p as f32),
+        // llama.cpp's OpenAI server (llama-cpp-python) applies 1.1 unless told
+        // otherwise; its answers are the reference this worker agrees with.
+        (None, None) => Ok(DEFAULT_REPEAT_PENALTY),
+        _ => Err(bad("`repeat_penalty` must be above 0")),
+    }
+}
+
+/// `stream` and `stream_options.include_usage`.
+struct Streaming {
+    stream: bool,
+    include_usage: bool,
+}
+
+fn streaming(object: &Map<String, Value>) -> Result<Streaming, Refusal> {
     let stream = match object.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -317,11 +407,7 @@ pub fn parse(
         },
         Some(_) => return Err(bad("`stream_options` must be an object")),
     };
-    Ok(GenerationRequest {
-        endpoint,
-        prompt,
-        limits: Limits { max_tokens, stop },
-        sampling,
+    Ok(Streaming {
         stream,
         include_usage,
     })

@@ -46,76 +46,102 @@ struct Active {
     failed: bool,
 }
 
-/// Runs until every sender of `queue` is gone.
-pub fn run(
-    model: &ChatModel,
-    stats: &Stats,
-    max_active: usize,
-    mut queue: mpsc::Receiver<Generation>,
-) {
-    let mut waiting: VecDeque<Generation> = VecDeque::new();
-    let mut active: Vec<Active> = Vec::new();
-    loop {
-        // Idle: block for work. Busy: take what arrived without waiting.
-        if active.is_empty() && waiting.is_empty() {
+impl Active {
+    /// One step of the sequence (the first reads its prompt): its text and, when it
+    /// ends, its outcome go to the request. Returns the tokens generated.
+    fn step(&mut self, model: &ChatModel, stats: &Stats) -> u64 {
+        let prefill = !self.sequence.started();
+        let before = self.sequence.completion_tokens();
+        match model.step(&mut self.sequence) {
+            Ok(text) => {
+                if prefill {
+                    stats
+                        .chat_prompt_tokens
+                        .fetch_add(self.sequence.prompt_tokens() as u64, Ordering::Relaxed);
+                }
+                let generated = (self.sequence.completion_tokens() - before) as u64;
+                if !text.is_empty() {
+                    let _ = self
+                        .events
+                        .send(Event::Text(String::from_utf8_lossy(&text).into_owned()));
+                }
+                if let Some(finish) = self.sequence.finished() {
+                    let _ = self.events.send(Event::Done(Outcome {
+                        finish,
+                        prompt_tokens: self.sequence.prompt_tokens(),
+                        completion_tokens: self.sequence.completion_tokens(),
+                        text: self.sequence.text(),
+                    }));
+                }
+                generated
+            }
+            Err(e) => {
+                let _ = self.events.send(Event::Failed(e.to_string()));
+                self.failed = true;
+                0
+            }
+        }
+    }
+
+    /// Whether it still has tokens to generate for a client that is still there.
+    fn goes_on(&self) -> bool {
+        self.sequence.finished().is_none() && !self.failed && !self.events.is_closed()
+    }
+}
+
+/// The requests the thread holds: those waiting their turn, in arrival order, and
+/// those generating.
+#[derive(Default)]
+struct Schedule {
+    waiting: VecDeque<Generation>,
+    active: Vec<Active>,
+}
+
+impl Schedule {
+    /// Takes the requests that arrived: blocks for one when there is nothing to do.
+    /// `false` when there is nothing to do and nothing will come.
+    fn take_arrivals(&mut self, queue: &mut mpsc::Receiver<Generation>) -> bool {
+        if self.active.is_empty() && self.waiting.is_empty() {
             match queue.blocking_recv() {
-                Some(generation) => waiting.push_back(generation),
-                None => return,
+                Some(generation) => self.waiting.push_back(generation),
+                None => return false,
             }
         }
         while let Ok(generation) = queue.try_recv() {
-            waiting.push_back(generation);
+            self.waiting.push_back(generation);
         }
-        while active.len() < max_active.max(1) {
-            let Some(generation) = waiting.pop_front() else {
+        true
+    }
+
+    /// Starts waiting requests, in order, while fewer than `max_active` generate;
+    /// those whose client left while they waited are dropped.
+    fn admit(&mut self, model: &ChatModel, max_active: usize) {
+        while self.active.len() < max_active.max(1) {
+            let Some(generation) = self.waiting.pop_front() else {
                 break;
             };
             if generation.events.is_closed() {
                 continue; // the client left while it waited
             }
             let sequence = model.start(generation.prompt, generation.limits, &generation.sampling);
-            active.push(Active {
+            self.active.push(Active {
                 sequence,
                 events: generation.events,
                 failed: false,
             });
         }
-        // One step of each active sequence (the first reads its prompt).
+    }
+
+    /// One step of each active sequence whose client is still there; the time and
+    /// tokens go to `stats`, and the sequences that ended leave.
+    fn round(&mut self, model: &ChatModel, stats: &Stats) {
         let started = Instant::now();
         let mut generated = 0u64;
-        for entry in &mut active {
+        for entry in &mut self.active {
             if entry.events.is_closed() {
                 continue; // dropped below, generation abandoned
             }
-            let prefill = !entry.sequence.started();
-            let before = entry.sequence.completion_tokens();
-            match model.step(&mut entry.sequence) {
-                Ok(text) => {
-                    if prefill {
-                        stats
-                            .chat_prompt_tokens
-                            .fetch_add(entry.sequence.prompt_tokens() as u64, Ordering::Relaxed);
-                    }
-                    generated += (entry.sequence.completion_tokens() - before) as u64;
-                    if !text.is_empty() {
-                        let _ = entry
-                            .events
-                            .send(Event::Text(String::from_utf8_lossy(&text).into_owned()));
-                    }
-                    if let Some(finish) = entry.sequence.finished() {
-                        let _ = entry.events.send(Event::Done(Outcome {
-                            finish,
-                            prompt_tokens: entry.sequence.prompt_tokens(),
-                            completion_tokens: entry.sequence.completion_tokens(),
-                            text: entry.sequence.text(),
-                        }));
-                    }
-                }
-                Err(e) => {
-                    let _ = entry.events.send(Event::Failed(e.to_string()));
-                    entry.failed = true;
-                }
-            }
+            generated += entry.step(model, stats);
         }
         stats
             .generation_tokens
@@ -124,10 +150,25 @@ pub fn run(
             u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        active.retain(|a| a.sequence.finished().is_none() && !a.failed && !a.events.is_closed());
+        self.active.retain(Active::goes_on);
         stats
             .chat_active
-            .store(active.len() as u64, Ordering::Relaxed);
+            .store(self.active.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs until every sender of `queue` is gone.
+pub fn run(
+    model: &ChatModel,
+    stats: &Stats,
+    max_active: usize,
+    mut queue: mpsc::Receiver<Generation>,
+) {
+    let mut schedule = Schedule::default();
+    // Idle: block for work. Busy: take what arrived without waiting.
+    while schedule.take_arrivals(&mut queue) {
+        schedule.admit(model, max_active);
+        schedule.round(model, stats);
     }
 }
 

@@ -155,96 +155,159 @@ impl Llama {
 
     /// Reads `tokens` at positions `position..` into `cache` and returns the logits
     /// after the last one.
-    #[allow(clippy::many_single_char_names)] // q, k, v, x, h: the architecture's names
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], position: usize) -> Result<Tensor> {
-        let device = self.embeddings.device();
         let n = tokens.len();
         if position + n > MAX_SEQ_LEN {
             candle_core::bail!("{} positions: at most {MAX_SEQ_LEN}", position + n);
         }
-        let ids = Tensor::new(tokens, device)?;
+        let ids = Tensor::new(tokens, self.embeddings.device())?;
         let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?; // (1, n, embedding)
-        let cos = self.cos.narrow(0, position, n)?;
-        let sin = self.sin.narrow(0, position, n)?;
-        // A causal mask over the new tokens (earlier positions are all visible).
-        let mask = if n > 1 {
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| {
-                    (0..position + n).map(move |j| {
-                        if j > position + i {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            Some(Tensor::from_vec(mask, (n, position + n), device)?)
-        } else {
-            None
-        };
-        #[allow(clippy::cast_precision_loss)]
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let repeats = self.n_head / self.n_kv_head;
+        let span = self.span(position, n)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.eps)?;
-            let heads = |t: Tensor, count: usize| {
-                t.reshape((1, n, count, self.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = heads(layer.wq.forward(&h)?, self.n_head)?;
-            let k = heads(layer.wk.forward(&h)?, self.n_kv_head)?;
-            let v = heads(layer.wv.forward(&h)?, self.n_kv_head)?;
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.to_dtype(DType::F16)?;
-            let v = v.to_dtype(DType::F16)?;
-            let (k, v) = match cache.layers.get(i) {
-                Some((k_past, v_past)) if position > 0 => (
-                    Tensor::cat(&[k_past, &k], 2)?,
-                    Tensor::cat(&[v_past, &v], 2)?,
-                ),
-                _ => (k, v),
-            };
-            if cache.layers.len() > i {
-                cache.layers[i] = (k.clone(), v.clone());
-            } else {
-                cache.layers.push((k.clone(), v.clone()));
-            }
-            // Grouped heads: each key/value head serves `repeats` query heads.
-            let kv_len = k.dim(2)?;
-            let q = f16(&q)?.reshape((self.n_kv_head, repeats * n, self.head_dim))?;
-            let k = k
-                .to_dtype(DType::F32)?
-                .reshape((self.n_kv_head, kv_len, self.head_dim))?;
-            let v = v
-                .to_dtype(DType::F32)?
-                .reshape((self.n_kv_head, kv_len, self.head_dim))?;
-            let scores =
-                (q.matmul(&k.t()?)? * scale)?.reshape((self.n_kv_head, repeats, n, kv_len))?;
-            let scores = match &mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            let weights = f16(&candle_nn::ops::softmax_last_dim(&scores)?)?.reshape((
-                self.n_kv_head,
-                repeats * n,
-                kv_len,
-            ))?;
-            let attended = weights
-                .matmul(&v)? // (kv_head, repeats * n, head_dim)
-                .reshape((1, self.n_head, n, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((1, n, self.n_head * self.head_dim))?;
-            x = (layer.wo.forward(&attended)? + x)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-            let gated =
-                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (layer.down.forward(&gated)? + x)?;
+            x = (self.attention(layer, &x, &span, cache.layer(i, position))? + x)?;
+            x = (self.feed_forward(layer, &x)? + x)?;
         }
         let last = x.i((.., n - 1, ..))?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         self.output.forward(&last)?.squeeze(0)
+    }
+
+    /// The angles and mask for `n` new tokens from `position`.
+    fn span(&self, position: usize, n: usize) -> Result<Span> {
+        Ok(Span {
+            n,
+            cos: self.cos.narrow(0, position, n)?,
+            sin: self.sin.narrow(0, position, n)?,
+            mask: causal_mask(position, n, self.embeddings.device())?,
+        })
+    }
+
+    /// One layer's attention over `x` (the new tokens) and the cached positions,
+    /// whose keys and values it extends: the output projection, before the residual.
+    #[allow(clippy::many_single_char_names)] // q, k, v, x, h: the architecture's names
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        span: &Span,
+        cache: LayerCache,
+    ) -> Result<Tensor> {
+        let n = span.n;
+        let h = candle_nn::ops::rms_norm(x, &layer.attention_norm, self.eps)?;
+        let heads = |t: Tensor, count: usize| {
+            t.reshape((1, n, count, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(layer.wq.forward(&h)?, self.n_head)?;
+        let k = heads(layer.wk.forward(&h)?, self.n_kv_head)?;
+        let v = heads(layer.wv.forward(&h)?, self.n_kv_head)?;
+        let q = candle_nn::rotary_emb::rope_i(&q, &span.cos, &span.sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&k, &span.cos, &span.sin)?.to_dtype(DType::F16)?;
+        let v = v.to_dtype(DType::F16)?;
+        let (k, v) = cache.extend(k, v)?;
+        // Grouped heads: each key/value head serves `repeats` query heads.
+        let repeats = self.n_head / self.n_kv_head;
+        let kv_len = k.dim(2)?;
+        let q = f16(&q)?.reshape((self.n_kv_head, repeats * n, self.head_dim))?;
+        let k = k
+            .to_dtype(DType::F32)?
+            .reshape((self.n_kv_head, kv_len, self.head_dim))?;
+        let v = v
+            .to_dtype(DType::F32)?
+            .reshape((self.n_kv_head, kv_len, self.head_dim))?;
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((self.n_kv_head, repeats, n, kv_len))?;
+        let scores = match &span.mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let weights = f16(&candle_nn::ops::softmax_last_dim(&scores)?)?.reshape((
+            self.n_kv_head,
+            repeats * n,
+            kv_len,
+        ))?;
+        let attended = weights
+            .matmul(&v)? // (kv_head, repeats * n, head_dim)
+            .reshape((1, self.n_head, n, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((1, n, self.n_head * self.head_dim))?;
+        layer.wo.forward(&attended)
+    }
+
+    /// One layer's SwiGLU feed-forward network over `x`, before the residual.
+    fn feed_forward(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(x, &layer.ffn_norm, self.eps)?;
+        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        layer.down.forward(&gated)
+    }
+}
+
+/// The `n` new tokens of a forward pass from `position`: their RoPE angles and,
+/// when there are several, the causal mask among them.
+struct Span {
+    n: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
+/// A causal mask over `n` new tokens from `position` (earlier positions are all
+/// visible); none for one token.
+fn causal_mask(position: usize, n: usize, device: &Device) -> Result<Option<Tensor>> {
+    if n <= 1 {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..position + n).map(move |j| {
+                if j > position + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (n, position + n), device)?))
+}
+
+/// One layer's slot in a [`KvCache`], for a pass starting at `position`.
+struct LayerCache<'a> {
+    cache: &'a mut KvCache,
+    layer: usize,
+    position: usize,
+}
+
+impl KvCache {
+    fn layer(&mut self, layer: usize, position: usize) -> LayerCache<'_> {
+        LayerCache {
+            cache: self,
+            layer,
+            position,
+        }
+    }
+}
+
+impl LayerCache<'_> {
+    /// The layer's keys and values with `k` and `v` (the new positions') after the
+    /// cached ones, kept for the next pass; a pass from position 0 starts afresh.
+    fn extend(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let layers = &mut self.cache.layers;
+        let (k, v) = match layers.get(self.layer) {
+            Some((k_past, v_past)) if self.position > 0 => (
+                Tensor::cat(&[k_past, &k], 2)?,
+                Tensor::cat(&[v_past, &v], 2)?,
+            ),
+            _ => (k, v),
+        };
+        if layers.len() > self.layer {
+            layers[self.layer] = (k.clone(), v.clone());
+        } else {
+            layers.push((k.clone(), v.clone()));
+        }
+        Ok((k, v))
     }
 }
 

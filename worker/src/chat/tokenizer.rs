@@ -139,114 +139,151 @@ fn token_id(metadata: &HashMap<String, GgufValue>, key: &str) -> Option<u32> {
         .and_then(|v| u32::try_from(v).ok())
 }
 
-impl GgufTokenizer {
-    /// Builds the tokenizer from a GGUF file's metadata.
-    pub fn from_metadata(metadata: &HashMap<String, GgufValue>) -> Result<Self, String> {
-        let model = metadata
-            .get("tokenizer.ggml.model")
-            .and_then(|v| v.to_string().ok())
-            .ok_or("no `tokenizer.ggml.model` in the GGUF metadata")?;
-        if model != "gpt2" {
-            return Err(format!(
-                "tokenizer.ggml.model {model:?}: this worker reads byte-level BPE tokenizers (\"gpt2\": SmolLM, Llama 3, Qwen-style vocabularies); SentencePiece (\"llama\") is not supported"
-            ));
-        }
-        let pre_name = metadata
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .map_or("default", String::as_str);
-        let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| {
-            format!("tokenizer.ggml.pre {pre_name:?} is not supported (smollm, starcoder, gpt-2, default and llama-bpe are)")
-        })?;
-        let texts = strings(metadata, "tokenizer.ggml.tokens")?;
-        let merges = strings(metadata, "tokenizer.ggml.merges")?;
-        let types: Vec<i32> = match metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| "`tokenizer.ggml.token_type` is not an array".to_string())?
-                .iter()
-                .map(|t| {
-                    int(t)
-                        .and_then(|t| i32::try_from(t).ok())
-                        .unwrap_or(TYPE_NORMAL)
-                })
-                .collect(),
-            None => vec![TYPE_NORMAL; texts.len()],
-        };
-        if types.len() != texts.len() {
-            return Err(format!(
-                "the GGUF has {} tokens but {} token types",
-                texts.len(),
-                types.len()
-            ));
-        }
+/// Checks that the file's tokenizer is byte-level BPE and returns the pre-tokenizer
+/// `tokenizer.ggml.pre` names.
+fn pre_tokenizer(metadata: &HashMap<String, GgufValue>) -> Result<PreTokenizer, String> {
+    let model = metadata
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .ok_or("no `tokenizer.ggml.model` in the GGUF metadata")?;
+    if model != "gpt2" {
+        return Err(format!(
+            "tokenizer.ggml.model {model:?}: this worker reads byte-level BPE tokenizers (\"gpt2\": SmolLM, Llama 3, Qwen-style vocabularies); SentencePiece (\"llama\") is not supported"
+        ));
+    }
+    let pre_name = metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map_or("default", String::as_str);
+    PreTokenizer::from_name(pre_name).ok_or_else(|| {
+        format!("tokenizer.ggml.pre {pre_name:?} is not supported (smollm, starcoder, gpt-2, default and llama-bpe are)")
+    })
+}
 
-        let vocab: serde_json::Map<String, Value> = texts
+/// Each token's type (`tokenizer.ggml.token_type`; all normal when absent), one per
+/// token of the vocabulary.
+fn token_types(metadata: &HashMap<String, GgufValue>, tokens: usize) -> Result<Vec<i32>, String> {
+    let types: Vec<i32> = match metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| "`tokenizer.ggml.token_type` is not an array".to_string())?
             .iter()
-            .enumerate()
-            .map(|(id, text)| (text.clone(), json!(id)))
-            .collect();
-        let merges: Vec<Value> = merges
-            .iter()
-            .map(|m| {
-                let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
-                json!([a, b])
+            .map(|t| {
+                int(t)
+                    .and_then(|t| i32::try_from(t).ok())
+                    .unwrap_or(TYPE_NORMAL)
             })
-            .collect();
-        let added: Vec<Value> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(**t, TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN))
-            .map(|(id, t)| {
-                json!({
-                    "id": id, "content": texts[id], "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": *t != TYPE_USER_DEFINED,
-                })
-            })
-            .collect();
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre.to_json(),
-            "post_processor": null,
-            "decoder": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges,
-            },
-        });
-        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
-            .map_err(|e| format!("cannot build the tokenizer from the GGUF metadata: {e}"))?;
+            .collect(),
+        None => vec![TYPE_NORMAL; tokens],
+    };
+    if types.len() != tokens {
+        return Err(format!(
+            "the GGUF has {tokens} tokens but {} token types",
+            types.len()
+        ));
+    }
+    Ok(types)
+}
 
-        let table = byte_to_char();
-        let char_to_byte: HashMap<char, u8> =
-            (0..=255u8).map(|b| (table[usize::from(b)], b)).collect();
-        let pieces = texts
-            .iter()
-            .zip(&types)
-            .map(|(text, t)| match *t {
-                TYPE_CONTROL | TYPE_UNKNOWN => Vec::new(),
-                TYPE_USER_DEFINED => text.as_bytes().to_vec(),
-                _ => text
-                    .chars()
-                    .map(|c| char_to_byte.get(&c).copied())
-                    .collect::<Option<Vec<u8>>>()
-                    .unwrap_or_else(|| text.as_bytes().to_vec()),
-            })
-            .collect();
+/// The Hugging Face tokenizer for the vocabulary: byte-level BPE over `texts` and
+/// `merges`, split by `pre`, with control, user-defined and unknown tokens added
+/// whole.
+fn bpe_tokenizer(
+    pre: &PreTokenizer,
+    texts: &[String],
+    types: &[i32],
+    merges: &[String],
+) -> Result<tokenizers::Tokenizer, String> {
+    let vocab: serde_json::Map<String, Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(id, text)| (text.clone(), json!(id)))
+        .collect();
+    let merges: Vec<Value> = merges
+        .iter()
+        .map(|m| {
+            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
+            json!([a, b])
+        })
+        .collect();
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(texts, types),
+        "normalizer": null,
+        "pre_tokenizer": pre.to_json(),
+        "post_processor": null,
+        "decoder": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        },
+    });
+    tokenizers::Tokenizer::from_str(&spec.to_string())
+        .map_err(|e| format!("cannot build the tokenizer from the GGUF metadata: {e}"))
+}
 
+/// The tokens matched whole in the text (llama.cpp's `parse_special`): control,
+/// user-defined and unknown ones.
+fn added_tokens(texts: &[String], types: &[i32]) -> Vec<Value> {
+    types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(**t, TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN))
+        .map(|(id, t)| {
+            json!({
+                "id": id, "content": texts[id], "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *t != TYPE_USER_DEFINED,
+            })
+        })
+        .collect()
+}
+
+/// Each token's bytes when decoded (llama.cpp's `token_to_piece`).
+fn decoded_pieces(texts: &[String], types: &[i32]) -> Vec<Vec<u8>> {
+    let table = byte_to_char();
+    let char_to_byte: HashMap<char, u8> = (0..=255u8).map(|b| (table[usize::from(b)], b)).collect();
+    texts
+        .iter()
+        .zip(types)
+        .map(|(text, t)| match *t {
+            TYPE_CONTROL | TYPE_UNKNOWN => Vec::new(),
+            TYPE_USER_DEFINED => text.as_bytes().to_vec(),
+            _ => text
+                .chars()
+                .map(|c| char_to_byte.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| text.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+/// The special tokens: BOS, EOS, those generation ends at, and whether prompts
+/// start with BOS.
+struct SpecialTokens {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    /// Sorted, without repeats.
+    eog: Vec<u32>,
+    add_bos: bool,
+}
+
+impl SpecialTokens {
+    fn read(
+        metadata: &HashMap<String, GgufValue>,
+        texts: &[String],
+        types: &[i32],
+    ) -> Result<Self, String> {
         let bos = token_id(metadata, "tokenizer.ggml.bos_token_id");
         let eos = token_id(metadata, "tokenizer.ggml.eos_token_id");
         let mut eog: Vec<u32> = [eos, token_id(metadata, "tokenizer.ggml.eot_token_id")]
             .into_iter()
             .flatten()
             .collect();
-        for (id, (text, t)) in texts.iter().zip(&types).enumerate() {
+        for (id, (text, t)) in texts.iter().zip(types).enumerate() {
             if *t == TYPE_CONTROL && EOG_TEXTS.contains(&text.as_str()) {
                 eog.push(u32::try_from(id).map_err(|e| e.to_string())?);
             }
@@ -258,13 +295,32 @@ impl GgufTokenizer {
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
         Ok(Self {
+            bos,
+            eos,
+            eog,
+            add_bos,
+        })
+    }
+}
+
+impl GgufTokenizer {
+    /// Builds the tokenizer from a GGUF file's metadata.
+    pub fn from_metadata(metadata: &HashMap<String, GgufValue>) -> Result<Self, String> {
+        let pre = pre_tokenizer(metadata)?;
+        let texts = strings(metadata, "tokenizer.ggml.tokens")?;
+        let merges = strings(metadata, "tokenizer.ggml.merges")?;
+        let types = token_types(metadata, texts.len())?;
+        let inner = bpe_tokenizer(&pre, &texts, &types, &merges)?;
+        let pieces = decoded_pieces(&texts, &types);
+        let special = SpecialTokens::read(metadata, &texts, &types)?;
+        Ok(Self {
             inner,
             pieces,
             texts,
-            eog,
-            bos,
-            eos,
-            add_bos,
+            eog: special.eog,
+            bos: special.bos,
+            eos: special.eos,
+            add_bos: special.add_bos,
         })
     }
 
