@@ -133,7 +133,8 @@ pub fn missing_files(dir: &Path) -> Option<String> {
     })
 }
 
-fn pick_device(choice: DeviceChoice) -> Result<Device, ModelError> {
+/// The device `choice` asks for (CUDA only in a `cuda` build with a driver).
+pub(crate) fn pick_device(choice: DeviceChoice) -> Result<Device, ModelError> {
     let cuda = |e: candle_core::Error| ModelError::Load {
         path: "cuda:0".into(),
         reason: format!(

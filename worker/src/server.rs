@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::chat::api::{self, Endpoint, GenerationRequest, ResponseHead};
 use crate::chat::engine::{self, Event, Generation, Outcome};
 use crate::chat::ChatModel;
-use crate::model::{DeviceChoice, Embedder, ModelError, ModelOptions, Tokenized};
+use crate::model::{Embedder, ModelError, ModelOptions, Tokenized};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -433,20 +433,6 @@ fn inference_loop(
     }
 }
 
-fn pick_device(choice: DeviceChoice) -> Result<candle_core::Device, ModelError> {
-    let cuda = |e: candle_core::Error| ModelError::Load {
-        path: "cuda:0".into(),
-        reason: format!(
-            "{e} (GPU support needs a build with `--features cuda` and an NVIDIA driver)"
-        ),
-    };
-    match choice {
-        DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
-        DeviceChoice::Cuda => candle_core::Device::new_cuda(0).map_err(cuda),
-        DeviceChoice::Auto => candle_core::Device::cuda_if_available(0).map_err(cuda),
-    }
-}
-
 fn device_name(device: &candle_core::Device) -> String {
     match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
@@ -490,7 +476,7 @@ impl Worker {
             ));
         }
         let stats = Arc::new(Stats::default());
-        let device = pick_device(config.options.device)?;
+        let device = crate::model::pick_device(config.options.device)?;
         let embeddings = match &config.model_dir {
             None => None,
             Some(dir) => {
