@@ -242,8 +242,8 @@ pub struct Health {
     /// Why the last round could not run (store or chain unavailable, …); empty when
     /// it ran. Only this makes the daemon unhealthy.
     pub last_errors: Vec<String>,
-    /// The last round's per-job errors (receipts refused or lost: those jobs back
-    /// off; the daemon is fine).
+    /// The per-job errors of the last round that had any, while jobs back off after
+    /// them (receipts refused or lost; the daemon is fine).
     pub job_errors: Vec<String>,
     /// Recent usage the oracle holds but could not bill, and write-offs (newest last,
     /// at most [`HEALTH_WARNINGS`]): one job's problem, so not a failure of the daemon.
@@ -343,7 +343,11 @@ impl Telemetry {
         if let Ok(mut health) = self.health.lock() {
             health.last_good_round = Some(now);
             health.last_errors.clear();
-            health.job_errors.clone_from(&report.errors);
+            // A job backing off after an error keeps its reason on show until a
+            // round has news (new errors, or nothing backing off any more).
+            if !report.errors.is_empty() || report.backing_off == 0 {
+                health.job_errors.clone_from(&report.errors);
+            }
             health.leader = true;
             health.warnings.extend(
                 report
