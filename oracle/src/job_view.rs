@@ -535,6 +535,8 @@ impl JobBook {
         ))
     }
 
+    /// Reserves `bound`'s cost if the job may take the request now. `Ok(Err(_))`: the
+    /// request is refused; `Err(_)`: the view cannot be read.
     fn decide(
         &self,
         job_key: &Pubkey,
@@ -544,100 +546,11 @@ impl JobBook {
     ) -> Result<Result<Reservation, Refused>, Refused> {
         let mut state = slot.state.lock().map_err(|_| lock_error())?;
         let job_text = job_key.to_string();
-        let Some(job) = state.job else {
-            return Ok(Err(Refused::Closed(job_text)));
+        let cost = match self.weigh(&job_text, &state, key, bound) {
+            Ok(cost) => cost,
+            Err(refused) => return Ok(Err(refused)),
         };
-        if let Some(ours) = self.config.operator {
-            if job.operator != ours {
-                return Ok(Err(Refused::OtherOperator {
-                    job: job_text,
-                    operator: job.operator.to_string(),
-                    ours: ours.to_string(),
-                }));
-            }
-        }
-        // Completed and expired jobs stay on chain while their client may still
-        // dispute them; they take no more usage.
-        if job.status().is_finished() {
-            return Ok(Err(Refused::Ended {
-                job: job_text,
-                status: match job.status() {
-                    JobStatus::Completed => "completed",
-                    JobStatus::Cancelled => "cancelled",
-                    _ => "expired",
-                },
-            }));
-        }
-        let now = self.clock.now();
-        if now >= job.deadline {
-            return Ok(Err(Refused::AfterDeadline {
-                job: job_text,
-                deadline: job.deadline,
-            }));
-        }
-        let kind = unit_kind(&job);
-        // The request at the job's prices; usage already metered at the higher one
-        // (the store's usage sums do not split it): never less than it may cost.
-        let cost = cost_of(job.prices(), bound);
-        let max_units = bound.units;
-        let top = job.input_price.max(job.output_price);
-        let at_top = |units: u64| cost_at_top(&job, units);
-        let unsettled_units = state.totals_since(state.base, None).units(kind);
-        let committed = at_top(unsettled_units);
-        let available = u128::from(job.escrow_left)
-            .saturating_sub(committed)
-            .saturating_sub(state.reserved);
-        if cost > available {
-            return Ok(Err(Refused::InsufficientEscrow {
-                job: job_text,
-                available,
-                escrow_left: job.escrow_left,
-                unsettled_units,
-                cost,
-                max_units,
-                price: top,
-            }));
-        }
-        if job.spend_cap_per_hour > 0 {
-            // The program refuses receipts that bill faster than
-            // cap × (elapsed + 1 h) / 1 h since the job opened.
-            let elapsed = u128::try_from(now.saturating_sub(job.opened_at).max(0)).unwrap_or(0);
-            let cap = u128::from(job.spend_cap_per_hour);
-            let allowed = cap.saturating_mul(elapsed.saturating_add(3_600)) / 3_600;
-            let spent = u128::from(job.settled_gross)
-                .saturating_add(committed)
-                .saturating_add(state.reserved);
-            let left = allowed.saturating_sub(spent);
-            if cost > left {
-                let short = cost.saturating_sub(left);
-                let retry_after = u64::try_from(short.saturating_mul(3_600).div_ceil(cap.max(1)))
-                    .unwrap_or(u64::MAX);
-                return Ok(Err(Refused::SpendCap {
-                    job: job_text,
-                    cap: job.spend_cap_per_hour,
-                    left,
-                    cost,
-                    retry_after: retry_after.max(1),
-                }));
-            }
-        }
         if let Some(terms) = key {
-            if let Some(limit) = terms.spend_limit {
-                let base = state.keys.get(&terms.id).and_then(|k| k.base);
-                let spent = at_top(state.totals_since(base, Some(&terms.id)).units(kind));
-                let reserved = state.keys.get(&terms.id).map_or(0, |k| k.reserved);
-                let left = u128::from(limit)
-                    .saturating_sub(spent)
-                    .saturating_sub(reserved);
-                if cost > left {
-                    return Ok(Err(Refused::KeyLimit {
-                        job: job_text,
-                        limit,
-                        left,
-                        cost,
-                    }));
-                }
-            }
             state.keys.entry(terms.id.clone()).or_default().reserved += cost;
         }
         state.reserved = state.reserved.saturating_add(cost);
@@ -646,6 +559,176 @@ impl JobBook {
             cost,
             key_id: key.map(|k| k.id.clone()),
         }))
+    }
+
+    /// What the request may cost, if the job takes it: the job is open, this
+    /// gateway's, before its deadline, and the cost fits the escrow, the spend cap
+    /// and the key's limit (checked in that order).
+    fn weigh(
+        &self,
+        job_text: &str,
+        state: &SlotState,
+        key: Option<&KeyTerms>,
+        bound: Usage,
+    ) -> Result<u128, Refused> {
+        let job = self.serving(job_text, state.job.as_ref())?;
+        let now = self.clock.now();
+        if now >= job.deadline {
+            return Err(Refused::AfterDeadline {
+                job: job_text.to_string(),
+                deadline: job.deadline,
+            });
+        }
+        let charge = Charge::of(&job, state, bound);
+        charge.within_escrow(job_text, &job, state.reserved)?;
+        charge.within_spend_cap(job_text, &job, now, state.reserved)?;
+        if let Some(terms) = key {
+            charge.within_key_limit(job_text, &job, state, terms)?;
+        }
+        Ok(charge.cost)
+    }
+
+    /// The job, if it exists, is with this gateway's operator and takes usage.
+    fn serving(&self, job_text: &str, job: Option<&Job>) -> Result<Job, Refused> {
+        let Some(&job) = job else {
+            return Err(Refused::Closed(job_text.to_string()));
+        };
+        if let Some(ours) = self.config.operator {
+            if job.operator != ours {
+                return Err(Refused::OtherOperator {
+                    job: job_text.to_string(),
+                    operator: job.operator.to_string(),
+                    ours: ours.to_string(),
+                });
+            }
+        }
+        // Completed and expired jobs stay on chain while their client may still
+        // dispute them; they take no more usage.
+        if job.status().is_finished() {
+            return Err(Refused::Ended {
+                job: job_text.to_string(),
+                status: match job.status() {
+                    JobStatus::Completed => "completed",
+                    JobStatus::Cancelled => "cancelled",
+                    _ => "expired",
+                },
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// The most one request may cost, next to what its job already owes.
+struct Charge {
+    kind: UnitKind,
+    /// The request at the job's prices (base units).
+    cost: u128,
+    max_units: u64,
+    /// Units metered and not yet settled.
+    unsettled_units: u64,
+    /// What they cost at the job's higher price.
+    committed: u128,
+}
+
+impl Charge {
+    fn of(job: &Job, state: &SlotState, bound: Usage) -> Self {
+        let kind = unit_kind(job);
+        // The request at the job's prices; usage already metered at the higher one
+        // (the store's usage sums do not split it): never less than it may cost.
+        let unsettled_units = state.totals_since(state.base, None).units(kind);
+        Self {
+            kind,
+            cost: cost_of(job.prices(), bound),
+            max_units: bound.units,
+            unsettled_units,
+            committed: cost_at_top(job, unsettled_units),
+        }
+    }
+
+    /// The escrow left, less what is owed and reserved, covers the request.
+    fn within_escrow(&self, job_text: &str, job: &Job, reserved: u128) -> Result<(), Refused> {
+        let available = u128::from(job.escrow_left)
+            .saturating_sub(self.committed)
+            .saturating_sub(reserved);
+        if self.cost > available {
+            return Err(Refused::InsufficientEscrow {
+                job: job_text.to_string(),
+                available,
+                escrow_left: job.escrow_left,
+                unsettled_units: self.unsettled_units,
+                cost: self.cost,
+                max_units: self.max_units,
+                price: job.input_price.max(job.output_price),
+            });
+        }
+        Ok(())
+    }
+
+    /// The job's spend cap (if any) allows the request at chain time `now`.
+    fn within_spend_cap(
+        &self,
+        job_text: &str,
+        job: &Job,
+        now: i64,
+        reserved: u128,
+    ) -> Result<(), Refused> {
+        if job.spend_cap_per_hour == 0 {
+            return Ok(());
+        }
+        // The program refuses receipts that bill faster than
+        // cap × (elapsed + 1 h) / 1 h since the job opened.
+        let elapsed = u128::try_from(now.saturating_sub(job.opened_at).max(0)).unwrap_or(0);
+        let cap = u128::from(job.spend_cap_per_hour);
+        let allowed = cap.saturating_mul(elapsed.saturating_add(3_600)) / 3_600;
+        let spent = u128::from(job.settled_gross)
+            .saturating_add(self.committed)
+            .saturating_add(reserved);
+        let left = allowed.saturating_sub(spent);
+        if self.cost > left {
+            let short = self.cost.saturating_sub(left);
+            let retry_after =
+                u64::try_from(short.saturating_mul(3_600).div_ceil(cap.max(1))).unwrap_or(u64::MAX);
+            return Err(Refused::SpendCap {
+                job: job_text.to_string(),
+                cap: job.spend_cap_per_hour,
+                left,
+                cost: self.cost,
+                retry_after: retry_after.max(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// The key's spend limit (if any), less what it spent and reserved, covers the
+    /// request.
+    fn within_key_limit(
+        &self,
+        job_text: &str,
+        job: &Job,
+        state: &SlotState,
+        terms: &KeyTerms,
+    ) -> Result<(), Refused> {
+        let Some(limit) = terms.spend_limit else {
+            return Ok(());
+        };
+        let base = state.keys.get(&terms.id).and_then(|k| k.base);
+        let spent = cost_at_top(
+            job,
+            state.totals_since(base, Some(&terms.id)).units(self.kind),
+        );
+        let reserved = state.keys.get(&terms.id).map_or(0, |k| k.reserved);
+        let left = u128::from(limit)
+            .saturating_sub(spent)
+            .saturating_sub(reserved);
+        if self.cost > left {
+            return Err(Refused::KeyLimit {
+                job: job_text.to_string(),
+                limit,
+                left,
+                cost: self.cost,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -135,6 +135,73 @@ fn bad_request(message: &str) -> Response<Body> {
     )
 }
 
+/// An inference request as received: its path, JSON body (`null` when not JSON)
+/// and `x-request-id` header.
+struct Received {
+    path: String,
+    request: Value,
+    request_id_header: Option<String>,
+}
+
+impl Received {
+    async fn read(req: Request<Incoming>) -> Self {
+        let path = req.uri().path().to_string();
+        let request_id_header = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        Self {
+            path,
+            request: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            request_id_header,
+        }
+    }
+}
+
+/// How a request asked to be answered.
+struct StreamTerms {
+    stream: bool,
+    /// A usage chunk before `[DONE]` (vLLM's `stream_options.include_usage`).
+    include_usage: bool,
+}
+
+/// One answer's identity and token counts.
+struct Answer {
+    id: String,
+    model: String,
+    created: u64,
+    embeddings: bool,
+    prompt: u64,
+    completion: u64,
+    /// `None`: the worker reports no usage ([`SimConfig::omit_usage`]).
+    usage: Option<Value>,
+}
+
+impl Answer {
+    /// `value` with the answer's usage, unless the worker omits it.
+    fn with_usage(&self, mut value: Value) -> Value {
+        if let Some(usage) = &self.usage {
+            value["usage"] = usage.clone();
+        }
+        value
+    }
+
+    /// The embeddings answer (one fixed vector).
+    fn embedding_body(&self) -> Value {
+        let data = vec![json!({ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] })];
+        self.with_usage(
+            json!({ "id": self.id, "object": "list", "data": data, "model": self.model }),
+        )
+    }
+}
+
 impl SimWorker {
     /// A worker answering as `config` says.
     pub fn with(config: SimConfig) -> Self {
@@ -223,56 +290,52 @@ impl SimWorker {
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        if req.method() == hyper::Method::GET && path == "/metrics" {
-            let mut response = Response::new(full(self.metrics_text()));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            return response;
+    /// `GET` answers that need no request body: vLLM's counters and the model list.
+    fn catalog(&self, path: &str) -> Option<Response<Body>> {
+        match path {
+            "/metrics" => {
+                let mut response = Response::new(full(self.metrics_text()));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Some(response)
+            }
+            "/v1/models" => {
+                let id = self.config.serves_model.as_deref().unwrap_or("llama-3-8b");
+                Some(json_body(
+                    StatusCode::OK,
+                    &json!({ "object": "list", "data": [{ "id": id, "object": "model", "owned_by": "tally-sim" }] }),
+                ))
+            }
+            _ => None,
         }
-        if req.method() == hyper::Method::GET && path == "/v1/models" {
-            let id = self.config.serves_model.as_deref().unwrap_or("llama-3-8b");
-            return json_body(
-                StatusCode::OK,
-                &json!({ "object": "list", "data": [{ "id": id, "object": "model", "owned_by": "tally-sim" }] }),
-            );
-        }
-        let request_id_header = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if path.ends_with("/tokenize") {
-            return self.tokenize(&path, &request);
-        }
-        if let Ok(mut log) = self.log.lock() {
-            log.requests.push((request.clone(), request_id_header));
-        }
-        let stream = match lax_bool(request.get("stream")) {
-            Ok(stream) => stream,
-            Err(e) => return bad_request(&format!("stream: {e}")),
-        };
+    }
+
+    /// Whether the answer streams and with a usage chunk, as the flavor reads
+    /// `stream` and `stream_options`; `Err`: the message of the server's `400`.
+    fn stream_terms(&self, request: &Value) -> Result<StreamTerms, String> {
+        let stream = lax_bool(request.get("stream")).map_err(|e| format!("stream: {e}"))?;
         let stream_options = request.get("stream_options").filter(|o| !o.is_null());
         if self.config.flavor == SimFlavor::Vllm && stream_options.is_some() && !stream {
-            return bad_request("Stream options can only be defined when `stream=True`.");
+            return Err("Stream options can only be defined when `stream=True`.".into());
         }
         let include_usage = stream_options
             .and_then(|o| o.get("include_usage"))
             .is_some_and(|v| lax_bool(Some(v)).unwrap_or(false));
+        Ok(StreamTerms {
+            stream,
+            include_usage,
+        })
+    }
+
+    /// What the request at `path` is answered with: its number, model, id and
+    /// token counts.
+    fn answer(&self, path: &str, request: &Value) -> Answer {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prompt = prompt_tokens(&request);
+        let prompt = prompt_tokens(request);
         let model = match &self.config.serves_model {
             Some(model) => model.clone(),
             None => request
@@ -281,7 +344,6 @@ impl SimWorker {
                 .unwrap_or("sim-model")
                 .to_string(),
         };
-        let created = 1_795_564_800 + n;
         let embeddings = path.ends_with("/embeddings");
         let completion = if embeddings {
             0
@@ -302,45 +364,55 @@ impl SimWorker {
             (false, false) => format!("cmpl-{base_id}"),
         };
         let usage = json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
-        let with_usage = |mut value: Value| {
-            if !self.config.omit_usage {
-                value["usage"] = usage.clone();
-            }
-            value
-        };
+        Answer {
+            id,
+            model,
+            created: 1_795_564_800 + n,
+            embeddings,
+            prompt,
+            completion,
+            usage: (!self.config.omit_usage).then_some(usage),
+        }
+    }
+
+    /// Counts the answer's tokens in the log (and so in `/metrics`).
+    fn record_usage(&self, answer: &Answer) {
         if let Ok(mut log) = self.log.lock() {
-            log.usage.push((prompt, completion));
-            let served = log.tokens_by_model.entry(model.clone()).or_default();
-            served.0 += prompt;
-            served.1 += completion;
+            log.usage.push((answer.prompt, answer.completion));
+            let served = log.tokens_by_model.entry(answer.model.clone()).or_default();
+            served.0 += answer.prompt;
+            served.1 += answer.completion;
         }
-        if embeddings {
-            let data =
-                vec![json!({ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] })];
-            let bytes = Bytes::from(
-                with_usage(json!({ "id": id, "object": "list", "data": data, "model": model }))
-                    .to_string(),
-            );
-            return self.whole(bytes);
-        }
-        if !stream {
-            let text: Vec<String> = (0..completion)
-                .map(|i| self.token(i).trim_end().to_string())
-                .collect();
-            let body = with_usage(
-                json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{ "index": 0, "message": { "role": "assistant", "content": text.join(" ") }, "finish_reason": "length" }] }),
-            );
-            return self.whole(Bytes::from(body.to_string()));
-        }
+    }
+
+    /// The non-streamed chat or completion answer.
+    fn completion_body(&self, answer: &Answer) -> Value {
+        let Answer {
+            id, model, created, ..
+        } = answer;
+        let text: Vec<String> = (0..answer.completion)
+            .map(|i| self.token(i).trim_end().to_string())
+            .collect();
+        answer.with_usage(
+            json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text.join(" ") }, "finish_reason": "length" }] }),
+        )
+    }
+
+    /// The streamed answer's events, framed as the flavor frames them: one chunk per
+    /// token, the finish chunk, vLLM's usage chunk when asked for, `[DONE]`.
+    fn events(&self, answer: &Answer, include_usage: bool) -> Vec<String> {
         let (prefix, end) = match (self.config.flavor, self.config.data_without_space) {
             (SimFlavor::LlamaCppPython, false) => ("data: ", "\r\n\r\n"),
             (SimFlavor::LlamaCppPython, true) => ("data:", "\r\n\r\n"),
             (SimFlavor::Vllm, false) => ("data: ", "\n\n"),
             (SimFlavor::Vllm, true) => ("data:", "\n\n"),
         };
+        let Answer {
+            id, model, created, ..
+        } = answer;
         let mut events = Vec::new();
-        for i in 0..completion {
+        for i in 0..answer.completion {
             let chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{ "index": 0, "delta": { "content": self.token(i) }, "finish_reason": Value::Null }], "usage": Value::Null });
             events.push(format!("{prefix}{chunk}{end}"));
@@ -348,12 +420,49 @@ impl SimWorker {
         let last = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{ "index": 0, "delta": {}, "finish_reason": "length" }], "usage": Value::Null });
         events.push(format!("{prefix}{last}{end}"));
-        if include_usage && self.config.flavor == SimFlavor::Vllm && !self.config.omit_usage {
-            let usage_chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage });
-            events.push(format!("{prefix}{usage_chunk}{end}"));
+        if let Some(usage) = answer.usage.as_ref().filter(|_| include_usage) {
+            if self.config.flavor == SimFlavor::Vllm {
+                let usage_chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage });
+                events.push(format!("{prefix}{usage_chunk}{end}"));
+            }
         }
         events.push(format!("{prefix}[DONE]{end}"));
-        self.streamed(events)
+        events
+    }
+
+    /// One HTTP request: the catalog, the tokenizer, or an inference request, which
+    /// is logged, checked as the flavor checks it, counted and answered (whole or
+    /// streamed).
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == hyper::Method::GET {
+            if let Some(response) = self.catalog(req.uri().path()) {
+                return response;
+            }
+        }
+        let Received {
+            path,
+            request,
+            request_id_header,
+        } = Received::read(req).await;
+        if path.ends_with("/tokenize") {
+            return self.tokenize(&path, &request);
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.requests.push((request.clone(), request_id_header));
+        }
+        let terms = match self.stream_terms(&request) {
+            Ok(terms) => terms,
+            Err(message) => return bad_request(&message),
+        };
+        let answer = self.answer(&path, &request);
+        self.record_usage(&answer);
+        if answer.embeddings {
+            return self.whole(Bytes::from(answer.embedding_body().to_string()));
+        }
+        if !terms.stream {
+            return self.whole(Bytes::from(self.completion_body(&answer).to_string()));
+        }
+        self.streamed(self.events(&answer, terms.include_usage))
     }
 
     fn whole(&self, bytes: Bytes) -> Response<Body> {

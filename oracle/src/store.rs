@@ -1613,15 +1613,17 @@ fn sqlite_migrate(db: &Connection) -> rusqlite::Result<i64> {
     Ok(SCHEMA_VERSION)
 }
 
-/// A [`RoundWrite`] with its values converted (so nothing fails mid-transaction for a
-/// value out of range).
 /// Records to write off: job, nonce, ids, reason, units.
 type PreparedRecordWriteOff = (String, Option<i64>, Vec<i64>, String, i64);
+/// A submission to write off: job, nonce, seq, reason.
+type PreparedSubmissionWriteOff = (String, i64, i64, String);
 
+/// A [`RoundWrite`] with its values converted (so nothing fails mid-transaction for a
+/// value out of range).
 struct PreparedRound {
     submissions: Vec<PreparedSubmission>,
     record_write_offs: Vec<PreparedRecordWriteOff>,
-    submission_write_offs: Vec<(String, i64, i64, String)>,
+    submission_write_offs: Vec<PreparedSubmissionWriteOff>,
 }
 
 struct PreparedSubmission {
@@ -1737,106 +1739,137 @@ fn conflict_because(
     }
 }
 
+/// [`Store::write_round`] on SQLite: submissions, then record write-offs, then
+/// submission write-offs, in one transaction.
 fn sqlite_write_round(db: &Connection, round: &PreparedRound) -> Result<(), OracleError> {
     let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)
         .map_err(OracleError::sqlite("write_round"))?;
-    {
-        let mut insert = tx
-            .prepare_cached(&sqlite_sql(INSERT_SUBMISSION))
+    sqlite_insert_submissions(&tx, &round.submissions)?;
+    sqlite_write_off_records(&tx, &round.record_write_offs)?;
+    sqlite_write_off_submissions(&tx, &round.submission_write_offs)?;
+    tx.commit().map_err(OracleError::sqlite("write_round"))
+}
+
+/// Inserts each submission with its invoice and attaches its records (a record
+/// already attached or gone: another batcher was first).
+fn sqlite_insert_submissions(
+    tx: &Connection,
+    submissions: &[PreparedSubmission],
+) -> Result<(), OracleError> {
+    let mut insert = tx
+        .prepare_cached(&sqlite_sql(INSERT_SUBMISSION))
+        .map_err(OracleError::sqlite("write_round"))?;
+    let mut invoice = tx
+        .prepare_cached(&sqlite_sql(INSERT_INVOICE))
+        .map_err(OracleError::sqlite("write_round"))?;
+    let mut attach = tx
+        .prepare_cached(&sqlite_sql(sql::ATTACH))
+        .map_err(OracleError::sqlite("write_round"))?;
+    for s in submissions {
+        let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
+            s.values;
+        insert
+            .execute(params![
+                s.job,
+                s.nonce,
+                s.seq,
+                cumulative,
+                s.hash,
+                period_end,
+                tokens,
+                requests,
+                gpu_ms,
+                records,
+                s.oldest,
+                output,
+                metered_output
+            ])
+            .map_err(|e| {
+                conflict_because(
+                    format!("submission {} of job {}", s.seq, s.job),
+                    e.to_string(),
+                    e,
+                )
+            })?;
+        invoice
+            .execute(params![s.job, s.nonce, s.seq, s.invoice])
             .map_err(OracleError::sqlite("write_round"))?;
-        let mut invoice = tx
-            .prepare_cached(&sqlite_sql(INSERT_INVOICE))
-            .map_err(OracleError::sqlite("write_round"))?;
-        let mut attach = tx
-            .prepare_cached(&sqlite_sql(sql::ATTACH))
-            .map_err(OracleError::sqlite("write_round"))?;
-        for s in &round.submissions {
-            let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
-                s.values;
-            insert
-                .execute(params![
-                    s.job,
-                    s.nonce,
-                    s.seq,
-                    cumulative,
-                    s.hash,
-                    period_end,
-                    tokens,
-                    requests,
-                    gpu_ms,
-                    records,
-                    s.oldest,
-                    output,
-                    metered_output
-                ])
-                .map_err(|e| {
-                    conflict_because(
-                        format!("submission {} of job {}", s.seq, s.job),
-                        e.to_string(),
-                        e,
-                    )
-                })?;
-            invoice
-                .execute(params![s.job, s.nonce, s.seq, s.invoice])
-                .map_err(OracleError::sqlite("write_round"))?;
-            for id in &s.record_ids {
-                if attach
-                    .execute(params![s.nonce, s.seq, id])
-                    .map_err(OracleError::sqlite("write_round"))?
-                    != 1
-                {
-                    return Err(conflict(format!("record {id} of job {}", s.job)));
-                }
-            }
-        }
-        let mut off = tx
-            .prepare_cached(&sqlite_sql(WRITE_OFF_RECORD))
-            .map_err(OracleError::sqlite("write_round"))?;
-        let mut log = tx
-            .prepare_cached(&sqlite_sql(LOG_WRITE_OFF))
-            .map_err(OracleError::sqlite("write_round"))?;
-        for (job, nonce, ids, reason, units) in &round.record_write_offs {
-            for id in ids {
-                if off
-                    .execute(params![nonce, id])
-                    .map_err(OracleError::sqlite("write_round"))?
-                    != 1
-                {
-                    return Err(conflict(format!("record {id} of job {job}")));
-                }
-            }
-            let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-            log.execute(params![job, nonce, Option::<i64>::None, reason, n, units])
-                .map_err(OracleError::sqlite("write_round"))?;
-        }
-        let mut off = tx
-            .prepare_cached(&sqlite_sql(WRITE_OFF_SUBMISSION))
-            .map_err(OracleError::sqlite("write_round"))?;
-        for (job, nonce, seq, reason) in &round.submission_write_offs {
-            if off
-                .execute(params![job, nonce, seq, reason])
+        for id in &s.record_ids {
+            if attach
+                .execute(params![s.nonce, s.seq, id])
                 .map_err(OracleError::sqlite("write_round"))?
                 != 1
             {
-                return Err(conflict(format!("submission {seq} of job {job}")));
+                return Err(conflict(format!("record {id} of job {}", s.job)));
             }
-            log.execute(params![
-                job,
-                nonce,
-                seq,
-                reason,
-                tx.query_row(
-                    "SELECT records FROM submissions WHERE job = ?1 AND job_nonce = ?2 AND seq = ?3",
-                    params![job, nonce, seq],
-                    |row| row.get::<_, i64>(0)
-                )
-                .map_err(OracleError::sqlite("write_round"))?,
-                0i64
-            ])
-            .map_err(OracleError::sqlite("write_round"))?;
         }
     }
-    tx.commit().map_err(OracleError::sqlite("write_round"))
+    Ok(())
+}
+
+/// Writes off waiting records and logs each group's write-off.
+fn sqlite_write_off_records(
+    tx: &Connection,
+    write_offs: &[PreparedRecordWriteOff],
+) -> Result<(), OracleError> {
+    let mut off = tx
+        .prepare_cached(&sqlite_sql(WRITE_OFF_RECORD))
+        .map_err(OracleError::sqlite("write_round"))?;
+    let mut log = tx
+        .prepare_cached(&sqlite_sql(LOG_WRITE_OFF))
+        .map_err(OracleError::sqlite("write_round"))?;
+    for (job, nonce, ids, reason, units) in write_offs {
+        for id in ids {
+            if off
+                .execute(params![nonce, id])
+                .map_err(OracleError::sqlite("write_round"))?
+                != 1
+            {
+                return Err(conflict(format!("record {id} of job {job}")));
+            }
+        }
+        let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+        log.execute(params![job, nonce, Option::<i64>::None, reason, n, units])
+            .map_err(OracleError::sqlite("write_round"))?;
+    }
+    Ok(())
+}
+
+/// Writes off pending submissions and logs each with its record count.
+fn sqlite_write_off_submissions(
+    tx: &Connection,
+    write_offs: &[PreparedSubmissionWriteOff],
+) -> Result<(), OracleError> {
+    let mut off = tx
+        .prepare_cached(&sqlite_sql(WRITE_OFF_SUBMISSION))
+        .map_err(OracleError::sqlite("write_round"))?;
+    let mut log = tx
+        .prepare_cached(&sqlite_sql(LOG_WRITE_OFF))
+        .map_err(OracleError::sqlite("write_round"))?;
+    for (job, nonce, seq, reason) in write_offs {
+        if off
+            .execute(params![job, nonce, seq, reason])
+            .map_err(OracleError::sqlite("write_round"))?
+            != 1
+        {
+            return Err(conflict(format!("submission {seq} of job {job}")));
+        }
+        log.execute(params![
+            job,
+            nonce,
+            seq,
+            reason,
+            tx.query_row(
+                "SELECT records FROM submissions WHERE job = ?1 AND job_nonce = ?2 AND seq = ?3",
+                params![job, nonce, seq],
+                |row| row.get::<_, i64>(0)
+            )
+            .map_err(OracleError::sqlite("write_round"))?,
+            0i64
+        ])
+        .map_err(OracleError::sqlite("write_round"))?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -2457,88 +2490,9 @@ impl Pg {
                 let mut client = self.pool.get().await?;
                 let tx = client.transaction().await?;
                 fence(&tx, pid).await?;
-                let insert = tx.prepare_cached(INSERT_SUBMISSION).await?;
-                let invoice = tx.prepare_cached(INSERT_INVOICE).await?;
-                for s in &round.submissions {
-                    let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
-                        s.values;
-                    tx.execute(
-                        &insert,
-                        &[
-                            &s.job,
-                            &s.nonce,
-                            &s.seq,
-                            &cumulative,
-                            &s.hash,
-                            &period_end,
-                            &tokens,
-                            &requests,
-                            &gpu_ms,
-                            &records,
-                            &s.oldest,
-                            &output,
-                            &metered_output,
-                        ],
-                    )
-                    .await
-                    .map_err(|e| {
-                        PgFail::Fatal(conflict_because(
-                            format!("submission {} of job {}", s.seq, s.job),
-                            pg_detail(&e),
-                            e,
-                        ))
-                    })?;
-                    tx.execute(&invoice, &[&s.job, &s.nonce, &s.seq, &s.invoice])
-                        .await?;
-                    let attached = tx
-                        .execute(
-                            "UPDATE records SET job_nonce = $1, submission_seq = $2
-                             WHERE id = ANY($3) AND submission_seq IS NULL",
-                            &[&s.nonce, &s.seq, &s.record_ids],
-                        )
-                        .await?;
-                    if attached != s.record_ids.len() as u64 {
-                        return Err(PgFail::Fatal(conflict(format!(
-                            "records of submission {} of job {}",
-                            s.seq, s.job
-                        ))));
-                    }
-                }
-                for (job, nonce, ids, reason, units) in &round.record_write_offs {
-                    let n = tx
-                        .execute(
-                            "UPDATE records SET submission_seq = 0, job_nonce = COALESCE(job_nonce, $1)
-                             WHERE id = ANY($2) AND submission_seq IS NULL",
-                            &[nonce, ids],
-                        )
-                        .await?;
-                    if n != ids.len() as u64 {
-                        return Err(PgFail::Fatal(conflict(format!("records of job {job}"))));
-                    }
-                    let count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-                    tx.execute(
-                        LOG_WRITE_OFF,
-                        &[job, nonce, &Option::<i64>::None, reason, &count, units],
-                    )
-                    .await?;
-                }
-                for (job, nonce, seq, reason) in &round.submission_write_offs {
-                    let n = tx
-                        .execute(WRITE_OFF_SUBMISSION, &[job, nonce, seq, reason])
-                        .await?;
-                    if n != 1 {
-                        return Err(PgFail::Fatal(conflict(format!(
-                            "submission {seq} of job {job}"
-                        ))));
-                    }
-                    tx.execute(
-                        "INSERT INTO write_offs (job, job_nonce, seq, reason, records, units)
-                         SELECT job, job_nonce, seq, $4, records, 0 FROM submissions
-                         WHERE job = $1 AND job_nonce = $2 AND seq = $3",
-                        &[job, nonce, seq, reason],
-                    )
-                    .await?;
-                }
+                pg_insert_submissions(&tx, &round.submissions).await?;
+                pg_write_off_records(&tx, &round.record_write_offs).await?;
+                pg_write_off_submissions(&tx, &round.submission_write_offs).await?;
                 tx.commit().await?;
                 Ok(())
             };
@@ -2704,6 +2658,114 @@ impl Pg {
             Ok(plans)
         })
     }
+}
+
+/// [`Store::write_round`]'s submissions on PostgreSQL: each inserted with its invoice
+/// and its records attached (fewer attached than listed: another batcher was first).
+async fn pg_insert_submissions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    submissions: &[PreparedSubmission],
+) -> PgResult<()> {
+    let insert = tx.prepare_cached(INSERT_SUBMISSION).await?;
+    let invoice = tx.prepare_cached(INSERT_INVOICE).await?;
+    for s in submissions {
+        let [cumulative, tokens, requests, gpu_ms, records, period_end, output, metered_output] =
+            s.values;
+        tx.execute(
+            &insert,
+            &[
+                &s.job,
+                &s.nonce,
+                &s.seq,
+                &cumulative,
+                &s.hash,
+                &period_end,
+                &tokens,
+                &requests,
+                &gpu_ms,
+                &records,
+                &s.oldest,
+                &output,
+                &metered_output,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            PgFail::Fatal(conflict_because(
+                format!("submission {} of job {}", s.seq, s.job),
+                pg_detail(&e),
+                e,
+            ))
+        })?;
+        tx.execute(&invoice, &[&s.job, &s.nonce, &s.seq, &s.invoice])
+            .await?;
+        let attached = tx
+            .execute(
+                "UPDATE records SET job_nonce = $1, submission_seq = $2
+                             WHERE id = ANY($3) AND submission_seq IS NULL",
+                &[&s.nonce, &s.seq, &s.record_ids],
+            )
+            .await?;
+        if attached != s.record_ids.len() as u64 {
+            return Err(PgFail::Fatal(conflict(format!(
+                "records of submission {} of job {}",
+                s.seq, s.job
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// [`Store::write_round`]'s record write-offs on PostgreSQL, each group logged.
+async fn pg_write_off_records(
+    tx: &deadpool_postgres::Transaction<'_>,
+    write_offs: &[PreparedRecordWriteOff],
+) -> PgResult<()> {
+    for (job, nonce, ids, reason, units) in write_offs {
+        let n = tx
+            .execute(
+                "UPDATE records SET submission_seq = 0, job_nonce = COALESCE(job_nonce, $1)
+                             WHERE id = ANY($2) AND submission_seq IS NULL",
+                &[nonce, ids],
+            )
+            .await?;
+        if n != ids.len() as u64 {
+            return Err(PgFail::Fatal(conflict(format!("records of job {job}"))));
+        }
+        let count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+        tx.execute(
+            LOG_WRITE_OFF,
+            &[job, nonce, &Option::<i64>::None, reason, &count, units],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// [`Store::write_round`]'s submission write-offs on PostgreSQL, each logged with
+/// its record count.
+async fn pg_write_off_submissions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    write_offs: &[PreparedSubmissionWriteOff],
+) -> PgResult<()> {
+    for (job, nonce, seq, reason) in write_offs {
+        let n = tx
+            .execute(WRITE_OFF_SUBMISSION, &[job, nonce, seq, reason])
+            .await?;
+        if n != 1 {
+            return Err(PgFail::Fatal(conflict(format!(
+                "submission {seq} of job {job}"
+            ))));
+        }
+        tx.execute(
+            "INSERT INTO write_offs (job, job_nonce, seq, reason, records, units)
+                         SELECT job, job_nonce, seq, $4, records, 0 FROM submissions
+                         WHERE job = $1 AND job_nonce = $2 AND seq = $3",
+            &[job, nonce, seq, reason],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Fails the transaction unless the settlement lock is still held by this

@@ -102,11 +102,37 @@ pub fn normalize(
     let Some(object) = body.as_object_mut() else {
         return Err("the request body must be a JSON object".into());
     };
-    let model = match object.get("model") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(model)) => model.clone(),
-        Some(other) => return Err(format!("`model` must be a string (got {other})")),
-    };
+    let model = model_of(object)?;
+    let streaming = streaming_of(object)?;
+    let max_completion_tokens = completion_bound(endpoint, object, default_max_tokens)?;
+    let prompt = Prompt::of(endpoint, object);
+    if endpoint != Endpoint::Embeddings {
+        keep_usage_reported(object, streaming);
+    }
+    Ok(Normalized {
+        endpoint,
+        body,
+        streaming: streaming && endpoint != Endpoint::Embeddings,
+        model,
+        max_completion_tokens,
+        prompt_bound: raw.len() as u64,
+        prompt_text: prompt.text,
+        prompt_token_ids: prompt.token_ids,
+    })
+}
+
+/// `model`: a string, or absent/null (empty).
+fn model_of(object: &Map<String, Value>) -> Result<String, String> {
+    match object.get("model") {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(model)) => Ok(model.clone()),
+        Some(other) => Err(format!("`model` must be a string (got {other})")),
+    }
+}
+
+/// `stream`: a boolean, or absent/null (false); and `stream_options` an object if
+/// present.
+fn streaming_of(object: &Map<String, Value>) -> Result<bool, String> {
     let streaming = match object.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(stream)) => *stream,
@@ -117,76 +143,94 @@ pub fn normalize(
         }
     };
     match object.get("stream_options") {
-        None | Some(Value::Null | Value::Object(_)) => {}
-        Some(other) => return Err(format!("`stream_options` must be an object (got {other})")),
+        None | Some(Value::Null | Value::Object(_)) => Ok(streaming),
+        Some(other) => Err(format!("`stream_options` must be an object (got {other})")),
     }
-    let mut prompt_text = String::new();
-    let mut prompt_token_ids = 0;
-    let (multiplier, mut max_completion_tokens) = match endpoint {
-        Endpoint::Embeddings => {
-            if let Some(input) = object.get("input") {
-                push_text(&mut prompt_text, input, &mut prompt_token_ids);
-            }
-            (1, 0)
-        }
-        Endpoint::Chat | Endpoint::Completions => {
-            let n = field_u64(object, "n")?.unwrap_or(1);
-            let best_of = field_u64(object, "best_of")?.unwrap_or(1);
-            let max_tokens = field_u64(object, "max_tokens")?;
-            let max_completion = field_u64(object, "max_completion_tokens")?;
-            let limit = match (max_tokens, max_completion) {
-                (None, None) => {
-                    let default = if endpoint == Endpoint::Chat {
-                        default_max_tokens
-                    } else {
-                        COMPLETIONS_DEFAULT_MAX_TOKENS
-                    };
-                    object.insert("max_tokens".into(), json!(default));
-                    default
-                }
-                (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+}
+
+/// Most completion tokens the answer may hold, all choices together (none for
+/// embeddings). A chat or completion without a limit is given the default one.
+fn completion_bound(
+    endpoint: Endpoint,
+    object: &mut Map<String, Value>,
+    default_max_tokens: u64,
+) -> Result<u64, String> {
+    if endpoint == Endpoint::Embeddings {
+        return Ok(0);
+    }
+    let n = field_u64(object, "n")?.unwrap_or(1);
+    let best_of = field_u64(object, "best_of")?.unwrap_or(1);
+    let max_tokens = field_u64(object, "max_tokens")?;
+    let max_completion = field_u64(object, "max_completion_tokens")?;
+    let limit = match (max_tokens, max_completion) {
+        (None, None) => {
+            let default = if endpoint == Endpoint::Chat {
+                default_max_tokens
+            } else {
+                COMPLETIONS_DEFAULT_MAX_TOKENS
             };
-            if endpoint == Endpoint::Chat {
+            object.insert("max_tokens".into(), json!(default));
+            default
+        }
+        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+    };
+    Ok(limit.saturating_mul(n.max(best_of).max(1)))
+}
+
+/// The prompt as text, and how many token ids were given instead of text.
+struct Prompt {
+    text: String,
+    token_ids: u64,
+}
+
+impl Prompt {
+    /// The endpoint's prompt field: chat messages' content, `prompt`, or `input`.
+    fn of(endpoint: Endpoint, object: &Map<String, Value>) -> Self {
+        let mut prompt = Self {
+            text: String::new(),
+            token_ids: 0,
+        };
+        match endpoint {
+            Endpoint::Chat => {
                 if let Some(Value::Array(messages)) = object.get("messages") {
-                    for message in messages {
-                        if let Some(content) = message.get("content") {
-                            push_text(&mut prompt_text, content, &mut prompt_token_ids);
-                        }
+                    for content in messages.iter().filter_map(|m| m.get("content")) {
+                        push_text(&mut prompt.text, content, &mut prompt.token_ids);
                     }
                 }
-            } else if let Some(prompt) = object.get("prompt") {
-                push_text(&mut prompt_text, prompt, &mut prompt_token_ids);
             }
-            (n.max(best_of).max(1), limit)
-        }
-    };
-    max_completion_tokens = max_completion_tokens.saturating_mul(multiplier);
-    if endpoint != Endpoint::Embeddings {
-        if streaming {
-            let options = object.entry("stream_options").or_insert_with(|| json!({}));
-            if !options.is_object() {
-                *options = json!({});
-            }
-            if let Some(options) = options.as_object_mut() {
-                options.insert("include_usage".into(), Value::Bool(true));
-                if options.contains_key("continuous_usage_stats") {
-                    options.insert("continuous_usage_stats".into(), Value::Bool(false));
+            Endpoint::Completions | Endpoint::Embeddings => {
+                let field = if endpoint == Endpoint::Embeddings {
+                    "input"
+                } else {
+                    "prompt"
+                };
+                if let Some(value) = object.get(field) {
+                    push_text(&mut prompt.text, value, &mut prompt.token_ids);
                 }
             }
-        } else {
-            object.remove("stream_options");
+        }
+        prompt
+    }
+}
+
+/// A streamed request reports its usage in one final chunk (`include_usage: true`,
+/// and `continuous_usage_stats: false` if the caller set it); a request not streamed
+/// carries no `stream_options` (vLLM refuses them there).
+fn keep_usage_reported(object: &mut Map<String, Value>, streaming: bool) {
+    if !streaming {
+        object.remove("stream_options");
+        return;
+    }
+    let options = object.entry("stream_options").or_insert_with(|| json!({}));
+    if !options.is_object() {
+        *options = json!({});
+    }
+    if let Some(options) = options.as_object_mut() {
+        options.insert("include_usage".into(), Value::Bool(true));
+        if options.contains_key("continuous_usage_stats") {
+            options.insert("continuous_usage_stats".into(), Value::Bool(false));
         }
     }
-    Ok(Normalized {
-        endpoint,
-        body,
-        streaming: streaming && endpoint != Endpoint::Embeddings,
-        model,
-        max_completion_tokens,
-        prompt_bound: raw.len() as u64,
-        prompt_text,
-        prompt_token_ids,
-    })
 }
 
 /// `usage.prompt_tokens` / `usage.completion_tokens` of an OpenAI response object
