@@ -31,6 +31,8 @@ pub enum Refusal {
     NotAMember(Pubkey),
     #[error("the message does not ask this oracle ({0}) to sign")]
     NotAsked(Pubkey),
+    #[error("the message makes this oracle ({0}) pay its fees: the leader pays its own")]
+    PaysFees(Pubkey),
     #[error("the message is not one `settle` of this program (with compute-budget instructions at most)")]
     NotASettlement,
     #[error("the receipts are attested under oracle-set version {proposed}; the set is at version {current}")]
@@ -81,6 +83,7 @@ impl Refusal {
             Refusal::Malformed(_) => "malformed",
             Refusal::NotAMember(_) => "not_a_member",
             Refusal::NotAsked(_) => "not_asked",
+            Refusal::PaysFees(_) => "pays_fees",
             Refusal::NotASettlement => "not_a_settlement",
             Refusal::StaleOracleSet { .. } => "stale_oracle_set",
             Refusal::MissingInvoice { .. } => "missing_invoice",
@@ -184,6 +187,11 @@ impl Cosigner {
         }
         if !settlement.signers.contains(&me) {
             return Err(Refusal::NotAsked(me));
+        }
+        // The fee payer is the first signer: a leader must not make a co-signer pay
+        // (a priority fee would drain it).
+        if settlement.proposer == me {
+            return Err(Refusal::PaysFees(me));
         }
         if !config.oracles.contains(&me) {
             return Err(Refusal::NotAMember(me));

@@ -126,3 +126,111 @@ fn resolved_keys(
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use anchor_lang::solana_program::system_instruction;
+    use solana_message::{Message, VersionedMessage};
+    use tally_client::ix::{self, Attestation};
+
+    use super::*;
+
+    fn attestation(oracles: &[Pubkey]) -> Attestation {
+        Attestation {
+            oracles: oracles.to_vec(),
+            oracle_set_version: 3,
+            day: 20_000,
+        }
+    }
+
+    fn receipt(seq: u64) -> SettleReceipt {
+        SettleReceipt {
+            seq,
+            cumulative_units: 1_000 * seq,
+            cumulative_output: 100 * seq,
+            invoice_hash: [7; 32],
+            period_end: 1_800_000_000,
+        }
+    }
+
+    fn message(
+        payer: &Pubkey,
+        instructions: &[anchor_lang::solana_program::instruction::Instruction],
+    ) -> VersionedMessage {
+        VersionedMessage::Legacy(Message::new(instructions, Some(payer)))
+    }
+
+    /// A legacy message resolves no lookup table (the signature read_settlement takes).
+    #[allow(clippy::unnecessary_wraps)]
+    fn no_tables(_: &Pubkey) -> Result<Option<Vec<Pubkey>>, OracleError> {
+        Ok(None)
+    }
+
+    #[test]
+    fn a_settle_is_read_back_with_its_signers_version_and_receipts() {
+        let (leader, peer, operator, mint) = (
+            Pubkey::new_unique(),
+            Pubkey::new_unique(),
+            Pubkey::new_unique(),
+            Pubkey::new_unique(),
+        );
+        let jobs = [Pubkey::new_unique(), Pubkey::new_unique()];
+        let receipts = vec![(jobs[0], receipt(1)), (jobs[1], receipt(4))];
+        let settle = ix::settle(&attestation(&[leader, peer]), operator, mint, &receipts);
+        let read = read_settlement(&message(&leader, &[settle]), no_tables).unwrap();
+        assert_eq!(read.proposer, leader);
+        assert!(read.signers.contains(&peer));
+        assert_eq!(read.oracle_set_version, 3);
+        assert_eq!(read.receipts, receipts);
+    }
+
+    /// A co-signer signs the whole message: anything besides one settle (a transfer
+    /// out of its account, a second settle, another program) is refused.
+    #[test]
+    fn anything_but_one_settle_is_refused() {
+        let (leader, peer) = (Pubkey::new_unique(), Pubkey::new_unique());
+        let settle = ix::settle(
+            &attestation(&[leader, peer]),
+            Pubkey::new_unique(),
+            Pubkey::new_unique(),
+            &[(Pubkey::new_unique(), receipt(1))],
+        );
+        let drain = system_instruction::transfer(&peer, &leader, 1_000_000_000);
+        for instructions in [
+            vec![settle.clone(), drain.clone()],
+            vec![drain, settle.clone()],
+            vec![settle.clone(), settle.clone()],
+            vec![ix::close_job(
+                leader,
+                Pubkey::new_unique(),
+                Pubkey::new_unique(),
+            )],
+        ] {
+            assert_eq!(
+                read_settlement(&message(&leader, &instructions), no_tables),
+                Err(Refusal::NotASettlement)
+            );
+        }
+    }
+
+    #[test]
+    fn receipts_that_do_not_match_the_job_accounts_are_malformed() {
+        let leader = Pubkey::new_unique();
+        let mut settle = ix::settle(
+            &attestation(&[leader]),
+            Pubkey::new_unique(),
+            Pubkey::new_unique(),
+            &[
+                (Pubkey::new_unique(), receipt(1)),
+                (Pubkey::new_unique(), receipt(1)),
+            ],
+        );
+        // One job account fewer than receipts.
+        settle.accounts.pop();
+        assert!(matches!(
+            read_settlement(&message(&leader, &[settle]), no_tables),
+            Err(Refusal::Malformed(_))
+        ));
+    }
+}

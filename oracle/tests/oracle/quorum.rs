@@ -657,3 +657,53 @@ async fn a_rotated_out_oracle_is_not_asked_and_pending_receipts_are_signed_again
     assert_eq!(settled, (units(&records), 1), "settled once, nothing lost");
     let _ = std::fs::remove_dir_all(&q.dir);
 }
+
+/// A co-signer signs the whole message: a leader that makes it the fee payer (a
+/// priority fee would drain it) is refused before anything else is looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_co_signer_never_pays_the_fees() {
+    let q = quorum3("quorum-fees").await;
+    let peer = &q.peers[0].oracle;
+    let config = tally_client::ops::config(&q.chain).unwrap();
+    let job = q.chain.lock().job_state(&q.jobs[0].address);
+    let attestation = tally_client::ix::Attestation {
+        oracles: vec![peer.pubkey(), q.leader_key],
+        oracle_set_version: config.oracle_set_version,
+        day: 0,
+    };
+    let settle = tally_client::ix::settle(
+        &attestation,
+        tally_client::Pubkey::new_unique(),
+        job.mint,
+        &[(
+            q.jobs[0].address,
+            tally_client::SettleReceipt {
+                seq: 1,
+                cumulative_units: 10,
+                cumulative_output: 0,
+                invoice_hash: [1; 32],
+                period_end: 0,
+            },
+        )],
+    );
+    let message = solana_message::VersionedMessage::Legacy(solana_message::Message::new(
+        &[settle],
+        Some(&peer.pubkey()),
+    ));
+    let cosigner = Cosigner::new(
+        peer.insecure_clone(),
+        Arc::clone(&q.peers[0].store),
+        Arc::clone(&q.chain.0) as Arc<dyn QuorumView>,
+        Peers::new(&QuorumSettings {
+            peers: Vec::new(),
+            term_secs: 30,
+            signature_secs: 120,
+        })
+        .unwrap(),
+    );
+    let refused = cosigner
+        .review(&quorum::Proposal::new(message, &[]))
+        .unwrap_err();
+    assert_eq!(refused, quorum::Refusal::PaysFees(peer.pubkey()));
+    let _ = std::fs::remove_dir_all(&q.dir);
+}
