@@ -384,6 +384,12 @@ pub fn pays_for_model(job: &Job, model: &str) -> bool {
     job.model == [0; 32] || tally_client::model_hash(model) == job.model
 }
 
+/// Whether `record` is billed on `job`: usage of a model the job pays for, finished by
+/// its deadline (the rest is listed on the invoice, not counted).
+pub(crate) fn billable(job: &Job, record: &crate::store::UsageRecord) -> bool {
+    pays_for_model(job, &record.model) && record.finished_at <= job.deadline
+}
+
 pub(crate) fn kind_of(job: &Job) -> UnitKind {
     UnitKind::from_u8(job.unit_kind).unwrap_or(UnitKind::Requests)
 }
@@ -1219,7 +1225,8 @@ impl Batcher {
         let mut oracles = vec![self.oracle.pubkey()];
         if let Some(quorum) = &self.quorum {
             let needed = usize::from(config.oracle_threshold).saturating_sub(1);
-            oracles.extend(quorum.peers().members(&config.oracles).take(needed));
+            let members = quorum.peers().of_set(&config.oracles);
+            oracles.extend(members.keys().into_iter().take(needed));
         }
         oracles
     }

@@ -6,9 +6,9 @@ use anchor_lang::prelude::Pubkey;
 use tally::state::Job;
 
 use super::{block_on, Peers};
-use crate::batcher::{kind_of, pays_for_model};
+use crate::batcher::{billable, kind_of};
 use crate::invoice::{hex, sha256, Invoice, InvoiceLine};
-use crate::store::{NewSubmission, Store, Submission, SubmissionState};
+use crate::store::{NewSubmission, Store, Submission, SubmissionState, UsageRecord};
 use crate::units::Totals;
 use crate::OracleError;
 
@@ -182,26 +182,29 @@ fn adopt(
     metered: &mut Totals,
 ) -> Result<(), OracleError> {
     let job_text = job.to_string();
-    for line in &invoice.lines {
-        store.record(&record_of(&job_text, state.nonce, line))?;
+    let records: Vec<UsageRecord> = invoice
+        .lines
+        .iter()
+        .map(|line| record_of(&job_text, state.nonce, line))
+        .collect();
+    for record in &records {
+        store.record(record)?;
     }
     let waiting: HashMap<String, i64> = store
         .waiting_records(&job_text, usize::MAX)?
         .into_iter()
         .map(|w| (w.record.request_id, w.id))
         .collect();
-    let mut record_ids = Vec::with_capacity(invoice.lines.len());
-    let mut oldest: Option<i64> = None;
-    for line in &invoice.lines {
-        if let Some(id) = waiting.get(&line.request_id) {
+    let mut record_ids = Vec::with_capacity(records.len());
+    for record in &records {
+        if let Some(id) = waiting.get(&record.request_id) {
             record_ids.push(*id);
         }
-        oldest = Some(oldest.map_or(line.finished_at, |o| o.min(line.finished_at)));
-        let record = record_of(&job_text, state.nonce, line);
-        if pays_for_model(state, &record.model) && record.finished_at <= state.deadline {
-            metered.add(&record);
+        if billable(state, record) {
+            metered.add(record);
         }
     }
+    let oldest = records.iter().map(|r| r.finished_at).min();
     store.write_submission(&NewSubmission {
         submission: Submission {
             job: job_text.clone(),
@@ -229,8 +232,8 @@ fn adopt(
 }
 
 /// The usage record an invoice line stands for.
-fn record_of(job: &str, nonce: u64, line: &InvoiceLine) -> crate::store::UsageRecord {
-    crate::store::UsageRecord {
+fn record_of(job: &str, nonce: u64, line: &InvoiceLine) -> UsageRecord {
+    UsageRecord {
         job: job.to_string(),
         job_nonce: Some(nonce),
         request_id: line.request_id.clone(),

@@ -14,7 +14,7 @@ use tally_client::SettleReceipt;
 use super::catch_up::{catch_up, release_from};
 use super::settlement::read_settlement;
 use super::{b64, Answer, Peers, Proposal, QuorumView, Signed};
-use crate::batcher::{kind_of, pays_for_model};
+use crate::batcher::{billable, kind_of};
 use crate::http::Body;
 use crate::invoice::{hex, sha256, Invoice, InvoiceLine};
 use crate::store::{NewSubmission, Store, Submission, SubmissionState};
@@ -204,8 +204,11 @@ impl Cosigner {
         }
         let invoices = decode_invoices(&proposal.invoices)?;
         let mut accepted = Vec::with_capacity(settlement.receipts.len());
+        let mut signing = Vec::with_capacity(settlement.receipts.len());
         for (job, receipt) in &settlement.receipts {
-            accepted.extend(self.check_receipt(job, receipt, &invoices)?);
+            let (nonce, submission) = self.check_receipt(job, receipt, &invoices)?;
+            accepted.extend(submission);
+            signing.push((job.to_string(), nonce, receipt.seq));
         }
         let store = self
             .store
@@ -214,26 +217,21 @@ impl Cosigner {
         for submission in &accepted {
             store.write_submission(submission)?;
         }
-        for (job, receipt) in &settlement.receipts {
-            if let Some(nonce) = invoices
-                .get(&receipt.invoice_hash)
-                .and_then(|b| serde_json::from_slice::<Invoice>(b).ok())
-                .and_then(|i| i.job_nonce)
-            {
-                self.signed.mark(&job.to_string(), nonce, receipt.seq);
-            }
+        for (job, nonce, seq) in &signing {
+            self.signed.mark(job, *nonce, *seq);
         }
         Ok(self.oracle.sign_message(&proposal.message.serialize()))
     }
 
     /// One receipt: its invoice, the chain and this oracle's records. Returns the
-    /// submission to write (none when this oracle co-signed the same one before).
+    /// job's nonce and the submission to write (none when this oracle co-signed the
+    /// same one before).
     fn check_receipt(
         &self,
         job: &Pubkey,
         receipt: &SettleReceipt,
         invoices: &HashMap<[u8; 32], Vec<u8>>,
-    ) -> Result<Option<NewSubmission>, Refusal> {
+    ) -> Result<(u64, Option<NewSubmission>), Refusal> {
         let seq = receipt.seq;
         let bytes = invoices
             .get(&receipt.invoice_hash)
@@ -264,13 +262,14 @@ impl Cosigner {
             job: *job,
             reason: e.to_string(),
         })?;
-        let earlier = store
+        let mine: Vec<Submission> = store
             .submissions_of(&job_text)?
             .into_iter()
-            .find(|s| s.job_nonce == state.nonce && s.seq == seq);
-        if let Some(earlier) = earlier {
+            .filter(|s| s.job_nonce == state.nonce)
+            .collect();
+        if let Some(earlier) = mine.iter().find(|s| s.seq == seq) {
             if earlier.invoice_hash == receipt.invoice_hash {
-                return Ok(None);
+                return Ok((state.nonce, None));
             }
             // Another receipt holds this seq here. While a signature of it may still
             // land, refuse; after that it never will (its seq is still free on
@@ -278,11 +277,6 @@ impl Cosigner {
             if !earlier.is_pending() || self.signed.fresh(&job_text, state.nonce, seq) {
                 return Err(Refusal::Conflicting { job: *job, seq });
             }
-            let mine: Vec<Submission> = store
-                .submissions_of(&job_text)?
-                .into_iter()
-                .filter(|s| s.job_nonce == state.nonce)
-                .collect();
             release_from(&store, &job_text, state.nonce, seq, &mine)?;
         }
         let waiting: HashMap<String, crate::store::WaitingRecord> = store
@@ -311,7 +305,7 @@ impl Cosigner {
                 supported_output,
             });
         }
-        Ok(Some(NewSubmission {
+        let submission = NewSubmission {
             submission: Submission {
                 job: job_text,
                 job_nonce: state.nonce,
@@ -331,7 +325,8 @@ impl Cosigner {
             },
             invoice: bytes.clone(),
             record_ids,
-        }))
+        };
+        Ok((state.nonce, Some(submission)))
     }
 }
 
@@ -413,7 +408,7 @@ fn supported(
         }
         ids.push(mine.id);
         oldest = Some(oldest.map_or(mine.record.finished_at, |o| o.min(mine.record.finished_at)));
-        if pays_for_model(state, &mine.record.model) && mine.record.finished_at <= state.deadline {
+        if billable(state, &mine.record) {
             added.add(&mine.record);
         }
     }

@@ -72,16 +72,8 @@ impl Peers {
         self.peers.iter().map(|(k, _)| *k).collect()
     }
 
-    /// The peers in the oracle set `members`, in order: one rotated out of the set
-    /// (its co-signature would not count) is not asked.
-    pub fn members<'a>(&'a self, members: &'a [Pubkey]) -> impl Iterator<Item = Pubkey> + 'a {
-        self.peers
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| members.contains(k))
-    }
-
-    /// These peers less those outside the oracle set `members`.
+    /// These peers less those outside the oracle set `members`: one rotated out of
+    /// the set (its co-signature would not count) is not asked.
     #[must_use]
     pub fn of_set(&self, members: &[Pubkey]) -> Self {
         Self {

@@ -108,10 +108,7 @@ impl<C: Chain + Send + 'static> QuorumView for Mutex<C> {
     }
 
     fn job(&self, job: &Pubkey) -> Result<Option<Job>, OracleError> {
-        Ok(lock_chain(self)?
-            .account(job)?
-            .filter(|a| a.owner == tally::ID)
-            .and_then(|a| tally_client::ops::decode_job(&a.data)))
+        crate::node_report::JobDirectory::job(self, job)
     }
 
     fn lookup_table(&self, table: &Pubkey) -> Result<Option<Vec<Pubkey>>, OracleError> {
