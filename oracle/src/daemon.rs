@@ -118,33 +118,42 @@ impl Daemon {
         let telemetry = Arc::new(Telemetry::default());
         let stores = Stores::open(config, &chain, &telemetry).await?;
         let (stop, shutdown) = watch::channel(false);
-        let sources = Bound::bind(config, &directory, &stores, &telemetry).await?;
+        let mut sources = Bound::bind(config, &directory, &stores, &telemetry).await?;
         let quorum = config
             .quorum
             .as_ref()
             .map(crate::quorum::Quorum::new)
             .transpose()?;
-        if quorum.is_some() && crate::store::is_postgres(&config.store) {
-            return Err(crate::config::ConfigError::Setting {
-                key: "quorum",
-                reason: "a quorum member keeps a SQLite store of its own (store = \"<file>\"); \
-                         PostgreSQL replicas behind one quorum member are not supported yet"
-                    .into(),
-            }
-            .into());
-        }
-        let cosigner = match &quorum {
-            Some(quorum) => Some(Arc::new(
-                cosigner(config, &oracle, quorum, quorum_view, &telemetry).await?,
-            )),
+        let member = match &quorum {
+            Some(quorum) => Some(
+                Member::start(
+                    config,
+                    &oracle,
+                    quorum,
+                    quorum_view,
+                    &directory,
+                    &stores,
+                    &telemetry,
+                )
+                .await?,
+            ),
             None => None,
+        };
+        let (cosigner, records) = match member {
+            Some(member) => {
+                if let Some(forwarder) = member.forwarder {
+                    sources.sources.push(Box::new(forwarder));
+                }
+                (Some(member.cosigner), Some(member.records))
+            }
+            None => (None, None),
         };
         let (admin, admin_task) = serve_admin(
             &config.admin,
             &telemetry,
             &stores.sink,
             stores.reader,
-            cosigner,
+            (cosigner, records),
             shutdown.clone(),
         )
         .await?;
@@ -742,7 +751,10 @@ async fn serve_admin(
     telemetry: &Arc<Telemetry>,
     sink: &Sink,
     reader: Store,
-    cosigner: Option<Arc<crate::quorum::Cosigner>>,
+    (cosigner, records): (
+        Option<Arc<crate::quorum::Cosigner>>,
+        Option<Arc<NodeReports>>,
+    ),
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), OracleError> {
     let admin_listener = bind(&settings.listen, "/metrics and /health").await?;
@@ -755,7 +767,7 @@ async fn serve_admin(
             move |req: hyper::Request<hyper::body::Incoming>| {
                 let (telemetry, reader, now) =
                     (Arc::clone(&telemetry), Arc::clone(&reader), clock.now());
-                let cosigner = cosigner.clone();
+                let (cosigner, records) = (cosigner.clone(), records.clone());
                 async move {
                     let path = req.uri().path().to_string();
                     if let Some(rest) = path.strip_prefix("/invoices/") {
@@ -764,6 +776,11 @@ async fn serve_admin(
                     if let (crate::quorum::COSIGN_PATH, Some(cosigner)) = (path.as_str(), cosigner)
                     {
                         return crate::quorum::handle(req, cosigner).await;
+                    }
+                    if let (crate::quorum::evidence::RECORDS_PATH, Some(records)) =
+                        (path.as_str(), records)
+                    {
+                        return crate::quorum::evidence::handle(req, records).await;
                     }
                     admin_response(&path, &telemetry, now)
                 }
@@ -775,6 +792,95 @@ async fn serve_admin(
         .await
     });
     Ok((admin, task))
+}
+
+/// What makes this daemon a quorum member besides its batcher's leadership: its
+/// co-signer, the receiver of its peers' gateway records, and (with a gateway) the
+/// forwarder of its own.
+struct Member {
+    cosigner: Arc<crate::quorum::Cosigner>,
+    records: Arc<NodeReports>,
+    forwarder: Option<crate::quorum::evidence::Forwarder>,
+}
+
+impl Member {
+    async fn start(
+        config: &OracleConfig,
+        oracle: &Keypair,
+        quorum: &crate::quorum::Quorum,
+        view: Arc<dyn crate::quorum::QuorumView>,
+        directory: &Arc<dyn JobDirectory>,
+        stores: &Stores,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<Self, OracleError> {
+        if crate::store::is_postgres(&config.store) {
+            return Err(setting(
+                "quorum",
+                "a quorum member keeps a SQLite store of its own (store = \"<file>\"); \
+                 PostgreSQL replicas behind one quorum member are not supported yet",
+            ));
+        }
+        let forwarder = match &config.gateway {
+            Some(gateway) => Some(forwarder(config, gateway, quorum, stores, telemetry).await?),
+            None => None,
+        };
+        Ok(Self {
+            cosigner: Arc::new(cosigner(config, oracle, quorum, view, telemetry).await?),
+            records: NodeReports::new(
+                Arc::clone(&stores.sink),
+                Arc::clone(directory),
+                Some(Arc::clone(&stores.sources_store)),
+            ),
+            forwarder,
+        })
+    }
+}
+
+fn setting(key: &'static str, reason: impl Into<String>) -> OracleError {
+    crate::config::ConfigError::Setting {
+        key,
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// A quorum member's gateway signs its records for its peers with its own key.
+async fn forwarder(
+    config: &OracleConfig,
+    gateway: &crate::gateway::GatewaySettings,
+    quorum: &crate::quorum::Quorum,
+    stores: &Stores,
+    telemetry: &Arc<Telemetry>,
+) -> Result<crate::quorum::evidence::Forwarder, OracleError> {
+    let Some(path) = &gateway.signing_key else {
+        return Err(setting(
+            "gateway.signing_key",
+            "a quorum member's gateway signs the records it meters, so that the other \
+             oracles can check them: make a key (solana-keygen new -o gateway.json), set \
+             signing_key = \"gateway.json\", and have the operator register its public key \
+             (tally operator update --node-key <KEY>)",
+        ));
+    };
+    let keypair = tally_client::config::read_keypair(path)?;
+    let secret: [u8; 32] = keypair.to_bytes()[..32]
+        .try_into()
+        .map_err(|_| setting("gateway.signing_key", "not an ed25519 keypair"))?;
+    let location = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::connect(&location))
+        .await
+        .map_err(|source| OracleError::Task {
+            task: "opening the forwarder's store".into(),
+            source,
+        })??;
+    let forwarder = crate::quorum::evidence::Forwarder::new(
+        store,
+        ed25519_dalek::SigningKey::from_bytes(&secret),
+        quorum.peers(),
+        Arc::clone(telemetry),
+        Arc::clone(&stores.sink.clock),
+    )?;
+    tracing::info!(gateway_key = %forwarder.signer(), "gateway records are signed and sent to the quorum's peers");
+    Ok(forwarder)
 }
 
 /// This oracle's co-signer (a quorum member): its own store connection, and the

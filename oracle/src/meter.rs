@@ -111,6 +111,15 @@ impl SourceStore {
         })
     }
 
+    /// Keeps the signature behind a record from another oracle's gateway.
+    pub async fn save_evidence(
+        self: &Arc<Self>,
+        evidence: crate::store::Evidence,
+    ) -> Result<(), OracleError> {
+        self.blocking(move |store| store.save_evidence(&evidence))
+            .await
+    }
+
     /// Revokes a job key. Returns whether it was not revoked before.
     pub async fn revoke(self: &Arc<Self>, key_id: &str, job: &str) -> Result<bool, OracleError> {
         let (key, job, now) = (key_id.to_string(), job.to_string(), self.clock.now());

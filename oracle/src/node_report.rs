@@ -258,6 +258,8 @@ pub struct JobSigners {
     pub node_keys: Vec<Pubkey>,
     /// The job's model binding (sha256 of the model's name; zero: any model).
     pub model: [u8; 32],
+    /// The job's incarnation (records bound to another one are not its usage).
+    pub nonce: u64,
 }
 
 /// Where the oracle learns jobs, their operators and node keys (the chain).
@@ -299,6 +301,7 @@ impl<C: Chain + Send + 'static> JobDirectory for Mutex<C> {
             operator: job_state.operator,
             node_keys: operator.map(|o| o.node_keys).unwrap_or_default(),
             model: job_state.model,
+            nonce: job_state.nonce,
         }))
     }
 }
@@ -429,29 +432,6 @@ impl NodeReports {
     /// Checks and commits one report body.
     pub async fn accept(&self, body: &[u8]) -> Result<UsageRecord, ReportError> {
         let (report, job, node_key) = SignedReport::parse_and_verify(body, self.sink.clock.now())?;
-        let signers = self.signers(job, &node_key).await?;
-        if !signers.node_keys.contains(&node_key) {
-            return Err(ReportError::UnknownKey {
-                key: node_key.to_string(),
-                operator: signers.operator.to_string(),
-                job: job.to_string(),
-            });
-        }
-        if signers.model != [0; 32]
-            && tally_client::model_hash(&report.record.model) != signers.model
-        {
-            return Err(ReportError::WrongModel {
-                job: job.to_string(),
-                model: report.record.model.clone(),
-                paid: tally_client::model_label(&signers.model),
-            });
-        }
-        if let Some(meters) = &self.meters {
-            meters
-                .claim(&job.to_string(), SOURCE)
-                .await
-                .map_err(|e| ReportError::Unavailable(e.to_string()))??;
-        }
         let r = report.record;
         let record = UsageRecord {
             job: r.job,
@@ -465,6 +445,59 @@ impl NodeReports {
             source: SOURCE.into(),
             ..UsageRecord::default()
         };
+        self.admit(job, node_key, record, None).await
+    }
+
+    /// Checks a record signed by `signer` (its signature already verified) against
+    /// the chain — the key is one of the job's operator's node keys, the job is live,
+    /// of the record's incarnation, and pays for its model — claims the job's meter
+    /// for the record's source, then commits it: first `evidence` (the signer and its
+    /// signature, kept beside the record), then the record itself.
+    pub async fn admit(
+        &self,
+        job: Pubkey,
+        signer: Pubkey,
+        record: UsageRecord,
+        evidence: Option<crate::store::Evidence>,
+    ) -> Result<UsageRecord, ReportError> {
+        let signers = self.signers(job, &signer).await?;
+        if !signers.node_keys.contains(&signer) {
+            return Err(ReportError::UnknownKey {
+                key: signer.to_string(),
+                operator: signers.operator.to_string(),
+                job: job.to_string(),
+            });
+        }
+        if record.job_nonce.is_some_and(|n| n != signers.nonce) {
+            return Err(ReportError::UnknownJob(format!(
+                "{job} (incarnation {}; it is now {})",
+                record.job_nonce.unwrap_or_default(),
+                signers.nonce
+            )));
+        }
+        if signers.model != [0; 32] && tally_client::model_hash(&record.model) != signers.model {
+            return Err(ReportError::WrongModel {
+                job: job.to_string(),
+                model: record.model.clone(),
+                paid: tally_client::model_label(&signers.model),
+            });
+        }
+        if let Some(meters) = &self.meters {
+            meters
+                .claim(&job.to_string(), &record.source)
+                .await
+                .map_err(|e| ReportError::Unavailable(e.to_string()))??;
+            if let Some(evidence) = evidence {
+                meters
+                    .save_evidence(evidence)
+                    .await
+                    .map_err(|e| ReportError::Unavailable(e.to_string()))?;
+            }
+        }
+        self.commit(record).await
+    }
+
+    async fn commit(&self, record: UsageRecord) -> Result<UsageRecord, ReportError> {
         let sink = Arc::clone(&self.sink);
         let committed = record.clone();
         let recorded = tokio::task::spawn_blocking(move || sink.commit(&committed))
@@ -478,6 +511,16 @@ impl NodeReports {
                 request_id: record.request_id,
             }),
         }
+    }
+
+    /// The clock records are stamped by.
+    pub fn now(&self) -> i64 {
+        self.sink.clock.now()
+    }
+
+    /// Counts a refused record of `source`.
+    pub fn rejected(&self, source: &str, reason: &str) {
+        self.sink.rejected(source, reason);
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {

@@ -77,6 +77,16 @@ pub struct UsageRecord {
     pub key_id: String,
 }
 
+/// The signature behind a record this oracle received from another oracle's
+/// gateway (`quorum::evidence`): whose key signed it, and the signature (base58).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    pub job: String,
+    pub request_id: String,
+    pub signer: String,
+    pub signature: String,
+}
+
 /// `counted_by`: the inference server reported the usage.
 pub const COUNTED_BY_UPSTREAM: &str = "upstream";
 /// `counted_by`: the server reported none; the gateway counted the prompt and the
@@ -259,7 +269,11 @@ const SCHEMA_LOCK: i64 = SETTLEMENT_LOCK + 1;
 /// tokens, priced apart from input tokens since receipts v2); older submissions
 /// read 0 there, which the program's upgrade of their jobs matches (their settled
 /// units count as input, at the same price).
-pub const SCHEMA_VERSION: i64 = 4;
+/// Version 5: a quorum member's tables (issue 20): `evidence` (the gateway signature
+/// behind each record received from another oracle's gateway) and `forwarded` (how
+/// far each peer has been sent this oracle's own gateway records). New tables only:
+/// a version-4 store is upgraded in place, its rows untouched.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `seq` of records written off (never attached to a real submission).
 const WRITTEN_OFF_SEQ: i64 = 0;
@@ -437,6 +451,17 @@ const SCHEMA_V3: &str = "
         key_id TEXT PRIMARY KEY,
         job TEXT NOT NULL,
         revoked_at {int} NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS evidence (
+        job TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        signer TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        PRIMARY KEY (job, request_id)
+    );
+    CREATE TABLE IF NOT EXISTS forwarded (
+        peer TEXT PRIMARY KEY,
+        after_id {int} NOT NULL
     );";
 
 fn schema_v3(postgres: bool) -> String {
@@ -571,6 +596,21 @@ mod sql {
     pub const REVOKE_KEY: &str = "INSERT INTO revoked_keys (key_id, job, revoked_at) \
         VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
     pub const REVOKED_KEYS: &str = "SELECT key_id FROM revoked_keys ORDER BY key_id";
+
+    // A quorum member's: the evidence behind records from other oracles' gateways,
+    // and how far each peer has been sent this oracle's own (its outbox: the records
+    // themselves, after a cursor, less those that came from elsewhere).
+    pub const SAVE_EVIDENCE: &str = "INSERT INTO evidence (job, request_id, signer, signature) \
+        VALUES ($1, $2, $3, $4) ON CONFLICT (job, request_id) DO NOTHING";
+    pub const OUTBOX: &str = "SELECT id, job, job_nonce, request_id, model, prompt_tokens, \
+        completion_tokens, gpu_ms, finished_at, source, upstream_id, counted_by, key_id \
+        FROM records r WHERE r.source = $1 \
+        AND r.id > COALESCE((SELECT after_id FROM forwarded WHERE peer = $2), 0) \
+        AND NOT EXISTS (SELECT 1 FROM evidence e WHERE e.job = r.job AND e.request_id = r.request_id) \
+        ORDER BY r.id LIMIT $3";
+    pub const FORWARDED: &str = "INSERT INTO forwarded (peer, after_id) VALUES ($1, $2) \
+        ON CONFLICT (peer) DO UPDATE SET after_id = excluded.after_id \
+        WHERE excluded.after_id > forwarded.after_id";
     /// Records of `job` waiting for a receipt, finished by `$2`, of incarnation `$3`
     /// or not bound to one (`$3` NULL: any).
     pub const WAITING_USAGE: &str = "SELECT COUNT(*), \
@@ -1444,6 +1484,65 @@ impl Store {
         }
     }
 
+    /// Keeps the signature behind a record received from another oracle's gateway
+    /// (before the record itself is committed: a record with evidence is never sent
+    /// on as this oracle's own). Idempotent.
+    pub fn save_evidence(&self, e: &Evidence) -> Result<(), OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .prepare_cached(&sqlite_sql(sql::SAVE_EVIDENCE))
+                .and_then(|mut s| s.execute(params![e.job, e.request_id, e.signer, e.signature]))
+                .map(drop)
+                .map_err(OracleError::sqlite("save_evidence")),
+            Backend::Postgres(pg) => pg.execute(
+                "saving evidence",
+                sql::SAVE_EVIDENCE,
+                &[&e.job, &e.request_id, &e.signer, &e.signature],
+            ),
+        }
+    }
+
+    /// This oracle's own records of `source` not yet sent to `peer`, oldest first:
+    /// (id, record).
+    pub fn outbox(
+        &self,
+        source: &str,
+        peer: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, UsageRecord)>, OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => {
+                let op = "outbox";
+                let mut stmt = db
+                    .prepare_cached(&sqlite_sql(sql::OUTBOX))
+                    .map_err(OracleError::sqlite(op))?;
+                let rows = stmt
+                    .query_map(params![source, peer, limit], sqlite_record)
+                    .map_err(OracleError::sqlite(op))?;
+                rows.map(|r| r.map(|w| (w.id, w.record)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(OracleError::sqlite(op))
+            }
+            Backend::Postgres(pg) => pg.outbox(source, peer, limit),
+        }
+    }
+
+    /// `peer` holds this oracle's records up to id `after_id` (never moves back).
+    pub fn forwarded(&self, peer: &str, after_id: i64) -> Result<(), OracleError> {
+        match &self.db {
+            Backend::Sqlite(db) => db
+                .prepare_cached(&sqlite_sql(sql::FORWARDED))
+                .and_then(|mut s| s.execute(params![peer, after_id]))
+                .map(drop)
+                .map_err(OracleError::sqlite("forwarded")),
+            Backend::Postgres(pg) => pg.execute(
+                "saving what a peer holds",
+                sql::FORWARDED,
+                &[&peer, &after_id],
+            ),
+        }
+    }
+
     fn usage_row(&self, query: &'static str, key: &str, until: i64) -> Result<Totals, OracleError> {
         let row = match &self.db {
             Backend::Sqlite(db) => db
@@ -1592,8 +1691,9 @@ fn sqlite_migrate(db: &Connection) -> rusqlite::Result<i64> {
             }
         }
     }
-    if version >= 2 {
-        // Version 1's submissions are rebuilt with the current table below.
+    if version == 2 || version == 3 {
+        // Version 1's submissions are rebuilt with the current table below; version 4
+        // has the columns.
         for column in OUTPUT_COLUMNS {
             tx.execute_batch(&format!(
                 "ALTER TABLE submissions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
@@ -2555,6 +2655,34 @@ impl Pg {
                 .await?;
             let row = client.query_one(sql::METER_OF, &[&job]).await?;
             Ok(row.try_get::<_, String>(0)?)
+        })
+    }
+
+    fn execute(
+        &self,
+        what: &'static str,
+        query: &'static str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), OracleError> {
+        self.with_retry(what, |client| async move {
+            client.execute(query, args).await?;
+            Ok(())
+        })
+    }
+
+    fn outbox(
+        &self,
+        source: &str,
+        peer: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, UsageRecord)>, OracleError> {
+        self.with_retry("reading the outbox", |client| async move {
+            let rows = client.query(sql::OUTBOX, &[&source, &peer, &limit]).await?;
+            Ok(rows
+                .iter()
+                .map(pg_record)
+                .map(|r| r.map(|w| (w.id, w.record)))
+                .collect::<Result<Vec<_>, _>>()?)
         })
     }
 

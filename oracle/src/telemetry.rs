@@ -72,6 +72,13 @@ pub const QUORUM_REFUSED: &str = "tally_oracle_quorum_refused_total";
 /// This oracle's proposals its peers refused or left unanswered (labels `peer`,
 /// `reason`).
 pub const QUORUM_PEER_REFUSALS: &str = "tally_oracle_quorum_peer_refusals_total";
+/// This oracle's gateway records its peers took or answered for (label `peer`).
+pub const QUORUM_FORWARDED: &str = "tally_oracle_quorum_forwarded_total";
+/// Gateway records a peer refused for good (labels `peer`, `reason`): it will not
+/// co-sign their receipts.
+pub const QUORUM_FORWARD_REFUSED: &str = "tally_oracle_quorum_forward_refused_total";
+/// Batches of gateway records that did not reach a peer (label `peer`); retried.
+pub const QUORUM_FORWARD_FAILURES: &str = "tally_oracle_quorum_forward_failures_total";
 
 /// How many recent warnings `/health` keeps.
 pub const HEALTH_WARNINGS: usize = 20;
@@ -79,7 +86,7 @@ pub const HEALTH_WARNINGS: usize = 20;
 pub const UNMETERED_DEGRADES_SECS: i64 = 900;
 
 /// Every metric the oracle exposes.
-pub const METRICS: [(&str, Kind, &str); 32] = [
+pub const METRICS: [(&str, Kind, &str); 35] = [
     (
         RECORDS_IN,
         Kind::Counter,
@@ -231,6 +238,21 @@ pub const METRICS: [(&str, Kind, &str); 32] = [
         QUORUM_PEER_REFUSALS,
         Kind::Counter,
         "This oracle's proposals that a peer refused or did not answer, by peer and reason (quorum).",
+    ),
+    (
+        QUORUM_FORWARDED,
+        Kind::Counter,
+        "This oracle's gateway records each peer took or answered for (quorum).",
+    ),
+    (
+        QUORUM_FORWARD_REFUSED,
+        Kind::Counter,
+        "This oracle's gateway records a peer refused for good, by peer and reason (quorum).",
+    ),
+    (
+        QUORUM_FORWARD_FAILURES,
+        Kind::Counter,
+        "Batches of gateway records that did not reach a peer, retried (quorum).",
     ),
 ];
 

@@ -128,6 +128,13 @@ pub struct GatewaySettings {
     /// How often a served job's view is refreshed from the chain and the store.
     #[serde(default = "default_view_refresh")]
     pub view_refresh_secs: f64,
+    /// A quorum member's gateway key (a Solana keypair file, not the oracle's key):
+    /// it signs every record this gateway meters, so that the other oracles can
+    /// check the record themselves (`quorum::evidence`). Its operator registers the
+    /// public key as a node key (`tally operator update --node-key <KEY>`). Required
+    /// with `[quorum]`; unused without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<std::path::PathBuf>,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -189,6 +196,7 @@ impl GatewaySettings {
             upstream_timeout_secs: default_upstream_timeout(),
             tokenize: TokenizeMode::default(),
             view_refresh_secs: default_view_refresh(),
+            signing_key: None,
         }
     }
 

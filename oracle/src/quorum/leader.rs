@@ -67,6 +67,11 @@ impl Peers {
         Ok(Self { peers, http })
     }
 
+    /// Each peer: its key and its admin listener's URL.
+    pub fn each(&self) -> &[(Pubkey, String)] {
+        &self.peers
+    }
+
     /// The peers' keys, in the order they are asked.
     pub fn keys(&self) -> Vec<Pubkey> {
         self.peers.iter().map(|(k, _)| *k).collect()

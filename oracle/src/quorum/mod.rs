@@ -1,7 +1,9 @@
 //! An m-of-n quorum of oracle daemons (issue 20). Every oracle of the on-chain set
-//! keeps its own store, fed by evidence it verifies itself (node reports, signed by
-//! the operator's node keys, which workers post to every oracle), and signs a
-//! settlement only when its own records bear it out.
+//! keeps its own store, fed by evidence it verifies itself — node reports, signed by
+//! the operator's node keys, which workers post to every oracle, and gateway records,
+//! signed by the metering gateway's key (registered by the operator as a node key)
+//! and sent by that oracle to every peer ([`evidence`]) — and signs a settlement only
+//! when its own records bear it out.
 //!
 //! The leader builds the settle transaction as a lone oracle would, with the
 //! co-signers' keys among its signers, and sends each co-signer the transaction's
@@ -28,7 +30,8 @@
 //! cost (scripts/bench, 2-of-3): 20 receipts a transaction at ~3,000 CU and 500 fee
 //! lamports each, against 2 receipts at ~11,100 CU and 12,500 lamports relayed.
 //!
-//! The parts: [`settlement`] reads a settle transaction back from its message,
+//! The parts: [`evidence`] carries gateway records between oracles,
+//! [`settlement`] reads a settle transaction back from its message,
 //! [`cosigner`] answers proposals, [`leader`] asks peers, [`catch_up`] adopts what
 //! landed without this oracle; this module holds the wire types, the settings, the
 //! leadership terms and what this oracle signed lately.
@@ -45,6 +48,7 @@ use crate::OracleError;
 
 pub mod catch_up;
 pub mod cosigner;
+pub mod evidence;
 pub mod leader;
 pub mod settlement;
 

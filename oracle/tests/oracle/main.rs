@@ -193,6 +193,60 @@ fn input_and_output_tokens_settle_at_their_own_prices_to_the_base_unit() {
 }
 
 #[test]
+fn a_schema_4_store_gains_the_quorum_tables_and_keeps_its_records() {
+    let s = setup("schema4", 1);
+    let path = s.dir.join("oracle.db");
+    let now = s.world.env.now();
+    let written: Vec<UsageRecord> = (0..3).map(|i| record(&s.jobs[0], i, now)).collect();
+    {
+        let b = batcher(&s);
+        for r in &written {
+            b.store.record(r).unwrap();
+        }
+    }
+    // What a version-4 oracle left: no evidence, no outbox cursors.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "DROP TABLE evidence; DROP TABLE forwarded; UPDATE tally_schema SET version = 4;",
+    )
+    .unwrap();
+    drop(db);
+
+    let store = Store::open(&path).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT MAX(version) FROM tally_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, tally_oracle::store::SCHEMA_VERSION);
+    assert_eq!(store.all_records().unwrap(), written);
+    // Its gateway records are all in the outbox of a peer it never sent to, less
+    // one whose evidence says it came from another oracle's gateway.
+    store
+        .save_evidence(&tally_oracle::store::Evidence {
+            job: written[1].job.clone(),
+            request_id: written[1].request_id.clone(),
+            signer: "someone".into(),
+            signature: "sig".into(),
+        })
+        .unwrap();
+    let outbox: Vec<UsageRecord> = store
+        .outbox("gateway", "peer", 10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(outbox, [written[0].clone(), written[2].clone()]);
+    let first = store.outbox("gateway", "peer", 10).unwrap()[0].0;
+    store.forwarded("peer", first).unwrap();
+    store.forwarded("peer", first - 1).unwrap();
+    assert_eq!(
+        store.outbox("gateway", "peer", 10).unwrap().len(),
+        1,
+        "the cursor never moves back"
+    );
+}
+
+#[test]
 fn a_schema_3_store_gains_the_output_columns_and_its_pending_receipt_lands() {
     let mut s = setup("schema3", 1);
     let job = s.jobs[0];

@@ -425,155 +425,406 @@ async fn post_to_all(daemons: &[Option<tally_oracle::daemon::Daemon>], body: &st
 /// The daemons' leadership term, seconds of chain time.
 const TERM: i64 = 100;
 
+/// The worker's node key and the gateway's key, both registered by the operator.
+const NODE_SECRET: [u8; 32] = [7; 32];
+const GATEWAY_SECRET: [u8; 32] = [9; 32];
+
 /// Three `tally-oracle` daemons in process, each with its own store and `[quorum]`
-/// config, node reports posted to every one over HTTP, leadership rotating with the
-/// chain's clock: settled once while all run, and still settled, by the two left,
-/// once the leader of the moment stops.
+/// config, on one embedded chain with a 2-of-3 set and one job; each daemon has its
+/// own chain connections (its rounds, its lookups and its answers to peers lock the
+/// chain one call at a time).
+struct Members {
+    chain: Shared<EmbeddedChain>,
+    oracles: Vec<Keypair>,
+    job: JobHandle,
+    dir: std::path::PathBuf,
+    configs: Vec<tally_oracle::config::OracleConfig>,
+    daemons: Vec<Option<tally_oracle::daemon::Daemon>>,
+}
+
+impl Members {
+    /// Starts all three; `extra(i, dir, job)` is more of oracle `i`'s config (TOML
+    /// sections).
+    async fn start(
+        name: &str,
+        extra: impl Fn(usize, &std::path::Path, &tally_client::Pubkey) -> String,
+    ) -> Self {
+        let mut world = World::builder()
+            .oracles(3, 2)
+            .fee_bps(100)
+            .challenge_window(0)
+            .build();
+        let operator = world.operator();
+        let node_keys = [NODE_SECRET, GATEWAY_SECRET]
+            .iter()
+            .map(|s| {
+                let key = ed25519_dalek::SigningKey::from_bytes(s);
+                tally_client::Pubkey::from(key.verifying_key().to_bytes())
+            })
+            .collect();
+        let args = tally_client::OperatorArgs {
+            payout_owner: operator.payout_owner,
+            node_keys,
+        };
+        tally_tests::expect_ok(world.send(
+            &[tally_client::ix::update_operator(
+                operator.authority.pubkey(),
+                args,
+            )],
+            &[&operator.authority],
+        ));
+        let client = world.client(100_000_000);
+        let job = world.open_job(&client, &operator, 0, JobSpec::default());
+        world.env.advance(60);
+        let oracles: Vec<Keypair> = world.oracles.iter().map(Keypair::insecure_clone).collect();
+        let standin = EmbeddedChain::new(&TestEnv::program_path(), &oracles[0].pubkey()).unwrap();
+        let chain = Shared::new(std::mem::replace(&mut world.env.chain, standin));
+        let dir = temp_dir(name);
+        let ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let keys: Vec<tally_client::Pubkey> = oracles.iter().map(Signer::pubkey).collect();
+        let configs = (0..3)
+            .map(|i| {
+                tally_oracle::config::OracleConfig::parse(
+                    &format!(
+                        "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n\
+                         [admin]\nlisten = \"127.0.0.1:{}\"\n[node_reports]\nlisten = \"127.0.0.1:0\"\n\
+                         [quorum]\npeers = {}\nterm_secs = {TERM}\n{}",
+                        dir.join(format!("oracle-{i}.db")).display(),
+                        ports[i],
+                        super::crash::peers_toml(&keys, &ports, i),
+                        extra(i, &dir, &job.address),
+                    ),
+                    Vec::new(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut daemons = Self {
+            chain,
+            oracles,
+            job,
+            dir,
+            configs,
+            daemons: vec![None, None, None],
+        };
+        for i in 0..3 {
+            daemons.start_one(i).await;
+        }
+        daemons
+    }
+
+    async fn start_one(&mut self, i: usize) {
+        let own = Arc::new(Mutex::new(self.chain.clone()));
+        let directory = Arc::new(Mutex::new(self.chain.clone()));
+        let view = Arc::new(Mutex::new(self.chain.clone()));
+        self.daemons[i] = Some(
+            tally_oracle::daemon::Daemon::start_with_views(
+                &self.configs[i],
+                own,
+                directory,
+                view,
+                self.oracles[i].insecure_clone(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+
+    async fn stop_one(&mut self, i: usize) {
+        self.daemons[i].take().unwrap().stop().await.unwrap();
+    }
+
+    fn daemon(&self, i: usize) -> &tally_oracle::daemon::Daemon {
+        self.daemons[i].as_ref().unwrap()
+    }
+
+    /// Sets the chain's clock to the start of the first term at or after `at` that
+    /// `leader` (an index) does not lead... or leads: `wanted(index)` picks.
+    fn move_to_term(&self, from: i64, wanted: impl Fn(usize) -> bool) -> i64 {
+        let members = self.chain.config_oracles();
+        let mut now = (from / TERM + 1) * TERM + 1;
+        loop {
+            let leader = quorum::leader(&members, now, TERM as u64).unwrap();
+            let index = self
+                .oracles
+                .iter()
+                .position(|o| o.pubkey() == leader)
+                .unwrap();
+            if wanted(index) {
+                self.chain.lock().set_time(now);
+                return now;
+            }
+            now += TERM;
+        }
+    }
+
+    fn leader_index(&self, now: i64) -> usize {
+        let leader = quorum::leader(&self.chain.config_oracles(), now, TERM as u64).unwrap();
+        self.oracles
+            .iter()
+            .position(|o| o.pubkey() == leader)
+            .unwrap()
+    }
+
+    fn settled(&self) -> tally::state::Job {
+        self.chain.lock().job_state(&self.job.address)
+    }
+
+    /// Waits (10 s at most) until the job has settled `units`.
+    async fn wait_for(&self, units: u64) -> bool {
+        for _ in 0..100 {
+            if self.settled().settled_units == units {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    async fn metrics(&self, i: usize) -> String {
+        super::daemon::get(&format!("http://{}/metrics", self.daemon(i).admin))
+            .await
+            .1
+    }
+
+    /// Oracle `i`'s store, read beside its daemon.
+    fn records(&self, i: usize) -> Vec<UsageRecord> {
+        Store::open(&self.dir.join(format!("oracle-{i}.db")))
+            .unwrap()
+            .all_records()
+            .unwrap()
+    }
+
+    async fn stop_all(mut self) {
+        for i in 0..3 {
+            if self.daemons[i].is_some() {
+                self.stop_one(i).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three daemons, node reports posted to every one over HTTP, leadership rotating
+/// with the chain's clock: settled once while all run, and still settled, by the two
+/// left, once the leader of the moment stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader() {
-    use ed25519_dalek::SigningKey;
-    use tally_oracle::config::OracleConfig;
-    use tally_oracle::daemon::Daemon;
-
-    let mut world = World::builder()
-        .oracles(3, 2)
-        .fee_bps(100)
-        .challenge_window(0)
-        .build();
-    let operator = world.operator();
-    let node = SigningKey::from_bytes(&[7; 32]);
-    let args = tally_client::OperatorArgs {
-        payout_owner: operator.payout_owner,
-        node_keys: vec![tally_client::Pubkey::from(node.verifying_key().to_bytes())],
-    };
-    tally_tests::expect_ok(world.send(
-        &[tally_client::ix::update_operator(
-            operator.authority.pubkey(),
-            args,
-        )],
-        &[&operator.authority],
-    ));
-    let client = world.client(100_000_000);
-    let job = world.open_job(&client, &operator, 0, JobSpec::default());
-    world.env.advance(60);
-    let oracles: Vec<Keypair> = world.oracles.iter().map(Keypair::insecure_clone).collect();
-    let standin = EmbeddedChain::new(&TestEnv::program_path(), &oracles[0].pubkey()).unwrap();
-    let chain = Shared::new(std::mem::replace(&mut world.env.chain, standin));
-    let dir = temp_dir("quorum-daemons");
-    let ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
-
-    let mut daemons = Vec::new();
-    for (i, oracle) in oracles.iter().enumerate() {
-        let keys: Vec<tally_client::Pubkey> = oracles.iter().map(Signer::pubkey).collect();
-        let config = OracleConfig::parse(
-            &format!(
-                "store = \"{}\"\ninvoices_dir = \"\"\n[batch]\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n\
-                 [admin]\nlisten = \"127.0.0.1:{}\"\n[node_reports]\nlisten = \"127.0.0.1:0\"\n\
-                 [quorum]\npeers = {}\nterm_secs = {TERM}\n",
-                dir.join(format!("oracle-{i}.db")).display(),
-                ports[i],
-                super::crash::peers_toml(&keys, &ports, i)
-            ),
-            Vec::new(),
-        )
-        .unwrap();
-        // Each daemon's own connections: its rounds, its lookups and its answers to
-        // peers lock the chain for one call at a time.
-        let own = Arc::new(Mutex::new(chain.clone()));
-        let directory = Arc::new(Mutex::new(chain.clone()));
-        let view = Arc::new(Mutex::new(chain.clone()));
-        daemons.push(Some(
-            Daemon::start_with_views(&config, own, directory, view, oracle.insecure_clone())
-                .await
-                .unwrap(),
-        ));
-    }
+    let mut d = Members::start("quorum-daemons", |_, _, _| String::new()).await;
+    let node = ed25519_dalek::SigningKey::from_bytes(&NODE_SECRET);
     // The clock at the start of a term (a leader bills in the first four fifths).
-    let now = (chain.clock().unwrap().unix_timestamp / TERM + 1) * TERM + 1;
-    chain.lock().set_time(now);
+    let now = d.move_to_term(d.chain.clock().unwrap().unix_timestamp, |_| true);
+    let job = d.job.address;
     // Report `i` signed by the node: its units and its body.
-    let report =
-        |i: u64| super::signed_report_body(&job.address, format!("node-req-{i}"), i, now, &node);
-    let settled = |chain: &Shared<EmbeddedChain>| chain.lock().job_state(&job.address);
-    let wait_for = |units: u64| {
-        let chain = chain.clone();
-        async move {
-            for _ in 0..100 {
-                if settled(&chain).settled_units == units {
-                    return true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            false
-        }
-    };
+    let report = |i: u64| super::signed_report_body(&job, format!("node-req-{i}"), i, now, &node);
 
     let mut expected = 0;
     for i in 0..6 {
         let (units, body) = report(i);
         expected += units;
-        post_to_all(&daemons, &body).await;
+        post_to_all(&d.daemons, &body).await;
     }
     assert!(
-        wait_for(expected).await,
+        d.wait_for(expected).await,
         "settled: {:?}",
-        settled(&chain).settled_units
+        d.settled().settled_units
     );
-    assert_eq!(settled(&chain).last_seq, 1, "settled once");
+    assert_eq!(d.settled().last_seq, 1, "settled once");
 
     // A report only the leader received (the worker failed to post it to the
     // others): its peers refuse the receipt, and both sides count why.
-    let leader = quorum::leader(&chain.config_oracles(), now, TERM as u64).unwrap();
-    let stopped = oracles.iter().position(|o| o.pubkey() == leader).unwrap();
+    let stopped = d.leader_index(now);
     let (_, body) = report(5_000);
     let to_leader = format!(
         "http://{}/v1/reports",
-        daemons[stopped].as_ref().unwrap().node_reports.unwrap()
+        d.daemon(stopped).node_reports.unwrap()
     );
     let (status, text) = super::daemon::post(&to_leader, &body).await;
     assert_eq!(status, 201, "{text}");
-    let metrics_of = |i: usize| format!("http://{}/metrics", daemons[i].as_ref().unwrap().admin);
     let refused_here = "tally_oracle_quorum_peer_refusals_total{peer=";
     let mut seen = String::new();
     for _ in 0..100 {
-        seen = super::daemon::get(&metrics_of(stopped)).await.1;
+        seen = d.metrics(stopped).await;
         if seen.contains(refused_here) && seen.contains("reason=\"unseen_record\"") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(seen.contains(refused_here), "{seen}");
-    let peer = (stopped + 1) % 3;
-    let theirs = super::daemon::get(&metrics_of(peer)).await.1;
+    let theirs = d.metrics((stopped + 1) % 3).await;
     assert!(
         theirs.contains("tally_oracle_quorum_refused_total{reason=\"unseen_record\"}")
             && theirs.contains("tally_oracle_quorum_cosigned_total"),
         "{theirs}"
     );
-    assert_eq!(settled(&chain).last_seq, 1, "nothing more settled");
+    assert_eq!(d.settled().last_seq, 1, "nothing more settled");
 
     // The leader of the moment stops; the clock moves on to a term whose leader runs.
-    daemons[stopped].take().unwrap().stop().await.unwrap();
-    let mut later = now + TERM;
-    while quorum::leader(&chain.config_oracles(), later, TERM as u64) == Some(leader) {
-        later += TERM;
-    }
-    chain.lock().set_time(later);
+    d.stop_one(stopped).await;
+    d.move_to_term(now, |leader| leader != stopped);
     for i in 10..14 {
         let (units, body) = report(i);
         expected += units;
-        post_to_all(&daemons, &body).await;
+        post_to_all(&d.daemons, &body).await;
     }
     assert!(
-        wait_for(expected).await,
+        d.wait_for(expected).await,
         "settled: {:?}",
-        settled(&chain).settled_units
+        d.settled().settled_units
     );
-    assert_eq!(settled(&chain).last_seq, 2);
-    for daemon in daemons.into_iter().flatten() {
-        daemon.stop().await.unwrap();
+    assert_eq!(d.settled().last_seq, 2);
+    d.stop_all().await;
+}
+
+/// Writes a Solana keypair file (64 bytes: the secret, then the public key).
+fn keypair_file(path: &std::path::Path, secret: &[u8; 32]) {
+    let key = ed25519_dalek::SigningKey::from_bytes(secret);
+    let bytes: Vec<u8> = secret
+        .iter()
+        .chain(key.verifying_key().as_bytes())
+        .copied()
+        .collect();
+    std::fs::write(path, serde_json::to_string(&bytes).unwrap()).unwrap();
+}
+
+/// Chat requests `from..to` through a gateway, with the job's static key.
+async fn chat_through(gateway: std::net::SocketAddr, from: u64, to: u64) {
+    let http = reqwest::Client::new();
+    for i in from..to {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"say something {i}"}}],"max_tokens":{},"stream":{}}}"#,
+            3 + i % 5,
+            i % 2 == 0
+        );
+        let response = http
+            .post(format!("http://{gateway}/v1/chat/completions"))
+            .bearer_auth("sk-quorum")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tokens(records: &[UsageRecord]) -> u64 {
+    records
+        .iter()
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum()
+}
+
+/// A request metered by one oracle's gateway settles through the quorum: the gateway
+/// signs each record with its key (registered by the operator as a node key) and
+/// sends it to its peers, which check it themselves and co-sign. A peer that is down
+/// gets what it missed when it returns, even after the gateway's daemon restarted
+/// (the outbox is the store), and records signed by a key the operator never
+/// registered, altered after signing, or not a gateway's are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_records_reach_every_oracle_signed_and_settle_through_the_quorum() {
+    use tally_oracle::quorum::evidence::{SignedRecord, RECORDS_PATH};
+    use tally_oracle::sim_worker::SimWorker;
+
+    let worker = Arc::new(SimWorker::default());
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
+    tokio::spawn(Arc::clone(&worker).serve(upstream_listener));
+    // Oracle 0 runs a gateway in front of the worker, signing with the gateway key.
+    let mut d = Members::start("quorum-gateway", |i, dir, job| {
+        if i != 0 {
+            return String::new();
+        }
+        let key_path = dir.join("gateway.json");
+        keypair_file(&key_path, &GATEWAY_SECRET);
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+             api_keys = {{ \"sk-quorum\" = \"{job}\" }}\nsigning_key = \"{}\"\n",
+            key_path.display()
+        )
+    })
+    .await;
+    let now = d.move_to_term(d.chain.clock().unwrap().unix_timestamp, |_| true);
+
+    chat_through(d.daemon(0).gateway.unwrap(), 0, 6).await;
+    let metered = tokens(&d.records(0));
+    assert!(metered > 0);
+    assert!(
+        d.wait_for(metered).await,
+        "settled {} of {metered}",
+        d.settled().settled_units
+    );
+    for i in 0..3 {
+        assert_eq!(d.records(i).len(), 6, "oracle {i} holds every record once");
+    }
+    assert_eq!(
+        d.records(1),
+        d.records(0),
+        "byte for byte the gateway's records"
+    );
+
+    // Oracle 2 is down while more requests are metered, and oracle 0 restarts before
+    // it returns: what 2 missed waits in 0's store, and reaches it afterwards.
+    d.stop_one(2).await;
+    d.move_to_term(now, |leader| leader != 2);
+    chat_through(d.daemon(0).gateway.unwrap(), 6, 10).await;
+    let metered = tokens(&d.records(0));
+    assert!(
+        d.wait_for(metered).await,
+        "settled {} of {metered}",
+        d.settled().settled_units
+    );
+    d.stop_one(0).await;
+    d.start_one(2).await;
+    d.start_one(0).await;
+    for _ in 0..100 {
+        if d.records(2).len() == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        d.records(2).len(),
+        10,
+        "oracle 2 caught up on what it missed"
+    );
+    let forwarded = d.metrics(0).await;
+    assert!(
+        forwarded.contains("tally_oracle_quorum_forwarded_total{peer="),
+        "{forwarded}"
+    );
+
+    // What a peer refuses: an unregistered key, a record altered after signing, a
+    // record that is not a gateway's.
+    let mut fake = d.records(0)[0].clone();
+    fake.request_id = "made-up".into();
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let unregistered = SignedRecord::sign(fake.clone(), &stranger).unwrap();
+    let gateway_key = ed25519_dalek::SigningKey::from_bytes(&GATEWAY_SECRET);
+    let mut altered = SignedRecord::sign(fake.clone(), &gateway_key).unwrap();
+    altered.record.completion_tokens += 1_000;
+    let mut not_gateway = fake.clone();
+    not_gateway.source = "node-report".into();
+    let not_gateway = SignedRecord::sign(not_gateway, &gateway_key).unwrap();
+    let body = serde_json::json!({ "records": [unregistered, altered, not_gateway] });
+    let url = format!("http://{}{RECORDS_PATH}", d.daemon(1).admin);
+    let (status, text) = super::daemon::post(&url, &body.to_string()).await;
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let reasons: Vec<&str> = answer["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["unknown_key", "bad_signature", "malformed"],
+        "{text}"
+    );
+    assert!(d.records(1).iter().all(|r| r.request_id != "made-up"));
+    assert_eq!(d.settled().settled_units, metered, "nothing more settled");
+    d.stop_all().await;
 }
 
 trait ConfigOracles {
