@@ -39,6 +39,9 @@ pub enum CliError {
     /// The demo's gateway refused one of its requests.
     #[error("the gateway answered {0}")]
     Gateway(reqwest::StatusCode),
+    /// The demo cannot run as asked.
+    #[error("demo: {0}")]
+    Demo(String),
     /// The demo's settlement round failed receipts.
     #[error("settlement failed: {0:?}")]
     Settlement(Vec<String>),

@@ -221,20 +221,24 @@ pub fn open_jobs(
 }
 
 /// Completes `job` with the receipt restating what it settled (nothing more to pay:
-/// every metered unit has landed), the oracle signing; the rest of its escrow goes
-/// back to `client_tokens`. Returns what was refunded, and the transaction.
+/// every metered unit has landed), attested by `oracles` (the set's threshold of
+/// them; the first pays); the rest of its escrow goes back to `client_tokens`.
+/// Returns what was refunded, and the transaction.
 pub fn complete_settled(
     chain: &mut impl Chain,
-    oracle: &Keypair,
+    oracles: &[&Keypair],
     operator_authority: &Pubkey,
     mint: MintRef,
     client_tokens: Pubkey,
     job: &Pubkey,
 ) -> Result<(u64, Confirmed)> {
+    let Some((payer, others)) = oracles.split_first() else {
+        return Err(crate::error::Invalid::NoOracles.into());
+    };
     let state = ops::job(chain, job)?;
     let config = ops::config(chain)?;
     let attestation = Attestation {
-        oracles: vec![oracle.pubkey()],
+        oracles: oracles.iter().map(|o| Signer::pubkey(*o)).collect(),
         oracle_set_version: config.oracle_set_version,
         day: tally::state::utc_day(chain.clock()?.unix_timestamp),
     };
@@ -248,8 +252,8 @@ pub fn complete_settled(
             client_tokens,
             ops::settled_receipt(&state),
         )],
-        oracle,
-        &[],
+        payer,
+        others,
     )?;
     Ok((state.escrow_left, confirmed))
 }

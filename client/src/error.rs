@@ -229,6 +229,8 @@ pub enum Invalid {
     },
     #[error("no keypair: pass --keypair")]
     NoKeypair,
+    #[error("no oracle to attest: give the oracle set's threshold of oracle keypairs")]
+    NoOracles,
 }
 
 /// Why the program cannot be deployed or upgraded as asked.

@@ -92,8 +92,9 @@ pub enum ConfigError {
     /// A section or key is unknown, or a value of the wrong type.
     #[error("the config is wrong: {0}")]
     Wrong(#[source] toml::de::Error),
-    /// Neither a gateway nor node reports are configured.
-    #[error("no source is configured: add a [gateway] (listen, upstream, operator) or a [node_reports] (listen) section")]
+    /// Neither a gateway nor node reports are configured, nor a quorum (whose
+    /// members take the peers' gateway records).
+    #[error("no source is configured: add a [gateway] (listen, upstream, operator) or a [node_reports] (listen) section, or a [quorum] whose peers' gateways send their records")]
     NoSource,
     /// Setting `key` (e.g. `batch.max_receipts_per_tx`) has a value serde takes but
     /// the oracle cannot use.
@@ -172,7 +173,7 @@ impl OracleConfig {
     }
 
     fn validate(&self) -> Result<(), OracleError> {
-        if self.gateway.is_none() && self.node_reports.is_none() {
+        if self.gateway.is_none() && self.node_reports.is_none() && self.quorum.is_none() {
             return Err(ConfigError::NoSource.into());
         }
         if let Some(gateway) = &self.gateway {

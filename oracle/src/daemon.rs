@@ -862,9 +862,6 @@ async fn forwarder(
         ));
     };
     let keypair = tally_client::config::read_keypair(path)?;
-    let secret: [u8; 32] = keypair.to_bytes()[..32]
-        .try_into()
-        .map_err(|_| setting("gateway.signing_key", "not an ed25519 keypair"))?;
     let location = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::connect(&location))
         .await
@@ -874,7 +871,7 @@ async fn forwarder(
         })??;
     let forwarder = crate::quorum::evidence::Forwarder::new(
         store,
-        ed25519_dalek::SigningKey::from_bytes(&secret),
+        &keypair,
         quorum.peers(),
         Arc::clone(telemetry),
         Arc::clone(&stores.sink.clock),

@@ -48,3 +48,37 @@ fn tally_demo_reconciles_every_balance() {
         "everything not paid went back"
     );
 }
+
+/// `--oracles 3 --threshold 2`: the gateway's records reach the other two oracles'
+/// own stores, settlements carry two oracles' signatures, and it all reconciles.
+#[test]
+fn tally_demo_settles_through_a_two_of_three_quorum() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["demo", "--output", "json", "--jobs", "2", "--requests", "5"])
+        .args(["--oracles", "3", "--threshold", "2"])
+        .output()
+        .expect("run tally demo");
+    assert!(
+        output.status.success(),
+        "tally demo failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON summary on stdout");
+    assert_eq!(summary["reconciled"], true, "{summary}");
+    assert_eq!(
+        summary["quorum"],
+        serde_json::json!({ "oracles": 3, "threshold": 2, "records_held_by_the_others": [10, 10] }),
+        "{summary}"
+    );
+    assert!(summary["paid"].as_u64().unwrap() > 0, "{summary}");
+
+    // A threshold the set cannot meet is refused before anything runs.
+    let refused = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["demo", "--oracles", "3", "--threshold", "4"])
+        .output()
+        .expect("run tally demo");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--threshold 4 of --oracles 3"), "{stderr}");
+}

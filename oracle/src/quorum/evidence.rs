@@ -295,9 +295,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Sends `store`'s own gateway records to `peers`, signed with `key` (a Solana
+    /// keypair: its first 32 bytes are the ed25519 secret).
     pub fn new(
         store: Store,
-        key: SigningKey,
+        key: &solana_keypair::Keypair,
         peers: &super::Peers,
         telemetry: Arc<Telemetry>,
         clock: Arc<crate::clock::ChainClock>,
@@ -309,9 +311,15 @@ impl Forwarder {
                 what: "build the record forwarder's HTTP client",
                 source: e.into(),
             })?;
+        let secret: [u8; 32] = key.to_bytes()[..32]
+            .try_into()
+            .map_err(|_| OracleError::Setup {
+                what: "read the gateway key",
+                source: "not an ed25519 keypair".into(),
+            })?;
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
-            key,
+            key: SigningKey::from_bytes(&secret),
             peers: peers.each().to_vec(),
             http,
             telemetry,
@@ -364,7 +372,12 @@ impl Forwarder {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    // The daemon is gone without saying stop: nothing to wait for.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -618,12 +618,16 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     // Report `i` signed by the node: its units and its body.
     let report = |i: u64| super::signed_report_body(&job, format!("node-req-{i}"), i, now, &node);
 
+    // Posted in the last fifth of the term before (no leader bills new usage then),
+    // so the six land in one receipt whatever the machine's speed.
+    d.chain.lock().set_time(now - TERM / 10);
     let mut expected = 0;
     for i in 0..6 {
         let (units, body) = report(i);
         expected += units;
         post_to_all(&d.daemons, &body).await;
     }
+    d.chain.lock().set_time(now);
     assert!(
         d.wait_for(expected).await,
         "settled: {:?}",
@@ -659,14 +663,16 @@ async fn three_daemons_settle_signed_reports_and_carry_on_without_their_leader()
     );
     assert_eq!(d.settled().last_seq, 1, "nothing more settled");
 
-    // The leader of the moment stops; the clock moves on to a term whose leader runs.
+    // The leader of the moment stops.
+    // Posted while it would lead (nobody bills), then the clock moves on to a term
+    // whose leader runs.
     d.stop_one(stopped).await;
-    d.move_to_term(now, |leader| leader != stopped);
     for i in 10..14 {
         let (units, body) = report(i);
         expected += units;
         post_to_all(&d.daemons, &body).await;
     }
+    d.move_to_term(now, |leader| leader != stopped);
     assert!(
         d.wait_for(expected).await,
         "settled: {:?}",

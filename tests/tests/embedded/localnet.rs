@@ -384,7 +384,7 @@ fn client_oracle_claim_flow_over_rpc() {
     // The job completes with its final receipt: the rest goes back to the client.
     let (_, completed) = tally_client::bootstrap::complete_settled(
         &mut chain,
-        &oracle,
+        &[&oracle],
         &operator.pubkey(),
         mint,
         client_tokens,

@@ -717,8 +717,15 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
 
     // The jobs complete with their final receipts: the rest goes back to the client.
     for job in &jobs {
-        bootstrap::complete_settled(chain, &oracle, &operator.pubkey(), mint, client_tokens, job)
-            .unwrap();
+        bootstrap::complete_settled(
+            chain,
+            &[&oracle],
+            &operator.pubkey(),
+            mint,
+            client_tokens,
+            job,
+        )
+        .unwrap();
         // Completed and refunded. While its share is in the challenge window the
         // account stays (its client may still dispute it) and is closed below.
         if chain.account(job).unwrap().is_some() {

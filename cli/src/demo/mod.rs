@@ -11,6 +11,10 @@
 //! the requests, chat completions streamed and not, counted as llama.cpp counts them;
 //! all-MiniLM-L6-v2 (or `--model-dir`) serves embeddings beside it, where present, and
 //! `--embeddings` sends embedding requests instead. The rest is the same.
+//!
+//! `--oracles N --threshold M`: an m-of-n oracle set settles instead of one oracle
+//! ([`quorum`]).
+mod quorum;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use serde_json::{json, Value};
 use solana_keypair::Keypair;
 use solana_signer::Signer;
 use tally_client::bootstrap::{self, Cast};
-use tally_client::chain::{Chain, ChainError, EmbeddedChain};
+use tally_client::chain::{Chain, ChainError, EmbeddedChain, Shared};
 
 use crate::CliError;
 use tally_client::ix::MintRef;
@@ -60,6 +64,13 @@ pub struct DemoArgs {
     /// With --real-model: send embedding requests instead of chat completions
     #[arg(long, requires = "real_model")]
     pub embeddings: bool,
+    /// Oracles in the deployment's set, each a daemon with its own store; above 1
+    /// the gateway signs its records for the others and settlements are co-signed
+    #[arg(long, default_value_t = 1)]
+    pub oracles: u8,
+    /// Oracle signatures each settlement needs [default: a majority of --oracles]
+    #[arg(long)]
+    pub threshold: Option<u8>,
 }
 
 /// The operator's inference server in the demo.
@@ -251,18 +262,50 @@ fn step(quiet: bool, text: &str) {
 
 /// Runs the demo; returns its JSON summary (printed as a table unless `json`).
 pub fn run(args: &DemoArgs, quiet: bool) -> Result<Value, CliError> {
+    let quorum =
+        quorum::QuorumCast::new(args.oracles, args.threshold.unwrap_or(args.oracles / 2 + 1))?;
     // The model first: a missing model fails before anything else is set up.
     let upstream = Upstream::start(args)?;
-    let mut stage = set_up(args, &upstream, quiet)?;
-    let served = serve(args, &stage, &upstream, quiet)?;
-    let settled = settle(&mut stage, &served, quiet)?;
-    let ended = end_jobs(&mut stage, quiet)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::io("start the async runtime"))?;
+    let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(CliError::io("create the demo directory"))?;
+    let mut stage = set_up(args, &upstream, quorum.as_ref(), quiet)?;
+    let oracles = match &quorum {
+        Some(q) => Some(Oracles {
+            members: runtime.block_on(quorum::Members::start(q, &stage.chain, &dir))?,
+            cast: q,
+        }),
+        None => None,
+    };
+    let served = serve(
+        args,
+        &stage,
+        &upstream,
+        (&runtime, &dir),
+        oracles.as_ref(),
+        quiet,
+    )?;
+    let settled = settle(&mut stage, &served, oracles.as_ref(), quiet)?;
+    let ended = end_jobs(&mut stage, quorum.as_ref(), quiet)?;
+    if let Some(oracles) = oracles {
+        runtime.block_on(oracles.members.stop())?;
+    }
     reconcile(&stage, &upstream, &served, &settled, &ended, quiet)
+}
+
+/// With `--oracles`: the set beyond the cast's oracle, and its members' daemons.
+struct Oracles<'a> {
+    cast: &'a quorum::QuorumCast,
+    members: quorum::Members,
 }
 
 /// The demo's deployment on the embedded chain, its jobs opened.
 struct Stage {
-    chain: EmbeddedChain,
+    chain: Shared<EmbeddedChain>,
     cast: Cast,
     mint: MintRef,
     client_tokens: Pubkey,
@@ -277,7 +320,12 @@ struct Stage {
 /// The embedded chain with the program, the deployment (the shared bootstrap:
 /// `tally_client::bootstrap`), and the client's jobs, priced like inference and
 /// bound to the model served.
-fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, CliError> {
+fn set_up(
+    args: &DemoArgs,
+    upstream: &Upstream,
+    quorum: Option<&quorum::QuorumCast>,
+    quiet: bool,
+) -> Result<Stage, CliError> {
     let program = args
         .program
         .clone()
@@ -287,7 +335,8 @@ fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, Cl
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1_795_564_800, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-    chain.set_time(start);
+    // With a quorum, a term the cast's oracle leads.
+    chain.set_time(quorum.map_or(start, |q| q.leading_time(start)));
     step(
         quiet,
         &format!(
@@ -299,13 +348,28 @@ fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, Cl
     chain.airdrop(&deployer.pubkey(), 1_000_000_000_000)?;
     let cast = Cast::new();
     cast.fund(&mut chain, &deployer, 100_000_000_000)?;
-    let settings = cast.settings(FEE_BPS, CHALLENGE_WINDOW, GRACE);
+    let mut settings = cast.settings(FEE_BPS, CHALLENGE_WINDOW, GRACE);
+    if let Some(quorum) = quorum {
+        settings = quorum.settings(settings);
+    }
     let mint = bootstrap::configure(&mut chain, &deployer, &cast, settings)?;
+    let oracles = match quorum {
+        Some(q) => {
+            q.register_gateway(&mut chain, &cast)?;
+            format!(
+                "{}-of-{} oracles (leading: {}), gateway key {} registered by the operator",
+                q.threshold,
+                q.others.len() + 1,
+                cast.oracle.pubkey(),
+                q.gateway_key.pubkey()
+            )
+        }
+        None => format!("oracle {}", cast.oracle.pubkey()),
+    };
     step(
         quiet,
         &format!(
-            "deployment configured: fee {FEE_BPS} bps, oracle {}, operator {}",
-            cast.oracle.pubkey(),
+            "deployment configured: fee {FEE_BPS} bps, {oracles}, operator {}",
             cast.operator.pubkey()
         ),
     );
@@ -337,7 +401,7 @@ fn set_up(args: &DemoArgs, upstream: &Upstream, quiet: bool) -> Result<Stage, Cl
         ),
     );
     Ok(Stage {
-        chain,
+        chain: Shared::new(chain),
         cast,
         mint,
         client_tokens,
@@ -362,16 +426,11 @@ fn serve(
     args: &DemoArgs,
     stage: &Stage,
     upstream: &Upstream,
+    (runtime, dir): (&tokio::runtime::Runtime, &std::path::Path),
+    oracles: Option<&Oracles>,
     quiet: bool,
 ) -> Result<Served, CliError> {
-    let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(CliError::io("create the demo directory"))?;
     let store_path = dir.join("oracle.db");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(CliError::io("start the async runtime"))?;
     let jobs = &stage.jobs;
     let api_keys: HashMap<String, String> = jobs
         .iter()
@@ -405,6 +464,18 @@ fn serve(
                 .map_err(CliError::io("listen on 127.0.0.1"))?
         );
         tokio::spawn(gateway.serve(listener));
+        if let Some(oracles) = oracles {
+            let forwarder =
+                oracles
+                    .members
+                    .forwarder(&store_path, oracles.cast, Arc::clone(&clock))?;
+            // Sends until the demo's runtime ends (the task keeps its stop signal).
+            let (stopper, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _stopper = stopper;
+                forwarder.forward_until(stop).await
+            });
+        }
         let (served, last_completion) =
             send_requests(&url, args.requests, jobs.len(), upstream, quiet).await?;
         // Streams commit when they end: wait until every request is in the store.
@@ -413,6 +484,9 @@ fn serve(
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Some(oracles) = oracles {
+            oracles.members.wait_for_records(served).await?;
         }
         Ok::<_, CliError>((url, served, last_completion))
     })?;
@@ -423,6 +497,15 @@ fn serve(
             upstream.describe()
         ),
     );
+    if let Some(oracles) = oracles {
+        step(
+            quiet,
+            &format!(
+                "the gateway signed each record and sent it to the {} other oracles; each checked the signature against the operator's node keys on chain and holds all {requests}",
+                oracles.cast.others.len()
+            ),
+        );
+    }
     Ok(Served {
         store_path,
         invoices_dir: dir.join("invoices"),
@@ -483,6 +566,10 @@ async fn send_requests(
 struct Settled {
     /// Records in the store (every request metered).
     records: u64,
+    /// With `--oracles`: the records each other oracle's store holds.
+    held: Option<Vec<u64>>,
+    /// With `--oracles`: the set, the threshold and `held`, for the summary.
+    quorum: Option<Value>,
     metered_units: u64,
     /// Each job's usage at its prices, input and output tokens apart, each job's
     /// total rounded once (the payout rule).
@@ -491,14 +578,25 @@ struct Settled {
 }
 
 /// The oracle's batcher settles cumulative receipts in one round.
-fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, CliError> {
-    let batcher = Batcher::new(
+fn settle(
+    stage: &mut Stage,
+    served: &Served,
+    oracles: Option<&Oracles>,
+    quiet: bool,
+) -> Result<Settled, CliError> {
+    let mut batcher = Batcher::new(
         Store::open(&served.store_path)?,
         stage.cast.oracle.insecure_clone(),
         Arc::clone(&served.clock),
     )
     .with_invoices_dir(served.invoices_dir.clone());
-    stage.chain.advance(5);
+    if let Some(oracles) = oracles {
+        // The leader asks the others to co-sign, over HTTP.
+        batcher = batcher.with_quorum(tally_oracle::quorum::Quorum::new(
+            &oracles.members.leader_settings(),
+        )?);
+    }
+    stage.chain.lock().advance(5);
     let report = batcher.run_round(&mut stage.chain)?;
     // From the last request's completion to its usage confirmed on-chain (the oracle
     // runs its round as soon as the records are in; a deployment adds its interval).
@@ -521,14 +619,33 @@ fn settle(stage: &mut Stage, served: &Served, quiet: bool) -> Result<Settled, Cl
     for usage in per_job.values() {
         owed += tally_client::amount_owed(PRICES, *usage).map_err(ChainError::from)?;
     }
+    let held = oracles.map(|o| o.members.records()).transpose()?;
+    let signed = oracles.map_or_else(
+        || "oracle settled".to_string(),
+        |o| {
+            format!(
+                "oracles settled ({} signatures each: the leader's and co-signers' who found every invoice line in their own stores)",
+                o.cast.threshold
+            )
+        },
+    );
     step(
         quiet,
         &format!(
-            "oracle settled {} receipts ({metered_units} tokens) on-chain",
+            "{signed} {} receipts ({metered_units} tokens) on-chain",
             report.confirmed
         ),
     );
+    let quorum = oracles.map(|o| {
+        json!({
+            "oracles": o.cast.others.len() + 1,
+            "threshold": o.cast.threshold,
+            "records_held_by_the_others": held,
+        })
+    });
     Ok(Settled {
+        quorum,
+        held,
         records: batcher.store.record_count()?,
         metered_units,
         owed,
@@ -545,15 +662,20 @@ struct Ended {
 /// Each served job completes with its final receipt (the rest of its escrow goes
 /// back); the operator claims once the challenge window has passed; the stalled job
 /// expires and anyone refunds it.
-fn end_jobs(stage: &mut Stage, quiet: bool) -> Result<Ended, CliError> {
+fn end_jobs(
+    stage: &mut Stage,
+    quorum: Option<&quorum::QuorumCast>,
+    quiet: bool,
+) -> Result<Ended, CliError> {
     let Stage {
         chain, cast, mint, ..
     } = stage;
+    let attesters = quorum.map_or_else(|| vec![&cast.oracle], |q| q.attesters(&cast.oracle));
     let mut refunded = 0u64;
     for job in &stage.jobs {
         let (refund, _) = bootstrap::complete_settled(
             chain,
-            &cast.oracle,
+            &attesters,
             &cast.operator.pubkey(),
             *mint,
             stage.client_tokens,
@@ -568,10 +690,10 @@ fn end_jobs(stage: &mut Stage, quiet: bool) -> Result<Ended, CliError> {
             stage.jobs.len()
         ),
     );
-    chain.advance(2 * i64::from(CHALLENGE_WINDOW) + 1);
+    chain.lock().advance(2 * i64::from(CHALLENGE_WINDOW) + 1);
     let claimed = ops::claim(chain, &cast.operator, &mint.mint)?;
     step(quiet, &format!("operator claimed {claimed}"));
-    chain.advance(3_600 + i64::from(GRACE) + 1);
+    chain.lock().advance(3_600 + i64::from(GRACE) + 1);
     let expired_refund = ops::expire_job(chain, &cast.treasury, &stage.stalled)?;
     refunded += expired_refund;
     step(
@@ -624,6 +746,12 @@ fn reconcile(
         ("refunds = escrow − paid", ended.refunded == funding - gross),
         ("vault holds only unwithdrawn fees", vault_left == fees),
     ];
+    if let Some(held) = &settled.held {
+        checks.push((
+            "every oracle's own store holds every record",
+            held.iter().all(|n| *n == served.requests),
+        ));
+    }
     if let Some(tokens) = upstream.served_tokens() {
         // The model's own counter (its /metrics) agrees with the oracle's metering.
         checks.push((
@@ -654,5 +782,6 @@ fn reconcile(
         "claimed": claimed,
         "reconciled": reconciled,
         "completion_to_settled_ms": (settled.completion_to_settled_ms * 100.0).round() / 100.0,
+        "quorum": settled.quorum,
     }))
 }
