@@ -86,7 +86,7 @@ fn wallet(validator: &LocalValidator, sol: u64) -> Keypair {
 /// The crash tests run one at a time: each starts its own validator and oracle
 /// processes, and two at once on a 2-core machine slow every confirmation past what
 /// the tests measure.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(super) static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The kill schedule's seed: `TALLY_CRASH_SEED`, else the clock's (printed).
 fn seed(what: &str) -> u64 {
@@ -159,7 +159,7 @@ fn open_sol_jobs(
 
 /// `count` signed reports spread over `jobs`: (job index, tokens, body) each, and the
 /// tokens each job should settle.
-fn report_bodies(
+pub(super) fn report_bodies(
     jobs: &[Pubkey],
     node: &SigningKey,
     now: i64,
@@ -493,6 +493,151 @@ const QUORUM_REPORTS: u64 = 300;
 /// Its leadership term: short, so leadership moves many times in a run.
 const QUORUM_TERM_SECS: u64 = 4;
 
+/// Three real `tally-oracle` processes of a 2-of-3 set on solana-test-validator, each
+/// with its own store, config and log: one operator with a node key, a client with
+/// SOL jobs.
+pub(super) struct QuorumProcesses {
+    pub dir: std::path::PathBuf,
+    pub chain: RpcChain,
+    pub jobs: Vec<Pubkey>,
+    pub node: SigningKey,
+    /// Chain time when the jobs opened (reports finish then).
+    pub now: i64,
+    configs: Vec<std::path::PathBuf>,
+    pub logs: Vec<std::path::PathBuf>,
+    pub admin_ports: Vec<u16>,
+    pub report_ports: Vec<u16>,
+    processes: Vec<Option<Child>>,
+}
+
+impl QuorumProcesses {
+    /// Deploys the set and writes each oracle's config (fixed ports: restarts keep
+    /// them); starts nothing.
+    pub fn deploy(validator: &LocalValidator, name: &str, term_secs: u64, jobs: u64) -> Self {
+        let dir = super::temp_dir(name);
+        let mut chain = validator.chain();
+        let oracles: Vec<Keypair> = (0..3).map(|_| wallet(validator, 10)).collect();
+        let admin = &validator.payer;
+        let mut deployment =
+            tally_tests::validator::test_deployment(&admin.pubkey(), &oracles[0].pubkey());
+        deployment.settings.oracles = oracles.iter().map(Signer::pubkey).collect();
+        deployment.settings.oracle_threshold = 2;
+        migrate(&mut chain, admin, &deployment).unwrap();
+        let node = SigningKey::from_bytes(&[43; 32]);
+        let operator = operator_with_node(validator, &mut chain, &node);
+        let client = wallet(validator, 5);
+        ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
+        let now = chain.clock().unwrap().unix_timestamp;
+        let jobs = open_sol_jobs(&mut chain, &client, &operator.pubkey(), 0..jobs);
+        let admin_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let report_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let keys: Vec<Pubkey> = oracles.iter().map(Signer::pubkey).collect();
+        let configs = (0..3)
+            .map(|i| {
+                let keypair_path = dir.join(format!("oracle-{i}.json"));
+                write_keypair(&keypair_path, &oracles[i]);
+                let config = dir.join(format!("oracle-{i}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "url = \"{}\"\nkeypair = \"{}\"\nstore = \"{}\"\ninvoices_dir = \"\"\n\
+                         [batch]\ninterval_secs = 0.25\nmax_records = 100\nmax_backoff_secs = 2\n\
+                         [admin]\nlisten = \"127.0.0.1:{}\"\n\
+                         [node_reports]\nlisten = \"127.0.0.1:{}\"\n\
+                         [quorum]\npeers = {}\nterm_secs = {term_secs}\nsignature_secs = 10\n",
+                        validator.rpc_url,
+                        keypair_path.display(),
+                        dir.join(format!("oracle-{i}.db")).display(),
+                        admin_ports[i],
+                        report_ports[i],
+                        peers_toml(&keys, &admin_ports, i)
+                    ),
+                )
+                .unwrap();
+                config
+            })
+            .collect();
+        let logs = (0..3)
+            .map(|i| dir.join(format!("oracle-{i}.log")))
+            .collect();
+        Self {
+            dir,
+            chain,
+            jobs,
+            node,
+            now,
+            configs,
+            logs,
+            admin_ports,
+            report_ports,
+            processes: vec![None, None, None],
+        }
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        self.processes[i] = Some(spawn_oracle(&self.configs[i], &self.logs[i]));
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self, i: usize) {
+        let mut process = self.processes[i].take().expect("running");
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
+
+    /// SIGTERM: the oracle stops as it should (settles what it accepted, exits 0).
+    pub fn terminate(&mut self, i: usize) {
+        let mut process = self.processes[i].take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = process.wait().unwrap();
+        assert!(
+            exit.success(),
+            "oracle {i} exited {exit}; log: {}",
+            self.logs[i].display()
+        );
+    }
+
+    pub fn terminate_all(&mut self) {
+        for i in 0..3 {
+            if self.processes[i].is_some() {
+                self.terminate(i);
+            }
+        }
+    }
+
+    pub fn store(&self, i: usize) -> Store {
+        Store::open(&self.dir.join(format!("oracle-{i}.db"))).unwrap()
+    }
+
+    /// Units each job settled on chain.
+    pub fn settled(&self) -> Vec<u64> {
+        self.jobs
+            .iter()
+            .map(|j| ops::job(&self.chain, j).unwrap().settled_units)
+            .collect()
+    }
+
+    /// Waits (`secs` at most) until the jobs settled `expected`; the last reading.
+    pub fn wait_settled(&self, expected: &[u64], secs: u64) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let settled = self.settled();
+            if settled == expected || Instant::now() > deadline {
+                return settled;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn report_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}/v1/reports", self.report_ports[i])
+    }
+}
+
 /// The crash test for a 2-of-3 quorum: three real `tally-oracle` processes, each with
 /// its own store, on solana-test-validator; every signed report posted to all three;
 /// one of them (often the leader of the moment, mid-round) killed with SIGKILL at
@@ -511,63 +656,11 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
     };
     let seed = seed("quorum crash test");
     let mut rng = Rng(seed);
-    let dir = super::temp_dir("quorum-crash");
-    let mut chain = validator.chain();
-
-    // A 2-of-3 deployment, one operator with a node key, a client with JOBS jobs.
-    let oracles: Vec<Keypair> = (0..3).map(|_| wallet(&validator, 10)).collect();
-    let admin = &validator.payer;
-    let mut deployment =
-        tally_tests::validator::test_deployment(&admin.pubkey(), &oracles[0].pubkey());
-    deployment.settings.oracles = oracles.iter().map(Signer::pubkey).collect();
-    deployment.settings.oracle_threshold = 2;
-    migrate(&mut chain, admin, &deployment).unwrap();
-    let node = SigningKey::from_bytes(&[43; 32]);
-    let operator = operator_with_node(&validator, &mut chain, &node);
-    let client = wallet(&validator, 5);
-    ops::wrap_sol(&mut chain, &client, 1_000_000_000).unwrap();
-    let now = chain.clock().unwrap().unix_timestamp;
-    let jobs = open_sol_jobs(&mut chain, &client, &operator.pubkey(), 0..JOBS);
-
-    // Each oracle's config: fixed ports (restarts keep them), its peers' admin URLs.
-    let admin_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
-    let report_ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
-    let configs: Vec<std::path::PathBuf> = (0..3)
-        .map(|i| {
-            let keypair_path = dir.join(format!("oracle-{i}.json"));
-            write_keypair(&keypair_path, &oracles[i]);
-            let keys: Vec<Pubkey> = oracles.iter().map(Signer::pubkey).collect();
-            let config = dir.join(format!("oracle-{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "url = \"{}\"\nkeypair = \"{}\"\nstore = \"{}\"\ninvoices_dir = \"\"\n\
-                     [batch]\ninterval_secs = 0.25\nmax_records = 100\nmax_backoff_secs = 2\n\
-                     [admin]\nlisten = \"127.0.0.1:{}\"\n\
-                     [node_reports]\nlisten = \"127.0.0.1:{}\"\n\
-                     [quorum]\npeers = {}\nterm_secs = {QUORUM_TERM_SECS}\nsignature_secs = 10\n",
-                    validator.rpc_url,
-                    keypair_path.display(),
-                    dir.join(format!("oracle-{i}.db")).display(),
-                    admin_ports[i],
-                    report_ports[i],
-                    peers_toml(&keys, &admin_ports, i)
-                ),
-            )
-            .unwrap();
-            config
-        })
-        .collect();
-    let logs: Vec<std::path::PathBuf> = (0..3)
-        .map(|i| dir.join(format!("oracle-{i}.log")))
-        .collect();
+    let mut q = QuorumProcesses::deploy(&validator, "quorum-crash", QUORUM_TERM_SECS, JOBS);
 
     // The worker: every report to every oracle, each retried until that one answers.
-    let (bodies, expected) = report_bodies(&jobs, &node, now, "q-req", QUORUM_REPORTS);
-    let urls: Vec<String> = report_ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/v1/reports"))
-        .collect();
+    let (bodies, expected) = report_bodies(&q.jobs, &q.node, q.now, "q-req", QUORUM_REPORTS);
+    let urls: Vec<String> = (0..3).map(|i| q.report_url(i)).collect();
     let worker = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -600,9 +693,9 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
     });
 
     // The killer: SIGKILL one oracle at random points until the worker is done.
-    let mut processes: Vec<Child> = (0..3)
-        .map(|i| spawn_oracle(&configs[i], &logs[i]))
-        .collect();
+    for i in 0..3 {
+        q.spawn(i);
+    }
     let mut kills = 0u32;
     let started = Instant::now();
     while !worker.is_finished() {
@@ -611,54 +704,32 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
             break;
         }
         let victim = usize::try_from(rng.between(0, 3)).unwrap();
-        processes[victim].kill().unwrap(); // SIGKILL
-        processes[victim].wait().unwrap();
+        q.kill(victim);
         kills += 1;
         std::thread::sleep(Duration::from_millis(rng.between(0, 600)));
-        processes[victim] = spawn_oracle(&configs[victim], &logs[victim]);
+        q.spawn(victim);
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "the worker never finished; logs in {}",
-            dir.display()
+            q.dir.display()
         );
     }
     worker.join().unwrap();
     assert!(kills >= 3, "only {kills} kills: the run was too short");
 
     // All three up: the quorum settles everything, leadership moving on.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let settled = |chain: &tally_client::chain::RpcChain| -> Vec<u64> {
-        jobs.iter()
-            .map(|j| ops::job(chain, j).unwrap().settled_units)
-            .collect()
-    };
-    while settled(&chain) != expected && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    for process in &processes {
-        let status = Command::new("kill")
-            .args(["-TERM", &process.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    for (i, mut process) in processes.into_iter().enumerate() {
-        let exit = process.wait().unwrap();
-        assert!(
-            exit.success(),
-            "oracle {i} exited {exit}; log: {}",
-            logs[i].display()
-        );
-    }
+    q.wait_settled(&expected, 180);
+    q.terminate_all();
     assert_eq!(
-        settled(&chain),
+        q.settled(),
         expected,
         "settled on-chain vs reported (seed {seed}; logs in {})",
-        dir.display()
+        q.dir.display()
     );
     for i in 0..3 {
-        let store = Store::open(&dir.join(format!("oracle-{i}.db"))).unwrap();
-        let records: usize = jobs
+        let store = q.store(i);
+        let records: usize = q
+            .jobs
             .iter()
             .map(|job| store.records_after(&job.to_string(), 0).unwrap().len())
             .sum();

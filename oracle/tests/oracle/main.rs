@@ -17,6 +17,7 @@ mod gateway_billing;
 mod migration;
 mod postgres;
 mod quorum;
+mod quorum_validator;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-oracle-{name}-{}", std::process::id()));
