@@ -32,6 +32,55 @@ fn only_the_upgrade_authority_can_initialize() {
     assert!(!env.exists(&pda::config()));
 }
 
+/// `initialize_config` reads the program's ProgramData by hand (no bincode in the
+/// program): a forged one, one the program does not name, or an immutable program
+/// are all refused, as the upgrade authority is.
+#[test]
+fn a_forged_or_substituted_program_data_cannot_initialize() {
+    let real = pda::program_data();
+    let with = |mutate: &dyn Fn(&mut solana_account::Account) -> tally_client::Pubkey| {
+        let mut env = TestEnv::new();
+        let admin = env.deployer.insecure_clone();
+        let mut account = env.chain.svm.get_account(&real).expect("the ProgramData");
+        let address = mutate(&mut account);
+        env.chain.svm.set_account(address, account).unwrap();
+        let mut instruction = ix::initialize_config(admin.pubkey(), init_args(&Keypair::new()));
+        instruction.accounts[3].pubkey = address;
+        let result = env.send(&[instruction], &[&admin]);
+        (result, env)
+    };
+    // A copy of the real one (the admin as authority) at another address, owned by
+    // the loader: not the ProgramData the program names.
+    let (result, env) = with(&|_| Keypair::new().pubkey());
+    expect_error(result, TallyError::NotUpgradeAuthority);
+    assert!(!env.exists(&pda::config()));
+    // The same bytes owned by another program.
+    let (result, _) = with(&|account| {
+        account.owner = tally::ID;
+        real
+    });
+    expect_error(result, TallyError::NotUpgradeAuthority);
+    // An immutable program (no upgrade authority): nobody initializes it.
+    let (result, _) = with(&|account| {
+        account.data[12] = 0;
+        real
+    });
+    expect_error(result, TallyError::NotUpgradeAuthority);
+    // Not ProgramData at all (a Buffer's tag) with the admin's key where the
+    // authority would be.
+    let (result, _) = with(&|account| {
+        account.data[..4].copy_from_slice(&1u32.to_le_bytes());
+        real
+    });
+    expect_error(result, TallyError::NotUpgradeAuthority);
+    // Cut short before the authority.
+    let (result, _) = with(&|account| {
+        account.data.truncate(20);
+        real
+    });
+    expect_error(result, TallyError::NotUpgradeAuthority);
+}
+
 #[test]
 fn config_cannot_be_initialized_twice() {
     let mut world = World::builder().build();

@@ -14,7 +14,7 @@ const CEILINGS: &[(&str, u64)] = &[
     ("open_job", 48000),
     ("top_up", 18000),
     ("open_ledgers (creates both)", 26000),
-    ("settle (1 receipt)", 14000),
+    ("settle (1 receipt)", 15500),
     ("settle (8 receipts)", 31500),
     ("settle_relayed (1 receipt)", 16500),
     ("complete_job", 27500),

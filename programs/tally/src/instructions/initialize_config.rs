@@ -1,4 +1,5 @@
 use anchor_lang::prelude::*;
+use anchor_lang::solana_program::bpf_loader_upgradeable;
 
 use crate::errors::TallyError;
 use crate::events::ConfigInitialized;
@@ -17,6 +18,35 @@ pub struct InitializeConfigArgs {
     pub oracle_threshold: u8,
 }
 
+/// The upgradeable loader's states are bincode: a u32 variant tag, then the fields.
+/// Read by hand, the few bytes needed here do not pull bincode's serde machinery
+/// (and its float formatting, ~80 KB of code) into the program.
+const LOADER_PROGRAM: u32 = 2;
+const LOADER_PROGRAM_DATA: u32 = 3;
+
+fn loader_tag(data: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(..4)?.try_into().ok()?))
+}
+
+fn pubkey_at(data: &[u8], at: usize) -> Option<Pubkey> {
+    let bytes: [u8; 32] = data.get(at..)?.get(..32)?.try_into().ok()?;
+    Some(Pubkey::new_from_array(bytes))
+}
+
+/// `Program { programdata_address }`: the address of the program's ProgramData.
+fn programdata_address(program: &[u8]) -> Option<Pubkey> {
+    (loader_tag(program)? == LOADER_PROGRAM).then(|| pubkey_at(program, 4))?
+}
+
+/// `ProgramData { slot: u64, upgrade_authority_address: Option<Pubkey> }`: the
+/// authority, `None` when the program is immutable (or the data is not ProgramData).
+fn upgrade_authority(program_data: &[u8]) -> Option<Pubkey> {
+    if loader_tag(program_data)? != LOADER_PROGRAM_DATA || *program_data.get(12)? != 1 {
+        return None;
+    }
+    pubkey_at(program_data, 13)
+}
+
 #[derive(Accounts)]
 pub struct InitializeConfig<'info> {
     /// The program's upgrade authority: only the deployer may create the config, so
@@ -25,10 +55,15 @@ pub struct InitializeConfig<'info> {
     pub admin: Signer<'info>,
     #[account(init, payer = admin, space = 8 + Config::INIT_SPACE, seeds = [seeds::CONFIG], bump)]
     pub config: Account<'info, Config>,
-    #[account(constraint = program.programdata_address()? == Some(program_data.key()) @ TallyError::NotUpgradeAuthority)]
+    #[account(constraint = programdata_address(&program.try_borrow_data()?) == Some(program_data.key()) @ TallyError::NotUpgradeAuthority)]
     pub program: Program<'info, Tally>,
-    #[account(constraint = program_data.upgrade_authority_address == Some(admin.key()) @ TallyError::NotUpgradeAuthority)]
-    pub program_data: Account<'info, ProgramData>,
+    /// This program's ProgramData, whose upgrade authority must be `admin`.
+    /// CHECK: owned by the upgradeable loader, named by `program`, read by hand.
+    #[account(
+        owner = bpf_loader_upgradeable::ID @ TallyError::NotUpgradeAuthority,
+        constraint = upgrade_authority(&program_data.try_borrow_data()?) == Some(admin.key()) @ TallyError::NotUpgradeAuthority,
+    )]
+    pub program_data: UncheckedAccount<'info>,
     pub system_program: Program<'info, System>,
 }
 
