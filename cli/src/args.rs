@@ -39,6 +39,21 @@ pub struct GlobalArgs {
     /// Priority fee in micro-lamports per compute unit
     #[arg(long, global = true, default_value_t = 0)]
     pub priority_fee: u64,
+    /// Type and print amounts in the mint's base units (integers: lamports for SOL)
+    /// instead of tokens with its decimals
+    #[arg(long, global = true)]
+    pub base_units: bool,
+}
+
+impl GlobalArgs {
+    /// How amounts are typed and printed.
+    pub fn units(&self) -> crate::money::Units {
+        if self.base_units {
+            crate::money::Units::Base
+        } else {
+            crate::money::Units::Tokens
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,18 +87,36 @@ pub enum ChainCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// Open a job and escrow what its units cost from your token account
+    /// Open a job and escrow what its units cost from your token account (in SOL:
+    /// wrapped from your wallet)
     ///
-    /// Prices are in the mint's base units per million units, as inference APIs quote
-    /// them: $0.15 / 1M input and $0.60 / 1M output tokens in USDC (6 decimals) is
-    /// `--input-price 150000 --output-price 600000`.
+    /// Prices are in tokens of the mint per million units, as inference APIs quote
+    /// them: $0.15 / 1M input and $0.60 / 1M output tokens in USDC is
+    /// `--input-price 0.15 --output-price 0.6`. Escrow either `--units` or a `--budget`.
     Open(OpenArgs),
-    /// Add to a job's escrow
-    TopUp { job: Pubkey, amount: u64 },
-    /// Cancel a job with no usage yet: full refund
-    Cancel { job: Pubkey },
+    /// Add to a job's escrow (in SOL: wrapped from your wallet)
+    TopUp {
+        job: Pubkey,
+        /// In tokens of the job's mint (base units with --base-units)
+        amount: String,
+    },
+    /// Cancel a job with no usage yet: full refund (in SOL: unwrapped to your wallet)
+    Cancel {
+        job: Pubkey,
+        #[command(flatten)]
+        sol: SolOut,
+    },
     /// Show a job
     Status { job: Pubkey },
+    /// Follow a job live until it ends: units, spend, escrow left and when it runs
+    /// out, a line per change (an account subscription on the cluster's websocket)
+    Watch {
+        job: Pubkey,
+        /// The cluster's websocket [default: the RPC URL's, as the Solana CLI
+        /// derives it: ws(s)://, next port]
+        #[arg(long)]
+        ws: Option<String>,
+    },
     /// List jobs (yours by default)
     List {
         /// List every client's jobs, not only yours
@@ -93,8 +126,13 @@ pub enum JobCommand {
         #[arg(long)]
         operator: Option<Pubkey>,
     },
-    /// Refund a job past its deadline and grace (anyone may)
-    Expire { job: Pubkey },
+    /// Refund a job past its deadline and grace (anyone may; in SOL, unwrapped when
+    /// its client expires it)
+    Expire {
+        job: Pubkey,
+        #[command(flatten)]
+        sol: SolOut,
+    },
     /// Close an ended job once its client can no longer dispute it: rent back to the
     /// client (anyone may)
     Close { job: Pubkey },
@@ -105,9 +143,10 @@ pub enum JobCommand {
         /// How long the key works: 90s, 30m, 12h, 7d (the chain's clock)
         #[arg(long, default_value = "7d", value_parser = parse_duration_secs)]
         expires_in: i64,
-        /// Most the key may spend, in the mint's base units [default: up to the escrow]
+        /// Most the key may spend, in tokens of the job's mint [default: up to the
+        /// escrow]
         #[arg(long)]
-        limit: Option<u64>,
+        limit: Option<String>,
     },
 }
 
@@ -138,6 +177,26 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("`{text}` is not a positive duration (e.g. 7d)"))
 }
 
+/// What becomes of a refund or claim paid in wrapped SOL.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct SolOut {
+    /// Keep a payment in wrapped SOL as wSOL tokens instead of unwrapping it into
+    /// your wallet (unwrapping closes your wSOL account: wSOL already in it comes
+    /// back as SOL too)
+    #[arg(long)]
+    pub no_unwrap: bool,
+}
+
+impl SolOut {
+    pub fn wrapped(self) -> tally_client::ops::WrappedSol {
+        if self.no_unwrap {
+            tally_client::ops::WrappedSol::Keep
+        } else {
+            tally_client::ops::WrappedSol::Unwrap
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UnitKindArg {
     Tokens,
@@ -152,8 +211,12 @@ pub enum OperatorCommand {
     Register(OperatorFields),
     /// Change your payout owner and node keys
     Update(OperatorFields),
-    /// Claim everything matured, in every mint you have earnings in
-    Claim,
+    /// Claim everything matured, in every mint you have earnings in (in SOL:
+    /// unwrapped to your wallet when you are your own payout owner)
+    Claim {
+        #[command(flatten)]
+        sol: SolOut,
+    },
     /// Show earnings per mint
     Earnings {
         /// Operator authority [default: your keypair]
@@ -323,7 +386,7 @@ impl ChainCommand {
     /// does). Such commands run without a keypair file.
     pub fn reads_only(&self) -> bool {
         match self {
-            ChainCommand::Job(JobCommand::Status { .. })
+            ChainCommand::Job(JobCommand::Status { .. } | JobCommand::Watch { .. })
             | ChainCommand::Admin(AdminCommand::Config(ConfigCommand::Show))
             | ChainCommand::Revenue { .. } => true,
             ChainCommand::Job(JobCommand::List { all, operator }) => *all || operator.is_some(),
@@ -339,23 +402,29 @@ pub struct OpenArgs {
     /// The operator's authority (its wallet)
     #[arg(long)]
     pub operator: Pubkey,
+    /// The mint to pay in (So11111111111111111111111111111111111111112: SOL, wrapped
+    /// for you)
     #[arg(long)]
     pub mint: Pubkey,
     /// Price per million input (prompt) tokens, or per million units of another
-    /// kind, in the mint's base units
-    #[arg(long)]
-    pub input_price: u64,
+    /// kind, in tokens of the mint (base units with --base-units)
+    #[arg(long, visible_alias = "price")]
+    pub input_price: String,
     /// Price per million output (completion) tokens [default: the input price for
     /// tokens; other kinds have no output price]
     #[arg(long)]
-    pub output_price: Option<u64>,
+    pub output_price: Option<String>,
     /// The model the job pays for, as the inference server names it (the gateway
     /// refuses requests for any other) [default: any model]
     #[arg(long)]
     pub model: Option<String>,
     /// Units to escrow for (the deposit prices them all at the higher price)
-    #[arg(long)]
-    pub units: u64,
+    #[arg(long, required_unless_present = "budget")]
+    pub units: Option<u64>,
+    /// Or: the most to escrow, in tokens of the mint; the job escrows as many units as
+    /// it buys at the higher price
+    #[arg(long, conflicts_with = "units")]
+    pub budget: Option<String>,
     /// Job id: ids only go up and are never reused [default: the current Unix
     /// time, or your next free id if higher]
     #[arg(long)]
@@ -366,9 +435,9 @@ pub struct OpenArgs {
     /// What a unit is
     #[arg(long, value_enum, default_value_t = UnitKindArg::Tokens)]
     pub kind: UnitKindArg,
-    /// Most the job may be billed per hour (0 = no cap)
-    #[arg(long, default_value_t = 0)]
-    pub spend_cap: u64,
+    /// Most the job may be billed per hour, in tokens of the mint [default: no cap]
+    #[arg(long)]
+    pub spend_cap: Option<String>,
 }
 
 /// `admin init`'s settings.

@@ -42,6 +42,9 @@ pub enum CliError {
     /// The demo cannot run as asked.
     #[error("demo: {0}")]
     Demo(String),
+    /// `job watch` lost or was refused its subscription.
+    #[error("job watch: {0}")]
+    Watch(String),
     /// The demo's settlement round failed receipts.
     #[error("settlement failed: {0:?}")]
     Settlement(Vec<String>),

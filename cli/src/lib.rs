@@ -12,10 +12,13 @@ mod command;
 pub mod demo;
 pub mod error;
 mod invoice;
+pub mod money;
 pub mod output;
+mod progress;
+pub mod watch;
 
 pub use args::{ChainCommand, Cli, Command, GlobalArgs, InvoiceCommand, OutputFormat};
-pub use command::execute;
+pub use command::{execute, execute_in};
 pub use error::CliError;
 pub use output::Output;
 
@@ -91,14 +94,19 @@ fn run_demo(args: &demo::DemoArgs, format: OutputFormat) -> Result<bool, CliErro
 /// A chain command over RPC, signed by the resolved keypair.
 fn run_chain(command: &ChainCommand, global: &GlobalArgs) -> Result<bool, CliError> {
     let Resolved { url, keypair } = resolve_globals(global)?;
+    if let ChainCommand::Job(args::JobCommand::Watch { job, ws }) = command {
+        return watch::run(&url, ws.as_deref(), job, global.units(), global.output);
+    }
     // Reading the chain needs no signer: a read-only command runs without a keypair
     // file (a throwaway key stands in; such commands never use it).
     let signer = match read_keypair(&keypair) {
         Err(_) if command.reads_only() && !keypair.exists() => Keypair::new(),
         read => read?,
     };
-    let mut chain = RpcChain::new(&url).with_priority_fee(global.priority_fee);
-    let output = execute(command, &mut chain, &signer)?;
+    let mut chain = RpcChain::new(&url)
+        .with_priority_fee(global.priority_fee)
+        .with_progress(progress::to_stderr());
+    let output = execute_in(command, global.units(), &mut chain, &signer)?;
     println!("{}", output.render(global.output));
     Ok(true)
 }

@@ -3,6 +3,7 @@ use serde::Serialize;
 use tally_client::ops;
 
 use crate::args::OutputFormat;
+use crate::money::Money;
 
 /// What a command produced: a JSON value and a human table of the same data.
 #[derive(Debug, Clone)]
@@ -66,20 +67,25 @@ pub(crate) fn key_value(pairs: &[(&str, String)]) -> String {
         .join("\n")
 }
 
-/// A job's prices in words: base units of its mint per million units.
-fn price_text(view: &ops::JobView) -> String {
+/// A job's prices in words: its mint per million units.
+fn price_text(view: &ops::JobView, money: &Money) -> String {
     let job = &view.job;
     if view.is_tokens() {
         format!(
             "{} per 1M input tokens, {} per 1M output tokens",
-            job.input_price, job.output_price
+            money.show(job.input_price),
+            money.show(job.output_price)
         )
     } else {
-        format!("{} per 1M {}", job.input_price, view.unit_kind_label())
+        format!(
+            "{} per 1M {}",
+            money.show(job.input_price),
+            view.unit_kind_label()
+        )
     }
 }
 
-pub(crate) fn job_table(view: &ops::JobView) -> String {
+pub(crate) fn job_table(view: &ops::JobView, money: &Money) -> String {
     let job = &view.job;
     key_value(&[
         ("job", view.address.to_string()),
@@ -89,10 +95,10 @@ pub(crate) fn job_table(view: &ops::JobView) -> String {
         ("operator", job.operator.to_string()),
         ("mint", job.mint.to_string()),
         ("unit", view.unit_kind_label().to_string()),
-        ("price", price_text(view)),
+        ("price", price_text(view, money)),
         ("model", tally_client::model_label(&job.model)),
-        ("deposited", job.deposited.to_string()),
-        ("escrow left", job.escrow_left.to_string()),
+        ("deposited", money.show(job.deposited)),
+        ("escrow left", money.show(job.escrow_left)),
         (
             "settled units",
             if view.is_tokens() {
@@ -101,23 +107,23 @@ pub(crate) fn job_table(view: &ops::JobView) -> String {
                 job.settled_units.to_string()
             },
         ),
-        ("settled gross", job.settled_gross.to_string()),
+        ("settled gross", money.show(job.settled_gross)),
         ("receipts", job.receipts.to_string()),
         ("deadline", job.deadline.to_string()),
-        ("disputed", job.disputed_amount.to_string()),
+        ("disputed", money.show(job.disputed_amount)),
     ])
 }
 
 /// The per-day revenue table (`tally revenue`, `tally demo`).
-pub fn revenue_table(days: &[ops::RevenueView]) -> String {
+pub fn revenue_table(days: &[ops::RevenueView], money: &Money) -> String {
     let rows: Vec<Vec<String>> = days
         .iter()
         .map(|d| {
             vec![
                 d.date.clone(),
-                d.gross.to_string(),
-                d.fees.to_string(),
-                d.operator_net.to_string(),
+                money.show(d.gross),
+                money.show(d.fees),
+                money.show(d.operator_net),
                 d.units.to_string(),
                 d.output_units.to_string(),
                 d.receipts.to_string(),

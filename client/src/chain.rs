@@ -354,6 +354,10 @@ pub fn compute_unit_price(micro_lamports: u64) -> Instruction {
 #[cfg(feature = "rpc")]
 pub use rpc::RpcChain;
 
+/// Told, as a batch of transactions lands, how many have (`landed`, `total`): what a
+/// progress bar needs ([`RpcChain::with_progress`]).
+pub type Progress = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 #[cfg(feature = "rpc")]
 mod rpc {
     use super::*;
@@ -370,6 +374,7 @@ mod rpc {
         url: String,
         priority_fee_micro_lamports: Option<u64>,
         details: bool,
+        progress: Option<Progress>,
     }
 
     /// How long [`Chain::send_all`] waits between status polls.
@@ -392,7 +397,16 @@ mod rpc {
                 url: url.to_string(),
                 priority_fee_micro_lamports: None,
                 details: false,
+                progress: None,
             }
+        }
+
+        /// Reports how many transactions of each [`Chain::send_all`] batch (a program
+        /// deploy's writes, account upgrades) have landed, as they land.
+        #[must_use]
+        pub fn with_progress(mut self, progress: Progress) -> Self {
+            self.progress = Some(progress);
+            self
         }
 
         /// After each confirmation, also fetches the transaction's compute units, fee
@@ -426,7 +440,10 @@ mod rpc {
             &self,
             mut in_flight: Vec<(usize, Signature)>,
             last_valid_block_height: u64,
+            total: usize,
         ) -> Result<Vec<usize>, ChainError> {
+            // Those of the batch not in flight this round landed in an earlier one.
+            let (round, earlier) = (in_flight.len(), total - in_flight.len());
             loop {
                 let mut still = Vec::with_capacity(in_flight.len());
                 for chunk in in_flight.chunks(STATUS_BATCH) {
@@ -451,6 +468,9 @@ mod rpc {
                             still.push((i, signature));
                         }
                     }
+                }
+                if let Some(progress) = &self.progress {
+                    progress(earlier + (round - still.len()), total);
                 }
                 if still.is_empty() {
                     return Ok(Vec::new());
@@ -723,7 +743,7 @@ mod rpc {
                     in_flight.push((i, signature));
                 }
                 // …then poll their statuses until all land or the blockhash expires.
-                pending = self.await_all(in_flight, last_valid)?;
+                pending = self.await_all(in_flight, last_valid, transactions.len())?;
             }
             if pending.is_empty() {
                 Ok(transactions.len())

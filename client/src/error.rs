@@ -128,9 +128,9 @@ pub enum Missing {
     Config,
     #[error("job {0} does not exist: it was never opened, or it ended (completed, cancelled or expired) and was closed")]
     Job(Pubkey),
-    #[error("{0} is not a registered operator")]
+    #[error("{0} is not a registered operator: check --operator (operators register with `tally operator register`)")]
     Operator(Pubkey),
-    #[error("no earnings in mint {0} yet")]
+    #[error("no earnings in mint {0} yet (`tally operator earnings` lists every mint)")]
     Earnings(Pubkey),
     #[error("the cluster has no {0} sysvar")]
     Sysvar(&'static str),
@@ -139,7 +139,7 @@ pub enum Missing {
         program: Pubkey,
         program_data: Pubkey,
     },
-    #[error("mint {0} is not accepted by this deployment")]
+    #[error("mint {0} is not accepted by this deployment: pay in an accepted mint, or its admin runs `tally admin mint add {0}`")]
     Vault(Pubkey),
 }
 
@@ -158,11 +158,20 @@ pub enum Refused {
     OperatorRegistered(Pubkey),
     #[error("{0} is not a registered operator: run `tally operator register` first")]
     OperatorNotRegistered(Pubkey),
-    #[error("insufficient funds: {account} holds {holds}, less than the {needs} this needs")]
+    #[error("insufficient funds: your token account {account} holds {} of mint {mint}, less than the {} this needs: send that mint's tokens to it, or pay in SOL (--mint So11111111111111111111111111111111111111112, wrapped for you)", crate::amount::format(*holds, *decimals), crate::amount::format(*needs, *decimals))]
     InsufficientFunds {
         /// The token account short of funds, and its mint.
         account: Pubkey,
         mint: Pubkey,
+        /// In base units of the mint.
+        holds: u64,
+        needs: u64,
+        decimals: u8,
+    },
+    #[error("insufficient SOL: {wallet} holds {} SOL, less than the {} SOL this needs (wrapped into its wSOL account) before fees: fund it (`solana transfer {wallet} <SOL>`, or `solana airdrop` on devnet and localnet)", crate::amount::format(*holds, 9), crate::amount::format(*needs, 9))]
+    InsufficientSol {
+        wallet: Pubkey,
+        /// Lamports.
         holds: u64,
         needs: u64,
     },
@@ -178,19 +187,19 @@ pub enum Refused {
         /// "sign its keys", "dispute it".
         action: &'static str,
     },
-    #[error("this job already has metered usage: it cannot be cancelled; it completes or expires")]
+    #[error("this job already has metered usage: it cannot be cancelled; it completes, or after its deadline anyone refunds the rest with `tally job expire <JOB>`")]
     HasUsage,
-    #[error("job {job} has not expired: it can be expired after {expires_at} (in {} s)", expires_at - now)]
+    #[error("job {job} has not expired: it can be expired after {expires_at} (in {} s): run `tally job expire {job}` then", expires_at - now)]
     NotExpired {
         job: Pubkey,
         expires_at: i64,
         now: i64,
     },
-    #[error("job {0} has not ended: complete, cancel or expire it first")]
+    #[error("job {0} has not ended: complete, cancel or expire it first (`tally job cancel {0}` before any usage, `tally job expire {0}` past its deadline)")]
     NotEnded(Pubkey),
     #[error("job {0} has an open dispute: it can be closed once the dispute is resolved")]
     DisputeOpen(Pubkey),
-    #[error("job {job} can still be disputed by its client until {until} (in {} s): close it after that", until - now)]
+    #[error("job {job} can still be disputed by its client until {until} (in {} s): close it after that (`tally job close {job}`)", until - now)]
     StillDisputable { job: Pubkey, until: i64, now: i64 },
     #[error("job {job} already has an open dispute: {frozen} frozen until the arbiter resolves it (or until {deadline})")]
     AlreadyDisputed {
@@ -202,7 +211,7 @@ pub enum Refused {
     NothingSettled(Pubkey),
     #[error("the challenge window of job {job} has closed: everything settled on it has matured to the operator (chain time {now}), so nothing can be disputed any more")]
     WindowClosed { job: Pubkey, now: i64 },
-    #[error("nothing to claim yet: {pending} is still inside the challenge window")]
+    #[error("nothing to claim yet: {pending} is still inside the challenge window (`tally operator earnings` shows when it matures)")]
     NothingToClaim { pending: u64 },
 }
 
@@ -231,6 +240,8 @@ pub enum Invalid {
     NoKeypair,
     #[error("no oracle to attest: give the oracle set's threshold of oracle keypairs")]
     NoOracles,
+    #[error("--{what}: {reason}")]
+    Amount { what: &'static str, reason: String },
 }
 
 /// Why the program cannot be deployed or upgraded as asked.

@@ -23,6 +23,7 @@ pub use tally::state;
 pub use tally::ID as PROGRAM_ID;
 
 pub mod alt;
+pub mod amount;
 pub mod bootstrap;
 pub mod chain;
 pub mod config;

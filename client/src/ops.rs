@@ -12,6 +12,7 @@ use tally::state::{Config, Earnings, Job, JobStatus, Operator, Revenue, UnitKind
 use crate::chain::{Chain, ChainError, Confirmed, Memcmp};
 use crate::error::{Invalid, Missing, Refused};
 use crate::ix::{self, MintRef};
+use crate::Instruction;
 use crate::{
     pda, InitializeConfigArgs, OpenJobArgs, OperatorArgs, OracleSetArgs, UpdateConfigArgs,
 };
@@ -58,6 +59,27 @@ pub fn token_balance(chain: &impl Chain, account: &Pubkey) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// The associated token account of `owner` for `mint`, and the instruction that
+/// creates it (paid by `payer`) when it is missing: put in front of a payment to it,
+/// one transaction does both.
+fn token_account_for(
+    chain: &impl Chain,
+    payer: &Pubkey,
+    owner: &Pubkey,
+    mint: MintRef,
+) -> Result<(Pubkey, Option<Instruction>)> {
+    let address = pda::associated_token(owner, &mint.mint, &mint.token_program);
+    let create = chain.account(&address)?.is_none().then(|| {
+        spl_associated_token_account::instruction::create_associated_token_account_idempotent(
+            payer,
+            owner,
+            &mint.mint,
+            &mint.token_program,
+        )
+    });
+    Ok((address, create))
+}
+
 /// The associated token account of `owner` for `mint`, created (paid by `payer`) if
 /// missing.
 pub fn ensure_token_account(
@@ -87,24 +109,143 @@ pub const NATIVE_MINT: Pubkey = anchor_spl::token::spl_token::native_mint::ID;
 /// missing), so SOL can pay for jobs like any other accepted mint. Returns the token
 /// account.
 pub fn wrap_sol(chain: &mut impl Chain, owner: &Keypair, lamports: u64) -> Result<Pubkey> {
+    chain.send(&wrap_instructions(&owner.pubkey(), lamports)?, owner, &[])?;
+    Ok(wsol_account(&owner.pubkey()))
+}
+
+/// `owner`'s wrapped-SOL (associated token) account.
+pub fn wsol_account(owner: &Pubkey) -> Pubkey {
+    pda::associated_token(owner, &NATIVE_MINT, &anchor_spl::token::spl_token::ID)
+}
+
+/// Whether `mint` is wrapped SOL, which the CLI wraps and unwraps for its user.
+pub fn is_wrapped_sol(mint: &MintRef) -> bool {
+    mint.mint == NATIVE_MINT && mint.token_program == anchor_spl::token::spl_token::ID
+}
+
+/// Creates `owner`'s wrapped-SOL account if missing, moves `lamports` into it and
+/// syncs its token balance: what `spl-token wrap` sends.
+fn wrap_instructions(owner: &Pubkey, lamports: u64) -> Result<Vec<Instruction>> {
     let token_program = anchor_spl::token::spl_token::ID;
-    let address = pda::associated_token(&owner.pubkey(), &NATIVE_MINT, &token_program);
+    let address = wsol_account(owner);
     let create =
         spl_associated_token_account::instruction::create_associated_token_account_idempotent(
-            &owner.pubkey(),
-            &owner.pubkey(),
+            owner,
+            owner,
             &NATIVE_MINT,
             &token_program,
         );
-    let transfer = anchor_lang::solana_program::system_instruction::transfer(
-        &owner.pubkey(),
-        &address,
-        lamports,
-    );
+    let transfer =
+        anchor_lang::solana_program::system_instruction::transfer(owner, &address, lamports);
     let sync = anchor_spl::token::spl_token::instruction::sync_native(&token_program, &address)
         .map_err(|e| ChainError::instruction("sync_native", e))?;
-    chain.send(&[create, transfer, sync], owner, &[])?;
-    Ok(address)
+    Ok(vec![create, transfer, sync])
+}
+
+/// Closes `owner`'s wrapped-SOL account into its wallet: every wrapped lamport (and
+/// the account's rent) comes back as SOL, as `spl-token unwrap` does.
+fn unwrap_instruction(owner: &Pubkey) -> Result<Instruction> {
+    anchor_spl::token::spl_token::instruction::close_account(
+        &anchor_spl::token::spl_token::ID,
+        &wsol_account(owner),
+        owner,
+        owner,
+        &[],
+    )
+    .map_err(|e| ChainError::instruction("close_account", e))
+}
+
+/// An SPL Token account's size (no extensions), for its rent.
+const TOKEN_ACCOUNT_LEN: usize = 165;
+
+/// What becomes of wrapped SOL a command pays to its signer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WrappedSol {
+    /// Left in the signer's wrapped-SOL token account.
+    #[default]
+    Keep,
+    /// Unwrapped into the signer's wallet in the same transaction: the account is
+    /// closed, so wrapped SOL it held before comes back as SOL too.
+    Unwrap,
+}
+
+/// What a refund or claim paid, and whether it arrived as SOL.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Paid {
+    /// In the mint's base units.
+    pub amount: u64,
+    /// Paid in wrapped SOL and unwrapped into the signer's wallet.
+    pub unwrapped: bool,
+}
+
+/// The instructions that make `payer`'s associated token account of `mint` hold
+/// `needs`: none when it already does; for wrapped SOL, a wrap of the shortfall from
+/// the wallet (sent in the same transaction as the payment, so nothing is wrapped
+/// unless the payment lands). Refused, with what to do, when neither covers it.
+fn fund(
+    chain: &impl Chain,
+    payer: &Pubkey,
+    mint: MintRef,
+    needs: u64,
+) -> Result<(Pubkey, Vec<Instruction>)> {
+    let tokens = pda::associated_token(payer, &mint.mint, &mint.token_program);
+    let balance = token_balance(chain, &tokens)?;
+    if balance >= needs {
+        return Ok((tokens, Vec::new()));
+    }
+    if !is_wrapped_sol(&mint) {
+        return Err(Refused::InsufficientFunds {
+            account: tokens,
+            mint: mint.mint,
+            holds: balance,
+            needs,
+            decimals: decimals(chain, &mint.mint)?,
+        }
+        .into());
+    }
+    let shortfall = needs - balance;
+    let account_rent = match chain.account(&tokens)? {
+        Some(_) => 0,
+        None => chain.minimum_balance_for_rent_exemption(TOKEN_ACCOUNT_LEN)?,
+    };
+    let lamports = chain.account(payer)?.map_or(0, |a| a.lamports);
+    let wants = shortfall.saturating_add(account_rent);
+    if lamports < wants {
+        return Err(Refused::InsufficientSol {
+            wallet: *payer,
+            holds: lamports,
+            needs: wants,
+        }
+        .into());
+    }
+    Ok((tokens, wrap_instructions(payer, shortfall)?))
+}
+
+/// The instruction that unwraps what `mint` paid `recipient`, when asked to, the mint
+/// is wrapped SOL and `signer` is the recipient (only the owner can close its
+/// account).
+fn unwrap_after(
+    mint: &MintRef,
+    recipient: &Pubkey,
+    signer: &Pubkey,
+    wrapped: WrappedSol,
+) -> Result<Option<Instruction>> {
+    if wrapped == WrappedSol::Unwrap && is_wrapped_sol(mint) && recipient == signer {
+        unwrap_instruction(signer).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A mint's decimals (read from the mint account: SPL Token and Token-2022 share the
+/// layout).
+pub fn decimals(chain: &impl Chain, mint: &Pubkey) -> Result<u8> {
+    let account = chain.account(mint)?.ok_or(Missing::Mint(*mint))?;
+    spl_token_2022::extension::StateWithExtensions::<spl_token_2022::state::Mint>::unpack(
+        &account.data,
+    )
+    .map(|m| m.base.decimals)
+    .map_err(|e| ChainError::decode("the mint", Some(*mint), e))
 }
 
 /// `admin init`: creates the config (the signer must be the program's upgrade
@@ -426,7 +567,9 @@ pub fn next_job_id(chain: &impl Chain, client: &Pubkey) -> Result<u64> {
 }
 
 /// `job open`: escrows what `max_units` cost at the job's higher price
-/// ([`crate::deposit_for`]) from the client's associated token account of `mint`.
+/// ([`crate::deposit_for`]) from the client's associated token account of `mint`;
+/// in wrapped SOL, what that account lacks is wrapped from the wallet in the same
+/// transaction.
 pub fn open_job(
     chain: &mut impl Chain,
     client: &Keypair,
@@ -461,17 +604,7 @@ pub fn open_job(
         }
         .into());
     }
-    let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
-    let balance = token_balance(chain, &tokens)?;
-    if balance < deposit {
-        return Err(Refused::InsufficientFunds {
-            account: tokens,
-            mint: mint.mint,
-            holds: balance,
-            needs: deposit,
-        }
-        .into());
-    }
+    let (tokens, mut instructions) = fund(chain, &client.pubkey(), mint, deposit)?;
     let address = pda::job(&client.pubkey(), args.job_id);
     if chain.account(&address)?.is_some() {
         return Err(Refused::JobIdTaken(args.job_id).into());
@@ -484,21 +617,18 @@ pub fn open_job(
         }
         .into());
     }
-    chain.send(
-        &[ix::open_job(
-            client.pubkey(),
-            *operator_authority,
-            mint,
-            tokens,
-            args,
-        )],
-        client,
-        &[],
-    )?;
+    instructions.push(ix::open_job(
+        client.pubkey(),
+        *operator_authority,
+        mint,
+        tokens,
+        args,
+    ));
+    chain.send(&instructions, client, &[])?;
     Ok(JobView::new(&address, &job(chain, &address)?))
 }
 
-/// `job top-up`.
+/// `job top-up`: as [`open_job`], wrapping SOL when the job is paid in it.
 pub fn top_up(
     chain: &mut impl Chain,
     client: &Keypair,
@@ -507,28 +637,15 @@ pub fn top_up(
 ) -> Result<JobView> {
     let current = job(chain, job_address)?;
     let mint = mint_ref(chain, &current.mint)?;
-    let tokens = pda::associated_token(&client.pubkey(), &mint.mint, &mint.token_program);
-    let balance = token_balance(chain, &tokens)?;
-    if balance < amount {
-        return Err(Refused::InsufficientFunds {
-            account: tokens,
-            mint: mint.mint,
-            holds: balance,
-            needs: amount,
-        }
-        .into());
-    }
-    chain.send(
-        &[ix::top_up(
-            client.pubkey(),
-            *job_address,
-            mint,
-            tokens,
-            amount,
-        )],
-        client,
-        &[],
-    )?;
+    let (tokens, mut instructions) = fund(chain, &client.pubkey(), mint, amount)?;
+    instructions.push(ix::top_up(
+        client.pubkey(),
+        *job_address,
+        mint,
+        tokens,
+        amount,
+    ));
+    chain.send(&instructions, client, &[])?;
     Ok(JobView::new(job_address, &job(chain, job_address)?))
 }
 
@@ -595,23 +712,48 @@ pub fn job_key(
 
 /// `job cancel`: full refund of a job with no usage. Returns the amount refunded.
 pub fn cancel_job(chain: &mut impl Chain, client: &Keypair, job_address: &Pubkey) -> Result<u64> {
+    cancel_job_with(chain, client, job_address, WrappedSol::Keep).map(|paid| paid.amount)
+}
+
+/// [`cancel_job`], unwrapping a refund in wrapped SOL when `wrapped` asks.
+pub fn cancel_job_with(
+    chain: &mut impl Chain,
+    client: &Keypair,
+    job_address: &Pubkey,
+    wrapped: WrappedSol,
+) -> Result<Paid> {
     let current = job(chain, job_address)?;
     if current.last_seq > 0 {
         return Err(Refused::HasUsage.into());
     }
     let mint = mint_ref(chain, &current.mint)?;
-    let tokens = ensure_token_account(chain, client, &client.pubkey(), mint)?;
-    chain.send(
-        &[ix::cancel_job(client.pubkey(), *job_address, mint, tokens)],
-        client,
-        &[],
-    )?;
-    Ok(current.escrow_left)
+    let (tokens, create) = token_account_for(chain, &client.pubkey(), &client.pubkey(), mint)?;
+    let mut instructions: Vec<Instruction> = create.into_iter().collect();
+    instructions.push(ix::cancel_job(client.pubkey(), *job_address, mint, tokens));
+    let unwrap = unwrap_after(&mint, &current.client, &client.pubkey(), wrapped)?;
+    let unwrapped = unwrap.is_some();
+    instructions.extend(unwrap);
+    chain.send(&instructions, client, &[])?;
+    Ok(Paid {
+        amount: current.escrow_left,
+        unwrapped,
+    })
 }
 
 /// `job expire`: anyone refunds a job past its deadline plus grace. Returns the
 /// amount refunded to the client.
 pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubkey) -> Result<u64> {
+    expire_job_with(chain, cranker, job_address, WrappedSol::Keep).map(|paid| paid.amount)
+}
+
+/// [`expire_job`], unwrapping the refund when `wrapped` asks, it is in wrapped SOL
+/// and the cranker is the job's client.
+pub fn expire_job_with(
+    chain: &mut impl Chain,
+    cranker: &Keypair,
+    job_address: &Pubkey,
+    wrapped: WrappedSol,
+) -> Result<Paid> {
     let current = job(chain, job_address)?;
     let config = config(chain)?;
     let now = chain.clock()?.unix_timestamp;
@@ -625,19 +767,23 @@ pub fn expire_job(chain: &mut impl Chain, cranker: &Keypair, job_address: &Pubke
         .into());
     }
     let mint = mint_ref(chain, &current.mint)?;
-    let tokens = ensure_token_account(chain, cranker, &current.client, mint)?;
-    chain.send(
-        &[ix::expire_job(
-            cranker.pubkey(),
-            *job_address,
-            mint,
-            current.client,
-            tokens,
-        )],
-        cranker,
-        &[],
-    )?;
-    Ok(current.escrow_left)
+    let (tokens, create) = token_account_for(chain, &cranker.pubkey(), &current.client, mint)?;
+    let mut instructions: Vec<Instruction> = create.into_iter().collect();
+    instructions.push(ix::expire_job(
+        cranker.pubkey(),
+        *job_address,
+        mint,
+        current.client,
+        tokens,
+    ));
+    let unwrap = unwrap_after(&mint, &current.client, &cranker.pubkey(), wrapped)?;
+    let unwrapped = unwrap.is_some();
+    instructions.extend(unwrap);
+    chain.send(&instructions, cranker, &[])?;
+    Ok(Paid {
+        amount: current.escrow_left,
+        unwrapped,
+    })
 }
 
 /// `job close`: closes an ended (completed or expired) job once the operator's
@@ -798,6 +944,17 @@ pub fn earnings(chain: &impl Chain, operator_authority: &Pubkey) -> Result<Vec<E
 /// `operator claim`: pays everything matured in `mint` to the payout owner's
 /// associated token account (created if missing). Returns the amount claimed.
 pub fn claim(chain: &mut impl Chain, authority: &Keypair, mint: &Pubkey) -> Result<u64> {
+    claim_with(chain, authority, mint, WrappedSol::Keep).map(|paid| paid.amount)
+}
+
+/// [`claim`], unwrapping a claim in wrapped SOL when `wrapped` asks and the payout
+/// owner is the authority itself.
+pub fn claim_with(
+    chain: &mut impl Chain,
+    authority: &Keypair,
+    mint: &Pubkey,
+    wrapped: WrappedSol,
+) -> Result<Paid> {
     let mint = mint_ref(chain, mint)?;
     let operator: Operator = chain
         .anchor_account(&pda::operator(&authority.pubkey()))?
@@ -813,13 +970,18 @@ pub fn claim(chain: &mut impl Chain, authority: &Keypair, mint: &Pubkey) -> Resu
         }
         .into());
     }
-    let payout = ensure_token_account(chain, authority, &operator.payout_owner, mint)?;
-    chain.send(
-        &[ix::claim(authority.pubkey(), mint, payout)],
-        authority,
-        &[],
-    )?;
-    Ok(ledger.claimable)
+    let (payout, create) =
+        token_account_for(chain, &authority.pubkey(), &operator.payout_owner, mint)?;
+    let mut instructions: Vec<Instruction> = create.into_iter().collect();
+    instructions.push(ix::claim(authority.pubkey(), mint, payout));
+    let unwrap = unwrap_after(&mint, &operator.payout_owner, &authority.pubkey(), wrapped)?;
+    let unwrapped = unwrap.is_some();
+    instructions.extend(unwrap);
+    chain.send(&instructions, authority, &[])?;
+    Ok(Paid {
+        amount: ledger.claimable,
+        unwrapped,
+    })
 }
 
 /// One UTC day of on-chain revenue in one mint.

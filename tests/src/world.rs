@@ -223,6 +223,44 @@ impl World {
             .account(&pda::earnings(&operator.address(), &self.mint.mint))
     }
 
+    /// Makes wrapped SOL (SPL Token's native mint, 9 decimals) the world's mint,
+    /// accepted with a vault. Every cluster has the native mint; LiteSVM starts
+    /// without it, so it is written here as the runtime holds it.
+    pub fn use_wrapped_sol(&mut self) -> MintRef {
+        use anchor_lang::solana_program::program_pack::Pack;
+        use anchor_spl::token::spl_token;
+        let native = MintRef {
+            mint: spl_token::native_mint::ID,
+            token_program: anchor_spl::token::ID,
+        };
+        let mut data = vec![0u8; spl_token::state::Mint::LEN];
+        spl_token::state::Mint {
+            decimals: 9,
+            is_initialized: true,
+            ..Default::default()
+        }
+        .pack_into_slice(&mut data);
+        let lamports = self.env.svm.minimum_balance_for_rent_exemption(data.len());
+        self.env
+            .svm
+            .set_account(
+                native.mint,
+                solana_account::Account {
+                    lamports,
+                    data,
+                    owner: native.token_program,
+                    executable: false,
+                    rent_epoch: 0,
+                },
+            )
+            .expect("write the native mint");
+        let admin = self.admin.insecure_clone();
+        expect_ok(self.send(&[ix::add_mint(admin.pubkey(), native)], &[&admin]));
+        self.mints.push(native);
+        self.mint = native;
+        native
+    }
+
     /// Registers an operator whose payout wallet has a token account for the mint.
     pub fn operator(&mut self) -> OperatorHandle {
         let authority = self.env.wallet(10_000_000_000);

@@ -762,7 +762,8 @@ fn reconcile(
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        eprintln!("{}", crate::output::revenue_table(&revenue));
+        let money = crate::money::Money::of(chain, &mint.mint, crate::money::Units::Tokens)?;
+        eprintln!("{}", crate::output::revenue_table(&revenue, &money));
         eprintln!();
         for (what, ok) in &checks {
             eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });

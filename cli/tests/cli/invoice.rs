@@ -16,7 +16,7 @@ use tally_oracle::batcher::Batcher;
 use tally_oracle::store::{Store, UsageRecord};
 use tally_tests::validator::LocalValidator;
 
-fn tally(args: &[&str]) -> (bool, String) {
+pub(crate) fn tally(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
         .output()
@@ -33,14 +33,14 @@ fn tally(args: &[&str]) -> (bool, String) {
 
 /// Deployed on `validator`: the program configured with a 1-of-1 `oracle` and
 /// wrapped SOL, a registered operator, a client holding 0.1 wrapped SOL.
-struct Deployed {
-    chain: tally_client::chain::RpcChain,
-    oracle: Keypair,
-    operator: Keypair,
-    client: Keypair,
+pub(crate) struct Deployed {
+    pub chain: tally_client::chain::RpcChain,
+    pub oracle: Keypair,
+    pub operator: Keypair,
+    pub client: Keypair,
 }
 
-fn deploy(validator: &LocalValidator, challenge_window_secs: u32) -> Deployed {
+pub(crate) fn deploy(validator: &LocalValidator, challenge_window_secs: u32) -> Deployed {
     let mut chain = validator.chain();
     let wallet = |sol: u64| {
         let keypair = Keypair::new();

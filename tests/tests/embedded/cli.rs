@@ -141,7 +141,7 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
 
     // $2.50 / 1M input and $10 / 1M output tokens: 100,000 tokens escrowed at the
     // output price.
-    let opened = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --input-price 2500000 --output-price 10000000 --model llama-3-8b --units 100000 --id 7 --spend-cap 500000")).unwrap();
+    let opened = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --input-price 2.5 --output-price 10 --model llama-3-8b --units 100000 --id 7 --spend-cap 0.5")).unwrap();
     let address = pda::job(&wallet.pubkey(), 7);
     assert_eq!(opened.json["address"], address.to_string());
     assert_eq!(world.env.token_balance(&client.tokens), 4_000_000);
@@ -156,21 +156,21 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
         opened.json["model"],
         tally_client::model_label(&tally_client::model_hash("llama-3-8b"))
     );
+    assert!(opened.table.contains("2.500000 "), "{}", opened.table);
     assert!(
-        opened
-            .table
-            .contains("2500000 per 1M input tokens, 10000000 per 1M output tokens"),
+        opened.table.contains(" per 1M input tokens, 10.000000 ")
+            && opened.table.contains("escrow left    1.000000 "),
         "{}",
         opened.table
     );
     // Units that are not tokens have one price.
-    let err = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --kind gpu-seconds --input-price 1000000 --output-price 5 --units 10 --id 9")).unwrap_err();
+    let err = run(&mut world, &wallet, &format!("job open --operator {op} --mint {mint} --kind gpu-seconds --input-price 1 --output-price 0.000005 --units 10 --id 9")).unwrap_err();
     assert!(
         matches!(err, ChainError::Invalid(Invalid::OutputPriceWithoutTokens)),
         "{err}"
     );
 
-    run(&mut world, &wallet, &format!("job top-up {address} 250000")).unwrap();
+    run(&mut world, &wallet, &format!("job top-up {address} 0.25")).unwrap();
     assert_eq!(world.env.job(&address).escrow_left, 1_250_000);
     let status = run(&mut world, &wallet, &format!("job status {address}")).unwrap();
     assert_eq!(
@@ -179,6 +179,15 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
             status.json["escrow_left"].as_u64()
         ),
         (Some("open"), Some(1_250_000))
+    );
+    assert_eq!(
+        status.json["decimals"], 6,
+        "JSON: base units and the decimals"
+    );
+    assert!(
+        status.table.contains("escrow left    1.250000 "),
+        "{}",
+        status.table
     );
 
     let listed = run(&mut world, &wallet, "job list").unwrap();
@@ -198,7 +207,9 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     let err = run(
         &mut world,
         &wallet,
-        &format!("job open --operator {op} --mint {mint} --input-price 10 --units 100000 --id 7"),
+        &format!(
+            "job open --operator {op} --mint {mint} --input-price 0.00001 --units 100000 --id 7"
+        ),
     )
     .unwrap_err();
     assert!(
@@ -209,9 +220,7 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
     let err = run(
         &mut world,
         &wallet,
-        &format!(
-            "job open --operator {op} --mint {mint} --input-price 1000000000 --units 100000 --id 8"
-        ),
+        &format!("job open --operator {op} --mint {mint} --input-price 1000 --units 100000 --id 8"),
     )
     .unwrap_err();
     assert!(
@@ -219,6 +228,57 @@ fn a_client_opens_tops_up_lists_and_cancels_a_job() {
         "{err}"
     );
     assert!(err.to_string().starts_with("insufficient funds"), "{err}");
+    assert!(
+        err.to_string().contains("holds 3.750000 of mint")
+            && err
+                .to_string()
+                .contains("less than the 100.000000 this needs"),
+        "amounts in tokens: {err}"
+    );
+    // Amounts that cannot be read, or are finer than the mint, are refused before
+    // anything is sent.
+    for (price, says) in [
+        ("0.0000001", "smallest unit is 0.000001"),
+        ("1e3", "is not an amount"),
+    ] {
+        let err = run(
+            &mut world,
+            &wallet,
+            &format!(
+                "job open --operator {op} --mint {mint} --input-price {price} --units 10 --id 8"
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ChainError::Invalid(Invalid::Amount {
+                    what: "input-price",
+                    ..
+                })
+            ) && err.to_string().contains(says),
+            "{err}"
+        );
+    }
+    // --base-units: typed and printed as the chain stores them.
+    let args = "tally --base-units job status"
+        .split_whitespace()
+        .chain([address.to_string().as_str()])
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    let cli = Cli::try_parse_from(args).unwrap();
+    let base = tally_cli::execute_in(
+        cli.chain_command().unwrap(),
+        cli.global.units(),
+        &mut *world.env,
+        &wallet,
+    )
+    .unwrap();
+    assert!(
+        base.table.contains("escrow left    1250000\n"),
+        "{}",
+        base.table
+    );
 
     let cancelled = run(&mut world, &wallet, &format!("job cancel {address}")).unwrap();
     assert_eq!(cancelled.json["refunded"], 1_250_000);
@@ -315,6 +375,11 @@ fn an_operator_registers_sees_earnings_and_claims_and_revenue_shows_the_day() {
     world.env.advance(2 * 3_600);
     let claimed = run(&mut world, &authority, "operator claim").unwrap();
     assert_eq!(claimed.json[0]["amount"], 39_000);
+    assert!(
+        claimed.table.starts_with("claimed 0.039000 "),
+        "{}",
+        claimed.table
+    );
     assert_eq!(world.env.token_balance(&operator.payout_tokens), 39_000);
 
     let line = format!("revenue --mint {} --days 3", world.mint.mint);
@@ -351,7 +416,7 @@ fn a_client_makes_a_job_key_and_a_stranger_cannot() {
     let job = world.open_job(&client, &operator, 1, JobSpec::default());
     let wallet = client.wallet.insecure_clone();
     let line = format!(
-        "--output json job key {} --expires-in 1h --limit 50000",
+        "--output json job key {} --expires-in 1h --limit 0.05",
         job.address
     );
     let made = run(&mut world, &wallet, &line).unwrap();
@@ -370,4 +435,168 @@ fn a_client_makes_a_job_key_and_a_stranger_cannot() {
         "{err}"
     );
     assert!(err.to_string().contains("was opened by"), "{err}");
+}
+
+/// SOL in and out as a wallet user expects: `job open` and `top-up` in wrapped SOL
+/// wrap what the wSOL account lacks from the wallet in the same transaction; refunds
+/// and claims come back unwrapped as SOL unless `--no-unwrap`; amounts read in SOL.
+#[test]
+fn sol_is_wrapped_on_the_way_in_and_unwrapped_on_the_way_out() {
+    const SOL: u64 = 1_000_000_000;
+    let mut world = World::builder()
+        .fee_bps(0)
+        .challenge_window(0)
+        .expiry_grace(0)
+        .build();
+    let native = world.use_wrapped_sol();
+    let wsol = native.mint;
+    // An operator paid to itself (its claims can be unwrapped by its own signature).
+    let authority = world.env.wallet(SOL);
+    run(&mut world, &authority, "operator register").unwrap();
+    world.operators.push(pda::operator(&authority.pubkey()));
+    let op = authority.pubkey();
+    let client = world.env.wallet(3 * SOL);
+    let client_wsol = tally_client::ops::wsol_account(&client.pubkey());
+    assert!(!world.env.exists(&client_wsol), "the client holds only SOL");
+
+    // 1 SOL budget at 0.001 SOL per 1M tokens (1 lamport a token): a billion tokens.
+    let opened = run(
+        &mut world,
+        &client,
+        &format!("job open --operator {op} --mint {wsol} --price 0.001 --budget 1 --deadline-in 600 --id 1"),
+    )
+    .unwrap();
+    let job = pda::job(&client.pubkey(), 1);
+    // The World checks solvency over the jobs it knows.
+    let track = |world: &mut World, id: u64| {
+        world.jobs.push(tally_tests::JobHandle {
+            address: pda::job(&client.pubkey(), id),
+            job_id: id,
+            client: client.pubkey(),
+            client_tokens: client_wsol,
+            mint: native,
+        });
+    };
+    track(&mut world, 1);
+    let stored = world.env.job(&job);
+    assert_eq!((stored.max_units, stored.escrow_left), (1_000_000_000, SOL));
+    assert_eq!(
+        world.env.token_balance(&client_wsol),
+        0,
+        "wrapped and escrowed"
+    );
+    assert!(
+        opened.table.contains("escrow left    1.000000000 SOL"),
+        "{}",
+        opened.table
+    );
+    assert_eq!(
+        (
+            opened.json["escrow_left"].as_u64(),
+            opened.json["decimals"].as_u64()
+        ),
+        (Some(SOL), Some(9))
+    );
+    let lamports = world.env.lamports(&client.pubkey());
+    assert!(lamports < 2 * SOL, "1 SOL left the wallet: {lamports}");
+
+    run(&mut world, &client, &format!("job top-up {job} 0.5")).unwrap();
+    assert_eq!(world.env.job(&job).escrow_left, 3 * SOL / 2);
+    // More than the wallet holds: refused before sending, saying how to fund it.
+    let err = run(&mut world, &client, &format!("job top-up {job} 100")).unwrap_err();
+    assert!(
+        matches!(err, ChainError::Refused(Refused::InsufficientSol { wallet, .. }) if wallet == client.pubkey()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("solana transfer"), "{err}");
+    assert_eq!(
+        world.env.job(&job).escrow_left,
+        3 * SOL / 2,
+        "nothing moved"
+    );
+
+    // 0.25 SOL of usage settles; the operator claims it as SOL.
+    let operator = tally_tests::OperatorHandle {
+        authority: authority.insecure_clone(),
+        payout_tokens: tally_client::ops::wsol_account(&op),
+        payout_owner: op,
+    };
+    world.env.advance(60);
+    let receipt = world.receipt(1, 250_000_000);
+    expect_ok(world.settle(&operator, &[(job, receipt)]));
+    world.env.advance(1);
+    let before = world.env.lamports(&op);
+    let claimed = run(&mut world, &authority, "operator claim").unwrap();
+    assert_eq!(
+        (
+            claimed.json[0]["amount"].as_u64(),
+            claimed.json[0]["unwrapped"].as_bool()
+        ),
+        (Some(SOL / 4), Some(true))
+    );
+    assert!(
+        claimed.table.contains("claimed 0.250000000 SOL"),
+        "{}",
+        claimed.table
+    );
+    assert!(
+        !world.env.exists(&operator.payout_tokens),
+        "unwrapped: the wSOL account is closed"
+    );
+    assert!(
+        world.env.lamports(&op) == before + SOL / 4 - 5_000,
+        "the claim is SOL in the wallet"
+    );
+
+    // Past its deadline the client expires the job: 1.25 SOL back as SOL.
+    world.env.advance(600);
+    let before = world.env.lamports(&client.pubkey());
+    let expired = run(&mut world, &client, &format!("job expire {job}")).unwrap();
+    assert_eq!(
+        (
+            expired.json["refunded"].as_u64(),
+            expired.json["unwrapped"].as_bool()
+        ),
+        (Some(5 * SOL / 4), Some(true))
+    );
+    assert!(
+        expired.table.contains("1.250000000 SOL refunded"),
+        "{}",
+        expired.table
+    );
+    assert!(!world.env.exists(&client_wsol));
+    assert!(
+        world.env.lamports(&client.pubkey()) > before + 5 * SOL / 4,
+        "the refund, the job's rent, less one fee"
+    );
+
+    // --no-unwrap keeps a refund wrapped.
+    run(
+        &mut world,
+        &client,
+        &format!("job open --operator {op} --mint {wsol} --price 0.001 --budget 0.2 --id 2"),
+    )
+    .unwrap();
+    track(&mut world, 2);
+    let kept = run(
+        &mut world,
+        &client,
+        &format!("job cancel {} --no-unwrap", pda::job(&client.pubkey(), 2)),
+    )
+    .unwrap();
+    assert_eq!(kept.json["unwrapped"], false);
+    assert_eq!(world.env.token_balance(&client_wsol), SOL / 5, "still wSOL");
+    // …and the next job spends that wSOL first, wrapping only the rest.
+    run(
+        &mut world,
+        &client,
+        &format!("job open --operator {op} --mint {wsol} --price 0.001 --budget 0.3 --id 3"),
+    )
+    .unwrap();
+    track(&mut world, 3);
+    assert_eq!(world.env.token_balance(&client_wsol), 0);
+    assert_eq!(
+        world.env.job(&pda::job(&client.pubkey(), 3)).escrow_left,
+        3 * SOL / 10
+    );
 }

@@ -498,7 +498,15 @@ fn migrations_deploy_through_the_loader_and_rerun_changes_nothing() {
     let Some(validator) = LocalValidator::start_private_or_skip(None) else {
         return;
     };
-    let mut chain = validator.chain();
+    // What a progress bar is told as the deploy's writes land (`tally admin migrate`
+    // draws it on stderr).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(usize, usize)>::new()));
+    let record = Arc::clone(&seen);
+    let mut chain = validator
+        .chain()
+        .with_progress(Arc::new(move |landed, total| {
+            record.lock().unwrap().push((landed, total));
+        }));
     let admin = validator.payer.insecure_clone();
     let so = std::fs::read(LocalValidator::default_program()).unwrap();
     assert_eq!(
@@ -534,6 +542,23 @@ fn migrations_deploy_through_the_loader_and_rerun_changes_nothing() {
         out.table
     );
     assert_eq!(out.json["changed"], true);
+    // The buffer's writes reported as they landed: counts only go up, to the whole.
+    let writes = so
+        .len()
+        .div_ceil(deploy::write_chunk_size(&chain, &admin, &admin).unwrap());
+    let seen: Vec<usize> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, total)| *total == writes)
+        .map(|(landed, _)| *landed)
+        .collect();
+    assert_eq!(seen.last(), Some(&writes), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(
+        seen.len() > 2,
+        "progress while landing, not only at the end: {seen:?}"
+    );
     match deploy::program_state(&chain, &tally::ID).unwrap() {
         ProgramState::Upgradeable {
             authority, max_len, ..

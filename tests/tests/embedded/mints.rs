@@ -246,41 +246,10 @@ fn add_mint_attacks() {
 
 #[test]
 fn sol_is_paid_as_wrapped_sol() {
-    use anchor_lang::solana_program::program_pack::Pack;
     use anchor_lang::solana_program::system_instruction;
-    use anchor_spl::token::spl_token;
 
     let mut world = World::builder().fee_bps(0).challenge_window(0).build();
-    // The native mint exists on every cluster; LiteSVM starts without it.
-    let native = MintRef {
-        mint: spl_token::native_mint::ID,
-        token_program: anchor_spl::token::ID,
-    };
-    let mut data = vec![0u8; spl_token::state::Mint::LEN];
-    spl_token::state::Mint {
-        decimals: 9,
-        is_initialized: true,
-        ..Default::default()
-    }
-    .pack_into_slice(&mut data);
-    let lamports = world.env.svm.minimum_balance_for_rent_exemption(data.len());
-    world
-        .env
-        .svm
-        .set_account(
-            native.mint,
-            solana_account::Account {
-                lamports,
-                data,
-                owner: native.token_program,
-                executable: false,
-                rent_epoch: 0,
-            },
-        )
-        .unwrap();
-    expect_ok(add(&mut world, native));
-    world.mints.push(native);
-    world.mint = native;
+    let native = world.use_wrapped_sol();
 
     let operator = world.operator();
     let client = world.client(0);
