@@ -164,6 +164,39 @@ listen = "127.0.0.1:${base + 31}"
   };
   const raw = async (page, sel) => (await page.getAttribute(sel, "data-raw")) ?? "";
 
+  /**
+   * What a page asks the RPC node while it sits idle for `ms`: HTTP requests to the
+   * cluster (by JSON-RPC method) and websocket frames it sends, scaled to a minute.
+   * Measured here so that a page that goes back to polling shows up in the log.
+   */
+  async function rpcLoad(page, ms) {
+    const methods = {};
+    let http = 0, wsSent = 0;
+    const onRequest = (req) => {
+      if (!req.url().startsWith(rpc)) return;
+      http += 1;
+      let body;
+      try {
+        body = JSON.parse(req.postData() ?? "null");
+      } catch {}
+      for (const call of [body].flat()) if (call?.method) methods[call.method] = (methods[call.method] ?? 0) + 1;
+    };
+    const onFrame = () => (wsSent += 1);
+    const sockets = [];
+    const onSocket = (ws) => {
+      sockets.push(ws);
+      ws.on("framesent", onFrame);
+    };
+    page.on("request", onRequest);
+    page.on("websocket", onSocket);
+    await sleep(ms);
+    page.off("request", onRequest);
+    page.off("websocket", onSocket);
+    sockets.forEach((ws) => ws.off("framesent", onFrame));
+    const perMinute = (n) => Math.round((n * 60000) / ms);
+    return { httpPerMinute: perMinute(http), wsFramesPerMinute: perMinute(wsSent), methods };
+  }
+
   // 4. Pay page: open and fund a job from the browser wallet.
   const pay = await walletPage(client, "#/pay");
   await pay.waitForSelector("#operator option[data-authority]", { state: "attached" });
@@ -242,6 +275,8 @@ listen = "127.0.0.1:${base + 31}"
   assert.equal(receiptRows.reduce((s, [u]) => s + BigInt(u), 0n), units);
   assert.equal(receiptRows.reduce((s, [, o]) => s + BigInt(o), 0n), outputUnits);
   step("pay page: prices, model, units (output part), spend, escrow left, receipts (output tokens) and invoice hash match the chain");
+  const payLoad = await rpcLoad(pay, 10000);
+  step(`pay page idle RPC load: ${payLoad.httpPerMinute} HTTP requests/min, ${payLoad.wsFramesPerMinute} websocket frames/min sent; ${JSON.stringify(payLoad.methods)}`);
 
   // Top up from the page.
   await pay.fill(`${card} [data-testid=top-up-amount]`, "0.0005");
@@ -301,6 +336,8 @@ listen = "127.0.0.1:${base + 31}"
   await op.waitForSelector("[data-testid=claim]:not([disabled])", { timeout: 30000 });
   await waitFor("all earnings to mature on the page", async () => (await raw(op, "[data-testid=claimable]")) === String(net), 30000);
   await op.screenshot({ path: path.join(ARTIFACTS, "operator.png"), fullPage: true });
+  const opLoad = await rpcLoad(op, 10000);
+  step(`operator page idle RPC load: ${opLoad.httpPerMinute} HTTP requests/min, ${opLoad.wsFramesPerMinute} websocket frames/min sent; ${JSON.stringify(opLoad.methods)}`);
   await op.click("[data-testid=claim]");
   assert.match(await messageOf(op, "ok"), /Claimed/);
   const earnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
