@@ -13,7 +13,7 @@ import path from "node:path";
 import crypto from "node:crypto";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { AnchorProvider, Program, utils } from "@anchor-lang/core";
+import anchor, { AnchorProvider, Program, utils } from "@anchor-lang/core";
 import { Connection, Keypair, PublicKey, SystemProgram, Transaction, VersionedTransaction, sendAndConfirmTransaction } from "@solana/web3.js";
 import { ROOT, WEB, findValidator, freePorts, run, serveStatic, sleep, start, stopAll, waitFor } from "./harness.mjs";
 
@@ -27,6 +27,10 @@ const PROGRAM_ID = new PublicKey(idl.address);
 const WSOL = new PublicKey("So11111111111111111111111111111111111111112");
 const enc = new TextEncoder();
 const pda = (...seeds) => PublicKey.findProgramAddressSync(seeds, PROGRAM_ID)[0];
+const TOKEN_PROGRAM = new PublicKey("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA");
+const ATA_PROGRAM = new PublicKey("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL");
+/** A wallet's wrapped-SOL (associated token) account. */
+const wsolAccount = (owner) => PublicKey.findProgramAddressSync([owner.toBytes(), TOKEN_PROGRAM.toBytes(), WSOL.toBytes()], ATA_PROGRAM)[0];
 
 for (const f of [path.join(BIN, "tally"), path.join(BIN, "tally-oracle"), path.join(ROOT, "target/deploy/tally.so"), path.join(WEB, "dist/index.html"), CHROMIUM]) {
   if (!fs.existsSync(f)) throw new Error(`missing ${f} (scripts/test-web builds everything)`);
@@ -111,7 +115,14 @@ interval_secs = 1
 listen = "127.0.0.1:${base + 32}"
 [node_reports]
 listen = "127.0.0.1:${base + 31}"
+# The gateway, for the job keys the Pay page signs (nothing listens upstream: the e2e
+# only reads invoices, which the gateway serves itself).
+[gateway]
+listen = "127.0.0.1:${base + 35}"
+upstream = "http://127.0.0.1:${base + 36}"
+operator = "${operator.publicKey.toBase58()}"
 `);
+  const gateway = `http://127.0.0.1:${base + 35}`;
   start("tally-oracle", path.join(BIN, "tally-oracle"), ["--config", oracleCfg], { log: path.join(tmp, "oracle.log"), cwd: tmp });
   await waitFor("the oracle's /health", async () => (await fetch(`http://127.0.0.1:${base + 32}/health`)).ok, 30000, 300);
   step("oracle up");
@@ -132,6 +143,7 @@ listen = "127.0.0.1:${base + 31}"
   /** A browser context whose Wallet Standard test wallet is backed by `kp`. */
   async function walletPage(kp, hash) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: `http://127.0.0.1:${base + 33}` });
     await context.exposeBinding("__tallyTestWalletSign", (_src, b64) => {
       const tx = VersionedTransaction.deserialize(Buffer.from(b64, "base64"));
       tx.sign([kp]);
@@ -143,10 +155,17 @@ listen = "127.0.0.1:${base + 31}"
       const sig = await conn.sendRawTransaction(tx.serialize());
       return Buffer.from(utils.bytes.bs58.decode(sig)).toString("base64");
     });
+    // solana:signMessage: a plain ed25519 signature of the bytes, as wallets sign messages.
+    const signingKey = crypto.createPrivateKey({ key: Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), kp.secretKey.slice(0, 32)]), format: "der", type: "pkcs8" });
+    await context.exposeBinding("__tallyTestWalletSignMessage", (_src, b64) =>
+      crypto.sign(null, Buffer.from(b64, "base64"), signingKey).toString("base64"));
     const arg = { name: "Tally Test Wallet", address: kp.publicKey.toBase58(), publicKey: Array.from(kp.publicKey.toBytes()), icon };
     await context.addInitScript({ content: `${walletScript}(${JSON.stringify(arg)});` });
     const page = await context.newPage();
     page.on("pageerror", (e) => console.error("[page error]", e.message));
+    // Every websocket the page opens, for rpcLoad's frame count.
+    page.sockets = [];
+    page.on("websocket", (ws) => page.sockets.push(ws));
     await page.goto(`${app}${hash}`);
     await page.waitForSelector('[data-testid=cluster-status][data-ready="true"]', { timeout: 30000 });
     await page.getByRole("button", { name: "Connect Tally Test Wallet" }).click();
@@ -182,18 +201,15 @@ listen = "127.0.0.1:${base + 31}"
       for (const call of [body].flat()) if (call?.method) methods[call.method] = (methods[call.method] ?? 0) + 1;
     };
     const onFrame = () => (wsSent += 1);
-    const sockets = [];
-    const onSocket = (ws) => {
-      sockets.push(ws);
-      ws.on("framesent", onFrame);
-    };
+    const watched = [...page.sockets];
+    watched.forEach((ws) => ws.on("framesent", onFrame));
     page.on("request", onRequest);
-    page.on("websocket", onSocket);
     await sleep(ms);
     page.off("request", onRequest);
-    page.off("websocket", onSocket);
-    sockets.forEach((ws) => ws.off("framesent", onFrame));
+    const opened = page.sockets.slice(watched.length);
+    watched.forEach((ws) => ws.off("framesent", onFrame));
     const perMinute = (n) => Math.round((n * 60000) / ms);
+    if (opened.length) methods.websocketsOpened = opened.length;
     return { httpPerMinute: perMinute(http), wsFramesPerMinute: perMinute(wsSent), methods };
   }
 
@@ -275,8 +291,40 @@ listen = "127.0.0.1:${base + 31}"
   assert.equal(receiptRows.reduce((s, [u]) => s + BigInt(u), 0n), units);
   assert.equal(receiptRows.reduce((s, [, o]) => s + BigInt(o), 0n), outputUnits);
   step("pay page: prices, model, units (output part), spend, escrow left, receipts (output tokens) and invoice hash match the chain");
+  // Past the 2 s challenge window: the page refreshes once when it ends (nothing announces it).
+  await pay.waitForSelector(`${card} [data-testid=dispute][disabled][data-window-ends-at="0"]`, { timeout: 20000 });
   const payLoad = await rpcLoad(pay, 10000);
   step(`pay page idle RPC load: ${payLoad.httpPerMinute} HTTP requests/min, ${payLoad.wsFramesPerMinute} websocket frames/min sent; ${JSON.stringify(payLoad.methods)}`);
+  // Subscriptions, not polling: an idle page asks the node (almost) nothing over HTTP.
+  assert.equal(await pay.evaluate(() => document.body.dataset.live), "subscribed");
+  assert.ok(payLoad.httpPerMinute < 12, `the idle pay page polls: ${payLoad.httpPerMinute} requests/min`);
+
+  // Job key: signed in the wallet (solana:signMessage), taken by the real oracle gateway.
+  await pay.selectOption(`${card} [data-testid=job-key-expires]`, String(86400));
+  await pay.click(`${card} [data-testid=make-job-key]`);
+  assert.match(await messageOf(pay, "ok"), /Job key signed/);
+  const jobKey = (await pay.textContent(`${card} [data-testid=job-key]`)).trim();
+  assert.match(jobKey, /^tally_k1_[A-Za-z0-9_-]{162}$/);
+  const keyExpiresAt = Number(await pay.getAttribute(`${card} [data-testid=job-key]`, "data-expires-at"));
+  const chainNow = Number((await conn.getAccountInfo(new PublicKey("SysvarC1ock11111111111111111111111111111111"))).data.readBigInt64LE(32));
+  assert.ok(Math.abs(keyExpiresAt - (chainNow + 86400)) < 30, `key expiry ${keyExpiresAt} vs chain now ${chainNow} + 1 day`);
+  const invoicesAt = `${gateway}/tally/v1/invoices`;
+  const res = await fetch(invoicesAt, { headers: { authorization: `Bearer ${jobKey}` } });
+  const body = await res.text();
+  assert.equal(res.status, 200, `the gateway refused the page's job key: ${body}`);
+  const invoices = JSON.parse(body);
+  assert.equal(invoices.job, jobAddress.toBase58());
+  assert.ok(invoices.invoices.length >= 1);
+  // A key whose signature does not match its terms is refused: the gateway checked the wallet's signature.
+  const bytes = Buffer.from(jobKey.slice(9), "base64url");
+  bytes[50] ^= 1; // the spend limit
+  const forged = await fetch(invoicesAt, { headers: { authorization: `Bearer tally_k1_${bytes.toString("base64url")}` } });
+  assert.equal(forged.status, 401, `a forged key: ${forged.status} ${await forged.text()}`);
+  await pay.click(`${card} [data-testid=copy-job-key]`);
+  await messageOf(pay, "ok");
+  assert.equal(await pay.evaluate(() => navigator.clipboard.readText()), jobKey);
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay-job-key.png"), fullPage: true });
+  step(`job key signed with solana:signMessage: the oracle gateway serves its ${invoices.invoices.length} invoice(s) (a forged one gets 401); copied`);
 
   // Top up from the page.
   await pay.fill(`${card} [data-testid=top-up-amount]`, "0.0005");
@@ -343,12 +391,98 @@ listen = "127.0.0.1:${base + 31}"
   const earnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
   assert.equal(earnings.totalClaimed.toString(), String(net));
   await waitFor("the page to show the claim", async () => (await raw(op, "[data-testid=total-claimed]")) === String(net), 20000);
-  await op.screenshot({ path: path.join(ARTIFACTS, "operator-claimed.png"), fullPage: true });
   step(`operator page: earnings match; claimed ${net} lamports`);
 
+  // Closed jobs: the cancelled second job, from its transactions' events.
+  const closedRow = `[data-testid=closed-job][data-job="${second.toBase58()}"]`;
+  await op.waitForSelector(closedRow, { timeout: 20000 });
+  assert.equal(await op.getAttribute(closedRow, "data-status"), "cancelled");
+  assert.equal(await raw(op, `${closedRow} [data-testid=closed-deposit]`), secondJob.deposited.toString());
+  assert.equal(await raw(op, `${closedRow} [data-testid=closed-refunded]`), secondJob.deposited.toString());
+  assert.equal(await raw(op, `${closedRow} [data-testid=closed-gross]`), "0");
+  const closedEvents = await op.$$eval(`${closedRow} + tr [data-testid=closed-job-event]`, (rows) => rows.map((r) => r.dataset.event));
+  assert.deepEqual(closedEvents.map((e) => e.toLowerCase()), ["jobopened", "jobclosed"]);
+  assert.equal(await op.locator(`[data-testid=closed-job][data-job="${jobAddress.toBase58()}"]`).count(), 0);
+  step("operator page: the closed (cancelled) job listed with its deposit, refund and event history");
+
+  // Unwrap: the claim paid wrapped SOL to the operator (its own payout owner).
+  const opWsol = wsolAccount(operator.publicKey);
+  await waitFor("the claimed wSOL on the page", async () => (await raw(op, "[data-testid=wsol-amount]")) === String(net), 20000);
+  await op.screenshot({ path: path.join(ARTIFACTS, "operator-claimed.png"), fullPage: true });
+  const opWsolLamports = (await conn.getAccountInfo(opWsol)).lamports;
+  const opBefore = await conn.getBalance(operator.publicKey);
+  await op.click("[data-testid=unwrap]");
+  assert.match(await messageOf(op, "ok"), /Unwrapped/);
+  assert.equal(await conn.getAccountInfo(opWsol), null);
+  assert.equal(await conn.getBalance(operator.publicKey), opBefore + opWsolLamports - 5000);
+  step(`operator page: claimed wSOL unwrapped (${opWsolLamports} lamports back as SOL, account closed)`);
+
+  // 7. Dispute from the Pay page inside the challenge window (10 minutes now), resolved by
+  // the arbiter (the admin) with a split; then the client's wrapped SOL unwrapped.
+  run(path.join(BIN, "tally"), ["-u", rpc, "-k", adminFile, "admin", "config", "set", "--challenge-window", "600"]);
+  await report("req-4", 400, 100);
+  job = await waitFor("the oracle to settle 500 more units", async () => {
+    const j = await program.account.job.fetch(jobAddress);
+    return BigInt(j.settledUnits.toString()) === units + 500n ? j : null;
+  }, 60000, 500);
+  await pay.waitForSelector(`${card} [data-testid=dispute]:not([disabled])`, { timeout: 20000 });
+  await pay.click(`${card} [data-testid=dispute]`);
+  assert.match(await messageOf(pay, "ok"), /Dispute opened/);
+  job = await program.account.job.fetch(jobAddress);
+  const disputed = BigInt(job.disputedAmount.toString());
+  assert.ok(disputed > 0n);
+  await pay.waitForSelector(`${card} [data-testid=dispute-state][data-state=open][data-amount="${disputed}"]`, { timeout: 20000 });
+  assert.equal(await pay.isDisabled(`${card} [data-testid=dispute]`), true);
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay-dispute-open.png"), fullPage: true });
+  step(`dispute opened from the pay page: ${disputed} lamports of the operator's earnings frozen`);
+
+  const toClient = disputed / 2n;
+  const vault = pda(enc.encode("vault"), WSOL.toBytes());
+  const resolve = await program.methods.resolveDispute(new anchor.BN(toClient.toString())).accountsPartial({
+    resolver: admin.publicKey, config: pda(enc.encode("config")), job: jobAddress,
+    earnings: pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()),
+    mint: WSOL, vault, vaultTokens: pda(enc.encode("vault_tokens"), WSOL.toBytes()), clientTokens: wsolAccount(client.publicKey), tokenProgram: TOKEN_PROGRAM,
+  }).instruction();
+  await sendAndConfirmTransaction(conn, new Transaction().add(resolve), [admin], { commitment: "confirmed" });
+  const resolved = `${card} [data-testid=dispute-state][data-state=resolved]`;
+  await pay.waitForSelector(resolved, { timeout: 20000 });
+  assert.equal(await pay.getAttribute(resolved, "data-to-client"), String(toClient));
+  assert.equal(await pay.getAttribute(resolved, "data-to-operator"), String(disputed - toClient));
+  assert.equal(await pay.getAttribute(resolved, "data-by-arbiter"), "true");
+  assert.equal(await pay.getAttribute(resolved, "data-resolver"), admin.publicKey.toBase58());
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay-dispute-resolved.png"), fullPage: true });
+  step(`dispute resolved by the arbiter: the page shows ${toClient} to the client, ${disputed - toClient} to the operator`);
+
+  const clientWsol = wsolAccount(client.publicKey);
+  const wrapped = (await conn.getTokenAccountBalance(clientWsol)).value.amount;
+  assert.ok(BigInt(wrapped) >= toClient);
+  await waitFor("the client's wSOL on the page", async () => (await raw(pay, "[data-testid=wsol-amount]")) === wrapped, 20000);
+  const clientWsolLamports = (await conn.getAccountInfo(clientWsol)).lamports;
+  const clientBefore = await conn.getBalance(client.publicKey);
+  await pay.click("[data-testid=unwrap]");
+  assert.match(await messageOf(pay, "ok"), /Unwrapped/);
+  assert.equal(await conn.getAccountInfo(clientWsol), null);
+  assert.equal(await conn.getBalance(client.publicKey), clientBefore + clientWsolLamports - 5000);
+  await pay.waitForSelector("[data-testid=wsol]:not(:has([data-testid=unwrap]))", { timeout: 20000 });
+  await pay.screenshot({ path: path.join(ARTIFACTS, "pay-unwrapped.png"), fullPage: true });
+  step(`pay page: ${wrapped} lamports of wSOL (refunds and the dispute's client share) unwrapped to SOL, account closed`);
+
   // 7. Revenue dashboard: the day's figures from the Revenue account, and the transactions behind them.
+  // Every Revenue account (a year of days or one) comes in one getProgramAccounts request.
+  const revenueFilter = program.coder.accounts.memcmp("revenue").bytes;
+  let revenueReads = 0;
+  const countRevenueReads = (req) => {
+    if (!req.url().startsWith(rpc)) return;
+    for (const call of [JSON.parse(req.postData() ?? "null")].flat()) {
+      if (call?.method === "getProgramAccounts" && JSON.stringify(call.params).includes(revenueFilter)) revenueReads += 1;
+    }
+  };
+  pay.on("request", countRevenueReads);
   await pay.goto(`${app}#/revenue`);
   await pay.waitForSelector("[data-testid=revenue-row]", { timeout: 20000 });
+  await pay.waitForSelector("[data-testid=operator-row]", { timeout: 20000 });
+  pay.off("request", countRevenueReads);
+  assert.equal(revenueReads, 1, "the revenue page reads the Revenue accounts in one request");
   const revenues = await program.account.revenue.all();
   assert.equal(revenues.length, 1);
   const rev = revenues[0].account;
@@ -357,10 +491,43 @@ listen = "127.0.0.1:${base + 31}"
   assert.equal(await raw(pay, `${row} [data-testid=rev-fees]`), rev.fees.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-units]`), rev.units.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-output]`), rev.outputUnits.toString());
-  assert.equal(rev.outputUnits.toString(), String(outputUnits));
+  assert.equal(rev.outputUnits.toString(), String(outputUnits + 100n)); // req-4 added 100 output tokens
   assert.equal(await raw(pay, `${row} [data-testid=rev-receipts]`), rev.receipts.toString());
   assert.equal(rev.gross.toString(), job.settledGross.toString());
-  assert.equal(await pay.locator("[data-testid=chart-gross] svg a.bar").count(), 1);
+  // The dashboard: wSOL's panel in its own units, per-day bars and the cumulative line.
+  const panel = `[data-testid=mint-panel][data-mint="${WSOL.toBase58()}"]`;
+  assert.equal(await pay.locator("[data-testid=mint-panel]").count(), 1);
+  for (const range of ["7", "90", "30"]) {
+    await pay.selectOption("[data-testid=range]", range);
+    await pay.waitForSelector(`[data-testid=mint-panels][data-first="${rev.day - Number(range) + 1}"]`);
+    assert.equal(await raw(pay, `${panel} [data-testid=range-gross]`), rev.gross.toString());
+    assert.equal(await raw(pay, `${panel} [data-testid=range-fees]`), rev.fees.toString());
+    assert.equal(await pay.locator(`${panel} [data-testid=chart-daily] a.bar`).count(), 1);
+    assert.equal(await pay.getAttribute(`${panel} [data-testid=chart-daily] a.bar`, "data-raw"), rev.gross.toString());
+    assert.equal(await pay.getAttribute(`${panel} [data-testid=chart-cumulative]`, "data-last"), rev.gross.toString());
+  }
+  assert.match(await pay.textContent(`${panel} [data-testid=chart-daily]`), /day \(UTC\)[\s\S]*SOL per day/);
+  assert.match(await pay.textContent(`${panel} [data-testid=range-gross]`), /^0\.\d+ SOL$/);
+  // Per operator: lifetime figures from its Earnings ledger.
+  const opEarnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
+  const opRow = `[data-testid=operator-row][data-operator="${operator.publicKey.toBase58()}"]`;
+  assert.equal(await raw(pay, `${opRow} [data-testid=op-earned]`), opEarnings.totalEarned.toString());
+  assert.equal(await raw(pay, `${opRow} [data-testid=op-claimed]`), opEarnings.totalClaimed.toString());
+  // Settlement cost: the fees the oracle (the admin here) paid for its settlement transactions, read independently from their logs.
+  let oracleFees = 0n, oracleTxs = 0;
+  for (const s of await conn.getSignaturesForAddress(admin.publicKey, { limit: 1000 }, "confirmed")) {
+    if (s.err) continue;
+    const tx = await conn.getTransaction(s.signature, { commitment: "confirmed", maxSupportedTransactionVersion: 0 });
+    if (!tx.transaction.message.staticAccountKeys[0].equals(admin.publicKey)) continue;
+    if (!tx.meta.logMessages.some((l) => /^Program log: Instruction: (Settle|SettleRelayed|CompleteJob|ExpireJob|OpenLedgers)$/.test(l))) continue;
+    oracleFees += BigInt(tx.meta.fee);
+    oracleTxs += 1;
+  }
+  await pay.waitForSelector("[data-testid=settlement-fees]", { timeout: 20000 });
+  assert.ok(oracleTxs >= 2);
+  assert.equal(await raw(pay, "[data-testid=settlement-fees]"), String(oracleFees));
+  assert.equal(await raw(pay, "[data-testid=settlement-txs]"), String(oracleTxs));
+  assert.equal(await pay.getAttribute("[data-testid=settlement-share]", "data-bps"), String((oracleFees * 10000n) / BigInt(rev.gross.toString())));
   await pay.click(`${row} [data-testid=rev-gross]`);
   await pay.waitForSelector('[data-testid=reconciled][data-match="true"]', { timeout: 20000 });
   const txRows = await pay.locator("[data-testid=revenue-tx]").count();
@@ -368,7 +535,7 @@ listen = "127.0.0.1:${base + 31}"
   const href = await pay.getAttribute("[data-testid=revenue-tx] a", "href");
   assert.match(href, /explorer\.solana\.com\/tx\/\w+\?cluster=custom&customUrl=/);
   await pay.screenshot({ path: path.join(ARTIFACTS, "revenue.png"), fullPage: true });
-  step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units} (${rev.outputUnits} output), receipts ${rev.receipts}; ${txRows} transaction(s) reconcile`);
+  step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units} (${rev.outputUnits} output), receipts ${rev.receipts}; ${txRows} transaction(s) reconcile; 7/30/90-day panels, operator lifetime, settlement fees ${oracleFees} lamports in ${oracleTxs} oracle transactions; Revenue accounts in ${revenueReads} request`);
 
   // 8. Clear messages: insufficient funds (an empty wallet), and a cluster that is not there.
   const poor = await walletPage(broke, "#/pay");
