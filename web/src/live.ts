@@ -34,6 +34,8 @@ export class LiveView {
   /** Subscription ids by what they watch; program-account ones are keyed `program:…`. */
   private subscriptions = new Map<string, number>();
   private timers = new Set<number>();
+  /** Chain times `at` has a timer for. */
+  private scheduled = new Set<number>();
   private fallback: number | undefined;
   private pending: number | undefined;
   private running: Promise<void> | null = null;
@@ -98,8 +100,15 @@ export class LiveView {
 
   /** Refreshes at a chain time no account change announces (a maturity, a window's end). */
   at(unixSecs: number, chainNow: number) {
+    // Every refresh asks again for the same times: one timer per time, not one per ask.
+    if (this.scheduled.has(unixSecs)) return;
     const ms = Math.max(0, (unixSecs - chainNow) * 1000) + 1000;
-    if (ms < 2 ** 31) this.later(() => this.refresh(), ms);
+    if (ms >= 2 ** 31) return;
+    this.scheduled.add(unixSecs);
+    this.later(() => {
+      this.scheduled.delete(unixSecs);
+      this.refresh();
+    }, ms);
   }
 
   /** Asks for a refresh; bursts of asks (one transaction, several accounts) make one. */
