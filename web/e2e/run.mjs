@@ -54,14 +54,69 @@ try {
   const base = await freePorts(40);
   const rpc = `http://127.0.0.1:${base}`;
   const validator = findValidator();
-  step(`validator ${validator} on ${rpc}`);
+  const conn = new Connection(rpc, "confirmed");
+  const program = new Program(idl, new AnchorProvider(conn, { publicKey: admin.publicKey }, { commitment: "confirmed" }));
+
+  // A year of revenue in a second mint (6 decimals, like USDC), loaded at genesis: 365
+  // Revenue days ending today and one operator's Earnings ledger in that mint, as the
+  // program would have written them (its own coder, its addresses). The dashboard must
+  // show them next to the wSOL the test settles for real, in that mint's units, and stay
+  // fast with a year of days. (Settling a year for real would take a year.)
+  const fixtures = path.join(tmp, "accounts");
+  fs.mkdirSync(fixtures);
+  const today = Math.floor(Date.now() / 86400000);
+  const usdc = Keypair.generate().publicKey, usdcOperator = Keypair.generate().publicKey;
+  const usdcDays = Array.from({ length: 365 }, (_, i) => {
+    const day = today - 364 + i;
+    const gross = 1_000_000n + BigInt((day * 7919) % 50) * 100_000n; // 1 to 5.9 tokens a day
+    const units = gross / 10n;
+    return { day, gross, fees: (gross * 250n) / 10_000n, units, outputUnits: units / 3n, receipts: BigInt(1 + (day % 5)), jobsStarted: BigInt(day % 3 === 0) };
+  });
+  const usdcSum = (first, last, k = "gross") => usdcDays.filter((d) => d.day >= first && d.day <= last).reduce((s, d) => s + d[k], 0n);
+  const usdcLedger = {
+    operator: pda(enc.encode("operator"), usdcOperator.toBytes()), mint: usdc,
+    earned: usdcSum(0, today) - usdcSum(0, today, "fees"), claimed: 300_000_000n,
+  };
+  const writeAccount = (address, owner, data) => fs.writeFileSync(path.join(fixtures, `${address.toBase58()}.json`), JSON.stringify({
+    pubkey: address.toBase58(),
+    account: { lamports: (128 + data.length) * 6960, data: [Buffer.from(data).toString("base64"), "base64"], owner: owner.toBase58(), executable: false, rentEpoch: 0, space: data.length },
+  }));
+  {
+    const mint = Buffer.alloc(82); // SPL Token Mint: authority (none), supply, decimals, initialized
+    mint.writeBigUInt64LE(10n ** 15n, 36);
+    mint[44] = 6;
+    mint[45] = 1;
+    writeAccount(usdc, TOKEN_PROGRAM, mint);
+  }
+  const BN = anchor.BN;
+  for (const d of usdcDays) {
+    const data = await program.coder.accounts.encode("revenue", {
+      mint: usdc, day: d.day, gross: new BN(d.gross.toString()), fees: new BN(d.fees.toString()), units: new BN(d.units.toString()),
+      receipts: new BN(d.receipts.toString()), jobsStarted: new BN(d.jobsStarted.toString()), bump: 255, outputUnits: new BN(d.outputUnits.toString()),
+    });
+    assert.equal(data.length, program.account.revenue.size);
+    const dayBytes = Buffer.alloc(4);
+    dayBytes.writeUInt32LE(d.day);
+    writeAccount(pda(enc.encode("revenue"), usdc.toBytes(), dayBytes), PROGRAM_ID, data);
+  }
+  {
+    const zero = { maturesAt: new BN(0), amount: new BN(0) };
+    const data = await program.coder.accounts.encode("earnings", {
+      operator: usdcLedger.operator, mint: usdc, claimable: new BN((usdcLedger.earned - usdcLedger.claimed).toString()), pending: [zero, zero],
+      frozen: new BN(0), totalEarned: new BN(usdcLedger.earned.toString()), totalClaimed: new BN(usdcLedger.claimed.toString()),
+      receiptsSettled: new BN(usdcSum(0, today, "receipts").toString()), unitsSettled: new BN(usdcSum(0, today, "units").toString()), bump: 255,
+    });
+    assert.equal(data.length, program.account.earnings.size);
+    writeAccount(pda(enc.encode("earnings"), usdcLedger.operator.toBytes(), usdc.toBytes()), PROGRAM_ID, data);
+  }
+  step(`validator ${validator} on ${rpc}; fixtures: 365 Revenue days of mint ${usdc.toBase58()} (6 decimals) and an Earnings ledger`);
   const validatorProc = start("solana-test-validator", validator, [
     "--ledger", path.join(tmp, "ledger"), "--reset", "--quiet", "--bind-address", "127.0.0.1",
     "--rpc-port", String(base), "--faucet-port", String(base + 2), "--gossip-port", String(base + 3),
     "--dynamic-port-range", `${base + 4}-${base + 30}`, "--mint", admin.publicKey.toBase58(),
     "--upgradeable-program", PROGRAM_ID.toBase58(), path.join(ROOT, "target/deploy/tally.so"), admin.publicKey.toBase58(),
+    "--account-dir", fixtures,
   ], { log: path.join(tmp, "validator.log"), cwd: tmp });
-  const conn = new Connection(rpc, "confirmed");
   await waitFor("the validator with the program", async () => {
     if (validatorProc.exitCode !== null) throw Object.assign(new Error("solana-test-validator exited"), { fatal: true });
     return (await conn.getAccountInfo(PROGRAM_ID))?.executable;
@@ -136,7 +191,6 @@ operator = "${operator.publicKey.toBase58()}"
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
       "--disable-component-update", "--disable-sync"],
   });
-  const program = new Program(idl, new AnchorProvider(conn, { publicKey: admin.publicKey }, { commitment: "confirmed" }));
   const walletScript = fs.readFileSync(path.join(WEB, "e2e/test-wallet.js"), "utf8").trim();
   const icon = "data:image/svg+xml;base64," + Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><rect width="32" height="32" fill="#7c5cff"/></svg>').toString("base64");
 
@@ -182,6 +236,12 @@ operator = "${operator.publicKey.toBase58()}"
     return page.textContent("#message");
   };
   const raw = async (page, sel) => (await page.getAttribute(sel, "data-raw")) ?? "";
+  /** Base units as the page writes them in a mint's own units (web/src/chain.ts formatAmount). */
+  const fmtUnits = (v, decimals) => {
+    const s = v.toString().padStart(decimals + 1, "0");
+    const frac = s.slice(-decimals).replace(/0+$/, "");
+    return `${BigInt(s.slice(0, -decimals)).toLocaleString("en-US")}${frac ? `.${frac}` : ""}`;
+  };
 
   /**
    * What a page asks the RPC node while it sits idle for `ms`: HTTP requests to the
@@ -386,6 +446,8 @@ operator = "${operator.publicKey.toBase58()}"
   await op.screenshot({ path: path.join(ARTIFACTS, "operator.png"), fullPage: true });
   const opLoad = await rpcLoad(op, 10000);
   step(`operator page idle RPC load: ${opLoad.httpPerMinute} HTTP requests/min, ${opLoad.wsFramesPerMinute} websocket frames/min sent; ${JSON.stringify(opLoad.methods)}`);
+  assert.equal(await op.evaluate(() => document.body.dataset.live), "subscribed");
+  assert.ok(opLoad.httpPerMinute < 12, `the idle operator page polls: ${opLoad.httpPerMinute} requests/min`);
   await op.click("[data-testid=claim]");
   assert.match(await messageOf(op, "ok"), /Claimed/);
   const earnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
@@ -479,14 +541,21 @@ operator = "${operator.publicKey.toBase58()}"
   };
   pay.on("request", countRevenueReads);
   await pay.goto(`${app}#/revenue`);
-  await pay.waitForSelector("[data-testid=revenue-row]", { timeout: 20000 });
+  await pay.waitForSelector("[data-testid=mint-panels][data-load-ms]", { timeout: 20000 });
   await pay.waitForSelector("[data-testid=operator-row]", { timeout: 20000 });
   pay.off("request", countRevenueReads);
   assert.equal(revenueReads, 1, "the revenue page reads the Revenue accounts in one request");
-  const revenues = await program.account.revenue.all();
+  const revenues = (await program.account.revenue.all()).filter((r) => r.account.mint.equals(WSOL));
   assert.equal(revenues.length, 1);
   const rev = revenues[0].account;
+  // Fast with a year of days: 366 Revenue accounts read, decoded and drawn (2 mints, 30 days each).
+  assert.equal(await pay.getAttribute("[data-testid=mint-panels]", "data-days"), "366");
+  const loadMs = Number(await pay.getAttribute("[data-testid=mint-panels]", "data-load-ms"));
+  assert.ok(loadMs < 3000, `the revenue page took ${loadMs} ms to load a year of days`);
+  // The per-day table shows one mint at a time: wSOL's.
+  await pay.selectOption("[data-testid=rev-mint]", WSOL.toBase58());
   const row = `[data-testid=revenue-row][data-day="${rev.day}"]`;
+  await pay.waitForSelector(`${row} [data-testid=rev-gross][data-raw="${rev.gross}"]`);
   assert.equal(await raw(pay, `${row} [data-testid=rev-gross]`), rev.gross.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-fees]`), rev.fees.toString());
   assert.equal(await raw(pay, `${row} [data-testid=rev-units]`), rev.units.toString());
@@ -495,24 +564,46 @@ operator = "${operator.publicKey.toBase58()}"
   assert.equal(await raw(pay, `${row} [data-testid=rev-receipts]`), rev.receipts.toString());
   assert.equal(rev.gross.toString(), job.settledGross.toString());
   // The dashboard: wSOL's panel in its own units, per-day bars and the cumulative line.
+  // Both mints side by side (SOL first), each in its own units; never added together.
   const panel = `[data-testid=mint-panel][data-mint="${WSOL.toBase58()}"]`;
-  assert.equal(await pay.locator("[data-testid=mint-panel]").count(), 1);
+  const usdcPanel = `[data-testid=mint-panel][data-mint="${usdc.toBase58()}"]`;
+  assert.deepEqual(await pay.$$eval("[data-testid=mint-panel]", (ps) => ps.map((p) => p.dataset.mint)), [WSOL.toBase58(), usdc.toBase58()]);
+  const renderTimes = [];
   for (const range of ["7", "90", "30"]) {
     await pay.selectOption("[data-testid=range]", range);
-    await pay.waitForSelector(`[data-testid=mint-panels][data-first="${rev.day - Number(range) + 1}"]`);
+    const first = rev.day - Number(range) + 1;
+    await pay.waitForSelector(`[data-testid=mint-panels][data-first="${first}"]`);
+    renderTimes.push(Number(await pay.getAttribute("[data-testid=mint-panels]", "data-render-ms")));
     assert.equal(await raw(pay, `${panel} [data-testid=range-gross]`), rev.gross.toString());
     assert.equal(await raw(pay, `${panel} [data-testid=range-fees]`), rev.fees.toString());
     assert.equal(await pay.locator(`${panel} [data-testid=chart-daily] a.bar`).count(), 1);
     assert.equal(await pay.getAttribute(`${panel} [data-testid=chart-daily] a.bar`, "data-raw"), rev.gross.toString());
     assert.equal(await pay.getAttribute(`${panel} [data-testid=chart-cumulative]`, "data-last"), rev.gross.toString());
+    assert.equal(await raw(pay, `${usdcPanel} [data-testid=range-gross]`), String(usdcSum(first, rev.day)));
+    assert.equal(await raw(pay, `${usdcPanel} [data-testid=range-fees]`), String(usdcSum(first, rev.day, "fees")));
+    assert.equal(await raw(pay, `${usdcPanel} [data-testid=range-units]`), String(usdcSum(first, rev.day, "units")));
+    assert.equal(await pay.locator(`${usdcPanel} [data-testid=chart-daily] a.bar`).count(), Number(range));
+    assert.equal(await pay.getAttribute(`${usdcPanel} [data-testid=chart-cumulative]`, "data-last"), String(usdcSum(first, rev.day)));
+    if (range === "90") await pay.screenshot({ path: path.join(ARTIFACTS, "revenue-90-days.png"), fullPage: true });
   }
+  assert.ok(Math.max(...renderTimes) < 500, `drawing a range took ${renderTimes} ms`);
+  assert.equal(await raw(pay, `${usdcPanel} [data-testid=lifetime-gross]`), String(usdcSum(0, today)));
+  assert.equal(await raw(pay, `${panel} [data-testid=lifetime-gross]`), rev.gross.toString());
   assert.match(await pay.textContent(`${panel} [data-testid=chart-daily]`), /day \(UTC\)[\s\S]*SOL per day/);
   assert.match(await pay.textContent(`${panel} [data-testid=range-gross]`), /^0\.\d+ SOL$/);
+  const usdcSymbol = `${usdc.toBase58().slice(0, 4)}…`;
+  assert.equal(await pay.textContent(`${usdcPanel} [data-testid=range-gross]`), `${fmtUnits(usdcSum(rev.day - 29, rev.day), 6)} ${usdcSymbol}`);
+  assert.match(await pay.textContent(`${usdcPanel} [data-testid=chart-daily]`), new RegExp(`day \\(UTC\\)[\\s\\S]*${usdcSymbol} per day`));
   // Per operator: lifetime figures from its Earnings ledger.
   const opEarnings = await program.account.earnings.fetch(pda(enc.encode("earnings"), pda(enc.encode("operator"), operator.publicKey.toBytes()).toBytes(), WSOL.toBytes()));
   const opRow = `[data-testid=operator-row][data-operator="${operator.publicKey.toBase58()}"]`;
   assert.equal(await raw(pay, `${opRow} [data-testid=op-earned]`), opEarnings.totalEarned.toString());
   assert.equal(await raw(pay, `${opRow} [data-testid=op-claimed]`), opEarnings.totalClaimed.toString());
+  // The fixture ledger in the other mint: its own row, its own units.
+  const usdcRow = `[data-testid=operator-row][data-mint="${usdc.toBase58()}"]`;
+  assert.equal(await raw(pay, `${usdcRow} [data-testid=op-earned]`), String(usdcLedger.earned));
+  assert.equal(await raw(pay, `${usdcRow} [data-testid=op-claimable]`), String(usdcLedger.earned - usdcLedger.claimed));
+  assert.equal(await pay.textContent(`${usdcRow} [data-testid=op-claimed]`), `${fmtUnits(usdcLedger.claimed, 6)} ${usdcSymbol}`);
   // Settlement cost: the fees the oracle (the admin here) paid for its settlement transactions, read independently from their logs.
   let oracleFees = 0n, oracleTxs = 0;
   for (const s of await conn.getSignaturesForAddress(admin.publicKey, { limit: 1000 }, "confirmed")) {
@@ -530,6 +621,12 @@ operator = "${operator.publicKey.toBase58()}"
   assert.equal(await pay.getAttribute("[data-testid=settlement-share]", "data-bps"), String((oracleFees * 10000n) / BigInt(rev.gross.toString())));
   await pay.click(`${row} [data-testid=rev-gross]`);
   await pay.waitForSelector('[data-testid=reconciled][data-match="true"]', { timeout: 20000 });
+  // The day per operator, rebuilt from its settlement transactions: all of it is this operator's.
+  const dayOp = `[data-testid=day-operator-row][data-operator="${operator.publicKey.toBase58()}"]`;
+  assert.equal(await pay.locator("[data-testid=day-operator-row]").count(), 1);
+  assert.equal(await raw(pay, `${dayOp} [data-testid=day-op-gross]`), rev.gross.toString());
+  assert.equal(await raw(pay, `${dayOp} [data-testid=day-op-net]`), String(BigInt(rev.gross.toString()) - BigInt(rev.fees.toString())));
+  assert.equal(await raw(pay, `${dayOp} [data-testid=day-op-receipts]`), rev.receipts.toString());
   const txRows = await pay.locator("[data-testid=revenue-tx]").count();
   assert.ok(txRows >= 1);
   const href = await pay.getAttribute("[data-testid=revenue-tx] a", "href");

@@ -3,7 +3,8 @@ import type { Page } from "./page";
 import { big, formatAmount, WSOL, type Chain, type MintInfo } from "./chain";
 import { barChart, cumulativeChart } from "./charts";
 import {
-  allEarnings, dayLabel, fetchConfig, isReceipt, operators, revenueDayHistory, revenueDays, settlementCost, sumReceipts, utcDay,
+  allEarnings, dayLabel, fetchConfig, isReceipt, operators, operatorsOfDay, revenueDayHistory, revenueDays, settlementCost, sumReceipts,
+  utcDay,
 } from "./tally";
 import { $, esc, short, showError } from "./ui";
 
@@ -68,10 +69,12 @@ async function operatorTable(chain: Chain): Promise<string> {
     const mint = await chain.mintInfo(e.account.mint);
     const fmt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
     const pending = e.account.pending.reduce((s: bigint, p: any) => s + big(p.amount), 0n);
+    // Labelled by the operator's authority (its wallet); by its operator account when that is gone.
     const authority = authorityOf.get(e.account.operator.toBase58()) ?? e.account.operator.toBase58();
+    const label = authorityOf.has(e.account.operator.toBase58()) ? short(authority, 6) : `${short(authority, 6)} (operator account)`;
     const cell = (id: string, v: bigint, shown = fmt(v)) => `<td data-testid="${id}" data-raw="${v}">${esc(shown)}</td>`;
     rows.push(`<tr data-testid="operator-row" data-operator="${authority}" data-mint="${mint.mint.toBase58()}">
-      <td class="mono" title="${authority}">${short(authority, 6)}</td><td>${esc(mint.symbol)}</td>
+      <td class="mono" title="${authority}">${label}</td><td>${esc(mint.symbol)}</td>
       ${cell("op-earned", big(e.account.totalEarned))}${cell("op-claimed", big(e.account.totalClaimed))}
       ${cell("op-claimable", big(e.account.claimable))}${cell("op-pending", pending)}${cell("op-frozen", big(e.account.frozen))}
       ${cell("op-receipts", big(e.account.receiptsSettled), big(e.account.receiptsSettled).toLocaleString())}
@@ -125,9 +128,12 @@ export const revenuePage: Page = (root, ctx) => {
       <div id="rev-panels" class="charts" data-testid="mint-panels">Loading…</div></section>
     <section><h2>Settlement cost</h2><div id="rev-cost" data-testid="settlement-cost">Loading…</div></section>
     <section><h2>Per operator</h2>
-      <p class="muted">Lifetime figures from each operator's Earnings ledger per mint (net of protocol fees). Per-day figures per
-      operator are not kept on chain (Revenue accounts are per mint and day); they would have to be rebuilt from every settlement
-      transaction's ReceiptSettled events, which this page does not do.</p>
+      <p class="muted">Lifetime figures from each operator's Earnings ledger per mint (net of protocol fees), one request for all.
+      No account keeps an operator's figures per day (Revenue accounts are per mint and day, Earnings per operator and mint
+      since the start), and the oracle serves none: pick a day (a bar or a figure) and its split per operator is rebuilt from
+      that day's settlement transactions, each ReceiptSettled event attributed to the Earnings ledger its settle instruction
+      credits. A per-operator series over the whole range would mean reading every settlement transaction of the range, which
+      this page does not do.</p>
       <div id="rev-operators" data-testid="operator-table">Loading…</div></section>
     <section><h2>Per day</h2>
       <label>Mint <select id="rev-mint" data-testid="rev-mint"></select></label>
@@ -147,6 +153,7 @@ export const revenuePage: Page = (root, ctx) => {
     });
 
   const renderPanels = () => {
+    const started = performance.now();
     const first = today - range() + 1;
     const panels = $("#rev-panels", root);
     panels.dataset.first = String(first);
@@ -156,6 +163,8 @@ export const revenuePage: Page = (root, ctx) => {
       const m = byMint.get(p.dataset.mint!)!;
       wireDays(p, m.info, m.days);
     });
+    // How long drawing the range took (the e2e holds it to a budget with a year of days).
+    panels.dataset.renderMs = String(Math.round(performance.now() - started));
   };
 
   const renderTable = () => {
@@ -192,6 +201,7 @@ export const revenuePage: Page = (root, ctx) => {
   };
 
   const load = async () => {
+    const started = performance.now();
     today = utcDay(await chain.chainTime());
     const { list: all, outdated } = await revenueDays(chain);
     $("#rev-outdated", root).textContent = outdated
@@ -208,13 +218,18 @@ export const revenuePage: Page = (root, ctx) => {
       });
     }
     next.forEach((e) => e.days.sort((a, b) => a.day - b.day));
-    byMint = next;
+    // Side by side in a fixed order: SOL first, then by mint address.
+    const order = (m: MintRevenue) => (m.info.mint.equals(WSOL) ? "" : m.info.mint.toBase58());
+    byMint = new Map([...next].sort(([, a], [, b]) => order(a).localeCompare(order(b))));
     const select = $<HTMLSelectElement>("#rev-mint", root);
     const current = select.value;
     select.innerHTML = [...byMint.values()].map((e) => `<option value="${e.info.mint.toBase58()}">${e.info.symbol} (${short(e.info.mint.toBase58())})</option>`).join("");
     if (current && byMint.has(current)) select.value = current;
     renderPanels();
     renderTable();
+    // From the first request to every mint's charts and the table drawn.
+    $("#rev-panels", root).dataset.loadMs = String(Math.round(performance.now() - started));
+    $("#rev-panels", root).dataset.days = String(all.length);
     renderCost();
     $("#rev-operators", root).innerHTML = await operatorTable(chain);
   };
@@ -245,10 +260,33 @@ async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day
         <td>${fmt(s.gross)}</td><td>${fmt(s.fees)}</td><td>${s.units.toLocaleString()}</td><td>${s.output.toLocaleString()}</td><td>${s.receipts}</td><td>${esc(other.join(", "))}</td></tr>`;
     })
     .join("");
+  const split = await operatorsOfDay(chain, info.mint, txs);
+  const [earnings, ops] = await Promise.all([allEarnings(chain), operators(chain)]);
+  const operatorOf = new Map(earnings.map((e) => [e.publicKey.toBase58(), e.account.operator as PublicKey]));
+  const authorityOf = new Map(ops.map((o) => [o.publicKey.toBase58(), o.account.authority.toBase58()]));
+  const perOperator = split
+    .map((o) => {
+      const operator = o.earnings ? operatorOf.get(o.earnings.toBase58()) : undefined;
+      const authority = operator ? authorityOf.get(operator.toBase58()) : undefined;
+      const who = authority
+        ? `<span class="mono" title="${authority}">${short(authority, 6)}</span>`
+        : o.earnings
+          ? `<span class="mono" title="${o.earnings.toBase58()}">Earnings ${short(o.earnings.toBase58(), 6)}</span>`
+          : "unattributed (a batch across operators, job account closed)";
+      const cell = (id: string, v: bigint, shown: string) => `<td data-testid="${id}" data-raw="${v}">${esc(shown)}</td>`;
+      return `<tr data-testid="day-operator-row" data-operator="${authority ?? ""}" data-earnings="${o.earnings?.toBase58() ?? ""}"><td>${who}</td>
+        ${cell("day-op-gross", o.gross, fmt(o.gross))}${cell("day-op-fees", o.fees, fmt(o.fees))}${cell("day-op-net", o.gross - o.fees, fmt(o.gross - o.fees))}
+        ${cell("day-op-units", o.units, o.units.toLocaleString())}${cell("day-op-receipts", o.receipts, o.receipts.toString())}</tr>`;
+    })
+    .join("");
   const match = sums.gross === day.gross && sums.fees === day.fees && sums.units === day.units && sums.output === day.outputUnits && sums.receipts === day.receipts;
   box.innerHTML = `<h2>${dayLabel(day.day)}: ${txs.length} transactions</h2>
     <p data-testid="reconciled" data-match="${match}">${match ? "✓ The events of these transactions add up to the Revenue account's figures." : "The events listed do not add up to the account's figures (history may be truncated by the RPC node)."}</p>
     <table><tr><th>transaction</th><th>time (UTC)</th><th>revenue</th><th>fees</th><th>units</th><th>output tokens</th><th>receipts</th><th>other events</th></tr>${rows}
     <tr><th>sum of events</th><th></th><th>${fmt(sums.gross)}</th><th>${fmt(sums.fees)}</th><th>${sums.units.toLocaleString()}</th><th>${sums.output.toLocaleString()}</th><th>${sums.receipts}</th><th></th></tr>
-    <tr><th>Revenue account</th><th></th><th>${fmt(day.gross)}</th><th>${fmt(day.fees)}</th><th>${day.units.toLocaleString()}</th><th>${day.outputUnits.toLocaleString()}</th><th>${day.receipts}</th><th></th></tr></table>`;
+    <tr><th>Revenue account</th><th></th><th>${fmt(day.gross)}</th><th>${fmt(day.fees)}</th><th>${day.units.toLocaleString()}</th><th>${day.outputUnits.toLocaleString()}</th><th>${day.receipts}</th><th></th></tr></table>
+    <h3>Per operator this day</h3>
+    <p class="muted">Rebuilt from the transactions above (no account keeps it): each receipt counts for the operator whose Earnings
+    ledger its settle instruction credits.</p>
+    ${perOperator ? `<table data-testid="day-operators"><tr><th>operator (authority)</th><th>revenue</th><th>fees</th><th>operator's net</th><th>units</th><th>receipts</th></tr>${perOperator}</table>` : `<p class="muted">No receipts settled this day.</p>`}`;
 }

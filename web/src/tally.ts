@@ -649,3 +649,68 @@ export async function settlementCost(chain: Chain, oracles: PublicKey[], sinceUn
   }
   return cost;
 }
+
+// ---------------------------------------------------------------------------------------
+// One day's revenue per operator. No account keeps it (Revenue: per mint and day;
+// Earnings: per operator and mint, lifetime), so it is rebuilt from the day's settlement
+// transactions: every settle / settle_relayed instruction names the Earnings ledger it
+// credits (its fourth account), and a ReceiptSettled event belongs to that operator.
+
+const SETTLE_IXS = new Set(["settle", "settlerelayed"]);
+/** Index of `earnings` in the accounts of settle and settle_relayed (idl/tally.json). */
+const SETTLE_EARNINGS = 3;
+
+export interface OperatorDay extends ReceiptSums {
+  /** The Earnings ledger credited; null: receipts that could not be attributed. */
+  earnings: PublicKey | null;
+}
+
+/**
+ * Splits a day's settlement transactions per operator (per Earnings ledger of the day's
+ * mint). A transaction crediting one ledger gives it all its receipts; one crediting
+ * several (a batch across operators) attributes each receipt by its job's operator,
+ * read from the job account (one batched request); receipts of jobs whose account is
+ * gone in such a batch are counted as unattributed rather than guessed.
+ */
+export async function operatorsOfDay(chain: Chain, mint: PublicKey, txs: TxEvents[]): Promise<OperatorDay[]> {
+  const byLedger = new Map<string, { earnings: PublicKey | null; events: TxEvents["events"] }>();
+  const add = (earnings: PublicKey | null, e: TxEvents["events"][number]) => {
+    const key = earnings?.toBase58() ?? "";
+    if (!byLedger.has(key)) byLedger.set(key, { earnings, events: [] });
+    byLedger.get(key)!.events.push(e);
+  };
+  const mixed: TxEvents["events"] = [];
+  for (const t of txs) {
+    const receipts = t.events.filter((e) => isReceipt(e.name));
+    if (!receipts.length) continue;
+    const ledgers = [
+      ...new Map(
+        t.instructions
+          .filter((i) => SETTLE_IXS.has(i.name.replace(/_/g, "").toLowerCase()) && i.accounts[SETTLE_EARNINGS])
+          .map((i) => [i.accounts[SETTLE_EARNINGS].toBase58(), i.accounts[SETTLE_EARNINGS]]),
+      ).values(),
+    ];
+    if (ledgers.length === 1) receipts.forEach((e) => add(ledgers[0], e));
+    else mixed.push(...receipts);
+  }
+  if (mixed.length) {
+    const jobs = [...new Map(mixed.map((e) => [field(e.data, "job").toBase58(), field(e.data, "job") as PublicKey])).values()];
+    const ledgerOfJob = new Map<string, PublicKey>();
+    for (let i = 0; i < jobs.length; i += 100) {
+      const infos = await chain.connection.getMultipleAccountsInfo(jobs.slice(i, i + 100), "confirmed");
+      infos.forEach((info, j) => {
+        if (!info || !info.owner.equals(PROGRAM_ID)) return;
+        try {
+          const job = chain.program.coder.accounts.decode("job", info.data);
+          ledgerOfJob.set(jobs[i + j].toBase58(), earningsPda(job.operator, mint));
+        } catch {
+          // Not a job account in a layout this page reads: left unattributed.
+        }
+      });
+    }
+    mixed.forEach((e) => add(ledgerOfJob.get(field(e.data, "job").toBase58()) ?? null, e));
+  }
+  return [...byLedger.values()]
+    .map(({ earnings, events }) => ({ earnings, ...sumReceipts(events) }))
+    .sort((a, b) => (b.gross > a.gross ? 1 : b.gross < a.gross ? -1 : 0));
+}
