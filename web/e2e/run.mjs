@@ -219,7 +219,16 @@ operator = "${operator.publicKey.toBase58()}"
     page.on("pageerror", (e) => console.error("[page error]", e.message));
     // Every websocket the page opens, for rpcLoad's frame count.
     page.sockets = [];
-    page.on("websocket", (ws) => page.sockets.push(ws));
+    page.subscribed = []; // every subscription request sent: { method, params }
+    page.on("websocket", (ws) => {
+      page.sockets.push(ws);
+      ws.on("framesent", (f) => {
+        try {
+          const m = JSON.parse(typeof f.payload === "string" ? f.payload : f.payload.toString());
+          for (const call of [m].flat()) if (/Subscribe$/.test(call?.method ?? "")) page.subscribed.push(call);
+        } catch {}
+      });
+    });
     await page.goto(`${app}${hash}`);
     await page.waitForSelector('[data-testid=cluster-status][data-ready="true"]', { timeout: 30000 });
     await page.getByRole("button", { name: "Connect Tally Test Wallet" }).click();
@@ -358,6 +367,11 @@ operator = "${operator.publicKey.toBase58()}"
   // Subscriptions, not polling: an idle page asks the node (almost) nothing over HTTP.
   assert.equal(await pay.evaluate(() => document.body.dataset.live), "subscribed");
   assert.ok(payLoad.httpPerMinute < 12, `the idle pay page polls: ${payLoad.httpPerMinute} requests/min`);
+  // What it subscribed to: the job account, the client's jobs (program accounts), the job's logs.
+  const subscribedTo = (page, method, pred) => page.subscribed.some((c) => c.method === method && pred(JSON.stringify(c.params)));
+  assert.ok(subscribedTo(pay, "accountSubscribe", (p) => p.includes(jobAddress.toBase58())), "no account subscription for the job");
+  assert.ok(subscribedTo(pay, "programSubscribe", (p) => p.includes(PROGRAM_ID.toBase58()) && p.includes(client.publicKey.toBase58())), "no program subscription for the client's jobs");
+  assert.ok(subscribedTo(pay, "logsSubscribe", (p) => p.includes(`"mentions":["${jobAddress.toBase58()}"]`)), "no logs subscription for the job");
 
   // Job key: signed in the wallet (solana:signMessage), taken by the real oracle gateway.
   await pay.selectOption(`${card} [data-testid=job-key-expires]`, String(86400));
@@ -633,6 +647,19 @@ operator = "${operator.publicKey.toBase58()}"
   assert.match(href, /explorer\.solana\.com\/tx\/\w+\?cluster=custom&customUrl=/);
   await pay.screenshot({ path: path.join(ARTIFACTS, "revenue.png"), fullPage: true });
   step(`revenue page: day ${rev.day} gross ${rev.gross}, fees ${rev.fees}, units ${rev.units} (${rev.outputUnits} output), receipts ${rev.receipts}; ${txRows} transaction(s) reconcile; 7/30/90-day panels, operator lifetime, settlement fees ${oracleFees} lamports in ${oracleTxs} oracle transactions; Revenue accounts in ${revenueReads} request`);
+
+  // Live: a settlement while the dashboard is open shows up without a reload (a logs
+  // subscription to the program's transactions).
+  assert.ok(subscribedTo(pay, "logsSubscribe", (p) => p.includes(`"mentions":["${PROGRAM_ID.toBase58()}"]`)), "the revenue page has no logs subscription");
+  await report("req-5", 40, 10);
+  const settledMore = await waitFor("the oracle to settle 50 more units", async () => {
+    const r = (await program.account.revenue.all()).find((x) => x.account.mint.equals(WSOL) && x.account.day === rev.day)?.account;
+    return r && r.units.toString() === String(BigInt(rev.units.toString()) + 50n) ? r : null;
+  }, 60000, 500);
+  await pay.waitForSelector(`${panel} [data-testid=range-gross][data-raw="${settledMore.gross}"]`, { timeout: 20000 });
+  assert.equal(await pay.getAttribute(`${panel} [data-testid=chart-cumulative]`, "data-last"), settledMore.gross.toString());
+  assert.equal(await raw(pay, `${usdcPanel} [data-testid=range-gross]`), String(usdcSum(rev.day - 29, rev.day)));
+  step(`revenue page: a settlement while it is open shows up live (gross ${rev.gross} -> ${settledMore.gross})`);
 
   // 8. Clear messages: insufficient funds (an empty wallet), and a cluster that is not there.
   const poor = await walletPage(broke, "#/pay");

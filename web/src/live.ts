@@ -1,6 +1,7 @@
 // Live pages without polling: a page names the accounts (and program-account filters)
-// it shows, and is refreshed when the cluster notifies a change over its websocket
-// (web3.js v1 subscriptions; the endpoint is the RPC URL with the port + 1, as
+// it shows and the addresses whose transactions' events it shows (logs subscriptions),
+// and is refreshed when the cluster notifies a change over its websocket (web3.js v1
+// subscriptions; the endpoint is the RPC URL with the port + 1, as
 // solana-test-validator and most RPC providers serve it). Refreshes are coalesced, so a
 // settlement touching five accounts costs one refresh. Only while the websocket is down
 // (dropped, or never opened) does the page fall back to a slow refresh, and it refreshes
@@ -48,7 +49,18 @@ export class LiveView {
     if (code !== 1000 && this.subscriptions.size) this.socketDown();
   };
 
-  constructor(private chain: Chain, private refreshFn: () => Promise<void>, private onError: (e: unknown) => void) {
+  private lastRun = 0;
+
+  /**
+   * `minIntervalMs`: at most one refresh per that time (a page that reloads a lot, on
+   * notifications that may come with every settlement on a busy cluster).
+   */
+  constructor(
+    private chain: Chain,
+    private refreshFn: () => Promise<void>,
+    private onError: (e: unknown) => void,
+    private minIntervalMs = 0,
+  ) {
     this.socket = socketOf(chain);
   }
 
@@ -70,7 +82,11 @@ export class LiveView {
     this.socket.events?.off("close", this.onClose);
     const connection = this.chain.connection;
     for (const [key, id] of this.subscriptions) {
-      const removed = key.startsWith("program:") ? connection.removeProgramAccountChangeListener(id) : connection.removeAccountChangeListener(id);
+      const removed = key.startsWith("program:")
+        ? connection.removeProgramAccountChangeListener(id)
+        : key.startsWith("logs:")
+          ? connection.removeOnLogsListener(id)
+          : connection.removeAccountChangeListener(id);
       void removed.catch(() => {});
     }
     this.subscriptions.clear();
@@ -98,6 +114,32 @@ export class LiveView {
     this.subscriptions.set(key, id);
   }
 
+  /**
+   * Watches the transactions that mention `address` (a logs subscription): when one
+   * succeeds with Tally events, `onEvents` sees them (the signature too) and says whether
+   * the page should refresh (default: yes). What only lives in events (receipts, a
+   * dispute's resolution, settlements) is known when it happens, without polling history.
+   */
+  logs(address: PublicKey, onEvents?: (events: { name: string; data: any }[], signature: string) => boolean) {
+    const key = `logs:${address.toBase58()}`;
+    if (this.stopped || this.subscriptions.has(key)) return;
+    const id = this.chain.connection.onLogs(
+      address,
+      (l) => {
+        if (l.err) return;
+        let events: { name: string; data: any }[];
+        try {
+          events = [...this.chain.parser.parseLogs(l.logs)].map((e) => ({ name: e.name, data: e.data }));
+        } catch {
+          return;
+        }
+        if (events.length && (onEvents?.(events, l.signature) ?? true)) this.refresh();
+      },
+      "confirmed",
+    );
+    this.subscriptions.set(key, id);
+  }
+
   /** Refreshes at a chain time no account change announces (a maturity, a window's end). */
   at(unixSecs: number, chainNow: number) {
     // Every refresh asks again for the same times: one timer per time, not one per ask.
@@ -115,7 +157,8 @@ export class LiveView {
   refresh() {
     if (this.stopped) return;
     clearTimeout(this.pending);
-    this.pending = window.setTimeout(() => void this.run(), COALESCE_MS);
+    const wait = Math.max(COALESCE_MS, this.lastRun + this.minIntervalMs - Date.now());
+    this.pending = window.setTimeout(() => void this.run(), wait);
   }
 
   /** Runs the page's refresh, never two at once; an ask during one runs it once more. */
@@ -124,6 +167,7 @@ export class LiveView {
       this.again = true;
       return;
     }
+    this.lastRun = Date.now();
     this.running = this.refreshFn().catch(this.onError);
     await this.running;
     this.running = null;

@@ -147,6 +147,13 @@ export const payPage: Page = (root, ctx) => {
         if (!cards.size) list.innerHTML = "";
         list.prepend(card);
         cards.set(key, card);
+        // Receipts and a dispute's resolution live in the job's transactions' events:
+        // one with Tally events makes the card re-read the job's history.
+        const watched = card;
+        live.logs(j.publicKey, () => {
+          delete watched.dataset.historyFor;
+          return true;
+        });
       }
       await updateCard(chain, live, card, j.publicKey, j.account, now);
     }

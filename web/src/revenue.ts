@@ -1,7 +1,8 @@
 import { PublicKey } from "@solana/web3.js";
 import type { Page } from "./page";
-import { big, formatAmount, WSOL, type Chain, type MintInfo } from "./chain";
+import { big, formatAmount, PROGRAM_ID, WSOL, type Chain, type MintInfo } from "./chain";
 import { barChart, cumulativeChart } from "./charts";
+import { LiveView } from "./live";
 import {
   allEarnings, dayLabel, fetchConfig, isReceipt, operators, operatorsOfDay, revenueDayHistory, revenueDays, settlementCost, sumReceipts,
   utcDay,
@@ -239,10 +240,17 @@ export const revenuePage: Page = (root, ctx) => {
     renderTable();
     renderCost();
   });
-  $("#rev-reload", root).onclick = () => void load().catch(showError);
-  load().catch(showError);
-  return () => {};
+  $("#rev-reload", root).onclick = () => live.refresh();
+  // Live: the program's transactions (a logs subscription) that move revenue or earnings
+  // reload the figures, at most once every 5 s however busy the cluster.
+  const live = new LiveView(chain, load, showError, 5000);
+  live.logs(PROGRAM_ID, (events) => events.some((e) => LIVE_EVENTS.has(e.name.toLowerCase())));
+  live.start();
+  return () => live.stop();
 };
+
+/** Events after which the dashboard's figures differ. */
+const LIVE_EVENTS = new Set(["receiptsettled", "ledgersopened", "earningsclaimed", "disputeopened", "disputeresolved", "jobclosed"]);
 
 async function showDay(chain: Chain, root: HTMLElement, info: MintInfo, day: Day) {
   const box = $("#rev-day", root);
