@@ -375,10 +375,17 @@ operator = "${operator.publicKey.toBase58()}"
 
   // Job key: signed in the wallet (solana:signMessage), taken by the real oracle gateway.
   await pay.selectOption(`${card} [data-testid=job-key-expires]`, String(86400));
+  await pay.fill(`${card} [data-testid=job-key-limit]`, "0.0001");
   await pay.click(`${card} [data-testid=make-job-key]`);
   assert.match(await messageOf(pay, "ok"), /Job key signed/);
   const jobKey = (await pay.textContent(`${card} [data-testid=job-key]`)).trim();
   assert.match(jobKey, /^tally_k1_[A-Za-z0-9_-]{162}$/);
+  // The layout client/src/job_key.rs reads: version, job, nonce, expiry, limit (0.0001 SOL), signature.
+  const keyBytes = Buffer.from(jobKey.slice(9), "base64url");
+  assert.equal(keyBytes[0], 1);
+  assert.equal(new PublicKey(keyBytes.subarray(1, 33)).toBase58(), jobAddress.toBase58());
+  assert.equal(keyBytes.readBigUInt64LE(33).toString(), job.nonce.toString());
+  assert.equal(keyBytes.readBigUInt64LE(49), 100_000n);
   const keyExpiresAt = Number(await pay.getAttribute(`${card} [data-testid=job-key]`, "data-expires-at"));
   const chainNow = Number((await conn.getAccountInfo(new PublicKey("SysvarC1ock11111111111111111111111111111111"))).data.readBigInt64LE(32));
   assert.ok(Math.abs(keyExpiresAt - (chainNow + 86400)) < 30, `key expiry ${keyExpiresAt} vs chain now ${chainNow} + 1 day`);

@@ -191,7 +191,7 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
     <div class="row">
       <label>Expires in <select class="key-expires" data-testid="job-key-expires">${KEY_LIFETIMES.map(
         ([label, secs]) => `<option value="${secs}"${secs === 7 * 86400 ? " selected" : ""}>${label}</option>`).join("")}</select></label>
-      <label>Spend limit (tokens, empty = up to the escrow) <input class="key-limit" data-testid="job-key-limit" size="10"></label>
+      <label>Spend limit (amount in the job's mint; empty: up to the escrow) <input class="key-limit" data-testid="job-key-limit" size="10"></label>
       <button class="make-key" data-testid="make-job-key">Sign job key in wallet</button>
     </div>
     <div class="key-box" hidden><code class="mono job-key" data-testid="job-key"></code>
