@@ -9,6 +9,8 @@ export interface Series {
   firstDay: number;
   values: bigint[];
   format: (v: bigint) => string;
+  /** A y-axis tick: the number alone (the axis title names the unit). */
+  tick: (v: bigint) => string;
   /** Y axis title, e.g. "SOL per day". */
   yTitle: string;
 }
@@ -24,12 +26,17 @@ const y = (v: bigint, max: bigint) => M.top + plotH - Number((v * 1_000_000n) / 
 function axes(s: Series, max: bigint): string {
   const ticks = [0n, max / 2n, max]
     .map((v) => `<line x1="${M.left}" x2="${W - M.right}" y1="${y(v, max)}" y2="${y(v, max)}" stroke="#eee"></line>
-      <text class="tick" x="${M.left - 4}" y="${y(v, max) + 3}" text-anchor="end">${esc(s.format(v))}</text>`)
+      <text class="tick" x="${M.left - 4}" y="${y(v, max) + 3}" text-anchor="end">${esc(s.tick(v))}</text>`)
     .join("");
   const n = s.values.length;
   const xDays = [...new Set([0, Math.floor((n - 1) / 2), n - 1])].filter((i) => i >= 0);
   const xTicks = xDays
-    .map((i) => `<text class="tick" x="${xOf(i, n) + barWidth(n) / 2}" y="${H - M.bottom + 14}" text-anchor="middle">${dayLabel(s.firstDay + i)}</text>`)
+    // The first label starts at its day, the last ends at its day: none runs off the plot.
+    .map((i, k, all) => {
+      const anchor = all.length > 1 && k === 0 ? "start" : k === all.length - 1 && all.length > 1 ? "end" : "middle";
+      const x = anchor === "start" ? xOf(i, n) : anchor === "end" ? xOf(i, n) + barWidth(n) : xOf(i, n) + barWidth(n) / 2;
+      return `<text class="tick" x="${x}" y="${H - M.bottom + 14}" text-anchor="${anchor}">${dayLabel(s.firstDay + i)}</text>`;
+    })
     .join("");
   return `${ticks}
     <line x1="${M.left}" x2="${M.left}" y1="${M.top}" y2="${H - M.bottom}" stroke="#888"></line>
