@@ -572,7 +572,10 @@ operator = "${operator.publicKey.toBase58()}"
   // Fast with a year of days: 366 Revenue accounts read, decoded and drawn (2 mints, 30 days each).
   assert.equal(await pay.getAttribute("[data-testid=mint-panels]", "data-days"), "366");
   const loadMs = Number(await pay.getAttribute("[data-testid=mint-panels]", "data-load-ms"));
-  assert.ok(loadMs < 3000, `the revenue page took ${loadMs} ms to load a year of days`);
+  const fetchMs = Number(await pay.getAttribute("[data-testid=mint-panels]", "data-fetch-ms"));
+  // The page's own work (decode, sum, draw) is held tightly; the RPC node's answer loosely (CI machines are busy).
+  assert.ok(loadMs - fetchMs < 1000, `the revenue page spent ${loadMs - fetchMs} ms decoding and drawing a year of days`);
+  assert.ok(loadMs < 5000, `the revenue page took ${loadMs} ms to load a year of days`);
   // The per-day table shows one mint at a time: wSOL's.
   await pay.selectOption("[data-testid=rev-mint]", WSOL.toBase58());
   const row = `[data-testid=revenue-row][data-day="${rev.day}"]`;
@@ -608,6 +611,7 @@ operator = "${operator.publicKey.toBase58()}"
     if (range === "90") await pay.screenshot({ path: path.join(ARTIFACTS, "revenue-90-days.png"), fullPage: true });
   }
   assert.ok(Math.max(...renderTimes) < 500, `drawing a range took ${renderTimes} ms`);
+  step(`revenue page: a year of days (366 Revenue accounts) loaded in ${loadMs} ms (${fetchMs} ms of it the RPC node); ranges drawn in ${renderTimes.join("/")} ms`);
   assert.equal(await raw(pay, `${usdcPanel} [data-testid=lifetime-gross]`), String(usdcSum(0, today)));
   assert.equal(await raw(pay, `${panel} [data-testid=lifetime-gross]`), rev.gross.toString());
   assert.match(await pay.textContent(`${panel} [data-testid=chart-daily]`), /day \(UTC\)[\s\S]*SOL per day/);

@@ -45,7 +45,7 @@ function mintPanel(m: MintRevenue, first: number, last: number): string {
   const inRange = m.days.filter((d) => d.day >= first && d.day <= last);
   const lifetime = sum(m.days.map((d) => d.gross));
   const stat = (id: string, label: string, v: bigint, shown = fmt(v)) => `<div><dt>${label}</dt><dd data-testid="${id}" data-raw="${v}">${esc(shown)}</dd></div>`;
-  const series = { firstDay: first, values: gross, format: fmt };
+  const series = { firstDay: first, values: gross, format: fmt, tick: (v: bigint) => formatAmount(v, m.info.decimals) };
   return `<div class="chart mint-panel" data-testid="mint-panel" data-mint="${m.info.mint.toBase58()}">
     <h3>${esc(m.info.symbol)} <span class="mono muted">${short(m.info.mint.toBase58())} · ${m.info.decimals} decimals</span></h3>
     <dl class="stats">
@@ -205,6 +205,7 @@ export const revenuePage: Page = (root, ctx) => {
     const started = performance.now();
     today = utcDay(await chain.chainTime());
     const { list: all, outdated } = await revenueDays(chain);
+    const fetched = performance.now();
     $("#rev-outdated", root).textContent = outdated
       ? `${outdated} more day(s) in the old layout (no output counter) are left out until upgraded (tally admin migrate, or the oracle's next settlement that day).`
       : "";
@@ -228,7 +229,9 @@ export const revenuePage: Page = (root, ctx) => {
     if (current && byMint.has(current)) select.value = current;
     renderPanels();
     renderTable();
-    // From the first request to every mint's charts and the table drawn.
+    // From the first request to every mint's charts and the table drawn, and the part of
+    // it spent waiting for the RPC node (the rest is this page's work: decode, sum, draw).
+    $("#rev-panels", root).dataset.fetchMs = String(Math.round(fetched - started));
     $("#rev-panels", root).dataset.loadMs = String(Math.round(performance.now() - started));
     $("#rev-panels", root).dataset.days = String(all.length);
     renderCost();
