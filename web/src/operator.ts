@@ -35,7 +35,7 @@ export const operatorPage: Page = (root, ctx) => {
 
   let claiming = false;
   /** The open jobs the closed-jobs list was computed against: recomputed when one closes or opens. */
-  let closedFor = "";
+  let closedFor: string | null = null;
   const live = new LiveView(chain, () => refresh(), showError);
   const wsol = wrappedSolPanel(ctx, live, $("#op-wsol", root));
   const refresh = async () => {
