@@ -130,7 +130,7 @@ export const operatorPage: Page = (root, ctx) => {
     }
     $("#op-jobs", root).innerHTML = (jobRows.length
       ? `<table><tr><th>job</th><th>status</th><th>units</th><th>gross</th><th>fees</th><th>net earned</th><th>matured</th><th>in window</th><th>disputed</th></tr>${jobRows.join("")}</table>`
-      : `<p class="muted">No open jobs with this operator (closed jobs leave the chain; their totals stay in the earnings above).</p>`) +
+      : `<p class="muted">No open jobs with this operator (closed ones are listed below; their totals stay in the earnings above).</p>`) +
       (outdated ? `<p class="muted">${outdated} more job(s) in the old layout: they show once upgraded (tally admin migrate, or the oracle before it settles them).</p>` : "");
   };
   live.start();

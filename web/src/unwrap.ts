@@ -28,6 +28,11 @@ export function wrappedSolPanel(ctx: Ctx, live: LiveView, box: HTMLElement) {
       box.innerHTML = `<span class="muted">No wrapped SOL account in this wallet.</span>`;
       return;
     }
+    if (held.amount === 0n && openJobsInSol) {
+      // Nothing to unwrap but its rent, and open jobs refund into it: closing it now only gets in their way.
+      box.innerHTML = `<span class="muted">Wrapped SOL account empty (${esc(formatAmount(BigInt(held.lamports), 9))} SOL rent); kept while ${openJobsInSol} open job(s) in SOL may refund into it.</span>`;
+      return;
+    }
     const warning = openJobsInSol
       ? ` <span class="muted">${openJobsInSol} open job(s) in SOL refund into this account when they end: unwrap after they do, or the refund waits for your next deposit to re-create it.</span>`
       : "";
