@@ -452,6 +452,9 @@ operator = "${operator.publicKey.toBase58()}"
   await pay.click(`[data-job="${second.toBase58()}"] [data-testid=cancel]`);
   assert.match(await messageOf(pay, "ok"), /cancelled/);
   assert.equal(await conn.getAccountInfo(second), null);
+  // Its card says closed, and its buttons stay disabled (the cancel button too, once its action returned).
+  await pay.waitForSelector(`[data-job="${second.toBase58()}"][data-status=closed] [data-testid=cancel][disabled]`, { timeout: 20000 });
+  assert.equal(await pay.isDisabled(`[data-job="${second.toBase58()}"] [data-testid=top-up]`), true);
   step("second job opened and cancelled from the page (account closed, refunded)");
 
   // 6. Operator page: earnings per job, then claim once matured.

@@ -161,7 +161,10 @@ export const payPage: Page = (root, ctx) => {
       if (!seen.has(key) && card.dataset.status !== "closed") {
         card.dataset.status = "closed";
         $(".state-line", card).textContent = "closed (the account is gone: completed, cancelled or expired; the rest was refunded)";
-        card.querySelectorAll("button:not([data-testid=copy-job-key])").forEach((b) => ((b as HTMLButtonElement).disabled = true));
+        card.querySelectorAll<HTMLButtonElement>("button:not([data-testid=copy-job-key])").forEach((b) => {
+          b.disabled = true;
+          b.dataset.locked = "true";
+        });
       }
     }
   };
