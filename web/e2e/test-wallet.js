@@ -1,10 +1,11 @@
 // A Wallet Standard wallet for the e2e, injected into the page before the app loads.
-// It holds no key: signing goes to a Playwright binding backed by the test's keypair.
+// It holds no key: signing (transactions, and messages through solana:signMessage)
+// goes to a Playwright binding backed by the test's keypair.
 // `window.__tallyTestWalletReject = true` makes the next signature request fail the
 // way a user's "Reject" does in a real wallet.
 (({ name, address, publicKey, icon }) => {
   const chains = ["solana:localnet", "solana:devnet", "solana:testnet", "solana:mainnet"];
-  const features = ["solana:signTransaction", "solana:signAndSendTransaction"];
+  const features = ["solana:signTransaction", "solana:signAndSendTransaction", "solana:signMessage"];
   const account = Object.freeze({ address, publicKey: new Uint8Array(publicKey), chains, features, label: name });
   const listeners = new Set();
   let accounts = [];
@@ -52,6 +53,18 @@
           for (const input of inputs) {
             refuse();
             out.push({ signedTransaction: unb64(await window.__tallyTestWalletSign(b64(input.transaction))) });
+          }
+          return out;
+        },
+      },
+      "solana:signMessage": {
+        version: "1.0.0",
+        signMessage: async (...inputs) => {
+          const out = [];
+          for (const input of inputs) {
+            refuse();
+            const signature = unb64(await window.__tallyTestWalletSignMessage(b64(input.message)));
+            out.push({ signedMessage: input.message, signature });
           }
           return out;
         },

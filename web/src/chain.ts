@@ -1,7 +1,7 @@
 // The cluster: its connection, the Anchor client of the program (from the IDL), sending
 // transactions through a wallet and explaining their failures, events, mint info, and
 // amount formatting. What Tally's accounts, addresses and transactions are: tally.ts.
-import { AnchorError, AnchorProvider, BN, EventParser, Program, type Idl } from "@anchor-lang/core";
+import { AnchorError, AnchorProvider, BN, BorshInstructionCoder, EventParser, Program, type Idl } from "@anchor-lang/core";
 import {
   Connection,
   PublicKey,
@@ -9,6 +9,7 @@ import {
   TransactionInstruction,
   TransactionMessage,
   VersionedTransaction,
+  type VersionedTransactionResponse,
 } from "@solana/web3.js";
 import idlJson from "../../idl/tally.json";
 
@@ -16,6 +17,8 @@ export const idl = idlJson as unknown as Idl;
 export const PROGRAM_ID = new PublicKey((idlJson as any).address);
 export const WSOL = new PublicKey("So11111111111111111111111111111111111111112");
 export const DEFAULT_CLUSTER = "http://127.0.0.1:8899";
+/** Transactions fetched per JSON-RPC batch request. */
+const TX_BATCH = 100;
 
 export const big = (v: BN | number | bigint): bigint => (typeof v === "bigint" ? v : BigInt(v.toString()));
 export const hex = (bytes: number[] | Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -50,6 +53,8 @@ export class Chain {
   connection: Connection;
   program: Program;
   parser: EventParser;
+  /** Decodes Tally instructions (the program's coder's type omits `decode`). */
+  private instructionCoder = new BorshInstructionCoder(idl);
   clusterName = "custom";
   private mints = new Map<string, MintInfo>();
   private txCache = new Map<string, Promise<TxEvents | null>>();
@@ -221,29 +226,80 @@ export class Chain {
 
   /** The Tally events of one transaction (cached: transactions never change). */
   txEvents(signature: string): Promise<TxEvents | null> {
-    let p = this.txCache.get(signature);
-    if (!p) {
-      p = this.connection
-        .getTransaction(signature, { commitment: "confirmed", maxSupportedTransactionVersion: 0 })
-        .then((tx) => {
-          if (!tx || tx.meta?.err) return null;
-          const events = [...this.parser.parseLogs(tx.meta?.logMessages ?? [])].map((e) => ({
-            name: e.name,
-            data: e.data as any,
-          }));
-          return { signature, blockTime: tx.blockTime ?? 0, events };
-        });
-      this.txCache.set(signature, p);
-      p.catch(() => this.txCache.delete(signature));
-    }
-    return p;
+    return this.txsEvents([signature]).then(([t]) => t);
   }
 
-  /** Every successful transaction that touched an address, with its Tally events. */
+  /**
+   * The Tally events of many transactions, in order (cached: transactions never
+   * change). Those not cached yet are fetched as JSON-RPC batches of 100: one HTTP
+   * request per batch, not one per transaction.
+   */
+  txsEvents(signatures: string[]): Promise<(TxEvents | null)[]> {
+    const missing = [...new Set(signatures.filter((s) => !this.txCache.has(s)))];
+    for (let i = 0; i < missing.length; i += TX_BATCH) {
+      const batch = missing.slice(i, i + TX_BATCH);
+      const fetched = this.connection.getTransactions(batch, { commitment: "confirmed", maxSupportedTransactionVersion: 0 });
+      batch.forEach((signature, j) => {
+        const p = fetched.then((txs) => this.decodeTx(signature, txs[j]));
+        this.txCache.set(signature, p);
+        p.catch(() => this.txCache.delete(signature));
+      });
+    }
+    return Promise.all(signatures.map((s) => this.txCache.get(s)!));
+  }
+
+  private decodeTx(signature: string, tx: VersionedTransactionResponse | null): TxEvents | null {
+    if (!tx || tx.meta?.err) return null;
+    const events = [...this.parser.parseLogs(tx.meta?.logMessages ?? [])].map((e) => ({ name: e.name, data: e.data as any }));
+    return {
+      signature,
+      blockTime: tx.blockTime ?? 0,
+      events,
+      feePayer: tx.transaction.message.staticAccountKeys[0],
+      fee: tx.meta?.fee ?? 0,
+      instructions: this.tallyInstructions(tx.transaction.message),
+    };
+  }
+
+  /**
+   * The Tally instructions of a message, by name, with their accounts (legacy and
+   * static keys: Tally's transactions use no lookup tables), so a page can say who
+   * signed what (the resolver of a dispute) without trusting a log line.
+   */
+  private tallyInstructions(message: { staticAccountKeys: PublicKey[]; compiledInstructions: { programIdIndex: number; accountKeyIndexes: number[]; data: Uint8Array }[] }) {
+    const keys = message.staticAccountKeys;
+    return message.compiledInstructions
+      .filter((ix) => keys[ix.programIdIndex]?.equals(PROGRAM_ID))
+      .flatMap((ix) => {
+        const decoded = this.instructionCoder.decode(Buffer.from(ix.data));
+        return decoded ? [{ name: decoded.name, accounts: ix.accountKeyIndexes.map((i) => keys[i]) }] : [];
+      });
+  }
+
+  /** Every successful transaction that touched an address (newest first, at most `limit`), with its Tally events. */
   async history(address: PublicKey, limit = 200): Promise<TxEvents[]> {
     const sigs = await this.connection.getSignaturesForAddress(address, { limit }, "confirmed");
-    const txs = await Promise.all(sigs.filter((s) => !s.err).map((s) => this.txEvents(s.signature)));
+    const txs = await this.txsEvents(sigs.filter((s) => !s.err).map((s) => s.signature));
     return txs.filter((t): t is TxEvents => t !== null);
+  }
+
+  /**
+   * The successful transaction signatures of an address since `sinceUnix` (newest
+   * first), paging back 1,000 at a time up to `max`; `truncated` when `max` cut it.
+   */
+  async signaturesSince(address: PublicKey, sinceUnix: number, max = 5000): Promise<{ signatures: string[]; truncated: boolean }> {
+    const signatures: string[] = [];
+    let before: string | undefined;
+    for (;;) {
+      const page = await this.connection.getSignaturesForAddress(address, { limit: 1000, before }, "confirmed");
+      for (const s of page) {
+        if ((s.blockTime ?? Infinity) < sinceUnix) return { signatures, truncated: false };
+        if (!s.err) signatures.push(s.signature);
+        if (signatures.length >= max) return { signatures, truncated: true };
+      }
+      if (page.length < 1000) return { signatures, truncated: false };
+      before = page[page.length - 1].signature;
+    }
   }
 
   explorer(signatureOrAddress: string, kind: "tx" | "address" = "tx") {
@@ -259,6 +315,12 @@ export interface TxEvents {
   signature: string;
   blockTime: number;
   events: { name: string; data: any }[];
+  /** Who paid the transaction's fee (its first signer). */
+  feePayer: PublicKey;
+  /** The fee it paid, lamports. */
+  fee: number;
+  /** Its Tally instructions (IDL names, snake_case) with their accounts in order. */
+  instructions: { name: string; accounts: PublicKey[] }[];
 }
 
 export function explainWalletError(e: unknown): UserError {

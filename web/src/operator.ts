@@ -1,8 +1,13 @@
 import { PublicKey } from "@solana/web3.js";
 import type { Page } from "./page";
-import { big, duration, formatAmount, UserError } from "./chain";
-import { claim, fetchOperator, JOB_STATUS, operatorEarnings, operatorJobs, operatorPda, TOKENS } from "./tally";
+import { big, duration, formatAmount, UserError, type Chain } from "./chain";
+import { LiveView } from "./live";
+import {
+  accountFilters, claim, closedOperatorJobs, fetchOperator, field, JOB_STATUS, operatorEarnings, operatorJobFilters, operatorJobs,
+  operatorPda, TOKENS, type JobHistory,
+} from "./tally";
 import { $, act, esc, short, showError } from "./ui";
+import { wrappedSolPanel } from "./unwrap";
 
 export const operatorPage: Page = (root, ctx) => {
   if (!ctx.ready) {
@@ -18,15 +23,25 @@ export const operatorPage: Page = (root, ctx) => {
   const operator = operatorPda(authority);
   root.innerHTML = `
     <section><h2>Operator</h2><div id="op-info" class="mono">Loading…</div></section>
-    <section><h2>Earnings by mint</h2><div id="earnings" data-testid="earnings"></div></section>
+    <section><h2>Earnings by mint</h2><div id="earnings" data-testid="earnings"></div><div id="op-wsol"></div></section>
     <section><h2>Earnings per job</h2>
       <p class="muted">Settled amounts mature after the challenge window; until then the client may dispute them.</p>
-      <div id="op-jobs" data-testid="operator-jobs"></div></section>`;
+      <div id="op-jobs" data-testid="operator-jobs"></div></section>
+    <section><h2>Closed jobs</h2>
+      <p class="muted">A job's account closes when it ends; its history stays in its transactions. Found from the
+      operator account's transactions (every <code>open_job</code> writes it: <code>JobOpened</code>), then each job's own
+      transactions and their Tally events (top-ups, receipts, disputes, the <code>JobClosed</code> refund).</p>
+      <div id="op-closed" data-testid="closed-jobs">Loading…</div></section>`;
 
-  let stopped = false;
   let claiming = false;
-  let timer: number | undefined;
+  /** The open jobs the closed-jobs list was computed against: recomputed when one closes or opens. */
+  let closedFor: string | null = null;
+  const live = new LiveView(chain, () => refresh(), showError);
+  const wsol = wrappedSolPanel(ctx, live, $("#op-wsol", root));
   const refresh = async () => {
+    live.account(operator);
+    live.programAccounts("operator-earnings", accountFilters(chain, "earnings", { memcmp: { offset: 8, bytes: operator.toBase58() } }));
+    live.programAccounts("operator-jobs", operatorJobFilters(chain, operator));
     const op = await fetchOperator(chain, operator);
     if (!op) {
       $("#op-info", root).innerHTML = `${authority.toBase58()} is not a registered operator on this cluster: register with <code>tally operator register --payout &lt;OWNER&gt; --node-key &lt;KEY&gt;</code>.`;
@@ -47,6 +62,8 @@ export const operatorPage: Page = (root, ctx) => {
       const inWindow = buckets.filter((p: any) => Number(big(p.maturesAt)) > now);
       const windowSum = inWindow.reduce((s: bigint, p: any) => s + big(p.amount), 0n);
       const next = inWindow.length ? Math.min(...inWindow.map((p: any) => Number(big(p.maturesAt)))) : 0;
+      // Maturing is a matter of time, not of an account change: refresh when it happens.
+      if (next) live.at(next, now);
       const claimableNow = big(e.account.claimable) + matured;
       rows.push(`<tr data-testid="earnings-row" data-mint="${mint.mint.toBase58()}">
         <td>${mint.symbol} <span class="mono">${short(mint.mint.toBase58())}</span></td>
@@ -76,7 +93,18 @@ export const operatorPage: Page = (root, ctx) => {
       });
     }
 
+    // Claims in wrapped SOL land in the payout owner's account: it can unwrap them here when it is this wallet.
+    if (op.payoutOwner.equals(authority)) await wsol.update();
+    else $("#op-wsol", root).innerHTML = `<p class="muted">Claims go to the payout owner ${esc(op.payoutOwner.toBase58())}: wrapped SOL is unwrapped from that wallet.</p>`;
+
     const { list: jobs, outdated } = await operatorJobs(chain, operator);
+    jobs.forEach((j) => live.account(j.publicKey));
+    const openKeys = jobs.map((j) => j.publicKey.toBase58()).sort().join(",");
+    if (openKeys !== closedFor) {
+      closedFor = openKeys;
+      const closed = await closedOperatorJobs(chain, operator, new Set(jobs.map((j) => j.publicKey.toBase58())));
+      $("#op-closed", root).innerHTML = await closedJobsTable(chain, closed);
+    }
     const jobRows: string[] = [];
     for (const j of jobs.sort((a, b) => Number(big(b.account.openedAt) - big(a.account.openedAt)))) {
       const a = j.account;
@@ -102,20 +130,41 @@ export const operatorPage: Page = (root, ctx) => {
     }
     $("#op-jobs", root).innerHTML = (jobRows.length
       ? `<table><tr><th>job</th><th>status</th><th>units</th><th>gross</th><th>fees</th><th>net earned</th><th>matured</th><th>in window</th><th>disputed</th></tr>${jobRows.join("")}</table>`
-      : `<p class="muted">No open jobs with this operator (closed jobs leave the chain; their totals stay in the earnings above).</p>`) +
+      : `<p class="muted">No open jobs with this operator (closed ones are listed below; their totals stay in the earnings above).</p>`) +
       (outdated ? `<p class="muted">${outdated} more job(s) in the old layout: they show once upgraded (tally admin migrate, or the oracle before it settles them).</p>` : "");
   };
-  const loop = async () => {
-    try {
-      await refresh();
-    } catch (e) {
-      showError(e);
-    }
-    if (!stopped) timer = window.setTimeout(loop, 2000);
-  };
-  void loop();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  live.start();
+  return () => live.stop();
 };
+
+const STATUS_BY_CODE = (status: number) => JOB_STATUS[status] ?? String(status);
+
+/** The closed jobs with their totals and, folded, every event of each. */
+async function closedJobsTable(chain: Chain, closed: JobHistory[]): Promise<string> {
+  if (!closed.length) return `<p class="muted">No closed jobs with this operator.</p>`;
+  const rows: string[] = [];
+  for (const h of closed) {
+    const mintKey = h.opened ? field(h.opened, "mint") : null;
+    const mint = mintKey ? await chain.mintInfo(mintKey) : null;
+    const amt = (v: bigint) => (mint ? `${formatAmount(v, mint.decimals)} ${mint.symbol}` : v.toString());
+    const status = h.closed ? STATUS_BY_CODE(field(h.closed, "status")) : "closed";
+    const refunded = h.closed ? big(field(h.closed, "refunded")) : 0n;
+    const deposit = h.opened ? big(field(h.opened, "deposit")) : 0n;
+    const d = h.dispute.resolved;
+    const dispute = d ? `${amt(d.toClient)} to client, ${amt(d.toOperator)} to operator${d.byArbiter ? " (arbiter)" : " (timeout)"}` : "—";
+    const when = (t: number) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "—");
+    rows.push(`<tr data-testid="closed-job" data-job="${h.job.toBase58()}" data-status="${esc(status)}">
+      <td class="mono"><a href="${chain.explorer(h.job.toBase58(), "address")}" target="_blank" rel="noopener">${short(h.job.toBase58(), 6)}</a></td>
+      <td>${esc(status)}</td><td>${when(h.openedAt)}</td><td>${when(h.closedAt)}</td>
+      <td data-testid="closed-deposit" data-raw="${deposit}">${amt(deposit)}</td>
+      <td data-testid="closed-units" data-raw="${h.receipts.units}">${h.receipts.units.toLocaleString()}</td>
+      <td data-testid="closed-gross" data-raw="${h.receipts.gross}">${amt(h.receipts.gross)}</td>
+      <td data-testid="closed-net" data-raw="${h.receipts.gross - h.receipts.fees}">${amt(h.receipts.gross - h.receipts.fees)}</td>
+      <td data-testid="closed-refunded" data-raw="${refunded}">${amt(refunded)}</td><td>${esc(dispute)}</td></tr>
+      <tr><td colspan="10"><details><summary>${h.events.length} events</summary><table>${h.events
+        .map((e) => `<tr data-testid="closed-job-event" data-event="${esc(e.name)}"><td>${esc(e.name)}</td><td>${when(e.t.blockTime)}</td>
+          <td class="mono"><a href="${chain.explorer(e.t.signature)}" target="_blank" rel="noopener">${short(e.t.signature, 6)}</a></td></tr>`)
+        .join("")}</table></details></td></tr>`);
+  }
+  return `<table><tr><th>job</th><th>status</th><th>opened (UTC)</th><th>closed (UTC)</th><th>deposit</th><th>units</th><th>gross</th><th>net earned</th><th>refunded</th><th>dispute</th></tr>${rows.join("")}</table>`;
+}

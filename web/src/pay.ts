@@ -1,11 +1,16 @@
 import { PublicKey } from "@solana/web3.js";
 import type { Ctx, Page } from "./page";
-import { big, duration, formatAmount, hex, parseAmount, UserError, type Chain, type MintInfo } from "./chain";
+import { big, duration, formatAmount, hex, parseAmount, UserError, WSOL, type Chain, type MintInfo, type TxEvents } from "./chain";
+import { LiveView } from "./live";
 import {
-  acceptedMints, cancelJob, clientJobs, depositFor, field, JOB_STATUS, jobReceipts, modelHash, modelLabel, openJob,
-  operators, TOKENS, topUp, UNIT_KINDS,
+  acceptedMints, cancelJob, challengeWindow, clientJobFilters, clientJobs, depositFor, disputeJob, disputeState, field, isReceipt,
+  JOB_STATUS, makeJobKey, modelHash, modelLabel, openJob, operators, TOKENS, topUp, UNIT_KINDS,
 } from "./tally";
 import { $, act, esc, short, showError } from "./ui";
+import { wrappedSolPanel } from "./unwrap";
+
+/** Job key lifetimes offered (seconds), as `tally job key --expires-in`. */
+const KEY_LIFETIMES: [string, number][] = [["1 hour", 3600], ["1 day", 86400], ["7 days", 7 * 86400], ["30 days", 30 * 86400]];
 
 /** Units of a kind, for prices per million of them ("input tokens" for tokens). */
 const perMillion = (kind: number) => (kind === TOKENS ? "input tokens" : (UNIT_KINDS[kind] ?? "units"));
@@ -36,6 +41,7 @@ export const payPage: Page = (root, ctx) => {
     </section>
     <section>
       <h2>Your jobs</h2>
+      <div id="wsol"></div>
       <p id="jobs-outdated" class="muted" data-testid="jobs-outdated"></p>
       <div id="jobs" data-testid="jobs"><p class="muted">${ctx.session ? "Loading…" : "Connect a wallet to see and open your jobs."}</p></div>
     </section>`;
@@ -112,15 +118,18 @@ export const payPage: Page = (root, ctx) => {
     });
   };
 
-  // Live state: poll the client's jobs; cards are updated in place so forms keep their input.
+  // Live state: the client's jobs, refreshed when one changes (subscriptions, see
+  // live.ts); cards are updated in place so forms keep their input.
   const cards = new Map<string, HTMLElement>();
-  let stopped = false;
-  let timer: number | undefined;
+  const live = new LiveView(chain, () => refresh(), showError);
+  const wsol = wrappedSolPanel(ctx, live, $("#wsol", root));
   const refresh = async () => {
     if (!ctx.session) return;
     const client = ctx.session.publicKey;
+    live.programAccounts("client-jobs", clientJobFilters(chain, client));
     const { list: jobs, outdated } = await clientJobs(chain, client);
     const now = await chain.chainTime();
+    await wsol.update(jobs.filter((j) => j.account.mint.equals(WSOL)).length);
     jobs.sort((a, b) => Number(big(b.account.jobId) - big(a.account.jobId)));
     const list = $("#jobs", root);
     if (!jobs.length && !cards.size) list.innerHTML = `<p class="muted">No open jobs for ${client.toBase58()}.</p>`;
@@ -131,36 +140,36 @@ export const payPage: Page = (root, ctx) => {
     for (const j of jobs) {
       const key = j.publicKey.toBase58();
       seen.add(key);
+      live.account(j.publicKey);
       let card = cards.get(key);
       if (!card) {
         card = jobCard(ctx, j.publicKey, j.account, refresh);
         if (!cards.size) list.innerHTML = "";
         list.prepend(card);
         cards.set(key, card);
+        // Receipts and a dispute's resolution live in the job's transactions' events:
+        // one with Tally events makes the card re-read the job's history.
+        const watched = card;
+        live.logs(j.publicKey, () => {
+          delete watched.dataset.historyFor;
+          return true;
+        });
       }
-      await updateCard(chain, card, j.publicKey, j.account, now);
+      await updateCard(chain, live, card, j.publicKey, j.account, now);
     }
     for (const [key, card] of cards) {
       if (!seen.has(key) && card.dataset.status !== "closed") {
         card.dataset.status = "closed";
         $(".state-line", card).textContent = "closed (the account is gone: completed, cancelled or expired; the rest was refunded)";
-        card.querySelectorAll("button").forEach((b) => ((b as HTMLButtonElement).disabled = true));
+        card.querySelectorAll<HTMLButtonElement>("button:not([data-testid=copy-job-key])").forEach((b) => {
+          b.disabled = true;
+          b.dataset.locked = "true";
+        });
       }
     }
   };
-  const loop = async () => {
-    try {
-      await refresh();
-    } catch (e) {
-      showError(e);
-    }
-    if (!stopped) timer = window.setTimeout(loop, 2000);
-  };
-  void loop();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  live.start();
+  return () => live.stop();
 };
 
 function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<void>): HTMLElement {
@@ -178,6 +187,19 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
       <button class="top-up" data-testid="top-up">Top up</button>
       <button class="cancel secondary" data-testid="cancel">Cancel job (full refund, before any usage)</button>
     </div>
+    <h4>Dispute</h4>
+    <div class="row"><span class="dispute-state" data-testid="dispute-state" data-state="none">no dispute</span>
+      <button class="dispute secondary" data-testid="dispute" disabled>Dispute</button></div>
+    <h4>Job key for the gateway</h4>
+    <div class="row">
+      <label>Expires in <select class="key-expires" data-testid="job-key-expires">${KEY_LIFETIMES.map(
+        ([label, secs]) => `<option value="${secs}"${secs === 7 * 86400 ? " selected" : ""}>${label}</option>`).join("")}</select></label>
+      <label>Spend limit (amount in the job's mint; empty: up to the escrow) <input class="key-limit" data-testid="job-key-limit" size="10"></label>
+      <button class="make-key" data-testid="make-job-key">Sign job key in wallet</button>
+    </div>
+    <div class="key-box" hidden><code class="mono job-key" data-testid="job-key"></code>
+      <button class="copy-key secondary" data-testid="copy-job-key">Copy</button>
+      <p class="muted">Send it as <code>Authorization: Bearer &lt;key&gt;</code> to the operator's gateway. Whoever holds it may spend this job within the limit until it expires; revoke it with <code>POST /tally/v1/keys/revoke</code>.</p></div>
     <h4>Receipts</h4><div class="receipts muted">none yet</div>`;
   const signer = () => {
     if (!ctx.session) throw new UserError("Connect the job's client wallet first.", "wallet");
@@ -192,6 +214,36 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
       await refresh();
       return `Topped up ${formatAmount(amount, mint.decimals)} ${mint.symbol} (transaction ${sig}).`;
     });
+  const fresh = async () => {
+    const account = await chain.acc("job").fetchNullable(address);
+    if (!account) throw new UserError("This job's account is closed: it has ended.", "input");
+    return account;
+  };
+  $<HTMLButtonElement>(".dispute", card).onclick = (ev) =>
+    act(ev.currentTarget as HTMLButtonElement, "Disputing…", async () => {
+      const sig = await disputeJob(chain, signer(), address, await fresh());
+      await refresh();
+      return `Dispute opened: the operator's share in the challenge window is frozen until the arbiter decides (transaction ${sig}).`;
+    });
+  $<HTMLButtonElement>(".make-key", card).onclick = (ev) =>
+    act(ev.currentTarget as HTMLButtonElement, "Signing job key…", async () => {
+      const mint = await chain.mintInfo(job.mint);
+      const limitText = $<HTMLInputElement>(".key-limit", card).value.trim();
+      const limit = limitText ? parseAmount(limitText, mint.decimals) : null;
+      const expiresIn = Number($<HTMLSelectElement>(".key-expires", card).value);
+      const { key, claims } = await makeJobKey(chain, signer(), address, await fresh(), expiresIn, limit);
+      const out = $(".job-key", card);
+      out.textContent = key;
+      out.dataset.expiresAt = String(claims.expiresAt);
+      out.dataset.limit = String(claims.spendLimit ?? "");
+      ($(".key-box", card) as HTMLElement).hidden = false;
+      return `Job key signed; it expires ${new Date(claims.expiresAt * 1000).toLocaleString()} (chain time)${limit === null ? "" : `, spend limit ${formatAmount(limit, mint.decimals)} ${mint.symbol}`}.`;
+    });
+  $<HTMLButtonElement>(".copy-key", card).onclick = (ev) =>
+    act(ev.currentTarget as HTMLButtonElement, "Copying…", async () => {
+      await navigator.clipboard.writeText($(".job-key", card).textContent ?? "");
+      return "Job key copied to the clipboard.";
+    });
   $<HTMLButtonElement>(".cancel", card).onclick = (ev) =>
     act(ev.currentTarget as HTMLButtonElement, "Cancelling…", async () => {
       const sig = await cancelJob(chain, signer(), address, job.mint);
@@ -201,7 +253,7 @@ function jobCard(ctx: Ctx, address: PublicKey, job: any, refresh: () => Promise<
   return card;
 }
 
-async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, job: any, now: number) {
+async function updateCard(chain: Chain, live: LiveView, card: HTMLElement, address: PublicKey, job: any, now: number) {
   const mint = await chain.mintInfo(job.mint);
   const amt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
   const units = big(job.settledUnits), output = big(job.settledOutput), gross = big(job.settledGross), escrow = big(job.escrowLeft);
@@ -238,10 +290,21 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
     stat("invoice-hash", "Last invoice hash", hex(job.invoiceHash), job.receipts ? short(hex(job.invoiceHash), 8) : "—"),
   ].join("");
   ($(".cancel", card) as HTMLButtonElement).disabled = job.status !== 0;
-  // Receipts: the ReceiptSettled events of this job's transactions.
-  if (card.dataset.receiptsFor === `${job.receipts}`) return;
-  const rows = await jobReceipts(chain, address);
-  if (rows.length >= job.receipts) card.dataset.receiptsFor = `${job.receipts}`;
+  const challenge = challengeWindow(job, now);
+  if (challenge.endsAt) live.at(challenge.endsAt, now);
+  // History (receipts, resolved disputes) only lives in the job's transactions: re-read
+  // when the account says something new happened.
+  const historyKey = `${job.receipts}/${big(job.disputedAmount)}`;
+  const wasDisputed = card.dataset.disputed === "true";
+  card.dataset.disputed = String(big(job.disputedAmount) > 0n);
+  if (card.dataset.historyFor === historyKey) return void (await showDispute(chain, card, job, now, challenge, null));
+  const history = await chain.history(address, 1000);
+  const dispute = await showDispute(chain, card, job, now, challenge, history);
+  const rows = history
+    .flatMap((t) => t.events.filter((e) => isReceipt(e.name) && field(e.data, "job").equals(address)).map((e) => ({ t, d: e.data })))
+    .sort((a, b) => Number(big(field(b.d, "seq")) - big(field(a.d, "seq"))));
+  // Complete once every receipt is there and a dispute that ended shows its resolution.
+  if (rows.length >= job.receipts && !(wasDisputed && !dispute.open && !dispute.resolved)) card.dataset.historyFor = historyKey;
   if (!rows.length) return;
   $(".receipts", card).className = "receipts";
   const outputOf = (d: any) => big(field(d, "output_units") ?? 0);
@@ -256,4 +319,41 @@ async function updateCard(chain: Chain, card: HTMLElement, address: PublicKey, j
         <td class="mono"><a href="${chain.explorer(t.signature)}" target="_blank" rel="noopener">${short(t.signature, 6)}</a></td></tr>`,
       )
       .join("")}</table>`;
+}
+
+/**
+ * The dispute line of a job card: the button while settled amounts sit in the challenge
+ * window, the open dispute from the account, and the last resolution from the job's
+ * history (`history` null: keep the resolution shown).
+ */
+async function showDispute(chain: Chain, card: HTMLElement, job: any, now: number, challenge: { amount: bigint; endsAt: number }, history: TxEvents[] | null) {
+  const dispute = disputeState(job, history ?? []);
+  const el = $(".dispute-state", card);
+  const button = $<HTMLButtonElement>(".dispute", card);
+  const mint = await chain.mintInfo(job.mint);
+  const fmt = (v: bigint) => `${formatAmount(v, mint.decimals)} ${mint.symbol}`;
+  if (dispute.open) {
+    el.dataset.state = "open";
+    el.dataset.amount = String(dispute.open.amount);
+    el.textContent = `Dispute open: ${fmt(dispute.open.amount)} of the operator's earnings frozen. The arbiter splits it; if it has not by ${new Date(dispute.open.deadline * 1000).toLocaleString()} (${duration(dispute.open.deadline - now)}), anyone may close it and it all goes to the operator.`;
+  } else if (dispute.resolved) {
+    const r = dispute.resolved;
+    Object.assign(el.dataset, {
+      state: "resolved", toClient: String(r.toClient), toOperator: String(r.toOperator), byArbiter: String(r.byArbiter),
+      resolver: r.resolver?.toBase58() ?? "", signature: r.t.signature,
+    });
+    const who = r.byArbiter ? `by the arbiter ${r.resolver ? short(r.resolver.toBase58(), 6) : ""}` : `after the timeout, closed by ${r.resolver ? short(r.resolver.toBase58(), 6) : "anyone"} (default outcome)`;
+    el.innerHTML = `Dispute resolved ${esc(who)}: ${esc(fmt(r.toClient))} refunded to you, ${esc(fmt(r.toOperator))} to the operator
+      (<a href="${chain.explorer(r.t.signature)}" target="_blank" rel="noopener">${short(r.t.signature, 6)}</a>, ${new Date(r.t.blockTime * 1000).toLocaleString()}).`;
+  } else if (history !== null) {
+    el.dataset.state = "none";
+    el.textContent = "no dispute";
+  }
+  const disputable = !dispute.open && challenge.amount > 0n;
+  button.disabled = !disputable;
+  button.dataset.windowEndsAt = String(challenge.endsAt);
+  button.textContent = disputable
+    ? `Dispute ${fmt(challenge.amount)} settled in the challenge window (closes in ${duration(challenge.endsAt - now)})`
+    : dispute.open ? "Dispute open" : "Dispute (nothing in the challenge window)";
+  return dispute;
 }

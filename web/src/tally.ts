@@ -225,12 +225,19 @@ export async function acceptedMints(chain: Chain): Promise<MintInfo[]> {
 }
 
 // Job: discriminator, client (offset 8), operator (offset 40), … (programs/tally/src/state/job.rs).
+const byClient = (client: PublicKey) => ({ memcmp: { offset: 8, bytes: client.toBase58() } });
+const byOperator = (operator: PublicKey) => ({ memcmp: { offset: 40, bytes: operator.toBase58() } });
 /** A client's jobs (current layout), and how many are in an older one. */
-export const clientJobs = (chain: Chain, client: PublicKey) =>
-  chain.accounts("job", [{ memcmp: { offset: 8, bytes: client.toBase58() } }]);
+export const clientJobs = (chain: Chain, client: PublicKey) => chain.accounts("job", [byClient(client)]);
 /** The jobs with an operator (current layout), and how many are in an older one. */
-export const operatorJobs = (chain: Chain, operator: PublicKey) =>
-  chain.accounts("job", [{ memcmp: { offset: 40, bytes: operator.toBase58() } }]);
+export const operatorJobs = (chain: Chain, operator: PublicKey) => chain.accounts("job", [byOperator(operator)]);
+/** Filters selecting an account type (by discriminator) and more: for subscriptions matching a listing. */
+export const accountFilters = (chain: Chain, name: string, ...more: { memcmp: { offset: number; bytes: string } }[]) => [
+  { memcmp: chain.program.coder.accounts.memcmp(name) as { offset: number; bytes: string } },
+  ...more,
+];
+export const clientJobFilters = (chain: Chain, client: PublicKey) => accountFilters(chain, "job", byClient(client));
+export const operatorJobFilters = (chain: Chain, operator: PublicKey) => accountFilters(chain, "job", byOperator(operator));
 
 /** An operator's earnings, one account per mint (Earnings: discriminator, operator at offset 8, …). */
 export const operatorEarnings = (chain: Chain, operator: PublicKey): Promise<{ publicKey: PublicKey; account: any }[]> =>
@@ -370,7 +377,8 @@ export async function cancelJob(chain: Chain, signer: Signer, job: PublicKey, jo
       clientTokens: ata(client, jobMint, mint.tokenProgram), job, tokenProgram: mint.tokenProgram,
     })
     .instruction();
-  return chain.send(signer, [ix]);
+  // The refund lands in the client's token account: re-create it if the wallet unwrapped (closed) it.
+  return chain.send(signer, [createAtaIdempotent(client, client, jobMint, mint.tokenProgram), ix]);
 }
 
 /**
@@ -391,4 +399,318 @@ export async function claim(chain: Chain, signer: Signer, payoutOwner: PublicKey
     .instruction();
   const sig = await chain.send(signer, [createAtaIdempotent(authority, payoutOwner, mintKey, mint.tokenProgram), ix]);
   return { payout, sig };
+}
+
+// ---------------------------------------------------------------------------------------
+// Disputes (programs/tally/src/instructions/dispute.rs; README "Disputes").
+
+/** A job's share still inside the challenge window: what `dispute_job` would freeze, and until when. */
+export function challengeWindow(job: any, now: number): { amount: bigint; endsAt: number } {
+  const open = job.pending.filter((p: any) => big(p.amount) > 0n && Number(big(p.maturesAt)) > now);
+  return {
+    amount: open.reduce((s: bigint, p: any) => s + big(p.amount), 0n),
+    endsAt: open.length ? Math.max(...open.map((p: any) => Number(big(p.maturesAt)))) : 0,
+  };
+}
+
+/** What the client may see of a job's disputes: the open one (from the account) and the last resolved (from events). */
+export interface DisputeState {
+  /** Frozen now, awaiting the arbiter (0: none open). */
+  open: { amount: bigint; deadline: number } | null;
+  resolved: { toClient: bigint; toOperator: bigint; byArbiter: boolean; resolver: PublicKey | null; t: TxEvents } | null;
+}
+
+/**
+ * A job's dispute state. The open dispute is read from the job account; a resolved one
+ * only lives in the `DisputeResolved` event of the resolving transaction, whose
+ * `resolve_dispute` instruction names the resolver (the arbiter, or anyone after the
+ * timeout).
+ */
+export function disputeState(job: any | null, history: TxEvents[]): DisputeState {
+  const open = job && big(job.disputedAmount) > 0n ? { amount: big(job.disputedAmount), deadline: Number(big(job.disputeDeadline)) } : null;
+  let resolved: DisputeState["resolved"] = null;
+  for (const t of history) {
+    const e = t.events.find((e) => e.name.toLowerCase() === "disputeresolved");
+    if (!e || (resolved && resolved.t.blockTime >= t.blockTime)) continue;
+    const ix = t.instructions.find((i) => i.name.replace(/_/g, "").toLowerCase() === "resolvedispute");
+    resolved = {
+      toClient: big(field(e.data, "to_client")),
+      toOperator: big(field(e.data, "to_operator")),
+      byArbiter: field(e.data, "by_arbiter"),
+      resolver: ix?.accounts[0] ?? null,
+      t,
+    };
+  }
+  return { open, resolved };
+}
+
+/** The client disputes what was settled on its job inside the challenge window: the operator's unmatured share is frozen. */
+export async function disputeJob(chain: Chain, signer: Signer, job: PublicKey, account: any): Promise<string> {
+  const ix = await chain.program.methods
+    .disputeJob()
+    .accountsPartial({ client: signer.publicKey, config: configPda(), job, earnings: earningsPda(account.operator, account.mint) })
+    .instruction();
+  return chain.send(signer, [ix]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Wrapped SOL: refunds and claims in the native mint land in a token account; closing
+// it (SPL Token CloseAccount) turns its tokens and its rent back into plain SOL.
+
+/** A wallet's wrapped-SOL account (its associated token account of the native mint), if it exists. */
+export async function wrappedSol(chain: Chain, owner: PublicKey): Promise<{ address: PublicKey; amount: bigint; lamports: number } | null> {
+  const address = ata(owner, WSOL, TOKEN_PROGRAM);
+  const info = await chain.connection.getAccountInfo(address, "confirmed");
+  if (!info) return null;
+  return { address, amount: await chain.tokenBalance(address), lamports: info.lamports };
+}
+
+/** SPL Token CloseAccount (instruction 9): all lamports to `destination`; for the native mint that is the SOL it wraps. */
+export function closeTokenAccount(account: PublicKey, destination: PublicKey, owner: PublicKey) {
+  return new TransactionInstruction({
+    programId: TOKEN_PROGRAM,
+    keys: [
+      { pubkey: account, isSigner: false, isWritable: true },
+      { pubkey: destination, isSigner: false, isWritable: true },
+      { pubkey: owner, isSigner: true, isWritable: false },
+    ],
+    data: Buffer.from([9]),
+  });
+}
+
+/** Closes the signer's wrapped-SOL account back to SOL in its wallet; returns what it held. */
+export async function unwrapSol(chain: Chain, signer: Signer): Promise<{ sig: string; amount: bigint; lamports: number }> {
+  const owner = signer.publicKey;
+  const account = await wrappedSol(chain, owner);
+  if (!account) throw new UserError("This wallet holds no wrapped SOL account: nothing to unwrap.", "input");
+  const sig = await chain.send(signer, [closeTokenAccount(account.address, owner, owner)]);
+  return { sig, amount: account.amount, lamports: account.lamports };
+}
+
+// ---------------------------------------------------------------------------------------
+// Job keys (client/src/job_key.rs): the client's wallet signs plain text naming the
+// program, the job, the job's nonce, an expiry and a spend limit; the key is those
+// fields and the signature as one bearer token the oracle gateway checks against the
+// job's client on chain.
+
+export const JOB_KEY_PREFIX = "tally_k1_";
+const JOB_KEY_VERSION = 1;
+
+export interface JobKeyClaims {
+  job: PublicKey;
+  /** Job.nonce: a key never spends a later job opened at the same address. */
+  jobNonce: bigint;
+  /** Chain unix seconds after which the gateway refuses the key. */
+  expiresAt: number;
+  /** Most the key may spend, base units; null: up to the escrow. */
+  spendLimit: bigint | null;
+}
+
+/** The exact text the wallet signs: JobKeyClaims::message, byte for byte. */
+export function jobKeyMessage(c: JobKeyClaims): Uint8Array {
+  return new TextEncoder().encode(
+    "Tally job key v1\n" +
+      `program: ${PROGRAM_ID.toBase58()}\n` +
+      `job: ${c.job.toBase58()}\n` +
+      `job nonce: ${c.jobNonce}\n` +
+      `expires at (unix seconds): ${c.expiresAt}\n` +
+      `spend limit (base units): ${c.spendLimit ?? "none"}\n` +
+      "Whoever holds this key may spend this job's escrow on inference, within the limit, until it expires. This is not a transaction.\n",
+  );
+}
+
+/** The bearer token (JobKey::encode): version, job, nonce, expiry, limit (0 = none), signature; unpadded base64url. */
+export function encodeJobKey(c: JobKeyClaims, signature: Uint8Array): string {
+  if (signature.length !== 64) throw new UserError(`The wallet returned a ${signature.length}-byte signature, not an ed25519 one (64 bytes).`, "wallet");
+  const bytes = new Uint8Array(1 + 32 + 8 + 8 + 8 + 64);
+  const view = new DataView(bytes.buffer);
+  bytes[0] = JOB_KEY_VERSION;
+  bytes.set(c.job.toBytes(), 1);
+  view.setBigUint64(33, c.jobNonce, true);
+  view.setBigInt64(41, BigInt(c.expiresAt), true);
+  view.setBigUint64(49, c.spendLimit ?? 0n, true);
+  bytes.set(signature, 57);
+  const b64 = btoa(String.fromCharCode(...bytes));
+  return JOB_KEY_PREFIX + b64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** A wallet that signs messages (the Wallet Standard's `solana:signMessage`). */
+export interface MessageSigner {
+  publicKey: PublicKey;
+  signMessage(message: Uint8Array): Promise<Uint8Array>;
+}
+
+/** Signs a job key in the client's wallet, expiring `expiresInSecs` after the chain's now. */
+export async function makeJobKey(chain: Chain, signer: MessageSigner, job: PublicKey, account: any, expiresInSecs: number, spendLimit: bigint | null) {
+  if (!account.client.equals(signer.publicKey)) {
+    throw new UserError(`Only the job's client (${account.client.toBase58()}) can sign its keys: connect that wallet.`, "wallet");
+  }
+  const claims: JobKeyClaims = { job, jobNonce: big(account.nonce), expiresAt: (await chain.chainTime()) + expiresInSecs, spendLimit };
+  const signature = await signer.signMessage(jobKeyMessage(claims));
+  return { key: encodeJobKey(claims, signature), claims };
+}
+
+// ---------------------------------------------------------------------------------------
+// Closed jobs: their accounts are gone, their history is not. The operator account is
+// written by every `open_job` for it (jobs_opened), so its transaction signatures list
+// every job ever opened with it (`JobOpened`); each job's own signatures then hold its
+// whole life as events: top-ups, receipts, disputes, and the `JobClosed` refund.
+
+export interface JobHistory {
+  job: PublicKey;
+  /** The JobOpened event: terms and deposit. */
+  opened: any | null;
+  openedAt: number;
+  /** The JobClosed event: status, refund, final settled totals. */
+  closed: any | null;
+  closedAt: number;
+  receipts: ReceiptSums;
+  dispute: DisputeState;
+  /** Every Tally event of the job, oldest first, with its transaction. */
+  events: { name: string; data: any; t: TxEvents }[];
+}
+
+const named = (n: string) => (e: { name: string }) => e.name.toLowerCase() === n;
+const aboutJob = (job: PublicKey) => (e: { data: any }) => {
+  const j = field(e.data, "job");
+  return j instanceof PublicKey && j.equals(job);
+};
+
+/** One job's history from its transactions' events. */
+export async function jobHistory(chain: Chain, job: PublicKey): Promise<JobHistory> {
+  // Oldest first: signatures come newest first, and a second's transactions share a blockTime.
+  const txs = (await chain.history(job, 1000)).reverse();
+  const events = txs.flatMap((t) => t.events.filter(aboutJob(job)).map((e) => ({ ...e, t })));
+  const opened = events.find(named("jobopened"));
+  const closed = events.find(named("jobclosed"));
+  return {
+    job,
+    opened: opened?.data ?? null,
+    openedAt: opened?.t.blockTime ?? 0,
+    closed: closed?.data ?? null,
+    closedAt: closed?.t.blockTime ?? 0,
+    receipts: sumReceipts(events),
+    dispute: disputeState(null, txs),
+    events,
+  };
+}
+
+/** The jobs ever opened with an operator (from its account's transactions), whose accounts are now closed. */
+export async function closedOperatorJobs(chain: Chain, operator: PublicKey, openJobs: Set<string>): Promise<JobHistory[]> {
+  const txs = await chain.history(operator, 1000);
+  const jobs = new Map<string, PublicKey>();
+  for (const t of txs) {
+    for (const e of t.events.filter(named("jobopened"))) {
+      if (!field(e.data, "operator").equals(operator)) continue;
+      const job: PublicKey = field(e.data, "job");
+      if (!openJobs.has(job.toBase58())) jobs.set(job.toBase58(), job);
+    }
+  }
+  const histories = await Promise.all([...jobs.values()].map((j) => jobHistory(chain, j)));
+  return histories.sort((a, b) => b.openedAt - a.openedAt);
+}
+
+// ---------------------------------------------------------------------------------------
+// Network revenue: Revenue days (per mint), Earnings (per operator and mint), and what
+// the oracles paid in transaction fees to settle it.
+
+/** Every operator's Earnings ledgers (one request). */
+export const allEarnings = (chain: Chain): Promise<{ publicKey: PublicKey; account: any }[]> => chain.acc("earnings").all();
+
+export const fetchConfig = (chain: Chain): Promise<any> => chain.acc("config").fetch(configPda());
+
+/** Instructions whose transactions are settlement work the oracle pays for. */
+const SETTLEMENT_IXS = new Set(["settle", "settlerelayed", "completejob", "expirejob", "openledgers"]);
+
+export interface SettlementCost {
+  /** Lamports of transaction fees, per UTC day. */
+  feesByDay: Map<number, bigint>;
+  transactions: number;
+  /** The oracle has more transactions in the range than were read. */
+  truncated: boolean;
+}
+
+/**
+ * The transaction fees the oracle keys paid (as fee payer) for settlement work since
+ * `sinceUnix`: their signatures, then their transactions in batches of 100.
+ */
+export async function settlementCost(chain: Chain, oracles: PublicKey[], sinceUnix: number): Promise<SettlementCost> {
+  const cost: SettlementCost = { feesByDay: new Map(), transactions: 0, truncated: false };
+  for (const oracle of oracles) {
+    const { signatures, truncated } = await chain.signaturesSince(oracle, sinceUnix);
+    cost.truncated ||= truncated;
+    for (const t of await chain.txsEvents(signatures)) {
+      if (!t || !t.feePayer.equals(oracle)) continue;
+      if (!t.instructions.some((i) => SETTLEMENT_IXS.has(i.name.replace(/_/g, "").toLowerCase()))) continue;
+      const day = utcDay(t.blockTime);
+      cost.feesByDay.set(day, (cost.feesByDay.get(day) ?? 0n) + BigInt(t.fee));
+      cost.transactions += 1;
+    }
+  }
+  return cost;
+}
+
+// ---------------------------------------------------------------------------------------
+// One day's revenue per operator. No account keeps it (Revenue: per mint and day;
+// Earnings: per operator and mint, lifetime), so it is rebuilt from the day's settlement
+// transactions: every settle / settle_relayed instruction names the Earnings ledger it
+// credits (its fourth account), and a ReceiptSettled event belongs to that operator.
+
+const SETTLE_IXS = new Set(["settle", "settlerelayed"]);
+/** Index of `earnings` in the accounts of settle and settle_relayed (idl/tally.json). */
+const SETTLE_EARNINGS = 3;
+
+export interface OperatorDay extends ReceiptSums {
+  /** The Earnings ledger credited; null: receipts that could not be attributed. */
+  earnings: PublicKey | null;
+}
+
+/**
+ * Splits a day's settlement transactions per operator (per Earnings ledger of the day's
+ * mint). A transaction crediting one ledger gives it all its receipts; one crediting
+ * several (a batch across operators) attributes each receipt by its job's operator,
+ * read from the job account (one batched request); receipts of jobs whose account is
+ * gone in such a batch are counted as unattributed rather than guessed.
+ */
+export async function operatorsOfDay(chain: Chain, mint: PublicKey, txs: TxEvents[]): Promise<OperatorDay[]> {
+  const byLedger = new Map<string, { earnings: PublicKey | null; events: TxEvents["events"] }>();
+  const add = (earnings: PublicKey | null, e: TxEvents["events"][number]) => {
+    const key = earnings?.toBase58() ?? "";
+    if (!byLedger.has(key)) byLedger.set(key, { earnings, events: [] });
+    byLedger.get(key)!.events.push(e);
+  };
+  const mixed: TxEvents["events"] = [];
+  for (const t of txs) {
+    const receipts = t.events.filter((e) => isReceipt(e.name));
+    if (!receipts.length) continue;
+    const ledgers = [
+      ...new Map(
+        t.instructions
+          .filter((i) => SETTLE_IXS.has(i.name.replace(/_/g, "").toLowerCase()) && i.accounts[SETTLE_EARNINGS])
+          .map((i) => [i.accounts[SETTLE_EARNINGS].toBase58(), i.accounts[SETTLE_EARNINGS]]),
+      ).values(),
+    ];
+    if (ledgers.length === 1) receipts.forEach((e) => add(ledgers[0], e));
+    else mixed.push(...receipts);
+  }
+  if (mixed.length) {
+    const jobs = [...new Map(mixed.map((e) => [field(e.data, "job").toBase58(), field(e.data, "job") as PublicKey])).values()];
+    const ledgerOfJob = new Map<string, PublicKey>();
+    for (let i = 0; i < jobs.length; i += 100) {
+      const infos = await chain.connection.getMultipleAccountsInfo(jobs.slice(i, i + 100), "confirmed");
+      infos.forEach((info, j) => {
+        if (!info || !info.owner.equals(PROGRAM_ID)) return;
+        try {
+          const job = chain.program.coder.accounts.decode("job", info.data);
+          ledgerOfJob.set(jobs[i + j].toBase58(), earningsPda(job.operator, mint));
+        } catch {
+          // Not a job account in a layout this page reads: left unattributed.
+        }
+      });
+    }
+    mixed.forEach((e) => add(ledgerOfJob.get(field(e.data, "job").toBase58()) ?? null, e));
+  }
+  return [...byLedger.values()]
+    .map(({ earnings, events }) => ({ earnings, ...sumReceipts(events) }))
+    .sort((a, b) => (b.gross > a.gross ? 1 : b.gross < a.gross ? -1 : 0));
 }

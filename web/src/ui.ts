@@ -41,7 +41,8 @@ export async function act(button: HTMLButtonElement, busy: string, fn: () => Pro
   } catch (e) {
     showError(e);
   } finally {
-    button.disabled = false;
+    // A button the page locked meanwhile (its job closed) stays disabled.
+    button.disabled = button.dataset.locked === "true";
     button.textContent = label;
   }
 }

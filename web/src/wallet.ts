@@ -3,11 +3,13 @@
 import { getWallets } from "@wallet-standard/app";
 import type { Wallet, WalletAccount } from "@wallet-standard/base";
 import { PublicKey } from "@solana/web3.js";
-import { explainWalletError, type Signer } from "./chain";
+import { explainWalletError, UserError, type Signer } from "./chain";
+import type { MessageSigner } from "./tally";
 
 const CONNECT = "standard:connect";
 const EVENTS = "standard:events";
 const SIGN = "solana:signTransaction";
+const SIGN_MESSAGE = "solana:signMessage";
 
 export function solanaWallets(): Wallet[] {
   return getWallets()
@@ -21,7 +23,7 @@ export function onWalletsChanged(listener: () => void): () => void {
   return () => offs.forEach((off) => off());
 }
 
-export class Session implements Signer {
+export class Session implements Signer, MessageSigner {
   publicKey: PublicKey;
   constructor(public wallet: Wallet, public account: WalletAccount, public chain: () => string) {
     this.publicKey = new PublicKey(account.address);
@@ -49,5 +51,28 @@ export class Session implements Signer {
       chain: this.chain(),
     });
     return out.signedTransaction;
+  }
+
+  /** Whether the wallet can sign messages (job keys need it). */
+  get canSignMessage(): boolean {
+    return SIGN_MESSAGE in this.wallet.features;
+  }
+
+  /** Signs `message` (shown to the user as text) with the account's ed25519 key; returns the 64-byte signature. */
+  async signMessage(message: Uint8Array): Promise<Uint8Array> {
+    const feature = this.wallet.features[SIGN_MESSAGE] as any;
+    if (!feature) throw new UserError(`${this.wallet.name} cannot sign messages (no solana:signMessage): use \`tally job key\` instead.`, "wallet");
+    let out: { signedMessage: Uint8Array; signature: Uint8Array }[];
+    try {
+      out = await feature.signMessage({ account: this.account, message });
+    } catch (e) {
+      throw explainWalletError(e);
+    }
+    // A wallet may return the message it signed: it must be the one asked for.
+    const signed = out[0]?.signedMessage;
+    if (signed && (signed.length !== message.length || signed.some((b, i) => b !== message[i]))) {
+      throw new UserError(`${this.wallet.name} signed a different message than the job key's text: no key made.`, "wallet");
+    }
+    return out[0].signature;
   }
 }
