@@ -1,5 +1,4 @@
 //! What commands print: a JSON value and a human table of the same data.
-use serde::Serialize;
 use tally_client::ops;
 
 use crate::args::OutputFormat;
@@ -13,13 +12,6 @@ pub struct Output {
 }
 
 impl Output {
-    pub(crate) fn of<T: Serialize>(value: &T, table: String) -> Self {
-        Self {
-            json: serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
-            table,
-        }
-    }
-
     pub(crate) fn message(text: String, json: serde_json::Value) -> Self {
         Self { json, table: text }
     }

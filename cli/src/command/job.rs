@@ -50,7 +50,9 @@ pub(super) fn execute<C: Chain>(
                 .map(|text| money.parse(text, "limit"))
                 .transpose()?;
             let key = ops::job_key(chain, signer, job, *expires_in, limit)?;
-            Ok(Output::of(&key, key_text(&key, &money)))
+            let mut json = serde_json::to_value(&key).unwrap_or_default();
+            add_decimals(&mut json, money.decimals);
+            Ok(Output::message(key_text(&key, &money), json))
         }
         JobCommand::Close { job } => {
             ops::close_job(chain, signer, job)?;

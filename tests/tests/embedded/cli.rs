@@ -422,7 +422,13 @@ fn a_client_makes_a_job_key_and_a_stranger_cannot() {
     let made = run(&mut world, &wallet, &line).unwrap();
     let key = made.json["key"].as_str().unwrap();
     assert!(key.starts_with("tally_k1_"), "{key}");
-    assert_eq!(made.json["spend_limit"], 50_000);
+    assert_eq!(
+        (
+            made.json["spend_limit"].as_u64(),
+            made.json["decimals"].as_u64()
+        ),
+        (Some(50_000), Some(6))
+    );
     let claims = tally_client::job_key::JobKey::parse(key).unwrap().claims;
     assert_eq!(
         (claims.job, claims.expires_at - world.env.now()),
