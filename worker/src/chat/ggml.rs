@@ -119,13 +119,59 @@ impl Matrix {
         {
             let quantized = quantize_q8(row, matches!(self.kind, Kind::Q4_1(_)));
             match &self.kind {
-                Kind::Q4_1(weights) => dot_rows(weights, blocks, out, |w| dot_q4_1(w, &quantized)),
-                Kind::Q8_0(weights) => dot_rows(weights, blocks, out, |w| dot_q8_0(w, &quantized)),
+                Kind::Q4_1(weights) => {
+                    dot_rows(weights, blocks, out, |w| fast::dot_q4_1(w, &quantized));
+                }
+                Kind::Q8_0(weights) => {
+                    dot_rows(weights, blocks, out, |w| fast::dot_q8_0(w, &quantized));
+                }
             }
         }
         let mut shape = leading.to_vec();
         shape.push(self.rows);
         Tensor::from_vec(output, shape, &Device::Cpu)
+    }
+}
+
+/// The dot products compiled for the CPU's FMA and AVX2 where it has them: the same
+/// arithmetic (Rust's `mul_add` is one rounding either way, integer sums are
+/// exact), but without them every `mul_add` is a call to a software `fmaf`.
+mod fast {
+    use super::{Q4_1, Q8, Q8_0};
+
+    #[cfg(target_arch = "x86_64")]
+    fn has_fma() -> bool {
+        std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_q4_1_fma(weights: &[Q4_1], x: &[Q8]) -> f32 {
+        super::dot_q4_1(weights, x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_q8_0_fma(weights: &[Q8_0], x: &[Q8]) -> f32 {
+        super::dot_q8_0(weights, x)
+    }
+
+    pub fn dot_q4_1(weights: &[Q4_1], x: &[Q8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_fma() {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { dot_q4_1_fma(weights, x) };
+        }
+        super::dot_q4_1(weights, x)
+    }
+
+    pub fn dot_q8_0(weights: &[Q8_0], x: &[Q8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_fma() {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { dot_q8_0_fma(weights, x) };
+        }
+        super::dot_q8_0(weights, x)
     }
 }
 
@@ -178,6 +224,8 @@ fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<Q8> {
 }
 
 /// ggml's AVX2 `ggml_vec_dot_q4_1_q8_1`, in its order of summation.
+#[allow(clippy::inline_always)] // into `fast`'s FMA copy, compiled with its features
+#[inline(always)]
 fn dot_q4_1(weights: &[Q4_1], x: &[Q8]) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
@@ -208,6 +256,8 @@ fn hsum8(acc: [f32; 8]) -> f32 {
 /// ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` (and tinyBLAS's Q8_0 kernel, which sums
 /// alike): eight lanes of four consecutive products, one multiply-add per lane per
 /// block by `d_w · d_x`, the lanes added as [`hsum8`] adds them.
+#[allow(clippy::inline_always)] // into `fast`'s FMA copy, compiled with its features
+#[inline(always)]
 fn dot_q8_0(weights: &[Q8_0], x: &[Q8]) -> f32 {
     let mut acc = [0f32; 8];
     for (w, y) in weights.iter().zip(x) {
