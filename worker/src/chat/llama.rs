@@ -1,44 +1,101 @@
-//! The llama architecture over GGUF weights, computed closer to how llama.cpp
-//! computes it on a CPU, so that greedy answers agree with llama.cpp's as far as
-//! they can (the quantized matrix products are still candle's, summed in another
-//! order; see the chat reference test for where answers part).
+//! The llama architecture over GGUF weights, computed on the CPU as llama.cpp's CPU
+//! backend computes it, to the bit, so that greedy answers are llama.cpp's.
 //!
 //! Adapted from candle-transformers' `quantized_llama` (MIT OR Apache-2.0), which
-//! this replaces for these reasons:
+//! this replaces because a 135M model at Q4_1 is chaotic at the last bit: its top two
+//! logits are often a few hundredths apart, and any rounding that differs from
+//! llama.cpp's (how activations are quantized to Q8, how a norm or a softmax sums,
+//! an `expf` polynomial, a multiply-add fused or not) flips an integer quant
+//! somewhere in 30 layers, which moves logits by ~0.1 and flips greedy choices
+//! within a few tokens. On the CPU every operation here is [`ggml`]'s:
 //!
-//! - **The KV cache is F16**, as llama.cpp's is by default, and attention reads it
-//!   as llama.cpp does: queries rounded to F16 for `K·Q`, the softmax rounded to F16
-//!   for `V·softmax`, sums in F32. Candle's F32 cache is more precise, but a 135M
-//!   model at Q4_1 has top-two logit gaps of ~0.1, and the difference flips greedy
-//!   choices within the first tokens.
-//! - **RoPE angles** follow llama.cpp's recurrence (`θ *= base^(-2/d)` in F32) rather
-//!   than a fresh power per dimension.
-//! - **Weights and caches are apart**: one copy of the weights serves every
-//!   sequence, each with its own [`KvCache`].
+//! - **Matrix products** quantize activations as ggml's x86 code does and sum in its
+//!   order ([`ggml::Matrix`]).
+//! - **RMSNorm, RoPE, SwiGLU, softmax** are ggml's CPU kernels (f64 sums, fused
+//!   multiply-adds, its AVX-512 `expf`), RoPE angles by llama.cpp's recurrence.
+//! - **Attention** reads an F16 KV cache as llama.cpp does without flash attention
+//!   (its default in llama-cpp-python): queries and softmax rounded to F16, dot
+//!   products summed by tinyBLAS for a prompt, by `ggml_vec_dot_f16` for one token.
+//!
+//! That is llama.cpp built for an x86-64 CPU with AVX-512 (as `pip install
+//! llama-cpp-python` builds it on such a machine); its AVX2-only build uses another
+//! `expf`, and answers may part from it. On other devices (the `cuda` feature)
+//! candle's operations run instead, with the same F16 cache and RoPE angles.
+//! **Weights and caches are apart**: one copy of the weights serves every sequence,
+//! each with its own [`KvCache`].
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+
+use super::ggml::{self, HostKv};
 
 /// The most positions a sequence may hold (candle's `quantized_llama` limit too).
 pub const MAX_SEQ_LEN: usize = 4096;
 
 struct Layer {
-    attention_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    gate: QMatMul,
-    down: QMatMul,
-    up: QMatMul,
+    attention_norm: Norm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Norm,
+    gate: Linear,
+    down: Linear,
+    up: Linear,
+}
+
+/// A weight matrix: ggml's arithmetic on the CPU where its type allows
+/// ([`ggml::Matrix`]: Q4_1, Q8_0), candle's otherwise (other types, other devices).
+enum Linear {
+    Ggml(ggml::Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(tensor: QTensor, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            if let Some(matrix) = ggml::Matrix::from_qtensor(&tensor)? {
+                return Ok(Self::Ggml(matrix));
+            }
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(tensor)?))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Ggml(matrix) => matrix.forward(x),
+            Self::Candle(matmul) => matmul.forward(x),
+        }
+    }
+}
+
+/// An RMSNorm weight, kept on the host too for ggml's CPU arithmetic.
+struct Norm {
+    weight: Tensor,
+    host: Vec<f32>,
+}
+
+impl Norm {
+    fn new(tensor: QTensor, device: &Device) -> Result<Self> {
+        let weight = tensor.dequantize(device)?;
+        let host = weight.to_vec1()?;
+        Ok(Self { weight, host })
+    }
+
+    fn forward(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            ggml::rms_norm(x, &self.host, eps)
+        } else {
+            candle_nn::ops::rms_norm(x, &self.weight, eps)
+        }
+    }
 }
 
 /// A llama-family model's weights, shared by every sequence.
 pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
-    output: QMatMul,
+    norm: Norm,
+    output: Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -48,9 +105,11 @@ pub struct Llama {
     sin: Tensor,
 }
 
-/// One sequence's keys and values, per layer, in F16.
+/// One sequence's keys and values, per layer, in F16: on the host for the CPU's
+/// arithmetic, as tensors on other devices.
 #[derive(Default)]
 pub struct KvCache {
+    host: Vec<HostKv>,
     layers: Vec<(Tensor, Tensor)>,
 }
 
@@ -105,7 +164,6 @@ impl Llama {
             .unwrap_or(10_000.0);
         let head_dim = embedding / n_head;
         let tensor = |reader: &mut R, name: &str| content.tensor(reader, name, device);
-        let dense = |q: QTensor| q.dequantize(device);
 
         let token_embd = tensor(reader, "token_embd.weight")?;
         let embeddings = token_embd.dequantize(device)?;
@@ -116,8 +174,8 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
-            let mut matmul = |name: &str| -> Result<QMatMul> {
-                QMatMul::from_qtensor(tensor(reader, &format!("blk.{i}.{name}.weight"))?)
+            let mut matmul = |name: &str| -> Result<Linear> {
+                Linear::new(tensor(reader, &format!("blk.{i}.{name}.weight"))?, device)
             };
             let (wq, wk, wv, wo) = (
                 matmul("attn_q")?,
@@ -127,12 +185,15 @@ impl Llama {
             );
             let (gate, down, up) = (matmul("ffn_gate")?, matmul("ffn_down")?, matmul("ffn_up")?);
             layers.push(Layer {
-                attention_norm: dense(tensor(reader, &format!("blk.{i}.attn_norm.weight"))?)?,
+                attention_norm: Norm::new(
+                    tensor(reader, &format!("blk.{i}.attn_norm.weight"))?,
+                    device,
+                )?,
                 wq,
                 wk,
                 wv,
                 wo,
-                ffn_norm: dense(tensor(reader, &format!("blk.{i}.ffn_norm.weight"))?)?,
+                ffn_norm: Norm::new(tensor(reader, &format!("blk.{i}.ffn_norm.weight"))?, device)?,
                 gate,
                 down,
                 up,
@@ -142,8 +203,8 @@ impl Llama {
         Ok(Self {
             embeddings,
             layers,
-            norm: dense(tensor(reader, "output_norm.weight")?)?,
-            output: QMatMul::from_qtensor(output)?,
+            norm: Norm::new(tensor(reader, "output_norm.weight")?, device)?,
+            output: Linear::new(output, device)?,
             n_head,
             n_kv_head,
             head_dim,
@@ -163,12 +224,21 @@ impl Llama {
         let ids = Tensor::new(tokens, self.embeddings.device())?;
         let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?; // (1, n, embedding)
         let span = self.span(position, n)?;
+        let host = x.device().is_cpu();
+        if host {
+            cache.host.resize_with(self.layers.len(), HostKv::default);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = (self.attention(layer, &x, &span, cache.layer(i, position))? + x)?;
+            let attended = if host {
+                self.attention_host(layer, &x, &span, &mut cache.host[i], position)?
+            } else {
+                self.attention(layer, &x, &span, cache.layer(i, position))?
+            };
+            x = (attended + x)?;
             x = (self.feed_forward(layer, &x)? + x)?;
         }
         let last = x.i((.., n - 1, ..))?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
+        let last = self.norm.forward(&last, self.eps)?;
         self.output.forward(&last)?.squeeze(0)
     }
 
@@ -193,7 +263,7 @@ impl Llama {
         cache: LayerCache,
     ) -> Result<Tensor> {
         let n = span.n;
-        let h = candle_nn::ops::rms_norm(x, &layer.attention_norm, self.eps)?;
+        let h = layer.attention_norm.forward(x, self.eps)?;
         let heads = |t: Tensor, count: usize| {
             t.reshape((1, n, count, self.head_dim))?
                 .transpose(1, 2)?
@@ -236,10 +306,54 @@ impl Llama {
         layer.wo.forward(&attended)
     }
 
+    /// [`Self::attention`] on the CPU, in ggml's arithmetic throughout: `cache` is
+    /// the layer's host KV cache.
+    #[allow(clippy::many_single_char_names)] // q, k, v, x, h: the architecture's names
+    fn attention_host(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        span: &Span,
+        cache: &mut HostKv,
+        position: usize,
+    ) -> Result<Tensor> {
+        let h = layer.attention_norm.forward(x, self.eps)?;
+        let host = |t: Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+        let mut q = host(layer.wq.forward(&h)?)?;
+        let mut k = host(layer.wk.forward(&h)?)?;
+        let v = host(layer.wv.forward(&h)?)?;
+        let cos = host(span.cos.clone())?;
+        let sin = host(span.sin.clone())?;
+        ggml::rope(&mut q, self.head_dim, &cos, &sin);
+        ggml::rope(&mut k, self.head_dim, &cos, &sin);
+        cache.extend(position, self.n_kv_head * self.head_dim, &k, &v);
+        let heads = ggml::Heads {
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            head_dim: self.head_dim,
+        };
+        let attended = ggml::attention(&q, cache, &heads);
+        let attended = Tensor::from_vec(
+            attended,
+            (1, span.n, self.n_head * self.head_dim),
+            x.device(),
+        )?;
+        layer.wo.forward(&attended)
+    }
+
     /// One layer's SwiGLU feed-forward network over `x`, before the residual.
     fn feed_forward(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let h = candle_nn::ops::rms_norm(x, &layer.ffn_norm, self.eps)?;
-        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        let h = layer.ffn_norm.forward(x, self.eps)?;
+        let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+        let gated = if x.device().is_cpu() {
+            let gated = ggml::swiglu(
+                &gate.flatten_all()?.to_vec1()?,
+                &up.flatten_all()?.to_vec1()?,
+            );
+            Tensor::from_vec(gated, gate.shape(), x.device())?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
         layer.down.forward(&gated)
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! - [`tokenizer`]: the GGUF's own tokenizer (byte-level BPE, special tokens).
 //! - [`template`]: the GGUF's chat template, rendered with Jinja (minijinja).
+//! - [`ggml`]: llama.cpp's quantized matrix products on the CPU.
 //! - [`llama`]: the network, computed as llama.cpp computes it (F16 KV cache).
 //! - [`model`]: the loaded model, sequences, sampling, stops.
 //! - [`engine`]: the generation thread, interleaving concurrent requests.
 //! - [`api`]: OpenAI's request and response shapes.
 pub mod api;
 pub mod engine;
+pub mod ggml;
 pub mod llama;
 pub mod model;
 pub mod template;

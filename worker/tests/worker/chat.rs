@@ -5,11 +5,17 @@
 //! 1.1) gave for this exact file. Token counts are what ends up on chain, so they
 //! must be llama.cpp's exactly.
 //!
-//! Greedy text: this worker's answers follow llama.cpp's where the two engines'
-//! logits rank the top tokens alike. The model is small and quantized; its top two
-//! logits are often ~0.1 apart, and candle's Q4_1 kernels sum in another order than
-//! llama.cpp's, so some answers part early. `AGREEMENT` records, per case, how many
-//! tokens agree today: the test fails if that drops (or rises: then raise it).
+//! Greedy text: this worker computes the network on the CPU with llama.cpp's own
+//! arithmetic (`chat/ggml.rs`: its Q8 activation quantization, its kernels' order of
+//! summation and fused multiply-adds, its `expf`), so its logits are llama.cpp's bit
+//! for bit and greedy answers agree to the last token: checked against llama.cpp
+//! (llama-cpp-python 0.3.36 built for this x86-64 CPU with AVX-512) by teacher-forced
+//! logits, equal in every value for every step of these cases. The model is small and
+//! quantized (top-two logit gaps down to 0.02), so any other arithmetic — candle's
+//! kernels gave 1 and 2 agreeing tokens on cases 1 and 2 — parts within a few tokens;
+//! a llama.cpp built without AVX-512 (another `expf`) may part from these answers.
+//! `AGREEMENT` records, per case, how many tokens agree: the test fails if that
+//! changes, and if any case agrees on fewer than 8 tokens (or all, if fewer).
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -17,10 +23,12 @@ use tally_worker::{ChatModel, Worker, WorkerConfig};
 
 use crate::SKIP_PREFIX;
 
-/// Tokens of each reference case's answer that this worker's greedy answer shares.
-/// The issue asks for 8 (or all, if fewer): cases 1 and 2 do not reach it — their
-/// first parting choices are 0.04 and 0.02 logits apart here.
-const AGREEMENT: [usize; 3] = [16, 1, 2];
+/// Tokens of each reference case's answer that this worker's greedy answer shares:
+/// all of them.
+const AGREEMENT: [usize; 6] = [16, 14, 16, 16, 10, 27];
+
+/// What the issue asks of every case: its first 8 tokens (or all, if fewer) agree.
+const MIN_AGREEMENT: usize = 8;
 
 /// The chat model file, or `None` (after printing why) when it is not on disk.
 pub fn chat_model_or_skip() -> Option<std::path::PathBuf> {
@@ -107,6 +115,10 @@ fn chat_completions_count_as_llama_cpp_and_stream() {
             eprintln!(
                 "case {i}: {agree} of {} tokens agree; llama.cpp {expected:?}, here {text:?}",
                 theirs.len()
+            );
+            assert!(
+                agree >= MIN_AGREEMENT.min(theirs.len()),
+                "case {i}: only {agree} tokens agree with llama.cpp's answer"
             );
             assert_eq!(
                 agree, AGREEMENT[i],

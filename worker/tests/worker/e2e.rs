@@ -422,8 +422,7 @@ fn run_flow<C: Chain + Clock + Send + 'static>(
 
         // Chat on job 0, from Rust: a llama.cpp case asked twice, non-streamed and
         // streamed (the usage chunk asked for). Greedy: the same answer both ways.
-        // (Few chat requests: on this CPU each costs seconds, most of it the prompt —
-        // candle's Q4_1 dot product has no SIMD path.)
+        // (Few chat requests: on this CPU each costs seconds, most of it the prompt.)
         let chat_url = format!("{base}/chat/completions");
         {
             let (j, job) = (0, &jobs[0]);
