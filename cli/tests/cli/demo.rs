@@ -2,10 +2,11 @@
 //! its reconciliation asserted from its JSON summary.
 use std::process::Command;
 
-#[test]
-fn tally_demo_reconciles_every_balance() {
+/// `tally demo --output json` with `args`: its summary, the run having succeeded.
+fn demo(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["demo", "--output", "json", "--jobs", "3", "--requests", "8"])
+        .args(["demo", "--output", "json"])
+        .args(args)
         .output()
         .expect("run tally demo");
     assert!(
@@ -13,8 +14,12 @@ fn tally_demo_reconciles_every_balance() {
         "tally demo failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON summary on stdout");
+    serde_json::from_slice(&output.stdout).expect("one JSON summary on stdout")
+}
+
+#[test]
+fn tally_demo_reconciles_every_balance() {
+    let summary = demo(&["--jobs", "3", "--requests", "8"]);
     let n = |k: &str| {
         summary[k]
             .as_u64()
@@ -53,18 +58,16 @@ fn tally_demo_reconciles_every_balance() {
 /// own stores, settlements carry two oracles' signatures, and it all reconciles.
 #[test]
 fn tally_demo_settles_through_a_two_of_three_quorum() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["demo", "--output", "json", "--jobs", "2", "--requests", "5"])
-        .args(["--oracles", "3", "--threshold", "2"])
-        .output()
-        .expect("run tally demo");
-    assert!(
-        output.status.success(),
-        "tally demo failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON summary on stdout");
+    let summary = demo(&[
+        "--jobs",
+        "2",
+        "--requests",
+        "5",
+        "--oracles",
+        "3",
+        "--threshold",
+        "2",
+    ]);
     assert_eq!(summary["reconciled"], true, "{summary}");
     assert_eq!(
         summary["quorum"],

@@ -674,19 +674,8 @@ fn a_quorum_killed_at_random_points_loses_and_doubles_nothing() {
             for (_, _, body) in &bodies {
                 tokio::time::sleep(Duration::from_millis(15)).await;
                 for url in &urls {
-                    loop {
-                        let sent = http
-                            .post(url)
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match sent.map(|r| r.status().as_u16()) {
-                            Ok(201 | 409) => break,
-                            Ok(status) => panic!("an oracle refused a valid report: {status}"),
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        }
-                    }
+                    super::post_report(&http, url, body, Duration::from_millis(20), usize::MAX)
+                        .await;
                 }
             }
         });

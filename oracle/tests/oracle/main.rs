@@ -26,6 +26,32 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Posts a signed node report to an oracle until it answers (it may be starting or
+/// restarting), trying every `pause`, at most `tries` times; the answer must be 201
+/// (recorded) or 409 (already held).
+async fn post_report(
+    http: &reqwest::Client,
+    url: &str,
+    body: &str,
+    pause: std::time::Duration,
+    tries: usize,
+) {
+    for _ in 0..tries {
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()) {
+            Ok(201 | 409) => return,
+            Ok(status) => panic!("{url} refused a valid report: {status}"),
+            Err(_) => tokio::time::sleep(pause).await,
+        }
+    }
+    panic!("{url} never answered in {tries} tries");
+}
+
 /// A loopback port free right now (for servers that must keep theirs across restarts).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

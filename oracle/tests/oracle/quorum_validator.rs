@@ -32,24 +32,7 @@ fn post_all(urls: &[String], bodies: &[(usize, u64, String)]) {
         let http = reqwest::Client::new();
         for (_, _, body) in bodies {
             for url in urls {
-                let mut tries = 0;
-                loop {
-                    let sent = http
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match sent.map(|r| r.status().as_u16()) {
-                        Ok(201 | 409) => break,
-                        Ok(status) => panic!("{url} refused a valid report: {status}"),
-                        Err(e) => {
-                            tries += 1;
-                            assert!(tries < 200, "{url} never answered: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
+                super::post_report(&http, url, body, Duration::from_millis(100), 200).await;
             }
         }
     });
