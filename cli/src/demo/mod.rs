@@ -26,6 +26,7 @@ use solana_signer::Signer;
 use tally_client::bootstrap::{self, Cast};
 use tally_client::chain::{Chain, ChainError, EmbeddedChain, Shared};
 
+use crate::money::{Money, Units};
 use crate::CliError;
 use tally_client::ix::MintRef;
 use tally_client::{ops, pda, OpenJobArgs, Prices, Pubkey, Usage};
@@ -391,12 +392,13 @@ fn set_up(
     let (client_tokens, mut jobs) =
         bootstrap::open_jobs(&mut chain, &cast, mint, funding, terms, 0..=args.jobs)?;
     let stalled = jobs.pop().expect("open_jobs opens args.jobs + 1 jobs");
+    let money = Money::of(&chain, &mint.mint, Units::Tokens)?;
     step(
         quiet,
         &format!(
             "client {} escrowed {} in {} jobs",
             cast.client.pubkey(),
-            funding,
+            money.show(funding),
             jobs.len() + 1
         ),
     );
@@ -671,6 +673,7 @@ fn end_jobs(
         chain, cast, mint, ..
     } = stage;
     let attesters = quorum.map_or_else(|| vec![&cast.oracle], |q| q.attesters(&cast.oracle));
+    let money = Money::of(chain, &mint.mint, Units::Tokens)?;
     let mut refunded = 0u64;
     for job in &stage.jobs {
         let (refund, _) = bootstrap::complete_settled(
@@ -686,21 +689,23 @@ fn end_jobs(
     step(
         quiet,
         &format!(
-            "{} jobs completed; {refunded} refunded to the client",
-            stage.jobs.len()
+            "{} jobs completed; {} refunded to the client",
+            stage.jobs.len(),
+            money.show(refunded)
         ),
     );
     chain.lock().advance(2 * i64::from(CHALLENGE_WINDOW) + 1);
     let claimed = ops::claim(chain, &cast.operator, &mint.mint)?;
-    step(quiet, &format!("operator claimed {claimed}"));
+    step(quiet, &format!("operator claimed {}", money.show(claimed)));
     chain.lock().advance(3_600 + i64::from(GRACE) + 1);
     let expired_refund = ops::expire_job(chain, &cast.treasury, &stage.stalled)?;
     refunded += expired_refund;
     step(
         quiet,
         &format!(
-            "stalled job {} expired: {expired_refund} refunded",
-            stage.stalled
+            "stalled job {} expired: {} refunded",
+            stage.stalled,
+            money.show(expired_refund)
         ),
     );
     Ok(Ended { refunded, claimed })
@@ -762,7 +767,7 @@ fn reconcile(
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        let money = crate::money::Money::of(chain, &mint.mint, crate::money::Units::Tokens)?;
+        let money = Money::of(chain, &mint.mint, Units::Tokens)?;
         eprintln!("{}", crate::output::revenue_table(&revenue, &money));
         eprintln!();
         for (what, ok) in &checks {
