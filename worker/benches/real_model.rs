@@ -186,9 +186,15 @@ async fn chat_stream(
     (first.unwrap_or(total), total, tokens)
 }
 
-/// Section 4: the chat model, straight and through the gateway.
+/// Section 4: the chat model, straight and through the gateway; then what settling
+/// the generated tokens the gateway metered costs, measured and at steady state.
 #[allow(clippy::cast_precision_loss)]
-fn chat(world: &World, job: &tally_tests::JobHandle, work: &std::path::Path) -> Option<Value> {
+fn chat(
+    world: &mut World,
+    job: &tally_tests::JobHandle,
+    operator: &tally_tests::OperatorHandle,
+    work: &std::path::Path,
+) -> Option<Value> {
     let model = tally_worker::default_chat_model();
     if let Some(reason) = tally_worker::chat::model::missing_gguf(&model) {
         println!("\nchat bench skipped: {reason}; run scripts/fetch-model");
@@ -200,7 +206,7 @@ fn chat(world: &World, job: &tally_tests::JobHandle, work: &std::path::Path) -> 
         .build()
         .unwrap();
     let clock = ChainClock::synced(&*world.env).unwrap();
-    runtime.block_on(async {
+    let rows = runtime.block_on(async {
         let worker = Worker::load(&WorkerConfig::chat(&model)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = format!("http://{}", listener.local_addr().unwrap());
@@ -276,7 +282,76 @@ fn chat(world: &World, job: &tally_tests::JobHandle, work: &std::path::Path) -> 
                 "throughput_ratio": g.1 / d.1,
             }));
         }
-        Some(json!(rows))
+        rows
+    });
+    let settlement = chat_settlement(world, job, operator, work, &rows);
+    Some(json!({ "streams": rows, "settlement": settlement }))
+}
+
+/// The chat job's metered records settled by the oracle's batcher (fees per 1k
+/// generated tokens, this run), and at steady state: one worker serving 4 streams
+/// through the gateway, the oracle settling every ROUND_SECS, one receipt a round.
+#[allow(clippy::cast_precision_loss)]
+fn chat_settlement(
+    world: &mut World,
+    job: &tally_tests::JobHandle,
+    operator: &tally_tests::OperatorHandle,
+    work: &std::path::Path,
+    rows: &[Value],
+) -> Value {
+    let oracle = world.oracles[0].insecure_clone();
+    let batcher = Batcher::new(
+        Store::open(&work.join("chat.db")).unwrap(),
+        oracle.insecure_clone(),
+        ChainClock::synced(&*world.env).unwrap(),
+    )
+    .with_settings(BatchSettings {
+        lookup_tables: false,
+        ..BatchSettings::default()
+    });
+    let day = tally::state::utc_day(world.env.now());
+    let ledgers = [
+        tally_client::pda::earnings(&operator.address(), &world.mint.mint),
+        tally_client::pda::revenue(&world.mint.mint, day),
+    ];
+    let rent_before: u64 = ledgers.iter().map(|a| world.env.lamports(a)).sum();
+    let before = world.env.lamports(&oracle.pubkey());
+    let round = batcher.run_round(&mut *world.env).unwrap();
+    assert_eq!(round.failed, 0, "{round:?}");
+    let rent: u64 = ledgers.iter().map(|a| world.env.lamports(a)).sum::<u64>() - rent_before;
+    let fees = before - world.env.lamports(&oracle.pubkey()) - rent;
+    let settled = world.env.job(&job.address);
+    let generated = settled.settled_output;
+    let per_1k = fees as f64 * 1_000.0 / generated.max(1) as f64;
+    // Steady state: what one worker generates in a round at 4 streams.
+    let served = rows
+        .last()
+        .and_then(|r| r["gateway"]["tokens_per_s_served"].as_f64())
+        .unwrap_or(0.0);
+    let per_round = served * ROUND_SECS;
+    let steady_1 = LAMPORTS_PER_SIGNATURE as f64 * 1_000.0 / per_round;
+    let steady_8 = steady_1 / JOBS as f64;
+    println!("\n| chat settlement (SBF program, embedded chain) | value |\n|---|---:|");
+    println!(
+        "| this run: generated tokens settled (prompt tokens), receipts | {generated} ({}), {} |",
+        settled.settled_units - generated,
+        round.confirmed
+    );
+    println!("| this run: fee lamports per 1k generated tokens | {per_1k:.1} |");
+    println!("| steady state: generated tokens per receipt (one worker, 4 streams, {ROUND_SECS} s rounds) | {per_round:.0} |");
+    println!(
+        "| steady state: lamports per 1k generated tokens, 1 receipt per tx | {steady_1:.1} |"
+    );
+    println!("| steady state: lamports per 1k generated tokens, {JOBS} receipts per tx | {steady_8:.1} |");
+    json!({
+        "generated_tokens": generated,
+        "prompt_tokens": settled.settled_units - generated,
+        "receipts": round.confirmed,
+        "fee_lamports": fees,
+        "fee_lamports_per_1k_generated_tokens": per_1k,
+        "steady_state_generated_tokens_per_receipt": per_round,
+        "steady_state_lamports_per_1k_generated_tokens_1_receipt_per_tx": steady_1,
+        "steady_state_lamports_per_1k_generated_tokens_8_receipts_per_tx": steady_8,
     })
 }
 
@@ -489,8 +564,9 @@ fn main() {
     println!("| steady state: tokens per receipt (one busy worker, {ROUND_SECS} s rounds) | {per_round:.0} |");
     println!("| steady state: lamports per 1k tokens, 1 receipt per tx | {steady_1:.1} |");
     println!("| steady state: lamports per 1k tokens, {JOBS} receipts per tx | {steady_8:.1} |");
-    // 4. The chat model.
-    let chat_rows = chat(&world, &jobs[0], &work);
+    // 4. The chat model, on a job of its own.
+    let chat_job = world.open_job(&client, &operator, JOBS as u64, spec);
+    let chat_rows = chat(&mut world, &chat_job, &operator, &work);
     let _ = std::fs::remove_dir_all(&work);
     let load_after = load();
     println!("\nload average: {load_before} at start, {load_after} at the end");
