@@ -518,8 +518,15 @@ impl Batcher {
         // 2. Resume pending submissions; 3. new usage. Decided, not yet written.
         let mut round = RoundWrite::default();
         let pending = std::mem::take(&mut work.pending);
-        let resumed =
-            Self::resume_pending(pending, &work.jobs, &time, &state, &mut round, &mut report);
+        let resumed = Self::resume_pending(
+            pending,
+            &work.jobs,
+            &time,
+            &state,
+            self.quorum.is_some(),
+            &mut round,
+            &mut report,
+        );
         // In a quorum, no new receipt in the last stretch of this oracle's term:
         // what it sends lands before the next leader bills (resends go on).
         let billed = if self.quorum.as_ref().is_none_or(|q| q.bills_at(time.now)) {
@@ -647,18 +654,45 @@ impl Batcher {
     }
 
     /// Step 2: what becomes of each pending submission ([`resume`]): written off,
-    /// found landed, or sent again.
+    /// found landed, or sent again. In a quorum (`quorum`), a seq the chain has passed
+    /// landed here only when this oracle's own receipt at the chain's last seq carries
+    /// the chain's invoice hash (each receipt is built on the one before); otherwise
+    /// another leader's may have landed, and catch-up decides (it needs the peers).
     fn resume_pending(
         pending: Vec<Submission>,
         jobs: &JobStates,
         time: &RoundTime,
         state: &State,
+        quorum: bool,
         round: &mut RoundWrite,
         report: &mut RoundReport,
     ) -> Resumed {
+        let in_line: HashSet<(String, u64)> = pending
+            .iter()
+            .filter(|s| {
+                jobs.get(&s.job).is_some_and(|j| {
+                    j.nonce == s.job_nonce
+                        && j.last_seq == s.seq
+                        && j.invoice_hash == s.invoice_hash
+                })
+            })
+            .map(|s| (s.job.clone(), s.job_nonce))
+            .collect();
         let mut resumed = Resumed::default();
         for submission in pending {
-            match resume(&submission, jobs.get(&submission.job).as_ref(), time, state) {
+            let job = jobs.get(&submission.job);
+            let settled_elsewhere = quorum
+                && job.as_ref().is_some_and(|j| {
+                    j.nonce == submission.job_nonce
+                        && j.last_seq >= submission.seq
+                        && !in_line.contains(&(submission.job.clone(), submission.job_nonce))
+                });
+            if settled_elsewhere {
+                // Not ours to confirm nor to write off: catch-up adopts what landed
+                // and releases this receipt's records.
+                continue;
+            }
+            match resume(&submission, job.as_ref(), time, state) {
                 Resume::WriteOff(reason, detail) => {
                     Self::write_off_submission(round, report, &submission, reason, detail);
                 }
