@@ -964,3 +964,93 @@ async fn a_co_signer_never_pays_the_fees() {
     assert_eq!(refused, quorum::Refusal::PaysFees(peer.pubkey()));
     let _ = std::fs::remove_dir_all(&q.dir);
 }
+
+/// A leader's receipt that another leader beat to its seq is not taken for landed on
+/// the seq alone (it was, before: the store confirmed the wrong receipt, built the
+/// next one on its hash, and co-signers refused the job forever). While no peer can
+/// tell what landed, the receipt stays pending, its records bound to it: neither
+/// confirmed nor written off, and nothing new is billed on top of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receipt_another_leader_landed_first_is_not_taken_for_this_ones() {
+    use tally_client::ix::{self, Attestation};
+    use tally_client::SettleReceipt;
+
+    let q = quorum3("quorum-beaten").await;
+    let now = q.chain.clock().unwrap().unix_timestamp;
+    let job = q.jobs[0].address;
+    let records: Vec<UsageRecord> = (0..4).map(|i| record(&q.jobs[0], i, now)).collect();
+    for r in &records {
+        q.report(r);
+    }
+    // Both peers down: the leader's receipt 1 is written ahead and cannot land.
+    q.stop_peer(0);
+    q.stop_peer(1);
+    let report = q.round();
+    assert_eq!((report.confirmed, report.failed), (0, 1), "{report:?}");
+
+    // Meanwhile the other two oracles settle receipts 1 and 2 of their own.
+    let (authority, mint, version) = {
+        let chain = q.chain.lock();
+        let state = chain.job_state(&job);
+        let operator: tally::state::Operator =
+            chain.anchor_account(&state.operator).unwrap().unwrap();
+        let config = tally_client::ops::config(&*chain).unwrap();
+        (operator.authority, state.mint, config.oracle_set_version)
+    };
+    let day = tally::state::utc_day(now);
+    let (o1, o2) = (&q.peers[0].oracle, &q.peers[1].oracle);
+    let attestation = Attestation {
+        oracles: vec![o1.pubkey(), o2.pubkey()],
+        oracle_set_version: version,
+        day,
+    };
+    let mut chain = q.chain.clone();
+    chain
+        .send(
+            &[ix::open_ledgers(o1.pubkey(), authority, mint, day)],
+            o1,
+            &[],
+        )
+        .unwrap();
+    for seq in 1..=2 {
+        let theirs = SettleReceipt {
+            seq,
+            cumulative_units: seq,
+            cumulative_output: 0,
+            invoice_hash: [u8::try_from(seq).unwrap(); 32],
+            period_end: now,
+        };
+        chain
+            .send(
+                &[ix::settle(&attestation, authority, mint, &[(job, theirs)])],
+                o1,
+                &[o2],
+            )
+            .unwrap();
+    }
+    assert_eq!(q.settled(&q.jobs[0]), (2, 2));
+
+    // The leader's next rounds (peers still down, catch-up impossible): its receipt
+    // 1 is not found "landed", not written off, and its records stay bound to it.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let report = q.round();
+        assert_eq!(report.recovered, 0, "{report:?}");
+        assert!(report.written_off.is_empty(), "{report:?}");
+        assert_eq!(report.sent, 0, "{report:?}");
+    }
+    let leaders = q.leader.store.submissions_of(&job.to_string()).unwrap();
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    assert_eq!(
+        (leaders[0].seq, &leaders[0].state),
+        (1, &tally_oracle::store::SubmissionState::Pending),
+        "{leaders:?}"
+    );
+    let billing = q.leader.store.billing().unwrap();
+    assert!(
+        billing
+            .iter()
+            .all(|(_, b)| matches!(b, Billing::Submitted { seq: 1, .. })),
+        "{billing:?}"
+    );
+}
