@@ -49,14 +49,15 @@ pub fn config(chain: &impl Chain) -> Result<Config> {
 
 /// Token balance of a token account (0 when it does not exist).
 pub fn token_balance(chain: &impl Chain, account: &Pubkey) -> Result<u64> {
-    Ok(chain
-        .account(account)?
-        .and_then(|a| {
-            spl_token_2022::extension::StateWithExtensions::<spl_token_2022::state::Account>::unpack(&a.data)
-                .ok()
-                .map(|s| s.base.amount)
-        })
-        .unwrap_or(0))
+    Ok(chain.account(account)?.as_ref().map_or(0, token_amount))
+}
+
+/// The token amount an account holds (0 when it is not a token account).
+fn token_amount(account: &solana_account::Account) -> u64 {
+    spl_token_2022::extension::StateWithExtensions::<spl_token_2022::state::Account>::unpack(
+        &account.data,
+    )
+    .map_or(0, |s| s.base.amount)
 }
 
 /// The associated token account of `owner` for `mint`, and the instruction that
@@ -88,15 +89,8 @@ pub fn ensure_token_account(
     owner: &Pubkey,
     mint: MintRef,
 ) -> Result<Pubkey> {
-    let address = pda::associated_token(owner, &mint.mint, &mint.token_program);
-    if chain.account(&address)?.is_none() {
-        let create =
-            spl_associated_token_account::instruction::create_associated_token_account_idempotent(
-                &payer.pubkey(),
-                owner,
-                &mint.mint,
-                &mint.token_program,
-            );
+    let (address, create) = token_account_for(chain, &payer.pubkey(), owner, mint)?;
+    if let Some(create) = create {
         chain.send(&[create], payer, &[])?;
     }
     Ok(address)
@@ -172,8 +166,10 @@ pub enum WrappedSol {
 /// What a refund or claim paid, and whether it arrived as SOL.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct Paid {
-    /// In the mint's base units.
+    /// In base units of `mint`.
     pub amount: u64,
+    #[serde(serialize_with = "base58")]
+    pub mint: Pubkey,
     /// Paid in wrapped SOL and unwrapped into the signer's wallet.
     pub unwrapped: bool,
 }
@@ -189,7 +185,8 @@ fn fund(
     needs: u64,
 ) -> Result<(Pubkey, Vec<Instruction>)> {
     let tokens = pda::associated_token(payer, &mint.mint, &mint.token_program);
-    let balance = token_balance(chain, &tokens)?;
+    let existing = chain.account(&tokens)?;
+    let balance = existing.as_ref().map_or(0, token_amount);
     if balance >= needs {
         return Ok((tokens, Vec::new()));
     }
@@ -204,7 +201,7 @@ fn fund(
         .into());
     }
     let shortfall = needs - balance;
-    let account_rent = match chain.account(&tokens)? {
+    let account_rent = match existing {
         Some(_) => 0,
         None => chain.minimum_balance_for_rent_exemption(TOKEN_ACCOUNT_LEN)?,
     };
@@ -221,20 +218,29 @@ fn fund(
     Ok((tokens, wrap_instructions(payer, shortfall)?))
 }
 
-/// The instruction that unwraps what `mint` paid `recipient`, when asked to, the mint
-/// is wrapped SOL and `signer` is the recipient (only the owner can close its
-/// account).
-fn unwrap_after(
-    mint: &MintRef,
-    recipient: &Pubkey,
-    signer: &Pubkey,
+/// A payout of `amount` in `mint` to `recipient`'s token account: sends
+/// `instructions` (which pay it) signed by `signer`, followed in the same transaction
+/// by the unwrap when asked to, the mint is wrapped SOL and `signer` is the recipient
+/// (only the owner can close its account).
+fn send_payout(
+    chain: &mut impl Chain,
+    signer: &Keypair,
+    mut instructions: Vec<Instruction>,
+    payout: (MintRef, &Pubkey, u64),
     wrapped: WrappedSol,
-) -> Result<Option<Instruction>> {
-    if wrapped == WrappedSol::Unwrap && is_wrapped_sol(mint) && recipient == signer {
-        unwrap_instruction(signer).map(Some)
-    } else {
-        Ok(None)
+) -> Result<Paid> {
+    let (mint, recipient, amount) = payout;
+    let unwrapped =
+        wrapped == WrappedSol::Unwrap && is_wrapped_sol(&mint) && *recipient == signer.pubkey();
+    if unwrapped {
+        instructions.push(unwrap_instruction(recipient)?);
     }
+    chain.send(&instructions, signer, &[])?;
+    Ok(Paid {
+        amount,
+        mint: mint.mint,
+        unwrapped,
+    })
 }
 
 /// A mint's decimals (read from the mint account: SPL Token and Token-2022 share the
@@ -730,14 +736,13 @@ pub fn cancel_job_with(
     let (tokens, create) = token_account_for(chain, &client.pubkey(), &client.pubkey(), mint)?;
     let mut instructions: Vec<Instruction> = create.into_iter().collect();
     instructions.push(ix::cancel_job(client.pubkey(), *job_address, mint, tokens));
-    let unwrap = unwrap_after(&mint, &current.client, &client.pubkey(), wrapped)?;
-    let unwrapped = unwrap.is_some();
-    instructions.extend(unwrap);
-    chain.send(&instructions, client, &[])?;
-    Ok(Paid {
-        amount: current.escrow_left,
-        unwrapped,
-    })
+    send_payout(
+        chain,
+        client,
+        instructions,
+        (mint, &current.client, current.escrow_left),
+        wrapped,
+    )
 }
 
 /// `job expire`: anyone refunds a job past its deadline plus grace. Returns the
@@ -776,14 +781,13 @@ pub fn expire_job_with(
         current.client,
         tokens,
     ));
-    let unwrap = unwrap_after(&mint, &current.client, &cranker.pubkey(), wrapped)?;
-    let unwrapped = unwrap.is_some();
-    instructions.extend(unwrap);
-    chain.send(&instructions, cranker, &[])?;
-    Ok(Paid {
-        amount: current.escrow_left,
-        unwrapped,
-    })
+    send_payout(
+        chain,
+        cranker,
+        instructions,
+        (mint, &current.client, current.escrow_left),
+        wrapped,
+    )
 }
 
 /// `job close`: closes an ended (completed or expired) job once the operator's
@@ -974,14 +978,13 @@ pub fn claim_with(
         token_account_for(chain, &authority.pubkey(), &operator.payout_owner, mint)?;
     let mut instructions: Vec<Instruction> = create.into_iter().collect();
     instructions.push(ix::claim(authority.pubkey(), mint, payout));
-    let unwrap = unwrap_after(&mint, &operator.payout_owner, &authority.pubkey(), wrapped)?;
-    let unwrapped = unwrap.is_some();
-    instructions.extend(unwrap);
-    chain.send(&instructions, authority, &[])?;
-    Ok(Paid {
-        amount: ledger.claimable,
-        unwrapped,
-    })
+    send_payout(
+        chain,
+        authority,
+        instructions,
+        (mint, &operator.payout_owner, ledger.claimable),
+        wrapped,
+    )
 }
 
 /// One UTC day of on-chain revenue in one mint.

@@ -28,15 +28,13 @@ pub(super) fn execute<C: Chain>(
             Ok(job_output(&view, &money))
         }
         JobCommand::Cancel { job, sol } => {
-            let mint = ops::job(chain, job)?.mint;
             let paid = ops::cancel_job_with(chain, signer, job, sol.wrapped())?;
-            let money = wallet.money(chain, &mint)?;
+            let money = wallet.money(chain, &paid.mint)?;
             Ok(refund_output(job, "cancelled", &paid, &money))
         }
         JobCommand::Expire { job, sol } => {
-            let mint = ops::job(chain, job)?.mint;
             let paid = ops::expire_job_with(chain, signer, job, sol.wrapped())?;
-            let money = wallet.money(chain, &mint)?;
+            let money = wallet.money(chain, &paid.mint)?;
             Ok(refund_output(job, "expired", &paid, &money))
         }
         JobCommand::Key {
