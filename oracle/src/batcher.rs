@@ -670,29 +670,21 @@ impl Batcher {
         let in_line: HashSet<(String, u64)> = pending
             .iter()
             .filter(|s| {
-                jobs.get(&s.job).is_some_and(|j| {
-                    j.nonce == s.job_nonce
-                        && j.last_seq == s.seq
-                        && j.invoice_hash == s.invoice_hash
-                })
+                quorum
+                    && jobs.get(&s.job).is_some_and(|j| {
+                        j.nonce == s.job_nonce
+                            && j.last_seq == s.seq
+                            && j.invoice_hash == s.invoice_hash
+                    })
             })
             .map(|s| (s.job.clone(), s.job_nonce))
             .collect();
         let mut resumed = Resumed::default();
         for submission in pending {
+            let ours_landed =
+                quorum.then(|| in_line.contains(&(submission.job.clone(), submission.job_nonce)));
             let job = jobs.get(&submission.job);
-            let settled_elsewhere = quorum
-                && job.as_ref().is_some_and(|j| {
-                    j.nonce == submission.job_nonce
-                        && j.last_seq >= submission.seq
-                        && !in_line.contains(&(submission.job.clone(), submission.job_nonce))
-                });
-            if settled_elsewhere {
-                // Not ours to confirm nor to write off: catch-up adopts what landed
-                // and releases this receipt's records.
-                continue;
-            }
-            match resume(&submission, job.as_ref(), time, state) {
+            match resume(&submission, job.as_ref(), time, state, ours_landed) {
                 Resume::WriteOff(reason, detail) => {
                     Self::write_off_submission(round, report, &submission, reason, detail);
                 }
@@ -1823,7 +1815,17 @@ enum Resume {
 }
 
 /// Decides what becomes of pending `submission`, whose job (at its address) is `job`.
-fn resume(submission: &Submission, job: Option<&Job>, time: &RoundTime, state: &State) -> Resume {
+/// `ours_landed`, in a quorum: whether this oracle's receipt at the chain's last seq
+/// of the job is the one that landed. When it is not, a seq the chain passed may be
+/// another leader's: the submission waits for catch-up (which needs the peers), as
+/// neither confirmed nor written off (which would drop its records).
+fn resume(
+    submission: &Submission,
+    job: Option<&Job>,
+    time: &RoundTime,
+    state: &State,
+    ours_landed: Option<bool>,
+) -> Resume {
     let (job_text, nonce, seq) = (&submission.job, submission.job_nonce, submission.seq);
     let gone = match job {
         None => {
@@ -1847,6 +1849,9 @@ fn resume(submission: &Submission, job: Option<&Job>, time: &RoundTime, state: &
     let Some(job) = job.filter(|j| j.nonce == nonce) else {
         return Resume::Wait;
     };
+    if job.last_seq >= seq && ours_landed == Some(false) {
+        return Resume::Wait;
+    }
     if job.last_seq > seq || (job.last_seq == seq && job.invoice_hash == submission.invoice_hash) {
         return Resume::Landed;
     }
