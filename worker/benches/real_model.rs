@@ -186,6 +186,37 @@ async fn chat_stream(
     (first.unwrap_or(total), total, tokens)
 }
 
+/// One settlement round of `batcher` (the world's first oracle) for `operator`'s
+/// jobs: its report and the fees it paid, in lamports — the oracle's balance change
+/// less the rent of ledgers the round opened (an account, not a cost).
+fn settle_round(
+    world: &mut World,
+    batcher: &Batcher,
+    operator: &tally_tests::OperatorHandle,
+) -> (tally_oracle::batcher::RoundReport, u64) {
+    let oracle = world.oracles[0].pubkey();
+    let day = tally::state::utc_day(world.env.now());
+    let ledgers = [
+        tally_client::pda::earnings(&operator.address(), &world.mint.mint),
+        tally_client::pda::revenue(&world.mint.mint, day),
+    ];
+    let rent = |world: &World| -> u64 { ledgers.iter().map(|a| world.env.lamports(a)).sum() };
+    let (rent_before, before) = (rent(world), world.env.lamports(&oracle));
+    let round = batcher.run_round(&mut *world.env).unwrap();
+    let fees = before - world.env.lamports(&oracle) - (rent(world) - rent_before);
+    (round, fees)
+}
+
+/// At steady state one worker serving `tokens_per_s` gets one receipt per job per
+/// ROUND_SECS round: the tokens a receipt carries, and the lamports per 1k tokens
+/// with 1 and with JOBS receipts per transaction (one signature's fee each).
+#[allow(clippy::cast_precision_loss)]
+fn steady_state(tokens_per_s: f64) -> (f64, f64, f64) {
+    let per_round = tokens_per_s * ROUND_SECS;
+    let one = LAMPORTS_PER_SIGNATURE as f64 * 1_000.0 / per_round;
+    (per_round, one, one / JOBS as f64)
+}
+
 /// Section 4: the chat model, straight and through the gateway; then what settling
 /// the generated tokens the gateway metered costs, measured and at steady state.
 #[allow(clippy::cast_precision_loss)]
@@ -299,27 +330,17 @@ fn chat_settlement(
     work: &std::path::Path,
     rows: &[Value],
 ) -> Value {
-    let oracle = world.oracles[0].insecure_clone();
     let batcher = Batcher::new(
         Store::open(&work.join("chat.db")).unwrap(),
-        oracle.insecure_clone(),
+        world.oracles[0].insecure_clone(),
         ChainClock::synced(&*world.env).unwrap(),
     )
     .with_settings(BatchSettings {
         lookup_tables: false,
         ..BatchSettings::default()
     });
-    let day = tally::state::utc_day(world.env.now());
-    let ledgers = [
-        tally_client::pda::earnings(&operator.address(), &world.mint.mint),
-        tally_client::pda::revenue(&world.mint.mint, day),
-    ];
-    let rent_before: u64 = ledgers.iter().map(|a| world.env.lamports(a)).sum();
-    let before = world.env.lamports(&oracle.pubkey());
-    let round = batcher.run_round(&mut *world.env).unwrap();
+    let (round, fees) = settle_round(world, &batcher, operator);
     assert_eq!(round.failed, 0, "{round:?}");
-    let rent: u64 = ledgers.iter().map(|a| world.env.lamports(a)).sum::<u64>() - rent_before;
-    let fees = before - world.env.lamports(&oracle.pubkey()) - rent;
     let settled = world.env.job(&job.address);
     let generated = settled.settled_output;
     let per_1k = fees as f64 * 1_000.0 / generated.max(1) as f64;
@@ -328,9 +349,7 @@ fn chat_settlement(
         .last()
         .and_then(|r| r["gateway"]["tokens_per_s_served"].as_f64())
         .unwrap_or(0.0);
-    let per_round = served * ROUND_SECS;
-    let steady_1 = LAMPORTS_PER_SIGNATURE as f64 * 1_000.0 / per_round;
-    let steady_8 = steady_1 / JOBS as f64;
+    let (per_round, steady_1, steady_8) = steady_state(served);
     println!("\n| chat settlement (SBF program, embedded chain) | value |\n|---|---:|");
     println!(
         "| this run: generated tokens settled (prompt tokens), receipts | {generated} ({}), {} |",
@@ -532,16 +551,8 @@ fn main() {
         ..BatchSettings::default()
     })
     .with_invoices_dir(work.join("invoices"));
-    let before = world.env.lamports(&oracle.pubkey());
-    let round = batcher.run_round(&mut *world.env).unwrap();
+    let (round, fees) = settle_round(&mut world, &batcher, &operator);
     assert_eq!((round.confirmed, round.failed), (JOBS, 0), "{round:?}");
-    let day = tally::state::utc_day(world.env.now());
-    let ledgers = [
-        tally_client::pda::earnings(&operator.address(), &world.mint.mint),
-        tally_client::pda::revenue(&world.mint.mint, day),
-    ];
-    let rent: u64 = ledgers.iter().map(|a| world.env.lamports(a)).sum();
-    let fees = before - world.env.lamports(&oracle.pubkey()) - rent;
     let settled: u64 = jobs
         .iter()
         .map(|j| world.env.job(&j.address).settled_units)
@@ -554,9 +565,7 @@ fn main() {
     let busy_tps = overhead_rows[1]["gateway"]["tokens_per_s"]
         .as_f64()
         .unwrap_or(0.0);
-    let per_round = busy_tps * ROUND_SECS;
-    let steady_1 = LAMPORTS_PER_SIGNATURE as f64 * 1_000.0 / per_round;
-    let steady_8 = steady_1 / JOBS as f64;
+    let (per_round, steady_1, steady_8) = steady_state(busy_tps);
     println!("\n| settlement on-chain (SBF program, embedded chain) | value |\n|---|---:|");
     println!("| this run: tokens settled, receipts, transactions | {settled} tokens, {} receipts, {} tx |", round.confirmed, round.confirmed.div_ceil(JOBS));
     println!("| this run: fee lamports (per receipt) | {fees} ({per_receipt:.0}) |");
