@@ -309,6 +309,8 @@ struct Stage {
     chain: Shared<EmbeddedChain>,
     cast: Cast,
     mint: MintRef,
+    /// The mint's amounts as the demo prints them.
+    money: Money,
     client_tokens: Pubkey,
     /// What the client put in escrow, over every job.
     funding: u64,
@@ -406,6 +408,7 @@ fn set_up(
         chain: Shared::new(chain),
         cast,
         mint,
+        money,
         client_tokens,
         funding,
         jobs,
@@ -673,7 +676,7 @@ fn end_jobs(
         chain, cast, mint, ..
     } = stage;
     let attesters = quorum.map_or_else(|| vec![&cast.oracle], |q| q.attesters(&cast.oracle));
-    let money = Money::of(chain, &mint.mint, Units::Tokens)?;
+    let money = &stage.money;
     let mut refunded = 0u64;
     for job in &stage.jobs {
         let (refund, _) = bootstrap::complete_settled(
@@ -767,8 +770,7 @@ fn reconcile(
     let reconciled = checks.iter().all(|(_, ok)| *ok);
     if !quiet {
         eprintln!("\non-chain revenue (metered inference, not emissions):");
-        let money = Money::of(chain, &mint.mint, Units::Tokens)?;
-        eprintln!("{}", crate::output::revenue_table(&revenue, &money));
+        eprintln!("{}", crate::output::revenue_table(&revenue, &stage.money));
         eprintln!();
         for (what, ok) in &checks {
             eprintln!("  {} {what}", if *ok { "✓" } else { "✗" });
