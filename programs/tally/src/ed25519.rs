@@ -36,7 +36,7 @@ fn read_u16(data: &[u8], at: usize) -> Result<u16> {
 fn slice(data: &[u8], offset: u16, len: usize) -> Result<&[u8]> {
     let start = usize::from(offset);
     data.get(start..start.saturating_add(len))
-        .ok_or_else(|| error!(TallyError::MalformedSignatureData))
+        .ok_or_else(|| TallyError::MalformedSignatureData.at_caller())
 }
 
 /// Parses the data of the Ed25519 instruction at `own_index`, accepting only entries
@@ -47,7 +47,7 @@ pub fn parse_signatures(data: &[u8], own_index: u16) -> Result<Vec<SignedMessage
         .checked_mul(OFFSETS_LEN)
         .and_then(|n| n.checked_add(HEADER_LEN))
         .ok_or(TallyError::MalformedSignatureData)?;
-    require!(data.len() >= table_end, TallyError::MalformedSignatureData);
+    ensure!(data.len() >= table_end, TallyError::MalformedSignatureData);
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let at = HEADER_LEN.saturating_add(i.saturating_mul(OFFSETS_LEN));
@@ -56,7 +56,7 @@ pub fn parse_signatures(data: &[u8], own_index: u16) -> Result<Vec<SignedMessage
         let (key_offset, key_ix) = (field(2)?, field(3)?);
         let (msg_offset, msg_size, msg_ix) = (field(4)?, field(5)?, field(6)?);
         for index in [sig_ix, key_ix, msg_ix] {
-            require!(
+            ensure!(
                 index == THIS_INSTRUCTION || index == own_index,
                 TallyError::SignatureInOtherInstruction
             );
@@ -65,7 +65,7 @@ pub fn parse_signatures(data: &[u8], own_index: u16) -> Result<Vec<SignedMessage
         let key = slice(data, key_offset, PUBKEY_LEN)?;
         let message = slice(data, msg_offset, usize::from(msg_size))?;
         let signer =
-            Pubkey::try_from(key).map_err(|_| error!(TallyError::MalformedSignatureData))?;
+            Pubkey::try_from(key).map_err(|_| TallyError::MalformedSignatureData.at_caller())?;
         out.push(SignedMessage { signer, message });
     }
     Ok(out)

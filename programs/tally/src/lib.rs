@@ -11,6 +11,16 @@ use solana_compiler_builtins as _;
 
 use anchor_lang::prelude::*;
 
+/// `require!` for [`errors::TallyError`], the error built out of line
+/// ([`errors::TallyError::at_caller`]): same error, code, message and origin.
+macro_rules! ensure {
+    ($invariant:expr, $error:expr $(,)?) => {
+        if !($invariant) {
+            return Err($error.at_caller());
+        }
+    };
+}
+
 pub mod ed25519;
 pub mod errors;
 pub mod events;

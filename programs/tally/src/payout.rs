@@ -49,7 +49,7 @@ impl Usage {
     pub fn input(&self) -> Result<u64> {
         self.units
             .checked_sub(self.output)
-            .ok_or_else(|| error!(TallyError::OutputExceedsUnits))
+            .ok_or_else(|| TallyError::OutputExceedsUnits.at_caller())
     }
 }
 
@@ -71,9 +71,8 @@ pub fn amount_owed(prices: Prices, usage: Usage) -> Result<u128> {
     let input = usage.input()?;
     // Almost always everything fits in u64, which SBF divides natively (a u128
     // division is a library call of several hundred CU); the same value either way.
-    if let Some(total) = input
-        .checked_mul(prices.input)
-        .zip(usage.output.checked_mul(prices.output))
+    if let Some(total) = mul_u64(input, prices.input)
+        .zip(mul_u64(usage.output, prices.output))
         .and_then(|(i, o)| i.checked_add(o))
     {
         return Ok(u128::from(
@@ -104,7 +103,7 @@ pub fn compute_payout(
     escrow_left: u64,
     fee_bps: u16,
 ) -> Result<Payout> {
-    require!(fee_bps <= BPS_DENOMINATOR, TallyError::FeeTooHigh);
+    ensure!(fee_bps <= BPS_DENOMINATOR, TallyError::FeeTooHigh);
     let due = amount_owed(prices, usage)?
         .checked_sub(amount_owed(prices, settled)?)
         .ok_or(TallyError::NonIncreasingUsage)?;
@@ -114,12 +113,7 @@ pub fn compute_payout(
     } else {
         u64::try_from(due).map_err(|_| TallyError::AmountOverflow)?
     };
-    let fee = u128::from(gross)
-        .checked_mul(u128::from(fee_bps))
-        .ok_or(TallyError::AmountOverflow)?
-        .checked_div(u128::from(BPS_DENOMINATOR))
-        .ok_or(TallyError::AmountOverflow)?;
-    let fee = u64::try_from(fee).map_err(|_| TallyError::AmountOverflow)?;
+    let fee = fee_of(gross, fee_bps)?;
     let net = gross.checked_sub(fee).ok_or(TallyError::AmountOverflow)?;
     Ok(Payout {
         gross,
@@ -127,6 +121,36 @@ pub fn compute_payout(
         net,
         capped,
     })
+}
+
+/// `a × b` unless it overflows. Factors below 2^32 (prices and usage almost always)
+/// multiply with no overflow check: SBF has no high multiply, so `checked_mul` on
+/// u64 is a 128-bit library multiplication (`__multi3`, ~40 CU) every time.
+fn mul_u64(a: u64, b: u64) -> Option<u64> {
+    if (a | b) >> 32 == 0 {
+        // Both below 2^32: the product is below 2^64.
+        Some(a.wrapping_mul(b))
+    } else {
+        a.checked_mul(b)
+    }
+}
+
+/// `floor(gross × fee_bps / 10_000)`: in u64 whenever the product fits (gross below
+/// 1.8 × 10^15 base units), as SBF divides u64 natively and u128 in a library call
+/// of a few hundred CU; the same value either way.
+fn fee_of(gross: u64, fee_bps: u16) -> Result<u64> {
+    let bps = u64::from(fee_bps);
+    let denominator = u64::from(BPS_DENOMINATOR);
+    if let Some(product) = mul_u64(gross, bps) {
+        return product
+            .checked_div(denominator)
+            .ok_or_else(|| TallyError::AmountOverflow.at_caller());
+    }
+    let fee = u128::from(gross)
+        .checked_mul(u128::from(bps))
+        .and_then(|p| p.checked_div(u128::from(denominator)))
+        .ok_or(TallyError::AmountOverflow)?;
+    u64::try_from(fee).map_err(|_| TallyError::AmountOverflow.at_caller())
 }
 
 /// The deposit a job of `max_units` needs: every unit at the higher of its prices,
@@ -143,7 +167,7 @@ pub fn deposit_for(prices: Prices, max_units: u64) -> Result<u64> {
             output: 0,
         },
     )?;
-    u64::try_from(owed).map_err(|_| error!(TallyError::AmountOverflow))
+    u64::try_from(owed).map_err(|_| TallyError::AmountOverflow.at_caller())
 }
 
 #[cfg(test)]
@@ -215,6 +239,48 @@ mod tests {
                 + u128::from(units / 3) * 7_000_001)
                 / 1_000_000;
             assert_eq!(amount_owed(prices, usage).unwrap(), exact);
+        }
+    }
+
+    #[test]
+    fn the_short_multiplication_agrees_with_checked_mul() {
+        let edges = [
+            0,
+            1,
+            2,
+            u64::from(u32::MAX) - 1,
+            u64::from(u32::MAX),
+            1 << 32,
+            (1 << 32) + 1,
+            u64::MAX / 3,
+            u64::MAX,
+        ];
+        for a in edges {
+            for b in edges {
+                assert_eq!(mul_u64(a, b), a.checked_mul(b), "{a} × {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_fee_is_the_same_on_both_sides_of_the_u64_path() {
+        for gross in [
+            0,
+            1,
+            9_999,
+            10_001,
+            u64::MAX / 10_000,
+            u64::MAX / 10_000 + 1,
+            u64::MAX,
+        ] {
+            for bps in [0u16, 1, 250, 9_999, 10_000] {
+                let exact = u128::from(gross) * u128::from(bps) / 10_000;
+                assert_eq!(
+                    u128::from(fee_of(gross, bps).unwrap()),
+                    exact,
+                    "{gross} × {bps}"
+                );
+            }
         }
     }
 

@@ -169,7 +169,7 @@ pub struct PackedReceipts<'a> {
 
 impl<'a> PackedReceipts<'a> {
     pub fn new(bytes: &'a [u8]) -> Result<Self> {
-        require!(
+        ensure!(
             bytes.len() >= PACKED_BASE_LEN,
             TallyError::MalformedReceipts
         );
@@ -177,7 +177,7 @@ impl<'a> PackedReceipts<'a> {
         let base = base
             .try_into()
             .map(i64::from_le_bytes)
-            .map_err(|_| error!(TallyError::MalformedReceipts))?;
+            .map_err(|_| TallyError::MalformedReceipts.at_caller())?;
         Ok(Self { base, rest })
     }
 
@@ -196,7 +196,7 @@ impl<'a> PackedReceipts<'a> {
             .checked_add(i128::from(offset))
             .and_then(|end| i64::try_from(end).ok())
             .ok_or(TallyError::MalformedReceipts)?;
-        require!(self.rest.len() >= 32, TallyError::MalformedReceipts);
+        ensure!(self.rest.len() >= 32, TallyError::MalformedReceipts);
         let (hash, rest) = self.rest.split_at(32);
         self.rest = rest;
         Ok(SettleReceipt {
@@ -214,7 +214,7 @@ impl<'a> PackedReceipts<'a> {
         let mut shift = 0u32;
         for (i, &byte) in self.rest.iter().enumerate() {
             // The 10th byte (shift 63) may only carry the top bit of a u64.
-            require!(
+            ensure!(
                 shift < 63 || (shift == 63 && byte <= 1),
                 TallyError::MalformedReceipts
             );
@@ -225,7 +225,7 @@ impl<'a> PackedReceipts<'a> {
             }
             shift = shift.wrapping_add(7);
         }
-        err!(TallyError::MalformedReceipts)
+        Err(TallyError::MalformedReceipts.at_caller())
     }
 }
 

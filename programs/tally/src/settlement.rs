@@ -1,4 +1,6 @@
 //! Booking settled receipts into the ledgers: shared by `settle` and `complete_job`.
+use std::cell::RefMut;
+
 use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
@@ -8,14 +10,27 @@ use crate::state::{
     maturity_time, place_job_share, take_matured, utc_day, Config, Earnings, Job, Revenue, Vault,
 };
 
-/// A writable job account of this program, for settlement.
-pub fn job_loader<'info>(info: &'info AccountInfo<'info>) -> Result<AccountLoader<'info, Job>> {
-    require!(info.is_writable, TallyError::InvalidJobAccount);
-    require!(
-        !(info.data_len() == Job::V1_ACCOUNT_SIZE && info.owner == &crate::ID),
+/// A writable job account of this program, borrowed for settlement. The checks of
+/// `AccountLoader::try_from` and `load_mut` (owner, discriminator, size), made once
+/// per receipt instead of twice.
+pub fn load_job<'a>(info: &'a AccountInfo<'_>) -> Result<RefMut<'a, Job>> {
+    ensure!(
+        info.is_writable && info.owner == &crate::ID,
+        TallyError::InvalidJobAccount
+    );
+    let data = info.try_borrow_mut_data()?;
+    ensure!(
+        data.len() != Job::V1_ACCOUNT_SIZE,
         TallyError::AccountNeedsUpgrade
     );
-    AccountLoader::<Job>::try_from(info).map_err(|_| error!(TallyError::InvalidJobAccount))
+    ensure!(
+        data.len() >= Job::ACCOUNT_SIZE && data.starts_with(Job::DISCRIMINATOR),
+        TallyError::InvalidJobAccount
+    );
+    Ok(RefMut::map(data, |data| {
+        let (_, fields) = data.split_at_mut(Job::DISCRIMINATOR.len());
+        bytemuck::from_bytes_mut(fields.split_at_mut(std::mem::size_of::<Job>()).0)
+    }))
 }
 
 /// Sums of what a batch of receipts did, posted to the ledgers once per instruction.
@@ -43,7 +58,7 @@ pub struct Ledgers<'a> {
 impl Ledgers<'_> {
     /// The revenue ledger is today's (UTC, by the cluster clock).
     pub fn check_day(&self, now: i64) -> Result<()> {
-        require!(
+        ensure!(
             self.revenue.day == utc_day(now),
             TallyError::WrongRevenueDay
         );
@@ -60,12 +75,12 @@ impl Ledgers<'_> {
         now: i64,
         totals: &mut SettleTotals,
     ) -> Result<()> {
-        require!(
+        ensure!(
             job.operator == operator_key && job.mint == self.vault.mint,
             TallyError::JobMismatch
         );
         job.require_live()?;
-        require!(
+        ensure!(
             now <= job.settle_until(self.config.expiry_grace_secs),
             TallyError::JobExpired
         );
@@ -113,7 +128,7 @@ impl Ledgers<'_> {
         totals.jobs_started = totals
             .jobs_started
             .saturating_add(u64::from(effect.first_usage));
-        emit!(ReceiptSettled {
+        ReceiptSettled {
             job: job_key,
             seq: receipt.seq,
             cumulative_units: receipt.cumulative_units,
@@ -126,7 +141,8 @@ impl Ledgers<'_> {
             escrow_left: job.escrow_left,
             capped: p.capped,
             invoice_hash: receipt.invoice_hash,
-        });
+        }
+        .log();
         Ok(())
     }
 

@@ -75,35 +75,39 @@ pub fn check_mint_extensions(mint: &AccountInfo<'_>) -> Result<()> {
     let state = StateWithExtensions::<spl_token_2022::state::Mint>::unpack(&data)?;
     for extension in state.get_extension_types()? {
         match extension {
-            ExtensionType::TransferFeeConfig => return err!(TallyError::MintHasTransferFee),
-            ExtensionType::TransferHook => return err!(TallyError::MintHasTransferHook),
+            ExtensionType::TransferFeeConfig => {
+                return Err(TallyError::MintHasTransferFee.at_caller())
+            }
+            ExtensionType::TransferHook => return Err(TallyError::MintHasTransferHook.at_caller()),
             ExtensionType::ConfidentialTransferMint
             | ExtensionType::ConfidentialTransferFeeConfig
             | ExtensionType::ConfidentialMintBurn => {
-                return err!(TallyError::MintHasConfidentialTransfer)
+                return Err(TallyError::MintHasConfidentialTransfer.at_caller())
             }
-            ExtensionType::PermanentDelegate => return err!(TallyError::MintHasPermanentDelegate),
+            ExtensionType::PermanentDelegate => {
+                return Err(TallyError::MintHasPermanentDelegate.at_caller())
+            }
             // The close authority can close the mint once its supply is zero and
             // recreate it at the same address with a permanent delegate, which would
             // then drain later deposits. A mint without one (`None`) can never close.
             ExtensionType::MintCloseAuthority => {
                 let close = state.get_extension::<MintCloseAuthority>()?;
                 if Option::<Pubkey>::from(close.close_authority).is_some() {
-                    return err!(TallyError::MintHasCloseAuthority);
+                    return Err(TallyError::MintHasCloseAuthority.at_caller());
                 }
             }
             // New token accounts, the vault's included, would start frozen.
             ExtensionType::DefaultAccountState => {
                 let default = state.get_extension::<DefaultAccountState>()?;
                 if default.state == AccountState::Frozen as u8 {
-                    return err!(TallyError::MintDefaultAccountStateFrozen);
+                    return Err(TallyError::MintDefaultAccountStateFrozen.at_caller());
                 }
             }
             ExtensionType::NonTransferable
             | ExtensionType::Pausable
             | ExtensionType::ScaledUiAmount
             | ExtensionType::InterestBearingConfig => {
-                return err!(TallyError::MintExtensionNotSupported)
+                return Err(TallyError::MintExtensionNotSupported.at_caller())
             }
             _ => {}
         }

@@ -35,7 +35,7 @@ impl AcceptAdmin<'_> {
     /// Step two: the proposed admin signs and takes over.
     pub fn accept_admin(ctx: Context<Self>) -> Result<()> {
         let config = &mut ctx.accounts.config;
-        require!(
+        ensure!(
             config.pending_admin != Pubkey::default(),
             TallyError::NoPendingAdmin
         );

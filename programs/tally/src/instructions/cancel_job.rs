@@ -30,7 +30,7 @@ impl CancelJob<'_> {
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
         job.require_live()?;
-        require!(
+        ensure!(
             job.status() == JobStatus::Open && job.last_seq == 0,
             TallyError::JobHasUsage
         );

@@ -33,7 +33,7 @@ impl Claim<'_> {
         let earnings = &mut accounts.earnings;
         earnings.mature(now)?;
         let amount = earnings.claimable;
-        require!(amount > 0, TallyError::NothingToClaim);
+        ensure!(amount > 0, TallyError::NothingToClaim);
         earnings.claimable = 0;
         earnings.total_claimed = earnings.total_claimed.saturating_add(amount);
         let vault = &mut accounts.vault;

@@ -26,9 +26,9 @@ impl CloseJob<'_> {
         let now = Clock::get()?.unix_timestamp;
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
-        require!(job.status().is_finished(), TallyError::JobNotFinished);
-        require!(job.disputed_amount == 0, TallyError::DisputeActive);
-        require!(
+        ensure!(job.status().is_finished(), TallyError::JobNotFinished);
+        ensure!(job.disputed_amount == 0, TallyError::DisputeActive);
+        ensure!(
             !job.in_challenge_window(now)?,
             TallyError::JobInChallengeWindow
         );

@@ -64,7 +64,7 @@ impl<'info> CompleteJob<'info> {
             args.extra_oracle_signers,
             args.oracle_set_version,
         )?;
-        require!(rest.is_empty(), TallyError::ReceiptCountMismatch);
+        ensure!(rest.is_empty(), TallyError::ReceiptCountMismatch);
 
         let now = Clock::get()?.unix_timestamp;
         let operator_key = accounts.earnings.operator;
@@ -75,7 +75,7 @@ impl<'info> CompleteJob<'info> {
         // (then `Ledgers::apply`, which checks it too, does not run).
         require_keys_eq!(job.operator, operator_key, TallyError::JobMismatch);
         job.require_live()?;
-        require!(job.disputed_amount == 0, TallyError::DisputeActive);
+        ensure!(job.disputed_amount == 0, TallyError::DisputeActive);
         {
             let mut ledgers = Ledgers {
                 config: &accounts.config,
@@ -96,13 +96,13 @@ impl<'info> CompleteJob<'info> {
                     &mut totals,
                 )?;
             } else {
-                require!(
+                ensure!(
                     args.receipt.seq == job.last_seq
                         && args.receipt.cumulative_units == job.settled_units
                         && args.receipt.cumulative_output == job.settled_output,
                     TallyError::NonIncreasingUsage
                 );
-                require!(
+                ensure!(
                     now <= job.settle_until(accounts.config.expiry_grace_secs),
                     TallyError::JobExpired
                 );

@@ -27,15 +27,15 @@ impl DisputeJob<'_> {
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
         let earnings = &mut accounts.earnings;
-        require!(
+        ensure!(
             earnings.operator == job.operator && earnings.mint == job.mint,
             TallyError::WrongLedger
         );
-        require!(job.disputed_amount == 0, TallyError::DisputeActive);
+        ensure!(job.disputed_amount == 0, TallyError::DisputeActive);
         earnings.mature(now)?;
         take_matured(&mut job.pending, now)?;
         let amount = earnings.freeze(&job.pending)?;
-        require!(amount > 0, TallyError::NothingToDispute);
+        ensure!(amount > 0, TallyError::NothingToDispute);
         job.pending = Default::default();
         job.disputed_amount = amount;
         job.dispute_deadline = now
@@ -83,7 +83,7 @@ impl ResolveDispute<'_> {
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
         let earnings = &mut accounts.earnings;
-        require!(
+        ensure!(
             earnings.operator == job.operator && earnings.mint == job.mint,
             TallyError::WrongLedger
         );
@@ -94,13 +94,13 @@ impl ResolveDispute<'_> {
             TallyError::WrongTokenAccount
         );
         let disputed = job.disputed_amount;
-        require!(disputed > 0, TallyError::NoDispute);
+        ensure!(disputed > 0, TallyError::NoDispute);
         let by_arbiter = accounts.resolver.key() == accounts.config.arbiter;
-        require!(
+        ensure!(
             by_arbiter || now > job.dispute_deadline,
             TallyError::DisputeNotExpired
         );
-        require!(
+        ensure!(
             client_share <= disputed && (by_arbiter || client_share == 0),
             TallyError::InvalidSplit
         );

@@ -38,11 +38,11 @@ impl ExpireJob<'_> {
         let job_key = accounts.job.key();
         let mut job = accounts.job.load_mut()?;
         job.require_live()?;
-        require!(
+        ensure!(
             now > job.settle_until(accounts.config.expiry_grace_secs),
             TallyError::JobNotExpired
         );
-        require!(job.disputed_amount == 0, TallyError::DisputeActive);
+        ensure!(job.disputed_amount == 0, TallyError::DisputeActive);
         vault_io::end_job(
             job_key,
             &mut job,

@@ -73,9 +73,9 @@ impl OpenJob<'_> {
     /// Opens a job and escrows what `max_units` cost at the higher price.
     pub fn open_job(ctx: Context<Self>, args: OpenJobArgs) -> Result<()> {
         let accounts = &mut *ctx.accounts;
-        require!(!accounts.config.paused, TallyError::Paused);
+        ensure!(!accounts.config.paused, TallyError::Paused);
         let kind = UnitKind::from_u8(args.unit_kind).ok_or(TallyError::InvalidUnitKind)?;
-        require!(
+        ensure!(
             args.output_price == 0 || kind == UnitKind::Tokens,
             TallyError::OutputPriceWithoutTokens
         );
@@ -84,12 +84,12 @@ impl OpenJob<'_> {
             output: args.output_price,
         };
         let clock = Clock::get()?;
-        require!(
+        ensure!(
             args.deadline > clock.unix_timestamp,
             TallyError::DeadlineInPast
         );
         let deposit = deposit_for(prices, args.max_units)?;
-        require!(args.max_units > 0 && deposit > 0, TallyError::ZeroAmount);
+        ensure!(args.max_units > 0 && deposit > 0, TallyError::ZeroAmount);
         let ids = &mut accounts.client_jobs;
         if ids.client == Pubkey::default() {
             ids.client = accounts.client.key();

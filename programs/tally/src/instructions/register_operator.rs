@@ -14,7 +14,7 @@ pub struct OperatorArgs {
 
 impl OperatorArgs {
     pub fn validate(&self) -> Result<()> {
-        require!(
+        ensure!(
             self.node_keys.len() <= MAX_NODE_KEYS,
             TallyError::TooManyNodeKeys
         );

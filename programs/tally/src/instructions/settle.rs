@@ -2,7 +2,7 @@ use anchor_lang::prelude::*;
 
 use crate::errors::TallyError;
 use crate::receipt::PackedReceipts;
-use crate::settlement::{job_loader, Ledgers, SettleTotals};
+use crate::settlement::{load_job, Ledgers, SettleTotals};
 use crate::state::{seeds, Config, Earnings, Revenue, Vault};
 
 #[derive(AnchorSerialize, AnchorDeserialize, Clone, Debug)]
@@ -67,10 +67,9 @@ impl<'info> Settle<'info> {
         ledgers.check_day(now)?;
         let mut totals = SettleTotals::default();
         for info in jobs {
-            require!(!receipts.is_empty(), TallyError::ReceiptCountMismatch);
+            ensure!(!receipts.is_empty(), TallyError::ReceiptCountMismatch);
             let receipt = receipts.next_receipt()?;
-            let loader = job_loader(info)?;
-            let mut job = loader.load_mut()?;
+            let mut job = load_job(info)?;
             ledgers.apply(
                 info.key(),
                 &mut job,
@@ -80,7 +79,7 @@ impl<'info> Settle<'info> {
                 &mut totals,
             )?;
         }
-        require!(receipts.is_empty(), TallyError::ReceiptCountMismatch);
+        ensure!(receipts.is_empty(), TallyError::ReceiptCountMismatch);
         ledgers.post(&totals, now)
     }
 }
@@ -97,12 +96,12 @@ pub fn attested<'a, 'info>(
     oracle_set_version: u32,
 ) -> Result<&'a [AccountInfo<'info>]> {
     let extra = usize::from(extra);
-    require!(
+    ensure!(
         extra <= remaining.len(),
         TallyError::NotEnoughOracleSignatures
     );
     let (signers, rest) = remaining.split_at(extra);
-    require!(
+    ensure!(
         oracle_set_version == config.oracle_set_version,
         TallyError::OracleSetVersionMismatch
     );

@@ -4,7 +4,7 @@ use solana_instructions_sysvar::{load_current_index_checked, load_instruction_at
 use crate::ed25519::{parse_signatures, SignedMessage};
 use crate::errors::TallyError;
 use crate::receipt::UsageReceipt;
-use crate::settlement::{job_loader, Ledgers, SettleTotals};
+use crate::settlement::{load_job, Ledgers, SettleTotals};
 use crate::state::{seeds, Config, Earnings, Revenue, Vault, MAX_ORACLES};
 
 /// Remaining accounts: one writable job account per signed receipt, in order.
@@ -49,7 +49,7 @@ impl<'info> SettleRelayed<'info> {
             .checked_sub(1)
             .ok_or(TallyError::MissingSignatureInstruction)?;
         let ed25519_ix = load_instruction_at_checked(usize::from(ed25519_index), &sysvar)
-            .map_err(|_| error!(TallyError::MissingSignatureInstruction))?;
+            .map_err(|_| TallyError::MissingSignatureInstruction.at_caller())?;
         require_keys_eq!(
             ed25519_ix.program_id,
             solana_sdk_ids::ed25519_program::ID,
@@ -59,7 +59,7 @@ impl<'info> SettleRelayed<'info> {
 
         let jobs = ctx.remaining_accounts;
         let threshold = usize::from(accounts.config.oracle_threshold);
-        require!(
+        ensure!(
             jobs.len().checked_mul(threshold) == Some(signatures.len()) && !jobs.is_empty(),
             TallyError::SignatureCountMismatch
         );
@@ -77,13 +77,12 @@ impl<'info> SettleRelayed<'info> {
         let mut totals = SettleTotals::default();
         for (info, group) in jobs.iter().zip(signatures.chunks(threshold)) {
             let receipt = attested_receipt(ledgers.config, group, version)?;
-            require!(
+            ensure!(
                 !receipt.is_final && receipt.job == info.key(),
                 TallyError::ReceiptMismatch
             );
-            let loader = job_loader(info)?;
-            let mut job = loader.load_mut()?;
-            require!(job.nonce == receipt.job_nonce, TallyError::ReceiptMismatch);
+            let mut job = load_job(info)?;
+            ensure!(job.nonce == receipt.job_nonce, TallyError::ReceiptMismatch);
             ledgers.apply(
                 info.key(),
                 &mut job,
@@ -107,13 +106,13 @@ fn attested_receipt(
     let first = group.first().ok_or(TallyError::SignatureCountMismatch)?;
     let receipt = UsageReceipt::from_message(&crate::ID, first.message)
         .ok_or(TallyError::WrongReceiptMessage)?;
-    require!(
+    ensure!(
         receipt.oracle_set_version == version,
         TallyError::OracleSetVersionMismatch
     );
     let mut seen = [false; MAX_ORACLES];
     for signed in group {
-        require!(
+        ensure!(
             signed.message == first.message,
             TallyError::WrongReceiptMessage
         );
@@ -123,7 +122,7 @@ fn attested_receipt(
             .position(|k| *k == signed.signer)
             .ok_or(TallyError::UnknownOracle)?;
         let slot = seen.get_mut(index).ok_or(TallyError::UnknownOracle)?;
-        require!(!*slot, TallyError::DuplicateOracleSigner);
+        ensure!(!*slot, TallyError::DuplicateOracleSigner);
         *slot = true;
     }
     Ok(receipt)

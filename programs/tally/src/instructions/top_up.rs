@@ -28,12 +28,12 @@ impl TopUp<'_> {
     /// Adds `amount` to a job's escrow (before its deadline).
     pub fn top_up(ctx: Context<Self>, amount: u64) -> Result<()> {
         let accounts = &mut *ctx.accounts;
-        require!(!accounts.config.paused, TallyError::Paused);
-        require!(amount > 0, TallyError::ZeroAmount);
+        ensure!(!accounts.config.paused, TallyError::Paused);
+        ensure!(amount > 0, TallyError::ZeroAmount);
         let now = Clock::get()?.unix_timestamp;
         let mut job = accounts.job.load_mut()?;
         job.require_live()?;
-        require!(now <= job.deadline, TallyError::JobExpired);
+        ensure!(now <= job.deadline, TallyError::JobExpired);
 
         vault_io::deposit(
             &accounts.client_tokens,

@@ -40,7 +40,7 @@ impl UpgradeAccount<'_> {
             } else if disc == Revenue::DISCRIMINATOR && data.len() == Revenue::V1_ACCOUNT_SIZE {
                 ("revenue", 8usize.saturating_add(Revenue::INIT_SPACE))
             } else {
-                return err!(TallyError::AccountUpToDate);
+                return Err(TallyError::AccountUpToDate.at_caller());
             }
         };
         let rent = Rent::get()?.minimum_balance(new_len);
@@ -64,7 +64,7 @@ impl UpgradeAccount<'_> {
                 .get_mut(8..Job::ACCOUNT_SIZE)
                 .ok_or(TallyError::AccountUpToDate)?;
             bytemuck::try_from_bytes_mut::<Job>(body)
-                .map_err(|_| error!(TallyError::AccountUpToDate))?
+                .map_err(|_| TallyError::AccountUpToDate.at_caller())?
                 .convert_v1_prices()?;
         }
         emit!(AccountUpgraded {

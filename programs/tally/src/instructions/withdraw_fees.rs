@@ -29,7 +29,7 @@ impl WithdrawFees<'_> {
         let accounts = &mut *ctx.accounts;
         let vault = &mut accounts.vault;
         let amount = vault.fees_unclaimed;
-        require!(amount > 0, TallyError::NothingToWithdraw);
+        ensure!(amount > 0, TallyError::NothingToWithdraw);
         vault.fees_unclaimed = 0;
         vault.total_fees_withdrawn = vault.total_fees_withdrawn.saturating_add(amount);
         vault_io::pay_out(

@@ -23,7 +23,7 @@ impl ClientJobs {
     /// Takes `job_id` for a new job and returns the job's nonce (unique among the
     /// client's jobs, so two jobs opened in one slot never share it).
     pub fn take(&mut self, job_id: u64) -> Result<u64> {
-        require!(
+        ensure!(
             job_id >= self.next_job_id && job_id < u64::MAX,
             TallyError::JobIdUsed
         );

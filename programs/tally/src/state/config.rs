@@ -53,16 +53,16 @@ pub struct Config {
 impl Config {
     /// Checks the oracle set: 1..=7 distinct keys, threshold in 1..=len.
     pub fn validate_oracle_set(oracles: &[Pubkey], threshold: u8) -> Result<()> {
-        require!(
+        ensure!(
             !oracles.is_empty() && oracles.len() <= MAX_ORACLES,
             TallyError::InvalidOracleSet
         );
-        require!(
+        ensure!(
             threshold >= 1 && usize::from(threshold) <= oracles.len(),
             TallyError::InvalidOracleSet
         );
         for (i, key) in oracles.iter().enumerate() {
-            require!(
+            ensure!(
                 *key != Pubkey::default() && !oracles[..i].contains(key),
                 TallyError::InvalidOracleSet
             );
@@ -72,8 +72,8 @@ impl Config {
 
     /// Settings every handler may rely on.
     pub fn invariant(&self) -> Result<()> {
-        require!(self.fee_bps <= MAX_FEE_BPS, TallyError::FeeTooHigh);
-        require!(
+        ensure!(self.fee_bps <= MAX_FEE_BPS, TallyError::FeeTooHigh);
+        ensure!(
             self.challenge_window_secs <= MAX_CHALLENGE_WINDOW_SECS
                 && self.expiry_grace_secs <= MAX_EXPIRY_GRACE_SECS
                 && self.dispute_timeout_secs <= MAX_EXPIRY_GRACE_SECS,
@@ -88,15 +88,15 @@ impl Config {
         let mut seen: [bool; MAX_ORACLES] = [false; MAX_ORACLES];
         let mut count: u8 = 0;
         for signer in signers {
-            require!(signer.is_signer, TallyError::NotEnoughOracleSignatures);
+            ensure!(signer.is_signer, TallyError::NotEnoughOracleSignatures);
             let Some(index) = self.oracles.iter().position(|k| k == signer.key) else {
-                return err!(TallyError::UnknownOracle);
+                return Err(TallyError::UnknownOracle.at_caller());
             };
-            require!(!seen[index], TallyError::DuplicateOracleSigner);
+            ensure!(!seen[index], TallyError::DuplicateOracleSigner);
             seen[index] = true;
             count = count.saturating_add(1);
         }
-        require!(
+        ensure!(
             count >= self.oracle_threshold,
             TallyError::NotEnoughOracleSignatures
         );

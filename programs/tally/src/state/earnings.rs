@@ -131,7 +131,7 @@ pub fn maturity_time(now: i64, window_secs: u32) -> Result<i64> {
         .and_then(|k| k.checked_add(2))
         .and_then(|k| k.checked_mul(window))
         .and_then(|t| i64::try_from(t).ok())
-        .ok_or_else(|| error!(TallyError::AmountOverflow))
+        .ok_or_else(|| TallyError::AmountOverflow.at_caller())
 }
 
 /// Adds `amount` maturing at `matures_at` to `buckets`.
@@ -178,7 +178,7 @@ pub fn pending_total(buckets: &MaturityBuckets) -> Result<u64> {
     buckets[0]
         .amount
         .checked_add(buckets[1].amount)
-        .ok_or_else(|| error!(TallyError::AmountOverflow))
+        .ok_or_else(|| TallyError::AmountOverflow.at_caller())
 }
 
 /// An operator's earnings in one mint, over all its jobs. Settlement credits it;
@@ -226,7 +226,7 @@ impl Earnings {
         self.unmatured()?
             .checked_add(self.claimable)
             .and_then(|v| v.checked_add(self.frozen))
-            .ok_or_else(|| error!(TallyError::AmountOverflow))
+            .ok_or_else(|| TallyError::AmountOverflow.at_caller())
     }
 
     /// Credits `amount` settled at `now` under a challenge window of `window_secs`,
@@ -290,7 +290,7 @@ impl Earnings {
         }
         amount
             .checked_sub(left)
-            .ok_or_else(|| error!(TallyError::LedgerMismatch))
+            .ok_or_else(|| TallyError::LedgerMismatch.at_caller())
     }
 
     /// Freezes a job's unmatured share, given as that job's own buckets (all in the
@@ -300,7 +300,7 @@ impl Earnings {
         let mut frozen: u64 = 0;
         for share in job_buckets.iter().filter(|b| b.amount > 0) {
             let taken = self.take_share(share.matures_at, share.amount)?;
-            require!(taken == share.amount, TallyError::LedgerMismatch);
+            ensure!(taken == share.amount, TallyError::LedgerMismatch);
             frozen = frozen
                 .checked_add(share.amount)
                 .ok_or(TallyError::AmountOverflow)?;

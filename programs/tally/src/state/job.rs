@@ -193,7 +193,7 @@ impl Job {
 
     /// Fails unless the job is still Open or Active.
     pub fn require_live(&self) -> Result<()> {
-        require!(!self.status().is_finished(), TallyError::JobFinished);
+        ensure!(!self.status().is_finished(), TallyError::JobFinished);
         Ok(())
     }
 
@@ -225,17 +225,17 @@ impl Job {
             );
             return Ok(None);
         }
-        require!(
+        ensure!(
             receipt.cumulative_units >= self.settled_units
                 && receipt.cumulative_output >= self.settled_output,
             TallyError::NonIncreasingUsage
         );
-        require!(
+        ensure!(
             receipt.cumulative_output <= receipt.cumulative_units
                 && (receipt.cumulative_output == 0 || self.unit_kind == UnitKind::Tokens as u8),
             TallyError::OutputExceedsUnits
         );
-        require!(
+        ensure!(
             receipt.period_end <= self.deadline,
             TallyError::UsageAfterDeadline
         );
@@ -243,7 +243,7 @@ impl Job {
             .cumulative_units
             .checked_sub(self.settled_units)
             .ok_or(TallyError::NonIncreasingUsage)?;
-        require!(
+        ensure!(
             units <= MAX_UNITS_PER_RECEIPT,
             TallyError::TooManyUnitsInReceipt
         );
@@ -304,7 +304,7 @@ impl Job {
         let allowed = u128::from(self.spend_cap_per_hour)
             .saturating_mul(elapsed.saturating_add(3_600))
             / 3_600;
-        require!(
+        ensure!(
             u128::from(settled_gross) <= allowed,
             TallyError::SpendRateExceeded
         );

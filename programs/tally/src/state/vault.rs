@@ -36,13 +36,13 @@ impl Vault {
         self.escrow_total
             .checked_add(self.operator_owed)
             .and_then(|v| v.checked_add(self.fees_unclaimed))
-            .ok_or_else(|| error!(TallyError::AmountOverflow))
+            .ok_or_else(|| TallyError::AmountOverflow.at_caller())
     }
 
     /// Solvency check run by every handler that moves tokens or buckets: the token
     /// account holds at least what is owed (more only if someone sent tokens in directly).
     pub fn invariant(&self, token_balance: u64) -> Result<()> {
-        require!(
+        ensure!(
             token_balance >= self.liabilities()?,
             TallyError::VaultInsolvent
         );
