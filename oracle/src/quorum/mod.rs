@@ -27,8 +27,8 @@
 //! invents requests or re-bills settled ones is refused, with the reason.
 //!
 //! Settling with `m` transaction signers, not relayed Ed25519 signatures, is chosen by
-//! cost (scripts/bench, 2-of-3): 20 receipts a transaction at ~1,800 CU and 500 fee
-//! lamports each, against 2 receipts at ~5,700 CU and 12,500 lamports relayed.
+//! cost (scripts/bench, 2-of-3): 20 receipts a transaction at ~1,850 CU and 500 fee
+//! lamports each, against 2 receipts at ~5,900 CU and 12,500 lamports relayed.
 //!
 //! The parts: [`evidence`] carries gateway records between oracles,
 //! [`settlement`] reads a settle transaction back from its message,

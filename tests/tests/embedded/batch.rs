@@ -19,7 +19,7 @@ fn a_lookup_table_fits_at_least_20_receipts_at_most_1500_cu_each() {
 /// A 2-of-3 oracle set on the path the quorum daemons use: both oracles sign the
 /// settle transaction itself. Its second signature costs 64 bytes (one receipt fewer)
 /// and one more signature fee; the relayed path, two Ed25519 signatures per receipt,
-/// carries 2 receipts a transaction at ~5.7k CU each (scripts/bench).
+/// carries 2 receipts a transaction at ~5.9k CU each (scripts/bench).
 #[test]
 fn a_two_of_three_quorum_signing_the_transaction_still_fits_20_receipts() {
     let capacity = quorum_alt_capacity(3, 2);

@@ -25,11 +25,12 @@ const CEILINGS: &[(&str, u64)] = &[
     ("close_job", 2500),
 ];
 
-/// Bytes of `target/deploy/tally.so` (as `scripts/build-program` builds it):
-/// measured plus about 10%. The program's accounts lock 5,080 lamports of rent a
-/// byte, twice over while an upgrade buffer is open (scripts/sbf/README.md, "Where
-/// the bytes go").
-const PROGRAM_BYTES_CEILING: u64 = 512_000;
+/// Bytes of `target/deploy/tally.so` as `scripts/build-program` builds it: the
+/// issue's goal (measured: 386,408). The program's accounts lock 5,080 lamports of
+/// rent a byte, twice over while an upgrade buffer is open (scripts/sbf/README.md,
+/// "Where the bytes go"). A program given by `TALLY_PROGRAM_SO` (an official
+/// build, say) is measured and printed, not held to it: its toolchain decides.
+const PROGRAM_BYTES_CEILING: u64 = 400_000;
 
 #[test]
 fn the_program_stays_within_its_size_ceiling() {
@@ -38,9 +39,12 @@ fn the_program_stays_within_its_size_ceiling() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .len();
     println!("{}: {bytes} bytes", path.display());
+    if std::env::var_os("TALLY_PROGRAM_SO").is_some() {
+        return;
+    }
     assert!(
         bytes <= PROGRAM_BYTES_CEILING,
-        "{}: {bytes} bytes > {PROGRAM_BYTES_CEILING}",
+        "{}: {bytes} bytes > {PROGRAM_BYTES_CEILING}: see scripts/sbf/README.md, \"Where the bytes go\", and `scripts/sbf/sizes`",
         path.display()
     );
 }
