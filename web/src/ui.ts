@@ -41,8 +41,12 @@ export async function act(button: HTMLButtonElement, busy: string, fn: () => Pro
   } catch (e) {
     showError(e);
   } finally {
-    // A button the page locked meanwhile (its job closed) stays disabled.
-    button.disabled = button.dataset.locked === "true";
-    button.textContent = label;
+    // A button the page re-rendered meanwhile (the action refreshed its card: a new
+    // label) keeps the state that render gave it, e.g. "Dispute open", disabled.
+    // Otherwise it is restored, unless the page locked it (its job closed).
+    if (button.textContent === busy) {
+      button.disabled = button.dataset.locked === "true";
+      button.textContent = label;
+    }
   }
 }
