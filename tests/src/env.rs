@@ -54,6 +54,14 @@ impl TestEnv {
         tally_client::chain::EmbeddedChain::default_program_path()
     }
 
+    /// Bytes of the program file at [`Self::program_path`] (what deploying it costs).
+    pub fn program_bytes() -> u64 {
+        let path = Self::program_path();
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .len()
+    }
+
     /// A fresh chain with the program deployed (upgradeable loader, `deployer` as its
     /// upgrade authority) and the clock at [`genesis_unix_time`].
     pub fn new() -> Self {

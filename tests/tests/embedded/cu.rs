@@ -35,9 +35,7 @@ const PROGRAM_BYTES_CEILING: u64 = 400_000;
 #[test]
 fn the_program_stays_within_its_size_ceiling() {
     let path = tally_tests::TestEnv::program_path();
-    let bytes = std::fs::metadata(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .len();
+    let bytes = tally_tests::TestEnv::program_bytes();
     println!("{}: {bytes} bytes", path.display());
     if std::env::var_os("TALLY_PROGRAM_SO").is_some() {
         return;

@@ -64,10 +64,7 @@ fn capacity_json(c: &SettleCapacity) -> String {
 fn program_cost() -> (u64, u64) {
     use anchor_lang::solana_program::bpf_loader_upgradeable::UpgradeableLoaderState;
     use tally_client::chain::Chain;
-    let path = tally_tests::TestEnv::program_path();
-    let bytes = std::fs::metadata(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .len();
+    let bytes = tally_tests::TestEnv::program_bytes();
     let env = tally_tests::TestEnv::new();
     let rent = |len: usize| {
         env.chain
