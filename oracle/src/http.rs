@@ -136,10 +136,12 @@ impl BodyError {
 
 /// Reads a whole request body within the limits: refused at once when its announced
 /// length is over `limits.max_body_bytes`, cut off when it grows past it, and given
-/// `limits.body_read_timeout` to arrive.
+/// `limits.body_read_timeout` to arrive. What is left of a body refused as too large is
+/// read and thrown away after the answer (see [`discard`]), so that the caller reads
+/// the `413` rather than a reset connection.
 pub async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
     limits: &Limits,
 ) -> Result<Bytes, BodyError> {
     let max = limits.max_body_bytes;
@@ -148,15 +150,60 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|len| len > max as u64) {
+        // A client that asked to be told before it sends (`Expect: 100-continue`)
+        // sends nothing now: there is nothing to discard.
+        if !expects_continue(headers) {
+            discard(body, limits.body_read_timeout);
+        }
         return Err(BodyError::TooLarge(max));
     }
-    let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len().saturating_add(data.len()) > max {
+                    return Err(BodyError::TooLarge(max));
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(limits.body_read_timeout, read).await;
+    match outcome {
         Err(_) => Err(BodyError::TooSlow(limits.body_read_timeout.as_secs())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
-        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Ok(Ok(())) => Ok(Bytes::from(bytes)),
+        Ok(Err(e @ BodyError::TooLarge(_))) => {
+            discard(body, limits.body_read_timeout);
+            Err(e)
+        }
+        Ok(Err(e)) => Err(e),
     }
+}
+
+/// Whether the request waits for `100 Continue` before it sends its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// How long, at most, the rest of a refused body is read and thrown away.
+pub const LINGER: Duration = Duration::from_secs(30);
+
+/// Reads what is left of a refused body and throws it away while the refusal is sent:
+/// until the body ends, `idle` passes without a byte, or [`LINGER`] is up. A server
+/// that closes a socket with bytes still unread resets the connection (RFC 9112
+/// §9.6), and a client still sending gets a broken pipe or a reset instead of the
+/// answer that says what was wrong; this is the lingering close of nginx and Apache.
+pub fn discard(mut body: Incoming, idle: Duration) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(idle, body.frame()).await {}
+        })
+        .await;
+    });
 }
 
 /// Serves `handler` on `listener` within `limits` until `shutdown` fires, then stops

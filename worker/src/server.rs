@@ -36,7 +36,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -370,20 +370,61 @@ fn last_chunks(response_head: &ResponseHead, outcome: &Outcome, include_usage: b
 
 #[allow(clippy::result_large_err)] // the error is the response to send
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_response(
+    let too_large = || {
+        error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the request body is over {MAX_BODY_BYTES} bytes"),
-        )),
-        Err(e) => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the request body: {e}"),
-        )),
+        )
+    };
+    let headers = req.headers();
+    let announced = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = headers
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body();
+    if announced.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        // A client waiting for `100 Continue` has sent nothing to discard.
+        if !expects_continue {
+            discard(body);
+        }
+        return Err(too_large());
     }
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the request body: {e}"),
+                ))
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if bytes.len().saturating_add(data.len()) > MAX_BODY_BYTES {
+                discard(body);
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Reads what is left of a body refused as too large and throws it away (for at most
+/// ten seconds) while the `413` is sent: a socket closed with bytes still unread is
+/// reset (RFC 9112 §9.6), and a client still sending would see a broken pipe instead
+/// of the answer. This is the lingering close of nginx and Apache.
+fn discard(mut body: Incoming) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
 }
 
 /// The inference thread: waits for work, takes everything else already queued (up

@@ -1143,6 +1143,17 @@ async fn slowloris_and_oversized_bodies_are_refused_and_the_daemon_keeps_serving
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("larger than 4096 bytes"), "{answer}");
+    // A client that waits for `100 Continue` is told 413 instead, and sends nothing.
+    let answer = trickle(
+        &address,
+        &announced(&format!(
+            "Authorization: Bearer {key}\r\nExpect: 100-continue\r\n"
+        )),
+        &[],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let chunked = s
         .http
         .post(format!("{}/v1/completions", s.gateway))
@@ -1158,6 +1169,37 @@ async fn slowloris_and_oversized_bodies_are_refused_and_the_daemon_keeps_serving
         .await
         .unwrap();
     assert_eq!(chunked.status(), 413);
+    // A client that sends all of a large body before it reads (as `openai` and
+    // `reqwest` do) reads the 413 and why, not a reset connection: the server reads
+    // the rest and throws it away.
+    let huge = format!(
+        "{{\"model\":\"m\",\"prompt\":\"{}\"}}",
+        "x".repeat(16 << 20)
+    );
+    for announce in [true, false] {
+        let body = if announce {
+            reqwest::Body::from(huge.clone())
+        } else {
+            reqwest::Body::wrap_stream(futures_util::stream::iter(
+                huge.clone()
+                    .into_bytes()
+                    .chunks(64 << 10)
+                    .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let refused = s
+            .http
+            .post(format!("{}/v1/completions", s.gateway))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("announced {announce}: {e:?}"));
+        assert_eq!(refused.status(), 413, "announced {announce}");
+        let why = refused.text().await.unwrap();
+        assert!(why.contains("larger than 4096 bytes"), "{why}");
+    }
     // Without a key, no body is read at all: 401 at once (a server waiting for the
     // body would answer 408 after the body timeout).
     let answer = trickle(&address, &announced(""), &[], Duration::ZERO).await;
@@ -1165,7 +1207,7 @@ async fn slowloris_and_oversized_bodies_are_refused_and_the_daemon_keeps_serving
     // And the daemon keeps serving.
     assert_eq!(s.chat(&key, &chat(3, true)).await.status, 200);
     assert_eq!(s.records(&s.job(0)).len(), 2);
-    assert_eq!(s.refused("body_too_large"), 2.0);
+    assert_eq!(s.refused("body_too_large"), 5.0);
     assert_eq!(s.refused("body_too_slow"), 1.0);
     s.stop().await;
 }

@@ -302,8 +302,28 @@ fn the_openai_api_usage_metrics_and_errors() {
             assert_eq!(got, status, "{body}: {answer}");
             assert!(message.contains(needle), "{body}: {message}");
         }
-        let big = format!("{{\"input\": \"{}\"}}", "a".repeat(17 * 1024 * 1024));
-        assert_eq!(post(&http, &url, big).await.0, 413);
+        // Over the limit, announced or streamed: the client, which sends all of its
+        // body before it reads, reads the 413 (the server reads the rest and throws it
+        // away), not a broken pipe.
+        let big = format!("{{\"input\": \"{}\"}}", "a".repeat(24 * 1024 * 1024));
+        let (got, answer) = post(&http, &url, big.clone()).await;
+        assert_eq!(got, 413, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over 16777216 bytes"));
+        let streamed = http
+            .post(&url)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                big.into_bytes()
+                    .chunks(1 << 20)
+                    .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(streamed.status().as_u16(), 413);
         let get = http.get(&url).send().await.unwrap();
         assert_eq!(get.status().as_u16(), 405);
         let chat = http
@@ -345,7 +365,7 @@ fn the_openai_api_usage_metrics_and_errors() {
         assert_eq!(totals["vllm:generation_tokens_total"], 0.0);
         assert_eq!(totals["vllm:request_success_total"], 2.0 + 5.0);
         #[allow(clippy::cast_precision_loss)]
-        let refused = (refused + 2) as f64; // and the 413 and the 405
+        let refused = (refused + 3) as f64; // and the two 413s and the 405
         assert_eq!(totals["tally_worker_request_errors_total"], refused);
         assert!(metrics.contains("vllm:prompt_tokens_total{model_name=\"all-MiniLM-L6-v2\"}"));
     });
