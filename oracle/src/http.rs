@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
@@ -150,11 +150,7 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|len| len > max as u64) {
-        // A client that asked to be told before it sends (`Expect: 100-continue`)
-        // sends nothing now: there is nothing to discard.
-        if !expects_continue(headers) {
-            discard(body, limits.body_read_timeout);
-        }
+        discard(headers, body, limits);
         return Err(BodyError::TooLarge(max));
     }
     let mut bytes = Vec::new();
@@ -175,29 +171,40 @@ pub async fn read_body(
         Err(_) => Err(BodyError::TooSlow(limits.body_read_timeout.as_secs())),
         Ok(Ok(())) => Ok(Bytes::from(bytes)),
         Ok(Err(e @ BodyError::TooLarge(_))) => {
-            discard(body, limits.body_read_timeout);
+            discard_rest(body, limits);
             Err(e)
         }
         Ok(Err(e)) => Err(e),
     }
 }
 
-/// Whether the request waits for `100 Continue` before it sends its body.
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
+/// How long, at most, the rest of a body left unread is read and thrown away.
+pub const LINGER: Duration = Duration::from_secs(30);
+/// ... and how long it may pause (or `limits.body_read_timeout`, when shorter).
+pub const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+/// Reads what is left of a body the server answered without (a refusal, or an answer
+/// from the head alone) and throws it away while the answer is sent: until the body
+/// ends, pauses, or [`LINGER`] is up. A server that closes a socket with bytes still
+/// unread resets the connection (RFC 9112 §9.6), and a client still sending gets a
+/// broken pipe or a reset instead of the answer that says what was wrong; this is the
+/// lingering close of nginx and Apache. A client that waits for `100 Continue` has
+/// sent nothing, and is not asked for its body.
+pub fn discard(headers: &HeaderMap, body: Incoming, limits: &Limits) {
+    let expects_continue = headers
         .get(hyper::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        discard_rest(body, limits);
+    }
 }
 
-/// How long, at most, the rest of a refused body is read and thrown away.
-pub const LINGER: Duration = Duration::from_secs(30);
-
-/// Reads what is left of a refused body and throws it away while the refusal is sent:
-/// until the body ends, `idle` passes without a byte, or [`LINGER`] is up. A server
-/// that closes a socket with bytes still unread resets the connection (RFC 9112
-/// §9.6), and a client still sending gets a broken pipe or a reset instead of the
-/// answer that says what was wrong; this is the lingering close of nginx and Apache.
-pub fn discard(mut body: Incoming, idle: Duration) {
+/// [`discard`] for a body already being read (its `100 Continue` is sent).
+fn discard_rest(mut body: Incoming, limits: &Limits) {
+    if body.is_end_stream() {
+        return;
+    }
+    let idle = limits.body_read_timeout.min(LINGER_IDLE);
     tokio::spawn(async move {
         let _ = tokio::time::timeout(LINGER, async {
             while let Ok(Some(Ok(_))) = tokio::time::timeout(idle, body.frame()).await {}

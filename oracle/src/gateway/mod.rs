@@ -297,6 +297,15 @@ pub struct Gateway {
     verified: auth::Verified,
 }
 
+/// What a request's head decides.
+#[allow(clippy::large_enum_variant)] // one per request, on the stack, matched at once
+enum Head {
+    /// A metered request, from a caller allowed to spend the job: its body is read.
+    Metered(Endpoint, Authorized),
+    /// Answered from the head alone (invoices, a revocation).
+    Answered(Response<Body>),
+}
+
 /// A caller allowed to spend a job, before its request's cost is reserved.
 struct Authorized {
     job: String,
@@ -615,45 +624,65 @@ impl Gateway {
         Usage { units, output }
     }
 
-    async fn serve_request(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        request_id: &str,
-    ) -> Result<Response<Body>, Refusal> {
-        let path = req.uri().path().to_string();
-        if path == REVOKE_PATH && req.method() == hyper::Method::POST {
-            return self.revoke(req.headers()).await;
+    /// The checks made on a request's head, before its body is read.
+    async fn before_body(&self, parts: &hyper::http::request::Parts) -> Result<Head, Refusal> {
+        let path = parts.uri.path().to_string();
+        if path == REVOKE_PATH && parts.method == hyper::Method::POST {
+            return self.revoke(&parts.headers).await.map(Head::Answered);
         }
-        if req.method() == hyper::Method::GET
+        if parts.method == hyper::Method::GET
             && (path == INVOICES_PATH || path.starts_with(&format!("{INVOICES_PATH}/")))
         {
             return self
                 .invoices(
                     &path[INVOICES_PATH.len()..],
-                    req.uri().query(),
-                    req.headers(),
+                    parts.uri.query(),
+                    &parts.headers,
                 )
-                .await;
+                .await
+                .map(Head::Answered);
         }
-        let Some(endpoint) = Endpoint::of(&path).filter(|_| req.method() == hyper::Method::POST)
+        let Some(endpoint) = Endpoint::of(&path).filter(|_| parts.method == hyper::Method::POST)
         else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
                     "{} {path} is not served here: POST to {}, or GET {INVOICES_PATH} with your job key",
-                    req.method(),
+                    parts.method,
                     METERED_PATHS.join(", ")
                 ),
             ));
         };
         // Who pays, before the body is read: strangers cannot make the gateway buffer.
-        let caller = auth::caller(req.headers(), |key| {
+        let caller = auth::caller(&parts.headers, |key| {
             self.settings.api_keys.get(key).cloned()
         })?;
-        let authorized = self.authorize(&caller).await?;
+        Ok(Head::Metered(endpoint, self.authorize(&caller).await?))
+    }
+
+    async fn serve_request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response<Body>, Refusal> {
         let (parts, body) = req.into_parts();
-        let raw = crate::http::read_body(&parts.headers, body, &self.settings.limits())
+        let limits = self.settings.limits();
+        // What is answered from the head alone (invoices, revocations, and refusals of
+        // who pays) leaves the body unread: it is read away after the answer, so a
+        // caller still sending reads why (`http::discard`).
+        let (endpoint, authorized) = match self.before_body(&parts).await {
+            Ok(Head::Metered(endpoint, authorized)) => (endpoint, authorized),
+            Ok(Head::Answered(response)) => {
+                crate::http::discard(&parts.headers, body, &limits);
+                return Ok(response);
+            }
+            Err(refusal) => {
+                crate::http::discard(&parts.headers, body, &limits);
+                return Err(refusal);
+            }
+        };
+        let raw = crate::http::read_body(&parts.headers, body, &limits)
             .await
             .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
         let request = request::normalize(endpoint, &raw, self.settings.default_max_tokens())
@@ -675,7 +704,7 @@ impl Gateway {
             _ => None,
         };
         self.forward(
-            path,
+            parts.uri.path().to_string(),
             request,
             authorized,
             reservation,

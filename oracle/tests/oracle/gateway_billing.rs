@@ -1059,6 +1059,18 @@ async fn a_client_that_leaves_mid_stream_is_still_billed_for_the_work() {
     s.stop().await;
 }
 
+/// Writes all of `request`, then reads the answer, as a client that does not read
+/// while it sends.
+async fn send_then_read(address: &str, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let sent = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(sent.is_ok(), "sending: {sent:?}; read {read:?}: {answer}");
+    answer
+}
+
 /// Writes `head` then the rest of a request one byte every `pause`; returns what the
 /// server answered before it closed the connection.
 async fn trickle(address: &str, head: &str, rest: &[u8], pause: Duration) -> String {
@@ -1204,6 +1216,15 @@ async fn slowloris_and_oversized_bodies_are_refused_and_the_daemon_keeps_serving
     // body would answer 408 after the body timeout).
     let answer = trickle(&address, &announced(""), &[], Duration::ZERO).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // ... and one that sends all of a large body before it reads (as Python's `openai`
+    // does) reads the 401 and why, not a reset connection.
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        huge.len()
+    );
+    let why = send_then_read(&address, &[head.as_bytes(), huge.as_bytes()].concat()).await;
+    assert!(why.starts_with("HTTP/1.1 401"), "{why}");
+    assert!(why.contains("\"code\":401"), "{why}");
     // And the daemon keeps serving.
     assert_eq!(s.chat(&key, &chat(3, true)).await.status, 200);
     assert_eq!(s.records(&s.job(0)).len(), 2);
