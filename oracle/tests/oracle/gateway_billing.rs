@@ -1093,7 +1093,8 @@ async fn slowloris_and_oversized_bodies_are_refused_and_the_daemon_keeps_serving
         "billing-listeners",
         &[JobSpec::default()],
         Options {
-            gateway: "header_read_timeout_secs = 0.5\nbody_read_timeout_secs = 0.5\nmax_body_bytes = 4096",
+            gateway:
+                "header_read_timeout_secs = 0.5\nbody_read_timeout_secs = 1\nmax_body_bytes = 4096",
             ..Options::default()
         },
     )
